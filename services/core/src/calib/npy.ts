@@ -1,0 +1,88 @@
+/**
+ * NumPy `.npy` files (format versions 1.0-3.0): the calibration set's `inputs_embeds` arrays.
+ * Only little-endian float32 / float16 in C order are read; that is what LVLM embedding dumps are.
+ */
+import { readFileSync, writeFileSync } from "node:fs";
+import { CalibrationError } from "../errors.js";
+
+export type NpyDtype = "float32" | "float16";
+
+export interface NpyArray {
+  dtype: NpyDtype;
+  shape: number[];
+  /** float32 values, or float16 bit patterns. */
+  data: Float32Array | Uint16Array;
+}
+
+const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]; // \x93NUMPY
+
+export function readNpy(path: string): NpyArray {
+  let buf: Buffer;
+  try {
+    buf = readFileSync(path);
+  } catch (err) {
+    throw new CalibrationError(path, `cannot read .npy file (${(err as Error).message})`, { cause: err });
+  }
+  return parseNpy(buf, path);
+}
+
+export function parseNpy(buf: Uint8Array, subject: string): NpyArray {
+  if (buf.length < 10 || MAGIC.some((b, i) => buf[i] !== b)) {
+    throw new CalibrationError(subject, "not a .npy file (bad magic bytes)");
+  }
+  const major = buf[6]!;
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const headerLen = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
+  const headerStart = major === 1 ? 10 : 12;
+  const dataStart = headerStart + headerLen;
+  if (dataStart > buf.length) throw new CalibrationError(subject, "truncated .npy header");
+  const header = new TextDecoder().decode(buf.subarray(headerStart, dataStart));
+  const descr = /'descr'\s*:\s*'([^']+)'/.exec(header)?.[1];
+  const fortran = /'fortran_order'\s*:\s*(True|False)/.exec(header)?.[1];
+  const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(header)?.[1];
+  if (!descr || !fortran || shapeText === undefined) {
+    throw new CalibrationError(subject, `unreadable .npy header ${JSON.stringify(header.trim())}`);
+  }
+  if (fortran === "True") throw new CalibrationError(subject, "Fortran-ordered .npy arrays are not supported; save with C order");
+  let dtype: NpyDtype;
+  if (descr === "<f4" || descr === "=f4") dtype = "float32";
+  else if (descr === "<f2" || descr === "=f2") dtype = "float16";
+  else throw new CalibrationError(subject, `.npy dtype ${descr} is not supported (float32 or float16 little-endian)`);
+  const shape = shapeText.split(",").map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
+  if (shape.some((d) => !Number.isInteger(d) || d < 0)) throw new CalibrationError(subject, `bad .npy shape (${shapeText})`);
+  const count = shape.reduce((a, b) => a * b, 1);
+  const itemSize = dtype === "float32" ? 4 : 2;
+  const byteLength = count * itemSize;
+  if (dataStart + byteLength > buf.length) {
+    throw new CalibrationError(subject, `truncated .npy data: shape (${shape.join(", ")}) needs ${byteLength} bytes, file has ${buf.length - dataStart}`);
+  }
+  const bytes = buf.slice(dataStart, dataStart + byteLength);
+  const data = dtype === "float32"
+    ? new Float32Array(bytes.buffer, bytes.byteOffset, count)
+    : new Uint16Array(bytes.buffer, bytes.byteOffset, count);
+  return { dtype, shape, data };
+}
+
+export function encodeNpy(array: NpyArray): Uint8Array {
+  const descr = array.dtype === "float32" ? "<f4" : "<f2";
+  const shape = array.shape.length === 1 ? `(${array.shape[0]},)` : `(${array.shape.join(", ")})`;
+  let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': ${shape}, }`;
+  // Pad so that the data starts on a 64-byte boundary, as numpy does.
+  const total = 10 + header.length + 1;
+  header += " ".repeat((64 - (total % 64)) % 64) + "\n";
+  const head = new Uint8Array(10 + header.length);
+  head.set(MAGIC, 0);
+  head[6] = 1;
+  head[7] = 0;
+  new DataView(head.buffer).setUint16(8, header.length, true);
+  head.set(new TextEncoder().encode(header), 10);
+  const body = new Uint8Array(array.data.buffer, array.data.byteOffset, array.data.byteLength);
+  const out = new Uint8Array(head.length + body.length);
+  out.set(head, 0);
+  out.set(body, head.length);
+  return out;
+}
+
+export function writeNpy(path: string, array: NpyArray): void {
+  writeFileSync(path, encodeNpy(array));
+}
