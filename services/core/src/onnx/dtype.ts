@@ -114,7 +114,7 @@ export function floatToBfloat16(value: number): number {
  */
 export function toFloat32(bytes: Uint8Array, dataType: number, subject: string): Float32Array {
   const n = bytes.byteLength / elementSize(dataType, subject);
-  const aligned = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
+  const aligned = bytes.byteOffset % 4 === 0 ? bytes : Uint8Array.prototype.slice.call(bytes);
   if (dataType === DT.FLOAT) return new Float32Array(aligned.buffer, aligned.byteOffset, n).slice();
   if (dataType === DT.FLOAT16 || dataType === DT.BFLOAT16) {
     const src = new Uint16Array(aligned.buffer, aligned.byteOffset, n);

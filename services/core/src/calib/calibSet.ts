@@ -1,0 +1,144 @@
+/**
+ * The calibration set: a JSONL file, one sample per line, either token ids (decoders that embed
+ * themselves) or `inputs_embeds` arrays in .npy files (LVLM decoders fed by a vision projector),
+ * with an image-token mask and an optional attention mask.
+ */
+import { readFileSync } from "node:fs";
+import { dirname, isAbsolute, resolve } from "node:path";
+import { CalibrationError, InvalidArgumentError } from "../errors.js";
+import { readNpy, type NpyDtype } from "./npy.js";
+
+export interface CalibSample {
+  /** position in the selected set (0-based) */
+  index: number;
+  /** 1-based line of the JSONL file, for error messages */
+  line: number;
+  tokens: number;
+  inputIds?: BigInt64Array;
+  /** [tokens, hidden] row-major, as stored (float32 values or float16 bits) */
+  embeds?: { dtype: NpyDtype; hidden: number; data: Float32Array | Uint16Array; file: string };
+  /** 1 = attended, 0 = padding */
+  attentionMask: Uint8Array;
+  /** 1 = image token */
+  imageMask: Uint8Array;
+}
+
+export interface CalibSelection {
+  /** take this many samples after a seeded shuffle; all, in file order, when absent */
+  nsamples?: number;
+  seed: number;
+}
+
+interface RawLine { line: number; value: Record<string, unknown> }
+
+export function loadCalibrationSet(path: string, selection: CalibSelection): CalibSample[] {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    throw new CalibrationError(path, `cannot read the calibration file (${(err as Error).message})`, { cause: err });
+  }
+  const lines: RawLine[] = [];
+  text.split("\n").forEach((raw, i) => {
+    if (raw.trim() === "") return;
+    let value: unknown;
+    try {
+      value = JSON.parse(raw);
+    } catch (err) {
+      throw new CalibrationError(`${path}:${i + 1}`, `not valid JSON (${(err as Error).message})`);
+    }
+    if (typeof value !== "object" || value === null || Array.isArray(value)) {
+      throw new CalibrationError(`${path}:${i + 1}`, "each line must be a JSON object");
+    }
+    lines.push({ line: i + 1, value: value as Record<string, unknown> });
+  });
+  if (lines.length === 0) throw new CalibrationError(path, "the calibration file has no samples");
+  const chosen = select(lines, selection, path);
+  return chosen.map((raw, index) => parseSample(raw, index, path));
+}
+
+function select(lines: RawLine[], { nsamples, seed }: CalibSelection, path: string): RawLine[] {
+  if (nsamples === undefined) return lines;
+  if (!Number.isInteger(nsamples) || nsamples < 1) throw new InvalidArgumentError("nsamples", `must be a positive integer, got ${nsamples}`);
+  if (nsamples > lines.length) throw new CalibrationError(path, `--nsamples ${nsamples} asks for more samples than the file has (${lines.length})`);
+  const order = lines.map((_, i) => i);
+  const random = mulberry32(seed);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  return order.slice(0, nsamples).map((i) => lines[i]!);
+}
+
+/** Small, well-known seeded generator: the same seed picks the same samples on every machine. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function parseSample({ line, value }: RawLine, index: number, path: string): CalibSample {
+  const where = `${path}:${line}`;
+  const ids = value["input_ids"];
+  const embedsRef = value["inputs_embeds"];
+  let tokens: number;
+  let inputIds: BigInt64Array | undefined;
+  let embeds: CalibSample["embeds"];
+  if (ids !== undefined) {
+    if (!Array.isArray(ids) || ids.length === 0 || !ids.every((x) => Number.isInteger(x) && x >= 0)) {
+      throw new CalibrationError(where, "input_ids must be a non-empty array of non-negative integers");
+    }
+    tokens = ids.length;
+    inputIds = BigInt64Array.from(ids as number[], (x) => BigInt(x));
+  } else if (embedsRef !== undefined) {
+    if (typeof embedsRef !== "string" || embedsRef === "") throw new CalibrationError(where, "inputs_embeds must be the path of a .npy file");
+    const file = isAbsolute(embedsRef) ? embedsRef : resolve(dirname(path), embedsRef);
+    let array;
+    try {
+      array = readNpy(file);
+    } catch (err) {
+      throw new CalibrationError(where, (err as Error).message, { cause: err });
+    }
+    const shape = array.shape.length === 3 && array.shape[0] === 1 ? array.shape.slice(1) : array.shape;
+    if (shape.length !== 2 || shape[0] === 0) {
+      throw new CalibrationError(where, `${embedsRef} has shape (${array.shape.join(", ")}); expected [T, hidden] or [1, T, hidden]`);
+    }
+    tokens = shape[0]!;
+    embeds = { dtype: array.dtype, hidden: shape[1]!, data: array.data, file };
+  } else {
+    throw new CalibrationError(where, "a sample needs input_ids or inputs_embeds");
+  }
+  const attentionMask = binaryMask(value["attention_mask"], tokens, 1, "attention_mask", where);
+  const imageMask = binaryMask(value["image_mask"], tokens, 0, "image_mask", where);
+  return { index, line, tokens, inputIds, embeds, attentionMask, imageMask };
+}
+
+function binaryMask(raw: unknown, tokens: number, fill: 0 | 1, field: string, where: string): Uint8Array {
+  if (raw === undefined || raw === null) return new Uint8Array(tokens).fill(fill);
+  if (!Array.isArray(raw) || raw.length !== tokens) {
+    throw new CalibrationError(where, `${field} must be an array of ${tokens} values (one per token), got ${Array.isArray(raw) ? raw.length : typeof raw}`);
+  }
+  const out = new Uint8Array(tokens);
+  raw.forEach((v, i) => {
+    if (v === 1 || v === true) out[i] = 1;
+    else if (v !== 0 && v !== false) throw new CalibrationError(where, `${field}[${i}] must be 0 or 1, got ${JSON.stringify(v)}`);
+  });
+  return out;
+}
+
+/** Text tokens: attended and not image. Visual tokens: attended image tokens. */
+export function tokenCounts(sample: CalibSample): { nText: number; nVisual: number } {
+  let nText = 0;
+  let nVisual = 0;
+  for (let t = 0; t < sample.tokens; t++) {
+    if (!sample.attentionMask[t]) continue;
+    if (sample.imageMask[t]) nVisual++;
+    else nText++;
+  }
+  return { nText, nVisual };
+}

@@ -1,0 +1,50 @@
+/** report.json: what was pruned, how much, and what ATV chose per block. */
+export interface LayerReport {
+  weight: string;
+  node: string;
+  block: number;
+  /** [in, out] */
+  shape: [number, number];
+  dataType: string;
+  targetSparsity: number;
+  /** achieved: pruned / total */
+  sparsity: number;
+  pruned: number;
+  params: number;
+}
+
+export interface BlockReport {
+  index: number;
+  label: string;
+  /** ATV: mean cosine distance of visual tokens (0 when none); null for other methods */
+  cosDistAvg: number | null;
+  /** ATV: visual tokens kept per sample */
+  k: number[];
+  nText: number[];
+  nVisual: number[];
+  seconds: number;
+  tokensPerSecond: number;
+}
+
+export interface PruneReport {
+  method: string;
+  sparsity: number;
+  pattern: string;
+  alpha: number;
+  propagation: string;
+  layers: LayerReport[];
+  blocks: BlockReport[];
+  totals: {
+    params: number;
+    pruned: number;
+    sparsity: number;
+    blocks: number;
+    samples: number;
+    tokens: number;
+    seconds: number;
+    graphAnalysis: "names" | "structure";
+    device: string;
+    threads: number;
+  };
+  spec: Record<string, unknown>;
+}

@@ -1,0 +1,129 @@
+/**
+ * Runs onnxruntime sessions on a dedicated worker thread. Tensors bound at load time (the
+ * block's weights) live in SharedArrayBuffers: the main thread zeroes pruned weights in place,
+ * and refresh() makes the inference thread take the new values before the pruned forward.
+ */
+import { Worker } from "node:worker_threads";
+import { RuntimeError } from "../errors.js";
+import type { ExecutionDevice, HostRequest, HostResponse } from "./inferenceProtocol.js";
+import type { WireTensor } from "./wireTensor.js";
+
+export type { ExecutionDevice } from "./inferenceProtocol.js";
+
+export interface InferenceHostOptions {
+  /** onnxruntime intra-op threads */
+  threads: number;
+  /** "auto" tries CUDA and falls back to CPU with a warning */
+  device: ExecutionDevice | "auto";
+  /** where warnings go (defaults to stderr) */
+  warn?: (message: string) => void;
+}
+
+export interface SessionHandle {
+  readonly id: number;
+  readonly label: string;
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+}
+
+type Pending = { resolve: (r: HostResponse & { ok: true }) => void; reject: (e: Error) => void };
+type Distributive<T> = T extends unknown ? Omit<T, "id"> : never;
+
+export class InferenceHost {
+  private readonly worker: Worker;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private device: ExecutionDevice | "auto";
+  private closed = false;
+
+  private constructor(private readonly options: InferenceHostOptions) {
+    this.device = options.device;
+    this.worker = new Worker(new URL("./inferenceThread.js", import.meta.url));
+    this.worker.on("message", (res: HostResponse) => {
+      const p = this.pending.get(res.id);
+      if (!p) return;
+      this.pending.delete(res.id);
+      if (res.ok) p.resolve(res);
+      else p.reject(new Error(res.error));
+    });
+    this.worker.on("error", (err) => this.failAll(err));
+    this.worker.on("exit", (code) => {
+      if (!this.closed) this.failAll(new Error(`inference thread exited with code ${code}`));
+    });
+  }
+
+  static start(options: InferenceHostOptions): InferenceHost {
+    return new InferenceHost(options);
+  }
+
+  get threads(): number {
+    return this.options.threads;
+  }
+
+  private failAll(err: Error): void {
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+
+  private call(req: Distributive<HostRequest>, transfer: ArrayBuffer[] = []): Promise<HostResponse & { ok: true }> {
+    if (this.closed) return Promise.reject(new Error("inference host is closed"));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ ...req, id }, transfer);
+    });
+  }
+
+  /** Loads a model; `bound` tensors are fed on every run (share their memory, don't copy it). */
+  async load(label: string, model: Uint8Array, bound: Record<string, WireTensor> = {}): Promise<SessionHandle> {
+    const device: ExecutionDevice = this.device === "auto" ? "cuda" : this.device;
+    try {
+      const res = await this.call({ op: "load", model, device, threads: this.options.threads, bound });
+      return { id: res.session!, label, inputNames: res.inputNames!, outputNames: res.outputNames! };
+    } catch (err) {
+      if (this.device === "auto" && device === "cuda") {
+        (this.options.warn ?? ((m) => process.stderr.write(m + "\n")))(`warning: CUDA execution provider unavailable (${(err as Error).message.split("\n")[0]}); falling back to CPU`);
+        this.device = "cpu";
+        return this.load(label, model, bound);
+      }
+      throw new RuntimeError(label, `onnxruntime could not load the graph: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async run(session: SessionHandle, feeds: Record<string, WireTensor>, fetches: readonly string[]): Promise<Record<string, WireTensor>> {
+    try {
+      const res = await this.call({ op: "run", session: session.id, feeds, fetches: [...fetches] });
+      return res.outputs!;
+    } catch (err) {
+      throw new RuntimeError(session.label, `onnxruntime run failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Re-reads the bound tensors' shared buffers (after the main thread edited them). */
+  async refresh(session: SessionHandle): Promise<void> {
+    await this.call({ op: "refresh", session: session.id });
+  }
+
+  async release(session: SessionHandle): Promise<void> {
+    await this.call({ op: "release", session: session.id });
+  }
+
+  /** The device sessions run on now ("cpu" after an auto fallback). */
+  get activeDevice(): ExecutionDevice | "auto" {
+    return this.device;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.failAll(new Error("inference host closed"));
+    await this.worker.terminate();
+  }
+}
+
+/** Copies bytes into shared memory so a bound tensor can be edited in place by the main thread. */
+export function sharedCopy(bytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(new SharedArrayBuffer(bytes.byteLength));
+  out.set(bytes);
+  return out;
+}
