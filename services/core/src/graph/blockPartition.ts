@@ -162,8 +162,11 @@ function blocksByStructure(index: GraphIndex, tainted: Uint8Array, mainInput: st
 
   interface Update { node: number; skip: boolean }
   const updates: Update[] = [];
+  // A fused Skip*LayerNormalization emits the new stream (output 3) and its normalized copy
+  // (output 0) that the next branch reads: both count as "derived from the stream".
+  let sources = [h];
   for (;;) {
-    const below = reach([h]);
+    const below = reach(sources);
     let found: (Update & { next?: string }) | undefined;
     for (const c of index.consumers.get(h) ?? []) {
       const node = index.nodes[c]!;
@@ -181,6 +184,7 @@ function blocksByStructure(index: GraphIndex, tainted: Uint8Array, mainInput: st
     updates.push({ node: found.node, skip: found.skip });
     if (!found.next) break;
     h = found.next;
+    sources = found.skip ? index.nodes[found.node]!.output.filter((o) => o !== "") : [h];
   }
   if (updates.length === 0) throw new GraphError(subject, "no residual stream found (no Add or Skip*LayerNormalization joins the hidden state with a branch); name nodes layers.N to group them");
 

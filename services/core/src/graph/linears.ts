@@ -3,7 +3,11 @@
  * float initializer, normalized to the (in, out) view the metric and masks work on.
  */
 import type { NodeProto } from "../../../gen/onnx_pb.js";
-import { FLOAT_WEIGHT_TYPES } from "../onnx/dtype.js";
+import { OnnxDataType as DT } from "../onnx/dtype.js";
+
+// Weight types a MatMul/Gemm on the hidden path may carry; only float ones can be pruned, the
+// others are reported (UnsupportedTypeError) instead of silently left dense.
+const NUMERIC_WEIGHT_TYPES: ReadonlySet<number> = new Set([DT.FLOAT, DT.FLOAT16, DT.BFLOAT16, DT.DOUBLE, DT.INT8, DT.UINT8, DT.INT32]);
 import { attributeInt, nodeLabel, type GraphIndex } from "./graphIndex.js";
 
 export interface LinearInfo {
@@ -38,7 +42,7 @@ function asLinear(index: GraphIndex, node: NodeProto, nodeIndex: number): Linear
   const [activation, weightName] = node.input;
   if (!activation || !weightName) return undefined;
   const weight = index.initializers.get(weightName);
-  if (!weight || weight.dims.length !== 2 || !FLOAT_WEIGHT_TYPES.has(weight.dataType)) return undefined;
+  if (!weight || weight.dims.length !== 2 || !NUMERIC_WEIGHT_TYPES.has(weight.dataType)) return undefined;
   // A weight shared by several nodes (tied) would get several masks: leave it alone.
   if ((index.consumers.get(weightName) ?? []).length !== 1) return undefined;
   let layout: LinearInfo["layout"] = "in_out";

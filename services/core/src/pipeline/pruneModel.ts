@@ -7,8 +7,8 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { writeFile, rename } from "node:fs/promises";
 import { loadCalibrationSet, type CalibSample } from "../calib/calibSet.js";
-import { CalibrationError } from "../errors.js";
-import { typeName } from "../onnx/dtype.js";
+import { CalibrationError, UnsupportedTypeError } from "../errors.js";
+import { FLOAT_WEIGHT_TYPES, typeName } from "../onnx/dtype.js";
 import { PrunedModelWriter } from "../onnx/modelWriter.js";
 import { prepareOutputDir, REPORT_FILE, PARTIAL_SUFFIX } from "../onnx/outputDir.js";
 import { TensorData } from "../onnx/tensorData.js";
@@ -43,6 +43,11 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     await data.validate();
     const samples = spec.method === "magnitude" ? [] : loadSamples(spec, analysis);
     const toPrune = analysis.partition.blockLinears.flat().filter((l) => isSelected(spec, l.weight, l.node));
+    for (const l of toPrune) {
+      if (!FLOAT_WEIGHT_TYPES.has(l.dataType)) {
+        throw new UnsupportedTypeError(l.weight, `weight of ${l.node} is ${typeName(l.dataType)}; atv-prune prunes float32, float16 and bfloat16 weights (leave it dense with --exclude)`);
+      }
+    }
     await prepareOutputDir(spec.out, spec.force);
     writer = await PrunedModelWriter.create(analysis.loaded, data, spec.out, new Set(toPrune.map((l) => l.weight)));
     host = InferenceHost.start({ threads: spec.threads, device: spec.device, warn: options.warn });

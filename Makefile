@@ -1,0 +1,39 @@
+# atv-prune: every target installs what it needs first, so each works on a fresh machine.
+SHELL := /bin/bash
+NODE_STAMP := node_modules/.package-lock.json
+CLI := node dist/services/cli/src/main.js
+DEMO := .work/demo
+
+.PHONY: setup build test demo bench generate clean
+
+setup: build
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+build: $(NODE_STAMP)
+	npx tsc -p tsconfig.json
+	chmod +x dist/services/cli/src/main.js
+
+# Regenerates the protobuf-es code from proto/ (offline: local protoc-gen-es plugin).
+generate: $(NODE_STAMP)
+	npx buf generate
+
+test: setup
+	npm test
+
+# Generates a small LLaVA-style decoder with fused contrib ops and fp16 weights, prunes it with
+# ATV at 50%, and prints the report summary.
+demo: setup
+	rm -rf $(DEMO)
+	$(CLI) gen-model --layers 4 --hidden 256 --fused --fp16 --samples 16 --out $(DEMO)/model > /dev/null
+	$(CLI) inspect $(DEMO)/model/model.onnx
+	$(CLI) prune --model $(DEMO)/model/model.onnx --calib $(DEMO)/model/calib.jsonl \
+		--method atv --sparsity 0.5 --out $(DEMO)/pruned > $(DEMO)/events.jsonl
+	@echo "events: $(DEMO)/events.jsonl; report: $(DEMO)/pruned/report.json"
+
+bench: setup
+	npm run bench
+
+clean:
+	rm -rf dist .work

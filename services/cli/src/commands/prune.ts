@@ -1,0 +1,64 @@
+/** `atvp prune`: one process, no services. */
+import { pruneModel } from "../../../core/src/pipeline/pruneModel.js";
+import type { PruneSpec } from "../../../core/src/pipeline/pruneSpec.js";
+import { InvalidArgumentError } from "../../../core/src/errors.js";
+import { int, list, num, parse, required, str, type Options } from "../args.js";
+import { progressSink } from "../progress.js";
+import { formatSummary } from "../summary.js";
+
+/** Job flags shared by `prune` and (later) `submit`. */
+export const JOB_OPTIONS: Options = {
+  model: { type: "string" },
+  calib: { type: "string" },
+  out: { type: "string" },
+  method: { type: "string", default: "atv" },
+  sparsity: { type: "string" },
+  pattern: { type: "string", default: "unstructured" },
+  alpha: { type: "string" },
+  propagation: { type: "string", default: "sequential" },
+  nsamples: { type: "string" },
+  seed: { type: "string" },
+  include: { type: "string", multiple: true },
+  exclude: { type: "string", multiple: true },
+  "magnitude-scope": { type: "string" },
+  threads: { type: "string" },
+  device: { type: "string" },
+  force: { type: "boolean", default: false },
+};
+
+export function jobSpec(values: Record<string, unknown>): PruneSpec {
+  const pattern = str(values, "pattern") ?? "unstructured";
+  let sparsity = num(values, "sparsity");
+  if (sparsity === undefined && pattern === "unstructured") sparsity = 0.5;
+  const scope = str(values, "magnitude-scope");
+  if (scope !== undefined && scope !== "matrix" && scope !== "column") throw new InvalidArgumentError("--magnitude-scope", "must be matrix or column");
+  return {
+    model: required(values, "model"),
+    calib: str(values, "calib"),
+    out: required(values, "out"),
+    method: str(values, "method") as PruneSpec["method"],
+    sparsity,
+    pattern,
+    alpha: num(values, "alpha"),
+    propagation: str(values, "propagation") as PruneSpec["propagation"],
+    nsamples: int(values, "nsamples"),
+    seed: int(values, "seed"),
+    include: list(values, "include"),
+    exclude: list(values, "exclude"),
+    magnitudeScope: scope as PruneSpec["magnitudeScope"],
+    threads: int(values, "threads"),
+    device: str(values, "device") as PruneSpec["device"],
+    force: values["force"] === true,
+  };
+}
+
+export async function pruneCommand(argv: string[]): Promise<number> {
+  const { values } = parse(argv, JOB_OPTIONS);
+  const spec = jobSpec(values);
+  const sink = progressSink();
+  const report = await pruneModel(spec, { onEvent: (e) => sink.event(e), warn: (m) => process.stderr.write(m + "\n") });
+  sink.done();
+  const summary = formatSummary(report, spec.out);
+  (process.stdout.isTTY ? process.stdout : process.stderr).write(summary + "\n");
+  return 0;
+}
