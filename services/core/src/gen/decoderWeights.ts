@@ -10,6 +10,8 @@ import { Rng } from "./rng.js";
 export type LinearRole = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj" | "up_proj" | "down_proj";
 export type NormRole = "input_layernorm" | "post_attention_layernorm";
 
+const RESIDUAL_GAIN = 4;
+
 export class DecoderWeights {
   /** Linear (MatMul) weights created, in creation order. */
   readonly linears: string[] = [];
@@ -34,8 +36,12 @@ export class DecoderWeights {
   linear(name: string, layer: number | undefined, role: LinearRole | "lm_head"): string {
     const [inDim, outDim] = role === "lm_head" ? [this.cfg.hidden, this.cfg.vocab] : this.linearShape(role);
     const key = role === "lm_head" ? "lm_head" : `layers.${layer}.${role}`;
-    // Uniform with variance 1/in keeps activations at unit scale through the stack.
-    const halfWidth = Math.sqrt(3 / inDim);
+    // Uniform with variance 1/in keeps activations at unit scale through the stack. The
+    // projections that write into the residual stream get a gain so that each layer turns the
+    // hidden states by a visible angle, as trained LVLM layers do on visual tokens (without it
+    // ATV's cosine distances stay near 0.01 and k rounds to 0).
+    const gain = role === "o_proj" || role === "down_proj" ? RESIDUAL_GAIN : 1;
+    const halfWidth = gain * Math.sqrt(3 / inDim);
     const rng = Rng.forKey(this.cfg.seed, key);
     this.linears.push(name);
     return this.b.floatWeight(name, [inDim, outDim], (dst, _start, n) => rng.fillUniform(dst, n, 0, halfWidth));

@@ -114,10 +114,11 @@ export function floatsToHalves(src: Float32Array, dst: Uint16Array, n: number): 
     const exp = (x >>> 23) & 0xff;
     if (exp > 112 && exp < 143) {
       const mant = x & 0x7fffff;
-      let h = ((exp - 112) << 10) | (mant >>> 13);
-      const rem = mant & 0x1fff;
-      if (rem > 0x1000 || (rem === 0x1000 && (h & 1) !== 0)) h++;
-      dst[i] = ((x >>> 16) & 0x8000) | h;
+      const h = ((exp - 112) << 10) | (mant >>> 13);
+      // Round to nearest even without a branch (random mantissas would mispredict half the time).
+      const roundBit = (mant >>> 12) & 1;
+      const sticky = ((mant & 0xfff) + 0xfff) >>> 12;
+      dst[i] = ((x >>> 16) & 0x8000) | (h + (roundBit & (sticky | (h & 1))));
     } else {
       dst[i] = floatToHalf(src[i]!);
     }

@@ -293,7 +293,10 @@ function markSmallestColumns(w: WeightMatrix, reader: MetricReader, k: number, m
     if (k === 0) continue;
     for (let j = 0; j < width; j++) {
       const keys = keyBits.subarray(j * inDim, (j + 1) * inDim);
-      const cuts = cutTile ? cutTile.subarray(j * inDim, (j + 1) * inDim) : mask.subarray((o0 + j) * inDim, (o0 + j + 1) * inDim);
+      // Where column j's decision for input c goes: cuts[at + c * step].
+      const cuts = cutTile ?? mask;
+      const at = cutTile ? j : (o0 + j) * inDim;
+      const step = cutTile ? width : 1;
 
       hist.fill(0);
       for (let c = 0; c < inDim; c++) hist[keys[c]! >>> SHIFT1]++;
@@ -308,17 +311,17 @@ function markSmallestColumns(w: WeightMatrix, reader: MetricReader, k: number, m
       for (let c = 0; c < inDim; c++) {
         const d = keys[c]! >>> SHIFT1;
         const cut = (d - b) >>> 31;
-        cuts[c] = cut;
+        cuts[at + c * step] = cut;
         pruned += cut;
         members[n] = c;
         n += ((d ^ b) - 1) >>> 31;
       }
-      pruned += markInBucket(members.subarray(0, n), r, keys, (c) => reader.at(c, o0 + j), cuts, ws);
+      pruned += markInBucket(members.subarray(0, n), r, keys, (c) => reader.at(c, o0 + j), (c) => (cuts[at + c * step] = 1), ws);
     }
     if (cutTile) {
       for (let c = 0; c < inDim; c++) {
         const base = c * w.outDim + o0;
-        for (let j = 0; j < width; j++) mask[base + j] = cutTile[j * inDim + c]!;
+        for (let j = 0; j < width; j++) mask[base + j] = cutTile[c * width + j]!;
       }
     }
   }
@@ -337,7 +340,7 @@ interface BucketScratch {
  * their c, increasing). Returns how many it marked.
  */
 function markInBucket(
-  members: Int32Array, r: number, keys: Uint32Array, exact: (c: number) => number, cuts: Uint8Array, ws: BucketScratch,
+  members: Int32Array, r: number, keys: Uint32Array, exact: (c: number) => number, cut: (c: number) => void, ws: BucketScratch,
 ): number {
   const { hist, exactIdx, exactVal } = ws;
   hist.fill(0);
@@ -351,7 +354,7 @@ function markInBucket(
     const c = members[i]!;
     const d = (keys[c]! >>> SHIFT2) & (BINS2 - 1);
     if (d < b) {
-      cuts[c] = 1;
+      cut(c);
       marked++;
     } else if (d === b) {
       exactIdx[n] = c;
@@ -369,7 +372,7 @@ function markInBucket(
   for (let i = 0; i < n; i++) {
     const v = exactVal[i]!;
     if (v < thr || (v === thr && ties-- > 0)) {
-      cuts[exactIdx[i]!] = 1;
+      cut(exactIdx[i]!);
       marked++;
     }
   }
