@@ -19,6 +19,7 @@ import { ChannelStats } from "../prune/activationStats.js";
 import { cosineDistances } from "../prune/hiddenState.js";
 import { applyMask, computeMask, type WeightMatrix } from "../prune/maskSelect.js";
 import { attendedPool, selectAtvPools } from "../prune/poolSelect.js";
+import { BufferPool } from "../runtime/bufferPool.js";
 import type { InferenceHost, SessionHandle } from "../runtime/inferenceHost.js";
 import type { TensorData as TypedData, WireTensor } from "../runtime/wireTensor.js";
 import type { BlockReport, LayerReport } from "./report.js";
@@ -57,7 +58,14 @@ export interface BlockResult {
 }
 
 export class BlockEngine {
+  private readonly pool = new BufferPool();
+
   constructor(private readonly ctx: EngineContext) {}
+
+  /** Gives a finished block's weight buffers back for the next block (after they are written). */
+  recycle(weights: readonly PrunedWeight[]): void {
+    for (const w of weights) this.pool.release(w.bytes.buffer as ArrayBuffer);
+  }
 
   /** State entering block 0: the prologue's outputs (embedding lookup), or the main input itself. */
   async initialStates(): Promise<SampleState[]> {
@@ -138,11 +146,12 @@ export class BlockEngine {
           }
         }
         scales = new Map([...stats].map(([a, s]) => [a, s.mean(N)]));
+        takeBack(weights, await host.unbind(session));
         this.maskBlock(toPrune, weights, scales);
 
         // Step 7: the pruned block's outputs feed the next block.
         if (!dense) {
-          await host.refresh(session);
+          await host.bind(session, boundTensors(cut, weights, this.ctx.index));
           next = [];
           for (let j = 0; j < N; j++) {
             const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, states[j]!);
@@ -151,7 +160,7 @@ export class BlockEngine {
           }
         }
       } finally {
-        await host.release(session);
+        takeBack(weights, await host.release(session));
       }
     } else {
       this.maskBlock(toPrune, weights, scales);
@@ -206,8 +215,7 @@ export class BlockEngine {
     const out = new Map<string, WeightMatrix>();
     for (const l of linears) {
       const t = index.initializers.get(l.weight)!;
-      // Shared memory: the inference thread reads these buffers; zeroing them here is seen there.
-      const bytes = new Uint8Array(new SharedArrayBuffer(data.byteLength(t)));
+      const bytes = new Uint8Array(this.pool.acquire(data.byteLength(t)));
       await data.readRange(t, 0, bytes);
       out.set(l.weight, { name: l.weight, dataType: l.dataType, layout: l.layout, inDim: l.inDim, outDim: l.outDim, bytes });
     }
@@ -219,13 +227,7 @@ export class BlockEngine {
     const initializerBytes = new Map<string, Uint8Array>();
     for (const name of cut.initializers) initializerBytes.set(name, await data.read(index.initializers.get(name)!));
     const model = buildCutModel({ source: loaded.model, index, cut, initializerBytes, floatType });
-    const bound: Record<string, WireTensor> = {};
-    for (const l of cut.weights) {
-      const w = weights.get(l.weight)!;
-      const dims = index.initializers.get(l.weight)!.dims.map(Number);
-      bound[l.weight] = { type: ortType(w.dataType, l.weight), dims, data: typedView(w) };
-    }
-    return host.load(cut.label, toBinary(ModelProtoSchema, model), bound);
+    return host.load(cut.label, toBinary(ModelProtoSchema, model), boundTensors(cut, weights, index));
   }
 
   private feedsFor(cut: StageCut, _weights: Map<string, WeightMatrix>, feeds: SampleFeeds, state?: SampleState): Record<string, WireTensor> {
@@ -253,6 +255,24 @@ export class BlockEngine {
 
 function sampleSubject(s: CalibSample, cut: StageCut): string {
   return `${cut.label}, sample ${s.index} (line ${s.line})`;
+}
+
+/** The block's weights as tensors to bind (their buffers move to the inference thread). */
+function boundTensors(cut: StageCut, weights: Map<string, WeightMatrix>, index: GraphIndex): Record<string, WireTensor> {
+  const bound: Record<string, WireTensor> = {};
+  for (const l of cut.weights) {
+    const w = weights.get(l.weight)!;
+    bound[l.weight] = { type: ortType(w.dataType, l.weight), dims: index.initializers.get(l.weight)!.dims.map(Number), data: typedView(w) };
+  }
+  return bound;
+}
+
+/** Points each weight at the buffer the inference thread gave back. */
+function takeBack(weights: Map<string, WeightMatrix>, returned: Record<string, WireTensor>): void {
+  for (const [name, t] of Object.entries(returned)) {
+    const w = weights.get(name);
+    if (w) w.bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  }
 }
 
 function typedView(w: WeightMatrix): TypedData {

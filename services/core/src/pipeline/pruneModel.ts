@@ -5,9 +5,9 @@
  */
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
-import { writeFile, rename } from "node:fs/promises";
+import { writeFile, rename, rm } from "node:fs/promises";
 import { loadCalibrationSet, type CalibSample } from "../calib/calibSet.js";
-import { CalibrationError, UnsupportedTypeError } from "../errors.js";
+import { CalibrationError, InvalidArgumentError, UnsupportedTypeError } from "../errors.js";
 import { FLOAT_WEIGHT_TYPES, typeName } from "../onnx/dtype.js";
 import { PrunedModelWriter } from "../onnx/modelWriter.js";
 import { prepareOutputDir, REPORT_FILE, PARTIAL_SUFFIX } from "../onnx/outputDir.js";
@@ -39,6 +39,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   const data = new TensorData(analysis.loaded);
   let writer: PrunedModelWriter | undefined;
   let host: InferenceHost | undefined;
+  let finalized = false;
   try {
     await data.validate();
     const samples = spec.method === "magnitude" ? [] : loadSamples(spec, analysis);
@@ -46,6 +47,11 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     for (const l of toPrune) {
       if (!FLOAT_WEIGHT_TYPES.has(l.dataType)) {
         throw new UnsupportedTypeError(l.weight, `weight of ${l.node} is ${typeName(l.dataType)}; atv-prune prunes float32, float16 and bfloat16 weights (leave it dense with --exclude)`);
+      }
+      // Checked here as well as in computeMask, so the job fails before --force clears the
+      // output folder and before any block is calibrated.
+      if (spec.pattern.kind === "nm" && l.inDim % spec.pattern.m !== 0) {
+        throw new InvalidArgumentError(l.weight, `input dimension ${l.inDim} of ${l.node} is not a multiple of M=${spec.pattern.m} for the ${spec.patternText} pattern (leave it dense with --exclude)`);
       }
     }
     await prepareOutputDir(spec.out, spec.force);
@@ -62,6 +68,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
       emit({ type: "block_started", block: b, label: analysis.plan.blocks[b]!.label });
       const result = await engine.runBlock(b, states);
       for (const w of result.weights) await writer.writeTensor(w.name, w.bytes);
+      engine.recycle(result.weights);
       states = result.next;
       blocks.push(result.report);
       layers.push(...result.layers);
@@ -74,14 +81,22 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     await host.close();
     host = undefined;
     await writer.finalize();
+    finalized = true;
     const report = buildReport(spec, input, analysis, samples, blocks, layers, (performance.now() - started) / 1000);
     const reportPath = join(spec.out, REPORT_FILE);
     await writeFile(reportPath + PARTIAL_SUFFIX, JSON.stringify(report, null, 2) + "\n");
     await rename(reportPath + PARTIAL_SUFFIX, reportPath);
+    writer = undefined; // the output is complete: nothing below may remove it
     emit({ type: "job_finished", seconds: report.totals.seconds, out: spec.out, sparsity: report.totals.sparsity });
     return report;
   } catch (err) {
     await writer?.abort().catch(() => {});
+    if (writer) {
+      // A failure after finalize (writing report.json) must not leave a model.onnx that looks
+      // like a finished job; the writer refused existing files, so these are ours.
+      const ours = [join(spec.out, REPORT_FILE + PARTIAL_SUFFIX), ...(finalized ? [writer.modelPath, writer.dataPath] : [])];
+      await Promise.all(ours.map((f) => rm(f, { force: true }).catch(() => {})));
+    }
     throw err;
   } finally {
     await host?.close();

@@ -1,7 +1,7 @@
 /**
- * Runs onnxruntime sessions on a dedicated worker thread. Tensors bound at load time (the
- * block's weights) live in SharedArrayBuffers: the main thread zeroes pruned weights in place,
- * and refresh() makes the inference thread take the new values before the pruned forward.
+ * Runs onnxruntime sessions on a dedicated worker thread. Tensors bound to a session (the
+ * block's weights) are moved, not copied: their buffers are transferred to the inference thread
+ * on load/bind and come back on unbind/release, so a block's weights exist once in memory.
  */
 import { Worker } from "node:worker_threads";
 import { RuntimeError } from "../errors.js";
@@ -74,11 +74,14 @@ export class InferenceHost {
     });
   }
 
-  /** Loads a model; `bound` tensors are fed on every run (share their memory, don't copy it). */
+  /**
+   * Loads a model; `bound` tensors are fed on every run. Their buffers move to the inference
+   * thread (they are detached here) until unbind() or release() gives them back.
+   */
   async load(label: string, model: Uint8Array, bound: Record<string, WireTensor> = {}): Promise<SessionHandle> {
     const device: ExecutionDevice = this.device === "auto" ? "cuda" : this.device;
     try {
-      const res = await this.call({ op: "load", model, device, threads: this.options.threads, bound });
+      const res = await this.call({ op: "load", model, device, threads: this.options.threads, bound }, buffersOf(bound));
       return { id: res.session!, label, inputNames: res.inputNames!, outputNames: res.outputNames! };
     } catch (err) {
       if (this.device === "auto" && device === "cuda") {
@@ -99,13 +102,19 @@ export class InferenceHost {
     }
   }
 
-  /** Re-reads the bound tensors' shared buffers (after the main thread edited them). */
-  async refresh(session: SessionHandle): Promise<void> {
-    await this.call({ op: "refresh", session: session.id });
+  /** Moves tensors to the inference thread and feeds them on every run from now on. */
+  async bind(session: SessionHandle, tensors: Record<string, WireTensor>): Promise<void> {
+    await this.call({ op: "bind", session: session.id, tensors }, buffersOf(tensors));
   }
 
-  async release(session: SessionHandle): Promise<void> {
-    await this.call({ op: "release", session: session.id });
+  /** Takes the bound tensors back (to edit them); runs no longer feed them. */
+  async unbind(session: SessionHandle): Promise<Record<string, WireTensor>> {
+    return (await this.call({ op: "unbind", session: session.id })).outputs ?? {};
+  }
+
+  /** Frees the session and gives back its bound tensors. */
+  async release(session: SessionHandle): Promise<Record<string, WireTensor>> {
+    return (await this.call({ op: "release", session: session.id })).outputs ?? {};
   }
 
   /** The device sessions run on now ("cpu" after an auto fallback). */
@@ -121,9 +130,11 @@ export class InferenceHost {
   }
 }
 
-/** Copies bytes into shared memory so a bound tensor can be edited in place by the main thread. */
-export function sharedCopy(bytes: Uint8Array): Uint8Array {
-  const out = new Uint8Array(new SharedArrayBuffer(bytes.byteLength));
-  out.set(bytes);
-  return out;
+function buffersOf(tensors: Record<string, WireTensor>): ArrayBuffer[] {
+  const list: ArrayBuffer[] = [];
+  for (const t of Object.values(tensors)) {
+    const b = t.data.buffer;
+    if (b instanceof ArrayBuffer && !list.includes(b)) list.push(b);
+  }
+  return list;
 }

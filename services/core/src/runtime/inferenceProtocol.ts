@@ -6,7 +6,8 @@ export type ExecutionDevice = "cpu" | "cuda";
 export type HostRequest =
   | { id: number; op: "load"; model: Uint8Array; device: ExecutionDevice; threads: number; bound: Record<string, WireTensor> }
   | { id: number; op: "run"; session: number; feeds: Record<string, WireTensor>; fetches: string[] }
-  | { id: number; op: "refresh"; session: number }
+  | { id: number; op: "bind"; session: number; tensors: Record<string, WireTensor> }
+  | { id: number; op: "unbind"; session: number }
   | { id: number; op: "release"; session: number };
 
 export type HostResponse =

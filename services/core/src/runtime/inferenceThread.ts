@@ -10,9 +10,8 @@ import type { HostRequest, HostResponse } from "./inferenceProtocol.js";
 
 interface Session {
   session: ort.InferenceSession;
-  /** the shared buffers the main thread edits */
+  /** tensors fed on every run; their buffers were transferred here and go back on unbind */
   sources: Record<string, WireTensor>;
-  /** private copies onnxruntime reads */
   bound: Record<string, ort.Tensor>;
 }
 
@@ -22,15 +21,21 @@ function bind(sources: Record<string, WireTensor>): Record<string, ort.Tensor> {
   return bound;
 }
 
+function session(id: number): Session {
+  const s = sessions.get(id);
+  if (!s) throw new Error(`no session ${id}`);
+  return s;
+}
+
 const port = parentPort;
 if (!port) throw new Error("inferenceThread must run in a worker thread");
 const sessions = new Map<number, Session>();
 let nextSession = 1;
 
 function toOrt(t: WireTensor): ort.Tensor {
-  // onnxruntime-node rejects views of a SharedArrayBuffer at run time: bind a private copy.
-  const data = t.data.buffer instanceof SharedArrayBuffer ? t.data.slice() : t.data;
-  return new ort.Tensor(t.type, data as never, t.dims);
+  // onnxruntime-node rejects views of a SharedArrayBuffer at run time.
+  if (t.data.buffer instanceof SharedArrayBuffer) throw new Error("tensors must not live in a SharedArrayBuffer");
+  return new ort.Tensor(t.type, t.data as never, t.dims);
 }
 
 async function handle(req: HostRequest): Promise<HostResponse> {
@@ -43,6 +48,10 @@ async function handle(req: HostRequest): Promise<HostResponse> {
         executionMode: "sequential",
         graphOptimizationLevel: "all",
         logSeverityLevel: 3,
+        // The arena would keep every block's peak allocation (packed weights, activations) for
+        // the life of the thread; without it memory goes back as each block finishes.
+        enableCpuMemArena: false,
+        enableMemPattern: false,
       };
       const session = await ort.InferenceSession.create(req.model, options);
       const id = nextSession++;
@@ -50,8 +59,7 @@ async function handle(req: HostRequest): Promise<HostResponse> {
       return { id: req.id, ok: true, session: id, inputNames: [...session.inputNames], outputNames: [...session.outputNames] };
     }
     case "run": {
-      const s = sessions.get(req.session);
-      if (!s) throw new Error(`no session ${req.session}`);
+      const s = session(req.session);
       const feeds: Record<string, ort.Tensor> = { ...s.bound };
       for (const [name, t] of Object.entries(req.feeds)) feeds[name] = toOrt(t);
       const result = await s.session.run(feeds, req.fetches);
@@ -62,17 +70,23 @@ async function handle(req: HostRequest): Promise<HostResponse> {
       }
       return { id: req.id, ok: true, outputs };
     }
-    case "refresh": {
-      const s = sessions.get(req.session);
-      if (!s) throw new Error(`no session ${req.session}`);
+    case "bind": {
+      const s = session(req.session);
+      s.sources = { ...s.sources, ...req.tensors };
       s.bound = bind(s.sources);
       return { id: req.id, ok: true };
     }
+    case "unbind":
     case "release": {
-      const s = sessions.get(req.session);
-      sessions.delete(req.session);
-      await s?.session.release();
-      return { id: req.id, ok: true };
+      const s = session(req.session);
+      const tensors = s.sources;
+      s.sources = {};
+      s.bound = {};
+      if (req.op === "release") {
+        sessions.delete(req.session);
+        await s.session.release();
+      }
+      return { id: req.id, ok: true, outputs: tensors };
     }
   }
 }
