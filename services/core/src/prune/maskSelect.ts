@@ -5,7 +5,8 @@
  * The contract, per output channel o (a column of the logical [in, out] matrix):
  *   M[c,o] = |W[c,o]| * sqrt(s[c]) in float64 (W read to float32 first); magnitude: M = |W[c,o]|.
  *   unstructured: prune exactly floor(in * sparsity) smallest M, ties -> lower c first.
- *   N:M: in every run of M consecutive c, prune the N smallest M, ties -> lower c first.
+ *   N:M: in every run of M consecutive c, prune the N smallest M, ties -> lower c first (the
+ *   pattern fixes the ratio at N/M; sparsity is validated but otherwise unused, as in Wanda).
  *   magnitude "matrix" scope: prune floor(in*out*sparsity) smallest |W| of the whole matrix,
  *   ties -> lower (c, o) in row-major [in, out] order.
  * The mask is computed separately from applying it, so callers can compute every mask of a block
