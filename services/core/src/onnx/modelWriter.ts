@@ -33,7 +33,7 @@ export interface Region {
 export const DATA_ALIGNMENT = 4096;
 const COPY_CHUNK = 8 << 20;
 
-interface Planned {
+export interface Planned {
   src: TensorProto;
   /** The same tensor in the output model (a clone of the source). */
   out: TensorProto;
@@ -85,6 +85,7 @@ export class PrunedModelWriter {
     data: TensorData,
     outDir: string,
     rewritten: ReadonlySet<string>,
+    options: { resume?: boolean } = {},
   ): Promise<PrunedModelWriter> {
     const dir = resolve(outDir);
     const graph = src.model.graph;
@@ -106,38 +107,13 @@ export class PrunedModelWriter {
 
     await data.validate();
 
-    const outModel = clone(ModelProtoSchema, src.model);
-    const srcTensors = allTensors(src.model);
-    const outTensors = allTensors(outModel);
-    const nInit = graph.initializer.length;
-    const planned: Planned[] = [];
-    const byName = new Map<string, Planned>();
-    const dataPath = join(dir, DATA_FILE);
-    let end = 0;
-    for (let i = 0; i < srcTensors.length; i++) {
-      const t = srcTensors[i]!;
-      const isRewritten = i < nInit && rewritten.has(t.name);
-      if (!isRewritten && !isExternal(t)) continue;
-      let length: number;
-      if (isRewritten) {
-        length = data.byteLength(t);
-      } else {
-        const range = data.externalRange(t)!;
-        if (range.file === dataPath || range.file === dataPath + PARTIAL_SUFFIX) {
-          throw new InvalidArgumentError(
-            dir,
-            `is the source model's own folder (${range.file} holds its weights); choose another --out folder`,
-          );
-        }
-        length = range.length;
-      }
-      const offset = alignUp(end, DATA_ALIGNMENT);
-      end = offset + length;
-      const p: Planned = { src: t, out: outTensors[i]!, region: { offset, length }, rewritten: isRewritten };
-      planned.push(p);
-      if (i < nInit) byName.set(t.name, p);
-    }
+    const { outModel, planned, byName, end } = planLayout(src, data, dir, rewritten);
 
+    if (options.resume) {
+      // A restarted coordinator reopens the data its workers already wrote.
+      const handle = await open(join(dir, DATA_FILE) + PARTIAL_SUFFIX, "r+");
+      return new PrunedModelWriter(dir, data, outModel, planned, byName, [...rewritten], handle);
+    }
     for (const f of [MODEL_FILE, DATA_FILE]) {
       if (await exists(join(dir, f))) {
         throw new OutputExistsError(
@@ -146,7 +122,7 @@ export class PrunedModelWriter {
         );
       }
     }
-    const handle = await open(dataPath + PARTIAL_SUFFIX, "w");
+    const handle = await open(join(dir, DATA_FILE) + PARTIAL_SUFFIX, "w");
     try {
       // Sized up front so regions can be written in any order; alignment gaps stay sparse.
       await handle.truncate(end);
@@ -315,4 +291,51 @@ async function syncDir(dir: string): Promise<void> {
   } catch {
     // best effort
   }
+}
+
+/**
+ * Where every tensor goes in OUT/model.onnx.data. Deterministic for a model and a rewritten set,
+ * so the workers of a cluster compute the same regions as the coordinator's writer and write
+ * their pruned tensors straight into the shared partial file.
+ */
+export function planLayout(src: LoadedModel, data: TensorData, dir: string, rewritten: ReadonlySet<string>): { outModel: ModelProto; planned: Planned[]; byName: Map<string, Planned>; end: number } {
+  const graph = src.model.graph!;
+  const outModel = clone(ModelProtoSchema, src.model);
+  const srcTensors = allTensors(src.model);
+  const outTensors = allTensors(outModel);
+  const nInit = graph.initializer.length;
+  const planned: Planned[] = [];
+  const byName = new Map<string, Planned>();
+  const dataPath = join(dir, DATA_FILE);
+  let end = 0;
+  for (let i = 0; i < srcTensors.length; i++) {
+    const t = srcTensors[i]!;
+    const isRewritten = i < nInit && rewritten.has(t.name);
+    if (!isRewritten && !isExternal(t)) continue;
+    let length: number;
+    if (isRewritten) {
+      length = data.byteLength(t);
+    } else {
+      const range = data.externalRange(t)!;
+      if (range.file === dataPath || range.file === dataPath + PARTIAL_SUFFIX) {
+        throw new InvalidArgumentError(
+          dir,
+          `is the source model's own folder (${range.file} holds its weights); choose another --out folder`,
+        );
+      }
+      length = range.length;
+    }
+    const offset = alignUp(end, DATA_ALIGNMENT);
+    end = offset + length;
+    const p: Planned = { src: t, out: outTensors[i]!, region: { offset, length }, rewritten: isRewritten };
+    planned.push(p);
+    if (i < nInit) byName.set(t.name, p);
+  }
+  return { outModel, planned, byName, end };
+}
+
+/** The regions of the rewritten initializers (what a cluster worker writes). */
+export function rewrittenRegions(src: LoadedModel, data: TensorData, outDir: string, rewritten: ReadonlySet<string>): Map<string, Region> {
+  const { byName } = planLayout(src, data, resolve(outDir), rewritten);
+  return new Map([...byName].filter(([, p]) => p.rewritten).map(([name, p]) => [name, { ...p.region }]));
 }
