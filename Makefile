@@ -4,7 +4,7 @@ NODE_STAMP := node_modules/.package-lock.json
 CLI := node dist/services/cli/src/main.js
 DEMO := .work/demo
 
-.PHONY: setup build test demo bench generate clean
+.PHONY: setup build test demo bench generate clean system-deps
 
 setup: build
 
@@ -19,7 +19,18 @@ build: $(NODE_STAMP)
 generate: $(NODE_STAMP)
 	npx buf generate
 
-test: setup
+# Debian packages the cluster tests start for real: nats-server (JetStream) and openssl (test certificates).
+system-deps:
+	@missing=""; \
+	command -v nats-server >/dev/null 2>&1 || missing="$$missing nats-server"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y $$missing; \
+	fi
+
+test: setup system-deps
 	npm test
 
 # Generates a small LLaVA-style decoder with fused contrib ops and fp16 weights, prunes it with

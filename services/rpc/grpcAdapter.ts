@@ -85,8 +85,9 @@ export function addService<S extends GenService<GenServiceMethods>>(server: grpc
       handlers[m.localName] = ((call: grpc.ServerWritableStream<unknown, unknown>) => {
         handler(call.request, call).then(
           () => call.end(),
+          // grpc-js ends a server stream with a status only through its 'error' event.
           (err: unknown) => {
-            if (!call.cancelled) call.destroy(toServiceError(err) as Error);
+            if (!call.cancelled) call.emit("error", toServiceError(err));
           },
         );
       }) as grpc.handleServerStreamingCall<unknown, unknown>;
@@ -124,8 +125,8 @@ export function createClient<S extends GenService<GenServiceMethods>>(
         });
     } else {
       client[m.localName] = (request: never, o?: CallOptions) => {
-        const stream = raw[m.localName]!(create(m.input, request), o?.metadata ?? new grpc.Metadata(), callOpts(o)) as grpc.ClientReadableStream<unknown>;
-        return Object.assign(stream, { cancel: () => stream.cancel() });
+        // A grpc-js ClientReadableStream is already an async iterable with cancel().
+        return raw[m.localName]!(create(m.input, request), o?.metadata ?? new grpc.Metadata(), callOpts(o)) as grpc.ClientReadableStream<unknown>;
       };
     }
   }

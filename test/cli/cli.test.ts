@@ -215,8 +215,8 @@ describe("prune", () => {
 });
 
 describe("commands", () => {
-  test("atvp submit → non-zero, not supported yet", () => {
-    const r = atvp("submit", "--model", model);
+  test("atvp eval → non-zero, not supported yet", () => {
+    const r = atvp("eval", "--model", model);
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /not supported yet/);
   });

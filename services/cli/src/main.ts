@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 /** atvp: the atv-prune command line. */
 import { AtvpError } from "../../core/src/errors.js";
+import { CliError } from "./cliError.js";
+import { DEFAULT_CLUSTER_DIR } from "./clusterFile.js";
 import { genModelCommand } from "./commands/genModel.js";
 import { inspectCommand } from "./commands/inspect.js";
 import { pruneCommand } from "./commands/prune.js";
@@ -15,10 +17,24 @@ commands:
   inspect    MODEL [--json]
   gen-model  --layers L --hidden H [--fused] [--fp16] [--attention mha|gqa] [--norm rms|layer] [--no-names] --out DIR
 
-not supported yet: submit, watch, status, cancel, cluster (the gRPC cluster), eval
+cluster (coordinator + workers over gRPC, job state in NATS JetStream):
+  cluster up    [--workers N (2)] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S]
+                starts nats-server, N workers and the coordinator in the background; writes D/cluster.json
+  cluster down  [--dir D] [--timeout S]
+  submit        prune's job flags (not --threads/--device) [--workers K] [--wait | --watch] [CONNECTION]
+                prints the job id; --wait/--watch follow it and exit 0 only if it SUCCEEDED
+  status        JOB [--json] [CONNECTION]
+  watch         JOB [CONNECTION]      the job's events so far, then live; exits like submit --wait
+  cancel        JOB [--reason R] [--json] [CONNECTION]
+
+  D defaults to ${DEFAULT_CLUSTER_DIR}.
+  CONNECTION: --coordinator HOST:PORT (default: the coordinator in --cluster-dir D/cluster.json)
+              [--token T (or ATVP_TOKEN)] [--tls-ca F] [--tls-cert F --tls-key F] [--tls-server-name NAME]
+
+not supported yet: eval
 `;
 
-const NOT_YET = new Set(["submit", "watch", "status", "cancel", "cluster", "eval"]);
+const NOT_YET = new Set(["eval"]);
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -26,12 +42,18 @@ async function main(argv: string[]): Promise<number> {
     case "prune": return pruneCommand(rest);
     case "inspect": return inspectCommand(rest);
     case "gen-model": return genModelCommand(rest);
+    // Loaded on demand: prune and inspect need neither gRPC nor the generated APIs.
+    case "cluster": return (await import("./commands/cluster.js")).clusterCommand(rest);
+    case "submit": return (await import("./commands/jobs.js")).submitCommand(rest);
+    case "status": return (await import("./commands/jobs.js")).statusCommand(rest);
+    case "watch": return (await import("./commands/jobs.js")).watchCommand(rest);
+    case "cancel": return (await import("./commands/jobs.js")).cancelCommand(rest);
     case undefined: case "help": case "--help": case "-h":
       process.stdout.write(USAGE);
       return command === undefined ? 2 : 0;
     default:
       if (NOT_YET.has(command)) {
-        process.stderr.write(`atvp ${command}: not supported yet (the cluster mode is not built; use atvp prune)\n`);
+        process.stderr.write(`atvp ${command}: not supported yet\n`);
         return 2;
       }
       process.stderr.write(`atvp: unknown command ${JSON.stringify(command)}\n${USAGE}`);
@@ -43,6 +65,7 @@ main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
     if (err instanceof AtvpError) process.stderr.write(`atvp: error [${err.code}] ${err.message}\n`);
+    else if (err instanceof CliError) process.stderr.write(`atvp: error [${err.tag}] ${err.message}\n`);
     else process.stderr.write(`atvp: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
     process.exit(1);
   },

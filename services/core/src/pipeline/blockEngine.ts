@@ -3,6 +3,11 @@
  * masks for every linear of the block, zeroing, and the forward that feeds the next block. The
  * single-process pruner and the cluster workers both run blocks through this class, so every
  * mode computes the same bits.
+ *
+ * A block takes its input states through a StateSource, so a cluster worker can start on sample
+ * 0 while later samples are still arriving from the previous worker, and it reports each
+ * next-state sample as soon as it exists, so the next worker can start early in turn. Samples
+ * are always processed in order, so the bits do not depend on when they arrive.
  */
 import { toBinary } from "@bufbuild/protobuf";
 import { ModelProtoSchema } from "../../../gen/onnx_pb.js";
@@ -28,6 +33,33 @@ import type { SampleFeeds } from "./sampleFeeds.js";
 
 /** The hidden-path tensors of one sample at a block boundary. */
 export type SampleState = Map<string, WireTensor>;
+
+/** The states entering a block, possibly still arriving; get(j) may be called more than once. */
+export interface StateSource {
+  readonly count: number;
+  get(sample: number): Promise<SampleState>;
+}
+
+/** A StateSource over states already in memory. */
+export function arraySource(states: readonly SampleState[]): StateSource {
+  return {
+    count: states.length,
+    get: (j) => {
+      const s = states[j];
+      return s ? Promise.resolve(s) : Promise.reject(new RangeError(`no state for sample ${j} (have ${states.length})`));
+    },
+  };
+}
+
+export interface RunBlockOptions {
+  /**
+   * Called with each sample's state after the block as soon as it is computed, in sample order
+   * (from the pruned forward for sequential propagation, from the dense forward for dense).
+   */
+  onNext?: (sample: number, state: SampleState) => void;
+  /** Checked between samples: aborting stops the block with the signal's reason. */
+  signal?: AbortSignal;
+}
 
 export interface EngineContext {
   loaded: LoadedModel;
@@ -84,13 +116,18 @@ export class BlockEngine {
     }
   }
 
-  async runBlock(b: number, states: readonly SampleState[]): Promise<BlockResult> {
+  async runBlock(b: number, input: readonly SampleState[] | StateSource, options: RunBlockOptions = {}): Promise<BlockResult> {
     const { plan, spec, samples, host } = this.ctx;
     const cut = plan.blocks[b]!;
+    const source = isStateSource(input) ? input : arraySource(input);
+    const { onNext, signal } = options;
     const started = performance.now();
     const weights = await this.readWeights(cut.weights);
     const toPrune = cut.weights.filter((l) => isSelected(spec, l.weight, l.node));
     const N = samples.length;
+    if (spec.method !== "magnitude" && source.count !== N) {
+      throw new GraphError(cut.label, `got input states for ${source.count} samples, expected ${N}`);
+    }
     let next: SampleState[] = [];
     let report: Omit<BlockReport, "seconds" | "tokensPerSecond"> = {
       index: b, label: cut.label, cosDistAvg: null, k: [], nText: [], nVisual: [],
@@ -111,7 +148,9 @@ export class BlockEngine {
 
         // Step 1 (and 3 for Wanda, whose pool needs nothing from the forward): dense forward.
         for (let j = 0; j < N; j++) {
-          const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, states[j]!);
+          signal?.throwIfAborted();
+          const state = await source.get(j);
+          const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, state);
           const withActs = spec.method === "wanda" || cacheActs;
           const out = await host.run(session, inputs, withActs ? [...cut.stateOutputs, ...fetchActs] : cut.stateOutputs);
           const act = (a: string) => out[a] ?? inputs[a]!;
@@ -122,12 +161,12 @@ export class BlockEngine {
             // Step 2: d_t = 1 - cos(X[t], Y[t]) for the visual tokens.
             const s = samples[j]!;
             const visual = s.attentionMask.map((m, t) => (m && s.imageMask[t] ? 1 : 0));
-            const x = plan.stateAfter[b]!.map((t) => states[j]!.get(t)!);
-            const y = plan.stateAfter[b + 1]!.map((t) => out[t] ?? states[j]!.get(t)!);
+            const x = plan.stateAfter[b]!.map((t) => state.get(t)!);
+            const y = plan.stateAfter[b + 1]!.map((t) => out[t] ?? state.get(t)!);
             distances.push(cosineDistances(x, y, s.tokens, visual, sampleSubject(s, cut)));
             if (cacheActs) cached.push(Object.fromEntries(acts.map((a) => [a, act(a)])));
           }
-          if (dense) next.push(this.stateAfter(b, out, states[j]!, this.ctx.feeds[j]!));
+          if (dense) emitNext(next, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
         }
 
         if (spec.method === "atv") {
@@ -135,9 +174,10 @@ export class BlockEngine {
           report = { ...report, cosDistAvg: selection.cosDistAvg, k: selection.k, nText: selection.nText, nVisual: selection.nVisual };
           // Step 3 over the ATV pools, samples in order (recomputing activations if not kept).
           for (let j = 0; j < N; j++) {
+            signal?.throwIfAborted();
             let values = cached[j];
             if (!values) {
-              const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, states[j]!);
+              const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, await source.get(j));
               const out = await host.run(session, inputs, fetchActs);
               values = Object.fromEntries(acts.map((a) => [a, out[a] ?? inputs[a]!]));
             }
@@ -154,9 +194,11 @@ export class BlockEngine {
           await host.bind(session, boundTensors(cut, weights, this.ctx.index));
           next = [];
           for (let j = 0; j < N; j++) {
-            const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, states[j]!);
+            signal?.throwIfAborted();
+            const state = await source.get(j);
+            const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, state);
             const out = await host.run(session, inputs, cut.stateOutputs);
-            next.push(this.stateAfter(b, out, states[j]!, this.ctx.feeds[j]!));
+            emitNext(next, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
           }
         }
       } finally {
@@ -251,6 +293,15 @@ export class BlockEngine {
     }
     return next;
   }
+}
+
+function isStateSource(input: readonly SampleState[] | StateSource): input is StateSource {
+  return !Array.isArray(input);
+}
+
+function emitNext(next: SampleState[], state: SampleState, onNext: RunBlockOptions["onNext"]): void {
+  next.push(state);
+  onNext?.(next.length - 1, state);
 }
 
 function sampleSubject(s: CalibSample, cut: StageCut): string {

@@ -104,7 +104,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   }
 }
 
-function loadSamples(spec: ResolvedSpec, analysis: ModelAnalysis): CalibSample[] {
+export function loadSamples(spec: ResolvedSpec, analysis: ModelAnalysis): CalibSample[] {
   const calib = spec.calib!;
   const samples = loadCalibrationSet(calib, { nsamples: spec.nsamples, seed: spec.seed });
   const main = analysis.partition.mainInput;
@@ -121,7 +121,7 @@ function loadSamples(spec: ResolvedSpec, analysis: ModelAnalysis): CalibSample[]
   return samples;
 }
 
-function buildReport(
+export function buildReport(
   spec: ResolvedSpec, input: PruneSpec, analysis: ModelAnalysis, samples: readonly CalibSample[],
   blocks: BlockReport[], layers: LayerReport[], seconds: number,
 ): PruneReport {

@@ -124,9 +124,17 @@ export class InferenceHost {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    const exited = new Promise<void>((resolve) => this.worker.once("exit", () => resolve()));
+    try {
+      await Promise.race([this.call({ op: "close" }), new Promise((_, reject) => setTimeout(() => reject(new Error("timeout")), 10_000))]);
+    } catch {
+      // The thread is gone or stuck: stop it the hard way below.
+    }
     this.closed = true;
     this.failAll(new Error("inference host closed"));
-    await this.worker.terminate();
+    const timer = setTimeout(() => void this.worker.terminate(), 10_000);
+    await exited;
+    clearTimeout(timer);
   }
 }
 

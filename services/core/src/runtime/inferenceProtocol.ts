@@ -8,7 +8,8 @@ export type HostRequest =
   | { id: number; op: "run"; session: number; feeds: Record<string, WireTensor>; fetches: string[] }
   | { id: number; op: "bind"; session: number; tensors: Record<string, WireTensor> }
   | { id: number; op: "unbind"; session: number }
-  | { id: number; op: "release"; session: number };
+  | { id: number; op: "release"; session: number }
+  | { id: number; op: "close" };
 
 export type HostResponse =
   | { id: number; ok: true; session?: number; inputNames?: string[]; outputNames?: string[]; outputs?: Record<string, WireTensor> }

@@ -70,6 +70,16 @@ async function handle(req: HostRequest): Promise<HostResponse> {
       }
       return { id: req.id, ok: true, outputs };
     }
+    case "close": {
+      // Release every session before the thread ends: tearing onnxruntime down inside a
+      // terminated thread can abort the whole process.
+      for (const [id, s] of sessions) {
+        sessions.delete(id);
+        await s.session.release();
+      }
+      setImmediate(() => port!.close());
+      return { id: req.id, ok: true };
+    }
     case "bind": {
       const s = session(req.session);
       s.sources = { ...s.sources, ...req.tensors };

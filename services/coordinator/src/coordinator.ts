@@ -1,0 +1,117 @@
+/**
+ * The coordinator process: JobService on gRPC, job state and events in NATS JetStream, workers
+ * from a static list (or Kubernetes discovery), Prometheus metrics. On start it picks up the
+ * jobs a previous coordinator left RUNNING or PENDING and resumes them from their checkpoints.
+ */
+import * as grpc from "@grpc/grpc-js";
+import { JobService, JobState, type Job } from "../../gen/atvprune/v1/job_pb.js";
+import { addService } from "../../rpc/grpcAdapter.js";
+import { GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/credentials.js";
+import { startMetricsServer, type MetricsServer } from "../../observability/metricsServer.js";
+import { CoordinatorMetrics } from "./coordinatorMetrics.js";
+import { JobRunner, isTerminal } from "./jobRunner.js";
+import { jobServiceImpl } from "./jobService.js";
+import { WorkerPool } from "./workerPool.js";
+import { connectNats, type NatsAuth } from "./state/natsConnection.js";
+import { JobStore } from "./state/jobStore.js";
+import { EventLog } from "./state/eventLog.js";
+
+export interface CoordinatorOptions {
+  host?: string;
+  port?: number;
+  nats: string;
+  natsAuth?: NatsAuth;
+  workers: string[];
+  workRoot: string;
+  allowedRoots: string[];
+  token?: string;
+  /** TLS of the JobService server */
+  tls?: TlsConfig;
+  /** TLS of the connections to workers (client side) */
+  workerTls?: TlsConfig;
+  metricsPort?: number;
+  log?: (message: string) => void;
+  reassignTimeoutMs?: number;
+}
+
+export interface CoordinatorHandle {
+  address: string;
+  metricsPort?: number;
+  pool: WorkerPool;
+  close(): Promise<void>;
+}
+
+export async function startCoordinator(opts: CoordinatorOptions): Promise<CoordinatorHandle> {
+  const log = opts.log ?? ((m: string) => process.stderr.write(`coordinator: ${m}\n`));
+  const nc = await connectNats({ servers: opts.nats, name: "atvp-coordinator", ...opts.natsAuth });
+  const store = await JobStore.open(nc);
+  const events = await EventLog.open(nc);
+  const pool = new WorkerPool(opts.workers, { tls: opts.workerTls });
+  pool.start();
+  const runners = new Map<string, JobRunner>();
+  const knownStates = new Map<string, JobState>();
+  const metrics = new CoordinatorMetrics(() => [...knownStates.values()], () => pool.ready().length);
+  const trackingStore = {
+    create: async (job: Job) => { knownStates.set(job.id, job.state); return store.create(job); },
+    get: (id: string) => store.get(id),
+    update: async (id: string, mutate: (job: Job) => void) => {
+      const job = await store.update(id, mutate);
+      knownStates.set(id, job.state);
+      return job;
+    },
+    list: async () => {
+      const jobs = await store.list();
+      for (const j of jobs) knownStates.set(j.id, j.state);
+      return jobs;
+    },
+  };
+  const startJob = (job: Job, resume = false) => {
+    if (runners.has(job.id)) return;
+    const runner = new JobRunner({
+      store: trackingStore, events, pool, metrics, workRoot: opts.workRoot, log, reassignTimeoutMs: opts.reassignTimeoutMs,
+    }, job.id, job.spec!, resume);
+    runners.set(job.id, runner);
+    void runner.run().finally(() => runners.delete(job.id));
+  };
+
+  const server = new grpc.Server(GRPC_OPTIONS);
+  addService(server, JobService, jobServiceImpl({
+    store: trackingStore, events, allowedRoots: opts.allowedRoots, token: opts.token,
+    startJob: (job) => startJob(job),
+    cancelJob: (id, reason) => {
+      const r = runners.get(id);
+      r?.cancel(reason);
+      return r !== undefined;
+    },
+  }));
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${opts.host ?? "127.0.0.1"}:${opts.port ?? 0}`, serverCredentials(opts.tls), (err, p) => (err ? reject(err) : resolve(p))));
+  const address = `${opts.host ?? "127.0.0.1"}:${port}`;
+
+  // A restarted coordinator resumes what its predecessor left running.
+  for (const job of await trackingStore.list()) {
+    if (!isTerminal(job.state)) {
+      log(`resuming job ${job.id} (${JobState[job.state]})`);
+      startJob(job, true);
+    }
+  }
+
+  let metricsServer: MetricsServer | undefined;
+  if (opts.metricsPort !== undefined) metricsServer = await startMetricsServer(metrics.registry, () => true, opts.metricsPort, opts.host ?? "127.0.0.1");
+
+  return {
+    address,
+    metricsPort: metricsServer?.port,
+    pool,
+    async close() {
+      for (const r of runners.values()) r.detach();
+      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      server.forceShutdown();
+      pool.close();
+      await metricsServer?.close();
+      await events.close();
+      await store.close();
+      await nc.close();
+    },
+  };
+}

@@ -1,0 +1,280 @@
+/**
+ * Drives one job from RUNNING to a terminal state: plans shards over the ready workers, runs
+ * them (each on one worker; a shard whose worker dies is rerun elsewhere and resumes from the
+ * job's checkpoints), records progress in the job store and events, and assembles the output
+ * (model.onnx, report.json) from what the workers wrote. Every path ends SUCCEEDED, FAILED
+ * (with the reason) or CANCELLED.
+ */
+import { existsSync } from "node:fs";
+import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { status } from "@grpc/grpc-js";
+import { create } from "@bufbuild/protobuf";
+import {
+  JobEventSchema, JobState, ShardStatusSchema,
+  type Job, type JobEvent, type JobSpec,
+} from "../../gen/atvprune/v1/job_pb.js";
+import type { ShardProgress } from "../../gen/atvprune/v1/worker_pb.js";
+import { PrunedModelWriter } from "../../core/src/onnx/modelWriter.js";
+import { DATA_FILE, PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir } from "../../core/src/onnx/outputDir.js";
+import { TensorData } from "../../core/src/onnx/tensorData.js";
+import { analyzeModel } from "../../core/src/pipeline/modelAnalysis.js";
+import { buildReport, loadSamples } from "../../core/src/pipeline/pruneModel.js";
+import { isSelected, resolveSpec } from "../../core/src/pipeline/pruneSpec.js";
+import type { BlockReport, LayerReport } from "../../core/src/pipeline/report.js";
+import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
+import { toPruneSpec } from "./pathPolicy.js";
+import type { EventPort, JobStatePort } from "./ports.js";
+import { planShards, type PlannedShard } from "./shardPlanner.js";
+import type { WorkerPool } from "./workerPool.js";
+
+export interface RunnerDeps {
+  store: JobStatePort;
+  events: EventPort;
+  pool: WorkerPool;
+  metrics: CoordinatorMetrics;
+  workRoot: string;
+  log: (message: string) => void;
+  /** how long a shard may wait for a worker before the job fails */
+  reassignTimeoutMs?: number;
+  /** attempts per shard before the job fails */
+  maxAttempts?: number;
+}
+
+class Cancelled extends Error {}
+
+// Statuses that a rerun cannot fix: the input or the spec is wrong.
+const DETERMINISTIC = new Set([status.INVALID_ARGUMENT, status.FAILED_PRECONDITION, status.ALREADY_EXISTS, status.NOT_FOUND, status.PERMISSION_DENIED, status.OUT_OF_RANGE]);
+
+export class JobRunner {
+  private cancelReason: string | undefined;
+  private readonly running = new Map<number, string>();
+  private readonly done = new Set<number>();
+  private readonly abort = new AbortController();
+  private shards: PlannedShard[] = [];
+  private tokensPerBlock = 0;
+
+  constructor(private readonly deps: RunnerDeps, readonly jobId: string, private readonly spec: JobSpec, private readonly resume: boolean) {}
+
+  private detached = false;
+
+  /**
+   * Stops driving the job without ending it (the coordinator is shutting down): the job stays
+   * RUNNING in the store and the next coordinator resumes it from the checkpoints.
+   */
+  detach(): void {
+    this.detached = true;
+    this.abort.abort();
+  }
+
+  cancel(reason: string): void {
+    if (this.cancelReason !== undefined) return;
+    this.cancelReason = reason;
+    this.abort.abort();
+    for (const [shard, address] of this.running) {
+      void this.deps.pool.client(address).cancelShard({ jobId: this.jobId, shard }, { deadlineMs: 5000 }).catch(() => {});
+    }
+  }
+
+  private emit(event: Omit<Parameters<typeof create<typeof JobEventSchema>>[1], "jobId" | "timeUnixMs">): void {
+    const e: JobEvent = create(JobEventSchema, { ...(event as object), jobId: this.jobId, timeUnixMs: BigInt(Date.now()) });
+    const report = (err: unknown) => this.deps.log(`job ${this.jobId}: event not published: ${String(err)}`);
+    try {
+      Promise.resolve(this.deps.events.publish(e)).catch(report);
+    } catch (err) {
+      report(err);
+    }
+  }
+
+  private async setState(state: JobState, reason = ""): Promise<void> {
+    await this.deps.store.update(this.jobId, (job) => {
+      job.state = state;
+      job.reason = reason;
+      job.updatedUnixMs = BigInt(Date.now());
+    });
+    this.emit({ event: { case: "stateChanged", value: { state, reason } } });
+  }
+
+  /** Runs the job to a terminal state; never throws. */
+  async run(): Promise<void> {
+    const started = performance.now();
+    let writer: PrunedModelWriter | undefined;
+    let data: TensorData | undefined;
+    try {
+      const pruneSpec = toPruneSpec(this.spec);
+      const resolved = resolveSpec(pruneSpec, 1);
+      const analysis = analyzeModel(resolved.model);
+      data = new TensorData(analysis.loaded);
+      await data.validate();
+      const samples = resolved.method === "magnitude" ? [] : loadSamples(resolved, analysis);
+      this.tokensPerBlock = samples.reduce((a, s) => a + s.tokens, 0);
+      const toPrune = analysis.partition.blockLinears.flat().filter((l) => isSelected(resolved, l.weight, l.node));
+      const rewritten = new Set(toPrune.map((l) => l.weight));
+      const partial = join(resolved.out, DATA_FILE + PARTIAL_SUFFIX);
+      if (this.resume && existsSync(partial)) {
+        writer = await PrunedModelWriter.create(analysis.loaded, data, resolved.out, rewritten, { resume: true });
+      } else {
+        await prepareOutputDir(resolved.out, resolved.force || this.resume);
+        writer = await PrunedModelWriter.create(analysis.loaded, data, resolved.out, rewritten);
+      }
+      const numBlocks = analysis.partition.numBlocks;
+      await this.deps.store.update(this.jobId, (job) => {
+        job.state = JobState.RUNNING;
+        job.blocksTotal = numBlocks;
+        job.updatedUnixMs = BigInt(Date.now());
+      });
+      this.emit({ event: { case: "stateChanged", value: { state: JobState.RUNNING } } });
+
+      const workDir = join(this.deps.workRoot, this.jobId);
+      await mkdir(workDir, { recursive: true });
+      const costs = analysis.partition.blockLinears.map((linears) => ({
+        bytes: linears.reduce((a, l) => a + data!.byteLength(analysis.index.initializers.get(l.weight)!), 0),
+        flops: linears.reduce((a, l) => a + l.inDim * l.outDim, 0),
+      }));
+      const ready = await this.deps.pool.waitForReady(1, this.deps.reassignTimeoutMs ?? 60_000, this.abort.signal);
+      this.throwIfCancelled();
+      this.shards = planShards(costs, ready.map((w) => ({ address: w.address, memoryBytes: Number(w.memoryBytes) })), this.spec.workers);
+      await this.deps.store.update(this.jobId, (job) => {
+        job.shards = this.shards.map((s) => create(ShardStatusSchema, { index: s.index, firstBlock: s.firstBlock, endBlock: s.endBlock, worker: s.worker }));
+      });
+      this.deps.log(`job ${this.jobId}: ${numBlocks} blocks in ${this.shards.length} shards`);
+      const results = await Promise.allSettled(this.shards.map((s) => this.runShard(s, workDir)));
+      this.throwIfCancelled();
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+      if (failed) throw failed.reason;
+
+      const blocks: BlockReport[] = [];
+      const layers: LayerReport[] = [];
+      for (let b = 0; b < numBlocks; b++) {
+        const record = JSON.parse(await readFile(join(workDir, "blocks", `${b}.json`), "utf8")) as { report: BlockReport; layers: LayerReport[] };
+        blocks.push(record.report);
+        layers.push(...record.layers);
+      }
+      for (const name of rewritten) writer.markWritten(name);
+      await writer.finalize();
+      const report = buildReport(resolved, pruneSpec, analysis, samples, blocks, layers, (performance.now() - started) / 1000);
+      const reportPath = join(resolved.out, REPORT_FILE);
+      await writeFile(reportPath + PARTIAL_SUFFIX, JSON.stringify({ ...report, jobId: this.jobId, workers: this.shards.length }, null, 2) + "\n");
+      await rename(reportPath + PARTIAL_SUFFIX, reportPath);
+      writer = undefined;
+      await this.setState(JobState.SUCCEEDED);
+    } catch (err) {
+      if (this.detached) {
+        this.deps.log(`job ${this.jobId}: left running for the next coordinator`);
+        return;
+      }
+      await writer?.abort().catch(() => {});
+      const reason = err instanceof Error ? err.message : String(err);
+      if (this.cancelReason !== undefined) await this.finalState(JobState.CANCELLED, this.cancelReason);
+      else {
+        this.deps.log(`job ${this.jobId} failed: ${reason}`);
+        await this.finalState(JobState.FAILED, reason);
+      }
+    } finally {
+      await data?.close().catch(() => {});
+    }
+  }
+
+  private async finalState(state: JobState, reason: string): Promise<void> {
+    try {
+      await this.setState(state, reason);
+    } catch (err) {
+      this.deps.log(`job ${this.jobId}: could not record ${JobState[state]}: ${String(err)}`);
+    }
+  }
+
+  private throwIfCancelled(): void {
+    if (this.cancelReason !== undefined) throw new Cancelled(this.cancelReason);
+    if (this.detached) throw new Cancelled("coordinator shutting down");
+  }
+
+  /** Runs one shard until it is done, moving it to another worker when its worker goes away. */
+  private async runShard(shard: PlannedShard, workDir: string): Promise<void> {
+    const maxAttempts = this.deps.maxAttempts ?? 10;
+    let address = shard.worker;
+    let lastError = "";
+    for (let attempt = 1; ; attempt++) {
+      this.throwIfCancelled();
+      if (attempt > maxAttempts) throw new Error(`shard ${shard.index} (blocks ${shard.firstBlock}-${shard.endBlock - 1}) failed ${maxAttempts} times; last error: ${lastError}`);
+      this.running.set(shard.index, address);
+      await this.deps.store.update(this.jobId, (job) => {
+        const s = job.shards.find((x) => x.index === shard.index);
+        if (s) { s.worker = address; s.attempts = attempt; }
+      });
+      this.emit({ event: { case: "shardAssigned", value: { shard: shard.index, firstBlock: shard.firstBlock, endBlock: shard.endBlock, worker: address, attempt } } });
+      // The next shard pulls its input from this one: tell it where this shard runs now.
+      const next = this.running.get(shard.index + 1);
+      if (attempt > 1 && next) {
+        void this.deps.pool.client(next).updateUpstream({ jobId: this.jobId, shard: shard.index + 1, upstream: address }, { deadlineMs: 5000 }).catch(() => {});
+      }
+      try {
+        const stream = this.deps.pool.client(address).runShard({
+          jobId: this.jobId, spec: this.spec, shard: shard.index, firstBlock: shard.firstBlock, endBlock: shard.endBlock,
+          upstream: this.running.get(shard.index - 1) ?? (shard.index > 0 ? this.shards[shard.index - 1]!.worker : ""),
+          workDir, attempt,
+        });
+        const onAbort = () => stream.cancel();
+        this.abort.signal.addEventListener("abort", onAbort);
+        try {
+          for await (const progress of stream) await this.onProgress(progress, address);
+        } finally {
+          this.abort.signal.removeEventListener("abort", onAbort);
+        }
+        return;
+      } catch (err) {
+        this.throwIfCancelled();
+        const code = (err as { code?: number }).code;
+        lastError = (err as Error).message;
+        if (code !== undefined && DETERMINISTIC.has(code)) throw new Error((err as { details?: string }).details || lastError);
+        this.deps.log(`job ${this.jobId}: shard ${shard.index} on ${address} failed (${lastError}); rerunning it`);
+        this.deps.pool.markDead(address);
+        address = await this.pickWorker(address);
+      }
+    }
+  }
+
+  /** Another ready worker if there is one (the failed one last), waiting a bounded time. */
+  private async pickWorker(failed: string): Promise<string> {
+    const deadline = Date.now() + (this.deps.reassignTimeoutMs ?? 60_000);
+    for (;;) {
+      this.throwIfCancelled();
+      await this.deps.pool.poll();
+      const ready = this.deps.pool.ready().map((w) => w.address);
+      const others = ready.filter((a) => a !== failed);
+      const busy = new Set(this.running.values());
+      const pick = others.find((a) => !busy.has(a)) ?? others[0] ?? ready[0];
+      if (pick) return pick;
+      if (Date.now() > deadline) throw new Error(`no worker became ready within ${(this.deps.reassignTimeoutMs ?? 60_000) / 1000} s to rerun a shard`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+
+  private async onProgress(p: ShardProgress, address: string): Promise<void> {
+    const v = p.progress;
+    if (v.case === "blockStarted") {
+      this.emit({ event: { case: "blockStarted", value: v.value } });
+    } else if (v.case === "blockFinished") {
+      const b = v.value.block;
+      if (this.done.has(b)) return; // a rerun shard reports blocks that were already done
+      this.done.add(b);
+      this.deps.metrics.blocksPruned.inc();
+      this.deps.metrics.paramsPruned.inc(Number(v.value.pruned));
+      this.deps.metrics.calibrationTokens.inc(this.tokensPerBlock);
+      this.deps.metrics.blockDuration.observe(v.value.seconds);
+      const doneCount = this.done.size;
+      await this.deps.store.update(this.jobId, (job) => {
+        job.blocksDone = Math.max(job.blocksDone, doneCount);
+        job.updatedUnixMs = BigInt(Date.now());
+        const s = job.shards.find((x) => b >= x.firstBlock && b < x.endBlock);
+        if (s) { s.blocksDone += 1; s.worker = address; }
+      });
+      this.emit({ event: { case: "blockFinished", value: v.value } });
+    }
+  }
+}
+
+export function isTerminal(state: JobState): boolean {
+  return state === JobState.SUCCEEDED || state === JobState.FAILED || state === JobState.CANCELLED;
+}
+
+export type { Job };

@@ -1,0 +1,91 @@
+/**
+ * JobService over gRPC: validates requests (fields, allowed paths, bearer token), creates jobs
+ * in the job store, starts their runners, and streams their events.
+ */
+import { randomBytes } from "node:crypto";
+import { status } from "@grpc/grpc-js";
+import { clone, create } from "@bufbuild/protobuf";
+import { JobEventSchema, JobSchema, JobService, JobSpecSchema, JobState, type Job } from "../../gen/atvprune/v1/job_pb.js";
+import type { ServerImpl } from "../../rpc/grpcAdapter.js";
+import { writeMessage } from "../../rpc/grpcAdapter.js";
+import { requireBearer } from "../../rpc/bearerAuth.js";
+import { RpcError } from "../../rpc/status.js";
+import { checkCalibrationPaths, resolveJobPaths, validateJobSpec } from "./pathPolicy.js";
+import { isTerminal } from "./jobRunner.js";
+import type { EventPort, JobStatePort } from "./ports.js";
+import { stateName } from "./coordinatorMetrics.js";
+
+export interface JobServiceDeps {
+  store: JobStatePort;
+  events: EventPort;
+  allowedRoots: string[];
+  token?: string;
+  /** starts (or resumes) the runner of a stored job */
+  startJob(job: Job): void;
+  cancelJob(id: string, reason: string): boolean;
+}
+
+export function newJobId(): string {
+  const t = new Date().toISOString().replace(/[-:T]/g, "").slice(0, 14);
+  return `job-${t}-${randomBytes(4).toString("hex")}`;
+}
+
+export function jobServiceImpl(deps: JobServiceDeps): ServerImpl<typeof JobService> {
+  const get = async (id: string): Promise<Job> => {
+    if (!id) throw new RpcError(status.INVALID_ARGUMENT, "id: a job id is required");
+    const job = await deps.store.get(id);
+    if (!job) throw new RpcError(status.NOT_FOUND, `job ${id} not found`);
+    return job;
+  };
+  return {
+    async submitJob(req, call) {
+      requireBearer(call, deps.token);
+      if (!req.spec) throw new RpcError(status.INVALID_ARGUMENT, "spec: is required");
+      validateJobSpec(req.spec);
+      const spec = clone(JobSpecSchema, req.spec);
+      const paths = resolveJobPaths({ model: spec.model, calib: spec.calib || undefined, out: spec.out }, deps.allowedRoots);
+      spec.model = paths.model;
+      spec.calib = paths.calib ?? "";
+      spec.out = paths.out;
+      if (spec.calib && spec.method !== "magnitude") checkCalibrationPaths(spec.calib, deps.allowedRoots);
+      const now = BigInt(Date.now());
+      const job = create(JobSchema, { id: newJobId(), spec, state: JobState.PENDING, createdUnixMs: now, updatedUnixMs: now });
+      await deps.store.create(job);
+      await deps.events.publish(create(JobEventSchema, {
+        jobId: job.id, timeUnixMs: now, event: { case: "stateChanged", value: { state: JobState.PENDING } },
+      }));
+      deps.startJob(job);
+      return { job };
+    },
+    async getJob(req, call) {
+      requireBearer(call, deps.token);
+      return get(req.id);
+    },
+    async listJobs(_req, call) {
+      requireBearer(call, deps.token);
+      const jobs = await deps.store.list();
+      jobs.sort((a, b) => Number(a.createdUnixMs - b.createdUnixMs));
+      return { jobs };
+    },
+    async cancelJob(req, call) {
+      requireBearer(call, deps.token);
+      const job = await get(req.id);
+      if (isTerminal(job.state)) throw new RpcError(status.FAILED_PRECONDITION, `job ${req.id} already ended ${stateName(job.state)}`);
+      if (!deps.cancelJob(req.id, req.reason || "cancelled by request")) {
+        // No runner in this process (e.g. still pending after a restart): record it directly.
+        return deps.store.update(req.id, (j) => { j.state = JobState.CANCELLED; j.reason = req.reason || "cancelled by request"; });
+      }
+      return get(req.id);
+    },
+    async watchJob(req, call) {
+      requireBearer(call, deps.token);
+      await get(req.id);
+      const abort = new AbortController();
+      call.on("cancelled", () => abort.abort());
+      for await (const event of deps.events.watch(req.id, { signal: abort.signal })) {
+        if (abort.signal.aborted) break;
+        await writeMessage(call, event);
+      }
+    },
+  };
+}

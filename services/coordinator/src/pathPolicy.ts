@@ -1,0 +1,171 @@
+/**
+ * What a submitted job may touch: a job names files on the coordinator's and workers' disks, so
+ * every model, calibration and output path must resolve inside one of the configured allowed
+ * roots, after `..` and symbolic links are followed (a link inside a root that points outside is
+ * outside). Also the field checks of a submitted JobSpec, as gRPC statuses that name the field.
+ */
+import { lstatSync, readFileSync, realpathSync, statSync } from "node:fs";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { status } from "@grpc/grpc-js";
+import type { JobSpec } from "../../gen/atvprune/v1/job_pb.js";
+import { InvalidArgumentError } from "../../core/src/errors.js";
+import { resolveSpec, type PruneSpec } from "../../core/src/pipeline/pruneSpec.js";
+import { RpcError } from "../../rpc/status.js";
+
+function errnoOf(err: unknown): string {
+  return (err as NodeJS.ErrnoException).code ?? "error";
+}
+
+function realRoot(root: string): string {
+  try {
+    return realpathSync(resolve(root));
+  } catch (err) {
+    throw new RpcError(status.FAILED_PRECONDITION, `allowed root ${root} cannot be resolved (${errnoOf(err)}); fix the coordinator's --allow-root`);
+  }
+}
+
+function isInside(path: string, root: string): boolean {
+  const rel = relative(root, path);
+  return rel === "" || (rel !== ".." && !rel.startsWith(`..${sep}`) && !isAbsolute(rel));
+}
+
+/**
+ * The real path of `absolute`, or for a path that does not exist yet the real path of its
+ * nearest existing ancestor joined with the missing rest (which, coming from a normalized path,
+ * holds no `..` and no links).
+ */
+function realpathOrAncestor(absolute: string, field: string, path: string): { real: string; exists: boolean } {
+  const rest: string[] = [];
+  let current = absolute;
+  for (;;) {
+    try {
+      const real = realpathSync(current);
+      if (rest.length === 0) return { real, exists: true };
+      if (!statSync(real).isDirectory()) throw new RpcError(status.INVALID_ARGUMENT, `${field}: ${path}: ${current} is not a directory`);
+      return { real: join(real, ...rest.reverse()), exists: false };
+    } catch (err) {
+      if (err instanceof RpcError) throw err;
+      const code = errnoOf(err);
+      if (code === "ELOOP") throw new RpcError(status.INVALID_ARGUMENT, `${field}: ${path}: too many levels of symbolic links`);
+      if (code === "EACCES") throw new RpcError(status.PERMISSION_DENIED, `${field}: ${path} cannot be read by the coordinator (EACCES)`);
+      if (code !== "ENOENT" && code !== "ENOTDIR") throw new RpcError(status.FAILED_PRECONDITION, `${field}: ${path} cannot be resolved (${code})`);
+      // A link whose target is missing: where a later mkdir or write would land cannot be checked.
+      if (isSymlink(current)) throw new RpcError(status.PERMISSION_DENIED, `${field}: ${path} goes through a dangling symbolic link (${current})`);
+      const parent = dirname(current);
+      if (parent === current) throw new RpcError(status.FAILED_PRECONDITION, `${field}: ${path} cannot be resolved (no existing ancestor)`);
+      rest.push(basename(current));
+      current = parent;
+    }
+  }
+}
+
+function isSymlink(path: string): boolean {
+  try {
+    return lstatSync(path).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The real, absolute path of `path` (relative paths resolve against the current directory),
+ * after checking that it lies inside one of `roots`. Use the returned path, not the given one:
+ * it is the one that was checked. The containment check comes before the existence check so a
+ * caller cannot probe which files exist outside the roots.
+ */
+export function resolveAllowedPath(path: string, roots: readonly string[], field: string, opts: { mustExist: boolean }): string {
+  if (roots.length === 0) throw new RpcError(status.FAILED_PRECONDITION, "no allowed roots configured");
+  if (!path) throw new RpcError(status.INVALID_ARGUMENT, `${field}: is required`);
+  if (path.includes("\0")) throw new RpcError(status.INVALID_ARGUMENT, `${field}: contains a NUL byte`);
+  const realRoots = roots.map(realRoot);
+  const { real, exists } = realpathOrAncestor(resolve(path), field, path);
+  if (!realRoots.some((root) => isInside(real, root))) {
+    throw new RpcError(status.PERMISSION_DENIED, `${field}: ${path} is outside the allowed roots (${roots.join(", ")})`);
+  }
+  if (opts.mustExist && !exists) throw new RpcError(status.NOT_FOUND, `${field}: ${path} does not exist`);
+  return real;
+}
+
+/** The model (must exist), calibration set (must exist, when given) and output directory of a job, checked and made real. */
+export function resolveJobPaths<S extends { model: string; calib?: string; out: string }>(spec: S, roots: readonly string[]): S {
+  return {
+    ...spec,
+    model: resolveAllowedPath(spec.model, roots, "spec.model", { mustExist: true }),
+    calib: spec.calib ? resolveAllowedPath(spec.calib, roots, "spec.calib", { mustExist: true }) : spec.calib,
+    out: resolveAllowedPath(spec.out, roots, "spec.out", { mustExist: false }),
+  };
+}
+
+/**
+ * The .npy files a calibration JSONL names (relative to it, or absolute) must be inside the
+ * roots too: otherwise a job could make workers read any file on their storage.
+ */
+export function checkCalibrationPaths(calib: string, roots: readonly string[]): void {
+  const text = readFileSync(calib, "utf8");
+  text.split("\n").forEach((line, i) => {
+    if (line.trim() === "") return;
+    let value: unknown;
+    try {
+      value = JSON.parse(line);
+    } catch {
+      throw new RpcError(status.INVALID_ARGUMENT, `spec.calib: ${calib}:${i + 1} is not valid JSON`);
+    }
+    const ref = (value as { inputs_embeds?: unknown } | null)?.inputs_embeds;
+    if (typeof ref === "string" && ref !== "") {
+      resolveAllowedPath(isAbsolute(ref) ? ref : resolve(dirname(calib), ref), roots, `spec.calib (${calib}:${i + 1} inputs_embeds)`, { mustExist: true });
+    }
+  });
+}
+
+/** Engine field names that differ from the proto's. */
+const PROTO_FIELD: Record<string, string> = { magnitudeScope: "magnitude_scope" };
+
+function seedOf(seed: bigint | undefined): number | undefined {
+  if (seed === undefined) return undefined;
+  if (seed > BigInt(Number.MAX_SAFE_INTEGER) || seed < BigInt(Number.MIN_SAFE_INTEGER)) {
+    throw new RpcError(status.INVALID_ARGUMENT, `spec.seed: ${seed} is outside the exactly representable range (|seed| <= 2^53 - 1)`);
+  }
+  return Number(seed);
+}
+
+/**
+ * The wire spec as the engine's spec. proto3 strings are "" when unset and mean "the default",
+ * so they become undefined (except method and the paths, which have none). Worker-side settings
+ * (threads, device) are not job fields: they stay undefined.
+ */
+export function toPruneSpec(spec: JobSpec): PruneSpec {
+  return {
+    model: spec.model,
+    calib: spec.calib || undefined,
+    out: spec.out,
+    method: spec.method as PruneSpec["method"],
+    sparsity: spec.sparsity,
+    pattern: spec.pattern || undefined,
+    alpha: spec.alpha,
+    propagation: (spec.propagation || undefined) as PruneSpec["propagation"],
+    nsamples: spec.nsamples,
+    seed: seedOf(spec.seed),
+    include: [...spec.include],
+    exclude: [...spec.exclude],
+    magnitudeScope: (spec.magnitudeScope || undefined) as PruneSpec["magnitudeScope"],
+    force: spec.force,
+  };
+}
+
+/**
+ * Every field check the engine makes before it opens a file (method, sparsity, pattern, alpha,
+ * propagation, nsamples, seed, magnitude_scope, include/exclude, required model/out, calib
+ * unless magnitude), as INVALID_ARGUMENT naming `spec.<field>`. Paths are checked separately by
+ * resolveAllowedPath.
+ */
+export function validateJobSpec(spec: JobSpec | undefined): void {
+  if (!spec) throw new RpcError(status.INVALID_ARGUMENT, "spec: is required");
+  try {
+    resolveSpec(toPruneSpec(spec), 1);
+  } catch (err) {
+    if (!(err instanceof InvalidArgumentError)) throw err;
+    const field = PROTO_FIELD[err.subject] ?? err.subject;
+    const detail = err.message.startsWith(`${err.subject}: `) ? err.message.slice(err.subject.length + 2) : err.message;
+    throw new RpcError(status.INVALID_ARGUMENT, `spec.${field}: ${detail}`);
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * The coordinator's view of its workers: their addresses (static, or found through the
+ * Kubernetes API later), which of them answer GetInfo (ready), and one gRPC client each.
+ * Readiness is polled, so a restarted worker comes back by itself.
+ */
+import type * as grpc from "@grpc/grpc-js";
+import { WorkerService, type WorkerInfo } from "../../gen/atvprune/v1/worker_pb.js";
+import { createClient, type Client } from "../../rpc/grpcAdapter.js";
+import { channelCredentials, channelOptions, GRPC_OPTIONS, type TlsConfig } from "../../rpc/credentials.js";
+
+export type WorkerClient = Client<typeof WorkerService>;
+
+export interface WorkerPoolOptions {
+  tls?: TlsConfig;
+  pollMs?: number;
+  /** GetInfo deadline */
+  timeoutMs?: number;
+}
+
+export class WorkerPool {
+  private addresses: string[] = [];
+  private readonly clients = new Map<string, WorkerClient>();
+  private readonly info = new Map<string, WorkerInfo>();
+  private timer: NodeJS.Timeout | undefined;
+  private readonly credentials: grpc.ChannelCredentials;
+
+  constructor(addresses: readonly string[], private readonly options: WorkerPoolOptions = {}) {
+    this.credentials = channelCredentials(options.tls);
+    this.setAddresses(addresses);
+  }
+
+  /** Replaces the known addresses (static list, or what service discovery found). */
+  setAddresses(addresses: readonly string[]): void {
+    this.addresses = [...new Set(addresses)].sort();
+    for (const a of [...this.info.keys()]) if (!this.addresses.includes(a)) this.info.delete(a);
+    for (const [a, c] of [...this.clients]) {
+      if (!this.addresses.includes(a)) {
+        c.close();
+        this.clients.delete(a);
+      }
+    }
+  }
+
+  start(): void {
+    const tick = () => {
+      void this.poll().finally(() => {
+        if (this.timer !== undefined) this.timer = setTimeout(tick, this.options.pollMs ?? 1000);
+      });
+    };
+    this.timer = setTimeout(tick, 0);
+  }
+
+  async poll(): Promise<void> {
+    await Promise.all(this.addresses.map(async (address) => {
+      try {
+        const info = await this.client(address).getInfo({}, { deadlineMs: this.options.timeoutMs ?? 2000 });
+        this.info.set(address, info);
+      } catch {
+        this.info.delete(address);
+      }
+    }));
+  }
+
+  /** Ready workers in address order (a deterministic plan for the same set). */
+  ready(): WorkerInfo[] {
+    return this.addresses.filter((a) => this.info.has(a)).map((a) => this.info.get(a)!);
+  }
+
+  isReady(address: string): boolean {
+    return this.info.has(address);
+  }
+
+  markDead(address: string): void {
+    this.info.delete(address);
+  }
+
+  client(address: string): WorkerClient {
+    let c = this.clients.get(address);
+    if (!c) {
+      c = createClient(WorkerService, address, this.credentials, channelOptions(this.options.tls, { ...GRPC_OPTIONS }));
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+
+  /** Waits (bounded) until at least `count` workers are ready. */
+  async waitForReady(count: number, timeoutMs: number, signal?: AbortSignal): Promise<WorkerInfo[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const ready = this.ready();
+      if (ready.length >= count) return ready;
+      if (Date.now() > deadline || signal?.aborted) return ready;
+      await new Promise((r) => setTimeout(r, 200));
+      await this.poll();
+    }
+  }
+
+  close(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+  }
+}

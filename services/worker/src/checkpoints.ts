@@ -1,0 +1,111 @@
+/**
+ * The job's work dir, on storage every worker shares: what makes a shard resumable by any worker.
+ *
+ *   states/input-<b>.bin   the boundary states of all samples entering block b (stateFile.ts)
+ *   blocks/<b>.json        {"report": BlockReport, "layers": LayerReport[]}
+ *
+ * A block is done iff blocks/<b>.json exists. It is written last (tmp + fsync + rename), after
+ * the block's pruned weights are synced into the output and states/input-<b+1>.bin is complete,
+ * so a worker killed at any point leaves either a done block or one to rerun, never half of one.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import type { BlockReport, LayerReport } from "../../core/src/pipeline/report.js";
+import { CheckpointError } from "./errors.js";
+
+export interface BlockRecord {
+  report: BlockReport;
+  layers: LayerReport[];
+}
+
+export class WorkDir {
+  constructor(readonly root: string) {}
+
+  statesPath(block: number): string {
+    return join(this.root, "states", `input-${block}.bin`);
+  }
+
+  blockPath(block: number): string {
+    return join(this.root, "blocks", `${block}.json`);
+  }
+
+  async prepare(): Promise<void> {
+    await mkdir(join(this.root, "states"), { recursive: true });
+    await mkdir(join(this.root, "blocks"), { recursive: true });
+  }
+
+  isDone(block: number): Promise<boolean> {
+    return exists(this.blockPath(block));
+  }
+
+  hasStates(block: number): Promise<boolean> {
+    return exists(this.statesPath(block));
+  }
+
+  async readBlock(block: number): Promise<BlockRecord> {
+    const path = this.blockPath(block);
+    let record: BlockRecord;
+    try {
+      record = JSON.parse(await readFile(path, "utf8")) as BlockRecord;
+    } catch (err) {
+      throw new CheckpointError(path, `cannot read the record of done block ${block}: ${(err as Error).message}`, { cause: err });
+    }
+    if (record?.report?.index !== block || !Array.isArray(record.layers)) {
+      throw new CheckpointError(path, `is not the record of block ${block}`);
+    }
+    return record;
+  }
+
+  /** Marks the block done: everything it produced must already be durable. */
+  writeBlock(block: number, record: BlockRecord): Promise<void> {
+    return writeFileAtomic(this.blockPath(block), JSON.stringify(record, null, 1) + "\n");
+  }
+}
+
+/** A temp name beside `path` that no other writer (process or worker) picks. */
+export function tempPath(path: string): string {
+  return `${path}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+}
+
+export async function writeFileAtomic(path: string, text: string): Promise<void> {
+  const tmp = tempPath(path);
+  try {
+    const h = await open(tmp, "w");
+    try {
+      await h.writeFile(text);
+      await h.sync();
+    } finally {
+      await h.close();
+    }
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true }).catch(() => {});
+    throw err;
+  }
+  await syncDir(dirname(path));
+}
+
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw err;
+  }
+}
+
+// Makes a rename durable; not every platform can open a directory, and nothing depends on it.
+export async function syncDir(dir: string): Promise<void> {
+  try {
+    const h = await open(dir, "r");
+    try {
+      await h.sync();
+    } finally {
+      await h.close();
+    }
+  } catch {
+    // best effort
+  }
+}

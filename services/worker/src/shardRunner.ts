@@ -1,0 +1,252 @@
+/**
+ * Runs one shard (a contiguous range of blocks of one job) on this worker: replays the blocks
+ * already done, finds the input states of the first block left (checkpoint file, the prologue,
+ * or the upstream worker), then runs each block through the BlockEngine, writing its pruned
+ * weights into the shared output file and its checkpoints into the work dir, and serving the
+ * last block's outputs to the downstream worker as each sample is computed.
+ */
+import { open, stat, type FileHandle } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import type * as grpc from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { ShardAssignment, ShardProgressSchema } from "../../gen/atvprune/v1/worker_pb.js";
+import { InvalidArgumentError } from "../../core/src/errors.js";
+import { DATA_FILE, PARTIAL_SUFFIX } from "../../core/src/onnx/outputDir.js";
+import { arraySource, BlockEngine, type PrunedWeight, type SampleState, type StateSource } from "../../core/src/pipeline/blockEngine.js";
+import { InferenceHost } from "../../core/src/runtime/inferenceHost.js";
+import { RpcError } from "../../rpc/status.js";
+import { exists, WorkDir, type BlockRecord } from "./checkpoints.js";
+import { CheckpointError, inBlock, inShard, ShardError } from "./errors.js";
+import type { Outbox, OutboxRegistry } from "./outbox.js";
+import { openShardJob, type ShardJob } from "./shardJob.js";
+import { readStateFile, StateFileWriter, writeStateFile } from "./stateFile.js";
+import { UpstreamStates } from "./upstreamStates.js";
+import type { WorkerMetrics } from "./workerMetrics.js";
+
+export type Progress = MessageInitShape<typeof ShardProgressSchema>;
+
+export interface ShardRunDeps {
+  workerId: string;
+  threads: number;
+  device: "cpu" | "cuda" | "auto";
+  outboxes: OutboxRegistry;
+  metrics: WorkerMetrics;
+  /** how this worker reaches its upstream */
+  credentials: grpc.ChannelCredentials;
+  channelOptions: grpc.ChannelOptions;
+  log: (message: string) => void;
+}
+
+export class ShardRun {
+  readonly jobId: string;
+  readonly shard: number;
+  readonly firstBlock: number;
+  readonly endBlock: number;
+  readonly workDir: string;
+  private readonly abort = new AbortController();
+  private upstream: string;
+  private puller: UpstreamStates | undefined;
+
+  constructor(private readonly a: ShardAssignment, private readonly deps: ShardRunDeps) {
+    this.jobId = a.jobId;
+    this.shard = a.shard;
+    this.firstBlock = a.firstBlock;
+    this.endBlock = a.endBlock;
+    this.workDir = a.workDir;
+    this.upstream = a.upstream;
+  }
+
+  get subject(): string {
+    return `job ${this.jobId} shard ${this.shard} (blocks ${this.firstBlock}-${this.endBlock - 1})`;
+  }
+
+  /** Stops the run at the next sample; run() then rejects with `reason`. */
+  cancel(reason: Error = new RpcError(status.CANCELLED, `${this.subject} was cancelled`)): void {
+    if (!this.abort.signal.aborted) this.abort.abort(reason);
+  }
+
+  get cancelled(): boolean {
+    return this.abort.signal.aborted;
+  }
+
+  setUpstream(address: string): void {
+    this.upstream = address;
+    this.puller?.setUpstream(address);
+  }
+
+  async run(emit: (p: Progress) => Promise<void>): Promise<void> {
+    const signal = this.abort.signal;
+    if (!this.a.spec) throw new InvalidArgumentError(this.subject, "the assignment has no job spec");
+    if (!this.jobId || !this.workDir) throw new InvalidArgumentError(this.subject, "job_id and work_dir are required");
+    let job: ShardJob;
+    try {
+      job = await openShardJob(this.a.spec, this.deps);
+    } catch (err) {
+      throw inShard(err, this.subject);
+    }
+    let host: InferenceHost | undefined;
+    let outbox: Outbox | undefined;
+    let weights: FileHandle | undefined;
+    try {
+      const numBlocks = job.analysis.partition.numBlocks;
+      if (!(this.firstBlock < this.endBlock && this.endBlock <= numBlocks)) {
+        throw new InvalidArgumentError(this.subject, `blocks [${this.firstBlock}, ${this.endBlock}) are not a range of the model's ${numBlocks} blocks`);
+      }
+      const wd = new WorkDir(this.workDir);
+      await wd.prepare();
+      let b = this.firstBlock;
+      for (; b < this.endBlock && (await wd.isDone(b)); b++) await emit(finishedEvent(await wd.readBlock(b), this.deps.workerId));
+      if (b < this.endBlock) {
+        signal.throwIfAborted();
+        const needsStates = job.spec.method !== "magnitude";
+        if (needsStates) outbox = this.deps.outboxes.open(this.jobId, this.endBlock, job.samples.length);
+        host = InferenceHost.start({ threads: this.deps.threads, device: this.deps.device, warn: this.deps.log });
+        const engine = new BlockEngine({ ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds });
+        const input = needsStates ? await this.inputStates(b, job, engine, wd) : { source: arraySource([]) };
+        weights = await openOutput(job);
+        let source = input.source;
+        for (; b < this.endBlock; b++) {
+          signal.throwIfAborted();
+          const label = job.analysis.plan.blocks[b]!.label;
+          await emit({ progress: { case: "blockStarted", value: { block: b, label, worker: this.deps.workerId } } });
+          let record: BlockRecord;
+          try {
+            ({ record, source } = await this.runBlock(b, source, { job, engine, wd, weights, outbox, edge: b === this.firstBlock ? input.edge : undefined }));
+          } catch (err) {
+            throw signal.aborted ? signal.reason : inBlock(err, this.jobId, b, label);
+          }
+          this.count(record, job);
+          await emit(finishedEvent(record, this.deps.workerId));
+        }
+        // states/input-<end>.bin is complete: late pullers read it from now on.
+        if (outbox) this.deps.outboxes.remove(outbox);
+      }
+      await emit({ progress: { case: "done", value: { shard: this.shard } } });
+    } catch (err) {
+      const reason = signal.aborted ? signal.reason : err;
+      // A downstream pulling from us sees UNAVAILABLE and retries (elsewhere, once the shard is rerun).
+      outbox?.fail(new RpcError(status.UNAVAILABLE, `${this.subject} stopped: ${(reason as Error)?.message ?? String(reason)}`));
+      if (outbox) this.deps.outboxes.remove(outbox);
+      throw reason;
+    } finally {
+      if (!signal.aborted) this.abort.abort(new Error(`${this.subject} ended`));
+      await weights?.close().catch(() => {});
+      await host?.close().catch(() => {});
+      await job.data.close().catch(() => {});
+    }
+  }
+
+  /** The states entering block b (the first block not done), and the write of their checkpoint. */
+  private async inputStates(b: number, job: ShardJob, engine: BlockEngine, wd: WorkDir): Promise<{ source: StateSource; edge?: Promise<void> }> {
+    const path = wd.statesPath(b);
+    const n = job.samples.length;
+    if (await exists(path)) return { source: arraySource(await readStateFile(path, n)) };
+    if (b === 0) {
+      const states = await engine.initialStates();
+      await writeStateFile(path, states);
+      return { source: arraySource(states) };
+    }
+    if (b !== this.firstBlock) {
+      throw new CheckpointError(path, `block ${b - 1} is done but the states entering block ${b} are missing; delete ${wd.blockPath(b - 1)} to recompute it`);
+    }
+    if (!this.upstream) throw new InvalidArgumentError(this.subject, `needs the states entering block ${b} but has no upstream worker and no ${path}`);
+    const puller = new UpstreamStates({
+      jobId: this.jobId, block: b, count: n, upstream: this.upstream, statesFile: path,
+      credentials: this.deps.credentials, channelOptions: this.deps.channelOptions, signal: this.abort.signal,
+      onBytes: (bytes) => this.deps.metrics.activationBytes.inc({ direction: "received" }, bytes),
+      log: this.deps.log,
+    });
+    this.puller = puller;
+    // The stage-edge checkpoint: once every sample arrived, a rerun of this shard needs no upstream.
+    const edge = puller.complete.then((states) => (puller.fromFile ? undefined : writeStateFile(path, states)));
+    edge.catch(() => {});
+    return { source: puller, edge };
+  }
+
+  private async runBlock(
+    b: number, source: StateSource,
+    ctx: { job: ShardJob; engine: BlockEngine; wd: WorkDir; weights: FileHandle; outbox: Outbox | undefined; edge: Promise<void> | undefined },
+  ): Promise<{ record: BlockRecord; source: StateSource }> {
+    const { job, engine, wd, weights, outbox } = ctx;
+    const needsStates = job.spec.method !== "magnitude";
+    const states = needsStates ? await StateFileWriter.create(wd.statesPath(b + 1), job.samples.length) : undefined;
+    try {
+      // Samples are appended to the checkpoint while later ones are computed; errors wait for the end.
+      let appended = Promise.resolve();
+      let appendError: unknown;
+      const serve = b === this.endBlock - 1 ? outbox : undefined;
+      const onNext = (j: number, state: SampleState) => {
+        serve?.put(j, state);
+        appended = appended.then(() => states!.append(state)).catch((err: unknown) => { appendError ??= err; });
+      };
+      const result = await engine.runBlock(b, source, { onNext: needsStates ? onNext : undefined, signal: this.abort.signal });
+      await writeWeights(weights, result.weights, job);
+      engine.recycle(result.weights);
+      await appended;
+      if (appendError) throw appendError;
+      await states?.commit();
+      await ctx.edge;
+      const record: BlockRecord = { report: result.report, layers: result.layers };
+      await wd.writeBlock(b, record);
+      return { record, source: arraySource(result.next) };
+    } catch (err) {
+      await states?.abort();
+      throw err;
+    }
+  }
+
+  private count(record: BlockRecord, job: ShardJob): void {
+    const m = this.deps.metrics;
+    m.blocksPruned.inc();
+    m.paramsPruned.inc(record.layers.reduce((a, l) => a + l.pruned, 0));
+    if (job.spec.method !== "magnitude") m.calibrationTokens.inc(job.samples.reduce((a, s) => a + s.tokens, 0));
+    m.blockDuration.observe(record.report.seconds);
+  }
+}
+
+function finishedEvent(record: BlockRecord, worker: string): Progress {
+  const r = record.report;
+  return {
+    progress: {
+      case: "blockFinished",
+      value: {
+        block: r.index, label: r.label, worker, seconds: r.seconds, tokensPerSecond: r.tokensPerSecond,
+        cosDistAvg: r.cosDistAvg ?? undefined, k: r.k,
+        pruned: BigInt(record.layers.reduce((a, l) => a + l.pruned, 0)),
+        params: BigInt(record.layers.reduce((a, l) => a + l.params, 0)),
+      },
+    },
+  };
+}
+
+/** <out>/model.onnx.data.partial, which the coordinator created (sized) before assigning shards. */
+async function openOutput(job: ShardJob): Promise<FileHandle> {
+  const path = join(resolve(job.spec.out), DATA_FILE + PARTIAL_SUFFIX);
+  const end = Math.max(0, ...[...job.regions.values()].map((r) => r.offset + r.length));
+  let size: number;
+  try {
+    size = (await stat(path)).size;
+  } catch (err) {
+    throw new CheckpointError(path, `cannot open the job's output (${(err as Error).message}); the coordinator creates it before assigning shards`, { cause: err });
+  }
+  if (size < end) throw new CheckpointError(path, `is ${size} bytes but the output layout needs ${end}; it belongs to another job or model`);
+  return open(path, "r+");
+}
+
+/** Positional writes into each weight's region, then fsync: the block's weights are durable. */
+async function writeWeights(handle: FileHandle, weights: readonly PrunedWeight[], job: ShardJob): Promise<void> {
+  for (const w of weights) {
+    const region = job.regions.get(w.name);
+    if (!region) throw new ShardError("INVALID_ARGUMENT", `tensor "${w.name}"`, "has no region in the output layout (was it selected?)");
+    if (w.bytes.byteLength !== region.length) {
+      throw new ShardError("INVALID_ARGUMENT", `tensor "${w.name}"`, `has ${w.bytes.byteLength} bytes; its region holds ${region.length}`);
+    }
+    let done = 0;
+    while (done < w.bytes.byteLength) {
+      const { bytesWritten } = await handle.write(w.bytes, done, w.bytes.byteLength - done, region.offset + done);
+      done += bytesWritten;
+    }
+  }
+  await handle.datasync();
+}

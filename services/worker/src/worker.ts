@@ -1,0 +1,110 @@
+/**
+ * A worker process's parts put together: the WorkerService gRPC server, its outboxes and shard
+ * table, its metrics and the /metrics HTTP endpoint. startWorker is what main.ts runs and what
+ * tests, benchmarks and `atvp cluster up` embed.
+ */
+import { availableParallelism, hostname, totalmem } from "node:os";
+import * as grpc from "@grpc/grpc-js";
+import { WorkerService } from "../../gen/atvprune/v1/worker_pb.js";
+import { InvalidArgumentError } from "../../core/src/errors.js";
+import { startMetricsServer, type MetricsServer } from "../../observability/metricsServer.js";
+import { addService } from "../../rpc/grpcAdapter.js";
+import { channelCredentials, channelOptions, GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/credentials.js";
+import { withFastStateChunks } from "./chunkCodec.js";
+import { OutboxRegistry } from "./outbox.js";
+import { DATA_PLANE_CHANNEL_OPTIONS } from "./upstreamStates.js";
+import { ShardTable, workerServiceImpl } from "./workerService.js";
+import { WorkerMetrics } from "./workerMetrics.js";
+
+export interface WorkerOptions {
+  host?: string;
+  /** 0 = a free port */
+  port?: number;
+  id?: string;
+  /** onnxruntime intra-op threads per shard */
+  threads?: number;
+  device?: "cpu" | "cuda" | "auto";
+  /** memory this worker offers for a shard (default: the machine's) */
+  memoryBytes?: number;
+  tls?: TlsConfig;
+  /** undefined = no HTTP endpoint, 0 = a free port */
+  metricsPort?: number;
+  /** how long PullStates waits for the shard producing the asked states to be assigned here */
+  pullWaitMs?: number;
+  /** host:port other workers use to reach this one (default host:port as bound) */
+  advertise?: string;
+  log?: (message: string) => void;
+}
+
+export interface WorkerHandle {
+  id: string;
+  address: string;
+  metricsPort?: number;
+  /** the states this worker serves (lets benchmarks feed the data plane directly) */
+  outboxes: OutboxRegistry;
+  metrics: WorkerMetrics;
+  /** Cancels running shards, stops serving and closes the endpoints. */
+  close(): Promise<void>;
+}
+
+export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandle> {
+  const host = opts.host ?? "127.0.0.1";
+  const threads = opts.threads ?? availableParallelism();
+  if (!Number.isInteger(threads) || threads < 1) throw new InvalidArgumentError("threads", `must be a positive integer, got ${threads}`);
+  const device = opts.device ?? "cpu";
+  if (!["cpu", "cuda", "auto"].includes(device)) throw new InvalidArgumentError("device", `must be cpu, cuda or auto, got ${JSON.stringify(device)}`);
+  const id = opts.id ?? `worker-${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 6)}`;
+  const log = opts.log ?? ((m: string) => process.stderr.write(`[${id}] ${m}\n`));
+
+  const server = new grpc.Server(GRPC_OPTIONS);
+  const boundPort = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(`${hostPart(host)}:${opts.port ?? 0}`, serverCredentials(opts.tls), (err, port) => (err ? reject(err) : resolve(port)));
+  });
+  const address = opts.advertise ?? `${hostPart(advertisedHost(host))}:${boundPort}`;
+  const metrics = new WorkerMetrics(id);
+  const outboxes = new OutboxRegistry();
+  const shards = new ShardTable();
+  const me = { id, address, device, memoryBytes: opts.memoryBytes ?? totalmem(), threads };
+  addService(withFastStateChunks(server), WorkerService, workerServiceImpl(me, shards, outboxes, {
+    workerId: id, threads, device, outboxes, metrics, log,
+    credentials: channelCredentials(opts.tls),
+    channelOptions: { ...GRPC_OPTIONS, ...DATA_PLANE_CHANNEL_OPTIONS, ...channelOptions(opts.tls) },
+  }, opts.pullWaitMs));
+
+  let closing = false;
+  let http: MetricsServer | undefined;
+  try {
+    if (opts.metricsPort !== undefined) http = await startMetricsServer(metrics.registry, () => !closing, opts.metricsPort, host);
+  } catch (err) {
+    server.forceShutdown();
+    throw err;
+  }
+
+  return {
+    id, address, metricsPort: http?.port, outboxes, metrics,
+    async close() {
+      if (closing) return;
+      closing = true;
+      for (const run of shards.all()) run.cancel();
+      await Promise.race([shards.finishedAll(), delay(5000)]);
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => { server.forceShutdown(); resolve(); }, 2000);
+        server.tryShutdown(() => { clearTimeout(force); resolve(); });
+      });
+      await http?.close();
+    },
+  };
+}
+
+function hostPart(host: string): string {
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+}
+
+/** A wildcard bind is not an address anyone can dial: advertise the host name instead. */
+function advertisedHost(host: string): string {
+  return host === "0.0.0.0" || host === "::" ? hostname() : host;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}

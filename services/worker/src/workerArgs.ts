@@ -1,0 +1,66 @@
+/**
+ * The worker's command-line flags as WorkerOptions (kept apart from main.ts so they can be
+ * tested without starting a process).
+ */
+import { InvalidArgumentError } from "../../core/src/errors.js";
+import type { TlsConfig } from "../../rpc/credentials.js";
+import type { WorkerOptions } from "./worker.js";
+
+const VALUE_FLAGS = new Set(["--listen", "--id", "--threads", "--device", "--memory", "--metrics-port", "--tls-cert", "--tls-key", "--tls-ca", "--advertise"]);
+const BOOL_FLAGS = new Set(["--tls-require-client-cert"]);
+
+export function parseWorkerArgs(argv: readonly string[]): WorkerOptions {
+  const values = new Map<string, string>();
+  const bools = new Set<string>();
+  for (let i = 0; i < argv.length; i++) {
+    let flag = argv[i]!;
+    let value: string | undefined;
+    const eq = flag.indexOf("=");
+    if (flag.startsWith("--") && eq > 0) {
+      value = flag.slice(eq + 1);
+      flag = flag.slice(0, eq);
+    }
+    if (BOOL_FLAGS.has(flag)) {
+      bools.add(flag);
+    } else if (VALUE_FLAGS.has(flag)) {
+      value ??= argv[++i];
+      if (value === undefined) throw new InvalidArgumentError(flag, "needs a value");
+      values.set(flag, value);
+    } else {
+      throw new InvalidArgumentError(flag, `unknown flag; known: ${[...VALUE_FLAGS, ...BOOL_FLAGS].join(" ")}`);
+    }
+  }
+  const opts: WorkerOptions = {};
+  const listen = values.get("--listen");
+  if (listen !== undefined) {
+    const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
+    if (!m) throw new InvalidArgumentError("--listen", `expected host:port, got ${JSON.stringify(listen)}`);
+    opts.host = m[1] ?? (m[2] || "0.0.0.0");
+    opts.port = Number(m[3]);
+  }
+  const int = (flag: string, min: number): number | undefined => {
+    const v = values.get(flag);
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(flag, `must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+    return n;
+  };
+  opts.id = values.get("--id");
+  opts.threads = int("--threads", 1);
+  opts.memoryBytes = int("--memory", 1);
+  opts.metricsPort = int("--metrics-port", 0);
+  opts.advertise = values.get("--advertise");
+  const device = values.get("--device");
+  if (device !== undefined) {
+    if (device !== "cpu" && device !== "cuda" && device !== "auto") throw new InvalidArgumentError("--device", `must be cpu, cuda or auto, got ${JSON.stringify(device)}`);
+    opts.device = device;
+  }
+  const cert = values.get("--tls-cert");
+  const key = values.get("--tls-key");
+  const ca = values.get("--tls-ca");
+  if (cert || key || ca || bools.has("--tls-require-client-cert")) {
+    const tls: TlsConfig = { cert, key, ca, requireClientCert: bools.has("--tls-require-client-cert") };
+    opts.tls = tls;
+  }
+  return opts;
+}

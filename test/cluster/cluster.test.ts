@@ -1,0 +1,239 @@
+// The cluster end to end: a real nats-server, real workers and coordinators over gRPC on
+// 127.0.0.1. Every job must produce exactly the bytes `atvp prune` writes, whatever the number
+// of workers, the propagation, and whatever dies on the way.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { status } from "@grpc/grpc-js";
+import { JobState } from "../../services/gen/atvprune/v1/job_pb.js";
+import { generateModel } from "../../services/core/src/gen/genModel.js";
+import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
+import { startNatsServer, type NatsServerHandle } from "../../services/coordinator/src/state/natsServer.js";
+import { startCoordinator, type CoordinatorHandle } from "../../services/coordinator/src/coordinator.js";
+import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
+import { tempDir } from "../support/fixtures.js";
+import { jobClient, startChild, waitForJob, type ChildService, type JobClient } from "../support/cluster.js";
+
+const tmp = tempDir("cluster");
+let model: { model: string; calib: string };
+const reference = new Map<string, Buffer>();
+
+let natsCount = 0;
+const natsServers: NatsServerHandle[] = [];
+/** Each test gets its own nats-server, so no job of one test is resumed by another's coordinator. */
+async function freshNats(): Promise<NatsServerHandle> {
+  const n = await startNatsServer({ dir: join(tmp.path, `nats-${++natsCount}`) });
+  natsServers.push(n);
+  return n;
+}
+
+before(async () => {
+  const g = await generateModel({ outDir: join(tmp.path, "model"), layers: 6, hidden: 64, samples: 12, seqLen: 48, imageTokens: 20, seed: 11 });
+  model = { model: g.modelPath, calib: g.calibPath };
+  for (const propagation of ["sequential", "dense"] as const) {
+    const out = join(tmp.path, `ref-${propagation}`);
+    await pruneModel({ model: model.model, calib: model.calib, method: "atv", sparsity: 0.5, alpha: 4, propagation, out, threads: 1 });
+    reference.set(propagation, readFileSync(join(out, "model.onnx.data")));
+  }
+});
+after(async () => {
+  for (const n of natsServers) await n.stop();
+  tmp.cleanup();
+});
+
+let counter = 0;
+function spec(propagation: "sequential" | "dense", extra: Record<string, unknown> = {}) {
+  return { model: model.model, calib: model.calib, out: join(tmp.path, `out-${++counter}`), method: "atv", sparsity: 0.5, alpha: 4, propagation, ...extra };
+}
+
+async function inProcessCluster(workers: number, extra: Partial<Parameters<typeof startCoordinator>[0]> = {}) {
+  const nats = await freshNats();
+  const ws: WorkerHandle[] = [];
+  for (let i = 0; i < workers; i++) ws.push(await startWorker({ threads: 1, log: () => {} }));
+  const coordinator = await startCoordinator({
+    nats: nats.url, workers: ws.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], metricsPort: 0, log: () => {}, ...extra,
+  });
+  await coordinator.pool.waitForReady(workers, 10_000);
+  const client = jobClient(coordinator.address);
+  return {
+    ws, coordinator, client, nats,
+    async close() {
+      client.close();
+      await coordinator.close();
+      for (const w of ws) await w.close();
+    },
+  };
+}
+
+for (const workers of [1, 2, 3]) {
+  for (const propagation of ["sequential", "dense"] as const) {
+    test(`${workers} worker(s), ${propagation}: bit-identical to atvp prune`, async () => {
+      const c = await inProcessCluster(workers);
+      try {
+        const s = spec(propagation);
+        const { job } = await c.client.submitJob({ spec: s });
+        const result = await waitForJob(c.client, job!.id);
+        const final = await c.client.getJob({ id: job!.id });
+        assert.equal(result.state, JobState.SUCCEEDED, final.reason);
+        assert.equal(final.blocksDone, 6);
+        assert.equal(final.shards.length, workers);
+        assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get(propagation)!));
+        const finished = result.events.filter((e) => e.event.case === "blockFinished");
+        assert.equal(finished.length, 6);
+      } finally {
+        await c.close();
+      }
+    });
+  }
+}
+
+test("a worker killed with SIGKILL mid-job: its shard resumes elsewhere, same bytes", async () => {
+  const nats = await freshNats();
+  const children: ChildService[] = [];
+  for (let i = 0; i < 2; i++) children.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1"]));
+  const coordinator = await startCoordinator({ nats: nats.url, workers: children.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], log: () => {} });
+  const client = jobClient(coordinator.address);
+  try {
+    await coordinator.pool.waitForReady(2, 10_000);
+    const s = spec("sequential");
+    const { job } = await client.submitJob({ spec: s });
+    let killed = false;
+    const result = await waitForJob(client, job!.id, 120_000, async (e) => {
+      // Kill the worker of the second shard once it has finished its first block.
+      if (!killed && e.event.case === "blockFinished" && e.event.value.block === 3) {
+        const shard = (await client.getJob({ id: job!.id })).shards.find((x) => x.firstBlock === 3);
+        const victim = children.find((c) => c.address === shard?.worker);
+        if (victim) { killed = true; await victim.kill("SIGKILL"); }
+      }
+    });
+    const final = await client.getJob({ id: job!.id });
+    assert.ok(killed, "the test must kill a worker mid-job");
+    assert.equal(result.state, JobState.SUCCEEDED, final.reason);
+    assert.ok(final.shards.some((x) => x.attempts > 1), "a shard was rerun");
+    assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get("sequential")!));
+  } finally {
+    client.close();
+    await coordinator.close();
+    for (const c of children) await c.kill();
+  }
+});
+
+test("the coordinator killed mid-job: a new coordinator resumes the job from NATS, same bytes", async () => {
+  const nats = await freshNats();
+  const ws = [await startWorker({ threads: 1, log: () => {} }), await startWorker({ threads: 1, log: () => {} })];
+  const args = ["--nats", nats.url, "--work-root", join(tmp.path, "jobs"), "--allow-root", tmp.path, ...ws.flatMap((w) => ["--worker", w.address])];
+  let coordinator = await startChild("coordinator", args);
+  try {
+    let client: JobClient = jobClient(coordinator.address);
+    const s = spec("sequential");
+    const { job } = await client.submitJob({ spec: s });
+    await waitForJob(client, job!.id, 60_000, async (e) => {
+      if (e.event.case === "blockFinished") throw new Error("stop watching");
+    }).catch(() => {});
+    await coordinator.kill("SIGKILL");
+    client.close();
+    coordinator = await startChild("coordinator", args);
+    client = jobClient(coordinator.address);
+    const result = await waitForJob(client, job!.id);
+    const final = await client.getJob({ id: job!.id });
+    assert.equal(result.state, JobState.SUCCEEDED, final.reason);
+    assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get("sequential")!));
+    client.close();
+  } finally {
+    await coordinator.kill("SIGTERM");
+    for (const w of ws) await w.close();
+  }
+});
+
+test("NATS restarted mid-job: the job goes on and its state catches up", async () => {
+  const c = await inProcessCluster(2);
+  try {
+    const s = spec("dense");
+    const { job } = await c.client.submitJob({ spec: s });
+    let restarted = false;
+    const result = await waitForJob(c.client, job!.id, 120_000, async (e) => {
+      if (!restarted && e.event.case === "blockFinished") { restarted = true; await c.nats.restart(); }
+    });
+    assert.ok(restarted);
+    assert.equal(result.state, JobState.SUCCEEDED);
+    const final = await c.client.getJob({ id: job!.id });
+    assert.equal(final.state, JobState.SUCCEEDED);
+    assert.equal(final.blocksDone, 6);
+    assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get("dense")!));
+  } finally {
+    await c.close();
+  }
+});
+
+test("cancel: the job ends CANCELLED and leaves no model behind", async () => {
+  const c = await inProcessCluster(2);
+  try {
+    const s = spec("sequential");
+    const { job } = await c.client.submitJob({ spec: s });
+    const result = await waitForJob(c.client, job!.id, 60_000, async (e) => {
+      if (e.event.case === "blockStarted") await c.client.cancelJob({ id: job!.id, reason: "test" }).catch(() => {});
+    });
+    assert.equal(result.state, JobState.CANCELLED);
+    const final = await c.client.getJob({ id: job!.id });
+    assert.equal(final.reason, "test");
+    assert.ok(!existsSync(join(s.out, "model.onnx")));
+    await assert.rejects(c.client.cancelJob({ id: job!.id }), (e: { code: number }) => e.code === status.FAILED_PRECONDITION);
+  } finally {
+    await c.close();
+  }
+});
+
+test("invalid requests get the right status and name the field", async () => {
+  const c = await inProcessCluster(1, { token: "s3cret" });
+  const { bearerMetadata } = await import("../../services/rpc/bearerAuth.js");
+  const md = bearerMetadata("s3cret");
+  try {
+    const expect = async (p: Promise<unknown>, code: number, field: RegExp) =>
+      assert.rejects(p, (e: { code: number; details: string }) => e.code === code && field.test(e.details));
+    await expect(c.client.listJobs({}), status.UNAUTHENTICATED, /bearer/i);
+    await expect(c.client.listJobs({}, { metadata: bearerMetadata("wrong") }), status.UNAUTHENTICATED, /bearer/i);
+    await expect(c.client.submitJob({ spec: { ...spec("sequential"), sparsity: 1.5 } }, { metadata: md }), status.INVALID_ARGUMENT, /sparsity/);
+    await expect(c.client.submitJob({ spec: { ...spec("sequential"), method: "obs" } }, { metadata: md }), status.INVALID_ARGUMENT, /method/);
+    await expect(c.client.submitJob({ spec: { ...spec("sequential"), pattern: "5:2" } }, { metadata: md }), status.INVALID_ARGUMENT, /pattern/);
+    await expect(c.client.submitJob({ spec: { ...spec("sequential"), calib: "" } }, { metadata: md }), status.INVALID_ARGUMENT, /calib/);
+    await expect(c.client.submitJob({ spec: { ...spec("sequential"), model: "/etc/passwd" } }, { metadata: md }), status.PERMISSION_DENIED, /model/);
+    await expect(c.client.submitJob({ spec: { ...spec("sequential"), out: join(tmp.path, "../escape") } }, { metadata: md }), status.PERMISSION_DENIED, /out/);
+    await expect(c.client.submitJob({ spec: { ...spec("sequential"), model: join(tmp.path, "missing.onnx") } }, { metadata: md }), status.NOT_FOUND, /model/);
+    const sneaky = join(tmp.path, "sneaky.jsonl");
+    writeFileSync(sneaky, JSON.stringify({ inputs_embeds: "../../../../etc/hostname", image_mask: [0] }) + "\n");
+    await expect(c.client.submitJob({ spec: { ...spec("sequential"), calib: sneaky } }, { metadata: md }), status.PERMISSION_DENIED, /spec\.calib/);
+    await expect(c.client.getJob({ id: "job-nope" }, { metadata: md }), status.NOT_FOUND, /job-nope/);
+    await expect(c.client.getJob({ id: "" }, { metadata: md }), status.INVALID_ARGUMENT, /id/);
+    await expect(c.client.cancelJob({ id: "job-nope" }, { metadata: md }), status.NOT_FOUND, /job-nope/);
+  } finally {
+    await c.close();
+  }
+});
+
+test("/metrics parses and its counters match the finished job", async () => {
+  const c = await inProcessCluster(2);
+  try {
+    const s = spec("sequential");
+    const { job } = await c.client.submitJob({ spec: s });
+    assert.equal((await waitForJob(c.client, job!.id)).state, JobState.SUCCEEDED);
+    const report = JSON.parse(readFileSync(join(s.out, "report.json"), "utf8"));
+    const text = await (await fetch(`http://127.0.0.1:${c.coordinator.metricsPort}/metrics`)).text();
+    const value = (name: string, labels = "") => {
+      const line = text.split("\n").find((l) => l.startsWith(name + labels + " "));
+      assert.ok(line, `${name}${labels} missing`);
+      return Number(line!.split(" ")[1]);
+    };
+    assert.equal(value("atvp_blocks_pruned_total"), 6);
+    assert.equal(value("atvp_params_pruned_total"), report.totals.pruned);
+    assert.equal(value("atvp_calibration_tokens_total"), 6 * report.totals.tokens);
+    assert.equal(value("atvp_block_duration_seconds_count"), 6);
+    assert.equal(value("atvp_jobs", '{state="SUCCEEDED"}'), 1);
+    assert.equal(value("atvp_workers_ready"), 2);
+    assert.ok(text.includes("process_cpu_seconds_total"));
+    assert.equal((await fetch(`http://127.0.0.1:${c.coordinator.metricsPort}/healthz`)).status, 200);
+    assert.equal((await fetch(`http://127.0.0.1:${c.coordinator.metricsPort}/readyz`)).status, 200);
+  } finally {
+    await c.close();
+  }
+});
