@@ -10,7 +10,7 @@ import type { BenchLine } from "./benchLine.js";
 
 const CHILD = fileURLToPath(new URL("./pruneChild.js", import.meta.url));
 
-function pruneInChild(spec: object): { seconds: number; peakRssBytes: number } {
+export function pruneInChild(spec: object): { seconds: number; peakRssBytes: number } {
   const r = spawnSync(process.execPath, [CHILD, JSON.stringify(spec)], { encoding: "utf8", maxBuffer: 1 << 24 });
   if (r.status !== 0) throw new Error(`prune failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split("\n").pop()!);

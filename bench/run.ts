@@ -9,6 +9,8 @@ import type { BenchLine } from "./benchLine.js";
 import { benchMask } from "./maskBench.js";
 import { benchCalibration } from "./calibBench.js";
 import { benchPrune } from "./pruneBench.js";
+import { benchStream } from "./streamBench.js";
+import { benchCluster } from "./clusterBench.js";
 
 const workDir = resolve(process.env.ATVP_BENCH_DIR ?? ".work/bench");
 mkdirSync(workDir, { recursive: true });
@@ -17,6 +19,8 @@ const BENCHES: Array<[string, () => Promise<BenchLine[]>]> = [
   ["mask", benchMask],
   ["calib", () => benchCalibration(workDir)],
   ["prune", () => benchPrune(workDir)],
+  ["stream", () => benchStream()],
+  ["cluster", () => benchCluster(workDir)],
 ];
 
 for (const [name, bench] of BENCHES) {

@@ -1,0 +1,88 @@
+/**
+ * Cluster figures, measured in one run against the single process:
+ * - cluster2_over_local: seconds for 2 local workers (one onnxruntime thread each) to prune the
+ *   medium generated model, over `atvp prune` with 2 threads on the same machine;
+ * - worker_peak_rss_over_shard_bytes: the larger peak RSS of the 2 workers pruning the large
+ *   generated model, over the weight bytes of that worker's shard.
+ */
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import { JobService, JobState } from "../services/gen/atvprune/v1/job_pb.js";
+import { createClient } from "../services/rpc/grpcAdapter.js";
+import { generateModel, type GenModelOptions } from "../services/core/src/gen/genModel.js";
+import { analyzeModel } from "../services/core/src/pipeline/modelAnalysis.js";
+import { TensorData } from "../services/core/src/onnx/tensorData.js";
+import { startNatsServer } from "../services/coordinator/src/state/natsServer.js";
+import { startCoordinator } from "../services/coordinator/src/coordinator.js";
+import type { BenchLine } from "./benchLine.js";
+import { pruneInChild } from "./pruneBench.js";
+
+const WORKER_MAIN = fileURLToPath(new URL("../services/worker/src/main.js", import.meta.url));
+
+async function startWorkerProcess(threads: number): Promise<{ address: string; pid: number; stop(): Promise<void> }> {
+  const child = spawn(process.execPath, [WORKER_MAIN, "--listen", "127.0.0.1:0", "--threads", String(threads)], { stdio: ["ignore", "pipe", "inherit"] });
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).once("line", resolve);
+    child.once("exit", (code) => reject(new Error(`worker exited ${code}`)));
+  });
+  const { address } = JSON.parse(line) as { address: string };
+  return {
+    address, pid: child.pid!,
+    stop: () => new Promise((resolve) => { child.once("exit", () => resolve()); child.kill("SIGTERM"); }),
+  };
+}
+
+function peakRss(pid: number): number {
+  const kb = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
+  return Number(kb) * 1024;
+}
+
+async function clusterRun(workDir: string, name: string, model: { modelPath: string; calibPath: string }) {
+  const nats = await startNatsServer({ dir: join(workDir, `nats-${name}`) });
+  const workers = [await startWorkerProcess(1), await startWorkerProcess(1)];
+  const coordinator = await startCoordinator({
+    nats: nats.url, workers: workers.map((w) => w.address), workRoot: join(workDir, `jobs-${name}`), allowedRoots: [workDir], log: () => {},
+  });
+  const client = createClient(JobService, coordinator.address, grpc.credentials.createInsecure());
+  try {
+    await coordinator.pool.waitForReady(2, 20_000);
+    const t0 = performance.now();
+    const { job } = await client.submitJob({ spec: { model: model.modelPath, calib: model.calibPath, out: join(workDir, `${name}-cluster-out`), method: "atv", sparsity: 0.5, force: true } });
+    for await (const e of client.watchJob({ id: job!.id })) {
+      if (e.event.case === "stateChanged" && e.event.value.state >= JobState.SUCCEEDED) break;
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const final = await client.getJob({ id: job!.id });
+    if (final.state !== JobState.SUCCEEDED) throw new Error(`cluster job ${final.state}: ${final.reason}`);
+    const rss = new Map(workers.map((w) => [w.address, peakRss(w.pid)]));
+    return { seconds, shards: final.shards.map((s) => ({ first: s.firstBlock, end: s.endBlock, rss: rss.get(s.worker) ?? 0 })) };
+  } finally {
+    client.close();
+    await coordinator.close();
+    for (const w of workers) await w.stop();
+    await nats.stop();
+  }
+}
+
+export async function benchCluster(workDir: string): Promise<BenchLine[]> {
+  const lines: BenchLine[] = [];
+  const medium: Omit<GenModelOptions, "outDir"> = { layers: 8, hidden: 1024, samples: 16, seqLen: 128, imageTokens: 64 };
+  const m = await generateModel({ outDir: join(workDir, "cluster-medium"), force: true, ...medium });
+  const local = pruneInChild({ model: m.modelPath, calib: m.calibPath, method: "atv", sparsity: 0.5, out: join(workDir, "cluster-medium-local"), force: true, threads: 2 });
+  const remote = await clusterRun(workDir, "medium", m);
+  lines.push({ bench: "cluster2_over_local", value: remote.seconds / local.seconds, unit: "ratio", clusterSeconds: remote.seconds, localSeconds: local.seconds, ...medium });
+
+  const big = await generateModel({ outDir: join(workDir, "cluster-large"), force: true, layers: 10, hidden: 1536, samples: 16, seqLen: 128, imageTokens: 64 });
+  const run = await clusterRun(workDir, "large", big);
+  const a = analyzeModel(big.modelPath);
+  const data = new TensorData(a.loaded);
+  const blockBytes = a.partition.blockLinears.map((ls) => ls.reduce((s, l) => s + data.byteLength(a.index.initializers.get(l.weight)!), 0));
+  await data.close();
+  const ratios = run.shards.map((s) => s.rss / blockBytes.slice(s.first, s.end).reduce((x, y) => x + y, 0));
+  lines.push({ bench: "worker_peak_rss_over_shard_bytes", value: Math.max(...ratios), unit: "ratio", perWorker: ratios, weightBytes: big.weightBytes });
+  return lines;
+}
