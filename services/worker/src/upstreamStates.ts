@@ -107,6 +107,8 @@ export class UpstreamStates implements StateSource {
     const { signal } = this.o;
     const backoff = this.o.backoffMs ?? { initial: 50, max: 1000 };
     let delay = backoff.initial;
+    let lastLogged = "";
+    let loggedAt = 0;
     while (this.states.length < this.count) {
       signal.throwIfAborted();
       if (await exists(this.o.statesFile)) {
@@ -126,7 +128,13 @@ export class UpstreamStates implements StateSource {
       if (this.states.length > before) delay = backoff.initial;
       if (this.states.length >= this.count) break;
       if (address !== this.address) continue; // a new upstream: try it at once
-      this.o.log?.(`job ${this.o.jobId} block ${this.o.block}: pulling from ${address} stopped at sample ${this.states.length}/${this.count} (${reason}); retrying in ${delay} ms`);
+      // A downstream may wait minutes for its upstream: say so when something changes, not every retry.
+      const what = `${address}: ${reason}`;
+      if (what !== lastLogged || Date.now() - loggedAt > 30_000) {
+        this.o.log?.(`job ${this.o.jobId} block ${this.o.block}: pulling from ${address} stopped at sample ${this.states.length}/${this.count} (${reason}); retrying`);
+        lastLogged = what;
+        loggedAt = Date.now();
+      }
       await sleep(delay, signal);
       delay = Math.min(delay * 2, backoff.max);
     }

@@ -125,10 +125,16 @@ export class InferenceHost {
   async close(): Promise<void> {
     if (this.closed) return;
     const exited = new Promise<void>((resolve) => this.worker.once("exit", () => resolve()));
+    let graceTimer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([this.call({ op: "close" }), new Promise((_, reject) => setTimeout(() => reject(new Error("timeout")), 10_000))]);
+      await Promise.race([
+        this.call({ op: "close" }),
+        new Promise((_, reject) => { graceTimer = setTimeout(() => reject(new Error("timeout")), 10_000); }),
+      ]);
     } catch {
       // The thread is gone or stuck: stop it the hard way below.
+    } finally {
+      clearTimeout(graceTimer);
     }
     this.closed = true;
     this.failAll(new Error("inference host closed"));
