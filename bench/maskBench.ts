@@ -7,21 +7,13 @@ import { performance } from "node:perf_hooks";
 import { computeMask, type WeightMatrix } from "../services/core/src/prune/maskSelect.js";
 import { OnnxDataType, floatToHalf } from "../services/core/src/onnx/dtype.js";
 import type { BenchLine } from "./benchLine.js";
+import { mulberry32 } from "../services/core/src/calib/seededRandom.js";
 
 const IN = 4096;
 const OUT = 4096;
 
 /** Deterministic PRNG (mulberry32) so runs are comparable. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 function bestOf(runs: number, fn: () => void): number {
   let best = Infinity;

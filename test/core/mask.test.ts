@@ -3,6 +3,7 @@
  * are written out below, and random matrices (heavy ties included) against a slow reference that
  * is the contract read literally: a stable sort of (M, c) per column.
  */
+import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import {
@@ -351,16 +352,7 @@ describe("errors", () => {
 // ---------------------------------------------------------------------------------------------
 // Random matrices against the contract read literally.
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 function decode(dt: number, bits: number): number {
   return dt === F16 ? halfToFloatTable()[bits]! : bfloat16ToFloat(bits);

@@ -1,5 +1,6 @@
 // ONNX file IO: reading models and their external weights, and writing pruned models whose
 // untouched weights, graph and outputs are bit-identical to the source.
+import { REPO } from "../support/fixtures.js";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -24,17 +25,8 @@ import { TensorData } from "../../services/core/src/onnx/tensorData.js";
 import { PrunedModelWriter } from "../../services/core/src/onnx/modelWriter.js";
 import { prepareOutputDir } from "../../services/core/src/onnx/outputDir.js";
 
-function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, "package.json"))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error("package.json not found above the test file");
-    dir = up;
-  }
-  return dir;
-}
 
-const FIXTURE = process.env.ATVP_FIXTURE_DIR ?? resolve(repoRoot(), "../shared/fixtures/tiny-llama-fp16-genai");
+const FIXTURE = process.env.ATVP_FIXTURE_DIR ?? resolve(REPO, "../shared/fixtures/tiny-llama-fp16-genai");
 const FIXTURE_MODEL = join(FIXTURE, "model.onnx");
 const FIXTURE_DATA = join(FIXTURE, "model.onnx.data");
 const Q_PROJ = "model.layers.0.attn.q_proj.MatMul.weight";

@@ -4,6 +4,7 @@
  * roots, after `..` and symbolic links are followed (a link inside a root that points outside is
  * outside). Also the field checks of a submitted JobSpec, as gRPC statuses that name the field.
  */
+import { toPruneSpec } from "../../rpc/jobSpec.js";
 import { lstatSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { status } from "@grpc/grpc-js";
@@ -120,37 +121,8 @@ export function checkCalibrationPaths(calib: string, roots: readonly string[]): 
 /** Engine field names that differ from the proto's. */
 const PROTO_FIELD: Record<string, string> = { magnitudeScope: "magnitude_scope" };
 
-function seedOf(seed: bigint | undefined): number | undefined {
-  if (seed === undefined) return undefined;
-  if (seed > BigInt(Number.MAX_SAFE_INTEGER) || seed < BigInt(Number.MIN_SAFE_INTEGER)) {
-    throw new RpcError(status.INVALID_ARGUMENT, `spec.seed: ${seed} is outside the exactly representable range (|seed| <= 2^53 - 1)`);
-  }
-  return Number(seed);
-}
 
-/**
- * The wire spec as the engine's spec. proto3 strings are "" when unset and mean "the default",
- * so they become undefined (except method and the paths, which have none). Worker-side settings
- * (threads, device) are not job fields: they stay undefined.
- */
-export function toPruneSpec(spec: JobSpec): PruneSpec {
-  return {
-    model: spec.model,
-    calib: spec.calib || undefined,
-    out: spec.out,
-    method: spec.method as PruneSpec["method"],
-    sparsity: spec.sparsity,
-    pattern: spec.pattern || undefined,
-    alpha: spec.alpha,
-    propagation: (spec.propagation || undefined) as PruneSpec["propagation"],
-    nsamples: spec.nsamples,
-    seed: seedOf(spec.seed),
-    include: [...spec.include],
-    exclude: [...spec.exclude],
-    magnitudeScope: (spec.magnitudeScope || undefined) as PruneSpec["magnitudeScope"],
-    force: spec.force,
-  };
-}
+export { toPruneSpec };
 
 /**
  * Every field check the engine makes before it opens a file (method, sparsity, pattern, alpha,

@@ -8,6 +8,7 @@
  * the block's pruned weights are synced into the output and states/input-<b+1>.bin is complete,
  * so a worker killed at any point leaves either a done block or one to rerun, never half of one.
  */
+import { syncDir } from "../../core/src/io/syncDir.js";
 import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
@@ -96,16 +97,4 @@ export async function exists(path: string): Promise<boolean> {
   }
 }
 
-// Makes a rename durable; not every platform can open a directory, and nothing depends on it.
-export async function syncDir(dir: string): Promise<void> {
-  try {
-    const h = await open(dir, "r");
-    try {
-      await h.sync();
-    } finally {
-      await h.close();
-    }
-  } catch {
-    // best effort
-  }
-}
+export { syncDir };

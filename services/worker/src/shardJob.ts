@@ -4,6 +4,7 @@
  * same selection of linears, same output layout), so every worker computes the same bits and
  * writes them where the coordinator's writer expects them.
  */
+import { toPruneSpec } from "../../rpc/jobSpec.js";
 import type { JobSpec } from "../../gen/atvprune/v1/job_pb.js";
 import type { CalibSample } from "../../core/src/calib/calibSet.js";
 import { InvalidArgumentError, UnsupportedTypeError } from "../../core/src/errors.js";
@@ -28,29 +29,9 @@ export interface ShardJob {
   regions: Map<string, Region>;
 }
 
-/** The wire spec as the engine's spec; threads and device are the worker's, not the job's. */
-export function pruneSpecFromJob(spec: JobSpec, worker: { threads: number; device: "cpu" | "cuda" | "auto" }): PruneSpec {
-  return {
-    model: spec.model,
-    calib: spec.calib || undefined,
-    out: spec.out,
-    method: spec.method as PruneSpec["method"],
-    sparsity: spec.sparsity,
-    pattern: spec.pattern || undefined,
-    alpha: spec.alpha,
-    propagation: (spec.propagation || undefined) as PruneSpec["propagation"],
-    nsamples: spec.nsamples,
-    seed: spec.seed === undefined ? undefined : Number(spec.seed),
-    include: [...spec.include],
-    exclude: [...spec.exclude],
-    magnitudeScope: (spec.magnitudeScope || undefined) as PruneSpec["magnitudeScope"],
-    threads: worker.threads,
-    device: worker.device,
-  };
-}
 
 export async function openShardJob(spec: JobSpec, worker: { threads: number; device: "cpu" | "cuda" | "auto" }): Promise<ShardJob> {
-  const resolved = resolveSpec(pruneSpecFromJob(spec, worker), worker.threads);
+  const resolved = resolveSpec(toPruneSpec(spec, worker), worker.threads);
   const analysis = analyzeModel(resolved.model);
   const data = new TensorData(analysis.loaded);
   try {

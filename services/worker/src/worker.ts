@@ -3,7 +3,7 @@
  * table, its metrics and the /metrics HTTP endpoint. startWorker is what main.ts runs and what
  * tests, benchmarks and `atvp cluster up` embed.
  */
-import { availableParallelism, hostname, totalmem } from "node:os";
+import { availableParallelism, hostname } from "node:os";
 import * as grpc from "@grpc/grpc-js";
 import { WorkerService } from "../../gen/atvprune/v1/worker_pb.js";
 import { InvalidArgumentError } from "../../core/src/errors.js";
@@ -12,6 +12,7 @@ import { addService } from "../../rpc/grpcAdapter.js";
 import { channelCredentials, channelOptions, GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/credentials.js";
 import { withFastStateChunks } from "./chunkCodec.js";
 import { OutboxRegistry } from "./outbox.js";
+import { deviceMemoryBytes } from "./gpuMemory.js";
 import { DATA_PLANE_CHANNEL_OPTIONS } from "./upstreamStates.js";
 import { ShardTable, workerServiceImpl } from "./workerService.js";
 import { WorkerMetrics } from "./workerMetrics.js";
@@ -24,7 +25,7 @@ export interface WorkerOptions {
   /** onnxruntime intra-op threads per shard */
   threads?: number;
   device?: "cpu" | "cuda" | "auto";
-  /** memory this worker offers for a shard (default: the machine's) */
+  /** memory this worker offers for a shard (default: the GPU's for cuda, else the machine's) */
   memoryBytes?: number;
   tls?: TlsConfig;
   /** undefined = no HTTP endpoint, 0 = a free port */
@@ -55,6 +56,7 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
   if (!["cpu", "cuda", "auto"].includes(device)) throw new InvalidArgumentError("device", `must be cpu, cuda or auto, got ${JSON.stringify(device)}`);
   const id = opts.id ?? `worker-${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 6)}`;
   const log = opts.log ?? ((m: string) => process.stderr.write(`[${id}] ${m}\n`));
+  const memoryBytes = opts.memoryBytes ?? (await deviceMemoryBytes(device, log));
 
   const server = new grpc.Server(GRPC_OPTIONS);
   const boundPort = await new Promise<number>((resolve, reject) => {
@@ -64,7 +66,7 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
   const metrics = new WorkerMetrics(id);
   const outboxes = new OutboxRegistry();
   const shards = new ShardTable();
-  const me = { id, address, device, memoryBytes: opts.memoryBytes ?? totalmem(), threads };
+  const me = { id, address, device, memoryBytes, threads };
   addService(withFastStateChunks(server), WorkerService, workerServiceImpl(me, shards, outboxes, {
     workerId: id, threads, device, outboxes, metrics, log,
     credentials: channelCredentials(opts.tls),

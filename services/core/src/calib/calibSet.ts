@@ -7,6 +7,9 @@ import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { CalibrationError, InvalidArgumentError } from "../errors.js";
 import { readNpy, type NpyDtype } from "./npy.js";
+import { mulberry32 } from "./seededRandom.js";
+
+export { mulberry32 };
 
 export interface CalibSample {
   /** position in the selected set (0-based) */
@@ -70,17 +73,6 @@ function select(lines: RawLine[], { nsamples, seed }: CalibSelection, path: stri
   return order.slice(0, nsamples).map((i) => lines[i]!);
 }
 
-/** Small, well-known seeded generator: the same seed picks the same samples on every machine. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function parseSample({ line, value }: RawLine, index: number, path: string): CalibSample {
   const where = `${path}:${line}`;

@@ -19,6 +19,7 @@ import {
   type ModelProto,
   type TensorProto,
 } from "../../../gen/onnx_pb.js";
+import { syncDir } from "../io/syncDir.js";
 import { InvalidArgumentError, OutputExistsError } from "../errors.js";
 import { writeModel, type LoadedModel } from "./modelFile.js";
 import { DATA_FILE, MODEL_FILE, PARTIAL_SUFFIX } from "./outputDir.js";
@@ -276,20 +277,6 @@ async function exists(path: string): Promise<boolean> {
     return true;
   } catch {
     return false;
-  }
-}
-
-// Makes the renames durable; not every platform can open a directory, and nothing depends on it.
-async function syncDir(dir: string): Promise<void> {
-  try {
-    const h = await open(dir, "r");
-    try {
-      await h.sync();
-    } finally {
-      await h.close();
-    }
-  } catch {
-    // best effort
   }
 }
 
