@@ -1,0 +1,161 @@
+// The chart through helm itself, where helm is installed (on PATH, or $HELM): lint, render with
+// the defaults and with every optional feature on, validate what it renders with
+// kubernetes-models, check that deploy/k8s is that default rendering, and that bad values fail.
+// Without helm each test is reported as skipped.
+import { strict as assert } from "node:assert";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test, type TestContext } from "node:test";
+import {
+  CHART_DIR, NAMESPACE, RELEASE, asK8sObject, findHelm, flagValues, hasModelFor, loadPlainManifests, parseYamlDocuments, podTemplate,
+  unknownFields, validateWithKubernetesModels, withoutHelmBookkeeping, type K8sObject,
+} from "./deployFiles.js";
+
+const helm = findHelm();
+const SKIP = "helm not on PATH";
+
+function run(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(helm!, args, { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
+  if (r.error) throw new Error(`${helm} ${args.join(" ")}: ${r.error.message}`);
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** `helm template` as release atvp in namespace atv-prune, with extra values files or --set flags. */
+function render(extra: string[] = []): K8sObject[] {
+  const r = run(["template", RELEASE, CHART_DIR, "--namespace", NAMESPACE, ...extra]);
+  assert.equal(r.status, 0, `helm template ${extra.join(" ")} failed:\n${r.stderr}`);
+  return parseYamlDocuments(r.stdout, "helm template").map((o) => asK8sObject(o, "helm template"));
+}
+
+function withValuesFile<T>(values: unknown, fn: (path: string) => T): T {
+  const dir = mkdtempSync(join(tmpdir(), "atvp-helm-"));
+  try {
+    const path = join(dir, "values.json");
+    writeFileSync(path, JSON.stringify(values));
+    return fn(path);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// Every optional feature at once (JSON is YAML, so helm reads it as a values file).
+const ALL_FEATURES = {
+  nats: { url: "tls://nats.nats:4222", existingSecret: "nats-auth", credsSecret: "nats-creds" },
+  auth: { existingSecret: "atvp-token" },
+  tls: { enabled: true, secretName: "atvp-tls", requireClientCert: true, workerServerName: "workers.atvp" },
+  storage: { existingClaim: "shared-rwx" },
+  worker: { autoscaling: { enabled: true, minReplicas: 1, maxReplicas: 8 }, memoryBytes: 17179869184, runtimeClassName: "nvidia", podDisruptionBudget: { minAvailable: "50%" } },
+  coordinator: { allowedRoots: ["."] },
+  metrics: { serviceMonitor: { enabled: true, labels: { release: "kps" } } },
+  imagePullSecrets: [{ name: "regcred" }],
+};
+
+function needsHelm(t: TestContext): boolean {
+  if (helm) return true;
+  t.skip(SKIP);
+  return false;
+}
+
+test("helm lint --strict passes with the defaults and with every feature on", (t) => {
+  if (!needsHelm(t)) return;
+  const plain = run(["lint", CHART_DIR, "--strict", "--namespace", NAMESPACE]);
+  assert.equal(plain.status, 0, `helm lint failed:\n${plain.stdout}\n${plain.stderr}`);
+  withValuesFile(ALL_FEATURES, (path) => {
+    const full = run(["lint", CHART_DIR, "--strict", "--namespace", NAMESPACE, "-f", path]);
+    assert.equal(full.status, 0, `helm lint -f all-features failed:\n${full.stdout}\n${full.stderr}`);
+  });
+});
+
+test("helm template with the defaults renders valid objects, identical to deploy/k8s but for the Namespace and Helm's labels", (t) => {
+  if (!needsHelm(t)) return;
+  const rendered = render();
+  for (const o of rendered) validateWithKubernetesModels(o, "helm template");
+  assert.deepEqual(unknownFields(rendered.map((object) => ({ object, source: "helm template" }))), []);
+  const key = (o: K8sObject) => `${o.kind}/${o.metadata.name}`;
+  const plain = new Map(loadPlainManifests().map(({ object }) => [key(object), object]));
+  plain.delete(`Namespace/${NAMESPACE}`);
+  assert.deepEqual(rendered.map(key).sort(), [...plain.keys()].sort(), "deploy/k8s and the chart hold different objects");
+  for (const o of rendered) {
+    const managedBy = o.metadata.labels?.["app.kubernetes.io/managed-by"];
+    assert.equal(managedBy, "Helm");
+    assert.deepEqual(withoutHelmBookkeeping(plain.get(key(o))), withoutHelmBookkeeping(o), `deploy/k8s ${key(o)} differs from the chart's rendering`);
+  }
+});
+
+test("helm template with every feature on renders valid objects wired to the Secrets, the claim and the scaling flags", (t) => {
+  if (!needsHelm(t)) return;
+  const rendered = withValuesFile(ALL_FEATURES, (path) => render(["-f", path]));
+  for (const o of rendered) if (hasModelFor(o)) validateWithKubernetesModels(o, "helm template (all features)");
+  assert.deepEqual(unknownFields(rendered.map((object) => ({ object, source: "helm template (all features)" }))), []);
+  const kinds = rendered.map((o) => o.kind).sort();
+  assert.deepEqual(kinds, ["Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service", "ServiceAccount", "ServiceMonitor", "StatefulSet"], "existingClaim: no PersistentVolumeClaim; serviceMonitor: one ServiceMonitor");
+
+  const deployment = rendered.find((o) => o.kind === "Deployment")!;
+  const sts = rendered.find((o) => o.kind === "StatefulSet")!;
+  const coordinator = podTemplate(deployment).spec.containers[0]!;
+  const worker = podTemplate(sts).spec.containers[0]!;
+  const cargs = coordinator.args ?? [];
+  assert.deepEqual(flagValues(cargs, "--k8s-statefulset"), [sts.metadata.name]);
+  assert.deepEqual(flagValues(cargs, "--k8s-min-replicas"), ["1"]);
+  assert.deepEqual(flagValues(cargs, "--k8s-max-replicas"), ["8"]);
+  assert.deepEqual(flagValues(cargs, "--allow-root"), ["/data"]);
+  assert.deepEqual(flagValues(cargs, "--nats-creds"), ["/etc/atvp/nats/nats.creds"]);
+  for (const f of ["--tls-cert", "--tls-key", "--tls-ca", "--worker-tls-cert", "--worker-tls-key", "--worker-tls-ca"]) assert.equal(flagValues(cargs, f).length, 1, `coordinator ${f}`);
+  assert.deepEqual(flagValues(cargs, "--worker-tls-server-name"), ["workers.atvp"]);
+  assert.ok(cargs.includes("--tls-require-client-cert"));
+  const envFrom = (name: string) => coordinator.env?.find((e) => e.name === name)?.valueFrom?.["secretKeyRef"];
+  assert.deepEqual(envFrom("ATVP_NATS_USER"), { name: "nats-auth", key: "user", optional: true });
+  assert.deepEqual(envFrom("ATVP_NATS_PASSWORD"), { name: "nats-auth", key: "password", optional: true });
+  assert.deepEqual(envFrom("ATVP_NATS_TOKEN"), { name: "nats-auth", key: "token", optional: true });
+  assert.deepEqual(envFrom("ATVP_TOKEN"), { name: "atvp-token", key: "token" });
+
+  const wargs = worker.args ?? [];
+  for (const f of ["--tls-cert", "--tls-key", "--tls-ca"]) assert.equal(flagValues(wargs, f).length, 1, `worker ${f}`);
+  assert.deepEqual(flagValues(wargs, "--memory"), ["17179869184"], "a large integer must not come out in float notation");
+  assert.equal((sts["spec"] as { replicas?: number }).replicas, undefined, "with autoscaling the coordinator owns spec.replicas");
+  assert.equal(podTemplate(sts).spec["runtimeClassName"], "nvidia");
+  for (const o of [deployment, sts]) {
+    const vols = podTemplate(o).spec.volumes ?? [];
+    assert.equal(vols.find((v) => v.persistentVolumeClaim)?.persistentVolumeClaim?.claimName, "shared-rwx");
+    assert.equal(vols.find((v) => v.secret?.secretName === "atvp-tls")?.name, "tls");
+  }
+
+  const role = rendered.find((o) => o.kind === "Role")!;
+  assert.deepEqual(role["rules"], [
+    { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] },
+    { apiGroups: ["apps"], resources: ["statefulsets"], resourceNames: [sts.metadata.name], verbs: ["get", "patch"] },
+    { apiGroups: ["apps"], resources: ["statefulsets/scale"], resourceNames: [sts.metadata.name], verbs: ["get", "patch", "update"] },
+  ]);
+
+  const sm = rendered.find((o) => o.kind === "ServiceMonitor")!;
+  assert.equal(sm.apiVersion, "monitoring.coreos.com/v1");
+  assert.equal(sm.metadata.labels?.["release"], "kps");
+  const smSpec = sm["spec"] as { selector: { matchLabels: Record<string, string>; matchExpressions: Array<{ key: string; operator: string; values: string[] }> }; endpoints: Array<{ port: string; path: string }> };
+  assert.deepEqual(smSpec.endpoints.map((e) => [e.port, e.path]), [["metrics", "/metrics"]]);
+  const services = rendered.filter((o) => o.kind === "Service");
+  for (const svc of services) {
+    const labels = svc.metadata.labels ?? {};
+    const matched = Object.entries(smSpec.selector.matchLabels).every(([k, v]) => labels[k] === v)
+      && smSpec.selector.matchExpressions.every((e) => e.operator === "In" && e.values.includes(labels[e.key] ?? ""));
+    assert.ok(matched, `the ServiceMonitor does not select Service ${svc.metadata.name}`);
+    assert.ok((svc["spec"] as { ports: Array<{ name: string }> }).ports.some((p) => p.name === "metrics"), `${svc.metadata.name} has no metrics port`);
+  }
+});
+
+test("helm rejects bad values: the schema, and the checks a schema cannot express", (t) => {
+  if (!needsHelm(t)) return;
+  const cases: Array<[string[], RegExp]> = [
+    [["--set", "worker.replicas=two"], /worker\.replicas/],
+    [["--set", "unknownKey=1"], /unknownKey/],
+    [["--set", "tls.enabled=true"], /tls/],
+    [["--set", "worker.autoscaling.enabled=true", "--set", "worker.autoscaling.minReplicas=5", "--set", "worker.autoscaling.maxReplicas=2"], /minReplicas/],
+    [["--set", "worker.podDisruptionBudget.maxUnavailable=null"], /minAvailable or maxUnavailable/],
+  ];
+  for (const [args, message] of cases) {
+    const r = run(["template", RELEASE, CHART_DIR, "--namespace", NAMESPACE, ...args]);
+    assert.notEqual(r.status, 0, `helm template ${args.join(" ")} succeeded`);
+    assert.match(r.stderr, message, `helm template ${args.join(" ")}: unexpected error ${r.stderr}`);
+  }
+});
