@@ -15,13 +15,17 @@ import { WorkerPool } from "./workerPool.js";
 import { connectNats, type NatsAuth } from "./state/natsConnection.js";
 import { JobStore } from "./state/jobStore.js";
 import { EventLog } from "./state/eventLog.js";
+import type { KubernetesOptions, KubernetesWorkers } from "./k8s/kubernetesWorkers.js";
 
 export interface CoordinatorOptions {
   host?: string;
   port?: number;
   nats: string;
   natsAuth?: NatsAuth;
+  /** static worker addresses; with `kubernetes` they are optional and join the discovered ones */
   workers: string[];
+  /** find workers as pods through the Kubernetes API (and optionally scale their StatefulSet) */
+  kubernetes?: KubernetesOptions;
   workRoot: string;
   allowedRoots: string[];
   token?: string;
@@ -47,6 +51,20 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   const store = await JobStore.open(nc);
   const events = await EventLog.open(nc);
   const pool = new WorkerPool(opts.workers, { tls: opts.workerTls });
+  let kube: KubernetesWorkers | undefined;
+  if (opts.kubernetes) {
+    // Loaded only in this mode: the client is large, and static clusters never need it.
+    const { startKubernetesWorkers } = await import("./k8s/kubernetesWorkers.js");
+    try {
+      kube = await startKubernetesWorkers(opts.kubernetes, pool, opts.workers, log);
+    } catch (err) {
+      pool.close();
+      await events.close();
+      await store.close();
+      await nc.close();
+      throw err;
+    }
+  }
   pool.start();
   const runners = new Map<string, JobRunner>();
   const knownStates = new Map<string, JobState>();
@@ -69,9 +87,14 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
     if (runners.has(job.id)) return;
     const runner = new JobRunner({
       store: trackingStore, events, pool, metrics, workRoot: opts.workRoot, log, reassignTimeoutMs: opts.reassignTimeoutMs,
+      acquireWorkers: kube?.acquireWorkers,
     }, job.id, job.spec!, resume);
     runners.set(job.id, runner);
-    void runner.run().finally(() => runners.delete(job.id));
+    kube?.jobsRunning(runners.size);
+    void runner.run().finally(() => {
+      runners.delete(job.id);
+      kube?.jobsRunning(runners.size);
+    });
   };
 
   const server = new grpc.Server(GRPC_OPTIONS);
@@ -95,6 +118,8 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
       startJob(job, true);
     }
   }
+  // Reconcile the StatefulSet from the start: with nothing to resume it goes back to its minimum.
+  kube?.jobsRunning(runners.size);
 
   let metricsServer: MetricsServer | undefined;
   if (opts.metricsPort !== undefined) metricsServer = await startMetricsServer(metrics.registry, () => true, opts.metricsPort, opts.host ?? "127.0.0.1");
@@ -107,6 +132,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
       for (const r of runners.values()) r.detach();
       await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
       server.forceShutdown();
+      await kube?.close();
       pool.close();
       await metricsServer?.close();
       await events.close();

@@ -39,6 +39,8 @@ export interface RunnerDeps {
   reassignTimeoutMs?: number;
   /** attempts per shard before the job fails */
   maxAttempts?: number;
+  /** before planning: make `requested` workers (0: any) available, e.g. scale a StatefulSet; must not throw */
+  acquireWorkers?: (requested: number, signal: AbortSignal) => Promise<void>;
 }
 
 class Cancelled extends Error {}
@@ -131,6 +133,8 @@ export class JobRunner {
         bytes: linears.reduce((a, l) => a + data!.byteLength(analysis.index.initializers.get(l.weight)!), 0),
         flops: linears.reduce((a, l) => a + l.inDim * l.outDim, 0),
       }));
+      await this.deps.acquireWorkers?.(this.spec.workers, this.abort.signal);
+      this.throwIfCancelled();
       const ready = await this.deps.pool.waitForReady(1, this.deps.reassignTimeoutMs ?? 60_000, this.abort.signal);
       this.throwIfCancelled();
       this.shards = planShards(costs, ready.map((w) => ({ address: w.address, memoryBytes: Number(w.memoryBytes) })), this.spec.workers);
@@ -215,10 +219,14 @@ export class JobRunner {
         });
         const onAbort = () => stream.cancel();
         this.abort.signal.addEventListener("abort", onAbort);
+        // The worker's address left the pool (its pod is deleted or not ready): treat it as dead
+        // now; the cancelled stream lands in the rerun path below.
+        const offRemoved = this.deps.pool.onRemoved((gone) => { if (gone === address) stream.cancel(); });
         try {
           for await (const progress of stream) await this.onProgress(progress, address);
         } finally {
           this.abort.signal.removeEventListener("abort", onAbort);
+          offRemoved();
         }
         return;
       } catch (err) {

@@ -2,16 +2,54 @@
 /**
  * Coordinator process entry. Prints one JSON line {"ready":true,...} on stdout once it serves,
  * and leaves its running jobs to the next coordinator on SIGTERM.
+ *
+ * Workers come from `--worker ADDR` (repeatable) and/or, in Kubernetes mode (`--k8s-selector`
+ * or `--k8s-namespace`), from the ready pods matching the selector: `--k8s-namespace NS`
+ * (default: the pod's own namespace), `--k8s-selector SEL`, `--k8s-worker-port P` (default: the
+ * container port named "grpc"), `--k8s-statefulset NAME --k8s-max-replicas N
+ * [--k8s-min-replicas N]` to scale the workers around jobs, `--kubeconfig FILE` outside a pod.
  */
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { startCoordinator } from "./coordinator.js";
+import type { KubernetesOptions } from "./k8s/kubernetesWorkers.js";
+// podAddress.ts imports only types of the Kubernetes client, so static mode does not load it.
+import { DEFAULT_WORKER_SELECTOR } from "./k8s/podAddress.js";
 import type { TlsConfig } from "../../rpc/credentials.js";
 
 function tlsFrom(values: Record<string, unknown>, prefix: string): TlsConfig | undefined {
   const get = (k: string) => values[`${prefix}${k}`] as string | undefined;
   if (!get("cert") && !get("ca")) return undefined;
   return { cert: get("cert"), key: get("key"), ca: get("ca"), requireClientCert: values[`${prefix}require-client-cert`] === true, serverName: get("server-name") };
+}
+
+function count(values: Record<string, unknown>, flag: string, min: number): number | undefined {
+  const v = values[flag] as string | undefined;
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < min) throw new Error(`--${flag} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+function kubernetesFrom(values: Record<string, unknown>): KubernetesOptions | undefined {
+  const get = (k: string) => values[k] as string | undefined;
+  if (get("k8s-selector") === undefined && get("k8s-namespace") === undefined) {
+    const stray = ["k8s-worker-port", "k8s-statefulset", "k8s-min-replicas", "k8s-max-replicas", "kubeconfig"].find((k) => get(k) !== undefined);
+    if (stray) throw new Error(`--${stray} needs Kubernetes mode: add --k8s-selector SEL (or --k8s-namespace NS)`);
+    return undefined;
+  }
+  if (get("k8s-statefulset") !== undefined && get("k8s-max-replicas") === undefined) {
+    throw new Error("--k8s-statefulset needs --k8s-max-replicas N (the most worker pods a job may scale to)");
+  }
+  return {
+    namespace: get("k8s-namespace"),
+    labelSelector: get("k8s-selector") ?? DEFAULT_WORKER_SELECTOR,
+    port: count(values, "k8s-worker-port", 1),
+    statefulSet: get("k8s-statefulset"),
+    minReplicas: count(values, "k8s-min-replicas", 0),
+    maxReplicas: count(values, "k8s-max-replicas", 1),
+    kubeconfig: get("kubeconfig"),
+  };
 }
 
 async function main(): Promise<void> {
@@ -32,6 +70,13 @@ async function main(): Promise<void> {
       "tls-require-client-cert": { type: "boolean", default: false },
       "worker-tls-cert": { type: "string" }, "worker-tls-key": { type: "string" }, "worker-tls-ca": { type: "string" },
       "worker-tls-server-name": { type: "string" },
+      "k8s-namespace": { type: "string" },
+      "k8s-selector": { type: "string" },
+      "k8s-worker-port": { type: "string" },
+      "k8s-statefulset": { type: "string" },
+      "k8s-min-replicas": { type: "string" },
+      "k8s-max-replicas": { type: "string" },
+      kubeconfig: { type: "string" },
     },
     strict: true,
   });
@@ -48,6 +93,7 @@ async function main(): Promise<void> {
       credsFile: values["nats-creds"],
     },
     workers: values.worker ?? [],
+    kubernetes: kubernetesFrom(values),
     workRoot: resolve(values["work-root"]!),
     allowedRoots: (values["allow-root"] ?? [process.cwd()]).map((r) => resolve(r)),
     token: values.token ?? process.env["ATVP_TOKEN"],

@@ -1,7 +1,8 @@
 /**
  * The coordinator's view of its workers: their addresses (static, or found through the
- * Kubernetes API later), which of them answer GetInfo (ready), and one gRPC client each.
- * Readiness is polled, so a restarted worker comes back by itself.
+ * Kubernetes API), which of them answer GetInfo (ready), and one gRPC client each.
+ * Readiness is polled, so a restarted worker comes back by itself. An address that discovery
+ * takes away is announced ("removed"), so whoever streams from it can stop waiting at once.
  */
 import type * as grpc from "@grpc/grpc-js";
 import { WorkerService, type WorkerInfo } from "../../gen/atvprune/v1/worker_pb.js";
@@ -23,6 +24,7 @@ export class WorkerPool {
   private readonly info = new Map<string, WorkerInfo>();
   private timer: NodeJS.Timeout | undefined;
   private readonly credentials: grpc.ChannelCredentials;
+  private readonly removedListeners = new Set<(address: string) => void>();
 
   constructor(addresses: readonly string[], private readonly options: WorkerPoolOptions = {}) {
     this.credentials = channelCredentials(options.tls);
@@ -31,6 +33,7 @@ export class WorkerPool {
 
   /** Replaces the known addresses (static list, or what service discovery found). */
   setAddresses(addresses: readonly string[]): void {
+    const before = this.addresses;
     this.addresses = [...new Set(addresses)].sort();
     for (const a of [...this.info.keys()]) if (!this.addresses.includes(a)) this.info.delete(a);
     for (const [a, c] of [...this.clients]) {
@@ -39,6 +42,19 @@ export class WorkerPool {
         this.clients.delete(a);
       }
     }
+    for (const a of before) {
+      if (!this.addresses.includes(a)) for (const l of [...this.removedListeners]) l(a);
+    }
+  }
+
+  /**
+   * Calls `listener` with each address that leaves the pool. A closed channel lets its calls
+   * run on, and a pod being deleted may keep serving for a while: a shard stream on it would not
+   * fail by itself. Returns the unsubscribe function.
+   */
+  onRemoved(listener: (address: string) => void): () => void {
+    this.removedListeners.add(listener);
+    return () => this.removedListeners.delete(listener);
   }
 
   start(): void {
@@ -54,7 +70,8 @@ export class WorkerPool {
     await Promise.all(this.addresses.map(async (address) => {
       try {
         const info = await this.client(address).getInfo({}, { deadlineMs: this.options.timeoutMs ?? 2000 });
-        this.info.set(address, info);
+        // Discovery may have taken the address away while GetInfo was in flight.
+        if (this.addresses.includes(address)) this.info.set(address, info);
       } catch {
         this.info.delete(address);
       }
