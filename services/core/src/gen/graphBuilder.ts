@@ -3,6 +3,7 @@
  * exporters being imitated do (torch.onnx or the onnxruntime-genai builder), deduplicates small
  * constants, and routes every float initializer bigger than 64 bytes to the external-data writer.
  */
+import { valueInfo, type Dim } from "../onnx/valueInfo.js";
 import { create } from "@bufbuild/protobuf";
 import {
   AttributeProto_AttributeType,
@@ -49,7 +50,8 @@ export interface NodeOptions {
 }
 
 /** A dimension: a fixed size or a symbolic name. */
-export type Dim = number | string;
+export type { Dim };
+export { valueInfo };
 
 /** Largest initializer (in bytes) that is stored inline in the model rather than externally. */
 export const INLINE_LIMIT = 64;
@@ -198,21 +200,3 @@ function attribute(name: string, value: Attr): AttributeProto {
   return create(AttributeProtoSchema, { name, type: T.TENSOR, t: value.tensor });
 }
 
-export function valueInfo(name: string, elemType: number, dims: readonly Dim[]): ValueInfoProto {
-  return create(ValueInfoProtoSchema, {
-    name,
-    type: create(TypeProtoSchema, {
-      value: {
-        case: "tensorType",
-        value: create(TypeProto_TensorSchema, {
-          elemType,
-          shape: create(TensorShapeProtoSchema, {
-            dim: dims.map((d) => create(TensorShapeProto_DimensionSchema, {
-              value: typeof d === "number" ? { case: "dimValue", value: BigInt(d) } : { case: "dimParam", value: d },
-            })),
-          }),
-        }),
-      },
-    }),
-  });
-}

@@ -5,11 +5,8 @@
  * as graph inputs so that one onnxruntime session serves the dense and the pruned forward.
  */
 import { create } from "@bufbuild/protobuf";
-import {
-  GraphProtoSchema, ModelProtoSchema, TensorProtoSchema, TensorShapeProtoSchema, TensorShapeProto_DimensionSchema,
-  TypeProtoSchema, TypeProto_TensorSchema, ValueInfoProtoSchema,
-  type ModelProto, type ValueInfoProto,
-} from "../../../gen/onnx_pb.js";
+import { GraphProtoSchema, ModelProtoSchema, TensorProtoSchema, type ModelProto, type ValueInfoProto } from "../../../gen/onnx_pb.js";
+import { valueInfo } from "../onnx/valueInfo.js";
 import { GraphError } from "../errors.js";
 import { PROLOGUE, SIDE, type BlockPartition } from "./blockPartition.js";
 import type { GraphIndex } from "./graphIndex.js";
@@ -143,14 +140,14 @@ export interface CutModelInput {
 export function buildCutModel({ source, index, cut, initializerBytes, floatType }: CutModelInput): ModelProto {
   const known = new Map<string, ValueInfoProto>();
   for (const v of [...index.graph.valueInfo, ...index.graph.output, ...index.graph.input]) known.set(v.name, v);
-  const valueInfo = (name: string): ValueInfoProto => known.get(name) ?? tensorInfo(name, floatType, undefined);
+  const infoOf = (name: string): ValueInfoProto => known.get(name) ?? valueInfo(name, floatType, undefined);
   const inputs = [
-    ...cut.stateInputs.map(valueInfo),
+    ...cut.stateInputs.map(infoOf),
     ...cut.sideInputs.map((name) => index.inputs.get(name)!),
-    ...cut.weights.map((l) => tensorInfo(l.weight, l.dataType, index.initializers.get(l.weight)!.dims.map(Number))),
+    ...cut.weights.map((l) => valueInfo(l.weight, l.dataType, index.initializers.get(l.weight)!.dims.map(Number))),
   ];
   const inputNames = new Set(inputs.map((v) => v.name));
-  const outputs = [...cut.stateOutputs, ...cut.activations.filter((a) => !inputNames.has(a))].map(valueInfo);
+  const outputs = [...cut.stateOutputs, ...cut.activations.filter((a) => !inputNames.has(a))].map(infoOf);
   const initializers = cut.initializers.map((name) => {
     const t = index.initializers.get(name)!;
     return create(TensorProtoSchema, { name, dims: t.dims, dataType: t.dataType, rawData: initializerBytes.get(name)! });
@@ -171,19 +168,3 @@ export function buildCutModel({ source, index, cut, initializerBytes, floatType 
   });
 }
 
-function tensorInfo(name: string, elemType: number, dims: number[] | undefined): ValueInfoProto {
-  return create(ValueInfoProtoSchema, {
-    name,
-    type: create(TypeProtoSchema, {
-      value: {
-        case: "tensorType",
-        value: create(TypeProto_TensorSchema, {
-          elemType,
-          shape: dims ? create(TensorShapeProtoSchema, {
-            dim: dims.map((d) => create(TensorShapeProto_DimensionSchema, { value: { case: "dimValue", value: BigInt(d) } })),
-          }) : undefined,
-        }),
-      },
-    }),
-  });
-}
