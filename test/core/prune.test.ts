@@ -257,3 +257,39 @@ test("--include / --exclude choose which linears are pruned", async () => {
   for (const n of untouched) assert.deepEqual(after.get(n), before.get(n), n);
   copyFileSync(unfused.calib, join(tmp.path, "unused.jsonl"));
 });
+
+test("every fused variant prunes end to end; names and structure agree on fused graphs too", async () => {
+  const variants: Array<[string, object]> = [["gqa", { attention: "gqa", kvHeads: 2 }], ["layernorm", { norm: "layer" }]];
+  for (const [name, extra] of variants) {
+    const g = await generateModel({ outDir: join(tmp.path, `v-${name}`), layers: 2, hidden: 64, samples: 4, fused: true, seed: 9, ...extra });
+    const { out, report } = await prune(`v-${name}`, { model: g.modelPath, calib: g.calibPath, alpha: 8 });
+    assert.equal(report.totals.sparsity, 0.5, name);
+    const session = await ort.InferenceSession.create(join(out, "model.onnx"));
+    assert.ok(session.outputNames.includes("logits"), name);
+    await session.release();
+  }
+  const named = await generateModel({ outDir: join(tmp.path, "f-named"), layers: 3, hidden: 64, samples: 4, fused: true, seed: 4 });
+  const bare = await generateModel({ outDir: join(tmp.path, "f-bare"), layers: 3, hidden: 64, samples: 4, fused: true, seed: 4, nodeNames: "none" });
+  const a = await prune("f-named", { model: named.modelPath, calib: named.calibPath, alpha: 8 });
+  const b = await prune("f-bare", { model: bare.modelPath, calib: bare.calibPath, alpha: 8 });
+  assert.equal(b.report.totals.graphAnalysis, "structure");
+  assert.ok(a.data.equals(b.data));
+});
+
+test("float32 .npy embeddings are cast to a float16 model's input: same masks as float16 files", async () => {
+  const { readNpy, writeNpy } = await import("../../services/core/src/calib/npy.js");
+  const { halfToFloatTable } = await import("../../services/core/src/onnx/dtype.js");
+  const dir = join(tmp.path, "fused16");
+  const lines = readFileSync(fusedFp16.calib, "utf8").trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+  const table = halfToFloatTable();
+  const f32 = lines.map((l, i) => {
+    const arr = readNpy(join(dir, l["inputs_embeds"] as string));
+    assert.equal(arr.dtype, "float16");
+    writeNpy(join(dir, `f32-${i}.npy`), { dtype: "float32", shape: arr.shape, data: Float32Array.from(arr.data as Uint16Array, (h) => table[h]!) });
+    return JSON.stringify({ ...l, inputs_embeds: `f32-${i}.npy` });
+  });
+  writeFileSync(join(dir, "calib-f32.jsonl"), f32.join("\n") + "\n");
+  const half = await prune("npy16", { model: fusedFp16.model, calib: fusedFp16.calib, alpha: 8 });
+  const full = await prune("npy32", { model: fusedFp16.model, calib: join(dir, "calib-f32.jsonl"), alpha: 8 });
+  assert.ok(half.data.equals(full.data));
+});

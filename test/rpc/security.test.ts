@@ -3,9 +3,6 @@
 // server TLS accepts them, and the bearer token is enforced per call.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { JobService, JobState } from "../../services/gen/atvprune/v1/job_pb.js";
@@ -14,30 +11,15 @@ import { channelCredentials, channelOptions, serverCredentials, type TlsConfig }
 import { bearerMetadata, requireBearer, UNAUTHENTICATED_MESSAGE } from "../../services/rpc/bearerAuth.js";
 import { RpcError } from "../../services/rpc/status.js";
 import { tempDir } from "../support/fixtures.js";
+import { TestPki } from "../support/certs.js";
 
 const tmp = tempDir("tls");
 const dir = tmp.path;
 const file = (name: string) => join(dir, name);
 
-function openssl(...args: string[]): void {
-  const r = spawnSync("openssl", args, { cwd: dir, encoding: "utf8", timeout: 20_000 });
-  if (r.error) throw new Error(`openssl ${args[0]}: ${r.error.message}`);
-  assert.equal(r.status, 0, `openssl ${args.join(" ")} failed:\n${r.stderr}`);
-}
-
-const EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-
-function makeCa(name: string): void {
-  openssl("req", "-x509", ...EC, "-keyout", `${name}.key`, "-out", `${name}.crt`, "-days", "2", "-subj", `/CN=${name}`,
-    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign");
-}
-
-function makeLeaf(name: string, ca: string, extensions: string): void {
-  openssl("req", ...EC, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${name}`);
-  writeFileSync(file(`${name}.ext`), extensions);
-  openssl("x509", "-req", "-in", `${name}.csr`, "-CA", `${ca}.crt`, "-CAkey", `${ca}.key`, "-set_serial", `0x${randomBytes(8).toString("hex")}`,
-    "-days", "2", "-extfile", `${name}.ext`, "-out", `${name}.crt`);
-}
+const pki = new TestPki(dir);
+const makeCa = (name: string) => pki.ca(name);
+const makeLeaf = (name: string, ca: string, extensions: string) => pki.leaf(name, ca, extensions);
 
 /** A JobService whose answers are constants; GetJob enforces the server's bearer token. */
 async function startServer(credentials: grpc.ServerCredentials, token?: string): Promise<{ server: grpc.Server; port: number }> {

@@ -79,18 +79,31 @@ export class InferenceHost {
    * thread (they are detached here) until unbind() or release() gives them back.
    */
   async load(label: string, model: Uint8Array, bound: Record<string, WireTensor> = {}): Promise<SessionHandle> {
-    const device: ExecutionDevice = this.device === "auto" ? "cuda" : this.device;
+    const device = await this.resolveDevice(model);
     try {
       const res = await this.call({ op: "load", model, device, threads: this.options.threads, bound }, buffersOf(bound));
       return { id: res.session!, label, inputNames: res.inputNames!, outputNames: res.outputNames! };
     } catch (err) {
-      if (this.device === "auto" && device === "cuda") {
-        (this.options.warn ?? ((m) => process.stderr.write(m + "\n")))(`warning: CUDA execution provider unavailable (${(err as Error).message.split("\n")[0]}); falling back to CPU`);
-        this.device = "cpu";
-        return this.load(label, model, bound);
-      }
-      throw new RuntimeError(label, `onnxruntime could not load the graph: ${(err as Error).message}`, { cause: err });
+      const hint = device === "cuda" ? " (the CUDA provider needs onnxruntime-node installed with --onnxruntime-node-install=cuda12 and the CUDA 12 / cuDNN 9 libraries; --device auto falls back to CPU)" : "";
+      throw new RuntimeError(label, `onnxruntime could not load the graph on ${device}: ${(err as Error).message}${hint}`, { cause: err });
     }
+  }
+
+  /**
+   * "auto" tries CUDA once, on a session with nothing bound (bound buffers move to the thread
+   * and would be lost with a failed load), then sticks to what worked.
+   */
+  private async resolveDevice(model: Uint8Array): Promise<ExecutionDevice> {
+    if (this.device !== "auto") return this.device;
+    try {
+      const probe = await this.call({ op: "load", model, device: "cuda", threads: this.options.threads, bound: {} });
+      await this.call({ op: "release", session: probe.session! });
+      this.device = "cuda";
+    } catch (err) {
+      (this.options.warn ?? ((m) => process.stderr.write(m + "\n")))(`warning: CUDA execution provider unavailable (${(err as Error).message.split("\n")[0]}); falling back to CPU`);
+      this.device = "cpu";
+    }
+    return this.device;
   }
 
   async run(session: SessionHandle, feeds: Record<string, WireTensor>, fetches: readonly string[]): Promise<Record<string, WireTensor>> {
