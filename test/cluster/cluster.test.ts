@@ -237,3 +237,42 @@ test("/metrics parses and its counters match the finished job", async () => {
     await c.close();
   }
 });
+
+test("mutual TLS on every connection (client, coordinator, workers, worker to worker); a client without a certificate is refused", async () => {
+  const { TestPki } = await import("../support/certs.js");
+  const { channelCredentials } = await import("../../services/rpc/credentials.js");
+  const { mkdirSync } = await import("node:fs");
+  const pkiDir = join(tmp.path, "pki");
+  mkdirSync(pkiDir, { recursive: true });
+  const pki = new TestPki(pkiDir);
+  pki.ca("ca");
+  // One certificate per service, usable as server and as client (workers pull from each other).
+  pki.leaf("node", "ca", "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n");
+  pki.leaf("user", "ca", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n");
+  const nodeTls = { ca: pki.file("ca.crt"), cert: pki.file("node.crt"), key: pki.file("node.key") };
+  const nats = await freshNats();
+  const ws = [
+    await startWorker({ threads: 1, log: () => {}, tls: { ...nodeTls, requireClientCert: true } }),
+    await startWorker({ threads: 1, log: () => {}, tls: { ...nodeTls, requireClientCert: true } }),
+  ];
+  const coordinator = await startCoordinator({
+    nats: nats.url, workers: ws.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], log: () => {},
+    tls: { ...nodeTls, requireClientCert: true }, workerTls: nodeTls,
+  });
+  const client = jobClient(coordinator.address, channelCredentials({ ca: pki.file("ca.crt"), cert: pki.file("user.crt"), key: pki.file("user.key") }));
+  const noCert = jobClient(coordinator.address, channelCredentials({ ca: pki.file("ca.crt") }));
+  const plain = jobClient(coordinator.address);
+  try {
+    assert.equal((await coordinator.pool.waitForReady(2, 10_000)).length, 2);
+    const s = spec("sequential");
+    const { job } = await client.submitJob({ spec: s });
+    assert.equal((await waitForJob(client, job!.id)).state, JobState.SUCCEEDED);
+    assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get("sequential")!));
+    await assert.rejects(noCert.listJobs({}, { deadlineMs: 5000 }), (e: { code: number }) => e.code === status.UNAVAILABLE);
+    await assert.rejects(plain.listJobs({}, { deadlineMs: 5000 }), (e: { code: number }) => e.code === status.UNAVAILABLE);
+  } finally {
+    client.close(); noCert.close(); plain.close();
+    await coordinator.close();
+    for (const w of ws) await w.close();
+  }
+});
