@@ -96,7 +96,7 @@ export class InferenceHost {
   private async resolveDevice(model: Uint8Array): Promise<ExecutionDevice> {
     if (this.device !== "auto") return this.device;
     try {
-      const probe = await this.call({ op: "load", model, device: "cuda", threads: this.options.threads, bound: {} });
+      const probe = await this.call({ op: "load", model, device: "cuda", threads: this.options.threads, bound: {}, quiet: true });
       await this.call({ op: "release", session: probe.session! });
       this.device = "cuda";
     } catch (err) {

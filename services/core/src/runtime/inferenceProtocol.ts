@@ -4,7 +4,7 @@ import type { WireTensor } from "./wireTensor.js";
 export type ExecutionDevice = "cpu" | "cuda";
 
 export type HostRequest =
-  | { id: number; op: "load"; model: Uint8Array; device: ExecutionDevice; threads: number; bound: Record<string, WireTensor> }
+  | { id: number; op: "load"; model: Uint8Array; device: ExecutionDevice; threads: number; bound: Record<string, WireTensor>; quiet?: boolean }
   | { id: number; op: "run"; session: number; feeds: Record<string, WireTensor>; fetches: string[] }
   | { id: number; op: "bind"; session: number; tensors: Record<string, WireTensor> }
   | { id: number; op: "unbind"; session: number }

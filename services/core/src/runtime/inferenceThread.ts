@@ -29,6 +29,9 @@ function session(id: number): Session {
 
 const port = parentPort;
 if (!port) throw new Error("inferenceThread must run in a worker thread");
+// Failures reach the caller as exceptions with onnxruntime's message; its own stderr logger would
+// only repeat them (and print a red error for every expected CUDA probe failure).
+ort.env.logLevel = "fatal";
 const sessions = new Map<number, Session>();
 let nextSession = 1;
 
@@ -47,7 +50,8 @@ async function handle(req: HostRequest): Promise<HostResponse> {
         interOpNumThreads: 1,
         executionMode: "sequential",
         graphOptimizationLevel: "all",
-        logSeverityLevel: 3,
+        // A probe (quiet) expects to fail on machines without CUDA: only fatal errors are logged.
+        logSeverityLevel: req.quiet ? 4 : 3,
         // The arena would keep every block's peak allocation (packed weights, activations) for
         // the life of the thread; without it memory goes back as each block finishes.
         enableCpuMemArena: false,
