@@ -45,3 +45,19 @@ test("masks: no image_mask means all text; padding is neither text nor visual", 
   assert.deepEqual(tokenCounts(a!), { nText: 4, nVisual: 0 });
   assert.deepEqual(tokenCounts(b!), { nText: 2, nVisual: 1 });
 });
+
+test("headersOnly reads shapes and types without the data, and still catches a truncated .npy", async () => {
+  const { writeNpy } = await import("../../services/core/src/calib/npy.js");
+  const { truncateSync, statSync } = await import("node:fs");
+  const { CalibrationError } = await import("../../services/core/src/errors.js");
+  writeNpy(join(tmp.path, "e.npy"), { dtype: "float16", shape: [5, 8], data: new Uint16Array(40) });
+  const f = join(tmp.path, "e.jsonl");
+  writeFileSync(f, JSON.stringify({ inputs_embeds: "e.npy", image_mask: [0, 1, 1, 0, 0] }) + "\n");
+  const full = loadCalibrationSet(f, { seed: 21 })[0]!;
+  const light = loadCalibrationSet(f, { seed: 21, headersOnly: true })[0]!;
+  assert.equal(full.embeds!.data.length, 40);
+  assert.equal(light.embeds!.data.length, 0);
+  assert.deepEqual([light.tokens, light.embeds!.hidden, light.embeds!.dtype], [5, 8, "float16"]);
+  truncateSync(join(tmp.path, "e.npy"), statSync(join(tmp.path, "e.npy")).size - 2);
+  assert.throws(() => loadCalibrationSet(f, { seed: 21, headersOnly: true }), (e: unknown) => e instanceof CalibrationError && /truncated/.test(e.message) && /e\.jsonl:1/.test(e.message));
+});

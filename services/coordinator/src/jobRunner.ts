@@ -108,7 +108,8 @@ export class JobRunner {
       const analysis = analyzeModel(resolved.model);
       data = new TensorData(analysis.loaded);
       await data.validate();
-      const samples = resolved.method === "magnitude" ? [] : loadSamples(resolved, analysis);
+      // Checked and counted here, but the embeddings stay on disk: only workers need them.
+      const samples = resolved.method === "magnitude" ? [] : loadSamples(resolved, analysis, true);
       this.tokensPerBlock = samples.reduce((a, s) => a + s.tokens, 0);
       const toPrune = analysis.partition.blockLinears.flat().filter((l) => isSelected(resolved, l.weight, l.node));
       const rewritten = new Set(toPrune.map((l) => l.weight));

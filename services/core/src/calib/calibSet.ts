@@ -6,7 +6,7 @@
 import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { CalibrationError, InvalidArgumentError } from "../errors.js";
-import { readNpy, type NpyDtype } from "./npy.js";
+import { readNpy, readNpyHeader, type NpyDtype } from "./npy.js";
 import { mulberry32 } from "./seededRandom.js";
 
 export { mulberry32 };
@@ -30,6 +30,12 @@ export interface CalibSelection {
   /** take this many samples after a seeded shuffle; all, in file order, when absent */
   nsamples?: number;
   seed: number;
+  /**
+   * Read only the .npy headers (shape, type, size): enough to validate the set and count its
+   * tokens where the embeddings themselves are not needed (the cluster coordinator).
+   * `embeds.data` is then empty.
+   */
+  headersOnly?: boolean;
 }
 
 interface RawLine { line: number; value: Record<string, unknown> }
@@ -57,7 +63,7 @@ export function loadCalibrationSet(path: string, selection: CalibSelection): Cal
   });
   if (lines.length === 0) throw new CalibrationError(path, "the calibration file has no samples");
   const chosen = select(lines, selection, path);
-  return chosen.map((raw, index) => parseSample(raw, index, path));
+  return chosen.map((raw, index) => parseSample(raw, index, path, selection.headersOnly ?? false));
 }
 
 function select(lines: RawLine[], { nsamples, seed }: CalibSelection, path: string): RawLine[] {
@@ -74,7 +80,7 @@ function select(lines: RawLine[], { nsamples, seed }: CalibSelection, path: stri
 }
 
 
-function parseSample({ line, value }: RawLine, index: number, path: string): CalibSample {
+function parseSample({ line, value }: RawLine, index: number, path: string, headersOnly: boolean): CalibSample {
   const where = `${path}:${line}`;
   const ids = value["input_ids"];
   const embedsRef = value["inputs_embeds"];
@@ -92,7 +98,7 @@ function parseSample({ line, value }: RawLine, index: number, path: string): Cal
     const file = isAbsolute(embedsRef) ? embedsRef : resolve(dirname(path), embedsRef);
     let array;
     try {
-      array = readNpy(file);
+      array = headersOnly ? headerArray(readNpyHeader(file)) : readNpy(file);
     } catch (err) {
       throw new CalibrationError(where, (err as Error).message, { cause: err });
     }
@@ -133,4 +139,8 @@ export function tokenCounts(sample: CalibSample): { nText: number; nVisual: numb
     else nText++;
   }
   return { nText, nVisual };
+}
+
+function headerArray(h: { dtype: NpyDtype; shape: number[] }): { dtype: NpyDtype; shape: number[]; data: Float32Array | Uint16Array } {
+  return { dtype: h.dtype, shape: h.shape, data: h.dtype === "float32" ? new Float32Array(0) : new Uint16Array(0) };
 }

@@ -2,7 +2,7 @@
  * NumPy `.npy` files (format versions 1.0-3.0): the calibration set's `inputs_embeds` arrays.
  * Only little-endian float32 / float16 in C order are read; that is what LVLM embedding dumps are.
  */
-import { readFileSync, writeFileSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readFileSync, readSync, writeFileSync } from "node:fs";
 import { CalibrationError } from "../errors.js";
 
 export type NpyDtype = "float32" | "float16";
@@ -26,7 +26,20 @@ export function readNpy(path: string): NpyArray {
   return parseNpy(buf, path);
 }
 
-export function parseNpy(buf: Uint8Array, subject: string): NpyArray {
+export interface NpyHeader {
+  dtype: NpyDtype;
+  shape: number[];
+  /** where the data starts in the file */
+  dataStart: number;
+  /** bytes of data the shape needs */
+  byteLength: number;
+}
+
+/**
+ * Parses the header from the first bytes of a .npy file; `fileLength` (the whole file's size)
+ * detects truncated data without reading it.
+ */
+export function parseNpyHeader(buf: Uint8Array, fileLength: number, subject: string): NpyHeader {
   if (buf.length < 10 || MAGIC.some((b, i) => buf[i] !== b)) {
     throw new CalibrationError(subject, "not a .npy file (bad magic bytes)");
   }
@@ -53,9 +66,31 @@ export function parseNpy(buf: Uint8Array, subject: string): NpyArray {
   const count = shape.reduce((a, b) => a * b, 1);
   const itemSize = dtype === "float32" ? 4 : 2;
   const byteLength = count * itemSize;
-  if (dataStart + byteLength > buf.length) {
-    throw new CalibrationError(subject, `truncated .npy data: shape (${shape.join(", ")}) needs ${byteLength} bytes, file has ${buf.length - dataStart}`);
+  if (dataStart + byteLength > fileLength) {
+    throw new CalibrationError(subject, `truncated .npy data: shape (${shape.join(", ")}) needs ${byteLength} bytes, file has ${fileLength - dataStart}`);
   }
+  return { dtype, shape, dataStart, byteLength };
+}
+
+/** Only the header: dtype and shape, checked against the file's size (the data is not read). */
+export function readNpyHeader(path: string): NpyHeader {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, "r");
+    const head = Buffer.alloc(Math.min(fstatSync(fd).size, 1 << 16));
+    const n = readSync(fd, head, 0, head.length, 0);
+    return parseNpyHeader(head.subarray(0, n), fstatSync(fd).size, path);
+  } catch (err) {
+    if (err instanceof CalibrationError) throw err;
+    throw new CalibrationError(path, `cannot read .npy file (${(err as Error).message})`, { cause: err });
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+export function parseNpy(buf: Uint8Array, subject: string): NpyArray {
+  const { dtype, shape, dataStart, byteLength } = parseNpyHeader(buf, buf.length, subject);
+  const count = byteLength / (dtype === "float32" ? 4 : 2);
   const bytes = buf.slice(dataStart, dataStart + byteLength);
   const data = dtype === "float32"
     ? new Float32Array(bytes.buffer, bytes.byteOffset, count)

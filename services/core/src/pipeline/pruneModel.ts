@@ -104,17 +104,19 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   }
 }
 
-export function loadSamples(spec: ResolvedSpec, analysis: ModelAnalysis): CalibSample[] {
+/** Loads and checks the calibration set; `headersOnly` skips the embeddings' data (see CalibSelection). */
+export function loadSamples(spec: ResolvedSpec, analysis: ModelAnalysis, headersOnly = false): CalibSample[] {
   const calib = spec.calib!;
-  const samples = loadCalibrationSet(calib, { nsamples: spec.nsamples, seed: spec.seed });
+  const samples = loadCalibrationSet(calib, { nsamples: spec.nsamples, seed: spec.seed, headersOnly });
   const main = analysis.partition.mainInput;
   const vi = analysis.index.inputs.get(main)!;
   for (const s of samples) {
     checkSample(s, main, vi, calib);
-    if (spec.method === "atv" && tokenCounts(s).nText === 0) {
+    const { nText, nVisual } = tokenCounts(s);
+    if (spec.method === "atv" && nText === 0) {
       throw new CalibrationError(`${calib}:${s.line}`, "the sample has no text tokens: ATV's pool would be empty (k = round(ratio * nText) = 0); remove it or mark its text tokens in image_mask");
     }
-    if (tokenCounts(s).nText + tokenCounts(s).nVisual === 0) {
+    if (nText + nVisual === 0) {
       throw new CalibrationError(`${calib}:${s.line}`, "the sample has no attended tokens");
     }
   }
