@@ -1,5 +1,16 @@
 # atv-prune: every target installs what it needs first, so each works on a fresh machine.
 SHELL := /bin/bash
+# Every target runs on the project's Node.js 24 LTS (scripts/node-runtime.sh fetches the pinned
+# node-linux-<arch> binary from the npm registry once), whatever Node the system has: npm ci then
+# checks engines against Node 24, and node_modules/.bin/node (the same binary) comes first after it.
+RUNTIME := $(shell scripts/node-runtime.sh)
+ifeq ($(RUNTIME),)
+$(error could not fetch the Node.js runtime: see scripts/node-runtime.sh)
+endif
+export PATH := $(CURDIR)/node_modules/.bin:$(RUNTIME):$(PATH)
+# onnxruntime-node's install script would download CUDA binaries: skipped for npm versions that
+# do not read package.json's allowScripts (see .npmrc).
+export ONNXRUNTIME_NODE_INSTALL := skip
 NODE_STAMP := node_modules/.package-lock.json
 CLI := node dist/services/cli/src/main.js
 DEMO := .work/demo
@@ -31,6 +42,7 @@ system-deps:
 	fi
 
 test: setup system-deps
+	@echo "node $$(node --version), npm $$(npm --version)"
 	npm test
 
 # Generates a small LLaVA-style decoder with fused contrib ops and fp16 weights, prunes it with

@@ -7,23 +7,25 @@
 #   docker build -f deploy/coordinator.Dockerfile -t atv-prune/coordinator:0.1.0 .
 
 # 1. Compile the TypeScript (dev dependencies included).
-FROM node:20-bookworm AS build
+FROM node:24-bookworm AS build
 WORKDIR /src
 COPY package.json package-lock.json .npmrc ./
-RUN npm ci --no-audit --no-fund
+RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --omit=optional
 COPY tsconfig.json ./
 COPY services ./services
 RUN npx tsc -p tsconfig.json
 
 # 2. Production dependencies; onnxruntime-node keeps its bundled CPU binaries.
-FROM node:20-bookworm AS deps
+FROM node:24-bookworm AS deps
 WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
-RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --no-audit --no-fund --onnxruntime-node-install=skip \
+# --omit=optional: the only optional dependencies are the node-linux-* binaries that pin the
+# development runtime; the image has its own Node 24.
+RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --omit=optional --no-audit --no-fund \
  && test -f node_modules/onnxruntime-node/bin/napi-v6/linux/x64/onnxruntime_binding.node
 
 # 3. Runtime.
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim
 RUN groupadd --system --gid 10001 atvp \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin atvp
 WORKDIR /app

@@ -12,24 +12,26 @@
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
 # 1. Compile the TypeScript (dev dependencies included).
-FROM node:20-bookworm AS build
+FROM node:24-bookworm AS build
 WORKDIR /src
 COPY package.json package-lock.json .npmrc ./
-RUN npm ci --no-audit --no-fund
+RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --omit=optional
 COPY tsconfig.json ./
 COPY services ./services
 RUN npx tsc -p tsconfig.json
 
 # 2. Production dependencies, with the CUDA build of onnxruntime-node: its install script
-#    fetches the CUDA execution provider (not shipped in the npm package) for CUDA 12. The flag
-#    overrides the repository's .npmrc, which skips that download for development.
-FROM node:20-bookworm AS deps
+#    fetches the CUDA execution provider (not shipped in the npm package) for CUDA 12. The
+#    project's package.json denies that script to npm (allowScripts), so it runs here explicitly,
+#    whatever npm version the base image bundles.
+FROM node:24-bookworm AS deps
 WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
-RUN ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci --omit=dev --no-audit --no-fund --onnxruntime-node-install=cuda12 \
+RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --omit=optional --no-audit --no-fund \
+ && ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install.js \
  && test -f node_modules/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime_providers_cuda.so
 
-# 3. Runtime: the CUDA/cuDNN runtime libraries, the official Node 20 binary (from the
+# 3. Runtime: the CUDA/cuDNN runtime libraries, the official Node 24 binary (from the
 #    official node image, where it is installed from the verified nodejs.org tarball), the
 #    production node_modules and the compiled services. No compiler, no npm.
 FROM ${CUDA_IMAGE}

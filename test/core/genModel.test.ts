@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
 import * as ort from "onnxruntime-node";
+import { ortTensor, tensorBits } from "../../services/core/src/runtime/ortTensor.js";
 import { ModelProtoSchema, TensorProto_DataLocation, type ModelProto, type TensorProto } from "../../services/gen/onnx_pb.js";
 import { readNpy } from "../../services/core/src/calib/npy.js";
 import { InvalidArgumentError, OutputExistsError } from "../../services/core/src/errors.js";
@@ -69,7 +70,7 @@ async function logits(r: GenModelResult, embeds: Float32Array, mask: number[]): 
   const fp16 = r.config.fp16;
   const feeds: Record<string, ort.Tensor> = {
     inputs_embeds: fp16
-      ? new ort.Tensor("float16", Uint16Array.from(embeds, (v) => floatToHalf(v)), [1, T, H])
+      ? ortTensor("float16", Uint16Array.from(embeds, (v) => floatToHalf(v)), [1, T, H])
       : new ort.Tensor("float32", embeds, [1, T, H]),
     attention_mask: new ort.Tensor("int64", BigInt64Array.from(mask, (m) => BigInt(m)), [1, T]),
     position_ids: new ort.Tensor("int64", BigInt64Array.from({ length: T }, (_, i) => BigInt(i)), [1, T]),
@@ -77,11 +78,11 @@ async function logits(r: GenModelResult, embeds: Float32Array, mask: number[]): 
   for (const name of s.inputNames) {
     if (!name.startsWith("past_key_values.")) continue;
     const dims = [1, r.config.kvHeads, 0, r.config.headDim];
-    feeds[name] = fp16 ? new ort.Tensor("float16", new Uint16Array(0), dims) : new ort.Tensor("float32", new Float32Array(0), dims);
+    feeds[name] = fp16 ? ortTensor("float16", new Uint16Array(0), dims) : new ort.Tensor("float32", new Float32Array(0), dims);
   }
   const out = (await s.run(feeds))["logits"]!;
   assert.deepEqual(out.dims, [1, T, r.config.vocab]);
-  const data = out.data as Float32Array | Uint16Array;
+  const data = tensorBits(out) as Float32Array | Uint16Array;
   return data instanceof Uint16Array ? Float32Array.from(data, (h) => halfToFloatTable()[h]!) : Float32Array.from(data);
 }
 

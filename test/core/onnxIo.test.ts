@@ -9,6 +9,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { clone, create, toBinary } from "@bufbuild/protobuf";
 import * as ort from "onnxruntime-node";
+import { ortTensor } from "../../services/core/src/runtime/ortTensor.js";
 import {
   GraphProtoSchema,
   ModelProtoSchema,
@@ -99,7 +100,7 @@ async function runFixture(modelPath: string): Promise<Uint8Array> {
   };
   for (let layer = 0; layer < 2; layer++) {
     for (const kv of ["key", "value"]) {
-      feeds[`past_key_values.${layer}.${kv}`] = new ort.Tensor("float16", new Uint16Array(0), [1, 1, 0, 16]);
+      feeds[`past_key_values.${layer}.${kv}`] = ortTensor("float16", new Uint16Array(0), [1, 1, 0, 16]);
     }
   }
   const out = await session.run(feeds);

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
+import { ortTensor } from "../../services/core/src/runtime/ortTensor.js";
 import { generateModel } from "../../services/core/src/gen/genModel.js";
 import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
 import { analyzeModel } from "../../services/core/src/pipeline/modelAnalysis.js";
@@ -178,7 +179,7 @@ test("the fixture (real builder export: fp16, external data, fused ops, input_id
     attention_mask: new ort.Tensor("int64", BigInt64Array.from([1n, 1n, 1n, 1n]), [1, 4]),
     position_ids: new ort.Tensor("int64", BigInt64Array.from([0n, 1n, 2n, 3n]), [1, 4]),
   };
-  for (const n of original.inputNames.filter((n) => n.startsWith("past"))) feeds[n] = new ort.Tensor("float16", new Uint16Array(0), [1, 1, 0, 16]);
+  for (const n of original.inputNames.filter((n) => n.startsWith("past"))) feeds[n] = ortTensor("float16", new Uint16Array(0), [1, 1, 0, 16]);
   const a = await original.run(feeds);
   const b = await pruned.run(feeds);
   assert.deepEqual(b["logits"]!.dims, a["logits"]!.dims);

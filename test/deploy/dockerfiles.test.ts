@@ -155,7 +155,7 @@ function checkCopies(df: Dockerfile): void {
       for (const src of c.sources) {
         assert.ok(src.startsWith("/"), `${where}: copy from a stage by absolute path, got ${src}`);
         if (src === "/usr/local/bin/node") {
-          assert.match(source.base, /^node:20[.-]/, `${where}: the node binary must come from an official node:20 image`);
+          assert.match(source.base, /^node:24[.-]/, `${where}: the node binary must come from an official node:24 (LTS) image`);
           continue;
         }
         const rel = posix.relative(source.workdir, src);
@@ -194,8 +194,8 @@ function checkEntrypoint(df: Dockerfile, entry: string): void {
 
 function checkBuildStage(df: Dockerfile): void {
   const build = df.stages[0]!;
-  assert.equal(build.base, "node:20-bookworm", `${df.path}: the build stage runs on node:20-bookworm`);
-  assert.ok(runs(build).some((r) => /^npm ci\b/.test(r) && !r.includes("--omit=dev")), `${df.path}: the build stage installs dev dependencies (npm ci) for tsc`);
+  assert.equal(build.base, "node:24-bookworm", `${df.path}: the build stage runs on node:24-bookworm`);
+  assert.ok(runs(build).some((r) => /^(ONNXRUNTIME_NODE_INSTALL=skip )?npm ci\b/.test(r) && !r.includes("--omit=dev")), `${df.path}: the build stage installs dev dependencies (npm ci) for tsc`);
   assert.ok(runs(build).some((r) => /^npx tsc\b/.test(r)), `${df.path}: the build stage runs npx tsc`);
 }
 
@@ -220,7 +220,7 @@ test("coordinator.Dockerfile: every COPY source exists in the context or an earl
   checkCopies(parseDockerfile("deploy/coordinator.Dockerfile"));
 });
 
-test("both images compile on node:20-bookworm and run a compiled entry point as a non-root user", () => {
+test("both images compile on node:24-bookworm and run a compiled entry point as a non-root user", () => {
   const worker = parseDockerfile("deploy/worker.Dockerfile");
   const coordinator = parseDockerfile("deploy/coordinator.Dockerfile");
   checkBuildStage(worker);
@@ -231,24 +231,42 @@ test("both images compile on node:20-bookworm and run a compiled entry point as 
   checkDocumentedTag("deploy/coordinator.Dockerfile", "coordinator");
 });
 
-test("the worker image runs on a CUDA 12 + cuDNN runtime base with onnxruntime-node's CUDA 12 build and Node 20", () => {
+test("the worker image runs on a CUDA 12 + cuDNN runtime base with onnxruntime-node's CUDA 12 build and Node 24", () => {
   const df = parseDockerfile("deploy/worker.Dockerfile");
   const final = df.stages[df.stages.length - 1]!;
   assert.match(final.base, /^nvidia\/cuda:12\.\d+\.\d+-cudnn(9)?-runtime-ubuntu\d+\.\d+$/, `runtime base ${final.base}`);
   const installs = prodInstalls(df);
   assert.ok(installs.length > 0, "no production npm ci --omit=dev");
-  for (const r of installs) assert.match(r, /--onnxruntime-node-install=cuda12\b/, `production install without the CUDA 12 build: ${r}`);
+  // package.json's allowScripts denies onnxruntime-node's install script to npm, so the image
+  // runs it itself, asking for the CUDA 12 provider, in the same RUN as the production install.
+  for (const r of installs) {
+    assert.match(r, /ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules\/onnxruntime-node\/script\/install\.js/, `production install without the CUDA 12 build: ${r}`);
+    assert.match(r, /libonnxruntime_providers_cuda\.so/, `the CUDA provider is not checked after the install: ${r}`);
+  }
   assert.ok(copies(final).some((c) => c.sources.includes("/usr/local/bin/node")), "the runtime stage has no Node binary");
 });
 
 test("the coordinator image is a slim CPU image: no CUDA base, no CUDA build of onnxruntime-node", () => {
   const df = parseDockerfile("deploy/coordinator.Dockerfile");
   const final = df.stages[df.stages.length - 1]!;
-  assert.equal(final.base, "node:20-bookworm-slim");
+  assert.equal(final.base, "node:24-bookworm-slim");
   for (const s of df.stages) assert.doesNotMatch(s.base, /nvidia|cuda/i, `stage ${s.name ?? s.index} is based on ${s.base}`);
   const text = readFileSync(join(REPO, df.path), "utf8");
-  assert.doesNotMatch(text, /onnxruntime-node-install=cuda/, "the coordinator must keep onnxruntime-node's bundled CPU binaries");
+  assert.doesNotMatch(text, /ONNXRUNTIME_NODE_INSTALL=cuda|onnxruntime-node-install=cuda/, "the coordinator must keep onnxruntime-node's bundled CPU binaries");
   assert.ok(prodInstalls(df).length > 0, "no production npm ci --omit=dev");
+});
+
+test("every npm ci in both images skips onnxruntime-node's download unless it asks for CUDA, and leaves the node-linux-* runtime pins out", () => {
+  for (const path of ["deploy/worker.Dockerfile", "deploy/coordinator.Dockerfile"]) {
+    const df = parseDockerfile(path);
+    const installs = df.stages.flatMap(runs).filter((r) => /\bnpm ci\b/.test(r));
+    assert.ok(installs.length >= 2, `${path}: expected a build and a production npm ci`);
+    for (const r of installs) {
+      assert.match(r, /ONNXRUNTIME_NODE_INSTALL=skip npm ci\b/, `${path}: npm ci without ONNXRUNTIME_NODE_INSTALL=skip: ${r}`);
+      assert.match(r, /--omit=optional\b/, `${path}: npm ci would install the development runtime (node-linux-*): ${r}`);
+      assert.doesNotMatch(r, /--onnxruntime-node-install/, `${path}: the deprecated npm flag is gone: ${r}`);
+    }
+  }
 });
 
 test("the .dockerignore parser used above follows Docker's rules", () => {

@@ -5,6 +5,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as ort from "onnxruntime-node";
+import { ortTensor, tensorBits } from "../../services/core/src/runtime/ortTensor.js";
 import { ModelProtoSchema, ValueInfoProtoSchema } from "../../services/gen/onnx_pb.js";
 import { halfToFloatTable } from "../../services/core/src/onnx/dtype.js";
 import type { CalibSample } from "../../services/core/src/calib/calibSet.js";
@@ -14,7 +15,7 @@ import { indexGraph } from "../../services/core/src/graph/graphIndex.js";
 export function toFloats(t: ort.Tensor): Float32Array {
   if (t.type === "float16") {
     const table = halfToFloatTable();
-    return Float32Array.from(t.data as Uint16Array, (h) => table[h]!);
+    return Float32Array.from(tensorBits(t) as Uint16Array, (h) => table[h]!);
   }
   return t.data as Float32Array;
 }
@@ -34,7 +35,7 @@ export async function runExposed(modelPath: string, names: string[], samples: re
     const inputs: Record<string, ort.Tensor> = {};
     for (const name of session.inputNames) {
       const t = feeds.get(name);
-      inputs[name] = new ort.Tensor(t.type, t.data as never, t.dims);
+      inputs[name] = ortTensor(t.type, t.data, t.dims);
     }
     const out = await session.run(inputs, names);
     results.push(new Map(names.map((n) => [n, toFloats(out[n]!)])));

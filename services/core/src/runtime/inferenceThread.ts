@@ -6,6 +6,7 @@
 import { parentPort } from "node:worker_threads";
 import * as ort from "onnxruntime-node";
 import type { WireTensor } from "./wireTensor.js";
+import { ortTensor, tensorBits } from "./ortTensor.js";
 import type { HostRequest, HostResponse } from "./inferenceProtocol.js";
 
 interface Session {
@@ -38,7 +39,7 @@ let nextSession = 1;
 function toOrt(t: WireTensor): ort.Tensor {
   // onnxruntime-node rejects views of a SharedArrayBuffer at run time.
   if (t.data.buffer instanceof SharedArrayBuffer) throw new Error("tensors must not live in a SharedArrayBuffer");
-  return new ort.Tensor(t.type, t.data as never, t.dims);
+  return ortTensor(t.type, t.data, t.dims);
 }
 
 async function handle(req: HostRequest): Promise<HostResponse> {
@@ -70,7 +71,7 @@ async function handle(req: HostRequest): Promise<HostResponse> {
       const outputs: Record<string, WireTensor> = {};
       for (const name of req.fetches) {
         const t = result[name]!;
-        outputs[name] = { type: t.type as WireTensor["type"], dims: [...t.dims], data: t.data as WireTensor["data"] };
+        outputs[name] = { type: t.type as WireTensor["type"], dims: [...t.dims], data: tensorBits(t) };
       }
       return { id: req.id, ok: true, outputs };
     }
