@@ -24,8 +24,8 @@ import { pruneInChild } from "./pruneBench.js";
 
 const WORKER_MAIN = fileURLToPath(new URL("../services/worker/src/main.js", import.meta.url));
 
-async function startWorkerProcess(threads: number): Promise<{ address: string; pid: number; stop(): Promise<void> }> {
-  const child = spawn(process.execPath, [WORKER_MAIN, "--listen", "127.0.0.1:0", "--threads", String(threads)], { stdio: ["ignore", "pipe", "inherit"] });
+async function startWorkerProcess(threads: number, allowRoot: string): Promise<{ address: string; pid: number; stop(): Promise<void> }> {
+  const child = spawn(process.execPath, [WORKER_MAIN, "--listen", "127.0.0.1:0", "--threads", String(threads), "--insecure", "--allow-root", allowRoot], { stdio: ["ignore", "pipe", "inherit"] });
   const line = await new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).once("line", resolve);
     child.once("exit", (code) => reject(new Error(`worker exited ${code}`)));
@@ -44,7 +44,7 @@ function peakRss(pid: number): number {
 
 async function clusterRun(workDir: string, name: string, model: { modelPath: string; calibPath: string }, threads: number) {
   const nats = await startNatsServer({ dir: join(workDir, `nats-${name}`) });
-  const workers = [await startWorkerProcess(threads), await startWorkerProcess(threads)];
+  const workers = [await startWorkerProcess(threads, workDir), await startWorkerProcess(threads, workDir)];
   const coordinator = await startCoordinator({
     nats: nats.url, workers: workers.map((w) => w.address), workRoot: join(workDir, `jobs-${name}`), allowedRoots: [workDir], log: () => {},
   });

@@ -41,3 +41,19 @@ export function bearerMetadata(token: string | undefined): grpc.Metadata {
   if (token) metadata.set(HEADER, `Bearer ${token}`);
   return metadata;
 }
+
+/**
+ * Client side, for clients whose every call must carry the token (the coordinator's and the
+ * workers' WorkerService clients): channel options whose interceptor adds it to each call, so
+ * no call site can forget it. Empty when no token is configured.
+ */
+export function bearerClientOptions(token: string | undefined): grpc.ChannelOptions {
+  if (!token) return {};
+  const interceptor: grpc.Interceptor = (options, nextCall) => new grpc.InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      metadata.set(HEADER, `Bearer ${token}`);
+      next(metadata, listener);
+    },
+  });
+  return { interceptors: [interceptor] };
+}

@@ -91,7 +91,7 @@ for (const workers of [1, 2, 3]) {
 test("a worker killed with SIGKILL mid-job: its shard resumes elsewhere, same bytes", async () => {
   const nats = await freshNats();
   const children: ChildService[] = [];
-  for (let i = 0; i < 2; i++) children.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1"]));
+  for (let i = 0; i < 2; i++) children.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1", "--insecure", "--allow-root", tmp.path]));
   const coordinator = await startCoordinator({ nats: nats.url, workers: children.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], log: () => {} });
   const client = jobClient(coordinator.address);
   try {
@@ -251,27 +251,33 @@ test("mutual TLS on every connection (client, coordinator, workers, worker to wo
   pki.leaf("user", "ca", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n");
   const nodeTls = { ca: pki.file("ca.crt"), cert: pki.file("node.crt"), key: pki.file("node.key") };
   const nats = await freshNats();
+  // Workers ask for the cluster token too and confine paths themselves: the coordinator and
+  // the downstream worker (pulling states) must present both certificate and token.
+  const token = "cluster-secret";
+  const workerAccess = { token, allowedRoots: [tmp.path], workRoots: [join(tmp.path, "jobs")] };
   const ws = [
-    await startWorker({ threads: 1, log: () => {}, tls: { ...nodeTls, requireClientCert: true } }),
-    await startWorker({ threads: 1, log: () => {}, tls: { ...nodeTls, requireClientCert: true } }),
+    await startWorker({ threads: 1, log: () => {}, tls: { ...nodeTls, requireClientCert: true }, ...workerAccess }),
+    await startWorker({ threads: 1, log: () => {}, tls: { ...nodeTls, requireClientCert: true }, ...workerAccess }),
   ];
   const coordinator = await startCoordinator({
     nats: nats.url, workers: ws.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], log: () => {},
-    tls: { ...nodeTls, requireClientCert: true }, workerTls: nodeTls,
+    tls: { ...nodeTls, requireClientCert: true }, workerTls: nodeTls, token,
   });
   const client = jobClient(coordinator.address, channelCredentials({ ca: pki.file("ca.crt"), cert: pki.file("user.crt"), key: pki.file("user.key") }));
+  const { bearerClientOptions, bearerMetadata } = await import("../../services/rpc/bearerAuth.js");
+  const authed = jobClient(coordinator.address, channelCredentials({ ca: pki.file("ca.crt"), cert: pki.file("user.crt"), key: pki.file("user.key") }), bearerClientOptions(token));
   const noCert = jobClient(coordinator.address, channelCredentials({ ca: pki.file("ca.crt") }));
   const plain = jobClient(coordinator.address);
   try {
     assert.equal((await coordinator.pool.waitForReady(2, 10_000)).length, 2);
     const s = spec("sequential");
-    const { job } = await client.submitJob({ spec: s });
-    assert.equal((await waitForJob(client, job!.id)).state, JobState.SUCCEEDED);
+    const { job } = await client.submitJob({ spec: s }, { metadata: bearerMetadata(token) });
+    assert.equal((await waitForJob(authed, job!.id)).state, JobState.SUCCEEDED);
     assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get("sequential")!));
     await assert.rejects(noCert.listJobs({}, { deadlineMs: 5000 }), (e: { code: number }) => e.code === status.UNAVAILABLE);
     await assert.rejects(plain.listJobs({}, { deadlineMs: 5000 }), (e: { code: number }) => e.code === status.UNAVAILABLE);
   } finally {
-    client.close(); noCert.close(); plain.close();
+    client.close(); authed.close(); noCert.close(); plain.close();
     await coordinator.close();
     for (const w of ws) await w.close();
   }

@@ -9,7 +9,7 @@ import { REPO } from "../support/fixtures.js";
 import { withTimeout, workerClient } from "./harness.js";
 
 test("main.js prints its ready line, serves, and exits 0 on SIGTERM", async () => {
-  const child = spawn(process.execPath, [join(REPO, "dist/services/worker/src/main.js"), "--listen", "127.0.0.1:0", "--id", "proc", "--threads", "1", "--metrics-port", "0", "--memory", "4096"], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [join(REPO, "dist/services/worker/src/main.js"), "--listen", "127.0.0.1:0", "--id", "proc", "--threads", "1", "--metrics-port", "0", "--memory", "4096", "--insecure"], { stdio: ["ignore", "pipe", "pipe"] });
   try {
     const lines = createInterface({ input: child.stdout! });
     const first = await withTimeout(new Promise<string>((resolve) => lines.once("line", resolve)), 15_000, "ready line");

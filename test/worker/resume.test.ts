@@ -42,7 +42,7 @@ async function reference(name: string, spec: Omit<PruneSpec, "model" | "out">): 
 
 /** Starts main.js in a child process and waits for its ready line. */
 async function spawnWorker(id: string): Promise<{ child: ChildProcess; address: string; pid: number }> {
-  const child = spawn(process.execPath, [WORKER_MAIN, "--listen", "127.0.0.1:0", "--id", id, "--threads", "1"], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [WORKER_MAIN, "--listen", "127.0.0.1:0", "--id", id, "--threads", "1", "--insecure", "--allow-root", tmp.path], { stdio: ["ignore", "pipe", "pipe"] });
   children.push(child);
   let stderr = "";
   child.stderr!.on("data", (d) => (stderr += String(d)));

@@ -30,6 +30,18 @@ export interface ClusterFile {
   logs?: string;
   allowRoots?: string[];
   startedAt?: string;
+  /**
+   * true: started with --insecure (plaintext, no token, anyone on this machine may call the
+   * services). Absent or false: mutual TLS and a token everywhere, the CLI's below.
+   */
+  insecure?: boolean;
+  /**
+   * the CLI's client certificate, its key and the cluster CA (absolute paths), and the name the
+   * services' certificates carry (they listen on a loopback IP)
+   */
+  tls?: { ca: string; cert: string; key: string; serverName?: string };
+  /** file holding the token every service asks for (absolute path, mode 0600) */
+  tokenFile?: string;
 }
 
 export function clusterFilePath(dir: string): string {
@@ -114,5 +126,29 @@ export function readClusterFile(dir: string): ClusterFile {
     logs: typeof o["logs"] === "string" ? o["logs"] : undefined,
     allowRoots: Array.isArray(o["allowRoots"]) ? (o["allowRoots"] as unknown[]).filter((r): r is string => typeof r === "string") : undefined,
     startedAt: typeof o["startedAt"] === "string" ? o["startedAt"] : undefined,
+    ...securityFields(o, path),
   };
+}
+
+function filePath(v: unknown, path: string, field: string): string {
+  if (typeof v !== "string" || v === "") throw bad(path, field, `must be a file path, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** insecure, tls and tokenFile, present only when the file has them (older files have none). */
+function securityFields(o: Record<string, unknown>, path: string): Pick<ClusterFile, "insecure" | "tls" | "tokenFile"> {
+  const out: Pick<ClusterFile, "insecure" | "tls" | "tokenFile"> = {};
+  if (o["insecure"] !== undefined) {
+    if (typeof o["insecure"] !== "boolean") throw bad(path, "insecure", `must be true or false, got ${JSON.stringify(o["insecure"])}`);
+    out.insecure = o["insecure"];
+  }
+  if (o["tls"] !== undefined) {
+    const t = o["tls"];
+    if (typeof t !== "object" || t === null) throw bad(path, "tls", "must be an object");
+    const to = t as Record<string, unknown>;
+    out.tls = { ca: filePath(to["ca"], path, "tls.ca"), cert: filePath(to["cert"], path, "tls.cert"), key: filePath(to["key"], path, "tls.key") };
+    if (typeof to["serverName"] === "string" && to["serverName"] !== "") out.tls.serverName = to["serverName"];
+  }
+  if (o["tokenFile"] !== undefined) out.tokenFile = filePath(o["tokenFile"], path, "tokenFile");
+  return out;
 }

@@ -12,6 +12,7 @@ import type { PruneSpec } from "../../core/src/pipeline/pruneSpec.js";
 import { createClient, type CallOptions, type Client } from "../../rpc/grpcAdapter.js";
 import { channelCredentials, channelOptions, GRPC_OPTIONS, type TlsConfig } from "../../rpc/credentials.js";
 import { bearerMetadata } from "../../rpc/bearerAuth.js";
+import { readTokenFile } from "../../rpc/tokenFile.js";
 import { str, type Options } from "./args.js";
 import { CliError } from "./cliError.js";
 import { clusterFilePath, DEFAULT_CLUSTER_DIR, readClusterFile } from "./clusterFile.js";
@@ -31,6 +32,9 @@ export interface Target {
   address: string;
   /** found through a local cluster.json: the coordinator shares this machine's filesystem */
   local: boolean;
+  /** the local cluster's client certificate and token file (flags given still win) */
+  tls?: TlsConfig;
+  tokenFile?: string;
 }
 
 export function resolveTarget(values: Record<string, unknown>): Target {
@@ -40,7 +44,17 @@ export function resolveTarget(values: Record<string, unknown>): Target {
   if (!existsSync(clusterFilePath(dir))) {
     throw new CliError("ARGUMENTS", `--coordinator: not given, and ${clusterFilePath(dir)} does not exist; pass --coordinator HOST:PORT, or --cluster-dir DIR of a cluster started with atvp cluster up`);
   }
-  return { address: readClusterFile(dir).coordinator, local: true };
+  const cluster = readClusterFile(dir);
+  return { address: cluster.coordinator, local: true, tls: cluster.tls, tokenFile: cluster.tokenFile };
+}
+
+function clusterToken(target: Target): string | undefined {
+  if (!target.tokenFile) return undefined;
+  try {
+    return readTokenFile(target.tokenFile, "tokenFile");
+  } catch (err) {
+    throw new CliError("CLUSTER", `the cluster's token: ${(err as Error).message}; was the cluster folder changed after atvp cluster up?`);
+  }
 }
 
 export function tlsFromFlags(values: Record<string, unknown>): TlsConfig | undefined {
@@ -63,9 +77,9 @@ export interface JobConnection {
 }
 
 export function connect(target: Target, values: Record<string, unknown>): JobConnection {
-  const tls = tlsFromFlags(values);
+  const tls = tlsFromFlags(values) ?? target.tls;
   // The environment keeps the token out of `ps` and shell history.
-  const token = str(values, "token") ?? (process.env["ATVP_TOKEN"] || undefined);
+  const token = str(values, "token") ?? (process.env["ATVP_TOKEN"] || undefined) ?? clusterToken(target);
   const client = createClient(JobService, target.address, channelCredentials(tls), channelOptions(tls, GRPC_OPTIONS));
   return {
     address: target.address,

@@ -5,7 +5,7 @@
  * an old cluster.json may have been reused by something else.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, readSync, fstatSync, statSync } from "node:fs";
+import { accessSync, closeSync, constants, existsSync, openSync, readdirSync, readFileSync, readSync, fstatSync, statSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { delimiter, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -200,6 +200,36 @@ function commandLine(pid: number): string | undefined {
   // No procfs (macOS): ask ps.
   const r = spawnSync("ps", ["-p", String(pid), "-o", "command="], { encoding: "utf8", timeout: 5000 });
   return r.status === 0 ? r.stdout.trim() : undefined;
+}
+
+/** Every running process as pid and argv (procfs; `ps` where there is none, splitting on blanks). */
+function processTable(): { pid: number; args: string[] }[] {
+  if (existsSync("/proc/self")) {
+    const out: { pid: number; args: string[] }[] = [];
+    for (const name of readdirSync("/proc")) {
+      if (!/^\d+$/.test(name)) continue;
+      try {
+        out.push({ pid: Number(name), args: readFileSync(`/proc/${name}/cmdline`, "utf8").split("\0").filter((a) => a !== "") });
+      } catch {
+        // ended while we looked
+      }
+    }
+    return out;
+  }
+  const r = spawnSync("ps", ["-axo", "pid=,command="], { encoding: "utf8", timeout: 5000 });
+  if (r.status !== 0) return [];
+  return r.stdout.split("\n").map((l) => l.trim().split(/\s+/)).filter((p) => /^\d+$/.test(p[0] ?? "")).map(([pid, ...args]) => ({ pid: Number(pid), args }));
+}
+
+/**
+ * Running processes (other than this one) whose command line contains `marker` and has `arg`
+ * as one of its arguments: a service restarted by hand has a pid no cluster.json recorded, but
+ * the same command line.
+ */
+export function findProcesses(marker: string, arg: string): number[] {
+  return processTable()
+    .filter((p) => p.pid !== process.pid && p.args.includes(arg) && p.args.join(" ").includes(marker) && isAlive(p.pid))
+    .map((p) => p.pid);
 }
 
 export type PidState = "gone" | "ours" | "foreign";

@@ -33,6 +33,8 @@ export interface CoordinatorOptions {
   tls?: TlsConfig;
   /** TLS of the connections to workers (client side) */
   workerTls?: TlsConfig;
+  /** token sent to workers (default: `token`, one shared secret for the cluster) */
+  workerToken?: string;
   metricsPort?: number;
   log?: (message: string) => void;
   reassignTimeoutMs?: number;
@@ -50,7 +52,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   const nc = await connectNats({ servers: opts.nats, name: "atvp-coordinator", ...opts.natsAuth });
   const store = await JobStore.open(nc);
   const events = await EventLog.open(nc);
-  const pool = new WorkerPool(opts.workers, { tls: opts.workerTls });
+  const pool = new WorkerPool(opts.workers, { tls: opts.workerTls, token: opts.workerToken ?? opts.token });
   let kube: KubernetesWorkers | undefined;
   if (opts.kubernetes) {
     // Loaded only in this mode: the client is large, and static clusters never need it.

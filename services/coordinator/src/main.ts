@@ -8,6 +8,9 @@
  * (default: the pod's own namespace), `--k8s-selector SEL`, `--k8s-worker-port P` (default: the
  * container port named "grpc"), `--k8s-statefulset NAME --k8s-max-replicas N
  * [--k8s-min-replicas N]` to scale the workers around jobs, `--kubeconfig FILE` outside a pod.
+ *
+ * The token (`--token`, `--token-file` or ATVP_TOKEN) is asked of JobService clients and sent to
+ * the workers, with the client certificate of `--worker-tls-*`.
  */
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -16,6 +19,7 @@ import type { KubernetesOptions } from "./k8s/kubernetesWorkers.js";
 // podAddress.ts imports only types of the Kubernetes client, so static mode does not load it.
 import { DEFAULT_WORKER_SELECTOR } from "./k8s/podAddress.js";
 import type { TlsConfig } from "../../rpc/credentials.js";
+import { readTokenFile } from "../../rpc/tokenFile.js";
 
 function tlsFrom(values: Record<string, unknown>, prefix: string): TlsConfig | undefined {
   const get = (k: string) => values[`${prefix}${k}`] as string | undefined;
@@ -66,6 +70,7 @@ async function main(): Promise<void> {
       "allow-root": { type: "string", multiple: true },
       "metrics-port": { type: "string" },
       token: { type: "string" },
+      "token-file": { type: "string" },
       "tls-cert": { type: "string" }, "tls-key": { type: "string" }, "tls-ca": { type: "string" },
       "tls-require-client-cert": { type: "boolean", default: false },
       "worker-tls-cert": { type: "string" }, "worker-tls-key": { type: "string" }, "worker-tls-ca": { type: "string" },
@@ -80,6 +85,7 @@ async function main(): Promise<void> {
     },
     strict: true,
   });
+  if (!values["worker-tls-cert"]) process.stderr.write("coordinator: WARNING: no --worker-tls-cert: calls to workers are plaintext, and workers that ask for mutual TLS will refuse them\n");
   const listen = values.listen!;
   const colon = listen.lastIndexOf(":");
   const handle = await startCoordinator({
@@ -96,7 +102,8 @@ async function main(): Promise<void> {
     kubernetes: kubernetesFrom(values),
     workRoot: resolve(values["work-root"]!),
     allowedRoots: (values["allow-root"] ?? [process.cwd()]).map((r) => resolve(r)),
-    token: values.token ?? process.env["ATVP_TOKEN"],
+    // One shared token: JobService asks for it, and the workers are sent it.
+    token: values.token ?? (values["token-file"] !== undefined ? readTokenFile(values["token-file"]) : process.env["ATVP_TOKEN"]),
     tls: tlsFrom(values, "tls-"),
     workerTls: tlsFrom(values, "worker-tls-"),
     metricsPort: values["metrics-port"] === undefined ? undefined : Number(values["metrics-port"]),

@@ -8,11 +8,14 @@ import type * as grpc from "@grpc/grpc-js";
 import { WorkerService, type WorkerInfo } from "../../gen/atvprune/v1/worker_pb.js";
 import { createClient, type Client } from "../../rpc/grpcAdapter.js";
 import { channelCredentials, channelOptions, GRPC_OPTIONS, type TlsConfig } from "../../rpc/credentials.js";
+import { bearerClientOptions } from "../../rpc/bearerAuth.js";
 
 export type WorkerClient = Client<typeof WorkerService>;
 
 export interface WorkerPoolOptions {
   tls?: TlsConfig;
+  /** shared token the workers ask for, sent with every call */
+  token?: string;
   pollMs?: number;
   /** GetInfo deadline */
   timeoutMs?: number;
@@ -94,7 +97,7 @@ export class WorkerPool {
   client(address: string): WorkerClient {
     let c = this.clients.get(address);
     if (!c) {
-      c = createClient(WorkerService, address, this.credentials, channelOptions(this.options.tls, { ...GRPC_OPTIONS }));
+      c = createClient(WorkerService, address, this.credentials, channelOptions(this.options.tls, { ...GRPC_OPTIONS, ...bearerClientOptions(this.options.token) }));
       this.clients.set(address, c);
     }
     return c;

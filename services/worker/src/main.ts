@@ -1,21 +1,28 @@
 #!/usr/bin/env node
 /**
  * The worker process: `node main.js --listen host:port [--id ID] [--threads N] [--device D]
- * [--memory BYTES] [--metrics-port P] [--tls-cert F --tls-key F [--tls-ca F]
- * [--tls-require-client-cert]]`. Prints one JSON line {"ready":true,"address","metricsPort","pid"}
- * on stdout once it listens (whoever spawned it waits for that line) and exits cleanly on
+ * [--memory BYTES] [--metrics-port P] (--tls-cert F --tls-key F --tls-ca F | --insecure)
+ * [--token-file F] [--allow-root DIR]... [--work-root DIR]...`. WorkerService takes calls only
+ * from holders of a client certificate signed by the CA (and of the token, from --token-file or
+ * ATVP_TOKEN, when one is set); paths in assignments must lie in the allowed roots (the current
+ * directory by default), work dirs in those or a work root (a root that does not exist yet is
+ * refused per call, not at start: on a shared volume it may be created later). Prints one JSON
+ * line {"ready":true,"address","metricsPort","pid"} on stdout once it listens (whoever spawned it waits for that line) and exits cleanly on
  * SIGTERM or SIGINT. Logs go to stderr.
  */
-import { startWorker, type WorkerOptions } from "./worker.js";
-import { parseWorkerArgs } from "./workerArgs.js";
+import { startWorker } from "./worker.js";
+import { parseWorkerArgs, type WorkerCommandLine } from "./workerArgs.js";
 
 async function main(): Promise<void> {
-  let opts: WorkerOptions;
+  let opts: WorkerCommandLine;
   try {
-    opts = parseWorkerArgs(process.argv.slice(2));
+    opts = parseWorkerArgs(process.argv.slice(2), process.env);
   } catch (err) {
     process.stderr.write(`atvp worker: ${(err as Error).message}\n`);
     process.exit(2);
+  }
+  if (!opts.tls) {
+    process.stderr.write("atvp worker: WARNING: --insecure: WorkerService serves plaintext and takes calls from ANY client that reaches its port (debugging only; use --tls-cert/--tls-key/--tls-ca)\n");
   }
   const worker = await startWorker(opts);
   process.stdout.write(JSON.stringify({ ready: true, address: worker.address, metricsPort: worker.metricsPort ?? null, pid: process.pid, id: worker.id }) + "\n");

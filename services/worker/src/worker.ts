@@ -10,6 +10,7 @@ import { InvalidArgumentError } from "../../core/src/errors.js";
 import { startMetricsServer, type MetricsServer } from "../../observability/metricsServer.js";
 import { addService } from "../../rpc/grpcAdapter.js";
 import { channelCredentials, channelOptions, GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/credentials.js";
+import { bearerClientOptions } from "../../rpc/bearerAuth.js";
 import { withFastStateChunks } from "./chunkCodec.js";
 import { OutboxRegistry } from "./outbox.js";
 import { deviceMemoryBytes } from "./gpuMemory.js";
@@ -27,7 +28,17 @@ export interface WorkerOptions {
   device?: "cpu" | "cuda" | "auto";
   /** memory this worker offers for a shard (default: the GPU's for cuda, else the machine's) */
   memoryBytes?: number;
+  /**
+   * TLS of WorkerService and of this worker's calls to peers. The server always asks for a
+   * client certificate signed by `tls.ca`: only the coordinator and peer workers may call.
+   */
   tls?: TlsConfig;
+  /** shared token: calls must carry it, and calls to peers send it */
+  token?: string;
+  /** folders assignment paths must lie in (undefined: not confined, for embedded use) */
+  allowedRoots?: string[];
+  /** further folders job work dirs may lie in */
+  workRoots?: string[];
   /** undefined = no HTTP endpoint, 0 = a free port */
   metricsPort?: number;
   /** how long PullStates waits for the shard producing the asked states to be assigned here */
@@ -60,7 +71,7 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
 
   const server = new grpc.Server(GRPC_OPTIONS);
   const boundPort = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${hostPart(host)}:${opts.port ?? 0}`, serverCredentials(opts.tls), (err, port) => (err ? reject(err) : resolve(port)));
+    server.bindAsync(`${hostPart(host)}:${opts.port ?? 0}`, serverCredentials(opts.tls && { ...opts.tls, requireClientCert: true }), (err, port) => (err ? reject(err) : resolve(port)));
   });
   const address = opts.advertise ?? `${hostPart(advertisedHost(host))}:${boundPort}`;
   const metrics = new WorkerMetrics(id);
@@ -70,8 +81,11 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
   addService(withFastStateChunks(server), WorkerService, workerServiceImpl(me, shards, outboxes, {
     workerId: id, threads, device, outboxes, metrics, log,
     credentials: channelCredentials(opts.tls),
-    channelOptions: { ...GRPC_OPTIONS, ...DATA_PLANE_CHANNEL_OPTIONS, ...channelOptions(opts.tls) },
-  }, opts.pullWaitMs));
+    channelOptions: { ...GRPC_OPTIONS, ...DATA_PLANE_CHANNEL_OPTIONS, ...channelOptions(opts.tls), ...bearerClientOptions(opts.token) },
+  }, opts.pullWaitMs, {
+    token: opts.token,
+    policy: opts.allowedRoots && { allowedRoots: opts.allowedRoots, workRoots: opts.workRoots ?? [] },
+  }));
 
   let closing = false;
   let http: MetricsServer | undefined;

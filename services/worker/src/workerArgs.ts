@@ -2,15 +2,29 @@
  * The worker's command-line flags as WorkerOptions (kept apart from main.ts so they can be
  * tested without starting a process).
  */
+import { resolve } from "node:path";
 import { InvalidArgumentError } from "../../core/src/errors.js";
 import type { TlsConfig } from "../../rpc/credentials.js";
+import { readTokenFile } from "../../rpc/tokenFile.js";
 import type { WorkerOptions } from "./worker.js";
 
-const VALUE_FLAGS = new Set(["--listen", "--id", "--threads", "--device", "--memory", "--metrics-port", "--tls-cert", "--tls-key", "--tls-ca", "--advertise"]);
-const BOOL_FLAGS = new Set(["--tls-require-client-cert"]);
+const VALUE_FLAGS = new Set(["--listen", "--id", "--threads", "--device", "--memory", "--metrics-port", "--tls-cert", "--tls-key", "--tls-ca", "--advertise", "--token-file", "--tls-server-name"]);
+const LIST_FLAGS = new Set(["--allow-root", "--work-root"]);
+/** --tls-require-client-cert is kept for old command lines: with TLS, client certificates are always required. */
+const BOOL_FLAGS = new Set(["--tls-require-client-cert", "--insecure"]);
 
-export function parseWorkerArgs(argv: readonly string[]): WorkerOptions {
+export interface WorkerCommandLine extends WorkerOptions {
+  /** serving WorkerService without mutual TLS was asked for explicitly */
+  insecure: boolean;
+}
+
+/**
+ * `env` supplies ATVP_TOKEN when --token-file is not given. Without --allow-root the worker's
+ * current directory is the one allowed root, as for the coordinator.
+ */
+export function parseWorkerArgs(argv: readonly string[], env: NodeJS.ProcessEnv = {}): WorkerCommandLine {
   const values = new Map<string, string>();
+  const lists = new Map<string, string[]>();
   const bools = new Set<string>();
   for (let i = 0; i < argv.length; i++) {
     let flag = argv[i]!;
@@ -22,15 +36,16 @@ export function parseWorkerArgs(argv: readonly string[]): WorkerOptions {
     }
     if (BOOL_FLAGS.has(flag)) {
       bools.add(flag);
-    } else if (VALUE_FLAGS.has(flag)) {
+    } else if (VALUE_FLAGS.has(flag) || LIST_FLAGS.has(flag)) {
       value ??= argv[++i];
       if (value === undefined) throw new InvalidArgumentError(flag, "needs a value");
-      values.set(flag, value);
+      if (LIST_FLAGS.has(flag)) lists.set(flag, [...(lists.get(flag) ?? []), value]);
+      else values.set(flag, value);
     } else {
-      throw new InvalidArgumentError(flag, `unknown flag; known: ${[...VALUE_FLAGS, ...BOOL_FLAGS].join(" ")}`);
+      throw new InvalidArgumentError(flag, `unknown flag; known: ${[...VALUE_FLAGS, ...LIST_FLAGS, ...BOOL_FLAGS].join(" ")}`);
     }
   }
-  const opts: WorkerOptions = {};
+  const opts: WorkerCommandLine = { insecure: bools.has("--insecure") };
   const listen = values.get("--listen");
   if (listen !== undefined) {
     const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
@@ -59,8 +74,16 @@ export function parseWorkerArgs(argv: readonly string[]): WorkerOptions {
   const key = values.get("--tls-key");
   const ca = values.get("--tls-ca");
   if (cert || key || ca || bools.has("--tls-require-client-cert")) {
-    const tls: TlsConfig = { cert, key, ca, requireClientCert: bools.has("--tls-require-client-cert") };
+    if (!cert || !key || !ca) throw new InvalidArgumentError("--tls-ca", "WorkerService serves mutual TLS only: give --tls-cert, --tls-key and --tls-ca (the CA that signs the coordinator's and the workers' certificates)");
+    // --tls-server-name: the name peer workers' certificates carry when it is not their address.
+    const tls: TlsConfig = { cert, key, ca, requireClientCert: true, serverName: values.get("--tls-server-name") };
     opts.tls = tls;
+  } else if (!opts.insecure) {
+    throw new InvalidArgumentError("--tls-cert", "WorkerService accepts only the coordinator and peer workers: give --tls-cert, --tls-key and --tls-ca (mutual TLS), or --insecure to serve any client in plaintext (debugging only)");
   }
+  const tokenFile = values.get("--token-file");
+  opts.token = tokenFile !== undefined ? readTokenFile(tokenFile) : env["ATVP_TOKEN"] || undefined;
+  opts.allowedRoots = (lists.get("--allow-root") ?? [process.cwd()]).map((r) => resolve(r));
+  opts.workRoots = (lists.get("--work-root") ?? []).map((r) => resolve(r));
   return opts;
 }

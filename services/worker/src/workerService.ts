@@ -4,11 +4,13 @@
  * boundary states from an outbox (while the producing shard runs) or from the work dir.
  */
 import { create } from "@bufbuild/protobuf";
-import { status } from "@grpc/grpc-js";
+import { status, type Metadata } from "@grpc/grpc-js";
 import { ShardProgressSchema, type WorkerService } from "../../gen/atvprune/v1/worker_pb.js";
 import type { ServerImpl } from "../../rpc/grpcAdapter.js";
 import { writeMessage } from "../../rpc/grpcAdapter.js";
 import { RpcError } from "../../rpc/status.js";
+import { requireBearer } from "../../rpc/bearerAuth.js";
+import { confineAssignment, type AssignmentPolicy } from "./assignmentPolicy.js";
 import { exists, WorkDir } from "./checkpoints.js";
 import type { OutboxRegistry } from "./outbox.js";
 import { ShardRun, type ShardRunDeps } from "./shardRunner.js";
@@ -80,16 +82,29 @@ function key(jobId: string, shard: number): string {
   return `${jobId}\u0000${shard}`;
 }
 
+/** Who may call, and which paths an assignment may name. */
+export interface WorkerAccess {
+  /** shared token every call must carry (undefined: none asked) */
+  token?: string;
+  /** undefined: paths are not confined (embedded use: tests, benchmarks) */
+  policy?: AssignmentPolicy;
+}
+
 export function workerServiceImpl(
-  me: WorkerIdentity, shards: ShardTable, outboxes: OutboxRegistry, deps: ShardRunDeps, producerWaitMs = PRODUCER_WAIT_MS,
+  me: WorkerIdentity, shards: ShardTable, outboxes: OutboxRegistry, deps: ShardRunDeps, producerWaitMs = PRODUCER_WAIT_MS, access: WorkerAccess = {},
 ): ServerImpl<typeof WorkerService> {
+  const auth = (call: { metadata: Metadata }) => requireBearer(call, access.token);
   return {
-    async getInfo() {
+    async getInfo(_req, call) {
+      auth(call);
       const jobs = [...new Set(shards.all().map((r) => r.jobId))];
       return { id: me.id, address: me.address, device: me.device, memoryBytes: BigInt(me.memoryBytes), threads: me.threads, runningJobs: jobs };
     },
 
-    async runShard(req, call) {
+    async runShard(assigned, call) {
+      auth(call);
+      // Checked before anything runs: a refused assignment supersedes no running attempt.
+      const req = access.policy ? confineAssignment(assigned, access.policy) : assigned;
       const previous = shards.get(req.jobId, req.shard);
       if (previous) {
         // A new attempt of a shard still running here (the coordinator lost its stream): the
@@ -111,13 +126,15 @@ export function workerServiceImpl(
       }
     },
 
-    async cancelShard(req) {
+    async cancelShard(req, call) {
+      auth(call);
       const r = shards.get(req.jobId, req.shard);
       r?.run.cancel();
       return { cancelled: r !== undefined };
     },
 
-    async updateUpstream(req) {
+    async updateUpstream(req, call) {
+      auth(call);
       const r = shards.get(req.jobId, req.shard);
       if (!r) throw new RpcError(status.NOT_FOUND, `job ${req.jobId} shard ${req.shard} is not running on worker ${me.id}`);
       r.run.setUpstream(req.upstream);
@@ -125,6 +142,7 @@ export function workerServiceImpl(
     },
 
     async pullStates(req, call) {
+      auth(call);
       const stop = new AbortController();
       call.on("cancelled", () => stop.abort());
       const feed = await feedFor(req.jobId, req.block, shards, outboxes, stop.signal, producerWaitMs);

@@ -3,6 +3,12 @@
  * coordinator) as background processes on this machine, for development and single-host runs.
  * `up` returns once every service has reported ready and records them in DIR/cluster.json;
  * `down` stops exactly those processes.
+ *
+ * Secure by default: `up` makes the cluster's CA, certificates and token in DIR (clusterPki.ts),
+ * every connection is mutual TLS and every call carries the token, and the CLI finds its own
+ * credentials through cluster.json. Every service listens on a port chosen here, so a service
+ * restarted with the same command line is where cluster.json says, and `down` finds it by that
+ * command line even under a new pid.
  */
 import { existsSync, mkdirSync, statSync } from "node:fs";
 import { availableParallelism } from "node:os";
@@ -13,12 +19,14 @@ import { int, list, num, parse, str, type Options } from "../args.js";
 import { CliError } from "../cliError.js";
 import { clusterFilePath, DEFAULT_CLUSTER_DIR, hasClusterFile, readClusterFile, removeClusterFile, writeClusterFile, type ClusterFile } from "../clusterFile.js";
 import {
-  classifyPid, findExecutable, freePort, isAlive, startDetached, stopPids, waitForNats, waitForReadyLine, type ReadyLine, type Started,
+  classifyPid, findExecutable, findProcesses, freePort, isAlive, startDetached, stopPids, waitForNats, waitForReadyLine, type ReadyLine, type Started,
 } from "../localProcesses.js";
+import { clientTls, LOCAL_NAME, makeClusterCredentials, removeClusterCredentials, type ClusterCredentials } from "../clusterPki.js";
 
-const USAGE = `usage: atvp cluster up [--workers N] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S]
+const USAGE = `usage: atvp cluster up [--workers N] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S] [--insecure]
        atvp cluster down [--dir D] [--timeout S]
-(D defaults to ${DEFAULT_CLUSTER_DIR})
+(D defaults to ${DEFAULT_CLUSTER_DIR}; up makes a CA, certificates and a token in D and starts every
+service with mutual TLS and the token; --insecure starts them without, for debugging only)
 `;
 
 /** dist/ of this build: the service entry points sit beside the CLI. */
@@ -38,6 +46,7 @@ const UP_OPTIONS: Options = {
   "allow-root": { type: "string", multiple: true },
   threads: { type: "string" },
   "ready-timeout": { type: "string" },
+  insecure: { type: "boolean", default: false },
 };
 
 const DOWN_OPTIONS: Options = {
@@ -59,6 +68,8 @@ export interface UpSettings {
   allowRoots: string[];
   threads: number;
   readyTimeoutMs: number;
+  /** no TLS, no token */
+  insecure: boolean;
 }
 
 export function upSettings(values: Record<string, unknown>): UpSettings {
@@ -74,7 +85,7 @@ export function upSettings(values: Record<string, unknown>): UpSettings {
   if (threads < 1) throw new InvalidArgumentError("--threads", `must be at least 1, got ${threads}`);
   const readySeconds = num(values, "ready-timeout") ?? 60;
   if (!(readySeconds > 0)) throw new InvalidArgumentError("--ready-timeout", `must be > 0 seconds, got ${readySeconds}`);
-  return { workers, dir: resolve(str(values, "dir") ?? DEFAULT_CLUSTER_DIR), allowRoots, threads, readyTimeoutMs: readySeconds * 1000 };
+  return { workers, dir: resolve(str(values, "dir") ?? DEFAULT_CLUSTER_DIR), allowRoots, threads, readyTimeoutMs: readySeconds * 1000, insecure: values["insecure"] === true };
 }
 
 /** A cluster.json whose processes still run means this directory is taken. */
@@ -86,7 +97,7 @@ function refuseRunning(dir: string): void {
   } catch (err) {
     throw new CliError("CLUSTER", `${(err as Error).message}; remove ${clusterFilePath(dir)} if no cluster runs from ${dir}`);
   }
-  const running = ownedPids(cluster).filter((p) => classifyPid(p.pid, p.marker) === "ours");
+  const running = [...ownedPids(cluster).filter((p) => classifyPid(p.pid, p.marker) === "ours"), ...strayPids(dir, cluster)];
   if (running.length > 0) {
     throw new CliError("CLUSTER", `a cluster is already running from ${dir} (coordinator ${cluster.coordinator}, pids ${running.map((p) => p.pid).join(", ")}); stop it first: atvp cluster down --dir ${dir}`);
   }
@@ -101,29 +112,92 @@ function ownedPids(c: ClusterFile): { pid: number; marker: string; role: string 
   ];
 }
 
-/** nats-server on a free port; a port taken between probe and bind makes it exit, so retry. */
-async function startNats(bin: string, dir: string, readyMs: number, started: Started[], signal: AbortSignal): Promise<{ port: number; pid: number }> {
-  const attempts = 3;
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort(HOST);
-    if (signal.aborted) throw new CliError("INTERRUPTED", "interrupted before nats-server started");
-    const s = startDetached("nats-server", bin, ["-js", "-sd", join(dir, "nats"), "-a", HOST, "-p", String(port)], join(dir, "logs", "nats.log"));
-    started.push(s);
-    try {
-      await waitForNats(s, port, HOST, readyMs, signal);
-      return { port, pid: s.pid };
-    } catch (err) {
-      if (attempt >= attempts || isAlive(s.pid)) throw err;
+/**
+ * The processes of the cluster in `dir` that cluster.json does not list: services restarted by
+ * hand (same command line, new pid), found by their marker and the folder only this cluster uses.
+ */
+function strayPids(dir: string, cluster: ClusterFile): { pid: number; marker: string; role: string }[] {
+  const listed = new Set(ownedPids(cluster).map((p) => p.pid));
+  const jobs = join(dir, "jobs");
+  return [
+    ...findProcesses(MARKERS.coordinator, jobs).map((pid) => ({ pid, marker: MARKERS.coordinator, role: "coordinator (restarted)" })),
+    ...findProcesses(MARKERS.worker, jobs).map((pid) => ({ pid, marker: MARKERS.worker, role: "worker (restarted)" })),
+    ...findProcesses(MARKERS.nats, join(dir, "nats")).map((pid) => ({ pid, marker: MARKERS.nats, role: "nats-server (restarted)" })),
+  ].filter((p) => !listed.has(p.pid));
+}
+
+/** Ports for one `up`, none handed out twice (each probe closes its socket, so the OS may repeat one). */
+class PortPicker {
+  private readonly taken = new Set<number>();
+
+  async next(): Promise<number> {
+    for (;;) {
+      const port = await freePort(HOST);
+      if (!this.taken.has(port)) {
+        this.taken.add(port);
+        return port;
+      }
     }
   }
 }
 
-async function startService(name: string, main: string, args: string[], log: string, readyMs: number, started: Started[], signal: AbortSignal): Promise<{ s: Started; ready: ReadyLine }> {
-  if (signal.aborted) throw new CliError("INTERRUPTED", `interrupted before ${name} started`);
-  const s = startDetached(name, process.execPath, [main, ...args], log);
-  started.push(s);
-  return { s, ready: await waitForReadyLine(s, readyMs, signal) };
+/**
+ * Starts a process on `count` free ports and waits until it is ready; another process taking a
+ * port between probe and bind makes it exit early, so that is retried on fresh ports.
+ */
+async function startOnFreePorts<R>(
+  name: string, count: number, ports: PortPicker, started: Started[], signal: AbortSignal,
+  start: (ports: number[]) => Started, ready: (s: Started, ports: number[]) => Promise<R>,
+): Promise<{ s: Started; ports: number[]; ready: R }> {
+  const attempts = 3;
+  for (let attempt = 1; ; attempt++) {
+    const picked: number[] = [];
+    for (let i = 0; i < count; i++) picked.push(await ports.next());
+    if (signal.aborted) throw new CliError("INTERRUPTED", `interrupted before ${name} started`);
+    const s = start(picked);
+    started.push(s);
+    try {
+      return { s, ports: picked, ready: await ready(s, picked) };
+    } catch (err) {
+      if (attempt >= attempts || signal.aborted || isAlive(s.pid)) throw err;
+    }
+  }
 }
+
+function startNats(bin: string, dir: string, readyMs: number, ports: PortPicker, started: Started[], signal: AbortSignal) {
+  return startOnFreePorts("nats-server", 1, ports, started, signal,
+    ([port]) => startDetached("nats-server", bin, ["-js", "-sd", join(dir, "nats"), "-a", HOST, "-p", String(port)], join(dir, "logs", "nats.log")),
+    (s, [port]) => waitForNats(s, port!, HOST, readyMs, signal));
+}
+
+/** A service listening on a fixed gRPC port and a fixed metrics port. */
+function startService(
+  name: string, main: string, args: (grpcPort: number, metricsPort: number) => string[], log: string, readyMs: number,
+  ports: PortPicker, started: Started[], signal: AbortSignal,
+): Promise<{ s: Started; ready: ReadyLine }> {
+  return startOnFreePorts(name, 2, ports, started, signal,
+    ([grpcPort, metricsPort]) => startDetached(name, process.execPath, [main, ...args(grpcPort!, metricsPort!)], log),
+    (s) => waitForReadyLine(s, readyMs, signal));
+}
+
+/**
+ * The security flags of each service: mutual TLS and the token file, or --insecure. Services
+ * dial each other by loopback IP and check the certificates' other name, "localhost" (TLS
+ * server names may not be IP addresses).
+ */
+function securityArgs(c: ClusterCredentials | undefined): { coordinator: string[]; worker: string[] } {
+  if (!c) return { coordinator: [], worker: ["--insecure"] };
+  return {
+    coordinator: [
+      "--tls-cert", c.coordinator.cert, "--tls-key", c.coordinator.key, "--tls-ca", c.ca, "--tls-require-client-cert",
+      "--worker-tls-cert", c.coordinator.cert, "--worker-tls-key", c.coordinator.key, "--worker-tls-ca", c.ca,
+      "--worker-tls-server-name", LOCAL_NAME, "--token-file", c.tokenFile,
+    ],
+    worker: ["--tls-cert", c.worker.cert, "--tls-key", c.worker.key, "--tls-ca", c.ca, "--tls-server-name", LOCAL_NAME, "--token-file", c.tokenFile],
+  };
+}
+
+const INSECURE_WARNING = "WARNING: --insecure: no TLS and no token; any process on this machine can submit jobs and call the workers, which read and write files in the allowed roots. For debugging only.";
 
 async function clusterUp(argv: string[]): Promise<number> {
   const settings = upSettings(parse(argv, UP_OPTIONS).values);
@@ -135,7 +209,14 @@ async function clusterUp(argv: string[]): Promise<number> {
     if (!existsSync(entry)) throw new CliError("CLUSTER", `${entry} is missing; build first: npx tsc -p tsconfig.json (make build)`);
   }
   const logs = join(dir, "logs");
-  for (const d of [dir, logs, join(dir, "nats"), join(dir, "jobs")]) mkdirSync(d, { recursive: true });
+  const jobs = join(dir, "jobs");
+  for (const d of [dir, logs, join(dir, "nats"), jobs]) mkdirSync(d, { recursive: true });
+  if (settings.insecure) {
+    process.stderr.write(`atvp cluster up: ${INSECURE_WARNING}\n`);
+    removeClusterCredentials(dir);
+  }
+  const credentials = settings.insecure ? undefined : makeClusterCredentials(dir, HOST);
+  const security = securityArgs(credentials);
 
   const started: Started[] = [];
   // The services run in their own process groups, so a Ctrl-C here does not reach them: the
@@ -145,34 +226,42 @@ async function clusterUp(argv: string[]): Promise<number> {
   process.once("SIGINT", interrupted);
   process.once("SIGTERM", interrupted);
   try {
-    const nats = await startNats(natsBin, dir, settings.readyTimeoutMs, started, interrupt.signal);
-    const natsUrl = `nats://${HOST}:${nats.port}`;
+    const ports = new PortPicker();
+    const nats = await startNats(natsBin, dir, settings.readyTimeoutMs, ports, started, interrupt.signal);
+    const natsUrl = `nats://${HOST}:${nats.ports[0]}`;
+    const allowRoots = settings.allowRoots.flatMap((r) => ["--allow-root", r]);
     const workers = await Promise.all(Array.from({ length: settings.workers }, (_, i) =>
-      startService(`worker ${i}`, WORKER_MAIN, ["--listen", `${HOST}:0`, "--threads", String(settings.threads), "--metrics-port", "0"],
-        join(logs, `worker-${i}.log`), settings.readyTimeoutMs, started, interrupt.signal)));
-    const coordinator = await startService("coordinator", COORDINATOR_MAIN, [
-      "--listen", `${HOST}:0`, "--nats", natsUrl,
+      startService(`worker ${i}`, WORKER_MAIN, (port, metrics) => [
+        "--listen", `${HOST}:${port}`, "--threads", String(settings.threads), "--metrics-port", String(metrics),
+        ...security.worker, ...allowRoots, "--work-root", jobs,
+      ], join(logs, `worker-${i}.log`), settings.readyTimeoutMs, ports, started, interrupt.signal)));
+    const coordinator = await startService("coordinator", COORDINATOR_MAIN, (port, metrics) => [
+      "--listen", `${HOST}:${port}`, "--nats", natsUrl,
       ...workers.flatMap((w) => ["--worker", w.ready.address]),
-      "--work-root", join(dir, "jobs"),
-      ...settings.allowRoots.flatMap((r) => ["--allow-root", r]),
-      "--metrics-port", "0",
-    ], join(logs, "coordinator.log"), settings.readyTimeoutMs, started, interrupt.signal);
+      "--work-root", jobs,
+      ...allowRoots,
+      "--metrics-port", String(metrics),
+      ...security.coordinator,
+    ], join(logs, "coordinator.log"), settings.readyTimeoutMs, ports, started, interrupt.signal);
 
     const cluster: ClusterFile = {
       coordinator: coordinator.ready.address,
       nats: natsUrl,
       workers: workers.map((w) => ({ address: w.ready.address, pid: w.s.pid })),
       coordinatorPid: coordinator.s.pid,
-      natsPid: nats.pid,
+      natsPid: nats.s.pid,
       metrics: { coordinator: coordinator.ready.metricsPort, workers: workers.map((w) => w.ready.metricsPort) },
       logs,
       allowRoots: settings.allowRoots,
       startedAt: new Date().toISOString(),
+      insecure: settings.insecure,
+      ...(credentials ? { tls: clientTls(credentials), tokenFile: credentials.tokenFile } : {}),
     };
     const file = writeClusterFile(dir, cluster);
     for (const s of started) s.child.unref();
     process.stdout.write(JSON.stringify(cluster) + "\n");
-    process.stderr.write(`cluster up: coordinator ${cluster.coordinator}, ${workers.length} worker(s), ${natsUrl}; ${file}; logs in ${logs}; stop with atvp cluster down --dir ${dir}\n`);
+    process.stderr.write(`cluster up: coordinator ${cluster.coordinator}, ${workers.length} worker(s), ${natsUrl}; ${settings.insecure ? "INSECURE (no TLS, no token)" : "mutual TLS + token"}; ${file}; logs in ${logs}; stop with atvp cluster down --dir ${dir}\n`);
+    if (settings.insecure) process.stderr.write(`atvp cluster up: ${INSECURE_WARNING}\n`);
     return 0;
   } catch (err) {
     const stopped = await stopPids(started.map((s) => s.pid).reverse(), CLEANUP_GRACE_MS);
@@ -205,7 +294,7 @@ async function clusterDown(argv: string[]): Promise<number> {
   const cluster = readClusterFile(dir);
   const summary: DownSummary = { dir, terminated: [], killed: [], gone: [], skipped: [], failed: [] };
   // The coordinator first (it hands its jobs back to NATS), NATS last (the others need it to stop cleanly).
-  const owned = ownedPids(cluster);
+  const owned = [...ownedPids(cluster), ...strayPids(dir, cluster)];
   const groups = [owned.filter((p) => p.marker === MARKERS.coordinator), owned.filter((p) => p.marker === MARKERS.worker), owned.filter((p) => p.marker === MARKERS.nats)];
   for (const group of groups) {
     const ours: number[] = [];

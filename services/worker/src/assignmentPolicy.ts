@@ -1,0 +1,34 @@
+/**
+ * The worker's own path policy: a shard assignment names files on this worker's disks (model,
+ * calibration set and its .npy files, output, work dir), and the worker must not trust whoever
+ * sent it to have checked them. The checks are the coordinator's (pathPolicy.ts: realpath, no
+ * `..` or symlink escapes), against the worker's own `--allow-root` folders; the work dir may
+ * also lie in a `--work-root`. Refusals are PERMISSION_DENIED naming the field.
+ */
+import { clone } from "@bufbuild/protobuf";
+import { status } from "@grpc/grpc-js";
+import { ShardAssignmentSchema, type ShardAssignment } from "../../gen/atvprune/v1/worker_pb.js";
+import { RpcError } from "../../rpc/status.js";
+import { checkCalibrationPaths, resolveAllowedPath, resolveJobPaths } from "../../coordinator/src/pathPolicy.js";
+
+export interface AssignmentPolicy {
+  /** folders job model, calibration and output paths must lie in */
+  allowedRoots: string[];
+  /** further folders the job work dirs may lie in (the coordinator's --work-root) */
+  workRoots: string[];
+}
+
+/** The assignment with every path checked and made real (the checked paths are the ones used). */
+export function confineAssignment(a: ShardAssignment, policy: AssignmentPolicy): ShardAssignment {
+  const spec = a.spec;
+  if (!spec) throw new RpcError(status.INVALID_ARGUMENT, "spec: is required");
+  const paths = resolveJobPaths({ model: spec.model, calib: spec.calib || undefined, out: spec.out }, policy.allowedRoots);
+  if (paths.calib && spec.method !== "magnitude") checkCalibrationPaths(paths.calib, policy.allowedRoots);
+  const workDir = resolveAllowedPath(a.workDir, [...policy.allowedRoots, ...policy.workRoots], "work_dir", { mustExist: false });
+  const checked = clone(ShardAssignmentSchema, a);
+  checked.spec!.model = paths.model;
+  checked.spec!.calib = paths.calib ?? "";
+  checked.spec!.out = paths.out;
+  checked.workDir = workDir;
+  return checked;
+}
