@@ -4,8 +4,8 @@
 // submit/status/watch/cancel against an in-process fake JobService on loopback.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
@@ -173,6 +173,9 @@ describe("cluster.json", () => {
     const c = clusterJson({ workers: [{ address: "127.0.0.1:3", pid: 11 }, { address: "localhost:4", pid: 12 }], metrics: { coordinator: 9100, workers: [9101, 9102] }, logs: "/x/logs" });
     writeClusterFile(dir, c);
     assert.deepEqual(readClusterFile(dir), { ...c, allowRoots: undefined, startedAt: undefined });
+    const secured = { ...c, insecure: false, tls: { ca: "/c/tls/ca.crt", cert: "/c/tls/client.crt", key: "/c/tls/client.key", serverName: "localhost" }, tokenFile: "/c/token" };
+    writeClusterFile(dir, secured);
+    assert.deepEqual(readClusterFile(dir), { ...secured, allowRoots: undefined, startedAt: undefined });
   });
 
   test("malformed JSON and bad fields are named with the file", () => {
@@ -187,6 +190,9 @@ describe("cluster.json", () => {
       [JSON.stringify({ ...clusterJson(), workers: [{ address: "127.0.0.1:3", pid: 1 }, { address: "127.0.0.1:4", pid: "12" }] }), /cluster\.json: workers\[1\]\.pid must be a positive integer pid/],
       [JSON.stringify({ ...clusterJson(), natsPid: 0 }), /cluster\.json: natsPid /],
       [JSON.stringify({ ...clusterJson(), metrics: { coordinator: 1, workers: [70000] } }), /cluster\.json: metrics\.workers\[0\] must be a port number/],
+      [JSON.stringify({ ...clusterJson(), insecure: "yes" }), /cluster\.json: insecure must be true or false/],
+      [JSON.stringify({ ...clusterJson(), tls: { ca: "/c/ca.crt", cert: 1, key: "/c/k" } }), /cluster\.json: tls\.cert must be a file path/],
+      [JSON.stringify({ ...clusterJson(), tokenFile: "" }), /cluster\.json: tokenFile must be a file path/],
     ];
     for (const [text, pattern] of cases) {
       writeFileSync(file, text);
@@ -250,6 +256,18 @@ describe("cluster up", () => {
     const r = await atvp(["cluster", "up", "--workers", "1", "--dir", dir], { env: baseEnv({ PATH: emptyBin }) });
     exited(r, 1, "cluster up");
     assert.match(r.stderr, /\[CLUSTER\] nats-server not found in PATH.*install nats-server: apt-get install -y nats-server/);
+    assert.equal(existsSync(dir), false);
+  });
+
+  test("openssl missing from PATH → a clear error naming --insecure, nothing started or written", async () => {
+    const natsOnly = join(tmp.path, "nats-only-bin");
+    mkdirSync(natsOnly);
+    const nats = spawnSync("sh", ["-c", "command -v nats-server"], { encoding: "utf8" }).stdout.trim();
+    symlinkSync(nats, join(natsOnly, "nats-server"));
+    const dir = join(tmp.path, "up-no-openssl");
+    const r = await atvp(["cluster", "up", "--workers", "1", "--dir", dir], { env: baseEnv({ PATH: natsOnly }) });
+    exited(r, 1, "cluster up");
+    assert.match(r.stderr, /\[CLUSTER\] openssl not found in PATH: .*install it .*or start an unauthenticated cluster with --insecure/);
     assert.equal(existsSync(dir), false);
   });
 

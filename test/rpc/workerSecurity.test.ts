@@ -41,6 +41,7 @@ before(async () => {
   pki.ca("ca");
   pki.ca("other-ca");
   pki.leaf("node", "ca", "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n");
+  pki.leaf("person", "ca", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n");
   pki.leaf("stranger", "other-ca", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n");
   const g = await generateModel({ outDir: join(root, "m"), layers: 2, hidden: 32, samples: 2, seqLen: 16, imageTokens: 8, seed: 1 });
   model = { model: g.modelPath, calib: g.calibPath };
@@ -123,6 +124,21 @@ describe("who may call WorkerService", () => {
     const info = await client(nodeTls(), TOKEN).getInfo({}, { deadlineMs: 5000 });
     assert.equal(info.address, worker.address);
   });
+
+  test("with client names set, a certificate from the CA that names someone else → PERMISSION_DENIED", async () => {
+    const strict = await startWorker({ threads: 1, log: () => {}, tls: nodeTls(), token: TOKEN, allowedRoots: [root], clientNames: ["node"] });
+    try {
+      const as = (name: string) => createClient(WorkerService, strict.address, channelCredentials({ ca: pki.file("ca.crt"), cert: pki.file(`${name}.crt`), key: pki.file(`${name}.key`) }),
+        channelOptions(undefined, { ...bearerClientOptions(TOKEN), "grpc.use_local_subchannel_pool": 1 }));
+      const person = as("person");
+      const node = as("node");
+      clients.push(person, node);
+      await assert.rejects(person.getInfo({}, { deadlineMs: 5000 }), (e: grpc.ServiceError) => e.code === grpc.status.PERMISSION_DENIED && /client certificate \(person\) is not one this service accepts \(node\)/.test(e.details));
+      assert.equal((await node.getInfo({}, { deadlineMs: 5000 })).address, strict.address);
+    } finally {
+      await strict.close();
+    }
+  });
 });
 
 describe("the worker's own path policy (authenticated caller)", () => {
@@ -177,5 +193,7 @@ describe("worker command line", () => {
     writeFileSync(tokenFile, "file-token\n", { mode: 0o600 });
     assert.equal(parseWorkerArgs(["--insecure", "--token-file", tokenFile], { ATVP_TOKEN: "from-env" }).token, "file-token");
     assert.throws(() => parseWorkerArgs(["--insecure", "--token-file", join(tmp.path, "none")]), named("--token-file", /cannot read/));
+    assert.deepEqual(parseWorkerArgs(["--tls-cert", "a.crt", "--tls-key", "a.key", "--tls-ca", "ca.crt", "--tls-client-name", "atvp-coordinator", "--tls-client-name", "atvp-worker"]).clientNames, ["atvp-coordinator", "atvp-worker"]);
+    assert.throws(() => parseWorkerArgs(["--insecure", "--tls-client-name", "x"]), named("--tls-client-name", /needs --tls-cert/));
   });
 });

@@ -49,12 +49,22 @@ function openssl(bin: string, dir: string, args: string[]): void {
 const NODE_EXTENSIONS = (host: string) => `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:${host},DNS:${LOCAL_NAME}\n`;
 const CLIENT_EXTENSIONS = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n";
 
-/** Replaces DIR/tls and DIR/token with fresh credentials for services bound to `host`. */
-export function makeClusterCredentials(dir: string, host: string): ClusterCredentials {
+/** The openssl executable, or an error saying how to get one (looked up before anything is made). */
+export function findOpenssl(): string {
   const bin = findExecutable("openssl");
   if (!bin) {
     throw new CliError("CLUSTER", "openssl not found in PATH: atvp cluster up makes the cluster's CA and certificates with it; install it (apt-get install -y openssl), or start an unauthenticated cluster with --insecure (debugging only)");
   }
+  return bin;
+}
+
+/** The subject CN of a cluster certificate: what workers check callers against. */
+export function peerName(role: string): string {
+  return `atvp-${role}`;
+}
+
+/** Replaces DIR/tls and DIR/token with fresh credentials for services bound to `host`. */
+export function makeClusterCredentials(dir: string, host: string, bin = findOpenssl()): ClusterCredentials {
   const tls = join(dir, TLS_DIR);
   rmSync(tls, { recursive: true, force: true });
   mkdirSync(tls, { recursive: true, mode: 0o700 });
@@ -63,7 +73,7 @@ export function makeClusterCredentials(dir: string, host: string): ClusterCreden
   run("req", "-x509", ...EC, "-keyout", "ca.key", "-out", "ca.crt", "-days", DAYS, "-subj", "/CN=atvp local cluster CA",
     "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign");
   const leaf = (name: string, extensions: string): KeyPair => {
-    run("req", ...EC, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=atvp ${name}`);
+    run("req", ...EC, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${peerName(name)}`);
     writeFileSync(join(tls, `${name}.ext`), extensions);
     run("x509", "-req", "-in", `${name}.csr`, "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", `0x${randomBytes(8).toString("hex")}`,
       "-days", DAYS, "-extfile", `${name}.ext`, "-out", `${name}.crt`);

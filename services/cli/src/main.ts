@@ -18,8 +18,9 @@ commands:
   gen-model  --layers L --hidden H [--fused] [--fp16] [--attention mha|gqa] [--norm rms|layer] [--no-names] --out DIR
 
 cluster (coordinator + workers over gRPC, job state in NATS JetStream):
-  cluster up    [--workers N (2)] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S]
-                starts nats-server, N workers and the coordinator in the background; writes D/cluster.json
+  cluster up    [--workers N (2)] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S] [--insecure]
+                starts nats-server, N workers and the coordinator in the background; writes D/cluster.json;
+                mutual TLS + a token everywhere (CA, certificates, token in D), unless --insecure (debugging only)
   cluster down  [--dir D] [--timeout S]
   submit        prune's job flags (not --threads/--device) [--workers K] [--wait | --watch] [CONNECTION]
                 prints the job id; --wait/--watch follow it and exit 0 only if it SUCCEEDED

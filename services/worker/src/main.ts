@@ -2,8 +2,9 @@
 /**
  * The worker process: `node main.js --listen host:port [--id ID] [--threads N] [--device D]
  * [--memory BYTES] [--metrics-port P] (--tls-cert F --tls-key F --tls-ca F | --insecure)
- * [--token-file F] [--allow-root DIR]... [--work-root DIR]...`. WorkerService takes calls only
- * from holders of a client certificate signed by the CA (and of the token, from --token-file or
+ * [--token-file F] [--tls-client-name NAME]... [--allow-root DIR]... [--work-root DIR]...`.
+ * WorkerService takes calls only from holders of a client certificate signed by the CA (naming
+ * one of the --tls-client-name, when given: the coordinator's and the workers') and of the token, from --token-file or
  * ATVP_TOKEN, when one is set); paths in assignments must lie in the allowed roots (the current
  * directory by default), work dirs in those or a work root (a root that does not exist yet is
  * refused per call, not at start: on a shared volume it may be created later). Prints one JSON

@@ -35,6 +35,8 @@ export interface WorkerOptions {
   tls?: TlsConfig;
   /** shared token: calls must carry it, and calls to peers send it */
   token?: string;
+  /** names (CN or DNS SAN) callers' client certificates must answer to (default: any from the CA) */
+  clientNames?: string[];
   /** folders assignment paths must lie in (undefined: not confined, for embedded use) */
   allowedRoots?: string[];
   /** further folders job work dirs may lie in */
@@ -84,6 +86,7 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
     channelOptions: { ...GRPC_OPTIONS, ...DATA_PLANE_CHANNEL_OPTIONS, ...channelOptions(opts.tls), ...bearerClientOptions(opts.token) },
   }, opts.pullWaitMs, {
     token: opts.token,
+    clientNames: opts.clientNames,
     policy: opts.allowedRoots && { allowedRoots: opts.allowedRoots, workRoots: opts.workRoots ?? [] },
   }));
 

@@ -9,7 +9,7 @@ import { readTokenFile } from "../../rpc/tokenFile.js";
 import type { WorkerOptions } from "./worker.js";
 
 const VALUE_FLAGS = new Set(["--listen", "--id", "--threads", "--device", "--memory", "--metrics-port", "--tls-cert", "--tls-key", "--tls-ca", "--advertise", "--token-file", "--tls-server-name"]);
-const LIST_FLAGS = new Set(["--allow-root", "--work-root"]);
+const LIST_FLAGS = new Set(["--allow-root", "--work-root", "--tls-client-name"]);
 /** --tls-require-client-cert is kept for old command lines: with TLS, client certificates are always required. */
 const BOOL_FLAGS = new Set(["--tls-require-client-cert", "--insecure"]);
 
@@ -85,5 +85,8 @@ export function parseWorkerArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
   opts.token = tokenFile !== undefined ? readTokenFile(tokenFile) : env["ATVP_TOKEN"] || undefined;
   opts.allowedRoots = (lists.get("--allow-root") ?? [process.cwd()]).map((r) => resolve(r));
   opts.workRoots = (lists.get("--work-root") ?? []).map((r) => resolve(r));
+  const clientNames = lists.get("--tls-client-name");
+  if (clientNames && !opts.tls) throw new InvalidArgumentError("--tls-client-name", "checks client certificates: it needs --tls-cert, --tls-key and --tls-ca");
+  opts.clientNames = clientNames;
   return opts;
 }

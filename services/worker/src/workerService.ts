@@ -10,6 +10,8 @@ import type { ServerImpl } from "../../rpc/grpcAdapter.js";
 import { writeMessage } from "../../rpc/grpcAdapter.js";
 import { RpcError } from "../../rpc/status.js";
 import { requireBearer } from "../../rpc/bearerAuth.js";
+import { requirePeerName } from "../../rpc/peerNames.js";
+import type { PeerCertificate } from "node:tls";
 import { confineAssignment, type AssignmentPolicy } from "./assignmentPolicy.js";
 import { exists, WorkDir } from "./checkpoints.js";
 import type { OutboxRegistry } from "./outbox.js";
@@ -86,6 +88,8 @@ function key(jobId: string, shard: number): string {
 export interface WorkerAccess {
   /** shared token every call must carry (undefined: none asked) */
   token?: string;
+  /** names (CN or DNS SAN) a caller's client certificate must answer to (undefined: any from the CA) */
+  clientNames?: string[];
   /** undefined: paths are not confined (embedded use: tests, benchmarks) */
   policy?: AssignmentPolicy;
 }
@@ -93,7 +97,10 @@ export interface WorkerAccess {
 export function workerServiceImpl(
   me: WorkerIdentity, shards: ShardTable, outboxes: OutboxRegistry, deps: ShardRunDeps, producerWaitMs = PRODUCER_WAIT_MS, access: WorkerAccess = {},
 ): ServerImpl<typeof WorkerService> {
-  const auth = (call: { metadata: Metadata }) => requireBearer(call, access.token);
+  const auth = (call: { metadata: Metadata; getAuthContext(): { sslPeerCertificate?: PeerCertificate } | null }) => {
+    requirePeerName(call, access.clientNames);
+    requireBearer(call, access.token);
+  };
   return {
     async getInfo(_req, call) {
       auth(call);

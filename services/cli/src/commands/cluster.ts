@@ -21,7 +21,7 @@ import { clusterFilePath, DEFAULT_CLUSTER_DIR, hasClusterFile, readClusterFile, 
 import {
   classifyPid, findExecutable, findProcesses, freePort, isAlive, startDetached, stopPids, waitForNats, waitForReadyLine, type ReadyLine, type Started,
 } from "../localProcesses.js";
-import { clientTls, LOCAL_NAME, makeClusterCredentials, removeClusterCredentials, type ClusterCredentials } from "../clusterPki.js";
+import { clientTls, findOpenssl, LOCAL_NAME, makeClusterCredentials, peerName, removeClusterCredentials, type ClusterCredentials } from "../clusterPki.js";
 
 const USAGE = `usage: atvp cluster up [--workers N] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S] [--insecure]
        atvp cluster down [--dir D] [--timeout S]
@@ -193,7 +193,11 @@ function securityArgs(c: ClusterCredentials | undefined): { coordinator: string[
       "--worker-tls-cert", c.coordinator.cert, "--worker-tls-key", c.coordinator.key, "--worker-tls-ca", c.ca,
       "--worker-tls-server-name", LOCAL_NAME, "--token-file", c.tokenFile,
     ],
-    worker: ["--tls-cert", c.worker.cert, "--tls-key", c.worker.key, "--tls-ca", c.ca, "--tls-server-name", LOCAL_NAME, "--token-file", c.tokenFile],
+    worker: [
+      "--tls-cert", c.worker.cert, "--tls-key", c.worker.key, "--tls-ca", c.ca, "--tls-server-name", LOCAL_NAME, "--token-file", c.tokenFile,
+      // The CLI's certificate comes from the same CA: workers take calls from services only.
+      "--tls-client-name", peerName("coordinator"), "--tls-client-name", peerName("worker"),
+    ],
   };
 }
 
@@ -205,6 +209,7 @@ async function clusterUp(argv: string[]): Promise<number> {
   refuseRunning(dir);
   const natsBin = findExecutable("nats-server");
   if (!natsBin) throw new CliError("CLUSTER", "nats-server not found in PATH (the cluster keeps job state in NATS JetStream); install nats-server: apt-get install -y nats-server");
+  const openssl = settings.insecure ? undefined : findOpenssl();
   for (const entry of [WORKER_MAIN, COORDINATOR_MAIN]) {
     if (!existsSync(entry)) throw new CliError("CLUSTER", `${entry} is missing; build first: npx tsc -p tsconfig.json (make build)`);
   }
@@ -215,7 +220,7 @@ async function clusterUp(argv: string[]): Promise<number> {
     process.stderr.write(`atvp cluster up: ${INSECURE_WARNING}\n`);
     removeClusterCredentials(dir);
   }
-  const credentials = settings.insecure ? undefined : makeClusterCredentials(dir, HOST);
+  const credentials = openssl ? makeClusterCredentials(dir, HOST, openssl) : undefined;
   const security = securityArgs(credentials);
 
   const started: Started[] = [];
