@@ -85,6 +85,12 @@ test("the schema accepts the documented non-default settings", () => {
   full["metrics"] = { serviceMonitor: { enabled: true, interval: "15s", scrapeTimeout: "5s", labels: { release: "kps" } } };
   full["imagePullSecrets"] = [{ name: "regcred" }];
   assert.equal(errorsOf(full), "");
+  // cert-manager issues the certificate: no secretName needed.
+  const certManager = withValue("tls", {
+    enabled: true, secretName: "", requireClientCert: false, workerServerName: "", workerClientNames: ["atvp-atv-prune-coordinator"],
+    certManager: { enabled: true, issuerRef: { name: "cluster-ca", kind: "ClusterIssuer", group: "cert-manager.io" }, duration: "720h", renewBefore: "72h", dnsNames: ["atvp.example"] },
+  });
+  assert.equal(errorsOf(certManager), "");
 });
 
 const BAD: Array<[string, string, Json | undefined]> = [
@@ -100,6 +106,11 @@ const BAD: Array<[string, string, Json | undefined]> = [
   ["a relative mount path", "storage.mountPath", "data"],
   ["an absolute allowed root (they are relative to the mount path)", "coordinator.allowedRoots", ["/etc"]],
   ["tls.enabled without a secretName", "tls", { enabled: true }],
+  ["tls.certManager.enabled without tls.enabled", "tls", { enabled: false, certManager: { enabled: true, issuerRef: { name: "ca" } } }],
+  ["tls.certManager.enabled without an issuer name", "tls", { enabled: true, certManager: { enabled: true, issuerRef: { name: "" } } }],
+  ["an issuer kind that does not exist", "tls.certManager.issuerRef.kind", "Vault"],
+  ["a certificate duration without a unit", "tls.certManager.duration", "90"],
+  ["an empty worker client name", "tls.workerClientNames", [""]],
   ["a Service type that does not exist", "coordinator.service.type", "Ingress"],
   ["no worker image", "worker.image", undefined],
   ["a scrape interval without a unit", "metrics.serviceMonitor.interval", "30"],
@@ -178,9 +189,25 @@ test("labels use app.kubernetes.io/*, and the selector labels are a fixed subset
   assert.match(labels, /app\.kubernetes\.io\/managed-by: \{\{ \.Release\.Service \}\}/);
 });
 
+test("workers get the allowed roots, the work root, TLS (or --insecure) and the token; the Certificate only with cert-manager on", () => {
+  const text = (name: string) => templates.find((t) => t.name === name)!.text;
+  const sts = text("worker-statefulset.yaml");
+  assert.match(sts, /range \.Values\.coordinator\.allowedRoots \}\}\s*- --allow-root/);
+  assert.match(sts, /- --work-root\s*- \{\{ include "atv-prune\.underMount" \(list \$ \.Values\.coordinator\.workRoot\)/);
+  assert.match(sts, /\{\{- else \}\}\s*#[^\n]*\n\s*- --insecure/);
+  assert.match(sts, /name: ATVP_TOKEN\s*valueFrom:\s*secretKeyRef:\s*name: \{\{ \.Values\.auth\.existingSecret/);
+  for (const t of ["worker-statefulset.yaml", "coordinator-deployment.yaml"]) assert.match(text(t), /secretName: \{\{ include "atv-prune\.tlsSecretName" \. \| quote \}\}/, t);
+  const cert = text("certificate.yaml");
+  assert.match(cert, /^\{\{- if and \.Values\.tls\.enabled \.Values\.tls\.certManager\.enabled \}\}/);
+  assert.match(cert, /apiVersion: cert-manager\.io\/v1\nkind: Certificate/);
+  assert.match(cert, /- server auth\n\s*- client auth/);
+  assert.match(cert, /secretName: \{\{ include "atv-prune\.tlsSecretName" \. \| quote \}\}/);
+  assert.match(cert, /- \{\{ include "atv-prune\.workerServerName" \. \| quote \}\}/);
+});
+
 test("the chart has the expected templates, and NOTES.txt explains port-forward, submit and watch", () => {
   const names = templates.map((t) => t.name);
-  for (const n of ["NOTES.txt", "_helpers.tpl", "coordinator-deployment.yaml", "coordinator-service.yaml", "worker-statefulset.yaml", "worker-service.yaml", "worker-pdb.yaml", "rbac.yaml", "serviceaccount.yaml", "pvc.yaml", "servicemonitor.yaml"]) {
+  for (const n of ["NOTES.txt", "_helpers.tpl", "certificate.yaml", "coordinator-deployment.yaml", "coordinator-service.yaml", "worker-statefulset.yaml", "worker-service.yaml", "worker-pdb.yaml", "rbac.yaml", "serviceaccount.yaml", "pvc.yaml", "servicemonitor.yaml"]) {
     assert.ok(names.includes(n), `templates/${n} missing`);
   }
   const notes = templates.find((t) => t.name === "NOTES.txt")!.text;

@@ -44,7 +44,10 @@ function withValuesFile<T>(values: unknown, fn: (path: string) => T): T {
 const ALL_FEATURES = {
   nats: { url: "tls://nats.nats:4222", existingSecret: "nats-auth", credsSecret: "nats-creds" },
   auth: { existingSecret: "atvp-token" },
-  tls: { enabled: true, secretName: "atvp-tls", requireClientCert: true, workerServerName: "workers.atvp" },
+  tls: {
+    enabled: true, secretName: "atvp-tls", requireClientCert: true, workerServerName: "workers.atvp", workerClientNames: ["atvp-atv-prune-coordinator"],
+    certManager: { enabled: true, issuerRef: { name: "cluster-ca", kind: "ClusterIssuer" } },
+  },
   storage: { existingClaim: "shared-rwx" },
   worker: { autoscaling: { enabled: true, minReplicas: 1, maxReplicas: 8 }, memoryBytes: 17179869184, runtimeClassName: "nvidia", podDisruptionBudget: { minAvailable: "50%" } },
   coordinator: { allowedRoots: ["."] },
@@ -90,7 +93,15 @@ test("helm template with every feature on renders valid objects wired to the Sec
   for (const o of rendered) if (hasModelFor(o)) validateWithKubernetesModels(o, "helm template (all features)");
   assert.deepEqual(unknownFields(rendered.map((object) => ({ object, source: "helm template (all features)" }))), []);
   const kinds = rendered.map((o) => o.kind).sort();
-  assert.deepEqual(kinds, ["Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service", "ServiceAccount", "ServiceMonitor", "StatefulSet"], "existingClaim: no PersistentVolumeClaim; serviceMonitor: one ServiceMonitor");
+  assert.deepEqual(kinds, ["Certificate", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service", "ServiceAccount", "ServiceMonitor", "StatefulSet"], "existingClaim: no PersistentVolumeClaim; serviceMonitor: one ServiceMonitor; certManager: one Certificate");
+  const cert = rendered.find((o) => o.kind === "Certificate")!;
+  assert.equal(cert.apiVersion, "cert-manager.io/v1");
+  const certSpec = cert["spec"] as { secretName: string; usages: string[]; dnsNames: string[]; issuerRef: Record<string, string> };
+  assert.equal(certSpec.secretName, "atvp-tls");
+  assert.ok(certSpec.usages.includes("server auth") && certSpec.usages.includes("client auth"), "used as server and as client certificate");
+  assert.ok(certSpec.dnsNames.includes("workers.atvp"));
+  assert.ok(certSpec.dnsNames.includes(`atvp-atv-prune-coordinator.${NAMESPACE}.svc`));
+  assert.deepEqual(certSpec.issuerRef, { name: "cluster-ca", kind: "ClusterIssuer", group: "cert-manager.io" });
 
   const deployment = rendered.find((o) => o.kind === "Deployment")!;
   const sts = rendered.find((o) => o.kind === "StatefulSet")!;
@@ -113,6 +124,12 @@ test("helm template with every feature on renders valid objects wired to the Sec
 
   const wargs = worker.args ?? [];
   for (const f of ["--tls-cert", "--tls-key", "--tls-ca"]) assert.equal(flagValues(wargs, f).length, 1, `worker ${f}`);
+  assert.ok(!wargs.includes("--insecure"));
+  assert.deepEqual(flagValues(wargs, "--tls-server-name"), ["workers.atvp"]);
+  assert.deepEqual(flagValues(wargs, "--tls-client-name"), ["atvp-atv-prune-coordinator"]);
+  assert.deepEqual(flagValues(wargs, "--allow-root"), ["/data"]);
+  assert.deepEqual(flagValues(wargs, "--work-root"), ["/data/jobs"]);
+  assert.deepEqual(worker.env?.find((e) => e.name === "ATVP_TOKEN")?.valueFrom?.["secretKeyRef"], { name: "atvp-token", key: "token" });
   assert.deepEqual(flagValues(wargs, "--memory"), ["17179869184"], "a large integer must not come out in float notation");
   assert.equal((sts["spec"] as { replicas?: number }).replicas, undefined, "with autoscaling the coordinator owns spec.replicas");
   assert.equal(podTemplate(sts).spec["runtimeClassName"], "nvidia");
@@ -150,6 +167,7 @@ test("helm rejects bad values: the schema, and the checks a schema cannot expres
     [["--set", "worker.replicas=two"], /worker\.replicas/],
     [["--set", "unknownKey=1"], /unknownKey/],
     [["--set", "tls.enabled=true"], /tls/],
+    [["--set", "tls.certManager.enabled=true", "--set", "tls.certManager.issuerRef.name=ca"], /tls/],
     [["--set", "worker.autoscaling.enabled=true", "--set", "worker.autoscaling.minReplicas=5", "--set", "worker.autoscaling.maxReplicas=2"], /minReplicas/],
     [["--set", "worker.podDisruptionBudget.maxUnavailable=null"], /minAvailable or maxUnavailable/],
   ];

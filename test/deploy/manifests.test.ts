@@ -198,6 +198,23 @@ test("the worker's flags parse with the worker's own parser, advertising the pod
   assert.deepEqual(mem?.valueFrom, { resourceFieldRef: { containerName: worker.name, resource: "limits.memory", divisor: "1" } });
 });
 
+test("workers enforce the coordinator's path policy themselves: the same allowed roots, and its work root for work dirs", () => {
+  const cargs = coordinator.args ?? [];
+  const wargs = worker.args ?? [];
+  assert.deepEqual(flagValues(wargs, "--allow-root"), flagValues(cargs, "--allow-root"));
+  assert.deepEqual(flagValues(wargs, "--work-root"), flagValues(cargs, "--work-root"));
+  const opts = parseWorkerArgs(wargs.map((a) => a.replace(/^\$\(ATVP_WORKER_MEMORY_BYTES\)$/, "1").replace(/\$\([A-Z_]+\)/g, "x")));
+  assert.deepEqual(opts.allowedRoots, values.coordinator.allowedRoots.map((r) => `${values.storage.mountPath}/${r}`));
+  assert.deepEqual(opts.workRoots, [`${values.storage.mountPath}/${values.coordinator.workRoot}`]);
+});
+
+test("by default (no tls.enabled) workers say --insecure out loud, and no token Secret is wired", () => {
+  const wargs = worker.args ?? [];
+  assert.ok(wargs.includes("--insecure"), "a worker without TLS must be started with --insecure");
+  assert.equal(flagValues(wargs, "--tls-cert").length, 0);
+  for (const c of [coordinator, worker]) assert.ok(!envNames(c).has("ATVP_TOKEN"), `${c.name}: ATVP_TOKEN without auth.existingSecret`);
+});
+
 test("every $(VAR) in a container's args is defined in its env", () => {
   for (const c of [coordinator, worker]) {
     for (const a of c.args ?? []) {

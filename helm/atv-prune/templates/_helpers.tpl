@@ -119,6 +119,25 @@ coordinator uses to find worker pods through the Kubernetes API. */}}
 /etc/atvp/tls
 {{- end }}
 
+{{/* The Secret holding tls.crt, tls.key and ca.crt: tls.secretName, or the one cert-manager fills. */}}
+{{- define "atv-prune.tlsSecretName" -}}
+{{- if .Values.tls.secretName }}
+{{- .Values.tls.secretName }}
+{{- else if .Values.tls.certManager.enabled }}
+{{- printf "%s-tls" (include "atv-prune.fullname" . | trunc 59 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/* The name worker certificates carry (workers are dialled by pod IP): tls.workerServerName, or
+the worker Service's name in the certificate cert-manager issues; empty: the address itself. */}}
+{{- define "atv-prune.workerServerName" -}}
+{{- if .Values.tls.workerServerName }}
+{{- .Values.tls.workerServerName }}
+{{- else if .Values.tls.certManager.enabled }}
+{{- printf "%s.%s.svc" (include "atv-prune.worker.fullname" .) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
 {{/* Where the NATS .creds Secret is mounted. */}}
 {{- define "atv-prune.natsCredsDir" -}}
 /etc/atvp/nats
@@ -133,7 +152,13 @@ coordinator uses to find worker pods through the Kubernetes API. */}}
 {{- if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) }}
 {{- fail "worker.podDisruptionBudget.enabled needs minAvailable or maxUnavailable" }}
 {{- end }}
-{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
-{{- fail "tls.enabled needs tls.secretName: a Secret with tls.crt, tls.key and ca.crt" }}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) (not .Values.tls.certManager.enabled) }}
+{{- fail "tls.enabled needs tls.secretName (a Secret with tls.crt, tls.key and ca.crt) or tls.certManager.enabled" }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled (not .Values.tls.enabled) }}
+{{- fail "tls.certManager.enabled needs tls.enabled: the certificate is for the services' TLS" }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name (a CA Issuer or ClusterIssuer)" }}
 {{- end }}
 {{- end }}
