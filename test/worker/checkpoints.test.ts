@@ -84,10 +84,11 @@ test("worker flags", () => {
     parseWorkerArgs(["--listen", "127.0.0.1:7070", "--id", "w1", "--threads", "4", "--device=auto", "--memory", "1000", "--metrics-port", "0",
       "--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-ca", "ca.pem", "--tls-require-client-cert"]),
     { host: "127.0.0.1", port: 7070, id: "w1", threads: 4, device: "auto", memoryBytes: 1000, metricsPort: 0, advertise: undefined,
-      tls: { cert: "c.pem", key: "k.pem", ca: "ca.pem", requireClientCert: true } },
+      tls: { cert: "c.pem", key: "k.pem", ca: "ca.pem", requireClientCert: true, serverName: undefined }, insecure: false,
+      token: undefined, allowedRoots: [process.cwd()], workRoots: [], clientNames: undefined },
   );
-  assert.deepEqual(parseWorkerArgs(["--listen", "[::1]:0"]).host, "::1");
-  assert.deepEqual(parseWorkerArgs(["--listen", ":9000"]).host, "0.0.0.0");
+  assert.deepEqual(parseWorkerArgs(["--listen", "[::1]:0", "--insecure"]).host, "::1");
+  assert.deepEqual(parseWorkerArgs(["--listen", ":9000", "--insecure"]).host, "0.0.0.0");
   assert.throws(() => parseWorkerArgs(["--threads", "0"]), /--threads: must be an integer >= 1/);
   assert.throws(() => parseWorkerArgs(["--device", "tpu"]), /--device/);
   assert.throws(() => parseWorkerArgs(["--listen", "nohost"]), /expected host:port/);
