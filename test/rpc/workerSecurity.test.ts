@@ -158,6 +158,19 @@ describe("the worker's own path policy (authenticated caller)", () => {
     assert.equal(existsSync(join(outside, "leak")), false);
   });
 
+  test("a worker root that does not exist: FAILED_PRECONDITION naming the worker's flags", async () => {
+    const w = await startWorker({ threads: 1, log: () => {}, tls: nodeTls(), token: TOKEN, allowedRoots: [root], workRoots: [join(tmp.path, "no-such-jobs")] });
+    try {
+      const c = createClient(WorkerService, w.address, channelCredentials(nodeTls()), channelOptions(undefined, { ...bearerClientOptions(TOKEN), "grpc.use_local_subchannel_pool": 1 }));
+      clients.push(c);
+      const { code, details } = await runShardStatus(c, assignment());
+      assert.equal(code, grpc.status.FAILED_PRECONDITION, details);
+      assert.match(details, /worker root .*no-such-jobs cannot be resolved \(ENOENT\); create it or fix the worker's --allow-root\/--work-root/);
+    } finally {
+      await w.close();
+    }
+  });
+
   test("a symbolic link inside a root that points outside is outside", async () => {
     symlinkSync(outsideModel.model, join(root, "linked.onnx"));
     symlinkSync(outside, join(root, "linked-dir"));

@@ -5,6 +5,7 @@
  * `..` or symlink escapes), against the worker's own `--allow-root` folders; the work dir may
  * also lie in a `--work-root`. Refusals are PERMISSION_DENIED naming the field.
  */
+import { realpathSync } from "node:fs";
 import { clone } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import { ShardAssignmentSchema, type ShardAssignment } from "../../gen/atvprune/v1/worker_pb.js";
@@ -18,8 +19,24 @@ export interface AssignmentPolicy {
   workRoots: string[];
 }
 
+/**
+ * A root that does not resolve (not created yet on a shared volume) is the worker's own setup
+ * problem: say so here, before pathPolicy.ts would blame the coordinator's flags.
+ */
+function checkRoots(policy: AssignmentPolicy): void {
+  for (const root of [...policy.allowedRoots, ...policy.workRoots]) {
+    try {
+      realpathSync(root);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? "error";
+      throw new RpcError(status.FAILED_PRECONDITION, `worker root ${root} cannot be resolved (${code}); create it or fix the worker's --allow-root/--work-root`);
+    }
+  }
+}
+
 /** The assignment with every path checked and made real (the checked paths are the ones used). */
 export function confineAssignment(a: ShardAssignment, policy: AssignmentPolicy): ShardAssignment {
+  checkRoots(policy);
   const spec = a.spec;
   if (!spec) throw new RpcError(status.INVALID_ARGUMENT, "spec: is required");
   const paths = resolveJobPaths({ model: spec.model, calib: spec.calib || undefined, out: spec.out }, policy.allowedRoots);
