@@ -6,7 +6,7 @@
 import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { CalibrationError, InvalidArgumentError } from "../errors.js";
-import { readNpy, readNpyHeader, type NpyDtype } from "./npy.js";
+import { readNpy, readNpyHeader, readNpyInt64, type NpyDtype } from "./npy.js";
 import { mulberry32 } from "./seededRandom.js";
 
 export { mulberry32 };
@@ -24,6 +24,12 @@ export interface CalibSample {
   attentionMask: Uint8Array;
   /** 1 = image token */
   imageMask: Uint8Array;
+  /**
+   * Position ids from the set (`position_ids`: an int64 .npy): `rows` = 3 for multimodal RoPE
+   * (temporal, height, width; data [3, tokens] row-major), 1 for plain positions. Absent: the
+   * engine derives 1-D positions from the attention mask.
+   */
+  positionIds?: { rows: 1 | 3; data: BigInt64Array; file: string };
 }
 
 export interface CalibSelection {
@@ -113,7 +119,31 @@ function parseSample({ line, value }: RawLine, index: number, path: string, head
   }
   const attentionMask = binaryMask(value["attention_mask"], tokens, 1, "attention_mask", where);
   const imageMask = binaryMask(value["image_mask"], tokens, 0, "image_mask", where);
-  return { index, line, tokens, inputIds, embeds, attentionMask, imageMask };
+  const positionIds = readPositionIds(value["position_ids"], tokens, path, where);
+  return { index, line, tokens, inputIds, embeds, attentionMask, imageMask, positionIds };
+}
+
+/** `[3, T]` or `[T]` (a leading batch dimension of 1 is accepted: `[3, 1, T]`, `[1, T]`). */
+function readPositionIds(raw: unknown, tokens: number, path: string, where: string): CalibSample["positionIds"] {
+  if (raw === undefined || raw === null) return undefined;
+  if (typeof raw !== "string" || raw === "") throw new CalibrationError(where, "position_ids must be the path of an int64 .npy file");
+  const file = isAbsolute(raw) ? raw : resolve(dirname(path), raw);
+  let array;
+  try {
+    array = readNpyInt64(file);
+  } catch (err) {
+    throw new CalibrationError(where, (err as Error).message, { cause: err });
+  }
+  const shape = array.shape;
+  let rows: 1 | 3 | undefined;
+  if (shape.length === 1 && shape[0] === tokens) rows = 1;
+  else if (shape.length === 2 && shape[0] === 1 && shape[1] === tokens) rows = 1;
+  else if (shape.length === 2 && shape[0] === 3 && shape[1] === tokens) rows = 3;
+  else if (shape.length === 3 && shape[0] === 3 && shape[1] === 1 && shape[2] === tokens) rows = 3;
+  if (rows === undefined) {
+    throw new CalibrationError(where, `${raw} has shape (${shape.join(", ")}); position ids must be [3, ${tokens}] (multimodal RoPE) or [${tokens}], one per token`);
+  }
+  return { rows, data: array.data, file };
 }
 
 function binaryMask(raw: unknown, tokens: number, fill: 0 | 1, field: string, where: string): Uint8Array {
