@@ -16,6 +16,7 @@ commands:
              [--threads N] [--device cpu|cuda|auto] [--force]
   inspect    MODEL [--json]
   gen-model  --layers L --hidden H [--fused] [--fp16] [--attention mha|gqa] [--norm rms|layer] [--no-names] --out DIR
+  gen-model  --layout genai-qwen2_5_vl|transformers-js-qwen2_5_vl|transformers-js-llava --out DIR [--layers L --hidden H --seed S]
 
 cluster (coordinator + workers over gRPC, job state in NATS JetStream):
   cluster up    [--workers N (2)] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S]
