@@ -14,6 +14,8 @@ commands:
              [--pattern unstructured|2:4|4:8] [--alpha A] [--propagation sequential|dense]
              [--nsamples N] [--seed S] [--include RE]... [--exclude RE]... [--magnitude-scope matrix|column]
              [--threads N] [--device cpu|cuda|auto] [--force]
+             --model DIR: a genai or transformers.js model folder [--dtype fp32|fp16] [--layout genai|transformers-js];
+             --out gets the whole folder, the decoder pruned under its own file names
   inspect    MODEL [--json]
   gen-model  --layers L --hidden H [--fused] [--fp16] [--attention mha|gqa] [--norm rms|layer] [--no-names] --out DIR
   gen-model  --layout genai-qwen2_5_vl|transformers-js-qwen2_5_vl|transformers-js-llava --out DIR [--layers L --hidden H --seed S]
