@@ -16,6 +16,9 @@ commands:
              [--threads N] [--device cpu|cuda|auto] [--force]
              --model DIR: a genai or transformers.js model folder [--dtype fp32|fp16] [--layout genai|transformers-js];
              --out gets the whole folder, the decoder pruned under its own file names
+  calib      --model-dir DIR (--prompts P.jsonl | --conversations C.json) --out CALDIR
+             [--image-root R] [--nsamples N --seed S] [--max-tokens T] [--device cpu|cuda|auto]
+             [--layout genai|transformers-js] [--dtype fp32|fp16] [--force]
   inspect    MODEL [--json]
   gen-model  --layers L --hidden H [--fused] [--fp16] [--attention mha|gqa] [--norm rms|layer] [--no-names] --out DIR
   gen-model  --layout genai-qwen2_5_vl|transformers-js-qwen2_5_vl|transformers-js-llava --out DIR [--layers L --hidden H --seed S]
@@ -45,6 +48,8 @@ async function main(argv: string[]): Promise<number> {
     case "prune": return pruneCommand(rest);
     case "inspect": return inspectCommand(rest);
     case "gen-model": return genModelCommand(rest);
+    // Loaded on demand: it brings @huggingface/transformers.
+    case "calib": return (await import("./commands/calib.js")).calibCommand(rest);
     // Loaded on demand: prune and inspect need neither gRPC nor the generated APIs.
     case "cluster": return (await import("./commands/cluster.js")).clusterCommand(rest);
     case "submit": return (await import("./commands/jobs.js")).submitCommand(rest);

@@ -76,13 +76,18 @@ function select(lines: RawLine[], { nsamples, seed }: CalibSelection, path: stri
   if (nsamples === undefined) return lines;
   if (!Number.isInteger(nsamples) || nsamples < 1) throw new InvalidArgumentError("nsamples", `must be a positive integer, got ${nsamples}`);
   if (nsamples > lines.length) throw new CalibrationError(path, `--nsamples ${nsamples} asks for more samples than the file has (${lines.length})`);
-  const order = lines.map((_, i) => i);
+  return seededOrder(lines.length, seed).slice(0, nsamples).map((i) => lines[i]!);
+}
+
+/** 0..n-1 after a Fisher-Yates shuffle driven by mulberry32(seed): --nsamples takes a prefix. */
+export function seededOrder(n: number, seed: number): number[] {
+  const order = Array.from({ length: n }, (_, i) => i);
   const random = mulberry32(seed);
   for (let i = order.length - 1; i > 0; i--) {
     const j = Math.floor(random() * (i + 1));
     [order[i], order[j]] = [order[j]!, order[i]!];
   }
-  return order.slice(0, nsamples).map((i) => lines[i]!);
+  return order;
 }
 
 
@@ -93,13 +98,15 @@ function parseSample({ line, value }: RawLine, index: number, path: string, head
   let tokens: number;
   let inputIds: BigInt64Array | undefined;
   let embeds: CalibSample["embeds"];
+  // Both may be given (atvp calib writes both): the embeddings feed LVLM decoders, the ids let
+  // eval compute perplexity.
   if (ids !== undefined) {
     if (!Array.isArray(ids) || ids.length === 0 || !ids.every((x) => Number.isInteger(x) && x >= 0)) {
       throw new CalibrationError(where, "input_ids must be a non-empty array of non-negative integers");
     }
-    tokens = ids.length;
     inputIds = BigInt64Array.from(ids as number[], (x) => BigInt(x));
-  } else if (embedsRef !== undefined) {
+  }
+  if (embedsRef !== undefined) {
     if (typeof embedsRef !== "string" || embedsRef === "") throw new CalibrationError(where, "inputs_embeds must be the path of a .npy file");
     const file = isAbsolute(embedsRef) ? embedsRef : resolve(dirname(path), embedsRef);
     let array;
@@ -114,6 +121,9 @@ function parseSample({ line, value }: RawLine, index: number, path: string, head
     }
     tokens = shape[0]!;
     embeds = { dtype: array.dtype, hidden: shape[1]!, data: array.data, file };
+    if (inputIds && inputIds.length !== tokens) throw new CalibrationError(where, `input_ids has ${inputIds.length} tokens; ${embedsRef} has ${tokens}`);
+  } else if (inputIds) {
+    tokens = inputIds.length;
   } else {
     throw new CalibrationError(where, "a sample needs input_ids or inputs_embeds");
   }

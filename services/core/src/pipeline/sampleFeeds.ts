@@ -44,7 +44,7 @@ export function checkSample(sample: CalibSample, mainInput: string, vi: ValueInf
     }
   }
   const spec = tensorSpec(vi, mainInput);
-  if (mainInput === "input_ids" || [DT.INT64, DT.INT32].includes(spec.elemType)) {
+  if ([DT.INT64, DT.INT32].includes(spec.elemType)) {
     if (!sample.inputIds) throw new CalibrationError(where, `the model takes ${mainInput} (token ids); the sample has inputs_embeds`);
     return;
   }
@@ -68,7 +68,8 @@ function cast(values: ArrayLike<number>, elemType: number, subject: string): Ten
 
 function mainInputFeed(sample: CalibSample, spec: TensorSpec, name: string): WireTensor {
   const type = ortType(spec.elemType, name);
-  if (sample.inputIds) {
+  const takesIds = spec.elemType === DT.INT64 || spec.elemType === DT.INT32;
+  if (sample.inputIds && (takesIds || !sample.embeds)) {
     const data = spec.elemType === DT.INT64 ? sample.inputIds : cast(Array.from(sample.inputIds, Number), spec.elemType, name);
     return { type, dims: [1, sample.tokens], data };
   }
