@@ -30,11 +30,13 @@ build: $(NODE_STAMP)
 generate: $(NODE_STAMP)
 	npx buf generate
 
-# Debian packages the cluster tests start for real: nats-server (JetStream) and openssl (test certificates).
+# Debian packages the tests start for real: nats-server (JetStream) and openssl (test certificates)
+# for the cluster, chromium (headless) for the eval HTML report.
 system-deps:
 	@missing=""; \
 	command -v nats-server >/dev/null 2>&1 || missing="$$missing nats-server"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

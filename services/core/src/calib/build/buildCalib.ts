@@ -14,7 +14,7 @@ import type * as Ort from "onnxruntime-node";
 import { CalibrationError, InvalidArgumentError, OutputExistsError, RuntimeError } from "../../errors.js";
 import { openModelFolder, refuseQuantized, type ModelFolder } from "../../modelDir/modelFolder.js";
 import { readModel } from "../../onnx/modelFile.js";
-import { halfToFloatTable } from "../../onnx/dtype.js";
+import { ortFloats } from "../../runtime/ortFloats.js";
 import { seededOrder } from "../calibSet.js";
 import { encodeNpy, writeNpyInt64 } from "../npy.js";
 import { readConversations, readPrompts, type ChatSample } from "./calibInputs.js";
@@ -169,7 +169,7 @@ async function buildSample(
     const outName = visionNames["image_features"] ?? vision.outputNames[0]!;
     const f = (await vision.run(feeds, [outName]))[outName]!;
     hidden = f.dims[f.dims.length - 1]!;
-    const rows = toFloat32(f);
+    const rows = ortFloats(f, path);
     if (p.grid) {
       const expected = (p.grid[0] * p.grid[1] * p.grid[2]) / (proc.mergeSize * proc.mergeSize);
       if (rows.length / hidden !== expected) throw new CalibrationError(where, `the vision model returned ${rows.length / hidden} feature rows for image ${path}; its grid ${p.grid.join("x")} / merge ${proc.mergeSize}² needs ${expected}`);
@@ -208,7 +208,7 @@ async function buildSample(
     const outName = embedding.outputNames[0]!;
     const r = (await embedding.run({ [embedding.inputNames[0]!]: idTensor }, [outName]))[outName]!;
     const H = r.dims[r.dims.length - 1]!;
-    const merged = features.length === 0 ? toFloat32(r) : mergeImageFeatures(toFloat32(r), H, ids, proc.tokens.imageTokenId, concat(features));
+    const merged = features.length === 0 ? ortFloats(r, outName) : mergeImageFeatures(ortFloats(r, outName), H, ids, proc.tokens.imageTokenId, concat(features));
     embeds = { dtype: "float32", shape: [T, H], data: merged };
   }
 
@@ -225,18 +225,9 @@ function concat(parts: Float32Array[]): Float32Array {
   return out;
 }
 
-function toFloat32(t: Ort.Tensor): Float32Array {
-  if (t.type === "float32") return t.data as Float32Array;
-  if (t.type === "float16") {
-    const table = halfToFloatTable();
-    return Float32Array.from(t.data as Uint16Array, (h) => table[h]!);
-  }
-  throw new CalibrationError(t.type, `model output of type ${t.type}; expected float32 or float16`);
-}
-
 /** Embeddings as the embedding model returned them (float16 kept as float16). */
 function asNpy(t: Ort.Tensor, T: number): BuiltSample["embeds"] {
   const H = t.dims[t.dims.length - 1]!;
   if (t.type === "float16") return { dtype: "float16", shape: [T, H], data: t.data as Uint16Array };
-  return { dtype: "float32", shape: [T, H], data: toFloat32(t) };
+  return { dtype: "float32", shape: [T, H], data: ortFloats(t, "inputs_embeds") };
 }
