@@ -206,6 +206,11 @@ test("calib -> prune --model DIR (ATV) -> the pruned decoder loads and runs on t
   const logits = run!.get("logits")!;
   assert.equal(logits.length, samples[0]!.tokens * 272);
   assert.ok(logits.every(Number.isFinite));
+  // The pruned folder is a model folder again: its config, tokenizer, vision and embedding
+  // models (copied byte for byte) give the same calibration set.
+  const again = await build({ modelDir: out, prompts: join(genai.dir, genai.prompts) });
+  assert.equal(readFileSync(again.calibPath, "utf8"), readFileSync(cal.calibPath, "utf8"));
+  for (const f of readdirSync(cal.out)) assert.ok(readFileSync(join(again.out, f)).equals(readFileSync(join(cal.out, f))), f);
 });
 
 test("@huggingface/transformers shares our onnxruntime-node (one copy)", async () => {
