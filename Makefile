@@ -30,11 +30,13 @@ build: $(NODE_STAMP)
 generate: $(NODE_STAMP)
 	npx buf generate
 
-# Debian packages the cluster tests start for real: nats-server (JetStream) and openssl (test certificates).
+# Debian packages the tests start for real: nats-server (JetStream) and openssl (test certificates)
+# for the cluster, chromium (headless) for the eval HTML report.
 system-deps:
 	@missing=""; \
 	command -v nats-server >/dev/null 2>&1 || missing="$$missing nats-server"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -45,15 +47,17 @@ test: setup system-deps
 	@echo "node $$(node --version), npm $$(npm --version)"
 	npm test
 
-# Generates a small LLaVA-style decoder with fused contrib ops and fp16 weights, prunes it with
-# ATV at 50%, and prints the report summary.
+# The user's path on a generated Qwen2.5-VL-style onnxruntime-genai folder: gen-model (random
+# weights, multimodal-RoPE decoder, tokenizer, images, prompts), calib (images and text to a
+# calibration set), prune the folder with ATV at 50%, eval the drift and print its summary.
 demo: setup
 	rm -rf $(DEMO)
-	$(CLI) gen-model --layers 4 --hidden 256 --fused --fp16 --samples 16 --out $(DEMO)/model > /dev/null
-	$(CLI) inspect $(DEMO)/model/model.onnx
-	$(CLI) prune --model $(DEMO)/model/model.onnx --calib $(DEMO)/model/calib.jsonl \
+	$(CLI) gen-model --layout genai-qwen2_5_vl --layers 4 --hidden 256 --out $(DEMO)/model > /dev/null
+	$(CLI) calib --model-dir $(DEMO)/model --prompts $(DEMO)/model/prompts.jsonl --out $(DEMO)/calib > $(DEMO)/calib-events.jsonl
+	$(CLI) prune --model $(DEMO)/model --calib $(DEMO)/calib/calib.jsonl \
 		--method atv --sparsity 0.5 --out $(DEMO)/pruned > $(DEMO)/events.jsonl
-	@echo "events: $(DEMO)/events.jsonl; report: $(DEMO)/pruned/report.json"
+	$(CLI) eval --dense $(DEMO)/model --pruned $(DEMO)/pruned --calib $(DEMO)/calib/calib.jsonl --html $(DEMO)/report.html
+	@echo "events: $(DEMO)/events.jsonl; pruned folder: $(DEMO)/pruned (report.json); eval page: $(DEMO)/report.html"
 
 bench: setup
 	npm run bench

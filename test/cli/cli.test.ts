@@ -215,10 +215,10 @@ describe("prune", () => {
 });
 
 describe("commands", () => {
-  test("atvp eval → non-zero, not supported yet", () => {
-    const r = atvp("eval", "--model", model);
+  test("atvp eval without its flags → non-zero, naming the missing flag", () => {
+    const r = atvp("eval", "--dense", model);
     assert.notEqual(r.status, 0);
-    assert.match(r.stderr, /not supported yet/);
+    assert.match(r.stderr, /--pruned: is required/);
   });
 
   test("atvp with no command → usage and a non-zero exit", () => {

@@ -14,8 +14,16 @@ commands:
              [--pattern unstructured|2:4|4:8] [--alpha A] [--propagation sequential|dense]
              [--nsamples N] [--seed S] [--include RE]... [--exclude RE]... [--magnitude-scope matrix|column]
              [--threads N] [--device cpu|cuda|auto] [--force]
+             --model DIR: a genai or transformers.js model folder [--dtype fp32|fp16] [--layout genai|transformers-js];
+             --out gets the whole folder, the decoder pruned under its own file names
+  calib      --model-dir DIR (--prompts P.jsonl | --conversations C.json) --out CALDIR
+             [--image-root R] [--nsamples N --seed S] [--max-tokens T] [--device cpu|cuda|auto]
+             [--layout genai|transformers-js] [--dtype fp32|fp16] [--force]
+  eval       --dense M --pruned P --calib CAL.jsonl [--json] [--html report.html] [--threads N]
+             M, P: decoder .onnx files or model folders
   inspect    MODEL [--json]
   gen-model  --layers L --hidden H [--fused] [--fp16] [--attention mha|gqa] [--norm rms|layer] [--no-names] --out DIR
+  gen-model  --layout genai-qwen2_5_vl|transformers-js-qwen2_5_vl|transformers-js-llava --out DIR [--layers L --hidden H --seed S]
 
 cluster (coordinator + workers over gRPC, job state in NATS JetStream):
   cluster up    [--workers N (2)] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S] [--insecure]
@@ -31,11 +39,9 @@ cluster (coordinator + workers over gRPC, job state in NATS JetStream):
   D defaults to ${DEFAULT_CLUSTER_DIR}.
   CONNECTION: --coordinator HOST:PORT (default: the coordinator in --cluster-dir D/cluster.json)
               [--token T (or ATVP_TOKEN)] [--tls-ca F] [--tls-cert F --tls-key F] [--tls-server-name NAME]
-
-not supported yet: eval
 `;
 
-const NOT_YET = new Set(["eval"]);
+const NOT_YET = new Set<string>([]);
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -43,6 +49,9 @@ async function main(argv: string[]): Promise<number> {
     case "prune": return pruneCommand(rest);
     case "inspect": return inspectCommand(rest);
     case "gen-model": return genModelCommand(rest);
+    // Loaded on demand: it brings @huggingface/transformers.
+    case "calib": return (await import("./commands/calib.js")).calibCommand(rest);
+    case "eval": return (await import("./commands/eval.js")).evalCommand(rest);
     // Loaded on demand: prune and inspect need neither gRPC nor the generated APIs.
     case "cluster": return (await import("./commands/cluster.js")).clusterCommand(rest);
     case "submit": return (await import("./commands/jobs.js")).submitCommand(rest);

@@ -1,5 +1,9 @@
-/** `atvp gen-model`: a LLaVA-style test decoder and calibration set, generated locally. */
+/**
+ * `atvp gen-model`: a LLaVA-style test decoder and calibration set, generated locally; with
+ * --layout, a complete vision-language model folder (see core/src/gen/vlm/vlmFolder.ts).
+ */
 import { generateModel } from "../../../core/src/gen/genModel.js";
+import { generateVlmFolder } from "../../../core/src/gen/vlm/vlmFolder.js";
 import { int, parse, required, str } from "../args.js";
 
 export async function genModelCommand(argv: string[]): Promise<number> {
@@ -21,7 +25,17 @@ export async function genModelCommand(argv: string[]): Promise<number> {
     seed: { type: "string" },
     out: { type: "string" },
     force: { type: "boolean", default: false },
+    layout: { type: "string" },
   });
+  const layout = str(values, "layout");
+  if (layout !== undefined) {
+    const folder = generateVlmFolder({
+      layout, outDir: required(values, "out"), layers: int(values, "layers"), hidden: int(values, "hidden"),
+      seed: int(values, "seed"), force: values["force"] === true,
+    });
+    process.stdout.write(JSON.stringify(folder) + "\n");
+    return 0;
+  }
   const result = await generateModel({
     outDir: required(values, "out"),
     layers: int(values, "layers")!,

@@ -6,6 +6,7 @@ import { CliError } from "../cliError.js";
 import { connect, CONNECTION_OPTIONS, resolveTarget, rpc, stateName, toJobSpecMessage, type JobConnection } from "../jobClient.js";
 import { followToExit, formatJob, jobJson, liveView, quietView } from "../jobWatch.js";
 import { JOB_OPTIONS, jobSpec } from "./prune.js";
+import { isModelFolder } from "../../../core/src/modelDir/modelFolder.js";
 
 const SUBMIT_OPTIONS: Options = {
   ...JOB_OPTIONS,
@@ -38,6 +39,9 @@ export async function submitCommand(argv: string[]): Promise<number> {
     if (values[flag] !== undefined) throw new InvalidArgumentError(`--${flag}`, "is a worker setting in a cluster, not a job field: give it to the workers (atvp cluster up --threads T)");
   }
   const spec = jobSpec(values);
+  if (isModelFolder(spec.model)) {
+    throw new InvalidArgumentError("--model", `${spec.model} is a model folder: not supported yet for submit (the cluster prunes one decoder .onnx); use atvp prune --model DIR, or submit the decoder .onnx inside it`);
+  }
   // The coordinator checks the spec too; checking here first fails fast, without a round trip.
   resolveSpec(spec, 1);
   const workers = int(values, "workers") ?? 0;

@@ -1,5 +1,7 @@
 /** `atvp prune`: one process, no services. */
-import { pruneModel } from "../../../core/src/pipeline/pruneModel.js";
+import { pruneModel, type PruneEvent } from "../../../core/src/pipeline/pruneModel.js";
+import { isModelFolder } from "../../../core/src/modelDir/modelFolder.js";
+import { pruneModelFolder } from "../../../core/src/modelDir/pruneFolder.js";
 import type { PruneSpec } from "../../../core/src/pipeline/pruneSpec.js";
 import { InvalidArgumentError } from "../../../core/src/errors.js";
 import { int, list, num, parse, required, str, type Options } from "../args.js";
@@ -53,10 +55,14 @@ export function jobSpec(values: Record<string, unknown>): PruneSpec {
 }
 
 export async function pruneCommand(argv: string[]): Promise<number> {
-  const { values } = parse(argv, JOB_OPTIONS);
+  // --dtype / --layout pick the decoder of a model folder (--model DIR).
+  const { values } = parse(argv, { ...JOB_OPTIONS, dtype: { type: "string" }, layout: { type: "string" } });
   const spec = jobSpec(values);
   const sink = progressSink();
-  const report = await pruneModel(spec, { onEvent: (e) => sink.event(e), warn: (m) => process.stderr.write(m + "\n") });
+  const options = { onEvent: (e: PruneEvent) => sink.event(e), warn: (m: string) => process.stderr.write(m + "\n") };
+  const report = isModelFolder(spec.model)
+    ? await pruneModelFolder(spec, { ...options, dtype: str(values, "dtype"), layout: str(values, "layout") })
+    : await pruneModel(spec, options);
   sink.done();
   const summary = formatSummary(report, spec.out);
   (process.stdout.isTTY ? process.stdout : process.stderr).write(summary + "\n");

@@ -6,7 +6,7 @@
 import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { CalibrationError, InvalidArgumentError } from "../errors.js";
-import { readNpy, readNpyHeader, type NpyDtype } from "./npy.js";
+import { readNpy, readNpyHeader, readNpyInt64, type NpyDtype } from "./npy.js";
 import { mulberry32 } from "./seededRandom.js";
 
 export { mulberry32 };
@@ -24,6 +24,12 @@ export interface CalibSample {
   attentionMask: Uint8Array;
   /** 1 = image token */
   imageMask: Uint8Array;
+  /**
+   * Position ids from the set (`position_ids`: an int64 .npy): `rows` = 3 for multimodal RoPE
+   * (temporal, height, width; data [3, tokens] row-major), 1 for plain positions. Absent: the
+   * engine derives 1-D positions from the attention mask.
+   */
+  positionIds?: { rows: 1 | 3; data: BigInt64Array; file: string };
 }
 
 export interface CalibSelection {
@@ -70,13 +76,18 @@ function select(lines: RawLine[], { nsamples, seed }: CalibSelection, path: stri
   if (nsamples === undefined) return lines;
   if (!Number.isInteger(nsamples) || nsamples < 1) throw new InvalidArgumentError("nsamples", `must be a positive integer, got ${nsamples}`);
   if (nsamples > lines.length) throw new CalibrationError(path, `--nsamples ${nsamples} asks for more samples than the file has (${lines.length})`);
-  const order = lines.map((_, i) => i);
+  return seededOrder(lines.length, seed).slice(0, nsamples).map((i) => lines[i]!);
+}
+
+/** 0..n-1 after a Fisher-Yates shuffle driven by mulberry32(seed): --nsamples takes a prefix. */
+export function seededOrder(n: number, seed: number): number[] {
+  const order = Array.from({ length: n }, (_, i) => i);
   const random = mulberry32(seed);
   for (let i = order.length - 1; i > 0; i--) {
     const j = Math.floor(random() * (i + 1));
     [order[i], order[j]] = [order[j]!, order[i]!];
   }
-  return order.slice(0, nsamples).map((i) => lines[i]!);
+  return order;
 }
 
 
@@ -87,13 +98,15 @@ function parseSample({ line, value }: RawLine, index: number, path: string, head
   let tokens: number;
   let inputIds: BigInt64Array | undefined;
   let embeds: CalibSample["embeds"];
+  // Both may be given (atvp calib writes both): the embeddings feed LVLM decoders, the ids let
+  // eval compute perplexity.
   if (ids !== undefined) {
     if (!Array.isArray(ids) || ids.length === 0 || !ids.every((x) => Number.isInteger(x) && x >= 0)) {
       throw new CalibrationError(where, "input_ids must be a non-empty array of non-negative integers");
     }
-    tokens = ids.length;
     inputIds = BigInt64Array.from(ids as number[], (x) => BigInt(x));
-  } else if (embedsRef !== undefined) {
+  }
+  if (embedsRef !== undefined) {
     if (typeof embedsRef !== "string" || embedsRef === "") throw new CalibrationError(where, "inputs_embeds must be the path of a .npy file");
     const file = isAbsolute(embedsRef) ? embedsRef : resolve(dirname(path), embedsRef);
     let array;
@@ -108,12 +121,39 @@ function parseSample({ line, value }: RawLine, index: number, path: string, head
     }
     tokens = shape[0]!;
     embeds = { dtype: array.dtype, hidden: shape[1]!, data: array.data, file };
+    if (inputIds && inputIds.length !== tokens) throw new CalibrationError(where, `input_ids has ${inputIds.length} tokens; ${embedsRef} has ${tokens}`);
+  } else if (inputIds) {
+    tokens = inputIds.length;
   } else {
     throw new CalibrationError(where, "a sample needs input_ids or inputs_embeds");
   }
   const attentionMask = binaryMask(value["attention_mask"], tokens, 1, "attention_mask", where);
   const imageMask = binaryMask(value["image_mask"], tokens, 0, "image_mask", where);
-  return { index, line, tokens, inputIds, embeds, attentionMask, imageMask };
+  const positionIds = readPositionIds(value["position_ids"], tokens, path, where);
+  return { index, line, tokens, inputIds, embeds, attentionMask, imageMask, positionIds };
+}
+
+/** `[3, T]` or `[T]` (a leading batch dimension of 1 is accepted: `[3, 1, T]`, `[1, T]`). */
+function readPositionIds(raw: unknown, tokens: number, path: string, where: string): CalibSample["positionIds"] {
+  if (raw === undefined || raw === null) return undefined;
+  if (typeof raw !== "string" || raw === "") throw new CalibrationError(where, "position_ids must be the path of an int64 .npy file");
+  const file = isAbsolute(raw) ? raw : resolve(dirname(path), raw);
+  let array;
+  try {
+    array = readNpyInt64(file);
+  } catch (err) {
+    throw new CalibrationError(where, (err as Error).message, { cause: err });
+  }
+  const shape = array.shape;
+  let rows: 1 | 3 | undefined;
+  if (shape.length === 1 && shape[0] === tokens) rows = 1;
+  else if (shape.length === 2 && shape[0] === 1 && shape[1] === tokens) rows = 1;
+  else if (shape.length === 2 && shape[0] === 3 && shape[1] === tokens) rows = 3;
+  else if (shape.length === 3 && shape[0] === 3 && shape[1] === 1 && shape[2] === tokens) rows = 3;
+  if (rows === undefined) {
+    throw new CalibrationError(where, `${raw} has shape (${shape.join(", ")}); position ids must be [3, ${tokens}] (multimodal RoPE) or [${tokens}], one per token`);
+  }
+  return { rows, data: array.data, file };
 }
 
 function binaryMask(raw: unknown, tokens: number, fill: 0 | 1, field: string, where: string): Uint8Array {

@@ -1,6 +1,7 @@
 /**
  * NumPy `.npy` files (format versions 1.0-3.0): the calibration set's `inputs_embeds` arrays.
  * Only little-endian float32 / float16 in C order are read; that is what LVLM embedding dumps are.
+ * Position ids (int64, little-endian) have their own reader and writer.
  */
 import { closeSync, fstatSync, openSync, readFileSync, readSync, writeFileSync } from "node:fs";
 import { CalibrationError } from "../errors.js";
@@ -17,13 +18,15 @@ export interface NpyArray {
 const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]; // \x93NUMPY
 
 export function readNpy(path: string): NpyArray {
-  let buf: Buffer;
+  return parseNpy(readNpyBytes(path), path);
+}
+
+function readNpyBytes(path: string): Buffer {
   try {
-    buf = readFileSync(path);
+    return readFileSync(path);
   } catch (err) {
     throw new CalibrationError(path, `cannot read .npy file (${(err as Error).message})`, { cause: err });
   }
-  return parseNpy(buf, path);
 }
 
 export interface NpyHeader {
@@ -40,6 +43,16 @@ export interface NpyHeader {
  * detects truncated data without reading it.
  */
 export function parseNpyHeader(buf: Uint8Array, fileLength: number, subject: string): NpyHeader {
+  return parseAnyHeader<NpyDtype>(buf, fileLength, subject, (descr) => {
+    if (descr === "<f4" || descr === "=f4") return { dtype: "float32", itemSize: 4 };
+    if (descr === "<f2" || descr === "=f2") return { dtype: "float16", itemSize: 2 };
+    throw new CalibrationError(subject, `.npy dtype ${descr} is not supported (float32 or float16 little-endian)`);
+  });
+}
+
+function parseAnyHeader<D extends string>(
+  buf: Uint8Array, fileLength: number, subject: string, dtypeOf: (descr: string) => { dtype: D; itemSize: number },
+): { dtype: D; shape: number[]; dataStart: number; byteLength: number } {
   if (buf.length < 10 || MAGIC.some((b, i) => buf[i] !== b)) {
     throw new CalibrationError(subject, "not a .npy file (bad magic bytes)");
   }
@@ -57,14 +70,10 @@ export function parseNpyHeader(buf: Uint8Array, fileLength: number, subject: str
     throw new CalibrationError(subject, `unreadable .npy header ${JSON.stringify(header.trim())}`);
   }
   if (fortran === "True") throw new CalibrationError(subject, "Fortran-ordered .npy arrays are not supported; save with C order");
-  let dtype: NpyDtype;
-  if (descr === "<f4" || descr === "=f4") dtype = "float32";
-  else if (descr === "<f2" || descr === "=f2") dtype = "float16";
-  else throw new CalibrationError(subject, `.npy dtype ${descr} is not supported (float32 or float16 little-endian)`);
+  const { dtype, itemSize } = dtypeOf(descr);
   const shape = shapeText.split(",").map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
   if (shape.some((d) => !Number.isInteger(d) || d < 0)) throw new CalibrationError(subject, `bad .npy shape (${shapeText})`);
   const count = shape.reduce((a, b) => a * b, 1);
-  const itemSize = dtype === "float32" ? 4 : 2;
   const byteLength = count * itemSize;
   if (dataStart + byteLength > fileLength) {
     throw new CalibrationError(subject, `truncated .npy data: shape (${shape.join(", ")}) needs ${byteLength} bytes, file has ${fileLength - dataStart}`);
@@ -98,8 +107,29 @@ export function parseNpy(buf: Uint8Array, subject: string): NpyArray {
   return { dtype, shape, data };
 }
 
+/** An int64 array (position ids): little-endian `<i8`, C order. */
+export interface NpyInt64Array { shape: number[]; data: BigInt64Array }
+
+export function readNpyInt64(path: string): NpyInt64Array {
+  const buf = readNpyBytes(path);
+  const { shape, dataStart, byteLength } = parseAnyHeader<"int64">(buf, buf.length, path, (descr) => {
+    if (descr === "<i8" || descr === "=i8") return { dtype: "int64", itemSize: 8 };
+    throw new CalibrationError(path, `.npy dtype ${descr} is not supported for position ids (int64 little-endian, <i8)`);
+  });
+  const bytes = buf.slice(dataStart, dataStart + byteLength);
+  return { shape, data: new BigInt64Array(bytes.buffer, bytes.byteOffset, byteLength / 8) };
+}
+
+export function writeNpyInt64(path: string, array: NpyInt64Array): void {
+  writeFileSync(path, encodeWithDescr("<i8", array.shape, array.data));
+}
+
 export function encodeNpy(array: NpyArray): Uint8Array {
-  const descr = array.dtype === "float32" ? "<f4" : "<f2";
+  return encodeWithDescr(array.dtype === "float32" ? "<f4" : "<f2", array.shape, array.data);
+}
+
+function encodeWithDescr(descr: string, shapeDims: number[], data: ArrayBufferView): Uint8Array {
+  const array = { shape: shapeDims, data };
   const shape = array.shape.length === 1 ? `(${array.shape[0]},)` : `(${array.shape.join(", ")})`;
   let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': ${shape}, }`;
   // Pad so that the data starts on a 64-byte boundary, as numpy does.

@@ -39,6 +39,16 @@ export interface GenModelOptions {
   seed?: number;
   /** Overwrite a non-empty output directory. */
   force?: boolean;
+  /**
+   * Multimodal RoPE (Qwen2-VL): position_ids [3, batch, seq] and the rotary frequencies split into
+   * temporal/height/width sections (summing to head_dim / 2). Unfused decoders only.
+   */
+  mropeSection?: number[];
+  /**
+   * The switches of a transformers.js merged decoder: use_cache_branch (bool [1]) and
+   * num_logits_to_keep (int64 scalar, 0 = every position). Unfused decoders only.
+   */
+  mergedInputs?: boolean;
 }
 
 export interface DecoderConfig {
@@ -59,6 +69,9 @@ export interface DecoderConfig {
   maxPositions: number;
   ropeTheta: number;
   normEpsilon: number;
+  /** absent: 1-D positions */
+  mropeSection?: number[];
+  mergedInputs?: boolean;
 }
 
 export interface CalibConfig {
@@ -97,6 +110,14 @@ export function resolveOptions(o: GenModelOptions): ResolvedOptions {
   if (fused && attention === "mha" && kvHeads !== heads) {
     throw new InvalidArgumentError("kvHeads", `MultiHeadAttention needs kvHeads = heads (${heads}); use attention "gqa" for ${kvHeads} key/value heads`);
   }
+  const mropeSection = o.mropeSection;
+  if (mropeSection !== undefined) {
+    if (fused) throw new InvalidArgumentError("mropeSection", "multimodal RoPE is generated for unfused decoders only");
+    if (mropeSection.length !== 3 || mropeSection.some((v) => !Number.isInteger(v) || v < 1) || mropeSection.reduce((a, b) => a + b, 0) !== headDim / 2) {
+      throw new InvalidArgumentError("mropeSection", `must be three positive integers summing to head_dim / 2 = ${headDim / 2}, got ${JSON.stringify(mropeSection)}`);
+    }
+  }
+  if (o.mergedInputs && fused) throw new InvalidArgumentError("mergedInputs", "merged-decoder inputs are generated for unfused decoders only");
   const seed = o.seed === undefined ? 21 : int("seed", o.seed);
   const samples = o.samples === undefined ? 8 : positiveInt("samples", o.samples);
   const seqLen = o.seqLen === undefined ? 48 : positiveInt("seqLen", o.seqLen);
@@ -116,6 +137,8 @@ export function resolveOptions(o: GenModelOptions): ResolvedOptions {
       maxPositions: Math.max(2048, seqLen),
       ropeTheta: 10000,
       normEpsilon: norm === "rms" ? 1e-6 : 1e-5,
+      ...(mropeSection ? { mropeSection: [...mropeSection] } : {}),
+      ...(o.mergedInputs ? { mergedInputs: true } : {}),
     },
     calib: { samples, seqLen, imageTokens, padTokens },
   };

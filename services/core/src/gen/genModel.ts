@@ -55,7 +55,7 @@ export async function generateModel(opts: GenModelOptions): Promise<GenModelResu
   };
 }
 
-function prepareOutDir(outDir: string, force: boolean): void {
+export function prepareOutDir(outDir: string, force: boolean): void {
   try {
     mkdirSync(outDir, { recursive: true });
   } catch (err) {

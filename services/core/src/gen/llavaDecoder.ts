@@ -29,11 +29,12 @@ export interface WrittenDecoder {
   outputNames: string[];
 }
 
-export function writeDecoder(cfg: DecoderConfig, outDir: string): WrittenDecoder {
-  const modelPath = join(outDir, MODEL_FILE);
-  const dataPath = join(outDir, DATA_FILE);
+/** `files` names the model and its data file (model.onnx, model.onnx.data by default). */
+export function writeDecoder(cfg: DecoderConfig, outDir: string, files: { model: string; data: string } = { model: MODEL_FILE, data: DATA_FILE }): WrittenDecoder {
+  const modelPath = join(outDir, files.model);
+  const dataPath = join(outDir, files.data);
   const floatType = cfg.fp16 ? OnnxDataType.FLOAT16 : OnnxDataType.FLOAT;
-  const store = new ExternalDataWriter(dataPath, DATA_FILE, floatType);
+  const store = new ExternalDataWriter(dataPath, files.data, floatType);
   let linearWeights: string[];
   let builder: GraphBuilder;
   try {

@@ -1,7 +1,9 @@
 /**
  * The decoder as torch.onnx exports a HF LLaMA language model: plain ONNX ops only (RMSNorm
  * spelled out, rotate_half rotary, softmax attention with repeat_kv for grouped heads), node
- * names from the module path, linear weights under opaque `onnx::MatMul_<n>` names.
+ * names from the module path, linear weights under opaque `onnx::MatMul_<n>` names. With
+ * `mropeSection`, Qwen2-VL's multimodal RoPE: position_ids [3, batch, seq] and each rotary
+ * frequency band driven by the temporal, height or width position (apply_multimodal_rotary_pos_emb).
  */
 import { OnnxDataType } from "../onnx/dtype.js";
 import type { DecoderConfig } from "./config.js";
@@ -24,14 +26,32 @@ export function buildUnfusedDecoder(b: GraphBuilder, cfg: DecoderConfig): Decode
 
   const inputsEmbeds = b.input("inputs_embeds", ft, ["batch_size", "sequence_length", hidden]);
   const attentionMask = b.input("attention_mask", OnnxDataType.INT64, ["batch_size", "sequence_length"]);
-  const positionIds = b.input("position_ids", OnnxDataType.INT64, ["batch_size", "sequence_length"]);
+  const positionIds = cfg.mropeSection
+    ? b.input("position_ids", OnnxDataType.INT64, [3, "batch_size", "sequence_length"])
+    : b.input("position_ids", OnnxDataType.INT64, ["batch_size", "sequence_length"]);
 
   // Computed once and shared by every layer, as in transformers >= 4.38 exports.
   const mask = additiveMask(b, "/model/attn_mask", inputsEmbeds, attentionMask);
   const ropeScope = "/model/rotary_emb";
   const axis1 = b.int64([1]);
-  const cos = b.op("Unsqueeze", [b.op("Gather", [w.rotaryTable("model.rotary_emb.cos_cached", "cos", true), positionIds], { scope: ropeScope }), axis1], { scope: ropeScope });
-  const sin = b.op("Unsqueeze", [b.op("Gather", [w.rotaryTable("model.rotary_emb.sin_cached", "sin", true), positionIds], { scope: ropeScope }), axis1], { scope: ropeScope });
+  const rope = (table: string): string => {
+    const gathered = b.op("Gather", [table, positionIds], { scope: ropeScope });
+    if (!cfg.mropeSection) return b.op("Unsqueeze", [gathered, axis1], { scope: ropeScope });
+    // [3, B, S, D]: the chunks of mrope_section * 2 take their rows from axis i % 3 in turn.
+    const sections = [...cfg.mropeSection, ...cfg.mropeSection];
+    const parts: string[] = [];
+    let start = 0;
+    sections.forEach((width, i) => {
+      const axis = i % 3;
+      parts.push(b.op("Slice", [gathered, b.int64([axis, start]), b.int64([axis + 1, start + width]), b.int64([0, 3])], { scope: ropeScope }));
+      start += width;
+    });
+    const merged = b.op("Concat", parts, { scope: ropeScope, attrs: { axis: { int: -1 } } });
+    // [1, B, S, D] -> [B, 1, S, D]
+    return b.op("Transpose", [merged], { scope: ropeScope, attrs: { perm: { ints: [1, 0, 2, 3] } } });
+  };
+  const cos = rope(w.rotaryTable("model.rotary_emb.cos_cached", "cos", true));
+  const sin = rope(w.rotaryTable("model.rotary_emb.sin_cached", "sin", true));
 
   const norm = (scope: string, layer: number | undefined, role: NormRole | "norm", x: string): string => {
     const prefix = layer === undefined ? "model.norm" : `model.layers.${layer}.${role}`;
@@ -102,7 +122,17 @@ export function buildUnfusedDecoder(b: GraphBuilder, cfg: DecoderConfig): Decode
     residual = b.op("Add", [afterAttn, down], { scope: layer });
   }
 
-  const final = norm("/model/norm", undefined, "norm", residual);
+  let final = norm("/model/norm", undefined, "norm", residual);
+  if (cfg.mergedInputs) {
+    const useCache = b.input("use_cache_branch", OnnxDataType.BOOL, [1]);
+    const keep = b.input("num_logits_to_keep", OnnxDataType.INT64, []);
+    // Real merged exports choose between a with-past and a no-past subgraph with If; for a
+    // prefill both compute the same function, which this Where spells out.
+    final = b.op("Where", [useCache, final, final], { scope: "/model/merged" });
+    // HF's logits_to_keep: the last k positions, 0 = all of them (-0 is start 0).
+    const start = b.op("Neg", [b.op("Unsqueeze", [keep, b.int64([0])], { scope: "/model/merged" })], { scope: "/model/merged" });
+    final = b.op("Slice", [final, start, b.int64([Number.MAX_SAFE_INTEGER]), b.int64([1])], { scope: "/model/merged" });
+  }
   const weight = w.linear(`onnx::MatMul_${onnxId++}`, undefined, "lm_head");
   b.node("MatMul", [final, weight], { scope: "/lm_head", outputs: ["logits"] });
   b.output("logits", ft, ["batch_size", "sequence_length", cfg.vocab]);

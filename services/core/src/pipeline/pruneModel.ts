@@ -111,7 +111,7 @@ export function loadSamples(spec: ResolvedSpec, analysis: ModelAnalysis, headers
   const main = analysis.partition.mainInput;
   const vi = analysis.index.inputs.get(main)!;
   for (const s of samples) {
-    checkSample(s, main, vi, calib);
+    checkSample(s, main, vi, calib, analysis.index.inputs.get("position_ids"));
     const { nText, nVisual } = tokenCounts(s);
     if (spec.method === "atv" && nText === 0) {
       throw new CalibrationError(`${calib}:${s.line}`, "the sample has no text tokens: ATV's pool would be empty (k = round(ratio * nText) = 0); remove it or mark its text tokens in image_mask");
