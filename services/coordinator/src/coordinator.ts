@@ -6,6 +6,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { JobService, JobState, type Job } from "../../gen/atvprune/v1/job_pb.js";
 import { addService } from "../../rpc/grpcAdapter.js";
+import { addHealthAndReflection } from "../../rpc/health.js";
 import { GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/credentials.js";
 import { startMetricsServer, type MetricsServer } from "../../observability/metricsServer.js";
 import { CoordinatorMetrics } from "./coordinatorMetrics.js";
@@ -107,6 +108,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
       return r !== undefined;
     },
   }));
+  const health = addHealthAndReflection(server, [JobService]);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${opts.host ?? "127.0.0.1"}:${opts.port ?? 0}`, serverCredentials(opts.tls), (err, p) => (err ? reject(err) : resolve(p))));
   const address = `${opts.host ?? "127.0.0.1"}:${port}`;
@@ -123,12 +125,14 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
 
   let metricsServer: MetricsServer | undefined;
   if (opts.metricsPort !== undefined) metricsServer = await startMetricsServer(metrics.registry, () => true, opts.metricsPort, opts.host ?? "127.0.0.1");
+  health.setServing(true);
 
   return {
     address,
     metricsPort: metricsServer?.port,
     pool,
     async close() {
+      health.setServing(false);
       for (const r of runners.values()) r.detach();
       await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
       server.forceShutdown();

@@ -12,7 +12,9 @@ import { addService } from "../../rpc/grpcAdapter.js";
 import { channelCredentials, channelOptions, GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/credentials.js";
 import { withFastStateChunks } from "./chunkCodec.js";
 import { OutboxRegistry } from "./outbox.js";
-import { deviceMemoryBytes } from "./gpuMemory.js";
+import { deviceMemoryBytes, gpuMemoryBytes } from "./gpuMemory.js";
+import { watchDevice, type DeviceProbeOptions } from "./deviceHealth.js";
+import { addHealthAndReflection } from "../../rpc/health.js";
 import { DATA_PLANE_CHANNEL_OPTIONS } from "./upstreamStates.js";
 import { ShardTable, workerServiceImpl } from "./workerService.js";
 import { WorkerMetrics } from "./workerMetrics.js";
@@ -34,6 +36,8 @@ export interface WorkerOptions {
   pullWaitMs?: number;
   /** host:port other workers use to reach this one (default host:port as bound) */
   advertise?: string;
+  /** how a cuda/auto worker checks that its GPU is still there (gRPC health goes NOT_SERVING without it) */
+  deviceProbe?: DeviceProbeOptions;
   log?: (message: string) => void;
 }
 
@@ -72,6 +76,9 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
     credentials: channelCredentials(opts.tls),
     channelOptions: { ...GRPC_OPTIONS, ...DATA_PLANE_CHANNEL_OPTIONS, ...channelOptions(opts.tls) },
   }, opts.pullWaitMs));
+  const health = addHealthAndReflection(server, [WorkerService]);
+  const hadGpu = device !== "cpu" && (await gpuMemoryBytes(opts.deviceProbe)) !== undefined;
+  const deviceWatch = watchDevice(hadGpu, (present) => health.setServing(present && !closing), log, opts.deviceProbe);
 
   let closing = false;
   let http: MetricsServer | undefined;
@@ -79,14 +86,19 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
     if (opts.metricsPort !== undefined) http = await startMetricsServer(metrics.registry, () => !closing, opts.metricsPort, host);
   } catch (err) {
     server.forceShutdown();
+    deviceWatch.stop();
     throw err;
   }
+  health.setServing(true);
 
   return {
     id, address, metricsPort: http?.port, outboxes, metrics,
     async close() {
       if (closing) return;
       closing = true;
+      // Draining: probes and balancers see NOT_SERVING while running shards are cancelled.
+      health.setServing(false);
+      deviceWatch.stop();
       for (const run of shards.all()) run.cancel();
       await Promise.race([shards.finishedAll(), delay(5000)]);
       await new Promise<void>((resolve) => {
