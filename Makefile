@@ -30,11 +30,13 @@ build: $(NODE_STAMP)
 generate: $(NODE_STAMP)
 	npx buf generate
 
-# Debian packages the cluster tests start for real: nats-server (JetStream) and openssl (test certificates).
+# Debian packages the cluster tests start for real: nats-server (JetStream), openssl (test
+# certificates) and prometheus (scrapes a cluster; its promtool checks the alert rules).
 system-deps:
 	@missing=""; \
 	command -v nats-server >/dev/null 2>&1 || missing="$$missing nats-server"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

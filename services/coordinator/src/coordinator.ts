@@ -10,6 +10,7 @@ import { addHealthAndReflection } from "../../rpc/health.js";
 import { GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/credentials.js";
 import { startMetricsServer, type MetricsServer } from "../../observability/metricsServer.js";
 import { CoordinatorMetrics } from "./coordinatorMetrics.js";
+import { JobProgressMetrics } from "./jobProgressMetrics.js";
 import { JobRunner, isTerminal } from "./jobRunner.js";
 import { jobServiceImpl } from "./jobService.js";
 import { WorkerPool } from "./workerPool.js";
@@ -70,17 +71,19 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   const runners = new Map<string, JobRunner>();
   const knownStates = new Map<string, JobState>();
   const metrics = new CoordinatorMetrics(() => [...knownStates.values()], () => pool.ready().length);
+  const progress = new JobProgressMetrics(metrics.registry);
   const trackingStore = {
-    create: async (job: Job) => { knownStates.set(job.id, job.state); return store.create(job); },
+    create: async (job: Job) => { knownStates.set(job.id, job.state); progress.observe(job); return store.create(job); },
     get: (id: string) => store.get(id),
     update: async (id: string, mutate: (job: Job) => void) => {
       const job = await store.update(id, mutate);
       knownStates.set(id, job.state);
+      progress.observe(job);
       return job;
     },
     list: async () => {
       const jobs = await store.list();
-      for (const j of jobs) knownStates.set(j.id, j.state);
+      for (const j of jobs) { knownStates.set(j.id, j.state); progress.observe(j); }
       return jobs;
     },
   };

@@ -18,6 +18,7 @@ import { addHealthAndReflection } from "../../rpc/health.js";
 import { DATA_PLANE_CHANNEL_OPTIONS } from "./upstreamStates.js";
 import { ShardTable, workerServiceImpl } from "./workerService.js";
 import { WorkerMetrics } from "./workerMetrics.js";
+import { registerWorkerStatusMetrics } from "./workerStatusMetrics.js";
 
 export interface WorkerOptions {
   host?: string;
@@ -79,6 +80,7 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
   const health = addHealthAndReflection(server, [WorkerService]);
   const hadGpu = device !== "cpu" && (await gpuMemoryBytes(opts.deviceProbe)) !== undefined;
   const deviceWatch = watchDevice(hadGpu, (present) => health.setServing(present && !closing), log, opts.deviceProbe);
+  registerWorkerStatusMetrics(metrics.registry, { device, memoryBytes, deviceUp: () => deviceWatch.present, shardsRunning: () => shards.all().length });
 
   let closing = false;
   let http: MetricsServer | undefined;

@@ -1,0 +1,34 @@
+// The alert rules: promtool accepts them and their unit tests pass (each alert fires when it
+// should and not in the look-alike case), and the chart's PrometheusRule carries the same file.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { REPO } from "../support/fixtures.js";
+import { missingBinary, PROMTOOL } from "../support/prometheusServer.js";
+
+const missing = missingBinary(PROMTOOL);
+const RULES = join(REPO, "deploy/prometheus/atvp-alerts.yaml");
+const ALERTS = ["AtvpJobFailed", "AtvpJobNotProgressing", "AtvpNoReadyWorkers", "AtvpWorkerStalled", "AtvpWorkerLost", "AtvpWorkerDeviceLost"];
+
+test("promtool check rules accepts deploy/prometheus/atvp-alerts.yaml", { skip: missing }, () => {
+  const r = spawnSync(PROMTOOL, ["check", "rules", RULES], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, new RegExp(`SUCCESS: ${ALERTS.length} rules found`));
+});
+
+test("promtool test rules: every alert has a unit test, and they pass", { skip: missing }, () => {
+  const tests = readFileSync(join(REPO, "deploy/prometheus/atvp-alerts.test.yaml"), "utf8");
+  for (const a of ALERTS) assert.match(tests, new RegExp(`alertname: ${a}\\n[\\s\\S]*?exp_labels`), `no firing test for ${a}`);
+  const r = spawnSync(PROMTOOL, ["test", "rules", join(REPO, "deploy/prometheus/atvp-alerts.test.yaml")], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /SUCCESS/);
+});
+
+test("the chart's PrometheusRule ships the same rules file", () => {
+  assert.equal(readFileSync(join(REPO, "helm/atv-prune/files/atvp-alerts.yaml"), "utf8"), readFileSync(RULES, "utf8"));
+  const template = readFileSync(join(REPO, "helm/atv-prune/templates/prometheusrule.yaml"), "utf8");
+  assert.match(template, /kind: PrometheusRule/);
+  assert.match(template, /\.Files\.Get "files\/atvp-alerts\.yaml"/);
+});
