@@ -18,6 +18,7 @@ import { connectNats, type NatsAuth } from "./state/natsConnection.js";
 import { JobStore } from "./state/jobStore.js";
 import { EventLog } from "./state/eventLog.js";
 import type { KubernetesOptions, KubernetesWorkers } from "./k8s/kubernetesWorkers.js";
+import type { PruneJobsOptions } from "./k8s/pruneJobs.js";
 
 export interface CoordinatorOptions {
   host?: string;
@@ -36,6 +37,8 @@ export interface CoordinatorOptions {
   /** TLS of the connections to workers (client side) */
   workerTls?: TlsConfig;
   metricsPort?: number;
+  /** run PruneJob objects of a namespace as jobs (--watch-prunejobs) */
+  pruneJobs?: PruneJobsOptions;
   log?: (message: string) => void;
   reassignTimeoutMs?: number;
 }
@@ -102,15 +105,16 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   };
 
   const server = new grpc.Server(GRPC_OPTIONS);
-  addService(server, JobService, jobServiceImpl({
+  const jobDeps = {
     store: trackingStore, events, allowedRoots: opts.allowedRoots, token: opts.token,
-    startJob: (job) => startJob(job),
-    cancelJob: (id, reason) => {
+    startJob: (job: Job) => startJob(job),
+    cancelJob: (id: string, reason: string) => {
       const r = runners.get(id);
       r?.cancel(reason);
       return r !== undefined;
     },
-  }));
+  };
+  addService(server, JobService, jobServiceImpl(jobDeps));
   const health = addHealthAndReflection(server, [JobService]);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${opts.host ?? "127.0.0.1"}:${opts.port ?? 0}`, serverCredentials(opts.tls), (err, p) => (err ? reject(err) : resolve(p))));
@@ -126,6 +130,9 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   // Reconcile the StatefulSet from the start: with nothing to resume it goes back to its minimum.
   kube?.jobsRunning(runners.size);
 
+  // After the resume above, so a PruneJob's job found in the store is already running again.
+  const pruneJobs = opts.pruneJobs ? await (await import("./k8s/pruneJobs.js")).startPruneJobs(opts.pruneJobs, jobDeps, log) : undefined;
+
   let metricsServer: MetricsServer | undefined;
   if (opts.metricsPort !== undefined) metricsServer = await startMetricsServer(metrics.registry, () => true, opts.metricsPort, opts.host ?? "127.0.0.1");
   health.setServing(true);
@@ -136,6 +143,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
     pool,
     async close() {
       health.setServing(false);
+      await pruneJobs?.close();
       for (const r of runners.values()) r.detach();
       await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
       server.forceShutdown();
