@@ -6,6 +6,7 @@ import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { REPO } from "../support/fixtures.js";
+import { readYamlFile } from "../deploy/deployFiles.js";
 import { missingBinary, PROMTOOL } from "../support/prometheusServer.js";
 
 const missing = missingBinary(PROMTOOL);
@@ -31,4 +32,18 @@ test("the chart's PrometheusRule ships the same rules file", () => {
   const template = readFileSync(join(REPO, "helm/atv-prune/templates/prometheusrule.yaml"), "utf8");
   assert.match(template, /kind: PrometheusRule/);
   assert.match(template, /\.Files\.Get "files\/atvp-alerts\.yaml"/);
+});
+
+test("the chart's dashboard ConfigMap carries the dashboard file and the Grafana sidecar's label", () => {
+  const values = readYamlFile(join(REPO, "helm/atv-prune/values.yaml")) as { metrics: { grafanaDashboard: { enabled: boolean; labels: Record<string, string> } } };
+  assert.equal(values.metrics.grafanaDashboard.enabled, false, "optional, off by default");
+  assert.deepEqual(values.metrics.grafanaDashboard.labels, { grafana_dashboard: "1" });
+  const template = readFileSync(join(REPO, "helm/atv-prune/templates/grafana-dashboard.yaml"), "utf8");
+  assert.match(template, /^\{\{- if \.Values\.metrics\.grafanaDashboard\.enabled \}\}/);
+  assert.match(template, /kind: ConfigMap/);
+  assert.match(template, /toYaml \.Values\.metrics\.grafanaDashboard\.labels/);
+  assert.match(template, /\.Files\.Get "files\/atv-prune-dashboard\.json"/);
+  const dashboard = JSON.parse(readFileSync(join(REPO, "helm/atv-prune/files/atv-prune-dashboard.json"), "utf8")) as { uid: string; panels: unknown[] };
+  assert.equal(dashboard.uid, "atv-prune");
+  assert.ok(dashboard.panels.length >= 8);
 });
