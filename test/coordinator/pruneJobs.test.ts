@@ -174,6 +174,14 @@ test("after a 410 Gone the PruneJobs are listed again, and one created meanwhile
   }
 });
 
+test("a coordinator that may not list PruneJobs does not start, and says which resource", async () => {
+  await freshApi();
+  const nats = await freshNats();
+  await assert.rejects(startCoordinator({
+    nats: nats.url, workers: [], workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], pruneJobs: { kubeconfig, namespace: "elsewhere" }, log: () => {},
+  }), (err: Error) => /namespace elsewhere prunejobs\.atvprune\.dev: list failed with HTTP 403/.test(err.message));
+});
+
 test("a restarted coordinator resumes a PruneJob's job and does not run it twice", async () => {
   await freshApi();
   const nats = await freshNats();

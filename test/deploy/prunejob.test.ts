@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { Ajv } from "ajv";
+import { CustomResourceDefinition } from "kubernetes-models/apiextensions.k8s.io/v1/CustomResourceDefinition";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { JobSpecSchema } from "../../services/gen/atvprune/v1/job_pb.js";
 import { toPruneSpec, validateJobSpec } from "../../services/coordinator/src/pathPolicy.js";
@@ -62,6 +63,8 @@ test("the chart installs the same CRD file as deploy/k8s/prunejobs", () => {
 });
 
 test("PruneJob is atvprune.dev/v1alpha1, namespaced, with a status subresource and printer columns on real fields", () => {
+  const { apiVersion: _a, kind: _k, ...data } = crd;
+  new CustomResourceDefinition(data as never).validate();
   assert.equal(crd.apiVersion, "apiextensions.k8s.io/v1");
   assert.equal(crd.kind, "CustomResourceDefinition");
   assert.equal(crd.metadata.name, "prunejobs.atvprune.dev");

@@ -130,14 +130,11 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   // Reconcile the StatefulSet from the start: with nothing to resume it goes back to its minimum.
   kube?.jobsRunning(runners.size);
 
-  // After the resume above, so a PruneJob's job found in the store is already running again.
-  const pruneJobs = opts.pruneJobs ? await (await import("./k8s/pruneJobs.js")).startPruneJobs(opts.pruneJobs, jobDeps, log) : undefined;
-
+  let pruneJobs: { close(): Promise<void> } | undefined;
   let metricsServer: MetricsServer | undefined;
   if (opts.metricsPort !== undefined) metricsServer = await startMetricsServer(metrics.registry, () => true, opts.metricsPort, opts.host ?? "127.0.0.1");
-  health.setServing(true);
 
-  return {
+  const handle: CoordinatorHandle = {
     address,
     metricsPort: metricsServer?.port,
     pool,
@@ -155,4 +152,15 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
       await nc.close();
     },
   };
+  if (opts.pruneJobs) {
+    // After the resume above, so a PruneJob's job found in the store is already running again.
+    try {
+      pruneJobs = await (await import("./k8s/pruneJobs.js")).startPruneJobs(opts.pruneJobs, jobDeps, log);
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
+  }
+  health.setServing(true);
+  return handle;
 }
