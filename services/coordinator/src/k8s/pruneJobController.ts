@@ -223,6 +223,8 @@ export class PruneJobController {
     }
     if (!job) {
       if (obj.status?.conditions?.some((c) => c.type === "Accepted" && c.status === "False") && obj.status.observedGeneration === obj.metadata.generation) return;
+      // Submitted before, and the store no longer has the job: running it again is not ours to decide.
+      if (obj.status?.jobId) return;
       await this.addFinalizer(obj);
       let submitted: Job;
       try {
