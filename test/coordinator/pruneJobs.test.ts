@@ -15,7 +15,7 @@ import { startWorker, type WorkerHandle } from "../../services/worker/src/worker
 import { FakeKubeApi, type CustomObject } from "../support/fakeKubeApi.js";
 import { tempDir } from "../support/fixtures.js";
 import { smallJobWithReference, type SmallJob } from "../support/smallJob.js";
-import { jobClient } from "../support/cluster.js";
+import { jobClient, startChild } from "../support/cluster.js";
 
 const PATH = "/apis/atvprune.dev/v1alpha1/namespaces/atvp/prunejobs";
 const tmp = tempDir("prunejobs");
@@ -82,9 +82,9 @@ test("a PruneJob runs as a job: finalizer, status through RUNNING to SUCCEEDED, 
     assert.deepEqual(st.conditions!.map((x) => [x.type, x.status]), [["Accepted", "True"], ["Succeeded", "True"]]);
     assert.deepEqual(readFileSync(join(s.out, "model.onnx.data")), model.reference);
     // The finalizer held the object while the job ran, and is released once it stopped.
+    await api.waitForPruneJob("pj-ok", (o) => (o?.metadata.finalizers ?? []).length === 0);
     const patches = api.requests.filter((r) => r.method === "PATCH" && r.path === `${PATH}/pj-ok`).map((r) => JSON.parse(r.body).metadata.finalizers);
     assert.deepEqual(patches, [[FINALIZER], []]);
-    await api.waitForPruneJob("pj-ok", (o) => (o?.metadata.finalizers ?? []).length === 0);
     // The status followed the job's events: RUNNING and each block on the way.
     const seen = statusPatches("pj-ok");
     assert.ok(seen.some((p) => p.state === "RUNNING"), JSON.stringify(seen));
@@ -180,6 +180,20 @@ test("a coordinator that may not list PruneJobs does not start, and says which r
   await assert.rejects(startCoordinator({
     nats: nats.url, workers: [], workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], pruneJobs: { kubeconfig, namespace: "elsewhere" }, log: () => {},
   }), (err: Error) => /namespace elsewhere prunejobs\.atvprune\.dev: list failed with HTTP 403/.test(err.message));
+});
+
+test("the coordinator process takes --watch-prunejobs (with --kubeconfig alone: the context's namespace)", async () => {
+  await freshApi();
+  const nats = await freshNats();
+  const child = await startChild("coordinator", ["--nats", nats.url, "--worker", workers[0]!.address, "--work-root", join(tmp.path, "jobs"), "--allow-root", tmp.path, "--watch-prunejobs", "--kubeconfig", kubeconfig]);
+  try {
+    api.createPruneJob({ metadata: { name: "pj-cli" }, spec: spec() });
+    const done = await api.waitForPruneJob("pj-cli", (o) => statusOf(o).state === "SUCCEEDED");
+    assert.deepEqual(readFileSync(join(statusOf(done).output!, "model.onnx.data")), model.reference);
+    assert.ok(api.requests.some((r) => r.path === PATH && r.query["watch"] === "true"));
+  } finally {
+    await child.kill("SIGTERM");
+  }
 });
 
 test("a restarted coordinator resumes a PruneJob's job and does not run it twice", async () => {

@@ -41,7 +41,7 @@ test("the chart's dashboard ConfigMap carries the dashboard file and the Grafana
   const template = readFileSync(join(REPO, "helm/atv-prune/templates/grafana-dashboard.yaml"), "utf8");
   assert.match(template, /^\{\{- if \.Values\.metrics\.grafanaDashboard\.enabled \}\}/);
   assert.match(template, /kind: ConfigMap/);
-  assert.match(template, /toYaml \.Values\.metrics\.grafanaDashboard\.labels/);
+  assert.match(template, /with \.Values\.metrics\.grafanaDashboard\.labels \}\}\n\s+\{\{- toYaml \. \| nindent 4 \}\}/);
   assert.match(template, /\.Files\.Get "files\/atv-prune-dashboard\.json"/);
   const dashboard = JSON.parse(readFileSync(join(REPO, "helm/atv-prune/files/atv-prune-dashboard.json"), "utf8")) as { uid: string; panels: unknown[] };
   assert.equal(dashboard.uid, "atv-prune");
