@@ -31,11 +31,13 @@ generate: $(NODE_STAMP)
 	npx buf generate
 
 # Debian packages the tests start for real: nats-server (JetStream) and openssl (test certificates)
-# for the cluster, chromium (headless) for the eval HTML report.
+# for the cluster, prometheus (scrapes a cluster; its promtool checks the alert rules), chromium
+# (headless) for the eval HTML report.
 system-deps:
 	@missing=""; \
 	command -v nats-server >/dev/null 2>&1 || missing="$$missing nats-server"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \

@@ -223,10 +223,10 @@ test("every $(VAR) in a container's args is defined in its env", () => {
   }
 });
 
-test("both containers probe /healthz (liveness) and /readyz (readiness) on the metrics port", () => {
+test("both containers probe /healthz (liveness) on the metrics port and gRPC health (readiness) on the gRPC port", () => {
   for (const c of [coordinator, worker]) {
     assert.deepEqual(c.livenessProbe?.httpGet, { path: "/healthz", port: "metrics" }, `${c.name} liveness`);
-    assert.deepEqual(c.readinessProbe?.httpGet, { path: "/readyz", port: "metrics" }, `${c.name} readiness`);
+    assert.deepEqual((c.readinessProbe as { grpc?: unknown } | undefined)?.grpc, { port: port(c, "grpc") }, `${c.name} readiness`);
   }
 });
 
@@ -284,7 +284,7 @@ test("the plain manifests say what the chart's default values say", () => {
     assert.deepEqual(c.securityContext, v.securityContext, `${c.name} securityContext`);
     assert.equal(pod.terminationGracePeriodSeconds, v.terminationGracePeriodSeconds, `${c.name} terminationGracePeriodSeconds`);
     const { httpGet: _l, ...liveness } = c.livenessProbe!;
-    const { httpGet: _r, ...readiness } = c.readinessProbe!;
+    const { grpc: _r, ...readiness } = c.readinessProbe! as { grpc?: unknown };
     assert.deepEqual(liveness, v.livenessProbe, `${c.name} liveness timing`);
     assert.deepEqual(readiness, v.readinessProbe, `${c.name} readiness timing`);
   }

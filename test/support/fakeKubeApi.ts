@@ -1,7 +1,9 @@
 // A stand-in for the Kubernetes API server, as much as the coordinator's Kubernetes mode uses:
 // pods (LIST and WATCH by label selector, resourceVersions, bookmarks, compaction and 410 Gone,
 // as an HTTP status or as an ERROR event) and StatefulSets (GET and JSON merge PATCH, validated
-// with kubernetes-models as the API server's validation would). It records every request, so
+// with kubernetes-models as the API server's validation would), and PruneJob custom resources
+// (LIST, WATCH, GET, JSON merge PATCH of the object and of its status subresource, DELETE with
+// finalizers and deletionTimestamp, uid and generation). It records every request, so
 // tests assert the exact calls, and it is driven by the test: each mutation is one event.
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
@@ -25,6 +27,17 @@ export type PodObject = {
   spec: { containers: Array<{ name: string; image: string; ports?: Array<{ name?: string; containerPort: number }> }> };
   status?: { phase?: string; podIP?: string; conditions?: Array<{ type: string; status: string }> };
 };
+
+/** A PruneJob (atvprune.dev/v1alpha1) as stored. */
+export type CustomObject = {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; uid?: string; resourceVersion?: string; generation?: number; creationTimestamp?: string; deletionTimestamp?: string; finalizers?: string[]; [k: string]: unknown };
+  spec?: Record<string, unknown>;
+  status?: Record<string, unknown>;
+};
+
+const CR_PATH = /^\/apis\/atvprune\.dev\/v1alpha1\/namespaces\/([^/]+)\/prunejobs(?:\/([^/]+))?(\/status)?$/;
 
 interface Watcher {
   res: ServerResponse;
@@ -53,6 +66,10 @@ export class FakeKubeApi {
   private readonly history: Array<{ rv: number; type: string; pod: PodObject }> = [];
   private readonly watchers = new Set<Watcher>();
   private readonly sockets = new Set<Socket>();
+  private readonly customObjects = new Map<string, CustomObject>();
+  private readonly crHistory: Array<{ rv: number; type: string; obj: CustomObject }> = [];
+  private readonly crWatchers = new Set<ServerResponse>();
+  private uids = 0;
 
   private constructor(private readonly server: Server, readonly url: string, readonly namespace: string) {}
 
@@ -116,12 +133,120 @@ export class FakeKubeApi {
   compact(): void {
     this.floor = this.rv;
     this.history.length = 0;
+    this.crHistory.length = 0;
+  }
+
+  // ---- PruneJobs ---------------------------------------------------------------------------
+
+  /** Creates a PruneJob as `kubectl apply` would (uid, generation 1, creationTimestamp); ADDED. */
+  createPruneJob(obj: { metadata: { name: string; [k: string]: unknown }; spec?: Record<string, unknown> }): CustomObject {
+    if (this.customObjects.has(obj.metadata.name)) throw new Error(`fake API: prunejob ${obj.metadata.name} exists`);
+    const created: CustomObject = {
+      apiVersion: "atvprune.dev/v1alpha1", kind: "PruneJob", ...obj,
+      metadata: { ...obj.metadata, namespace: this.namespace, uid: `uid-${++this.uids}-${obj.metadata.name}`, generation: 1, creationTimestamp: new Date().toISOString() },
+    };
+    return this.recordCr("ADDED", created);
+  }
+
+  /** DELETE as kubectl delete: with finalizers the object stays, marked with a deletionTimestamp. */
+  deletePruneJob(name: string): CustomObject | undefined {
+    const obj = this.customObjects.get(name);
+    if (!obj) throw new Error(`fake API: no prunejob ${name}`);
+    if ((obj.metadata.finalizers ?? []).length === 0) {
+      this.recordCr("DELETED", obj);
+      return undefined;
+    }
+    if (obj.metadata.deletionTimestamp) return obj;
+    return this.recordCr("MODIFIED", { ...obj, metadata: { ...obj.metadata, deletionTimestamp: new Date().toISOString() } });
+  }
+
+  pruneJob(name: string): CustomObject | undefined {
+    return this.customObjects.get(name);
+  }
+
+  /** Waits (bounded) until the PruneJob satisfies `check` (undefined: it is gone). */
+  async waitForPruneJob(name: string, check: (o: CustomObject | undefined) => boolean, timeoutMs = 60_000): Promise<CustomObject | undefined> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const o = this.customObjects.get(name);
+      if (check(o)) return o;
+      if (Date.now() > deadline) throw new Error(`fake API: prunejob ${name} did not reach the expected state in ${timeoutMs} ms: ${JSON.stringify(o)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  private recordCr(type: string, obj: CustomObject): CustomObject {
+    this.rv++;
+    const stamped = { ...obj, metadata: { ...obj.metadata, resourceVersion: String(this.rv) } };
+    if (type === "DELETED") this.customObjects.delete(obj.metadata.name);
+    else this.customObjects.set(obj.metadata.name, stamped);
+    this.crHistory.push({ rv: this.rv, type, obj: stamped });
+    for (const w of this.crWatchers) send(w, type, stamped);
+    return stamped;
+  }
+
+  private handleCustomObject(method: string, m: RegExpExecArray, params: URLSearchParams, headers: IncomingHttpHeaders, body: string, rec: RecordedRequest, res: ServerResponse,
+    reply: (status: number, obj: unknown) => void): void {
+    const [, ns, name, sub] = m;
+    if (decodeURIComponent(ns!) !== this.namespace) return reply(403, failure(403, "Forbidden", `prunejobs.atvprune.dev is forbidden in namespace ${ns}`));
+    if (!name) {
+      if (method !== "GET") return reply(405, failure(405, "MethodNotAllowed", `${method} on the collection`));
+      if (params.get("watch") === "true") return this.watchCr(rec, params, res);
+      return reply(200, { apiVersion: "atvprune.dev/v1alpha1", kind: "PruneJobList", metadata: { resourceVersion: String(this.rv) }, items: [...this.customObjects.values()] });
+    }
+    const current = this.customObjects.get(decodeURIComponent(name));
+    if (!current) return reply(404, failure(404, "NotFound", `prunejobs.atvprune.dev "${name}" not found`));
+    if (method === "GET") return reply(200, current);
+    if (method === "DELETE") return reply(200, this.deletePruneJob(current.metadata.name) ?? current);
+    if (method !== "PATCH") return reply(405, failure(405, "MethodNotAllowed", method));
+    if (headers["content-type"] !== "application/merge-patch+json") return reply(415, failure(415, "UnsupportedMediaType", `unsupported patch type ${headers["content-type"]}`));
+    const patch = JSON.parse(body) as { metadata?: Record<string, unknown>; spec?: unknown; status?: unknown };
+    const wantRv = patch.metadata?.["resourceVersion"];
+    if (wantRv !== undefined && wantRv !== current.metadata.resourceVersion) {
+      return reply(409, failure(409, "Conflict", `Operation cannot be fulfilled on prunejobs.atvprune.dev "${name}": the object has been modified; please apply your changes to the latest version and try again`));
+    }
+    let next: CustomObject;
+    if (sub) {
+      // The status subresource changes status only.
+      next = { ...current, status: mergePatch(current.status ?? {}, patch.status ?? {}) as Record<string, unknown> };
+    } else {
+      // The main resource ignores status; a spec change bumps the generation.
+      const { status: _ignored, ...rest } = patch;
+      const { resourceVersion: _rv, ...metaPatch } = rest.metadata ?? {};
+      next = mergePatch(current, { ...rest, metadata: metaPatch }) as CustomObject;
+      next.status = current.status;
+      if (rest.spec !== undefined && JSON.stringify(next.spec) !== JSON.stringify(current.spec)) next.metadata.generation = (current.metadata.generation ?? 1) + 1;
+    }
+    if (next.metadata.deletionTimestamp && (next.metadata.finalizers ?? []).length === 0) {
+      this.recordCr("DELETED", next);
+      return reply(200, next);
+    }
+    reply(200, this.recordCr("MODIFIED", next));
+  }
+
+  private watchCr(rec: RecordedRequest, params: URLSearchParams, res: ServerResponse): void {
+    const from = params.get("resourceVersion");
+    rec.status = from && Number(from) < this.floor ? 410 : 200;
+    if (rec.status === 410) {
+      res.writeHead(410, { "content-type": "application/json" });
+      res.end(JSON.stringify(goneStatus()));
+      return;
+    }
+    res.writeHead(200, { "content-type": "application/json", "transfer-encoding": "chunked" });
+    if (from) for (const e of this.crHistory) { if (e.rv > Number(from)) send(res, e.type, e.obj); }
+    else for (const o of this.customObjects.values()) send(res, "ADDED", o);
+    this.crWatchers.add(res);
+    const timeout = Number(params.get("timeoutSeconds") ?? 0);
+    const timer = timeout > 0 ? setTimeout(() => { this.crWatchers.delete(res); res.end(); }, timeout * 1000).unref() : undefined;
+    res.once("close", () => { clearTimeout(timer); this.crWatchers.delete(res); });
   }
 
   /** The connections of the open watches break (no clean end). */
   dropWatches(): void {
     for (const w of this.watchers) w.res.socket?.destroy();
     this.watchers.clear();
+    for (const w of this.crWatchers) w.socket?.destroy();
+    this.crWatchers.clear();
   }
 
   /** An ERROR event with code 410 on every open watch, which then ends (the watch cache fell behind). */
@@ -134,7 +259,7 @@ export class FakeKubeApi {
   }
 
   openWatches(): number {
-    return this.watchers.size;
+    return this.watchers.size + this.crWatchers.size;
   }
 
   watches(): RecordedRequest[] {
@@ -161,6 +286,8 @@ export class FakeKubeApi {
   async close(): Promise<void> {
     for (const w of this.watchers) w.res.end();
     this.watchers.clear();
+    for (const w of this.crWatchers) w.end();
+    this.crWatchers.clear();
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
@@ -197,6 +324,9 @@ export class FakeKubeApi {
       const items = [...this.pods.values()].filter((p) => matches(p, namespace, selector));
       return reply(200, { kind: "PodList", apiVersion: "v1", metadata: { resourceVersion: String(this.rv) }, items });
     }
+
+    const cr = CR_PATH.exec(url.pathname);
+    if (cr) return this.handleCustomObject(method, cr, url.searchParams, headers, body, rec, res, reply);
 
     const sts = /^\/apis\/apps\/v1\/namespaces\/([^/]+)\/statefulsets\/([^/]+)$/.exec(url.pathname);
     if (sts) {

@@ -6,9 +6,11 @@
 import * as grpc from "@grpc/grpc-js";
 import { JobService, JobState, type Job } from "../../gen/atvprune/v1/job_pb.js";
 import { addService } from "../../rpc/grpcAdapter.js";
+import { addHealthAndReflection } from "../../rpc/health.js";
 import { GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/credentials.js";
 import { startMetricsServer, type MetricsServer } from "../../observability/metricsServer.js";
 import { CoordinatorMetrics } from "./coordinatorMetrics.js";
+import { JobProgressMetrics } from "./jobProgressMetrics.js";
 import { JobRunner, isTerminal } from "./jobRunner.js";
 import { jobServiceImpl } from "./jobService.js";
 import { WorkerPool } from "./workerPool.js";
@@ -16,6 +18,7 @@ import { connectNats, type NatsAuth } from "./state/natsConnection.js";
 import { JobStore } from "./state/jobStore.js";
 import { EventLog } from "./state/eventLog.js";
 import type { KubernetesOptions, KubernetesWorkers } from "./k8s/kubernetesWorkers.js";
+import type { PruneJobsOptions } from "./k8s/pruneJobs.js";
 
 export interface CoordinatorOptions {
   host?: string;
@@ -36,6 +39,8 @@ export interface CoordinatorOptions {
   /** token sent to workers (default: `token`, one shared secret for the cluster) */
   workerToken?: string;
   metricsPort?: number;
+  /** run PruneJob objects of a namespace as jobs (--watch-prunejobs) */
+  pruneJobs?: PruneJobsOptions;
   log?: (message: string) => void;
   reassignTimeoutMs?: number;
 }
@@ -71,17 +76,19 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   const runners = new Map<string, JobRunner>();
   const knownStates = new Map<string, JobState>();
   const metrics = new CoordinatorMetrics(() => [...knownStates.values()], () => pool.ready().length);
+  const progress = new JobProgressMetrics(metrics.registry);
   const trackingStore = {
-    create: async (job: Job) => { knownStates.set(job.id, job.state); return store.create(job); },
+    create: async (job: Job) => { knownStates.set(job.id, job.state); progress.observe(job); return store.create(job); },
     get: (id: string) => store.get(id),
     update: async (id: string, mutate: (job: Job) => void) => {
       const job = await store.update(id, mutate);
       knownStates.set(id, job.state);
+      progress.observe(job);
       return job;
     },
     list: async () => {
       const jobs = await store.list();
-      for (const j of jobs) knownStates.set(j.id, j.state);
+      for (const j of jobs) { knownStates.set(j.id, j.state); progress.observe(j); }
       return jobs;
     },
   };
@@ -100,15 +107,17 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   };
 
   const server = new grpc.Server(GRPC_OPTIONS);
-  addService(server, JobService, jobServiceImpl({
+  const jobDeps = {
     store: trackingStore, events, allowedRoots: opts.allowedRoots, token: opts.token,
-    startJob: (job) => startJob(job),
-    cancelJob: (id, reason) => {
+    startJob: (job: Job) => startJob(job),
+    cancelJob: (id: string, reason: string) => {
       const r = runners.get(id);
       r?.cancel(reason);
       return r !== undefined;
     },
-  }));
+  };
+  addService(server, JobService, jobServiceImpl(jobDeps));
+  const health = addHealthAndReflection(server, [JobService]);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${opts.host ?? "127.0.0.1"}:${opts.port ?? 0}`, serverCredentials(opts.tls), (err, p) => (err ? reject(err) : resolve(p))));
   const address = `${opts.host ?? "127.0.0.1"}:${port}`;
@@ -123,14 +132,17 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   // Reconcile the StatefulSet from the start: with nothing to resume it goes back to its minimum.
   kube?.jobsRunning(runners.size);
 
+  let pruneJobs: { close(): Promise<void> } | undefined;
   let metricsServer: MetricsServer | undefined;
   if (opts.metricsPort !== undefined) metricsServer = await startMetricsServer(metrics.registry, () => true, opts.metricsPort, opts.host ?? "127.0.0.1");
 
-  return {
+  const handle: CoordinatorHandle = {
     address,
     metricsPort: metricsServer?.port,
     pool,
     async close() {
+      health.setServing(false);
+      await pruneJobs?.close();
       for (const r of runners.values()) r.detach();
       await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
       server.forceShutdown();
@@ -142,4 +154,15 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
       await nc.close();
     },
   };
+  if (opts.pruneJobs) {
+    // After the resume above, so a PruneJob's job found in the store is already running again.
+    try {
+      pruneJobs = await (await import("./k8s/pruneJobs.js")).startPruneJobs(opts.pruneJobs, jobDeps, log);
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
+  }
+  health.setServing(true);
+  return handle;
 }

@@ -5,7 +5,7 @@
 import { randomBytes } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import { clone, create } from "@bufbuild/protobuf";
-import { JobEventSchema, JobSchema, JobService, JobSpecSchema, JobState, type Job } from "../../gen/atvprune/v1/job_pb.js";
+import { JobEventSchema, JobSchema, JobService, JobSpecSchema, JobState, type Job, type JobSpec } from "../../gen/atvprune/v1/job_pb.js";
 import type { ServerImpl } from "../../rpc/grpcAdapter.js";
 import { writeMessage } from "../../rpc/grpcAdapter.js";
 import { requireBearer } from "../../rpc/bearerAuth.js";
@@ -30,6 +30,35 @@ export function newJobId(): string {
   return `job-${t}-${randomBytes(4).toString("hex")}`;
 }
 
+/**
+ * What SubmitJob does after authentication: checks the spec and its paths, stores the job
+ * PENDING and starts it. `id` lets a caller that must not submit twice (the PruneJob controller)
+ * choose it; a job with that id already stored is returned as it is, not run again.
+ */
+export async function createJob(deps: Pick<JobServiceDeps, "store" | "events" | "allowedRoots" | "startJob">, requested: JobSpec | undefined, chosenId?: string): Promise<Job> {
+  if (!requested) throw new RpcError(status.INVALID_ARGUMENT, "spec: is required");
+  if (chosenId !== undefined) {
+    const existing = await deps.store.get(chosenId);
+    if (existing) return existing;
+  }
+  const id = chosenId ?? newJobId();
+  validateJobSpec(requested);
+  const spec = clone(JobSpecSchema, requested);
+  const paths = resolveJobPaths({ model: spec.model, calib: spec.calib || undefined, out: spec.out }, deps.allowedRoots);
+  spec.model = paths.model;
+  spec.calib = paths.calib ?? "";
+  spec.out = paths.out;
+  if (spec.calib && spec.method !== "magnitude") checkCalibrationPaths(spec.calib, deps.allowedRoots);
+  const now = BigInt(Date.now());
+  const job = create(JobSchema, { id, spec, state: JobState.PENDING, createdUnixMs: now, updatedUnixMs: now });
+  await deps.store.create(job);
+  await deps.events.publish(create(JobEventSchema, {
+    jobId: job.id, timeUnixMs: now, event: { case: "stateChanged", value: { state: JobState.PENDING } },
+  }));
+  deps.startJob(job);
+  return job;
+}
+
 export function jobServiceImpl(deps: JobServiceDeps): ServerImpl<typeof JobService> {
   const get = async (id: string): Promise<Job> => {
     if (!id) throw new RpcError(status.INVALID_ARGUMENT, "id: a job id is required");
@@ -40,21 +69,7 @@ export function jobServiceImpl(deps: JobServiceDeps): ServerImpl<typeof JobServi
   return {
     async submitJob(req, call) {
       requireBearer(call, deps.token);
-      if (!req.spec) throw new RpcError(status.INVALID_ARGUMENT, "spec: is required");
-      validateJobSpec(req.spec);
-      const spec = clone(JobSpecSchema, req.spec);
-      const paths = resolveJobPaths({ model: spec.model, calib: spec.calib || undefined, out: spec.out }, deps.allowedRoots);
-      spec.model = paths.model;
-      spec.calib = paths.calib ?? "";
-      spec.out = paths.out;
-      if (spec.calib && spec.method !== "magnitude") checkCalibrationPaths(spec.calib, deps.allowedRoots);
-      const now = BigInt(Date.now());
-      const job = create(JobSchema, { id: newJobId(), spec, state: JobState.PENDING, createdUnixMs: now, updatedUnixMs: now });
-      await deps.store.create(job);
-      await deps.events.publish(create(JobEventSchema, {
-        jobId: job.id, timeUnixMs: now, event: { case: "stateChanged", value: { state: JobState.PENDING } },
-      }));
-      deps.startJob(job);
+      const job = await createJob(deps, req.spec);
       return { job };
     },
     async getJob(req, call) {

@@ -11,6 +11,7 @@
  *
  * The token (`--token`, `--token-file` or ATVP_TOKEN) is asked of JobService clients and sent to
  * the workers, with the client certificate of `--worker-tls-*`.
+ * `--watch-prunejobs` also runs the PruneJob objects (atvprune.dev/v1alpha1) of the namespace.
  */
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -38,7 +39,7 @@ function count(values: Record<string, unknown>, flag: string, min: number): numb
 function kubernetesFrom(values: Record<string, unknown>): KubernetesOptions | undefined {
   const get = (k: string) => values[k] as string | undefined;
   if (get("k8s-selector") === undefined && get("k8s-namespace") === undefined) {
-    const stray = ["k8s-worker-port", "k8s-statefulset", "k8s-min-replicas", "k8s-max-replicas", "kubeconfig"].find((k) => get(k) !== undefined);
+    const stray = ["k8s-worker-port", "k8s-statefulset", "k8s-min-replicas", "k8s-max-replicas", ...(values["watch-prunejobs"] ? [] : ["kubeconfig"])].find((k) => get(k) !== undefined);
     if (stray) throw new Error(`--${stray} needs Kubernetes mode: add --k8s-selector SEL (or --k8s-namespace NS)`);
     return undefined;
   }
@@ -82,6 +83,7 @@ async function main(): Promise<void> {
       "k8s-min-replicas": { type: "string" },
       "k8s-max-replicas": { type: "string" },
       kubeconfig: { type: "string" },
+      "watch-prunejobs": { type: "boolean", default: false },
     },
     strict: true,
   });
@@ -107,6 +109,7 @@ async function main(): Promise<void> {
     tls: tlsFrom(values, "tls-"),
     workerTls: tlsFrom(values, "worker-tls-"),
     metricsPort: values["metrics-port"] === undefined ? undefined : Number(values["metrics-port"]),
+    pruneJobs: values["watch-prunejobs"] ? { kubeconfig: values.kubeconfig, namespace: values["k8s-namespace"] } : undefined,
   });
   process.stdout.write(JSON.stringify({ ready: true, address: handle.address, metricsPort: handle.metricsPort, pid: process.pid }) + "\n");
   const stop = () => {

@@ -13,10 +13,13 @@ import { channelCredentials, channelOptions, GRPC_OPTIONS, serverCredentials, ty
 import { bearerClientOptions } from "../../rpc/bearerAuth.js";
 import { withFastStateChunks } from "./chunkCodec.js";
 import { OutboxRegistry } from "./outbox.js";
-import { deviceMemoryBytes } from "./gpuMemory.js";
+import { deviceMemoryBytes, gpuMemoryBytes } from "./gpuMemory.js";
+import { watchDevice, type DeviceProbeOptions } from "./deviceHealth.js";
+import { addHealthAndReflection } from "../../rpc/health.js";
 import { DATA_PLANE_CHANNEL_OPTIONS } from "./upstreamStates.js";
 import { ShardTable, workerServiceImpl } from "./workerService.js";
 import { WorkerMetrics } from "./workerMetrics.js";
+import { registerWorkerStatusMetrics } from "./workerStatusMetrics.js";
 
 export interface WorkerOptions {
   host?: string;
@@ -47,6 +50,8 @@ export interface WorkerOptions {
   pullWaitMs?: number;
   /** host:port other workers use to reach this one (default host:port as bound) */
   advertise?: string;
+  /** how a cuda/auto worker checks that its GPU is still there (gRPC health goes NOT_SERVING without it) */
+  deviceProbe?: DeviceProbeOptions;
   log?: (message: string) => void;
 }
 
@@ -89,6 +94,10 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
     clientNames: opts.clientNames,
     policy: opts.allowedRoots && { allowedRoots: opts.allowedRoots, workRoots: opts.workRoots ?? [] },
   }));
+  const health = addHealthAndReflection(server, [WorkerService]);
+  const hadGpu = device !== "cpu" && (await gpuMemoryBytes(opts.deviceProbe)) !== undefined;
+  const deviceWatch = watchDevice(hadGpu, (present) => health.setServing(present && !closing), log, opts.deviceProbe);
+  registerWorkerStatusMetrics(metrics.registry, { device, memoryBytes, deviceUp: () => deviceWatch.present, shardsRunning: () => shards.all().length });
 
   let closing = false;
   let http: MetricsServer | undefined;
@@ -96,14 +105,19 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
     if (opts.metricsPort !== undefined) http = await startMetricsServer(metrics.registry, () => !closing, opts.metricsPort, host);
   } catch (err) {
     server.forceShutdown();
+    deviceWatch.stop();
     throw err;
   }
+  health.setServing(true);
 
   return {
     id, address, metricsPort: http?.port, outboxes, metrics,
     async close() {
       if (closing) return;
       closing = true;
+      // Draining: probes and balancers see NOT_SERVING while running shards are cancelled.
+      health.setServing(false);
+      deviceWatch.stop();
       for (const run of shards.all()) run.cancel();
       await Promise.race([shards.finishedAll(), delay(5000)]);
       await new Promise<void>((resolve) => {

@@ -24,6 +24,8 @@ export class WorkerMetrics {
       name: "atvp_activation_bytes_streamed_total", help: "Boundary-state bytes this worker served to or received from other workers",
       labelNames: ["direction"], registers,
     });
+    // Exported at zero from the start: rate() needs a sample before the first bytes.
+    for (const direction of ["served", "received"]) this.activationBytes.inc({ direction }, 0);
     this.blockDuration = new Histogram({
       name: "atvp_block_duration_seconds", help: "Seconds to prune one block (calibration, masks, forward)",
       buckets: [0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600], registers,

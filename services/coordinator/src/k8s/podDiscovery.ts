@@ -7,9 +7,10 @@
  * The pods are the observed state; each change hands the full sorted list of ready addresses
  * to a callback, which reconciles the worker pool against it.
  */
-import { CoreV1Api, Watch, type KubeConfig, type V1Pod } from "@kubernetes/client-node";
+import { CoreV1Api, type KubeConfig, type V1Pod } from "@kubernetes/client-node";
 import { KubeApiError, KubeGoneError, toKubeApiError } from "./errors.js";
 import { grpcPort, isReadyPod, podAddress } from "./podAddress.js";
+import { untilWatchEnds, watchStream } from "./watchStream.js";
 
 export interface PodDiscoveryOptions {
   kubeConfig: KubeConfig;
@@ -152,41 +153,18 @@ export class PodDiscovery {
   }
 
   /** One WATCH from the current resourceVersion; resolves when it ends, rejects when it fails. */
-  private watchOnce(): Promise<{ events: number; ms: number }> {
+  private async watchOnce(): Promise<{ events: number; ms: number }> {
     const started = Date.now();
     const timeoutS = this.opts.watchTimeoutSeconds ?? DEFAULT_WATCH_TIMEOUT_S;
     let events = 0;
-    return new Promise((resolve, reject) => {
-      let controller: AbortController | undefined;
-      let settled = false;
-      const finish = (err?: unknown) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(watchdog);
-        this.stopWatch = undefined;
-        controller?.abort();
-        if (err && !this.closed) reject(err);
-        else resolve({ events, ms: Date.now() - started });
-      };
-      const watchdog = setTimeout(
-        () => finish(new KubeApiError(this.subject, `watch still open ${WATCH_GRACE_MS / 1000} s past its ${timeoutS} s timeout; presumed dead`)),
-        timeoutS * 1000 + WATCH_GRACE_MS);
-      this.stopWatch = () => finish();
-      const path = `/api/v1/namespaces/${encodeURIComponent(this.opts.namespace)}/pods`;
-      const query = { labelSelector: this.opts.labelSelector, resourceVersion: this.resourceVersion, allowWatchBookmarks: true, timeoutSeconds: timeoutS };
-      new Watch(this.opts.kubeConfig).watch(path, query, (type, object) => {
-        if (settled) return;
-        try {
-          this.apply(type, object);
-          events++;
-        } catch (err) {
-          finish(err);
-        }
-      }, (err) => finish(err)).then((c) => {
-        controller = c;
-        if (settled) c.abort();
-      }, (err: unknown) => finish(err));
-    });
+    const path = `/api/v1/namespaces/${encodeURIComponent(this.opts.namespace)}/pods`;
+    const query = { labelSelector: this.opts.labelSelector, resourceVersion: this.resourceVersion, allowWatchBookmarks: true, timeoutSeconds: timeoutS };
+    const watch = watchStream(this.opts.kubeConfig, path, query, (type, object) => {
+      this.apply(type, object);
+      events++;
+    }, { ms: timeoutS * 1000 + WATCH_GRACE_MS, subject: this.subject, message: `watch still open ${WATCH_GRACE_MS / 1000} s past its ${timeoutS} s timeout; presumed dead` });
+    await untilWatchEnds(watch, (stop) => (this.stopWatch = stop), () => this.closed);
+    return { events, ms: Date.now() - started };
   }
 
   private apply(type: string, object: unknown): void {
