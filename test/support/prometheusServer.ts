@@ -64,6 +64,16 @@ export class PrometheusServer {
     return body.data!.result;
   }
 
+  /** The raw samples of a range selector (`metric[1m]`) at `time`: [unix seconds, value] pairs. */
+  async rangeSamples(selector: string, time: number): Promise<Array<[number, number]>> {
+    const params = new URLSearchParams({ query: selector, time: String(time) });
+    const res = await fetch(`${this.url}/api/v1/query?${params}`);
+    const body = await res.json() as { status: string; error?: string; data?: { resultType: string; result: Array<{ values: Array<[number, string]> }> } };
+    if (body.status !== "success") throw new Error(`query ${selector}: ${body.error}`);
+    if (body.data!.resultType !== "matrix" || body.data!.result.length !== 1) throw new Error(`query ${selector}: expected one series, got ${JSON.stringify(body.data)}`);
+    return body.data!.result[0]!.values.map(([t, v]) => [t, Number(v)]);
+  }
+
   /** The single value of a query that must return exactly one series. */
   async scalar(expr: string, time?: number): Promise<number> {
     const r = await this.query(expr, time);
