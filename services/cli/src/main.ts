@@ -2,6 +2,7 @@
 /** atvp: the atv-prune command line. */
 import { AtvpError } from "../../core/src/errors.js";
 import { CliError } from "./cliError.js";
+import { commandUsage, wantsHelp } from "./commandHelp.js";
 import { DEFAULT_CLUSTER_DIR } from "./clusterFile.js";
 import { genModelCommand } from "./commands/genModel.js";
 import { inspectCommand } from "./commands/inspect.js";
@@ -38,6 +39,15 @@ const NOT_YET = new Set(["eval"]);
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  if (command !== undefined && wantsHelp(rest)) {
+    // "cluster up --help" is the help of "cluster up"; "cluster --help" of every cluster command.
+    const sub = command === "cluster" && rest[0] && !rest[0].startsWith("-") ? `${command} ${rest[0]}` : command;
+    const usage = commandUsage(USAGE, sub) ?? commandUsage(USAGE, command);
+    if (usage !== undefined) {
+      process.stdout.write(usage);
+      return 0;
+    }
+  }
   switch (command) {
     case "prune": return pruneCommand(rest);
     case "inspect": return inspectCommand(rest);

@@ -20,7 +20,7 @@ import { DATA_FILE, PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir } from "../../
 import { TensorData } from "../../core/src/onnx/tensorData.js";
 import { analyzeModel } from "../../core/src/pipeline/modelAnalysis.js";
 import { buildReport, loadSamples } from "../../core/src/pipeline/pruneModel.js";
-import { isSelected, resolveSpec } from "../../core/src/pipeline/pruneSpec.js";
+import { resolveSpec, selectLinears } from "../../core/src/pipeline/pruneSpec.js";
 import type { BlockReport, LayerReport } from "../../core/src/pipeline/report.js";
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
 import { toPruneSpec } from "./pathPolicy.js";
@@ -111,7 +111,7 @@ export class JobRunner {
       // Checked and counted here, but the embeddings stay on disk: only workers need them.
       const samples = resolved.method === "magnitude" ? [] : loadSamples(resolved, analysis, true);
       this.tokensPerBlock = samples.reduce((a, s) => a + s.tokens, 0);
-      const toPrune = analysis.partition.blockLinears.flat().filter((l) => isSelected(resolved, l.weight, l.node));
+      const toPrune = selectLinears(resolved, analysis.partition.blockLinears.flat());
       const rewritten = new Set(toPrune.map((l) => l.weight));
       const partial = join(resolved.out, DATA_FILE + PARTIAL_SUFFIX);
       if (this.resume && existsSync(partial)) {
