@@ -16,10 +16,10 @@ import {
 } from "../../gen/atvprune/v1/job_pb.js";
 import type { ShardProgress } from "../../gen/atvprune/v1/worker_pb.js";
 import { PrunedModelWriter } from "../../core/src/onnx/modelWriter.js";
-import { DATA_FILE, PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir } from "../../core/src/onnx/outputDir.js";
+import { DATA_FILE, PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir, releaseOutput, type PreparedOutput } from "../../core/src/onnx/outputDir.js";
 import { TensorData } from "../../core/src/onnx/tensorData.js";
 import { analyzeModel } from "../../core/src/pipeline/modelAnalysis.js";
-import { buildReport, loadSamples } from "../../core/src/pipeline/pruneModel.js";
+import { buildReport, jobInputs, loadSamples } from "../../core/src/pipeline/pruneModel.js";
 import { resolveSpec, selectLinears } from "../../core/src/pipeline/pruneSpec.js";
 import type { BlockReport, LayerReport } from "../../core/src/pipeline/report.js";
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
@@ -102,6 +102,7 @@ export class JobRunner {
     const started = performance.now();
     let writer: PrunedModelWriter | undefined;
     let data: TensorData | undefined;
+    let prepared: PreparedOutput | undefined;
     try {
       const pruneSpec = toPruneSpec(this.spec);
       const resolved = resolveSpec(pruneSpec, 1);
@@ -117,7 +118,7 @@ export class JobRunner {
       if (this.resume && existsSync(partial)) {
         writer = await PrunedModelWriter.create(analysis.loaded, data, resolved.out, rewritten, { resume: true });
       } else {
-        await prepareOutputDir(resolved.out, resolved.force || this.resume);
+        prepared = await prepareOutputDir(resolved.out, resolved.force || this.resume, { inputs: jobInputs(resolved, data, samples) });
         writer = await PrunedModelWriter.create(analysis.loaded, data, resolved.out, rewritten);
       }
       const numBlocks = analysis.partition.numBlocks;
@@ -169,6 +170,7 @@ export class JobRunner {
         return;
       }
       await writer?.abort().catch(() => {});
+      await releaseOutput(prepared);
       const reason = err instanceof Error ? err.message : String(err);
       if (this.cancelReason !== undefined) await this.finalState(JobState.CANCELLED, this.cancelReason);
       else {

@@ -10,9 +10,9 @@ import type { ServerImpl } from "../../rpc/grpcAdapter.js";
 import { writeMessage } from "../../rpc/grpcAdapter.js";
 import { requireBearer } from "../../rpc/bearerAuth.js";
 import { RpcError } from "../../rpc/status.js";
-import { checkCalibrationPaths, resolveJobPaths, validateJobSpec } from "./pathPolicy.js";
+import { checkJobFiles, validateJobSpec } from "./pathPolicy.js";
 import { isTerminal } from "./jobRunner.js";
-import type { EventPort, JobStatePort } from "./ports.js";
+import type { EventPort, JobStatePort, OutputLeasePort } from "./ports.js";
 import { stateName } from "./coordinatorMetrics.js";
 
 export interface JobServiceDeps {
@@ -20,6 +20,8 @@ export interface JobServiceDeps {
   events: EventPort;
   allowedRoots: string[];
   token?: string;
+  /** one job per output folder (absent: not enforced, e.g. in tests of other fields) */
+  leases?: OutputLeasePort;
   /** starts (or resumes) the runner of a stored job */
   startJob(job: Job): void;
   cancelJob(id: string, reason: string): boolean;
@@ -43,13 +45,15 @@ export function jobServiceImpl(deps: JobServiceDeps): ServerImpl<typeof JobServi
       if (!req.spec) throw new RpcError(status.INVALID_ARGUMENT, "spec: is required");
       validateJobSpec(req.spec);
       const spec = clone(JobSpecSchema, req.spec);
-      const paths = resolveJobPaths({ model: spec.model, calib: spec.calib || undefined, out: spec.out }, deps.allowedRoots);
+      const paths = checkJobFiles({ model: spec.model, calib: spec.calib || undefined, out: spec.out, method: spec.method }, deps.allowedRoots);
       spec.model = paths.model;
       spec.calib = paths.calib ?? "";
       spec.out = paths.out;
-      if (spec.calib && spec.method !== "magnitude") checkCalibrationPaths(spec.calib, deps.allowedRoots);
+      const id = newJobId();
+      // Before the job exists, and whatever --force says: a second writer corrupts the first's output.
+      await deps.leases?.acquire(spec.out, id);
       const now = BigInt(Date.now());
-      const job = create(JobSchema, { id: newJobId(), spec, state: JobState.PENDING, createdUnixMs: now, updatedUnixMs: now });
+      const job = create(JobSchema, { id, spec, state: JobState.PENDING, createdUnixMs: now, updatedUnixMs: now });
       await deps.store.create(job);
       await deps.events.publish(create(JobEventSchema, {
         jobId: job.id, timeUnixMs: now, event: { case: "stateChanged", value: { state: JobState.PENDING } },
