@@ -114,14 +114,16 @@ test("Why 3: an external-data file linked out of the allowed root is refused at 
 });
 
 test("atvp cancel --json waits for and prints the final state (CANCELLED, not RUNNING)", async () => {
-  const c = await cluster(1);
+  // No worker ever becomes ready, so the job stays RUNNING (waiting for one) until it is cancelled.
+  const coordinator = await startCoordinator({ nats: nats.url, workers: ["127.0.0.1:1"], workRoot: join(tmp.path, "jobs"), allowedRoots: [root], log: () => {}, reassignTimeoutMs: 120_000 });
+  const client = jobClient(coordinator.address);
   try {
-    const { job: j } = await c.client.submitJob({ spec: job(join(root, "cancel-out")) });
+    const { job: j } = await client.submitJob({ spec: job(join(root, "cancel-out")) });
     let cli: Promise<{ code: number | null; stdout: string; stderr: string }> | undefined;
-    await waitForJob(c.client, j!.id, 60_000, (e) => {
-      if (!cli && e.event.case === "blockStarted") {
+    const result = await waitForJob(client, j!.id, 60_000, (e) => {
+      if (!cli && e.event.case === "stateChanged" && e.event.value.state === JobState.RUNNING) {
         cli = new Promise((resolve) => {
-          const p = spawn(process.execPath, [CLI, "cancel", j!.id, "--json", "--coordinator", c.coordinator.address, "--reason", "test"], { stdio: ["ignore", "pipe", "pipe"] });
+          const p = spawn(process.execPath, [CLI, "cancel", j!.id, "--json", "--coordinator", coordinator.address, "--reason", "test"], { stdio: ["ignore", "pipe", "pipe"] });
           let stdout = "";
           let stderr = "";
           p.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -130,14 +132,17 @@ test("atvp cancel --json waits for and prints the final state (CANCELLED, not RU
         });
       }
     });
-    assert.ok(cli, "the job started a block");
+    assert.equal(result.state, JobState.CANCELLED);
+    assert.ok(cli, "the job was RUNNING");
     const r = await cli!;
     assert.equal(r.code, 0, r.stderr);
     const printed = JSON.parse(r.stdout) as { state: string; reason: string };
     assert.equal(printed.state, "CANCELLED");
     assert.equal(printed.reason, "test");
+    assert.ok(!existsSync(join(root, "cancel-out")), "the cancelled job removed the output folder it created");
   } finally {
-    await c.close();
+    client.close();
+    await coordinator.close();
   }
 });
 
