@@ -71,11 +71,17 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** ENOSPC, EACCES, ...: the message names the call and the path; a stack would only hide it. */
+function isSystemError(err: unknown): err is NodeJS.ErrnoException & { code: string } {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === "string" && /^E[A-Z0-9]+$/.test((err as NodeJS.ErrnoException).code!);
+}
+
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
     if (err instanceof AtvpError) process.stderr.write(`atvp: error [${err.code}] ${err.message}\n`);
     else if (err instanceof CliError) process.stderr.write(`atvp: error [${err.tag}] ${err.message}\n`);
+    else if (isSystemError(err)) process.stderr.write(`atvp: error [${err.code}] ${err.message}\n`);
     else process.stderr.write(`atvp: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
     process.exit(1);
   },
