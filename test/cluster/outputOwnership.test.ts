@@ -18,6 +18,7 @@ import { startCoordinator } from "../../services/coordinator/src/coordinator.js"
 import { connectNats } from "../../services/coordinator/src/state/natsConnection.js";
 import { OutputLeases } from "../../services/coordinator/src/state/outputLeases.js";
 import { OutputLockedError } from "../../services/core/src/errors.js";
+import { acquireOutputLock } from "../../services/core/src/onnx/outputLock.js";
 import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
 import { CLI, tempDir } from "../support/fixtures.js";
 import { jobClient, waitForJob } from "../support/cluster.js";
@@ -81,6 +82,50 @@ test("Why 1: a second job on a leased output folder is refused (FAILED_PRECONDIT
     assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference));
   } finally {
     await c.close();
+  }
+});
+
+test("a folder an `atvp prune` on this machine is writing (its lock file) is refused at submit, naming the process", async () => {
+  const c = await cluster(1);
+  const out = join(root, "locked-out");
+  const lock = await acquireOutputLock(out);
+  try {
+    await assert.rejects(c.client.submitJob({ spec: job(out, { force: true }) }), (e: { code: number; details: string }) =>
+      e.code === status.FAILED_PRECONDITION && e.details.includes(`pid ${process.pid}`) && e.details.includes(out));
+  } finally {
+    await lock.release();
+    await c.close();
+  }
+});
+
+test("a restarted coordinator resuming a job keeps that job's lease: a second job on its folder is still refused", async () => {
+  const ws = [await startWorker({ threads: 1, log: () => {} })];
+  const options = { nats: nats.url, workers: ws.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [root], log: () => {} };
+  let coordinator = await startCoordinator(options);
+  let client = jobClient(coordinator.address);
+  const out = join(root, "restart-out");
+  // Larger, so the job is surely still running after its first block.
+  const big = await generateModel({ outDir: join(root, "big"), layers: 12, hidden: 128, samples: 8, seqLen: 64, imageTokens: 20, seed: 4 });
+  try {
+    const { job: a } = await client.submitJob({ spec: job(out, { model: big.modelPath, calib: big.calibPath }) });
+    // Polled, not watched: an open watch stream would hold the coordinator's shutdown.
+    for (let i = 0; i < 600 && (await client.getJob({ id: a!.id })).blocksDone < 1; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal((await client.getJob({ id: a!.id })).state, JobState.RUNNING, "the job is mid-way when its coordinator stops");
+    client.close();
+    await coordinator.close(); // leaves the job RUNNING for the next coordinator
+    // A fresh worker too: the old one is still busy with the shard the old coordinator gave it.
+    await ws.pop()!.close();
+    ws.push(await startWorker({ threads: 1, log: () => {} }));
+    coordinator = await startCoordinator({ ...options, workers: ws.map((w) => w.address) });
+    client = jobClient(coordinator.address);
+    await assert.rejects(client.submitJob({ spec: job(out, { model: big.modelPath, calib: big.calibPath, force: true }) }), (e: { code: number; details: string }) =>
+      e.code === status.FAILED_PRECONDITION && e.details.includes(a!.id));
+    const result = await waitForJob(client, a!.id);
+    assert.equal(result.state, JobState.SUCCEEDED, (await client.getJob({ id: a!.id })).reason);
+  } finally {
+    client.close();
+    await coordinator.close();
+    for (const w of ws) await w.close();
   }
 });
 

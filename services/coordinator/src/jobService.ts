@@ -11,6 +11,7 @@ import { writeMessage } from "../../rpc/grpcAdapter.js";
 import { requireBearer } from "../../rpc/bearerAuth.js";
 import { RpcError } from "../../rpc/status.js";
 import { checkJobFiles, validateJobSpec } from "./pathPolicy.js";
+import { describeHolder, liveLockHolder, lockPathOf } from "../../core/src/onnx/outputLock.js";
 import { isTerminal } from "./jobRunner.js";
 import type { EventPort, JobStatePort, OutputLeasePort } from "./ports.js";
 import { stateName } from "./coordinatorMetrics.js";
@@ -50,7 +51,10 @@ export function jobServiceImpl(deps: JobServiceDeps): ServerImpl<typeof JobServi
       spec.calib = paths.calib ?? "";
       spec.out = paths.out;
       const id = newJobId();
-      // Before the job exists, and whatever --force says: a second writer corrupts the first's output.
+      // Before the job exists, and whatever --force says: a second writer corrupts the first's
+      // output. An `atvp prune` on this machine holds the folder's lock file, a job its lease.
+      const local = liveLockHolder(spec.out);
+      if (local) throw new RpcError(status.FAILED_PRECONDITION, `spec.out: ${spec.out} is being written by ${describeHolder(local)} (lock file ${lockPathOf(spec.out)}); wait for it or choose another --out folder`);
       await deps.leases?.acquire(spec.out, id);
       const now = BigInt(Date.now());
       const job = create(JobSchema, { id, spec, state: JobState.PENDING, createdUnixMs: now, updatedUnixMs: now });

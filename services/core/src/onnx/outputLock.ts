@@ -59,6 +59,13 @@ function isStale(h: LockHolder | undefined): boolean {
   return h.host === hostname() && h.pid !== process.pid && !isAlive(h.pid);
 }
 
+/** The live holder of the folder's lock file, if any (a stale or unreadable lock is no holder). */
+export function liveLockHolder(dir: string): LockHolder | undefined {
+  const path = lockPathOf(dir);
+  const current = readHolder(path);
+  return current !== undefined && !isStale(current) ? current : undefined;
+}
+
 /**
  * Takes the lock of output folder `dir` for this process. `job` re-takes a lock this job held
  * before (a restarted coordinator resuming it). Throws OutputLockedError naming the holder.
