@@ -7,10 +7,11 @@
  */
 import { createHash } from "node:crypto";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { jetstream, JetStreamApiCodes, JetStreamApiError, StorageType } from "@nats-io/jetstream";
+import { jetstream, StorageType } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { OutputLockedError } from "../../../core/src/errors.js";
 import { StateUnavailableError } from "./errors.js";
+import { isWrongRevision } from "./jobStore.js";
 
 export interface LeaseValue {
   jobId: string;
@@ -32,13 +33,6 @@ export interface OutputLeaseOptions {
 export interface HeldLease {
   release(): Promise<void>;
   stop(): void;
-}
-
-function isWrongRevision(err: unknown): boolean {
-  return (
-    err instanceof JetStreamApiError &&
-    (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
-  );
 }
 
 export function leaseKey(out: string): string {

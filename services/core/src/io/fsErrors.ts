@@ -4,7 +4,8 @@
  */
 import { OutputPathError } from "../errors.js";
 
-function errnoOf(err: unknown): string | undefined {
+/** The system error code of `err` (ENOENT, ENOSPC, ...), if it has one. */
+export function errnoOf(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
 }
 

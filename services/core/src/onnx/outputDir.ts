@@ -11,7 +11,7 @@ import { constants, realpathSync } from "node:fs";
 import { access, mkdir, readdir, rm, rmdir, stat, statfs } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { OutputExistsError, OutputPathError } from "../errors.js";
-import { fsErrorToTyped } from "../io/fsErrors.js";
+import { errnoOf, fsErrorToTyped } from "../io/fsErrors.js";
 import { acquireOutputLock, type OutputLock } from "./outputLock.js";
 
 export const MODEL_FILE = "model.onnx";
@@ -40,10 +40,6 @@ export interface PrepareOptions {
   inputs?: readonly string[];
   /** take the folder's lock file (for this job id, when given) before anything is removed */
   lock?: { job?: string };
-}
-
-function errnoOf(err: unknown): string | undefined {
-  return (err as NodeJS.ErrnoException | undefined)?.code;
 }
 
 /** The nearest existing ancestor of `abs` (or `abs` itself), refusing one that is not a folder. */
