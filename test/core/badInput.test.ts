@@ -344,6 +344,8 @@ describe("output folder", () => {
 
   test("--out under /proc → OutputPathError before any work, nothing created", async () => {
     await expectFailure({ out: "/proc/atvp-x" }, OutputPathError, "OUTPUT_PATH", ["/proc/atvp-x", /special file system/]);
+    // Before the model is even read: a missing model is not what is reported.
+    await expectFailure({ out: "/proc/atvp-x", model: join(tmp.path, "no-such-model.onnx") }, OutputPathError, "OUTPUT_PATH", ["/proc/atvp-x"]);
     assert.ok(!existsSync("/proc/atvp-x"));
   });
 

@@ -18,6 +18,7 @@ import type { ShardProgress } from "../../gen/atvprune/v1/worker_pb.js";
 import { PrunedModelWriter } from "../../core/src/onnx/modelWriter.js";
 import { DATA_FILE, PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir, releaseOutput, type PreparedOutput } from "../../core/src/onnx/outputDir.js";
 import { TensorData } from "../../core/src/onnx/tensorData.js";
+import { fsErrorToTyped } from "../../core/src/io/fsErrors.js";
 import { analyzeModel } from "../../core/src/pipeline/modelAnalysis.js";
 import { buildReport, jobInputs, loadSamples } from "../../core/src/pipeline/pruneModel.js";
 import { resolveSpec, selectLinears } from "../../core/src/pipeline/pruneSpec.js";
@@ -171,7 +172,8 @@ export class JobRunner {
       }
       await writer?.abort().catch(() => {});
       await releaseOutput(prepared);
-      const reason = err instanceof Error ? err.message : String(err);
+      const typed = fsErrorToTyped(err, this.spec.out); // ENOSPC, ENOTDIR, ... name the file
+      const reason = typed instanceof Error ? typed.message : String(typed);
       if (this.cancelReason !== undefined) await this.finalState(JobState.CANCELLED, this.cancelReason);
       else {
         this.deps.log(`job ${this.jobId} failed: ${reason}`);

@@ -10,7 +10,7 @@ import { loadCalibrationSet, type CalibSample } from "../calib/calibSet.js";
 import { CalibrationError, InvalidArgumentError, UnsupportedTypeError } from "../errors.js";
 import { FLOAT_WEIGHT_TYPES, typeName } from "../onnx/dtype.js";
 import { PrunedModelWriter } from "../onnx/modelWriter.js";
-import { prepareOutputDir, releaseOutput, REPORT_FILE, PARTIAL_SUFFIX, type PreparedOutput } from "../onnx/outputDir.js";
+import { checkOutputLocation, prepareOutputDir, releaseOutput, REPORT_FILE, PARTIAL_SUFFIX, type PreparedOutput } from "../onnx/outputDir.js";
 import { fsErrorToTyped } from "../io/fsErrors.js";
 import { TensorData } from "../onnx/tensorData.js";
 import { tokenCounts } from "../calib/calibSet.js";
@@ -39,6 +39,8 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   // Clamped here, not only in the InferenceHost, so report.json records the threads used.
   const spec = { ...resolved, threads: clampThreads(resolved.threads, options.warn ?? ((m) => process.stderr.write(m + "\n"))) };
   const emit = options.onEvent ?? (() => {});
+  // First of all: a hopeless --out (under /proc, below a file) must not wait for the analysis.
+  await checkOutputLocation(spec.out);
   const analysis = analyzeModel(spec.model);
   const data = new TensorData(analysis.loaded);
   let writer: PrunedModelWriter | undefined;
