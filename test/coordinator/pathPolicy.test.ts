@@ -224,6 +224,14 @@ describe("checkJobFiles: every file of a job, by realpath (issue 7)", () => {
       /^spec\.calib \(.*calib\.jsonl:1 inputs_embeds\): .* is outside the allowed roots/);
   });
 
+  test("a misspelled calibration key → INVALID_ARGUMENT at submit naming the line and the closest key", () => {
+    const d = join(root, "typo");
+    mkdirSync(d, { recursive: true });
+    writeFileSync(join(d, "calib.jsonl"), JSON.stringify({ input_ids: [1, 2] }) + "\n" + JSON.stringify({ input_ids: [1, 2], imagemask: [0, 1] }) + "\n");
+    rejects(() => checkJobFiles({ model: gen.modelPath, calib: join(d, "calib.jsonl"), out: join(root, "typo-out"), method: "wanda" }, roots), status.INVALID_ARGUMENT,
+      /^spec\.calib: .*calib\.jsonl:2: unknown key "imagemask" \(did you mean "image_mask"\?\)/);
+  });
+
   test("an output folder that holds an input (the model's own folder) → FAILED_PRECONDITION on spec.out, whatever --force says", () => {
     rejects(() => checkJobFiles({ model: gen.modelPath, calib: gen.calibPath, out: gen.dir, method: "atv" }, roots), status.FAILED_PRECONDITION,
       /^spec\.out: .*holds an input of the job \(.*model\.onnx/);

@@ -11,6 +11,7 @@ import { status } from "@grpc/grpc-js";
 import type { JobSpec } from "../../gen/atvprune/v1/job_pb.js";
 import { AtvpError, InvalidArgumentError } from "../../core/src/errors.js";
 import { readModel } from "../../core/src/onnx/modelFile.js";
+import { checkCalibKeys } from "../../core/src/calib/calibSet.js";
 import { checkNotInput } from "../../core/src/onnx/outputDir.js";
 import { TensorData } from "../../core/src/onnx/tensorData.js";
 import { resolveSpec, type PruneSpec } from "../../core/src/pipeline/pruneSpec.js";
@@ -114,6 +115,13 @@ export function checkCalibrationPaths(calib: string, roots: readonly string[]): 
       value = JSON.parse(line);
     } catch {
       throw new RpcError(status.INVALID_ARGUMENT, `spec.calib: ${calib}:${i + 1} is not valid JSON`);
+    }
+    if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+      try {
+        checkCalibKeys(value as Record<string, unknown>, `${calib}:${i + 1}`);
+      } catch (err) {
+        throw new RpcError(status.INVALID_ARGUMENT, `spec.calib: ${(err as Error).message}`);
+      }
     }
     const ref = (value as { inputs_embeds?: unknown } | null)?.inputs_embeds;
     if (typeof ref === "string" && ref !== "") {
