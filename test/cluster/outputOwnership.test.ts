@@ -129,6 +129,35 @@ test("a restarted coordinator resuming a job keeps that job's lease: a second jo
   }
 });
 
+test("while NATS does not answer, a job is still accepted and a second job on its folder still refused (this coordinator's own leases)", async () => {
+  const paused = await startNatsServer({ dir: join(tmp.path, "nats-paused") });
+  const ws = [await startWorker({ threads: 1, log: () => {} })];
+  const coordinator = await startCoordinator({ nats: paused.url, workers: ws.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [root], log: () => {} });
+  const client = jobClient(coordinator.address);
+  const out = join(root, "paused-out");
+  const pid = paused.pid;
+  try {
+    await coordinator.pool.waitForReady(1, 10_000);
+    process.kill(pid, "SIGSTOP");
+    let a: string;
+    try {
+      a = (await client.submitJob({ spec: job(out) })).job!.id;
+      await assert.rejects(client.submitJob({ spec: job(out, { force: true }) }), (e: { code: number; details: string }) =>
+        e.code === status.FAILED_PRECONDITION && e.details.includes(a));
+    } finally {
+      process.kill(pid, "SIGCONT");
+    }
+    const result = await waitForJob(client, a);
+    assert.equal(result.state, JobState.SUCCEEDED, (await client.getJob({ id: a })).reason);
+    assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference));
+  } finally {
+    client.close();
+    await coordinator.close();
+    for (const w of ws) await w.close();
+    await paused.stop();
+  }
+});
+
 test("Why 2: --force into the source model's own folder is refused before anything is deleted", async () => {
   const c = await cluster(1);
   try {
@@ -204,7 +233,7 @@ test("output leases: compare-and-set create, held by one job, re-taken by the sa
     live.delete("job-a");
     await leases.acquire("/data/out", "job-b", isLive); // the holder ended: taken over
     assert.equal((await leases.holder("/data/out"))?.jobId, "job-b");
-    // Not renewed: the lease of a coordinator that died lapses (bounded wait for the server's expiry).
+    // Not renewed (as by a coordinator that died): the lease lapses (bounded wait for the server's expiry).
     live.add("job-b");
     let lapsed = false;
     for (let i = 0; i < 50 && !lapsed; i++) {
@@ -212,7 +241,10 @@ test("output leases: compare-and-set create, held by one job, re-taken by the sa
       lapsed = (await leases.holder("/data/out")) === undefined;
     }
     assert.ok(lapsed, "an unrenewed lease lapses");
-    await leases.acquire("/data/out", "job-c", isLive);
+    // Another coordinator takes it (this one still knows job-b as its own running job, and refuses).
+    const other = await OutputLeases.open(nc, { bucket: "lease_test", ttlMs: 1000 });
+    await other.acquire("/data/out", "job-c", isLive);
+    await assert.rejects(leases.acquire("/data/out", "job-d", isLive), (e: unknown) => e instanceof OutputLockedError && e.holder === "job-b");
     // Kept: renewed past its TTL, then released at the end.
     const held = leases.keep("/data/kept", "job-k", isLive);
     await new Promise((r) => setTimeout(r, 1500));

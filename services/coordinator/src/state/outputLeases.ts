@@ -12,6 +12,7 @@ import { Kvm, type KV } from "@nats-io/kv";
 import { OutputLockedError } from "../../../core/src/errors.js";
 import { StateUnavailableError } from "./errors.js";
 import { isWrongRevision } from "./jobStore.js";
+import { isUnavailable } from "./natsConnection.js";
 
 export interface LeaseValue {
   jobId: string;
@@ -48,10 +49,25 @@ function decode(value: Uint8Array): LeaseValue | undefined {
   }
 }
 
+function lockedBy(out: string, jobId: string): OutputLockedError {
+  return new OutputLockedError(out, `is the output folder of job ${jobId}, which is still running; wait for it to end, cancel it, or choose another --out folder`, jobId);
+}
+
 export class OutputLeases {
   readonly ttlMs: number;
+  /**
+   * The leases this coordinator's jobs hold (folder → job): while NATS is unreachable a submit
+   * is still checked against them, and the bucket lease is taken by the next renewal.
+   */
+  private readonly local = new Map<string, string>();
 
-  private constructor(private readonly kv: KV, private readonly timeoutMs: number, ttlMs: number, private readonly log: (m: string) => void) {
+  private constructor(
+    private readonly kv: KV,
+    private readonly ensureBucket: () => Promise<unknown>,
+    private readonly timeoutMs: number,
+    ttlMs: number,
+    private readonly log: (m: string) => void,
+  ) {
     this.ttlMs = ttlMs;
   }
 
@@ -59,9 +75,9 @@ export class OutputLeases {
     const bucket = opts.bucket ?? "atvp_output_leases";
     const timeout = opts.timeoutMs ?? 2000;
     const ttlMs = opts.ttlMs ?? 120_000;
+    const ensureBucket = () => new Kvm(jetstream(nc, { timeout })).create(bucket, { history: 1, ttl: ttlMs, storage: StorageType.File, timeout });
     try {
-      const kv = await new Kvm(jetstream(nc, { timeout })).create(bucket, { history: 1, ttl: ttlMs, storage: StorageType.File, timeout });
-      return new OutputLeases(kv, timeout, ttlMs, log);
+      return new OutputLeases(await ensureBucket(), ensureBucket, timeout, ttlMs, log);
     } catch (err) {
       throw new StateUnavailableError(`bucket ${bucket}`, `cannot open the output lease bucket (${(err as Error).message})`, { cause: err });
     }
@@ -78,6 +94,25 @@ export class OutputLeases {
    * `isLive` says has ended. Otherwise OutputLockedError naming the holder.
    */
   async acquire(out: string, jobId: string, isLive: (holder: string) => Promise<boolean>): Promise<void> {
+    const mine = this.local.get(out);
+    if (mine !== undefined && mine !== jobId && (await isLive(mine))) throw lockedBy(out, mine);
+    try {
+      await this.acquireInBucket(out, jobId, isLive);
+    } catch (err) {
+      if (!isUnavailable(err)) throw err;
+      // A NATS that lost its store lost the bucket with it (writes then find no responder).
+      await this.ensureBucket().catch(() => {});
+      try {
+        await this.acquireInBucket(out, jobId, isLive);
+      } catch (again) {
+        if (!isUnavailable(again)) throw again;
+        this.log(`job ${jobId}: output lease on ${out} kept locally while NATS is unreachable (${(again as Error).message})`);
+      }
+    }
+    this.local.set(out, jobId);
+  }
+
+  private async acquireInBucket(out: string, jobId: string, isLive: (holder: string) => Promise<boolean>): Promise<void> {
     const key = leaseKey(out);
     const value = (): Uint8Array => new TextEncoder().encode(JSON.stringify({ jobId, out, renewedUnixMs: Date.now() } satisfies LeaseValue));
     for (let round = 0; round < 5; round++) {
@@ -90,9 +125,7 @@ export class OutputLeases {
       const entry = await this.kv.get(key);
       if (!entry) continue; // expired between the two calls
       const held = entry.operation === "PUT" ? decode(entry.value) : undefined;
-      if (held && held.jobId !== jobId && (await isLive(held.jobId))) {
-        throw new OutputLockedError(out, `is the output folder of job ${held.jobId}, which is still running; wait for it to end, cancel it, or choose another --out folder`, held.jobId);
-      }
+      if (held && held.jobId !== jobId && (await isLive(held.jobId))) throw lockedBy(out, held.jobId);
       try {
         await this.kv.update(key, value(), entry.revision, this.timeoutMs);
         return;
@@ -126,6 +159,7 @@ export class OutputLeases {
         stopped = true;
         clearInterval(timer);
         await inflight; // a renewal in flight must not re-create the lease after it is removed
+        if (this.local.get(out) === jobId) this.local.delete(out);
         try {
           const key = leaseKey(out);
           const entry = await this.kv.get(key);
