@@ -56,7 +56,7 @@ async function existingAncestor(abs: string, flag: string): Promise<string> {
     }
     if (st.isDirectory()) return current;
     if (current === abs) throw new OutputExistsError(abs, `exists and is not a directory; choose another ${flag} folder`);
-    throw new OutputPathError(abs, `${current} is a file, not a folder, so nothing can be created under it (ENOTDIR); choose another ${flag} folder`, "ENOTDIR");
+    throw new OutputPathError(abs, `${current} ${st.isFile() ? "is a file" : "is a device or other special file"}, not a folder, so nothing can be created under it (ENOTDIR); choose another ${flag} folder`, "ENOTDIR");
   }
 }
 
@@ -69,7 +69,9 @@ export async function checkOutputLocation(dir: string, flag = "--out"): Promise<
   const abs = resolve(dir);
   const ancestor = await existingAncestor(abs, flag);
   const real = realpathSync(ancestor);
-  const special = SPECIAL_ROOTS.find((r) => real === r || real.startsWith(r + "/"));
+  // /dev/shm is an ordinary tmpfs folder; the rest of /dev holds devices.
+  const ordinary = real === "/dev/shm" || real.startsWith("/dev/shm/");
+  const special = ordinary ? undefined : SPECIAL_ROOTS.find((r) => real === r || real.startsWith(r + "/"));
   let fsName: string | undefined;
   try {
     fsName = SPECIAL_FS.get(Number((await statfs(real)).type));
