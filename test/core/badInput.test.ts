@@ -389,6 +389,10 @@ describe("output folder", () => {
     const report = await pruneModel({ model: gen.modelPath, method: "magnitude", sparsity: 0.5, out });
     assert.ok(report.totals.pruned > 0);
     assert.ok(!existsSync(lockPathOf(out)), "the lock is released after the run");
+    // Our own pid, written before this process started: an earlier process that had the same pid.
+    writeFileSync(lockPathOf(out), JSON.stringify({ pid: process.pid, host: hostname(), since: "2020-01-01T00:00:00.000Z" }));
+    await pruneModel({ model: gen.modelPath, method: "magnitude", sparsity: 0.5, out, force: true });
+    assert.ok(!existsSync(lockPathOf(out)));
   });
 
   test("an existing non-empty folder → OutputExistsError unless force; force writes and keeps other files", async () => {

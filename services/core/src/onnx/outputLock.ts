@@ -53,10 +53,15 @@ export function describeHolder(h: LockHolder): string {
   return `${h.job ? `job ${h.job} (` : ""}pid ${h.pid} on ${h.host}${h.job ? ")" : ""}${h.since ? ` since ${h.since}` : ""}`;
 }
 
-/** A lock is stale when its process is known to be gone: same host and the pid is not alive. */
+/** A lock is stale when its process is known to be gone: same host and the pid is not alive (or is ours, reused). */
 function isStale(h: LockHolder | undefined): boolean {
   if (h === undefined) return true; // unreadable or half-written by a process that died mid-write
-  return h.host === hostname() && h.pid !== process.pid && !isAlive(h.pid);
+  if (h.host !== hostname()) return false;
+  if (h.pid !== process.pid) return !isAlive(h.pid);
+  // Our own pid: a lock written before this process started is an earlier process's (in a
+  // container every run may get the same pid).
+  const startedAt = Date.now() - process.uptime() * 1000;
+  return Date.parse(h.since) < startedAt - 1000;
 }
 
 /** The live holder of the folder's lock file, if any (a stale or unreadable lock is no holder). */
