@@ -200,6 +200,33 @@ describe("prune", () => {
     assert.doesNotMatch(r.stderr, /\n\s+at /);
   });
 
+  test("a negative number (--sparsity -0.1) → out of range, not \"ambiguous\"", () => {
+    const r = atvp("prune", "--model", model, "--calib", calib, "--sparsity", "-0.1", "--out", join(tmp.path, "never3"));
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^atvp: error \[INVALID_ARGUMENT\] sparsity: must be in \[0, 1\), got -0\.1 \(out of range\)/);
+    assert.doesNotMatch(r.stderr, /ambiguous/);
+    const threads = atvp("prune", "--model", model, "--method", "magnitude", "--threads", "-2", "--out", join(tmp.path, "never3"));
+    assert.match(threads.stderr, /\[INVALID_ARGUMENT\] threads: must be a positive integer, got -2 \(out of range\)/);
+    assert.ok(!existsSync(join(tmp.path, "never3")));
+  });
+
+  test("--out /proc/x and --out below a file fail at once with OUTPUT_PATH, no stack trace; --threads 100000 is clamped", () => {
+    const proc = atvp("prune", "--model", model, "--method", "magnitude", "--out", "/proc/atvp-x");
+    assert.equal(proc.status, 1);
+    assert.match(proc.stderr, /^atvp: error \[OUTPUT_PATH\] \/proc\/atvp-x: is on the special file system/);
+    const file = join(tmp.path, "a-file");
+    writeFileSync(file, "x");
+    const notdir = atvp("prune", "--model", model, "--method", "magnitude", "--out", join(file, "out"));
+    assert.equal(notdir.status, 1);
+    assert.match(notdir.stderr, /^atvp: error \[OUTPUT_PATH\] .*a-file is a file, not a folder.*ENOTDIR/);
+    for (const r of [proc, notdir]) assert.doesNotMatch(r.stderr, /\n\s+at /);
+    const out = join(tmp.path, "many-threads");
+    const clamped = atvp("prune", "--model", model, "--method", "magnitude", "--threads", "100000", "--out", out);
+    ok(clamped, "prune --threads 100000");
+    assert.match(clamped.stderr, /warning: --threads 100000 is more than this machine's \d+ cores; using \d+/);
+    assert.deepEqual(readdirSync(out).sort(), ["model.onnx", "model.onnx.data", "report.json"]);
+  });
+
   test("a non-empty output folder → exit 1 OUTPUT_EXISTS; --force overwrites", () => {
     const out = join(tmp.path, "busy");
     mkdirSync(out);
@@ -226,6 +253,33 @@ describe("commands", () => {
     assert.notEqual(r.status, 0);
     assert.match(r.stdout + r.stderr, /usage: atvp <command>/);
     for (const c of ["prune", "inspect", "gen-model"]) assert.ok((r.stdout + r.stderr).includes(c));
+  });
+
+  test("atvp COMMAND --help prints that command's usage and exits 0, for every command", () => {
+    const commands: [string[], RegExp][] = [
+      [["prune"], /^usage: atvp prune +--model M/],
+      [["inspect"], /^usage: atvp inspect +MODEL/],
+      [["gen-model"], /^usage: atvp gen-model +--layers L/],
+      [["cluster", "up"], /^usage: atvp cluster up +\[--workers N/],
+      [["cluster", "down"], /^usage: atvp cluster down +\[--dir D\]/],
+      [["submit"], /^usage: atvp submit +prune's job flags[\s\S]*CONNECTION: --coordinator/],
+      [["status"], /^usage: atvp status +JOB/],
+      [["watch"], /^usage: atvp watch +JOB/],
+      [["cancel"], /^usage: atvp cancel +JOB/],
+    ];
+    for (const [command, usage] of commands) {
+      for (const flag of ["--help", "-h"]) {
+        const r = atvp(...command, flag);
+        ok(r, `atvp ${command.join(" ")} ${flag}`);
+        assert.match(r.stdout, usage);
+        assert.equal(r.stderr, "");
+      }
+    }
+    // Help wins over other flags, even invalid ones; the whole cluster group has one help.
+    ok(atvp("prune", "--sparsity", "nope", "--help"), "prune --sparsity nope --help");
+    const cluster = atvp("cluster", "--help");
+    ok(cluster, "cluster --help");
+    assert.match(cluster.stdout, /atvp cluster up[\s\S]*atvp cluster down/);
   });
 
   test("an unknown command → exit 2 with usage", () => {

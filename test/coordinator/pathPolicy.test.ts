@@ -1,14 +1,15 @@
 // What a submitted job may touch: paths resolve inside the allowed roots after `..` and
 // symbolic links; field problems in a JobSpec become INVALID_ARGUMENT naming the field.
-import { after, describe, test } from "node:test";
+import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { JobSpecSchema, type JobSpec } from "../../services/gen/atvprune/v1/job_pb.js";
 import { RpcError } from "../../services/rpc/status.js";
-import { resolveAllowedPath, resolveJobPaths, toPruneSpec, validateJobSpec } from "../../services/coordinator/src/pathPolicy.js";
+import { checkExternalDataPaths, checkJobFiles, resolveAllowedPath, resolveJobPaths, resolveWorkDir, toPruneSpec, validateJobSpec } from "../../services/coordinator/src/pathPolicy.js";
+import { generateModel } from "../../services/core/src/gen/genModel.js";
 import { tempDir } from "../support/fixtures.js";
 
 const tmp = tempDir("paths");
@@ -185,5 +186,62 @@ describe("toPruneSpec", () => {
     assert.equal(q.propagation, "dense");
     assert.equal(q.magnitudeScope, "column");
     assert.equal(q.calib, "c.jsonl");
+  });
+});
+
+describe("checkJobFiles: every file of a job, by realpath (issue 7)", () => {
+  let gen: { modelPath: string; calibPath: string; dir: string; npys: string[] };
+  before(async () => {
+    const dir = join(root, "gen");
+    const g = await generateModel({ outDir: dir, layers: 1, hidden: 32, samples: 2, seqLen: 8, imageTokens: 2, seed: 1 });
+    gen = { modelPath: g.modelPath, calibPath: g.calibPath, dir, npys: g.samples.map((s) => join(dir, s.file)) };
+  });
+
+  test("a model, its external data, calibration set and .npy files inside the root: all listed as inputs, real paths", () => {
+    const files = checkJobFiles({ model: gen.modelPath, calib: gen.calibPath, out: join(root, "gen-out"), method: "atv" }, roots);
+    assert.deepEqual(files.inputs.sort(), [gen.modelPath, join(gen.dir, "model.onnx.data"), gen.calibPath, ...gen.npys].sort());
+    assert.equal(files.out, join(root, "gen-out"));
+  });
+
+  test("an external-data file that is a symlink out of the root → PERMISSION_DENIED naming it (its bytes would be copied into the output)", () => {
+    const evil = join(root, "evil-model");
+    mkdirSync(evil, { recursive: true });
+    copyFileSync(gen.modelPath, join(evil, "model.onnx"));
+    copyFileSync(join(gen.dir, "model.onnx.data"), join(outside, "model.onnx.data"));
+    symlinkSync(join(outside, "model.onnx.data"), join(evil, "model.onnx.data"));
+    rejects(() => checkJobFiles({ model: join(evil, "model.onnx"), out: join(root, "evil-out"), method: "magnitude" }, roots), status.PERMISSION_DENIED,
+      /^spec\.model \(external data model\.onnx\.data\): .*evil-model\/model\.onnx\.data is outside the allowed roots/);
+    rejects(() => checkExternalDataPaths(join(evil, "model.onnx"), roots), status.PERMISSION_DENIED, /external data model\.onnx\.data/);
+  });
+
+  test("a .npy that is a symlink out of the root → PERMISSION_DENIED naming the JSONL line", () => {
+    const d = join(root, "npy-link");
+    mkdirSync(d, { recursive: true });
+    copyFileSync(gen.npys[0]!, join(outside, "s.npy"));
+    symlinkSync(join(outside, "s.npy"), join(d, "s.npy"));
+    writeFileSync(join(d, "calib.jsonl"), JSON.stringify({ inputs_embeds: "s.npy" }) + "\n");
+    rejects(() => checkJobFiles({ model: gen.modelPath, calib: join(d, "calib.jsonl"), out: join(root, "npy-out"), method: "atv" }, roots), status.PERMISSION_DENIED,
+      /^spec\.calib \(.*calib\.jsonl:1 inputs_embeds\): .* is outside the allowed roots/);
+  });
+
+  test("a misspelled calibration key → INVALID_ARGUMENT at submit naming the line and the closest key", () => {
+    const d = join(root, "typo");
+    mkdirSync(d, { recursive: true });
+    writeFileSync(join(d, "calib.jsonl"), JSON.stringify({ input_ids: [1, 2] }) + "\n" + JSON.stringify({ input_ids: [1, 2], imagemask: [0, 1] }) + "\n");
+    rejects(() => checkJobFiles({ model: gen.modelPath, calib: join(d, "calib.jsonl"), out: join(root, "typo-out"), method: "wanda" }, roots), status.INVALID_ARGUMENT,
+      /^spec\.calib: .*calib\.jsonl:2: unknown key "imagemask" \(did you mean "image_mask"\?\)/);
+  });
+
+  test("an output folder that holds an input (the model's own folder) → FAILED_PRECONDITION on spec.out, whatever --force says", () => {
+    rejects(() => checkJobFiles({ model: gen.modelPath, calib: gen.calibPath, out: gen.dir, method: "atv" }, roots), status.FAILED_PRECONDITION,
+      /^spec\.out: .*holds an input of the job \(.*model\.onnx/);
+    // Through a link to the folder: still the same folder.
+    symlinkSync(gen.dir, join(root, "gen-link"));
+    rejects(() => checkJobFiles({ model: gen.modelPath, out: join(root, "gen-link"), method: "magnitude" }, roots), status.FAILED_PRECONDITION, /^spec\.out: /);
+  });
+
+  test("work folders: inside the roots (need not exist yet), a link out refused", () => {
+    assert.equal(resolveWorkDir(join(root, "work", "job-1"), roots), join(root, "work", "job-1"));
+    rejects(() => resolveWorkDir(join(root, "link-to-outside", "job-1"), roots), status.PERMISSION_DENIED, /^workDir: /);
   });
 });

@@ -15,6 +15,8 @@ import {
   NumericError,
   OnnxFormatError,
   OutputExistsError,
+  OutputLockedError,
+  OutputPathError,
   UnsupportedTypeError,
   type AtvpErrorCode,
 } from "../../services/core/src/errors.js";
@@ -27,6 +29,10 @@ import { DATA_FILE, MODEL_FILE, PARTIAL_SUFFIX, REPORT_FILE } from "../../servic
 import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
 import type { PruneSpec } from "../../services/core/src/pipeline/pruneSpec.js";
 import { tempDir } from "../support/fixtures.js";
+import { spawnSync } from "node:child_process";
+import { availableParallelism, hostname } from "node:os";
+import { fsErrorToTyped } from "../../services/core/src/io/fsErrors.js";
+import { acquireOutputLock, lockPathOf } from "../../services/core/src/onnx/outputLock.js";
 
 const tmp = tempDir("badinput");
 after(() => tmp.cleanup());
@@ -211,7 +217,7 @@ describe("calibration samples that do not fit the model", () => {
     const calib = writeCalib("nan", [goodLine(), { inputs_embeds: npy, image_mask: imageMask(24, 5, 10) }]);
     const out = freshOut();
     await expectFailure({ calib, out }, NumericError, "NUMERIC", ["layers.0", /sample 1 \(line 2\)/, /NaN or Inf/]);
-    assert.ok(existsSync(out) ? !readdirSync(out).includes(MODEL_FILE) : true);
+    assert.ok(!existsSync(out), "the failed run removes the --out folder it created");
   });
 
   test("Inf in the embeddings (Wanda) → NumericError naming the block and the sample", async () => {
@@ -258,6 +264,22 @@ describe("options", () => {
     });
   }
 
+  test("--include matching no linear → InvalidArgumentError naming the flag and the pattern, not a 0-weight success", async () => {
+    await expectFailure({ include: ["q_prjo"] }, InvalidArgumentError, "INVALID_ARGUMENT", ["--include", '"q_prjo"', /matches no linear layer/]);
+  });
+
+  test("--exclude matching no linear, or excluding every linear → InvalidArgumentError", async () => {
+    await expectFailure({ exclude: ["nothing_like_this"] }, InvalidArgumentError, "INVALID_ARGUMENT", ["--exclude", /matches no linear layer/]);
+    await expectFailure({ exclude: ["."] }, InvalidArgumentError, "INVALID_ARGUMENT", [/leave no linear layer to prune/]);
+  });
+
+  test("--threads above the machine's cores is clamped with a warning naming the flag", async () => {
+    const warnings: string[] = [];
+    const report = await pruneModel({ model: gen.modelPath, method: "magnitude", sparsity: 0.5, threads: 100000, out: freshOut() }, { warn: (m) => warnings.push(m) });
+    assert.equal(report.totals.threads, availableParallelism());
+    assert.ok(warnings.some((w) => /--threads 100000 is more than this machine's \d+ cores/.test(w)), warnings.join("\n"));
+  });
+
   test("pattern 3:5 on a model whose inputs are 64 wide → InvalidArgumentError naming the layer, before any work", async () => {
     const out = freshOut();
     const err = await expectFailure({ pattern: "3:5", sparsity: undefined, out }, InvalidArgumentError, "INVALID_ARGUMENT", [/input dimension 64/, /3:5/, "layers.0"]);
@@ -293,6 +315,86 @@ describe("options", () => {
 });
 
 describe("output folder", () => {
+  test("--force into the source model's own folder → OutputPathError before anything is deleted; the model is intact", async () => {
+    const src = caseDir("own-folder");
+    for (const f of readdirSync(join(tmp.path, "model"))) if (f.startsWith("model.onnx")) copyFileSync(join(tmp.path, "model", f), join(src, f));
+    const before = readdirSync(src).map((f) => [f, readFileSync(join(src, f))] as const);
+    const model = join(src, MODEL_FILE);
+    for (const method of ["magnitude", "atv"] as const) {
+      // Not expectFailure: the folder holds the model's own files, which must stay.
+      await assert.rejects(
+        pruneModel({ model, calib: gen.calibPath, method, sparsity: 0.5, out: src, force: true }),
+        (err: unknown) => err instanceof OutputPathError && err.subject === src && /holds an input of the job/.test(err.message) && err.message.includes(MODEL_FILE),
+      );
+    }
+    for (const [f, bytes] of before) assert.ok(readFileSync(join(src, f)).equals(bytes), `${f} untouched`);
+  });
+
+  test("an --out folder holding the calibration set or a .npy → OutputPathError naming it, even with --force", async () => {
+    const d = caseDir("out-holds-calib");
+    const npy = join(d, "s.npy");
+    copyFileSync(npy0, npy);
+    const calib = join(d, "calib.jsonl");
+    writeFileSync(calib, JSON.stringify({ inputs_embeds: "s.npy", image_mask: imageMask(24, 7, 10) }) + "\n");
+    await expectFailure({ calib, out: d, force: true }, OutputPathError, "OUTPUT_PATH", [d, "calib.jsonl"]);
+    const calib2 = writeCalib("npy-elsewhere", [{ inputs_embeds: npy, image_mask: imageMask(24, 7, 10) }]);
+    await expectFailure({ calib: calib2, out: d, force: true }, OutputPathError, "OUTPUT_PATH", [d]);
+    assert.ok(existsSync(npy) && existsSync(calib));
+  });
+
+  test("--out under /proc → OutputPathError before any work, nothing created", async () => {
+    await expectFailure({ out: "/proc/atvp-x" }, OutputPathError, "OUTPUT_PATH", ["/proc/atvp-x", /special file system/]);
+    // Before the model is even read: a missing model is not what is reported.
+    await expectFailure({ out: "/proc/atvp-x", model: join(tmp.path, "no-such-model.onnx") }, OutputPathError, "OUTPUT_PATH", ["/proc/atvp-x"]);
+    assert.ok(!existsSync("/proc/atvp-x"));
+  });
+
+  test("--out below a regular file → OutputPathError (ENOTDIR) naming the file", async () => {
+    const file = join(caseDir("notdir"), "plain.txt");
+    writeFileSync(file, "x");
+    const err = await expectFailure({ out: join(file, "sub", "out") }, OutputPathError, "OUTPUT_PATH", [file, /ENOTDIR/]);
+    assert.equal((err as OutputPathError).errno, "ENOTDIR");
+  });
+
+  test("ENOSPC (a real one, from /dev/full) becomes an OutputPathError naming the file", async () => {
+    let raw: unknown;
+    try {
+      writeFileSync("/dev/full", "x");
+    } catch (err) {
+      raw = err;
+    }
+    assert.equal((raw as NodeJS.ErrnoException).code, "ENOSPC");
+    // A failed write(2) names no path: the caller's (the output file) is used.
+    const typed = fsErrorToTyped(raw, "/dev/full");
+    assert.ok(typed instanceof OutputPathError);
+    assert.equal(typed.errno, "ENOSPC");
+    assert.equal(typed.subject, "/dev/full");
+    assert.match(typed.message, /no space left.*free some space/);
+  });
+
+  test("a folder locked by a live process → OutputLockedError naming it; a stale lock (dead pid) is taken over", async () => {
+    const out = freshOut();
+    const held = await acquireOutputLock(out, "job-elsewhere");
+    try {
+      // The lock names this process, which is alive: a second writer must wait.
+      const err = await expectFailure({ out, method: "magnitude", calib: undefined }, OutputLockedError, "OUTPUT_LOCKED", [out, `pid ${process.pid}`, "job-elsewhere"]);
+      assert.match((err as OutputLockedError).holder, /job-elsewhere/);
+    } finally {
+      await held.release();
+    }
+    assert.ok(!existsSync(lockPathOf(out)), "release removes the lock file");
+    // A lock left by a process that is gone (pid of an exited child).
+    const dead = spawnSync(process.execPath, ["-e", "process.stdout.write(String(process.pid))"], { encoding: "utf8" });
+    writeFileSync(lockPathOf(out), JSON.stringify({ pid: Number(dead.stdout), host: hostname(), since: "then" }));
+    const report = await pruneModel({ model: gen.modelPath, method: "magnitude", sparsity: 0.5, out });
+    assert.ok(report.totals.pruned > 0);
+    assert.ok(!existsSync(lockPathOf(out)), "the lock is released after the run");
+    // Our own pid, written before this process started: an earlier process that had the same pid.
+    writeFileSync(lockPathOf(out), JSON.stringify({ pid: process.pid, host: hostname(), since: "2020-01-01T00:00:00.000Z" }));
+    await pruneModel({ model: gen.modelPath, method: "magnitude", sparsity: 0.5, out, force: true });
+    assert.ok(!existsSync(lockPathOf(out)));
+  });
+
   test("an existing non-empty folder → OutputExistsError unless force; force writes and keeps other files", async () => {
     const out = freshOut();
     mkdirSync(out, { recursive: true });
@@ -322,7 +424,7 @@ describe("failures mid-job", () => {
       /listener failed/,
     );
     assert.ok(sawPartial, "the data file is written under its .partial name while the job runs");
-    assert.deepEqual(readdirSync(out), []);
+    assert.ok(!existsSync(out), "the output folder the failed job created is removed");
   });
 
   test("a failure writing report.json leaves no model.onnx behind", async () => {
@@ -334,13 +436,22 @@ describe("failures mid-job", () => {
           if (e.type === "block_finished" && e.block === gen.config.layers - 1) mkdirSync(join(out, REPORT_FILE + PARTIAL_SUFFIX));
         },
       }),
-      (err: NodeJS.ErrnoException) => err.code === "EISDIR",
+      (err: unknown) => err instanceof OutputPathError && err.errno === "EISDIR" && err.subject === join(out, REPORT_FILE + PARTIAL_SUFFIX),
     );
     assert.deepEqual(readdirSync(out), [REPORT_FILE + PARTIAL_SUFFIX], "only the obstacle the test made may stay");
   });
 });
 
 describe("calibration JSONL", () => {
+  test("a misspelled key (imagemask) → CalibrationError naming the line and the closest known key", async () => {
+    const { image_mask: mask, ...rest } = goodLine();
+    const calib = writeCalib("typo", [goodLine(), { ...rest, imagemask: mask }]);
+    const err = await expectFailure({ calib }, CalibrationError, "CALIBRATION", [`${calib}:2`, '"imagemask"', /did you mean "image_mask"/]);
+    assert.equal(err.subject, `${calib}:2`);
+    const far = writeCalib("unknown", [{ ...goodLine(), caption: "a cat" }]);
+    await expectFailure({ calib: far }, CalibrationError, "CALIBRATION", [`${far}:1`, '"caption"', /may have input_ids, inputs_embeds, attention_mask, image_mask/]);
+  });
+
   test("invalid JSON on line 3 → CalibrationError naming :3", async () => {
     const calib = writeCalib("badjson", [goodLine(), goodLine(), '{"inputs_embeds": "s.npy", image_mask: [0, 1]', goodLine()]);
     await expectFailure({ calib }, CalibrationError, "CALIBRATION", [`${calib}:3`, /not valid JSON/]);

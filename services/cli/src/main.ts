@@ -2,6 +2,7 @@
 /** atvp: the atv-prune command line. */
 import { AtvpError } from "../../core/src/errors.js";
 import { CliError } from "./cliError.js";
+import { commandUsage, wantsHelp } from "./commandHelp.js";
 import { DEFAULT_CLUSTER_DIR } from "./clusterFile.js";
 import { genModelCommand } from "./commands/genModel.js";
 import { inspectCommand } from "./commands/inspect.js";
@@ -45,6 +46,15 @@ const NOT_YET = new Set<string>([]);
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  if (command !== undefined && wantsHelp(rest)) {
+    // "cluster up --help" is the help of "cluster up"; "cluster --help" of every cluster command.
+    const sub = command === "cluster" && rest[0] && !rest[0].startsWith("-") ? `${command} ${rest[0]}` : command;
+    const usage = commandUsage(USAGE, sub) ?? commandUsage(USAGE, command);
+    if (usage !== undefined) {
+      process.stdout.write(usage);
+      return 0;
+    }
+  }
   switch (command) {
     case "prune": return pruneCommand(rest);
     case "inspect": return inspectCommand(rest);
@@ -71,11 +81,17 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** ENOSPC, EACCES, ...: the message names the call and the path; a stack would only hide it. */
+function isSystemError(err: unknown): err is NodeJS.ErrnoException & { code: string } {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === "string" && /^E[A-Z0-9]+$/.test((err as NodeJS.ErrnoException).code!);
+}
+
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
     if (err instanceof AtvpError) process.stderr.write(`atvp: error [${err.code}] ${err.message}\n`);
     else if (err instanceof CliError) process.stderr.write(`atvp: error [${err.tag}] ${err.message}\n`);
+    else if (isSystemError(err)) process.stderr.write(`atvp: error [${err.code}] ${err.message}\n`);
     else process.stderr.write(`atvp: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
     process.exit(1);
   },

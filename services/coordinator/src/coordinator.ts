@@ -17,6 +17,7 @@ import { WorkerPool } from "./workerPool.js";
 import { connectNats, type NatsAuth } from "./state/natsConnection.js";
 import { JobStore } from "./state/jobStore.js";
 import { EventLog } from "./state/eventLog.js";
+import { OutputLeases } from "./state/outputLeases.js";
 import type { KubernetesOptions, KubernetesWorkers } from "./k8s/kubernetesWorkers.js";
 import type { PruneJobsOptions } from "./k8s/pruneJobs.js";
 
@@ -43,6 +44,8 @@ export interface CoordinatorOptions {
   pruneJobs?: PruneJobsOptions;
   log?: (message: string) => void;
   reassignTimeoutMs?: number;
+  /** an output folder's lease lapses when not renewed for this long (default 120 s) */
+  leaseTtlMs?: number;
 }
 
 export interface CoordinatorHandle {
@@ -57,6 +60,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
   const nc = await connectNats({ servers: opts.nats, name: "atvp-coordinator", ...opts.natsAuth });
   const store = await JobStore.open(nc);
   const events = await EventLog.open(nc);
+  const leases = await OutputLeases.open(nc, { ttlMs: opts.leaseTtlMs }, log);
   const pool = new WorkerPool(opts.workers, { tls: opts.workerTls, token: opts.workerToken ?? opts.token });
   let kube: KubernetesWorkers | undefined;
   if (opts.kubernetes) {
@@ -92,23 +96,34 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
       return jobs;
     },
   };
+  // A lease held by a job that ended (or is unknown) is free to take.
+  const isLive = async (id: string) => {
+    const held = await trackingStore.get(id).catch(() => undefined);
+    return held !== undefined && !isTerminal(held.state);
+  };
   const startJob = (job: Job, resume = false) => {
     if (runners.has(job.id)) return;
+    const lease = leases.keep(job.spec!.out, job.id, isLive);
     const runner = new JobRunner({
       store: trackingStore, events, pool, metrics, workRoot: opts.workRoot, log, reassignTimeoutMs: opts.reassignTimeoutMs,
       acquireWorkers: kube?.acquireWorkers,
     }, job.id, job.spec!, resume);
     runners.set(job.id, runner);
     kube?.jobsRunning(runners.size);
-    void runner.run().finally(() => {
+    void runner.run().finally(async () => {
       runners.delete(job.id);
       kube?.jobsRunning(runners.size);
+      // A job left RUNNING for the next coordinator keeps its lease until that one renews it.
+      const ended = await trackingStore.get(job.id).then((j) => j === undefined || isTerminal(j.state), () => false);
+      if (ended) await lease.release();
+      else lease.stop();
     });
   };
 
   const server = new grpc.Server(GRPC_OPTIONS);
   const jobDeps = {
     store: trackingStore, events, allowedRoots: opts.allowedRoots, token: opts.token,
+    leases: { acquire: (out: string, jobId: string) => leases.acquire(out, jobId, isLive) },
     startJob: (job: Job) => startJob(job),
     cancelJob: (id: string, reason: string) => {
       const r = runners.get(id);

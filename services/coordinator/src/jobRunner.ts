@@ -16,11 +16,12 @@ import {
 } from "../../gen/atvprune/v1/job_pb.js";
 import type { ShardProgress } from "../../gen/atvprune/v1/worker_pb.js";
 import { PrunedModelWriter } from "../../core/src/onnx/modelWriter.js";
-import { DATA_FILE, PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir } from "../../core/src/onnx/outputDir.js";
+import { DATA_FILE, PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir, releaseOutput, type PreparedOutput } from "../../core/src/onnx/outputDir.js";
 import { TensorData } from "../../core/src/onnx/tensorData.js";
+import { fsErrorToTyped } from "../../core/src/io/fsErrors.js";
 import { analyzeModel } from "../../core/src/pipeline/modelAnalysis.js";
-import { buildReport, loadSamples } from "../../core/src/pipeline/pruneModel.js";
-import { isSelected, resolveSpec } from "../../core/src/pipeline/pruneSpec.js";
+import { buildReport, jobInputs, loadSamples } from "../../core/src/pipeline/pruneModel.js";
+import { resolveSpec, selectLinears } from "../../core/src/pipeline/pruneSpec.js";
 import type { BlockReport, LayerReport } from "../../core/src/pipeline/report.js";
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
 import { toPruneSpec } from "./pathPolicy.js";
@@ -102,6 +103,7 @@ export class JobRunner {
     const started = performance.now();
     let writer: PrunedModelWriter | undefined;
     let data: TensorData | undefined;
+    let prepared: PreparedOutput | undefined;
     try {
       const pruneSpec = toPruneSpec(this.spec);
       const resolved = resolveSpec(pruneSpec, 1);
@@ -111,13 +113,13 @@ export class JobRunner {
       // Checked and counted here, but the embeddings stay on disk: only workers need them.
       const samples = resolved.method === "magnitude" ? [] : loadSamples(resolved, analysis, true);
       this.tokensPerBlock = samples.reduce((a, s) => a + s.tokens, 0);
-      const toPrune = analysis.partition.blockLinears.flat().filter((l) => isSelected(resolved, l.weight, l.node));
+      const toPrune = selectLinears(resolved, analysis.partition.blockLinears.flat());
       const rewritten = new Set(toPrune.map((l) => l.weight));
       const partial = join(resolved.out, DATA_FILE + PARTIAL_SUFFIX);
       if (this.resume && existsSync(partial)) {
         writer = await PrunedModelWriter.create(analysis.loaded, data, resolved.out, rewritten, { resume: true });
       } else {
-        await prepareOutputDir(resolved.out, resolved.force || this.resume);
+        prepared = await prepareOutputDir(resolved.out, resolved.force || this.resume, { inputs: jobInputs(resolved, data, samples) });
         writer = await PrunedModelWriter.create(analysis.loaded, data, resolved.out, rewritten);
       }
       const numBlocks = analysis.partition.numBlocks;
@@ -169,7 +171,9 @@ export class JobRunner {
         return;
       }
       await writer?.abort().catch(() => {});
-      const reason = err instanceof Error ? err.message : String(err);
+      await releaseOutput(prepared);
+      const typed = fsErrorToTyped(err, this.spec.out); // ENOSPC, ENOTDIR, ... name the file
+      const reason = typed instanceof Error ? typed.message : String(typed);
       if (this.cancelReason !== undefined) await this.finalState(JobState.CANCELLED, this.cancelReason);
       else {
         this.deps.log(`job ${this.jobId} failed: ${reason}`);

@@ -10,9 +10,10 @@ import type { ServerImpl } from "../../rpc/grpcAdapter.js";
 import { writeMessage } from "../../rpc/grpcAdapter.js";
 import { requireBearer } from "../../rpc/bearerAuth.js";
 import { RpcError } from "../../rpc/status.js";
-import { checkCalibrationPaths, resolveJobPaths, validateJobSpec } from "./pathPolicy.js";
+import { checkJobFiles, validateJobSpec } from "./pathPolicy.js";
+import { describeHolder, liveLockHolder, lockPathOf } from "../../core/src/onnx/outputLock.js";
 import { isTerminal } from "./jobRunner.js";
-import type { EventPort, JobStatePort } from "./ports.js";
+import type { EventPort, JobStatePort, OutputLeasePort } from "./ports.js";
 import { stateName } from "./coordinatorMetrics.js";
 
 export interface JobServiceDeps {
@@ -20,6 +21,8 @@ export interface JobServiceDeps {
   events: EventPort;
   allowedRoots: string[];
   token?: string;
+  /** one job per output folder (absent: not enforced, e.g. in tests of other fields) */
+  leases?: OutputLeasePort;
   /** starts (or resumes) the runner of a stored job */
   startJob(job: Job): void;
   cancelJob(id: string, reason: string): boolean;
@@ -35,7 +38,7 @@ export function newJobId(): string {
  * PENDING and starts it. `id` lets a caller that must not submit twice (the PruneJob controller)
  * choose it; a job with that id already stored is returned as it is, not run again.
  */
-export async function createJob(deps: Pick<JobServiceDeps, "store" | "events" | "allowedRoots" | "startJob">, requested: JobSpec | undefined, chosenId?: string): Promise<Job> {
+export async function createJob(deps: Pick<JobServiceDeps, "store" | "events" | "allowedRoots" | "startJob" | "leases">, requested: JobSpec | undefined, chosenId?: string): Promise<Job> {
   if (!requested) throw new RpcError(status.INVALID_ARGUMENT, "spec: is required");
   if (chosenId !== undefined) {
     const existing = await deps.store.get(chosenId);
@@ -44,11 +47,15 @@ export async function createJob(deps: Pick<JobServiceDeps, "store" | "events" | 
   const id = chosenId ?? newJobId();
   validateJobSpec(requested);
   const spec = clone(JobSpecSchema, requested);
-  const paths = resolveJobPaths({ model: spec.model, calib: spec.calib || undefined, out: spec.out }, deps.allowedRoots);
+  const paths = checkJobFiles({ model: spec.model, calib: spec.calib || undefined, out: spec.out, method: spec.method }, deps.allowedRoots);
   spec.model = paths.model;
   spec.calib = paths.calib ?? "";
   spec.out = paths.out;
-  if (spec.calib && spec.method !== "magnitude") checkCalibrationPaths(spec.calib, deps.allowedRoots);
+  // Before the job exists, and whatever --force says: a second writer corrupts the first's
+  // output. An `atvp prune` on this machine holds the folder's lock file, a job its lease.
+  const local = liveLockHolder(spec.out);
+  if (local) throw new RpcError(status.FAILED_PRECONDITION, `spec.out: ${spec.out} is being written by ${describeHolder(local)} (lock file ${lockPathOf(spec.out)}); wait for it or choose another --out folder`);
+  await deps.leases?.acquire(spec.out, id);
   const now = BigInt(Date.now());
   const job = create(JobSchema, { id, spec, state: JobState.PENDING, createdUnixMs: now, updatedUnixMs: now });
   await deps.store.create(job);

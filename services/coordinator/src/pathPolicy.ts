@@ -9,7 +9,11 @@ import { lstatSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { JobSpec } from "../../gen/atvprune/v1/job_pb.js";
-import { InvalidArgumentError } from "../../core/src/errors.js";
+import { AtvpError, InvalidArgumentError } from "../../core/src/errors.js";
+import { readModel } from "../../core/src/onnx/modelFile.js";
+import { checkCalibKeys } from "../../core/src/calib/calibSet.js";
+import { checkNotInput } from "../../core/src/onnx/outputDir.js";
+import { TensorData } from "../../core/src/onnx/tensorData.js";
 import { resolveSpec, type PruneSpec } from "../../core/src/pipeline/pruneSpec.js";
 import { RpcError } from "../../rpc/status.js";
 
@@ -101,8 +105,9 @@ export function resolveJobPaths<S extends { model: string; calib?: string; out: 
  * The .npy files a calibration JSONL names (relative to it, or absolute) must be inside the
  * roots too: otherwise a job could make workers read any file on their storage.
  */
-export function checkCalibrationPaths(calib: string, roots: readonly string[]): void {
+export function checkCalibrationPaths(calib: string, roots: readonly string[]): string[] {
   const text = readFileSync(calib, "utf8");
+  const files: string[] = [];
   text.split("\n").forEach((line, i) => {
     if (line.trim() === "") return;
     let value: unknown;
@@ -111,11 +116,70 @@ export function checkCalibrationPaths(calib: string, roots: readonly string[]): 
     } catch {
       throw new RpcError(status.INVALID_ARGUMENT, `spec.calib: ${calib}:${i + 1} is not valid JSON`);
     }
+    if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+      try {
+        checkCalibKeys(value as Record<string, unknown>, `${calib}:${i + 1}`);
+      } catch (err) {
+        throw new RpcError(status.INVALID_ARGUMENT, `spec.calib: ${(err as Error).message}`);
+      }
+    }
     const ref = (value as { inputs_embeds?: unknown } | null)?.inputs_embeds;
     if (typeof ref === "string" && ref !== "") {
-      resolveAllowedPath(isAbsolute(ref) ? ref : resolve(dirname(calib), ref), roots, `spec.calib (${calib}:${i + 1} inputs_embeds)`, { mustExist: true });
+      files.push(resolveAllowedPath(isAbsolute(ref) ? ref : resolve(dirname(calib), ref), roots, `spec.calib (${calib}:${i + 1} inputs_embeds)`, { mustExist: true }));
     }
   });
+  return files;
+}
+
+/**
+ * The external data files of a model must be inside the roots too, after links are followed:
+ * a `model.onnx.data` that links outside would otherwise be read, and the bytes of tensors
+ * left unpruned copied into the output. Returns their real paths.
+ */
+export function checkExternalDataPaths(model: string, roots: readonly string[], field = "spec.model"): string[] {
+  let files: string[];
+  try {
+    files = new TensorData(readModel(model)).externalFiles();
+  } catch (err) {
+    if (err instanceof AtvpError) throw new RpcError(status.INVALID_ARGUMENT, `${field}: ${err.message}`);
+    throw err;
+  }
+  return files.map((f) => resolveAllowedPath(f, roots, `${field} (external data ${basename(f)})`, { mustExist: true }));
+}
+
+/** A work folder (checkpoints, hidden states) of a job, inside the roots; it need not exist yet. */
+export function resolveWorkDir(path: string, roots: readonly string[], field = "workDir"): string {
+  return resolveAllowedPath(path, roots, field, { mustExist: false });
+}
+
+export interface CheckedJobFiles {
+  model: string;
+  calib: string | undefined;
+  out: string;
+  /** every file the job reads (real paths): model, external data, calibration set, .npy files */
+  inputs: string[];
+}
+
+/**
+ * Every file a job touches, checked against the roots with realpath: model, its external data,
+ * calibration set and its .npy files (unless magnitude), output folder; and the output folder
+ * must not be, nor directly hold, one of the inputs (--force would delete it). For the
+ * coordinator at submit and for workers before they open anything.
+ */
+export function checkJobFiles(spec: { model: string; calib?: string; out: string; method: string }, roots: readonly string[]): CheckedJobFiles {
+  const paths = resolveJobPaths(spec, roots);
+  const inputs = [paths.model, ...checkExternalDataPaths(paths.model, roots)];
+  if (paths.calib) {
+    inputs.push(paths.calib);
+    if (spec.method !== "magnitude") inputs.push(...checkCalibrationPaths(paths.calib, roots));
+  }
+  try {
+    checkNotInput(paths.out, paths.out, inputs, "spec.out");
+  } catch (err) {
+    if (err instanceof AtvpError) throw new RpcError(status.FAILED_PRECONDITION, `spec.out: ${err.message}`);
+    throw err;
+  }
+  return { model: paths.model, calib: paths.calib, out: paths.out, inputs };
 }
 
 /** Engine field names that differ from the proto's. */

@@ -18,3 +18,8 @@ export interface EventPort {
   /** history, then live events; ends after the terminal state event */
   watch(jobId: string, options?: { signal?: AbortSignal }): AsyncIterable<JobEvent>;
 }
+
+export interface OutputLeasePort {
+  /** takes the lease on a (real) output folder for a new job; OutputLockedError naming the holder when taken */
+  acquire(out: string, jobId: string): Promise<void>;
+}

@@ -11,6 +11,8 @@ export type AtvpErrorCode =
   | "CALIBRATION"
   | "NUMERIC"
   | "OUTPUT_EXISTS"
+  | "OUTPUT_PATH"
+  | "OUTPUT_LOCKED"
   | "RUNTIME";
 
 export class AtvpError extends Error {
@@ -79,6 +81,24 @@ export class NumericError extends AtvpError {
 export class OutputExistsError extends AtvpError {
   constructor(subject: string, message: string) {
     super("OUTPUT_EXISTS", subject, message);
+  }
+}
+
+/**
+ * The output folder cannot be written: under a file (ENOTDIR), on a special file system
+ * (/proc, /sys, /dev), read-only or not ours (EACCES, EROFS), full (ENOSPC), or it is or holds
+ * an input of the job. `errno` is the system error code where there was one.
+ */
+export class OutputPathError extends AtvpError {
+  constructor(subject: string, message: string, readonly errno?: string, options?: { cause?: unknown }) {
+    super("OUTPUT_PATH", subject, message, options);
+  }
+}
+
+/** Another job or process is writing this output folder (its lease or lock file names it). */
+export class OutputLockedError extends AtvpError {
+  constructor(subject: string, message: string, readonly holder: string) {
+    super("OUTPUT_LOCKED", subject, message);
   }
 }
 

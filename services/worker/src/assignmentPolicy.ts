@@ -10,7 +10,7 @@ import { clone } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import { ShardAssignmentSchema, type ShardAssignment } from "../../gen/atvprune/v1/worker_pb.js";
 import { RpcError } from "../../rpc/status.js";
-import { checkCalibrationPaths, resolveAllowedPath, resolveJobPaths } from "../../coordinator/src/pathPolicy.js";
+import { checkJobFiles, resolveWorkDir } from "../../coordinator/src/pathPolicy.js";
 
 export interface AssignmentPolicy {
   /** folders job model, calibration and output paths must lie in */
@@ -39,9 +39,9 @@ export function confineAssignment(a: ShardAssignment, policy: AssignmentPolicy):
   checkRoots(policy);
   const spec = a.spec;
   if (!spec) throw new RpcError(status.INVALID_ARGUMENT, "spec: is required");
-  const paths = resolveJobPaths({ model: spec.model, calib: spec.calib || undefined, out: spec.out }, policy.allowedRoots);
-  if (paths.calib && spec.method !== "magnitude") checkCalibrationPaths(paths.calib, policy.allowedRoots);
-  const workDir = resolveAllowedPath(a.workDir, [...policy.allowedRoots, ...policy.workRoots], "work_dir", { mustExist: false });
+  // Model, its external data, calibration set and .npy files, output: the coordinator's own check.
+  const paths = checkJobFiles({ model: spec.model, calib: spec.calib || undefined, out: spec.out, method: spec.method }, policy.allowedRoots);
+  const workDir = resolveWorkDir(a.workDir, [...policy.allowedRoots, ...policy.workRoots], "work_dir");
   const checked = clone(ShardAssignmentSchema, a);
   checked.spec!.model = paths.model;
   checked.spec!.calib = paths.calib ?? "";

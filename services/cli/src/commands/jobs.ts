@@ -3,7 +3,7 @@ import { resolveSpec } from "../../../core/src/pipeline/pruneSpec.js";
 import { InvalidArgumentError } from "../../../core/src/errors.js";
 import { int, parse, str, type Options } from "../args.js";
 import { CliError } from "../cliError.js";
-import { connect, CONNECTION_OPTIONS, resolveTarget, rpc, stateName, toJobSpecMessage, type JobConnection } from "../jobClient.js";
+import { connect, CONNECTION_OPTIONS, isTerminal, resolveTarget, rpc, stateName, toJobSpecMessage, type JobConnection } from "../jobClient.js";
 import { followToExit, formatJob, jobJson, liveView, quietView } from "../jobWatch.js";
 import { JOB_OPTIONS, jobSpec } from "./prune.js";
 import { isModelFolder } from "../../../core/src/modelDir/modelFolder.js";
@@ -15,6 +15,9 @@ const SUBMIT_OPTIONS: Options = {
   wait: { type: "boolean", default: false },
   watch: { type: "boolean", default: false },
 };
+
+/** How long `cancel` waits for the job to reach its final state. */
+const CANCEL_WAIT_MS = 60_000;
 
 /** prune flags that configure the process rather than the job: in a cluster the workers own them. */
 const WORKER_SETTINGS = ["threads", "device"] as const;
@@ -83,7 +86,14 @@ export async function cancelCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, { ...CONNECTION_OPTIONS, reason: { type: "string" }, json: { type: "boolean", default: false } }, true);
   const id = jobId(positionals, "cancel");
   return withConnection(values, async (conn) => {
-    const job = await rpc(conn, `CancelJob ${id}`, () => conn.client.cancelJob({ id, reason: str(values, "reason") ?? "" }, conn.call()));
+    let job = await rpc(conn, `CancelJob ${id}`, () => conn.client.cancelJob({ id, reason: str(values, "reason") ?? "" }, conn.call()));
+    // The runner stops its shards before the job is CANCELLED: report the state it ends in.
+    const giveUpAt = Date.now() + CANCEL_WAIT_MS;
+    while (!isTerminal(job.state)) {
+      if (Date.now() >= giveUpAt) throw new CliError("CANCEL", `job ${id} is still ${stateName(job.state)} ${CANCEL_WAIT_MS / 1000} s after it was cancelled; check it with atvp status ${id}`);
+      await new Promise((r) => setTimeout(r, 200));
+      job = await rpc(conn, `GetJob ${id}`, () => conn.client.getJob({ id }, conn.call()));
+    }
     process.stdout.write((values["json"] === true ? JSON.stringify(jobJson(job)) : `${job.id} ${stateName(job.state)}${job.reason ? `: ${job.reason}` : ""}`) + "\n");
     return 0;
   });

@@ -49,7 +49,8 @@ interface LocalJob {
   dirty: boolean;
 }
 
-function isWrongRevision(err: unknown): boolean {
+/** A compare-and-set write lost: the key's revision is not the one given. */
+export function isWrongRevision(err: unknown): boolean {
   return (
     err instanceof JetStreamApiError &&
     (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)

@@ -8,6 +8,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import { CalibrationError, InvalidArgumentError } from "../errors.js";
 import { readNpy, readNpyHeader, readNpyInt64, type NpyDtype } from "./npy.js";
 import { mulberry32 } from "./seededRandom.js";
+import { closestName } from "../text/closestName.js";
 
 export { mulberry32 };
 
@@ -46,6 +47,18 @@ export interface CalibSelection {
 
 interface RawLine { line: number; value: Record<string, unknown> }
 
+/** Every key a calibration line may have; any other is a typo that would silently change the sample. */
+export const CALIB_KEYS = ["input_ids", "inputs_embeds", "attention_mask", "image_mask"] as const;
+
+/** Refuses a key not in CALIB_KEYS, naming the closest known one. */
+export function checkCalibKeys(value: Record<string, unknown>, where: string): void {
+  for (const key of Object.keys(value)) {
+    if ((CALIB_KEYS as readonly string[]).includes(key)) continue;
+    const near = closestName(key, CALIB_KEYS);
+    throw new CalibrationError(where, `unknown key ${JSON.stringify(key)}${near ? ` (did you mean ${JSON.stringify(near)}?)` : ""}; a line may have ${CALIB_KEYS.join(", ")}`);
+  }
+}
+
 export function loadCalibrationSet(path: string, selection: CalibSelection): CalibSample[] {
   let text: string;
   try {
@@ -65,6 +78,7 @@ export function loadCalibrationSet(path: string, selection: CalibSelection): Cal
     if (typeof value !== "object" || value === null || Array.isArray(value)) {
       throw new CalibrationError(`${path}:${i + 1}`, "each line must be a JSON object");
     }
+    checkCalibKeys(value as Record<string, unknown>, `${path}:${i + 1}`);
     lines.push({ line: i + 1, value: value as Record<string, unknown> });
   });
   if (lines.length === 0) throw new CalibrationError(path, "the calibration file has no samples");

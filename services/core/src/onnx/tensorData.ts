@@ -147,6 +147,16 @@ export class TensorData {
     return { location, file, offset, length };
   }
 
+  /** The distinct external data files the model refers to (absolute, as named; not realpath'd). */
+  externalFiles(): string[] {
+    const files = new Set<string>();
+    for (const t of allTensors(this.model)) {
+      const range = this.externalRange(t);
+      if (range) files.add(range.file);
+    }
+    return [...files];
+  }
+
   /** The tensor's raw little-endian bytes (a fresh copy the caller owns). */
   async read(t: TensorProto): Promise<Uint8Array> {
     const range = this.externalRange(t);

@@ -10,13 +10,15 @@ import { loadCalibrationSet, type CalibSample } from "../calib/calibSet.js";
 import { CalibrationError, InvalidArgumentError, UnsupportedTypeError } from "../errors.js";
 import { FLOAT_WEIGHT_TYPES, typeName } from "../onnx/dtype.js";
 import { PrunedModelWriter } from "../onnx/modelWriter.js";
-import { prepareOutputDir, REPORT_FILE, PARTIAL_SUFFIX } from "../onnx/outputDir.js";
+import { checkOutputLocation, prepareOutputDir, releaseOutput, REPORT_FILE, PARTIAL_SUFFIX, type PreparedOutput } from "../onnx/outputDir.js";
+import { fsErrorToTyped } from "../io/fsErrors.js";
 import { TensorData } from "../onnx/tensorData.js";
 import { tokenCounts } from "../calib/calibSet.js";
 import { InferenceHost } from "../runtime/inferenceHost.js";
+import { clampThreads } from "../runtime/threadLimit.js";
 import { BlockEngine, type SampleState } from "./blockEngine.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
-import { isSelected, resolveSpec, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
+import { resolveSpec, selectLinears, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
 import type { BlockReport, LayerReport, PruneReport } from "./report.js";
 import { checkSample, SampleFeeds } from "./sampleFeeds.js";
 
@@ -33,17 +35,22 @@ export interface PruneOptions {
 
 export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): Promise<PruneReport> {
   const started = performance.now();
-  const spec = resolveSpec(input, availableParallelism());
+  const resolved = resolveSpec(input, availableParallelism());
+  // Clamped here, not only in the InferenceHost, so report.json records the threads used.
+  const spec = { ...resolved, threads: clampThreads(resolved.threads, options.warn ?? ((m) => process.stderr.write(m + "\n"))) };
   const emit = options.onEvent ?? (() => {});
+  // First of all: a hopeless --out (under /proc, below a file) must not wait for the analysis.
+  await checkOutputLocation(spec.out);
   const analysis = analyzeModel(spec.model);
   const data = new TensorData(analysis.loaded);
   let writer: PrunedModelWriter | undefined;
   let host: InferenceHost | undefined;
+  let prepared: PreparedOutput | undefined;
   let finalized = false;
   try {
     await data.validate();
     const samples = spec.method === "magnitude" ? [] : loadSamples(spec, analysis);
-    const toPrune = analysis.partition.blockLinears.flat().filter((l) => isSelected(spec, l.weight, l.node));
+    const toPrune = selectLinears(spec, analysis.partition.blockLinears.flat());
     for (const l of toPrune) {
       if (!FLOAT_WEIGHT_TYPES.has(l.dataType)) {
         throw new UnsupportedTypeError(l.weight, `weight of ${l.node} is ${typeName(l.dataType)}; atv-prune prunes float32, float16 and bfloat16 weights (leave it dense with --exclude)`);
@@ -54,7 +61,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
         throw new InvalidArgumentError(l.weight, `input dimension ${l.inDim} of ${l.node} is not a multiple of M=${spec.pattern.m} for the ${spec.patternText} pattern (leave it dense with --exclude)`);
       }
     }
-    await prepareOutputDir(spec.out, spec.force);
+    prepared = await prepareOutputDir(spec.out, spec.force, { inputs: jobInputs(spec, data, samples), lock: {} });
     writer = await PrunedModelWriter.create(analysis.loaded, data, spec.out, new Set(toPrune.map((l) => l.weight)));
     host = InferenceHost.start({ threads: spec.threads, device: spec.device, warn: options.warn });
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
@@ -87,6 +94,8 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     await writeFile(reportPath + PARTIAL_SUFFIX, JSON.stringify(report, null, 2) + "\n");
     await rename(reportPath + PARTIAL_SUFFIX, reportPath);
     writer = undefined; // the output is complete: nothing below may remove it
+    await releaseOutput(prepared, false);
+    prepared = undefined;
     emit({ type: "job_finished", seconds: report.totals.seconds, out: spec.out, sparsity: report.totals.sparsity });
     return report;
   } catch (err) {
@@ -97,11 +106,20 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
       const ours = [join(spec.out, REPORT_FILE + PARTIAL_SUFFIX), ...(finalized ? [writer.modelPath, writer.dataPath] : [])];
       await Promise.all(ours.map((f) => rm(f, { force: true }).catch(() => {})));
     }
-    throw err;
+    await releaseOutput(prepared);
+    throw fsErrorToTyped(err, spec.out);
   } finally {
     await host?.close();
     await data.close();
   }
+}
+
+/** Every file a job reads: --force must never delete one, and the output must not land on one. */
+export function jobInputs(spec: Pick<ResolvedSpec, "model" | "calib">, data: TensorData, samples: readonly CalibSample[]): string[] {
+  const files = [spec.model, ...data.externalFiles()];
+  if (spec.calib) files.push(spec.calib);
+  for (const s of samples) if (s.embeds) files.push(s.embeds.file);
+  return files;
 }
 
 /** Loads and checks the calibration set; `headersOnly` skips the embeddings' data (see CalibSelection). */

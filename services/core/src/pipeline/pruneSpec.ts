@@ -76,10 +76,10 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
   }
   if (sparsity === undefined) throw new InvalidArgumentError("sparsity", "is required");
   if (typeof sparsity !== "number" || !(sparsity >= 0 && sparsity < 1)) {
-    throw new InvalidArgumentError("sparsity", `must be in [0, 1), got ${sparsity}`);
+    throw new InvalidArgumentError("sparsity", `must be in [0, 1), got ${sparsity} (out of range)`);
   }
   const alpha = spec.alpha ?? 1;
-  if (!Number.isFinite(alpha) || alpha < 0) throw new InvalidArgumentError("alpha", `must be a finite number >= 0, got ${alpha}`);
+  if (!Number.isFinite(alpha) || alpha < 0) throw new InvalidArgumentError("alpha", `must be a finite number >= 0, got ${alpha} (out of range)`);
   const propagation = spec.propagation ?? "sequential";
   if (propagation !== "sequential" && propagation !== "dense") {
     throw new InvalidArgumentError("propagation", `must be sequential or dense, got ${JSON.stringify(propagation)}`);
@@ -97,7 +97,7 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
     throw new InvalidArgumentError("pattern", "magnitude with one threshold per matrix is unstructured; use --magnitude-scope column for N:M");
   }
   const threads = spec.threads ?? defaultThreads;
-  if (!Number.isInteger(threads) || threads < 1) throw new InvalidArgumentError("threads", `must be a positive integer, got ${threads}`);
+  if (!Number.isInteger(threads) || threads < 1) throw new InvalidArgumentError("threads", `must be a positive integer, got ${threads} (out of range)`);
   const device = spec.device ?? "cpu";
   if (!["cpu", "cuda", "auto"].includes(device)) throw new InvalidArgumentError("device", `must be cpu, cuda or auto, got ${JSON.stringify(device)}`);
   return {
@@ -137,4 +137,25 @@ export function isSelected(spec: Pick<ResolvedSpec, "include" | "exclude">, weig
   const hit = (r: RegExp) => r.test(weight) || r.test(node);
   if (spec.include.length > 0 && !spec.include.some(hit)) return false;
   return !spec.exclude.some(hit);
+}
+
+/**
+ * The linears the spec prunes, refusing an --include or --exclude pattern that matches no
+ * linear (a typo would otherwise prune nothing, or everything, and still succeed) and a
+ * selection that leaves nothing to prune.
+ */
+export function selectLinears<L extends { weight: string; node: string }>(spec: Pick<ResolvedSpec, "include" | "exclude">, linears: readonly L[]): L[] {
+  for (const [field, patterns] of [["include", spec.include], ["exclude", spec.exclude]] as const) {
+    for (const r of patterns) {
+      if (!linears.some((l) => r.test(l.weight) || r.test(l.node))) {
+        const examples = linears.slice(0, 3).map((l) => l.weight).join(", ");
+        throw new InvalidArgumentError(field, `--${field} ${JSON.stringify(r.source)} matches no linear layer of the model (weights are named like ${examples}); check the pattern`);
+      }
+    }
+  }
+  const chosen = linears.filter((l) => isSelected(spec, l.weight, l.node));
+  if (chosen.length === 0 && linears.length > 0) {
+    throw new InvalidArgumentError(spec.include.length > 0 ? "include" : "exclude", "--include/--exclude leave no linear layer to prune; the job would change nothing");
+  }
+  return chosen;
 }

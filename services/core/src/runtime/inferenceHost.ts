@@ -7,6 +7,7 @@ import { Worker } from "node:worker_threads";
 import { RuntimeError } from "../errors.js";
 import type { ExecutionDevice, HostRequest, HostResponse } from "./inferenceProtocol.js";
 import type { WireTensor } from "./wireTensor.js";
+import { clampThreads } from "./threadLimit.js";
 
 export type { ExecutionDevice } from "./inferenceProtocol.js";
 
@@ -53,7 +54,8 @@ export class InferenceHost {
   }
 
   static start(options: InferenceHostOptions): InferenceHost {
-    return new InferenceHost(options);
+    const warn = options.warn ?? ((m: string) => process.stderr.write(m + "\n"));
+    return new InferenceHost({ ...options, threads: clampThreads(options.threads, warn) });
   }
 
   get threads(): number {
