@@ -36,6 +36,10 @@ export interface CoordinatorOptions {
   metricsPort?: number;
   log?: (message: string) => void;
   reassignTimeoutMs?: number;
+  /** a worker silent this long on a shard's stream (no heartbeat, no progress) is declared lost; default 120 s */
+  stallTimeoutMs?: number;
+  /** keep every job's work folder (by default SUCCEEDED and CANCELLED jobs' are removed) */
+  keepWork?: boolean;
 }
 
 export interface CoordinatorHandle {
@@ -87,6 +91,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
     if (runners.has(job.id)) return;
     const runner = new JobRunner({
       store: trackingStore, events, pool, metrics, workRoot: opts.workRoot, log, reassignTimeoutMs: opts.reassignTimeoutMs,
+      stallTimeoutMs: opts.stallTimeoutMs, keepWork: opts.keepWork,
       acquireWorkers: kube?.acquireWorkers,
     }, job.id, job.spec!, resume);
     runners.set(job.id, runner);

@@ -8,6 +8,10 @@
  * (default: the pod's own namespace), `--k8s-selector SEL`, `--k8s-worker-port P` (default: the
  * container port named "grpc"), `--k8s-statefulset NAME --k8s-max-replicas N
  * [--k8s-min-replicas N]` to scale the workers around jobs, `--kubeconfig FILE` outside a pod.
+ *
+ * `--stall-timeout SECONDS` (default 120): a worker that sends nothing on a shard's stream for
+ * that long (a heartbeat is due several times within it) is declared lost and its shard rerun.
+ * `--keep-work` keeps every job's work folder (by default only FAILED jobs keep theirs).
  */
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -16,6 +20,7 @@ import type { KubernetesOptions } from "./k8s/kubernetesWorkers.js";
 // podAddress.ts imports only types of the Kubernetes client, so static mode does not load it.
 import { DEFAULT_WORKER_SELECTOR } from "./k8s/podAddress.js";
 import type { TlsConfig } from "../../rpc/credentials.js";
+import { DEFAULT_STALL_TIMEOUT_S } from "./stallWatchdog.js";
 
 function tlsFrom(values: Record<string, unknown>, prefix: string): TlsConfig | undefined {
   const get = (k: string) => values[`${prefix}${k}`] as string | undefined;
@@ -52,6 +57,13 @@ function kubernetesFrom(values: Record<string, unknown>): KubernetesOptions | un
   };
 }
 
+function stallTimeoutSeconds(v: string | undefined): number {
+  if (v === undefined) return DEFAULT_STALL_TIMEOUT_S;
+  const n = Number(v);
+  if (!(Number.isFinite(n) && n > 0)) throw new Error(`--stall-timeout must be a number of seconds > 0, got ${JSON.stringify(v)}`);
+  return n;
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -77,6 +89,8 @@ async function main(): Promise<void> {
       "k8s-min-replicas": { type: "string" },
       "k8s-max-replicas": { type: "string" },
       kubeconfig: { type: "string" },
+      "stall-timeout": { type: "string" },
+      "keep-work": { type: "boolean", default: false },
     },
     strict: true,
   });
@@ -100,6 +114,8 @@ async function main(): Promise<void> {
     tls: tlsFrom(values, "tls-"),
     workerTls: tlsFrom(values, "worker-tls-"),
     metricsPort: values["metrics-port"] === undefined ? undefined : Number(values["metrics-port"]),
+    stallTimeoutMs: stallTimeoutSeconds(values["stall-timeout"]) * 1000,
+    keepWork: values["keep-work"] === true,
   });
   process.stdout.write(JSON.stringify({ ready: true, address: handle.address, metricsPort: handle.metricsPort, pid: process.pid }) + "\n");
   const stop = () => {

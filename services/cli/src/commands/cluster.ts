@@ -16,7 +16,7 @@ import {
   classifyPid, findExecutable, freePort, isAlive, startDetached, stopPids, waitForNats, waitForReadyLine, type ReadyLine, type Started,
 } from "../localProcesses.js";
 
-const USAGE = `usage: atvp cluster up [--workers N] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S]
+const USAGE = `usage: atvp cluster up [--workers N] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S] [--stall-timeout S] [--keep-work]
        atvp cluster down [--dir D] [--timeout S]
 (D defaults to ${DEFAULT_CLUSTER_DIR})
 `;
@@ -38,6 +38,8 @@ const UP_OPTIONS: Options = {
   "allow-root": { type: "string", multiple: true },
   threads: { type: "string" },
   "ready-timeout": { type: "string" },
+  "stall-timeout": { type: "string" },
+  "keep-work": { type: "boolean", default: false },
 };
 
 const DOWN_OPTIONS: Options = {
@@ -59,6 +61,8 @@ export interface UpSettings {
   allowRoots: string[];
   threads: number;
   readyTimeoutMs: number;
+  /** the coordinator's flags for stalled workers and work folders (passed through) */
+  coordinatorFlags: string[];
 }
 
 export function upSettings(values: Record<string, unknown>): UpSettings {
@@ -74,7 +78,10 @@ export function upSettings(values: Record<string, unknown>): UpSettings {
   if (threads < 1) throw new InvalidArgumentError("--threads", `must be at least 1, got ${threads}`);
   const readySeconds = num(values, "ready-timeout") ?? 60;
   if (!(readySeconds > 0)) throw new InvalidArgumentError("--ready-timeout", `must be > 0 seconds, got ${readySeconds}`);
-  return { workers, dir: resolve(str(values, "dir") ?? DEFAULT_CLUSTER_DIR), allowRoots, threads, readyTimeoutMs: readySeconds * 1000 };
+  const stallSeconds = num(values, "stall-timeout");
+  if (stallSeconds !== undefined && !(stallSeconds > 0)) throw new InvalidArgumentError("--stall-timeout", `must be > 0 seconds, got ${stallSeconds}`);
+  const coordinatorFlags = [...(stallSeconds === undefined ? [] : ["--stall-timeout", String(stallSeconds)]), ...(values["keep-work"] === true ? ["--keep-work"] : [])];
+  return { workers, dir: resolve(str(values, "dir") ?? DEFAULT_CLUSTER_DIR), allowRoots, threads, readyTimeoutMs: readySeconds * 1000, coordinatorFlags };
 }
 
 /** A cluster.json whose processes still run means this directory is taken. */
@@ -156,6 +163,7 @@ async function clusterUp(argv: string[]): Promise<number> {
       "--work-root", join(dir, "jobs"),
       ...settings.allowRoots.flatMap((r) => ["--allow-root", r]),
       "--metrics-port", "0",
+      ...settings.coordinatorFlags,
     ], join(logs, "coordinator.log"), settings.readyTimeoutMs, started, interrupt.signal);
 
     const cluster: ClusterFile = {
