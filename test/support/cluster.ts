@@ -66,3 +66,18 @@ export async function waitForJob(client: JobClient, id: string, timeoutMs = 120_
     }
   }
 }
+
+/** block_started events that no later block_finished (of that block) or block_aborted (of that block and worker) closes. */
+export function openBlockStarts(events: readonly JobEvent[]): Array<{ block: number; worker: string }> {
+  const open: Array<{ block: number; worker: string }> = [];
+  for (const e of events) {
+    const ev = e.event;
+    if (ev.case === "blockStarted") open.push({ block: ev.value.block, worker: ev.value.worker });
+    if (ev.case === "blockFinished") for (let i = open.length - 1; i >= 0; i--) if (open[i]!.block === ev.value.block) open.splice(i, 1);
+    if (ev.case === "blockAborted") {
+      const i = open.findIndex((o) => o.block === ev.value.block && o.worker === ev.value.worker);
+      if (i >= 0) open.splice(i, 1);
+    }
+  }
+  return open;
+}

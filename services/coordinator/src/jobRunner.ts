@@ -64,7 +64,7 @@ export class JobRunner {
   private shards: PlannedShard[] = [];
   private tokensPerBlock = 0;
   /** block_started events not yet closed by block_finished or block_aborted */
-  private readonly openBlocks = new Map<number, { label: string; worker: string }>();
+  private readonly openBlocks = new Map<number, { label: string; worker: string; address: string }>();
   /** CancelShard answers: each comes once that run has stopped writing */
   private cancelAcks: Promise<unknown> = Promise.resolve();
 
@@ -209,10 +209,10 @@ export class JobRunner {
     }
   }
 
-  /** Ends the open block_started events (of one worker's blocks in [first, end), or all). */
-  private closeOpenBlocks(reason: string, only?: { worker: string; first: number; end: number }): void {
+  /** Ends the open block_started events (of the blocks in [first, end) on one worker address, or all). */
+  private closeOpenBlocks(reason: string, only?: { address: string; first: number; end: number }): void {
     for (const [block, open] of [...this.openBlocks]) {
-      if (only && (open.worker !== only.worker || block < only.first || block >= only.end)) continue;
+      if (only && (open.address !== only.address || block < only.first || block >= only.end)) continue;
       this.openBlocks.delete(block);
       this.emit({ event: { case: "blockAborted", value: { block, label: open.label, worker: open.worker, reason } } });
     }
@@ -297,7 +297,7 @@ export class JobRunner {
         lastError = gone?.reason ?? ((err as { details?: string }).details || (err as Error).message);
         const cause: FailureCause = gone?.cause ?? (code === status.UNAVAILABLE || code === status.CANCELLED ? "lost" : "crashed");
         this.emit({ event: { case: "shardFailed", value: { shard: shard.index, worker: address, attempt, cause, reason: lastError } } });
-        this.closeOpenBlocks(`shard ${shard.index} failed on ${address} (${cause})`, { worker: address, first: shard.firstBlock, end: shard.endBlock });
+        this.closeOpenBlocks(`shard ${shard.index} failed on ${address} (${cause})`, { address, first: shard.firstBlock, end: shard.endBlock });
         if (gone === undefined && code !== undefined && DETERMINISTIC.has(code)) throw new Error(lastError);
         this.deps.log(`job ${this.jobId}: shard ${shard.index} on ${address} failed (${cause}: ${lastError}); rerunning it`);
         this.deps.pool.markDead(address);
@@ -327,7 +327,7 @@ export class JobRunner {
   private async onProgress(p: ShardProgress, address: string): Promise<void> {
     const v = p.progress;
     if (v.case === "blockStarted") {
-      this.openBlocks.set(v.value.block, { label: v.value.label, worker: address });
+      this.openBlocks.set(v.value.block, { label: v.value.label, worker: v.value.worker, address });
       this.emit({ event: { case: "blockStarted", value: v.value } });
     } else if (v.case === "blockFinished") {
       const b = v.value.block;

@@ -221,7 +221,7 @@ export class ShardRun {
       await ctx.edge;
       const record: BlockRecord = { report: result.report, layers: result.layers };
       this.guard();
-      await wd.writeBlock(b, record);
+      await wd.writeBlock(b, record, () => this.guard());
       return { record, source: arraySource(result.next) };
     } catch (err) {
       await states?.abort();
