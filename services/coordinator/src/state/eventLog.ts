@@ -212,6 +212,9 @@ export class EventLog {
       let messages: ConsumerMessages | undefined;
       const halt = () => messages?.stop();
       stop.addEventListener("abort", halt);
+      // A restarted server lost this ephemeral consumer; the client would notice only after
+      // missed idle heartbeats (tens of seconds): start a new one after lastSeq at once.
+      const offReconnect = this.#conn.onChange(halt);
       try {
         const start: Partial<OrderedConsumerOptions> =
           lastSeq === 0
@@ -241,6 +244,7 @@ export class EventLog {
         }
       } finally {
         stop.removeEventListener("abort", halt);
+        offReconnect();
         messages?.stop();
       }
       // The consumer gave up (NATS away for long, stream recreated): start a new one after lastSeq.
