@@ -41,7 +41,7 @@ const reference: Buffer[] = [];
 const pids = new Set<number>();
 
 before(async () => {
-  const g = await generateModel({ outDir: join(tmp.path, "model"), layers: 6, hidden: 64, samples: 12, seqLen: 48, imageTokens: 20, seed: 21 });
+  const g = await generateModel({ outDir: join(tmp.path, "model"), layers: 8, hidden: 256, samples: 24, seqLen: 96, imageTokens: 32, seed: 21 });
   model = { model: g.modelPath, calib: g.calibPath };
   for (const [i, s] of SPECS.entries()) {
     const out = join(tmp.path, `ref-${i}`);
@@ -141,7 +141,7 @@ test(`soak: ${JOBS} jobs in parallel under random faults (seed ${SEED}) all SUCC
     let stoppedNow = 0;
     const faultEnd = performance.now() + FAULT_WINDOW_MS;
     for (let n = 0; n < MAX_FAULTS && performance.now() < faultEnd; n++) {
-      await sleep(rng.int(1500, 3500));
+      await sleep(n < 4 ? rng.int(1000, 2000) : rng.int(2000, 5000));
       await poll();
       if (allEnded()) break;
       const kind = kinds[n] ?? (["worker_sigkill", "worker_sigstop", "coordinator_restart", "nats_restart"] as const)[rng.int(0, 3)]!;
@@ -192,7 +192,7 @@ test(`soak: ${JOBS} jobs in parallel under random faults (seed ${SEED}) all SUCC
       assert.ok(readFileSync(join(j.out, "model.onnx.data")).equals(reference[j.spec]!), `${j.id} is bit-identical to atvp prune`);
       assert.deepEqual(readdirSync(j.out).sort(), ["model.onnx", "model.onnx.data", "report.json"], `${j.id}: only the finished output`);
     }
-    assert.ok(faults.worker_sigkill + faults.worker_sigstop + faults.coordinator_restart + faults.nats_restart > 0, "faults were injected");
+    for (const [kind, n] of Object.entries(faults)) assert.ok(n > 0, `no ${kind} was injected while the jobs ran`);
   } finally {
     client.close();
     for (const w of workers) w.current?.child.kill("SIGCONT");

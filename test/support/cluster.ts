@@ -67,16 +67,18 @@ export async function waitForJob(client: JobClient, id: string, timeoutMs = 120_
   }
 }
 
-/** block_started events that no later block_finished (of that block) or block_aborted (of that block and worker) closes. */
+/**
+ * block_started events that no later block_finished or block_aborted of the same block and
+ * worker closes (a rerun's block_finished on another worker does not close the first start).
+ */
 export function openBlockStarts(events: readonly JobEvent[]): Array<{ block: number; worker: string }> {
-  const open: Array<{ block: number; worker: string }> = [];
+  let open: Array<{ block: number; worker: string }> = [];
   for (const e of events) {
     const ev = e.event;
     if (ev.case === "blockStarted") open.push({ block: ev.value.block, worker: ev.value.worker });
-    if (ev.case === "blockFinished") for (let i = open.length - 1; i >= 0; i--) if (open[i]!.block === ev.value.block) open.splice(i, 1);
-    if (ev.case === "blockAborted") {
-      const i = open.findIndex((o) => o.block === ev.value.block && o.worker === ev.value.worker);
-      if (i >= 0) open.splice(i, 1);
+    if (ev.case === "blockFinished" || ev.case === "blockAborted") {
+      const { block, worker } = ev.value;
+      open = open.filter((o) => !(o.block === block && o.worker === worker));
     }
   }
   return open;
