@@ -13,6 +13,8 @@ import { JobState } from "../../services/gen/atvprune/v1/job_pb.js";
 import { generateModel } from "../../services/core/src/gen/genModel.js";
 import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
 import { startNatsServer, type NatsServerHandle } from "../../services/coordinator/src/state/natsServer.js";
+import { startCoordinator } from "../../services/coordinator/src/coordinator.js";
+import { startWorker } from "../../services/worker/src/worker.js";
 import { CLI, tempDir } from "../support/fixtures.js";
 import { jobClient, openBlockStarts, startChild, waitForJob, type ChildService } from "../support/cluster.js";
 import { workerClient, withTimeout } from "../worker/harness.js";
@@ -105,4 +107,52 @@ test("--stall-timeout must be a positive number of seconds, named in the error",
   const r = spawnSync(process.execPath, [join(CLI, "../../../coordinator/src/main.js"), "--nats", "nats://127.0.0.1:1", "--stall-timeout", "0"], { encoding: "utf8", timeout: 30_000 });
   assert.equal(r.status, 1);
   assert.match(r.stderr, /--stall-timeout must be a number of seconds > 0, got "0"/);
+});
+
+test("a coordinator that resumes a job closes the block_started its predecessor left open", async () => {
+  const [a, b] = [await startWorker({ threads: 1, log: () => {} }), await startWorker({ threads: 1, log: () => {} })];
+  const workRoot = join(tmp.path, "jobs-resume");
+  const common = { nats: nats.url, workRoot, allowedRoots: [tmp.path], log: () => {} };
+  let first: Awaited<ReturnType<typeof startCoordinator>> | undefined = await startCoordinator({ ...common, workers: [a.address, b.address] });
+  let second: Awaited<ReturnType<typeof startCoordinator>> | undefined;
+  try {
+    await first.pool.waitForReady(2, 10_000);
+    let client = jobClient(first.address);
+    const out = join(tmp.path, "out-resume");
+    const { job } = await client.submitJob({ spec: { ...model, out, method: "atv", sparsity: 0.5, alpha: 4, propagation: "sequential" } });
+    const id = job!.id;
+    // Until both workers have a block in progress (B's is left open when the first coordinator goes).
+    const startedBy = new Set<string>();
+    const watch = client.watchJob({ id }, { deadlineMs: 60_000 });
+    try {
+      for await (const e of watch) {
+        if (e.event.case === "blockStarted") startedBy.add(e.event.value.worker);
+        if (startedBy.has(a.id) && startedBy.has(b.id)) break;
+      }
+    } finally {
+      // The server ends its side of the watch only when cancelled (closing the channel is not enough).
+      watch.cancel();
+    }
+    assert.ok(startedBy.has(b.id), "worker B started a block");
+    client.close();
+    await first.close();
+    first = undefined;
+    // The next coordinator knows worker A only: B's block is rerun on A, so only the new coordinator can close B's start.
+    second = await startCoordinator({ ...common, workers: [a.address] });
+    client = jobClient(second.address);
+    try {
+      const result = await waitForJob(client, id);
+      assert.equal(result.state, JobState.SUCCEEDED, (await client.getJob({ id })).reason);
+      assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference));
+      assert.ok(result.events.some((e) => e.event.case === "blockAborted" && e.event.value.worker === b.id && /coordinator .* stopped/.test(e.event.value.reason)));
+      assert.deepEqual(openBlockStarts(result.events), []);
+    } finally {
+      client.close();
+    }
+  } finally {
+    await first?.close();
+    await second?.close();
+    await a.close();
+    await b.close();
+  }
 });

@@ -7,6 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import { JobService, JobState, type JobEvent } from "../../services/gen/atvprune/v1/job_pb.js";
 import { createClient, type Client } from "../../services/rpc/grpcAdapter.js";
 import { REPO } from "./fixtures.js";
+import { openBlockStarts as findOpenBlocks } from "../../services/coordinator/src/openBlocks.js";
 
 export type JobClient = Client<typeof JobService>;
 
@@ -67,19 +68,7 @@ export async function waitForJob(client: JobClient, id: string, timeoutMs = 120_
   }
 }
 
-/**
- * block_started events that no later block_finished or block_aborted of the same block and
- * worker closes (a rerun's block_finished on another worker does not close the first start).
- */
+/** block_started events left open (services/coordinator/src/openBlocks.ts), as {block, worker}. */
 export function openBlockStarts(events: readonly JobEvent[]): Array<{ block: number; worker: string }> {
-  let open: Array<{ block: number; worker: string }> = [];
-  for (const e of events) {
-    const ev = e.event;
-    if (ev.case === "blockStarted") open.push({ block: ev.value.block, worker: ev.value.worker });
-    if (ev.case === "blockFinished" || ev.case === "blockAborted") {
-      const { block, worker } = ev.value;
-      open = open.filter((o) => !(o.block === block && o.worker === worker));
-    }
-  }
-  return open;
+  return findOpenBlocks(events).map(({ block, worker }) => ({ block, worker }));
 }

@@ -25,6 +25,7 @@ import type { BlockReport, LayerReport } from "../../core/src/pipeline/report.js
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
 import { toPruneSpec } from "./pathPolicy.js";
 import type { EventPort, JobStatePort } from "./ports.js";
+import { openBlockStarts } from "./openBlocks.js";
 import { planShards, type PlannedShard } from "./shardPlanner.js";
 import { DEFAULT_STALL_TIMEOUT_S, heartbeatMs, StallWatchdog } from "./stallWatchdog.js";
 import type { WorkerPool } from "./workerPool.js";
@@ -141,6 +142,7 @@ export class JobRunner {
       this.emit({ event: { case: "stateChanged", value: { state: JobState.RUNNING } } });
 
       await mkdir(workDir, { recursive: true });
+      if (this.resume) await this.closeStartsOfPredecessor();
       const costs = analysis.partition.blockLinears.map((linears) => ({
         bytes: linears.reduce((a, l) => a + data!.byteLength(analysis.index.initializers.get(l.weight)!), 0),
         flops: linears.reduce((a, l) => a + l.inDim * l.outDim, 0),
@@ -206,6 +208,21 @@ export class JobRunner {
       await rm(workDir, { recursive: true, force: true, maxRetries: 3 });
     } catch (err) {
       this.deps.log(`job ${this.jobId}: could not remove its work folder ${workDir}: ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * A resumed job's blocks that the previous coordinator saw start but not end: those runs died
+   * with it (a worker stops a shard whose stream breaks), so their block_started are closed.
+   */
+  private async closeStartsOfPredecessor(): Promise<void> {
+    if (!this.deps.events.history) return;
+    try {
+      for (const open of openBlockStarts(await this.deps.events.history(this.jobId))) {
+        this.emit({ event: { case: "blockAborted", value: { ...open, reason: "the coordinator that started it stopped; the job resumed from its checkpoints" } } });
+      }
+    } catch (err) {
+      this.deps.log(`job ${this.jobId}: could not read its event history to close its open blocks: ${(err as Error).message}`);
     }
   }
 

@@ -253,6 +253,42 @@ export class EventLog {
   }
 
   /**
+   * The job's events published so far, without waiting for live ones: what a coordinator that
+   * resumes a job reads to close what its predecessor left open. StateUnavailableError when
+   * NATS does not deliver them all within `timeoutMs`.
+   */
+  async history(jobId: string, opts: { timeoutMs?: number } = {}): Promise<JobEvent[]> {
+    checkJobId(jobId);
+    const subject = eventSubject(jobId);
+    const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
+    const events: JobEvent[] = [];
+    let left = 0;
+    try {
+      const consumer = await this.#js.consumers.get(this.stream, { filter_subjects: subject, deliver_policy: DeliverPolicy.All });
+      left = (await consumer.info()).num_pending;
+      while (left > 0 && Date.now() < deadline) {
+        const batch = await consumer.fetch({ max_messages: Math.min(left, 256), expires: Math.max(1000, deadline - Date.now()) });
+        let got = 0;
+        for await (const m of batch) {
+          got++;
+          left--;
+          try {
+            events.push(fromBinary(JobEventSchema, m.data));
+          } catch (err) {
+            this.#onError(new StateError("DATA_LOSS", `${subject}#${m.info.streamSequence}`, `undecodable event skipped (${(err as Error).message})`, { cause: err }));
+          }
+          if (left === 0) break;
+        }
+        if (got === 0) break;
+      }
+    } catch (err) {
+      throw new StateUnavailableError(subject, `cannot read the event history (${(err as Error).message})`, { cause: err });
+    }
+    if (left > 0) throw new StateUnavailableError(subject, `${left} events of the history not delivered in time`);
+    return events;
+  }
+
+  /**
    * Ends watches and stops the sender after one last bounded try; events it could not send are
    * reported through onError. Does not close the connection.
    */
