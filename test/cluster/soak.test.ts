@@ -15,7 +15,7 @@ import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
 import { freePort } from "../../services/cli/src/localProcesses.js";
 import { startNatsServer, type NatsServerHandle } from "../../services/coordinator/src/state/natsServer.js";
 import { REPO, tempDir } from "../support/fixtures.js";
-import { jobClient, startChild, type ChildService } from "../support/cluster.js";
+import { jobClient, openBlockStarts, startChild, waitForJob, type ChildService } from "../support/cluster.js";
 
 const SEED = Number(process.env["ATVP_SOAK_SEED"] ?? 7);
 const JOBS = 8;
@@ -180,8 +180,17 @@ test(`soak: ${JOBS} jobs in parallel under random faults (seed ${SEED}) all SUCC
       await sleep(500);
       await poll();
     }
+    // What the coordinator saw: shard failures by cause, from each job's event history.
+    const shardFailures: Record<string, number> = {};
+    const histories = new Map<string, Awaited<ReturnType<typeof waitForJob>>["events"]>();
+    for (const j of jobs) {
+      if (!allEnded()) break;
+      const { events } = await waitForJob(client, j.id, 60_000);
+      histories.set(j.id, events);
+      for (const e of events) if (e.event.case === "shardFailed") shardFailures[e.event.value.cause] = (shardFailures[e.event.value.cause] ?? 0) + 1;
+    }
     const seconds = (performance.now() - started) / 1000;
-    const line = { soak: { seed: SEED, jobs: JOBS, workers: WORKERS, stallTimeoutS: STALL_S, faults, totalFaults: Object.values(faults).reduce((a, b) => a + b, 0), seconds: Math.round(seconds) } };
+    const line = { soak: { seed: SEED, jobs: JOBS, workers: WORKERS, stallTimeoutS: STALL_S, faults, totalFaults: Object.values(faults).reduce((a, b) => a + b, 0), shardFailures, seconds: Math.round(seconds) } };
     process.stdout.write(JSON.stringify(line) + "\n");
     mkdirSync(join(REPO, ".work"), { recursive: true });
     writeFileSync(join(REPO, ".work", "soak-faults.json"), JSON.stringify(line) + "\n", { flag: "w" });
@@ -191,6 +200,7 @@ test(`soak: ${JOBS} jobs in parallel under random faults (seed ${SEED}) all SUCC
       assert.equal(final.state, JobState.SUCCEEDED, `${j.id}: ${JobState[final.state]} ${final.reason}`);
       assert.ok(readFileSync(join(j.out, "model.onnx.data")).equals(reference[j.spec]!), `${j.id} is bit-identical to atvp prune`);
       assert.deepEqual(readdirSync(j.out).sort(), ["model.onnx", "model.onnx.data", "report.json"], `${j.id}: only the finished output`);
+      assert.deepEqual(openBlockStarts(histories.get(j.id) ?? []), [], `${j.id}: every block_started is closed`);
     }
     for (const [kind, n] of Object.entries(faults)) assert.ok(n > 0, `no ${kind} was injected while the jobs ran`);
   } finally {

@@ -217,12 +217,20 @@ export class JobRunner {
    */
   private async closeStartsOfPredecessor(): Promise<void> {
     if (!this.deps.events.history) return;
-    try {
-      for (const open of openBlockStarts(await this.deps.events.history(this.jobId))) {
-        this.emit({ event: { case: "blockAborted", value: { ...open, reason: "the coordinator that started it stopped; the job resumed from its checkpoints" } } });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        for (const open of openBlockStarts(await this.deps.events.history(this.jobId))) {
+          this.emit({ event: { case: "blockAborted", value: { ...open, reason: "the coordinator that started it stopped; the job resumed from its checkpoints" } } });
+        }
+        return;
+      } catch (err) {
+        // NATS may be restarting too: a few tries, then the job goes on without (events are no reason to fail it).
+        if (attempt >= 3) {
+          this.deps.log(`job ${this.jobId}: could not read its event history to close its open blocks: ${(err as Error).message}`);
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 1000));
       }
-    } catch (err) {
-      this.deps.log(`job ${this.jobId}: could not read its event history to close its open blocks: ${(err as Error).message}`);
     }
   }
 
