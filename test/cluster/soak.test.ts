@@ -12,7 +12,7 @@ import { JobState } from "../../services/gen/atvprune/v1/job_pb.js";
 import { generateModel } from "../../services/core/src/gen/genModel.js";
 import { Rng } from "../../services/core/src/gen/rng.js";
 import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
-import { freePort } from "../../services/cli/src/localProcesses.js";
+import { freePort, isAlive } from "../../services/cli/src/localProcesses.js";
 import { startNatsServer, type NatsServerHandle } from "../../services/coordinator/src/state/natsServer.js";
 import { REPO, tempDir } from "../support/fixtures.js";
 import { jobClient, openBlockStarts, startChild, waitForJob, type ChildService } from "../support/cluster.js";
@@ -53,15 +53,6 @@ before(async () => {
 after(() => tmp.cleanup());
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** One service on a fixed port, restartable; start retries while its port or NATS is not back yet. */
 class Service {
@@ -211,6 +202,6 @@ test(`soak: ${JOBS} jobs in parallel under random faults (seed ${SEED}) all SUCC
     await nats.stop();
   }
   // Nothing left behind: no process we started, no work folder.
-  for (const pid of [...pids, ...natsPids]) assert.ok(!alive(pid), `process ${pid} is still running`);
+  for (const pid of [...pids, ...natsPids]) assert.ok(!isAlive(pid), `process ${pid} is still running`);
   assert.deepEqual(existsSync(workRoot) ? readdirSync(workRoot) : [], [], "no job work folder left");
 });

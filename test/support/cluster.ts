@@ -20,6 +20,8 @@ export interface ChildService {
   metricsPort?: number;
   pid: number;
   child: ChildProcess;
+  /** what it wrote on stderr so far */
+  stderr(): string;
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
@@ -38,6 +40,7 @@ export async function startChild(which: "worker" | "coordinator", args: string[]
     ...ready,
     pid: child.pid!,
     child,
+    stderr: () => stderr.join(""),
     kill: (signal = "SIGKILL") => new Promise((resolve) => {
       if (child.exitCode !== null || child.signalCode !== null) return resolve();
       child.once("exit", () => resolve());

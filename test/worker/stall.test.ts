@@ -3,20 +3,18 @@
 // anything more, even though its stream was never cancelled.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { status } from "@grpc/grpc-js";
 import { generateModel } from "../../services/core/src/gen/genModel.js";
 import { RunLiveness } from "../../services/worker/src/runLiveness.js";
-import { REPO, tempDir } from "../support/fixtures.js";
+import { tempDir } from "../support/fixtures.js";
+import { startChild, type ChildService } from "../support/cluster.js";
 import { MiniCoordinator, withTimeout } from "./harness.js";
 
-const WORKER_MAIN = join(REPO, "dist/services/worker/src/main.js");
 const tmp = tempDir("worker-stall");
 let model: { model: string; calib: string };
-const children: ChildProcess[] = [];
+const children: ChildService[] = [];
 
 before(async () => {
   const g = await generateModel({ outDir: join(tmp.path, "m"), layers: 8, hidden: 64, samples: 8, seqLen: 48, imageTokens: 24, seed: 9 });
@@ -25,8 +23,8 @@ before(async () => {
 
 after(() => {
   for (const c of children) {
-    c.kill("SIGCONT");
-    c.kill("SIGKILL");
+    c.child.kill("SIGCONT");
+    c.child.kill("SIGKILL");
   }
   tmp.cleanup();
 });
@@ -62,18 +60,6 @@ test("RunLiveness: beats while the event loop runs; a loop frozen past the fence
   free.stop();
 });
 
-async function spawnWorker(id: string): Promise<{ child: ChildProcess; address: string; stderr: () => string }> {
-  const child = spawn(process.execPath, [WORKER_MAIN, "--listen", "127.0.0.1:0", "--id", id, "--threads", "1"], { stdio: ["ignore", "pipe", "pipe"] });
-  children.push(child);
-  let stderr = "";
-  child.stderr!.on("data", (d) => (stderr += String(d)));
-  const line = await withTimeout(new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).once("line", resolve);
-    child.once("exit", (code) => reject(new Error(`worker exited ${code}: ${stderr}`)));
-  }), 15_000, "child worker start");
-  return { child, address: (JSON.parse(line) as { address: string }).address, stderr: () => stderr };
-}
-
 /** Waits (bounded) until the process is in state T (stopped). */
 async function stopped(pid: number): Promise<void> {
   await withTimeout((async () => {
@@ -86,7 +72,8 @@ function files(dir: string): string[] {
 }
 
 test("a worker resumed after a freeze past the stall fence stops its shard with ABORTED and writes nothing more", async () => {
-  const w = await spawnWorker("frozen");
+  const w = await startChild("worker", ["--listen", "127.0.0.1:0", "--id", "frozen", "--threads", "1"]);
+  children.push(w);
   const workDir = join(tmp.path, "work-frozen");
   const mini = await MiniCoordinator.start("job-frozen", { ...model, method: "atv", sparsity: 0.5, out: join(tmp.path, "out-frozen") }, workDir);
   try {
