@@ -13,7 +13,7 @@ import { startNatsServer, type NatsServerHandle } from "../../services/coordinat
 import { startCoordinator, type CoordinatorHandle } from "../../services/coordinator/src/coordinator.js";
 import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
 import { tempDir } from "../support/fixtures.js";
-import { jobClient, startChild, waitForJob, type ChildService, type JobClient } from "../support/cluster.js";
+import { jobClient, openBlockStarts, startChild, waitForJob, type ChildService, type JobClient } from "../support/cluster.js";
 
 const tmp = tempDir("cluster");
 let model: { model: string; calib: string };
@@ -98,17 +98,22 @@ test("a worker killed with SIGKILL mid-job: its shard resumes elsewhere, same by
     await coordinator.pool.waitForReady(2, 10_000);
     const s = spec("sequential");
     const { job } = await client.submitJob({ spec: s });
-    let killed = false;
+    let killed: ChildService | undefined;
     const result = await waitForJob(client, job!.id, 120_000, async (e) => {
       // Kill the worker of the second shard once it has finished its first block.
       if (!killed && e.event.case === "blockFinished" && e.event.value.block === 3) {
         const shard = (await client.getJob({ id: job!.id })).shards.find((x) => x.firstBlock === 3);
         const victim = children.find((c) => c.address === shard?.worker);
-        if (victim) { killed = true; await victim.kill("SIGKILL"); }
+        if (victim) { killed = victim; await victim.kill("SIGKILL"); }
       }
     });
     const final = await client.getJob({ id: job!.id });
     assert.ok(killed, "the test must kill a worker mid-job");
+    // The events say which shard failed where and why, and close its open block_started.
+    const failed = result.events.flatMap((e) => (e.event.case === "shardFailed" ? [e.event.value] : []));
+    assert.ok(failed.some((f) => f.worker === killed!.address && f.cause === "lost" && f.reason !== ""), JSON.stringify(failed));
+    assert.ok(result.events.some((e) => e.event.case === "shardReassigned" && e.event.value.fromWorker === killed!.address));
+    assert.deepEqual(openBlockStarts(result.events), []);
     assert.equal(result.state, JobState.SUCCEEDED, final.reason);
     assert.ok(final.shards.some((x) => x.attempts > 1), "a shard was rerun");
     assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get("sequential")!));
@@ -175,6 +180,7 @@ test("cancel: the job ends CANCELLED and leaves no model behind", async () => {
       if (e.event.case === "blockStarted") await c.client.cancelJob({ id: job!.id, reason: "test" }).catch(() => {});
     });
     assert.equal(result.state, JobState.CANCELLED);
+    assert.deepEqual(openBlockStarts(result.events), [], "the cancelled blocks are closed (block_aborted)");
     const final = await c.client.getJob({ id: job!.id });
     assert.equal(final.reason, "test");
     assert.ok(!existsSync(join(s.out, "model.onnx")));
@@ -226,7 +232,11 @@ test("/metrics parses and its counters match the finished job", async () => {
     };
     assert.equal(value("atvp_blocks_pruned_total"), 6);
     assert.equal(value("atvp_params_pruned_total"), report.totals.pruned);
-    assert.equal(value("atvp_calibration_tokens_total"), 6 * report.totals.tokens);
+    // Tokens once per job, as report.json counts them; tokens x blocks under their own name.
+    assert.ok(report.totals.tokens > 0);
+    assert.equal(value("atvp_calibration_tokens_total"), report.totals.tokens);
+    assert.equal(report.totals.tokenPasses, 6 * report.totals.tokens);
+    assert.equal(value("atvp_calibration_token_passes_total"), report.totals.tokenPasses);
     assert.equal(value("atvp_block_duration_seconds_count"), 6);
     assert.equal(value("atvp_jobs", '{state="SUCCEEDED"}'), 1);
     assert.equal(value("atvp_workers_ready"), 2);

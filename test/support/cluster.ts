@@ -7,6 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import { JobService, JobState, type JobEvent } from "../../services/gen/atvprune/v1/job_pb.js";
 import { createClient, type Client } from "../../services/rpc/grpcAdapter.js";
 import { REPO } from "./fixtures.js";
+import { openBlockStarts as findOpenBlocks } from "../../services/coordinator/src/openBlocks.js";
 
 export type JobClient = Client<typeof JobService>;
 
@@ -19,6 +20,8 @@ export interface ChildService {
   metricsPort?: number;
   pid: number;
   child: ChildProcess;
+  /** what it wrote on stderr so far */
+  stderr(): string;
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
@@ -37,6 +40,7 @@ export async function startChild(which: "worker" | "coordinator", args: string[]
     ...ready,
     pid: child.pid!,
     child,
+    stderr: () => stderr.join(""),
     kill: (signal = "SIGKILL") => new Promise((resolve) => {
       if (child.exitCode !== null || child.signalCode !== null) return resolve();
       child.once("exit", () => resolve());
@@ -65,4 +69,9 @@ export async function waitForJob(client: JobClient, id: string, timeoutMs = 120_
       await new Promise((r) => setTimeout(r, 300)); // coordinator restarting: watch again
     }
   }
+}
+
+/** block_started events left open (services/coordinator/src/openBlocks.ts), as {block, worker}. */
+export function openBlockStarts(events: readonly JobEvent[]): Array<{ block: number; worker: string }> {
+  return findOpenBlocks(events).map(({ block, worker }) => ({ block, worker }));
 }

@@ -63,10 +63,11 @@ export class MiniCoordinator {
 
   runShard(
     address: string, shard: number, firstBlock: number, endBlock: number, upstream: string,
-    opts: { attempt?: number; onEvent?: (p: ShardProgress) => void } = {},
+    opts: { attempt?: number; onEvent?: (p: ShardProgress) => void; heartbeatMs?: number; stallTimeoutMs?: number } = {},
   ): ShardCall {
     const stream = this.client(address).runShard({
       jobId: this.jobId, spec: jobSpec(this.spec), shard, firstBlock, endBlock, upstream, workDir: this.workDir, attempt: opts.attempt ?? 1,
+      heartbeatMs: opts.heartbeatMs, stallTimeoutMs: opts.stallTimeoutMs,
     });
     const events: ShardProgress[] = [];
     const done = (async () => {

@@ -111,7 +111,7 @@ test("/metrics serves the worker's counters; /healthz and /readyz answer", async
   };
   const m = await get("/metrics");
   assert.equal(m.status, 200);
-  for (const name of ["atvp_blocks_pruned_total", "atvp_params_pruned_total", "atvp_calibration_tokens_total", "atvp_activation_bytes_streamed_total", "atvp_block_duration_seconds_bucket", "process_cpu_user_seconds_total"]) {
+  for (const name of ["atvp_blocks_pruned_total", "atvp_params_pruned_total", "atvp_calibration_token_passes_total", "atvp_activation_bytes_streamed_total", "atvp_block_duration_seconds_bucket", "process_cpu_user_seconds_total"]) {
     assert.match(m.text, new RegExp(`^${name}`, "m"), name);
   }
   // Earlier tests pruned blocks on this worker.

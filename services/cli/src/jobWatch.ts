@@ -61,6 +61,18 @@ export function eventJson(e: JobEvent): Record<string, unknown> {
         tokensPerSecond: v.tokensPerSecond, cosDistAvg: v.cosDistAvg ?? null, k: [...v.k], pruned: Number(v.pruned), params: Number(v.params),
       };
     }
+    case "shardFailed": {
+      const v = e.event.value;
+      return { type: "shard_failed", ...base, shard: v.shard, worker: v.worker, attempt: v.attempt, cause: v.cause, reason: v.reason };
+    }
+    case "shardReassigned": {
+      const v = e.event.value;
+      return { type: "shard_reassigned", ...base, shard: v.shard, fromWorker: v.fromWorker, toWorker: v.toWorker, attempt: v.attempt, cause: v.cause };
+    }
+    case "blockAborted": {
+      const v = e.event.value;
+      return { type: "block_aborted", ...base, block: v.block, label: v.label, worker: v.worker, reason: v.reason };
+    }
     default:
       return { type: "unknown", ...base };
   }
@@ -91,6 +103,8 @@ export function barView(stream: NodeJS.WriteStream, blocksTotal: number): JobVie
       if (ev.case === "stateChanged") state = stateName(ev.value.state);
       if (ev.case === "shardAssigned") total = Math.max(total, ev.value.endBlock);
       if (ev.case === "blockStarted") label = `${ev.value.label} on ${ev.value.worker}`;
+      if (ev.case === "shardFailed") label = `shard ${ev.value.shard} ${ev.value.cause} on ${ev.value.worker}`;
+      if (ev.case === "shardReassigned") label = `shard ${ev.value.shard} ${ev.value.cause}: moved to ${ev.value.toWorker}`;
       if (ev.case === "blockFinished") {
         // A block redone after a worker failure counts once.
         finished.add(ev.value.block);

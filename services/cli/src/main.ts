@@ -28,10 +28,11 @@ commands:
 
 cluster (coordinator + workers over gRPC, job state in NATS JetStream):
   cluster up    [--workers N (2)] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S] [--insecure]
+                [--stall-timeout S (120)] [--keep-work]
                 starts nats-server, N workers and the coordinator in the background; writes D/cluster.json;
                 mutual TLS + a token everywhere (CA, certificates, token in D), unless --insecure (debugging only)
   cluster down  [--dir D] [--timeout S]
-  submit        prune's job flags (not --threads/--device) [--workers K] [--wait | --watch] [CONNECTION]
+  submit        prune's job flags (not --threads/--device) [--workers K] [--keep-work] [--wait | --watch] [CONNECTION]
                 prints the job id; --wait/--watch follow it and exit 0 only if it SUCCEEDED
   status        JOB [--json] [CONNECTION]
   watch         JOB [CONNECTION]      the job's events so far, then live; exits like submit --wait

@@ -46,6 +46,10 @@ export interface CoordinatorOptions {
   reassignTimeoutMs?: number;
   /** an output folder's lease lapses when not renewed for this long (default 120 s) */
   leaseTtlMs?: number;
+  /** a worker silent this long on a shard's stream (no heartbeat, no progress) is declared lost; default 120 s */
+  stallTimeoutMs?: number;
+  /** keep every job's work folder (by default SUCCEEDED and CANCELLED jobs' are removed) */
+  keepWork?: boolean;
 }
 
 export interface CoordinatorHandle {
@@ -106,6 +110,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Coordi
     const lease = leases.keep(job.spec!.out, job.id, isLive);
     const runner = new JobRunner({
       store: trackingStore, events, pool, metrics, workRoot: opts.workRoot, log, reassignTimeoutMs: opts.reassignTimeoutMs,
+      stallTimeoutMs: opts.stallTimeoutMs, keepWork: opts.keepWork,
       acquireWorkers: kube?.acquireWorkers,
     }, job.id, job.spec!, resume);
     runners.set(job.id, runner);

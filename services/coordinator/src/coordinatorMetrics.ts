@@ -9,14 +9,18 @@ export class CoordinatorMetrics {
   readonly registry = new Registry();
   readonly blocksPruned: Counter;
   readonly paramsPruned: Counter;
+  /** each calibration token once per job (report.json's totals.tokens), when the job succeeds */
   readonly calibrationTokens: Counter;
+  /** tokens run through blocks: tokens x blocks (report.json's totals.tokenPasses) */
+  readonly calibrationTokenPasses: Counter;
   readonly blockDuration: Histogram;
 
   constructor(jobStates: () => JobState[], workersReady: () => number) {
     collectDefaultMetrics({ register: this.registry });
     this.blocksPruned = new Counter({ name: "atvp_blocks_pruned_total", help: "Decoder blocks pruned (each block once per job).", registers: [this.registry] });
     this.paramsPruned = new Counter({ name: "atvp_params_pruned_total", help: "Weights set to zero.", registers: [this.registry] });
-    this.calibrationTokens = new Counter({ name: "atvp_calibration_tokens_total", help: "Calibration tokens passed through pruned blocks.", registers: [this.registry] });
+    this.calibrationTokens = new Counter({ name: "atvp_calibration_tokens_total", help: "Calibration tokens of succeeded jobs, each counted once per job (report.json totals.tokens).", registers: [this.registry] });
+    this.calibrationTokenPasses = new Counter({ name: "atvp_calibration_token_passes_total", help: "Calibration tokens passed through blocks: tokens x blocks (report.json totals.tokenPasses).", registers: [this.registry] });
     this.blockDuration = new Histogram({
       name: "atvp_block_duration_seconds", help: "Wall time to calibrate and prune one block.",
       buckets: [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900], registers: [this.registry],

@@ -6,7 +6,7 @@
  * (with the reason) or CANCELLED.
  */
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
@@ -26,7 +26,9 @@ import type { BlockReport, LayerReport } from "../../core/src/pipeline/report.js
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
 import { toPruneSpec } from "./pathPolicy.js";
 import type { EventPort, JobStatePort } from "./ports.js";
+import { openBlockStarts } from "./openBlocks.js";
 import { planShards, type PlannedShard } from "./shardPlanner.js";
+import { DEFAULT_STALL_TIMEOUT_S, heartbeatMs, StallWatchdog } from "./stallWatchdog.js";
 import type { WorkerPool } from "./workerPool.js";
 
 export interface RunnerDeps {
@@ -42,7 +44,14 @@ export interface RunnerDeps {
   maxAttempts?: number;
   /** before planning: make `requested` workers (0: any) available, e.g. scale a StatefulSet; must not throw */
   acquireWorkers?: (requested: number, signal: AbortSignal) => Promise<void>;
+  /** a worker silent this long on a shard's stream is declared lost (default 120 s) */
+  stallTimeoutMs?: number;
+  /** keep every job's work folder, whatever its end (otherwise only FAILED jobs keep theirs) */
+  keepWork?: boolean;
 }
+
+/** Why a shard attempt ended without finishing (the `cause` of shard_failed / shard_reassigned). */
+type FailureCause = "lost" | "stalled" | "crashed";
 
 class Cancelled extends Error {}
 
@@ -56,6 +65,10 @@ export class JobRunner {
   private readonly abort = new AbortController();
   private shards: PlannedShard[] = [];
   private tokensPerBlock = 0;
+  /** block_started events not yet closed by block_finished or block_aborted */
+  private readonly openBlocks = new Map<number, { label: string; worker: string; address: string }>();
+  /** CancelShard answers: each comes once that run has stopped writing */
+  private cancelAcks: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly deps: RunnerDeps, readonly jobId: string, private readonly spec: JobSpec, private readonly resume: boolean) {}
 
@@ -74,9 +87,8 @@ export class JobRunner {
     if (this.cancelReason !== undefined) return;
     this.cancelReason = reason;
     this.abort.abort();
-    for (const [shard, address] of this.running) {
-      void this.deps.pool.client(address).cancelShard({ jobId: this.jobId, shard }, { deadlineMs: 5000 }).catch(() => {});
-    }
+    this.cancelAcks = Promise.allSettled([...this.running].map(([shard, address]) =>
+      this.deps.pool.client(address).cancelShard({ jobId: this.jobId, shard }, { deadlineMs: 15_000 })));
   }
 
   private emit(event: Omit<Parameters<typeof create<typeof JobEventSchema>>[1], "jobId" | "timeUnixMs">): void {
@@ -101,6 +113,7 @@ export class JobRunner {
   /** Runs the job to a terminal state; never throws. */
   async run(): Promise<void> {
     const started = performance.now();
+    const workDir = join(this.deps.workRoot, this.jobId);
     let writer: PrunedModelWriter | undefined;
     let data: TensorData | undefined;
     let prepared: PreparedOutput | undefined;
@@ -130,8 +143,8 @@ export class JobRunner {
       });
       this.emit({ event: { case: "stateChanged", value: { state: JobState.RUNNING } } });
 
-      const workDir = join(this.deps.workRoot, this.jobId);
       await mkdir(workDir, { recursive: true });
+      if (this.resume) await this.closeStartsOfPredecessor();
       const costs = analysis.partition.blockLinears.map((linears) => ({
         bytes: linears.reduce((a, l) => a + data!.byteLength(analysis.index.initializers.get(l.weight)!), 0),
         flops: linears.reduce((a, l) => a + l.inDim * l.outDim, 0),
@@ -164,6 +177,8 @@ export class JobRunner {
       await writeFile(reportPath + PARTIAL_SUFFIX, JSON.stringify({ ...report, jobId: this.jobId, workers: this.shards.length }, null, 2) + "\n");
       await rename(reportPath + PARTIAL_SUFFIX, reportPath);
       writer = undefined;
+      this.deps.metrics.calibrationTokens.inc(report.totals.tokens);
+      await this.removeWork(workDir);
       await this.setState(JobState.SUCCEEDED);
     } catch (err) {
       if (this.detached) {
@@ -171,16 +186,65 @@ export class JobRunner {
         return;
       }
       await writer?.abort().catch(() => {});
-      await releaseOutput(prepared);
       const typed = fsErrorToTyped(err, this.spec.out); // ENOSPC, ENOTDIR, ... name the file
       const reason = typed instanceof Error ? typed.message : String(typed);
-      if (this.cancelReason !== undefined) await this.finalState(JobState.CANCELLED, this.cancelReason);
-      else {
+      if (this.cancelReason !== undefined) {
+        this.closeOpenBlocks(`job cancelled: ${this.cancelReason}`);
+        // The workers' runs must have stopped before their folders go (CancelShard waits for that).
+        await this.cancelAcks;
+        await releaseOutput(prepared);
+        await this.removeWork(workDir);
+        await this.finalState(JobState.CANCELLED, this.cancelReason);
+      } else {
+        await releaseOutput(prepared);
         this.deps.log(`job ${this.jobId} failed: ${reason}`);
+        this.closeOpenBlocks(`job failed: ${reason}`);
         await this.finalState(JobState.FAILED, reason);
       }
     } finally {
       await data?.close().catch(() => {});
+    }
+  }
+
+  /** A SUCCEEDED or CANCELLED job's checkpoints are of no more use (a FAILED one's are kept for resume). */
+  private async removeWork(workDir: string): Promise<void> {
+    if (this.spec.keepWork || this.deps.keepWork) return;
+    try {
+      await rm(workDir, { recursive: true, force: true, maxRetries: 3 });
+    } catch (err) {
+      this.deps.log(`job ${this.jobId}: could not remove its work folder ${workDir}: ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * A resumed job's blocks that the previous coordinator saw start but not end: those runs died
+   * with it (a worker stops a shard whose stream breaks), so their block_started are closed.
+   */
+  private async closeStartsOfPredecessor(): Promise<void> {
+    if (!this.deps.events.history) return;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        for (const open of openBlockStarts(await this.deps.events.history(this.jobId))) {
+          this.emit({ event: { case: "blockAborted", value: { ...open, reason: "the coordinator that started it stopped; the job resumed from its checkpoints" } } });
+        }
+        return;
+      } catch (err) {
+        // NATS may be restarting too: a few tries, then the job goes on without (events are no reason to fail it).
+        if (attempt >= 3) {
+          this.deps.log(`job ${this.jobId}: could not read its event history to close its open blocks: ${(err as Error).message}`);
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+  }
+
+  /** Ends the open block_started events (of the blocks in [first, end) on one worker address, or all). */
+  private closeOpenBlocks(reason: string, only?: { address: string; first: number; end: number }): void {
+    for (const [block, open] of [...this.openBlocks]) {
+      if (only && (open.address !== only.address || block < only.first || block >= only.end)) continue;
+      this.openBlocks.delete(block);
+      this.emit({ event: { case: "blockAborted", value: { block, label: open.label, worker: open.worker, reason } } });
     }
   }
 
@@ -200,6 +264,7 @@ export class JobRunner {
   /** Runs one shard until it is done, moving it to another worker when its worker goes away. */
   private async runShard(shard: PlannedShard, workDir: string): Promise<void> {
     const maxAttempts = this.deps.maxAttempts ?? 10;
+    const stallTimeoutMs = this.deps.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_S * 1000;
     let address = shard.worker;
     let lastError = "";
     for (let attempt = 1; ; attempt++) {
@@ -216,32 +281,59 @@ export class JobRunner {
       if (attempt > 1 && next) {
         void this.deps.pool.client(next).updateUpstream({ jobId: this.jobId, shard: shard.index + 1, upstream: address }, { deadlineMs: 5000 }).catch(() => {});
       }
+      // Set when we end the stream ourselves because the worker is gone.
+      let gone: { cause: FailureCause; reason: string } | undefined;
+      // Progress is recorded in order but off the reading loop: a slow store must not look like a silent worker.
+      let recorded: Promise<void> = Promise.resolve();
       try {
         const stream = this.deps.pool.client(address).runShard({
           jobId: this.jobId, spec: this.spec, shard: shard.index, firstBlock: shard.firstBlock, endBlock: shard.endBlock,
           upstream: this.running.get(shard.index - 1) ?? (shard.index > 0 ? this.shards[shard.index - 1]!.worker : ""),
-          workDir, attempt,
+          workDir, attempt, heartbeatMs: heartbeatMs(stallTimeoutMs), stallTimeoutMs,
         });
         const onAbort = () => stream.cancel();
         this.abort.signal.addEventListener("abort", onAbort);
         // The worker's address left the pool (its pod is deleted or not ready): treat it as dead
         // now; the cancelled stream lands in the rerun path below.
-        const offRemoved = this.deps.pool.onRemoved((gone) => { if (gone === address) stream.cancel(); });
+        const offRemoved = this.deps.pool.onRemoved((removed) => {
+          if (removed !== address) return;
+          gone ??= { cause: "lost", reason: `worker ${address} left the pool` };
+          stream.cancel();
+        });
+        const watchdog = new StallWatchdog(stallTimeoutMs, (silentMs) => {
+          gone ??= { cause: "stalled", reason: `worker ${address} sent no heartbeat or progress for ${(silentMs / 1000).toFixed(1)} s (stall timeout ${stallTimeoutMs / 1000} s)` };
+          stream.cancel();
+          // Reaches the worker when it runs again; its run fences itself before that anyway.
+          void this.deps.pool.client(address).cancelShard({ jobId: this.jobId, shard: shard.index }, { deadlineMs: stallTimeoutMs }).catch(() => {});
+        });
         try {
-          for await (const progress of stream) await this.onProgress(progress, address);
+          for await (const progress of stream) {
+            watchdog.alive();
+            if (progress.progress.case === "heartbeat") continue;
+            recorded = recorded.then(() => this.onProgress(progress, address));
+            recorded.catch(() => {});
+          }
         } finally {
+          watchdog.stop();
           this.abort.signal.removeEventListener("abort", onAbort);
           offRemoved();
         }
+        await recorded;
         return;
       } catch (err) {
+        await recorded.catch(() => {});
         this.throwIfCancelled();
         const code = (err as { code?: number }).code;
-        lastError = (err as Error).message;
-        if (code !== undefined && DETERMINISTIC.has(code)) throw new Error((err as { details?: string }).details || lastError);
-        this.deps.log(`job ${this.jobId}: shard ${shard.index} on ${address} failed (${lastError}); rerunning it`);
+        lastError = gone?.reason ?? ((err as { details?: string }).details || (err as Error).message);
+        const cause: FailureCause = gone?.cause ?? (code === status.UNAVAILABLE || code === status.CANCELLED ? "lost" : "crashed");
+        this.emit({ event: { case: "shardFailed", value: { shard: shard.index, worker: address, attempt, cause, reason: lastError } } });
+        this.closeOpenBlocks(`shard ${shard.index} failed on ${address} (${cause})`, { address, first: shard.firstBlock, end: shard.endBlock });
+        if (gone === undefined && code !== undefined && DETERMINISTIC.has(code)) throw new Error(lastError);
+        this.deps.log(`job ${this.jobId}: shard ${shard.index} on ${address} failed (${cause}: ${lastError}); rerunning it`);
         this.deps.pool.markDead(address);
-        address = await this.pickWorker(address);
+        const to = await this.pickWorker(address);
+        this.emit({ event: { case: "shardReassigned", value: { shard: shard.index, fromWorker: address, toWorker: to, attempt: attempt + 1, cause } } });
+        address = to;
       }
     }
   }
@@ -265,14 +357,16 @@ export class JobRunner {
   private async onProgress(p: ShardProgress, address: string): Promise<void> {
     const v = p.progress;
     if (v.case === "blockStarted") {
+      this.openBlocks.set(v.value.block, { label: v.value.label, worker: v.value.worker, address });
       this.emit({ event: { case: "blockStarted", value: v.value } });
     } else if (v.case === "blockFinished") {
       const b = v.value.block;
       if (this.done.has(b)) return; // a rerun shard reports blocks that were already done
       this.done.add(b);
+      this.openBlocks.delete(b);
       this.deps.metrics.blocksPruned.inc();
       this.deps.metrics.paramsPruned.inc(Number(v.value.pruned));
-      this.deps.metrics.calibrationTokens.inc(this.tokensPerBlock);
+      this.deps.metrics.calibrationTokenPasses.inc(this.tokensPerBlock);
       this.deps.metrics.blockDuration.observe(v.value.seconds);
       const doneCount = this.done.size;
       await this.deps.store.update(this.jobId, (job) => {

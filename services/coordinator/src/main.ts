@@ -12,6 +12,9 @@
  * The token (`--token`, `--token-file` or ATVP_TOKEN) is asked of JobService clients and sent to
  * the workers, with the client certificate of `--worker-tls-*`.
  * `--watch-prunejobs` also runs the PruneJob objects (atvprune.dev/v1alpha1) of the namespace.
+ * `--stall-timeout SECONDS` (default 120): a worker that sends nothing on a shard's stream for
+ * that long (a heartbeat is due several times within it) is declared lost and its shard rerun.
+ * `--keep-work` keeps every job's work folder (by default only FAILED jobs keep theirs).
  */
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -21,6 +24,7 @@ import type { KubernetesOptions } from "./k8s/kubernetesWorkers.js";
 import { DEFAULT_WORKER_SELECTOR } from "./k8s/podAddress.js";
 import type { TlsConfig } from "../../rpc/credentials.js";
 import { readTokenFile } from "../../rpc/tokenFile.js";
+import { DEFAULT_STALL_TIMEOUT_S } from "./stallWatchdog.js";
 
 function tlsFrom(values: Record<string, unknown>, prefix: string): TlsConfig | undefined {
   const get = (k: string) => values[`${prefix}${k}`] as string | undefined;
@@ -57,6 +61,13 @@ function kubernetesFrom(values: Record<string, unknown>): KubernetesOptions | un
   };
 }
 
+function stallTimeoutSeconds(v: string | undefined): number {
+  if (v === undefined) return DEFAULT_STALL_TIMEOUT_S;
+  const n = Number(v);
+  if (!(Number.isFinite(n) && n > 0)) throw new Error(`--stall-timeout must be a number of seconds > 0, got ${JSON.stringify(v)}`);
+  return n;
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -84,6 +95,8 @@ async function main(): Promise<void> {
       "k8s-max-replicas": { type: "string" },
       kubeconfig: { type: "string" },
       "watch-prunejobs": { type: "boolean", default: false },
+      "stall-timeout": { type: "string" },
+      "keep-work": { type: "boolean", default: false },
     },
     strict: true,
   });
@@ -110,6 +123,8 @@ async function main(): Promise<void> {
     workerTls: tlsFrom(values, "worker-tls-"),
     metricsPort: values["metrics-port"] === undefined ? undefined : Number(values["metrics-port"]),
     pruneJobs: values["watch-prunejobs"] ? { kubeconfig: values.kubeconfig, namespace: values["k8s-namespace"] } : undefined,
+    stallTimeoutMs: stallTimeoutSeconds(values["stall-timeout"]) * 1000,
+    keepWork: values["keep-work"] === true,
   });
   process.stdout.write(JSON.stringify({ ready: true, address: handle.address, metricsPort: handle.metricsPort, pid: process.pid }) + "\n");
   const stop = () => {

@@ -17,6 +17,8 @@ export interface EventPort {
   publish(event: JobEvent): Promise<unknown> | unknown;
   /** history, then live events; ends after the terminal state event */
   watch(jobId: string, options?: { signal?: AbortSignal }): AsyncIterable<JobEvent>;
+  /** the events published so far, no live ones (bounded) */
+  history?(jobId: string, options?: { timeoutMs?: number }): Promise<JobEvent[]>;
 }
 
 export interface OutputLeasePort {

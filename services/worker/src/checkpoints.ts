@@ -59,8 +59,8 @@ export class WorkDir {
   }
 
   /** Marks the block done: everything it produced must already be durable. */
-  writeBlock(block: number, record: BlockRecord): Promise<void> {
-    return writeFileAtomic(this.blockPath(block), JSON.stringify(record, null, 1) + "\n");
+  writeBlock(block: number, record: BlockRecord, beforeRename?: () => void): Promise<void> {
+    return writeFileAtomic(this.blockPath(block), JSON.stringify(record, null, 1) + "\n", beforeRename);
   }
 }
 
@@ -69,7 +69,8 @@ export function tempPath(path: string): string {
   return `${path}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
 }
 
-export async function writeFileAtomic(path: string, text: string): Promise<void> {
+/** `beforeRename` may throw to leave `path` as it was (a run that lost its shard meanwhile). */
+export async function writeFileAtomic(path: string, text: string, beforeRename?: () => void): Promise<void> {
   const tmp = tempPath(path);
   try {
     const h = await open(tmp, "w");
@@ -79,6 +80,7 @@ export async function writeFileAtomic(path: string, text: string): Promise<void>
     } finally {
       await h.close();
     }
+    beforeRename?.();
     await rename(tmp, path);
   } catch (err) {
     await rm(tmp, { force: true }).catch(() => {});

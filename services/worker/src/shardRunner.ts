@@ -20,6 +20,7 @@ import { exists, WorkDir, type BlockRecord } from "./checkpoints.js";
 import { CheckpointError, inBlock, inShard, ShardError } from "./errors.js";
 import type { Outbox, OutboxRegistry } from "./outbox.js";
 import { openShardJob, type ShardJob } from "./shardJob.js";
+import { DEFAULT_HEARTBEAT_MS, RunLiveness } from "./runLiveness.js";
 import { readStateFile, StateFileWriter, writeStateFile } from "./stateFile.js";
 import { UpstreamStates } from "./upstreamStates.js";
 import type { WorkerMetrics } from "./workerMetrics.js";
@@ -47,6 +48,7 @@ export class ShardRun {
   private readonly abort = new AbortController();
   private upstream: string;
   private puller: UpstreamStates | undefined;
+  private liveness: RunLiveness | undefined;
 
   constructor(private readonly a: ShardAssignment, private readonly deps: ShardRunDeps) {
     this.jobId = a.jobId;
@@ -75,14 +77,35 @@ export class ShardRun {
     this.puller?.setUpstream(address);
   }
 
+  /**
+   * Throws once the run is cancelled or its process was frozen past the stall fence
+   * (runLiveness.ts): called before each write to the output or the work folder.
+   */
+  private guard(): void {
+    this.abort.signal.throwIfAborted();
+    this.liveness?.guard();
+  }
+
   async run(emit: (p: Progress) => Promise<void>): Promise<void> {
     const signal = this.abort.signal;
     if (!this.a.spec) throw new InvalidArgumentError(this.subject, "the assignment has no job spec");
     if (!this.jobId || !this.workDir) throw new InvalidArgumentError(this.subject, "job_id and work_dir are required");
+    const liveness = new RunLiveness({
+      heartbeatMs: this.a.heartbeatMs || DEFAULT_HEARTBEAT_MS, stallTimeoutMs: this.a.stallTimeoutMs, subject: this.subject,
+      // A heartbeat that cannot be sent is no failure of the run: the stream's own end says why.
+      beat: () => void emit({ progress: { case: "heartbeat", value: { shard: this.shard } } }).catch(() => {}),
+      frozen: (reason) => {
+        this.deps.log(reason.message);
+        this.cancel(reason);
+      },
+    });
+    this.liveness = liveness;
+    liveness.start();
     let job: ShardJob;
     try {
       job = await openShardJob(this.a.spec, this.deps);
     } catch (err) {
+      liveness.stop();
       throw inShard(err, this.subject);
     }
     let host: InferenceHost | undefined;
@@ -94,6 +117,7 @@ export class ShardRun {
         throw new InvalidArgumentError(this.subject, `blocks [${this.firstBlock}, ${this.endBlock}) are not a range of the model's ${numBlocks} blocks`);
       }
       const wd = new WorkDir(this.workDir);
+      this.guard();
       await wd.prepare();
       let b = this.firstBlock;
       for (; b < this.endBlock && (await wd.isDone(b)); b++) await emit(finishedEvent(await wd.readBlock(b), this.deps.workerId));
@@ -130,6 +154,7 @@ export class ShardRun {
       if (outbox) this.deps.outboxes.remove(outbox);
       throw reason;
     } finally {
+      liveness.stop();
       if (!signal.aborted) this.abort.abort(new Error(`${this.subject} ended`));
       await weights?.close().catch(() => {});
       await host?.close().catch(() => {});
@@ -144,6 +169,7 @@ export class ShardRun {
     if (await exists(path)) return { source: arraySource(await readStateFile(path, n)) };
     if (b === 0) {
       const states = await engine.initialStates();
+      this.guard();
       await writeStateFile(path, states);
       return { source: arraySource(states) };
     }
@@ -159,7 +185,11 @@ export class ShardRun {
     });
     this.puller = puller;
     // The stage-edge checkpoint: once every sample arrived, a rerun of this shard needs no upstream.
-    const edge = puller.complete.then((states) => (puller.fromFile ? undefined : writeStateFile(path, states)));
+    const edge = puller.complete.then((states) => {
+      if (puller.fromFile) return undefined;
+      this.guard();
+      return writeStateFile(path, states);
+    });
     edge.catch(() => {});
     return { source: puller, edge };
   }
@@ -170,6 +200,7 @@ export class ShardRun {
   ): Promise<{ record: BlockRecord; source: StateSource }> {
     const { job, engine, wd, weights, outbox } = ctx;
     const needsStates = job.spec.method !== "magnitude";
+    this.guard();
     const states = needsStates ? await StateFileWriter.create(wd.statesPath(b + 1), job.samples.length) : undefined;
     try {
       // Samples are appended to the checkpoint while later ones are computed; errors wait for the end.
@@ -178,17 +209,19 @@ export class ShardRun {
       const serve = b === this.endBlock - 1 ? outbox : undefined;
       const onNext = (j: number, state: SampleState) => {
         serve?.put(j, state);
-        appended = appended.then(() => states!.append(state)).catch((err: unknown) => { appendError ??= err; });
+        appended = appended.then(() => { this.guard(); return states!.append(state); }).catch((err: unknown) => { appendError ??= err; });
       };
       const result = await engine.runBlock(b, source, { onNext: needsStates ? onNext : undefined, signal: this.abort.signal });
-      await writeWeights(weights, result.weights, job);
+      await writeWeights(weights, result.weights, job, () => this.guard());
       engine.recycle(result.weights);
       await appended;
       if (appendError) throw appendError;
+      this.guard();
       await states?.commit();
       await ctx.edge;
       const record: BlockRecord = { report: result.report, layers: result.layers };
-      await wd.writeBlock(b, record);
+      this.guard();
+      await wd.writeBlock(b, record, () => this.guard());
       return { record, source: arraySource(result.next) };
     } catch (err) {
       await states?.abort();
@@ -200,7 +233,7 @@ export class ShardRun {
     const m = this.deps.metrics;
     m.blocksPruned.inc();
     m.paramsPruned.inc(record.layers.reduce((a, l) => a + l.pruned, 0));
-    if (job.spec.method !== "magnitude") m.calibrationTokens.inc(job.samples.reduce((a, s) => a + s.tokens, 0));
+    if (job.spec.method !== "magnitude") m.calibrationTokenPasses.inc(job.samples.reduce((a, s) => a + s.tokens, 0));
     m.blockDuration.observe(record.report.seconds);
   }
 }
@@ -235,7 +268,7 @@ async function openOutput(job: ShardJob): Promise<FileHandle> {
 }
 
 /** Positional writes into each weight's region, then fsync: the block's weights are durable. */
-async function writeWeights(handle: FileHandle, weights: readonly PrunedWeight[], job: ShardJob): Promise<void> {
+async function writeWeights(handle: FileHandle, weights: readonly PrunedWeight[], job: ShardJob, guard: () => void): Promise<void> {
   for (const w of weights) {
     const region = job.regions.get(w.name);
     if (!region) throw new ShardError("INVALID_ARGUMENT", `tensor "${w.name}"`, "has no region in the output layout (was it selected?)");
@@ -244,6 +277,7 @@ async function writeWeights(handle: FileHandle, weights: readonly PrunedWeight[]
     }
     let done = 0;
     while (done < w.bytes.byteLength) {
+      guard();
       const { bytesWritten } = await handle.write(w.bytes, done, w.bytes.byteLength - done, region.offset + done);
       done += bytesWritten;
     }

@@ -8,7 +8,7 @@ export class WorkerMetrics {
   readonly registry = new Registry();
   readonly blocksPruned: Counter;
   readonly paramsPruned: Counter;
-  readonly calibrationTokens: Counter;
+  readonly calibrationTokenPasses: Counter;
   /** data-plane bytes, direction "served" (to a downstream) or "received" (from an upstream) */
   readonly activationBytes: Counter<"direction">;
   readonly blockDuration: Histogram;
@@ -19,7 +19,8 @@ export class WorkerMetrics {
     const registers = [this.registry];
     this.blocksPruned = new Counter({ name: "atvp_blocks_pruned_total", help: "Decoder blocks this worker pruned", registers });
     this.paramsPruned = new Counter({ name: "atvp_params_pruned_total", help: "Weights this worker set to zero", registers });
-    this.calibrationTokens = new Counter({ name: "atvp_calibration_tokens_total", help: "Calibration tokens run through blocks on this worker", registers });
+    // Per block, as the coordinator's counter of the same name (tokens x blocks): a worker sees no whole job.
+    this.calibrationTokenPasses = new Counter({ name: "atvp_calibration_token_passes_total", help: "Calibration tokens run through blocks on this worker (tokens x blocks)", registers });
     this.activationBytes = new Counter({
       name: "atvp_activation_bytes_streamed_total", help: "Boundary-state bytes this worker served to or received from other workers",
       labelNames: ["direction"], registers,

@@ -137,6 +137,9 @@ export function workerServiceImpl(
       auth(call);
       const r = shards.get(req.jobId, req.shard);
       r?.run.cancel();
+      // Answered once the run has stopped (bounded): after that the coordinator may remove the
+      // job's work folder without this run writing into it again.
+      if (r) await Promise.race([r.finished, new Promise((resolve) => setTimeout(resolve, CANCEL_WAIT_MS).unref())]);
       return { cancelled: r !== undefined };
     },
 
@@ -163,6 +166,9 @@ export function workerServiceImpl(
     },
   };
 }
+
+/** How long CancelShard waits for the run to stop before it answers. */
+const CANCEL_WAIT_MS = 10_000;
 
 /** How long PullStates waits, by default, for the shard producing the states to be assigned here. */
 export const PRODUCER_WAIT_MS = 3000;

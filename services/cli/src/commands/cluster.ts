@@ -23,7 +23,7 @@ import {
 } from "../localProcesses.js";
 import { clientTls, findOpenssl, LOCAL_NAME, makeClusterCredentials, peerName, removeClusterCredentials, type ClusterCredentials } from "../clusterPki.js";
 
-const USAGE = `usage: atvp cluster up [--workers N] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S] [--insecure]
+const USAGE = `usage: atvp cluster up [--workers N] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S] [--insecure] [--stall-timeout S] [--keep-work]
        atvp cluster down [--dir D] [--timeout S]
 (D defaults to ${DEFAULT_CLUSTER_DIR}; up makes a CA, certificates and a token in D and starts every
 service with mutual TLS and the token; --insecure starts them without, for debugging only)
@@ -47,6 +47,8 @@ const UP_OPTIONS: Options = {
   threads: { type: "string" },
   "ready-timeout": { type: "string" },
   insecure: { type: "boolean", default: false },
+  "stall-timeout": { type: "string" },
+  "keep-work": { type: "boolean", default: false },
 };
 
 const DOWN_OPTIONS: Options = {
@@ -70,6 +72,8 @@ export interface UpSettings {
   readyTimeoutMs: number;
   /** no TLS, no token */
   insecure: boolean;
+  /** the coordinator's flags for stalled workers and work folders (passed through) */
+  coordinatorFlags: string[];
 }
 
 export function upSettings(values: Record<string, unknown>): UpSettings {
@@ -85,7 +89,10 @@ export function upSettings(values: Record<string, unknown>): UpSettings {
   if (threads < 1) throw new InvalidArgumentError("--threads", `must be at least 1, got ${threads}`);
   const readySeconds = num(values, "ready-timeout") ?? 60;
   if (!(readySeconds > 0)) throw new InvalidArgumentError("--ready-timeout", `must be > 0 seconds, got ${readySeconds}`);
-  return { workers, dir: resolve(str(values, "dir") ?? DEFAULT_CLUSTER_DIR), allowRoots, threads, readyTimeoutMs: readySeconds * 1000, insecure: values["insecure"] === true };
+  const stallSeconds = num(values, "stall-timeout");
+  if (stallSeconds !== undefined && !(stallSeconds > 0)) throw new InvalidArgumentError("--stall-timeout", `must be > 0 seconds, got ${stallSeconds}`);
+  const coordinatorFlags = [...(stallSeconds === undefined ? [] : ["--stall-timeout", String(stallSeconds)]), ...(values["keep-work"] === true ? ["--keep-work"] : [])];
+  return { workers, dir: resolve(str(values, "dir") ?? DEFAULT_CLUSTER_DIR), allowRoots, threads, readyTimeoutMs: readySeconds * 1000, insecure: values["insecure"] === true, coordinatorFlags };
 }
 
 /** A cluster.json whose processes still run means this directory is taken. */
@@ -247,6 +254,7 @@ async function clusterUp(argv: string[]): Promise<number> {
       ...allowRoots,
       "--metrics-port", String(metrics),
       ...security.coordinator,
+      ...settings.coordinatorFlags,
     ], join(logs, "coordinator.log"), settings.readyTimeoutMs, ports, started, interrupt.signal);
 
     const cluster: ClusterFile = {

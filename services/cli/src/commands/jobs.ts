@@ -14,6 +14,7 @@ const SUBMIT_OPTIONS: Options = {
   workers: { type: "string" },
   wait: { type: "boolean", default: false },
   watch: { type: "boolean", default: false },
+  "keep-work": { type: "boolean", default: false },
 };
 
 /** How long `cancel` waits for the job to reach its final state. */
@@ -51,6 +52,7 @@ export async function submitCommand(argv: string[]): Promise<number> {
   if (workers < 0) throw new InvalidArgumentError("--workers", `must be >= 0 (0 = every ready worker), got ${workers}`);
   const target = resolveTarget(values);
   const message = toJobSpecMessage(spec, workers, target.local);
+  message.keepWork = values["keep-work"] === true;
   return withConnection(values, async (conn) => {
     const res = await rpc(conn, "SubmitJob", () => conn.client.submitJob({ spec: message }, conn.call()));
     const id = res.job?.id;

@@ -212,6 +212,9 @@ export class EventLog {
       let messages: ConsumerMessages | undefined;
       const halt = () => messages?.stop();
       stop.addEventListener("abort", halt);
+      // A restarted server lost this ephemeral consumer; the client would notice only after
+      // missed idle heartbeats (tens of seconds): start a new one after lastSeq at once.
+      const offReconnect = this.#conn.onChange(halt);
       try {
         const start: Partial<OrderedConsumerOptions> =
           lastSeq === 0
@@ -241,11 +244,48 @@ export class EventLog {
         }
       } finally {
         stop.removeEventListener("abort", halt);
+        offReconnect();
         messages?.stop();
       }
       // The consumer gave up (NATS away for long, stream recreated): start a new one after lastSeq.
       await this.#conn.pause(retryDelay(attempt++), stop);
     }
+  }
+
+  /**
+   * The job's events published so far, without waiting for live ones: what a coordinator that
+   * resumes a job reads to close what its predecessor left open. StateUnavailableError when
+   * NATS does not deliver them all within `timeoutMs`.
+   */
+  async history(jobId: string, opts: { timeoutMs?: number } = {}): Promise<JobEvent[]> {
+    checkJobId(jobId);
+    const subject = eventSubject(jobId);
+    const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
+    const events: JobEvent[] = [];
+    let left = 0;
+    try {
+      const consumer = await this.#js.consumers.get(this.stream, { filter_subjects: subject, deliver_policy: DeliverPolicy.All });
+      left = (await consumer.info()).num_pending;
+      while (left > 0 && Date.now() < deadline) {
+        const batch = await consumer.fetch({ max_messages: Math.min(left, 256), expires: Math.max(1000, deadline - Date.now()) });
+        let got = 0;
+        for await (const m of batch) {
+          got++;
+          left--;
+          try {
+            events.push(fromBinary(JobEventSchema, m.data));
+          } catch (err) {
+            this.#onError(new StateError("DATA_LOSS", `${subject}#${m.info.streamSequence}`, `undecodable event skipped (${(err as Error).message})`, { cause: err }));
+          }
+          if (left === 0) break;
+        }
+        if (got === 0) break;
+      }
+    } catch (err) {
+      throw new StateUnavailableError(subject, `cannot read the event history (${(err as Error).message})`, { cause: err });
+    }
+    if (left > 0) throw new StateUnavailableError(subject, `${left} events of the history not delivered in time`);
+    return events;
   }
 
   /**

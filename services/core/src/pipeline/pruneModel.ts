@@ -160,6 +160,7 @@ export function buildReport(
       blocks: analysis.partition.numBlocks,
       samples: samples.length,
       tokens: samples.reduce((a, s) => a + s.tokens, 0),
+      tokenPasses: samples.reduce((a, s) => a + s.tokens, 0) * analysis.partition.numBlocks,
       seconds,
       graphAnalysis: analysis.partition.method,
       device: spec.device,

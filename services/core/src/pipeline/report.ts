@@ -40,7 +40,10 @@ export interface PruneReport {
     sparsity: number;
     blocks: number;
     samples: number;
+    /** calibration tokens (padding excluded), each once */
     tokens: number;
+    /** tokens run through blocks: tokens x blocks (what atvp_calibration_token_passes_total counts) */
+    tokenPasses: number;
     seconds: number;
     graphAnalysis: "names" | "structure";
     device: string;

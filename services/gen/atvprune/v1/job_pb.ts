@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file atvprune/v1/job.proto.
  */
 export const file_atvprune_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChVhdHZwcnVuZS92MS9qb2IucHJvdG8SC2F0dnBydW5lLnYxIscCCgdKb2JTcGVjEg0KBW1vZGVsGAEgASgJEg0KBWNhbGliGAIgASgJEgsKA291dBgDIAEoCRIOCgZtZXRob2QYBCABKAkSFQoIc3BhcnNpdHkYBSABKAFIAIgBARIPCgdwYXR0ZXJuGAYgASgJEhIKBWFscGhhGAcgASgBSAGIAQESEwoLcHJvcGFnYXRpb24YCCABKAkSFQoIbnNhbXBsZXMYCSABKA1IAogBARIRCgRzZWVkGAogASgDSAOIAQESDwoHaW5jbHVkZRgLIAMoCRIPCgdleGNsdWRlGAwgAygJEhcKD21hZ25pdHVkZV9zY29wZRgNIAEoCRINCgVmb3JjZRgOIAEoCBIPCgd3b3JrZXJzGA8gASgNQgsKCV9zcGFyc2l0eUIICgZfYWxwaGFCCwoJX25zYW1wbGVzQgcKBV9zZWVkInsKC1NoYXJkU3RhdHVzEg0KBWluZGV4GAEgASgNEhMKC2ZpcnN0X2Jsb2NrGAIgASgNEhEKCWVuZF9ibG9jaxgDIAEoDRIOCgZ3b3JrZXIYBCABKAkSEwoLYmxvY2tzX2RvbmUYBSABKA0SEAoIYXR0ZW1wdHMYBiABKA0i8gEKA0pvYhIKCgJpZBgBIAEoCRIiCgRzcGVjGAIgASgLMhQuYXR2cHJ1bmUudjEuSm9iU3BlYxIkCgVzdGF0ZRgDIAEoDjIVLmF0dnBydW5lLnYxLkpvYlN0YXRlEg4KBnJlYXNvbhgEIAEoCRIUCgxibG9ja3NfdG90YWwYBSABKA0SEwoLYmxvY2tzX2RvbmUYBiABKA0SKAoGc2hhcmRzGAcgAygLMhguYXR2cHJ1bmUudjEuU2hhcmRTdGF0dXMSFwoPY3JlYXRlZF91bml4X21zGAggASgDEhcKD3VwZGF0ZWRfdW5peF9tcxgJIAEoAyJHCg9Kb2JTdGF0ZUNoYW5nZWQSJAoFc3RhdGUYASABKA4yFS5hdHZwcnVuZS52MS5Kb2JTdGF0ZRIOCgZyZWFzb24YAiABKAkiPAoMQmxvY2tTdGFydGVkEg0KBWJsb2NrGAEgASgNEg0KBWxhYmVsGAIgASgJEg4KBndvcmtlchgDIAEoCSLAAQoNQmxvY2tGaW5pc2hlZBINCgVibG9jaxgBIAEoDRINCgVsYWJlbBgCIAEoCRIOCgZ3b3JrZXIYAyABKAkSDwoHc2Vjb25kcxgEIAEoARIZChF0b2tlbnNfcGVyX3NlY29uZBgFIAEoARIZCgxjb3NfZGlzdF9hdmcYBiABKAFIAIgBARIJCgFrGAcgAygNEg4KBnBydW5lZBgIIAEoBBIOCgZwYXJhbXMYCSABKARCDwoNX2Nvc19kaXN0X2F2ZyJnCg1TaGFyZEFzc2lnbmVkEg0KBXNoYXJkGAEgASgNEhMKC2ZpcnN0X2Jsb2NrGAIgASgNEhEKCWVuZF9ibG9jaxgDIAEoDRIOCgZ3b3JrZXIYBCABKAkSDwoHYXR0ZW1wdBgFIAEoDSKQAgoISm9iRXZlbnQSDgoGam9iX2lkGAEgASgJEhQKDHRpbWVfdW5peF9tcxgCIAEoAxI1Cg1zdGF0ZV9jaGFuZ2VkGAogASgLMhwuYXR2cHJ1bmUudjEuSm9iU3RhdGVDaGFuZ2VkSAASMgoNYmxvY2tfc3RhcnRlZBgLIAEoCzIZLmF0dnBydW5lLnYxLkJsb2NrU3RhcnRlZEgAEjQKDmJsb2NrX2ZpbmlzaGVkGAwgASgLMhouYXR2cHJ1bmUudjEuQmxvY2tGaW5pc2hlZEgAEjQKDnNoYXJkX2Fzc2lnbmVkGA0gASgLMhouYXR2cHJ1bmUudjEuU2hhcmRBc3NpZ25lZEgAQgcKBWV2ZW50IjYKEFN1Ym1pdEpvYlJlcXVlc3QSIgoEc3BlYxgBIAEoCzIULmF0dnBydW5lLnYxLkpvYlNwZWMiMgoRU3VibWl0Sm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuYXR2cHJ1bmUudjEuSm9iIhsKDUdldEpvYlJlcXVlc3QSCgoCaWQYASABKAkiEQoPTGlzdEpvYnNSZXF1ZXN0IjIKEExpc3RKb2JzUmVzcG9uc2USHgoEam9icxgBIAMoCzIQLmF0dnBydW5lLnYxLkpvYiIuChBDYW5jZWxKb2JSZXF1ZXN0EgoKAmlkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIdCg9XYXRjaEpvYlJlcXVlc3QSCgoCaWQYASABKAkqmwEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9QRU5ESU5HEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBTLaAgoKSm9iU2VydmljZRJKCglTdWJtaXRKb2ISHS5hdHZwcnVuZS52MS5TdWJtaXRKb2JSZXF1ZXN0Gh4uYXR2cHJ1bmUudjEuU3VibWl0Sm9iUmVzcG9uc2USNgoGR2V0Sm9iEhouYXR2cHJ1bmUudjEuR2V0Sm9iUmVxdWVzdBoQLmF0dnBydW5lLnYxLkpvYhJHCghMaXN0Sm9icxIcLmF0dnBydW5lLnYxLkxpc3RKb2JzUmVxdWVzdBodLmF0dnBydW5lLnYxLkxpc3RKb2JzUmVzcG9uc2USPAoJQ2FuY2VsSm9iEh0uYXR2cHJ1bmUudjEuQ2FuY2VsSm9iUmVxdWVzdBoQLmF0dnBydW5lLnYxLkpvYhJBCghXYXRjaEpvYhIcLmF0dnBydW5lLnYxLldhdGNoSm9iUmVxdWVzdBoVLmF0dnBydW5lLnYxLkpvYkV2ZW50MAFiBnByb3RvMw");
+  fileDesc("ChVhdHZwcnVuZS92MS9qb2IucHJvdG8SC2F0dnBydW5lLnYxItoCCgdKb2JTcGVjEg0KBW1vZGVsGAEgASgJEg0KBWNhbGliGAIgASgJEgsKA291dBgDIAEoCRIOCgZtZXRob2QYBCABKAkSFQoIc3BhcnNpdHkYBSABKAFIAIgBARIPCgdwYXR0ZXJuGAYgASgJEhIKBWFscGhhGAcgASgBSAGIAQESEwoLcHJvcGFnYXRpb24YCCABKAkSFQoIbnNhbXBsZXMYCSABKA1IAogBARIRCgRzZWVkGAogASgDSAOIAQESDwoHaW5jbHVkZRgLIAMoCRIPCgdleGNsdWRlGAwgAygJEhcKD21hZ25pdHVkZV9zY29wZRgNIAEoCRINCgVmb3JjZRgOIAEoCBIPCgd3b3JrZXJzGA8gASgNEhEKCWtlZXBfd29yaxgUIAEoCEILCglfc3BhcnNpdHlCCAoGX2FscGhhQgsKCV9uc2FtcGxlc0IHCgVfc2VlZCJ7CgtTaGFyZFN0YXR1cxINCgVpbmRleBgBIAEoDRITCgtmaXJzdF9ibG9jaxgCIAEoDRIRCgllbmRfYmxvY2sYAyABKA0SDgoGd29ya2VyGAQgASgJEhMKC2Jsb2Nrc19kb25lGAUgASgNEhAKCGF0dGVtcHRzGAYgASgNIvIBCgNKb2ISCgoCaWQYASABKAkSIgoEc3BlYxgCIAEoCzIULmF0dnBydW5lLnYxLkpvYlNwZWMSJAoFc3RhdGUYAyABKA4yFS5hdHZwcnVuZS52MS5Kb2JTdGF0ZRIOCgZyZWFzb24YBCABKAkSFAoMYmxvY2tzX3RvdGFsGAUgASgNEhMKC2Jsb2Nrc19kb25lGAYgASgNEigKBnNoYXJkcxgHIAMoCzIYLmF0dnBydW5lLnYxLlNoYXJkU3RhdHVzEhcKD2NyZWF0ZWRfdW5peF9tcxgIIAEoAxIXCg91cGRhdGVkX3VuaXhfbXMYCSABKAMiRwoPSm9iU3RhdGVDaGFuZ2VkEiQKBXN0YXRlGAEgASgOMhUuYXR2cHJ1bmUudjEuSm9iU3RhdGUSDgoGcmVhc29uGAIgASgJIjwKDEJsb2NrU3RhcnRlZBINCgVibG9jaxgBIAEoDRINCgVsYWJlbBgCIAEoCRIOCgZ3b3JrZXIYAyABKAkiwAEKDUJsb2NrRmluaXNoZWQSDQoFYmxvY2sYASABKA0SDQoFbGFiZWwYAiABKAkSDgoGd29ya2VyGAMgASgJEg8KB3NlY29uZHMYBCABKAESGQoRdG9rZW5zX3Blcl9zZWNvbmQYBSABKAESGQoMY29zX2Rpc3RfYXZnGAYgASgBSACIAQESCQoBaxgHIAMoDRIOCgZwcnVuZWQYCCABKAQSDgoGcGFyYW1zGAkgASgEQg8KDV9jb3NfZGlzdF9hdmciZwoNU2hhcmRBc3NpZ25lZBINCgVzaGFyZBgBIAEoDRITCgtmaXJzdF9ibG9jaxgCIAEoDRIRCgllbmRfYmxvY2sYAyABKA0SDgoGd29ya2VyGAQgASgJEg8KB2F0dGVtcHQYBSABKA0iXAoLU2hhcmRGYWlsZWQSDQoFc2hhcmQYASABKA0SDgoGd29ya2VyGAIgASgJEg8KB2F0dGVtcHQYAyABKA0SDQoFY2F1c2UYBCABKAkSDgoGcmVhc29uGAUgASgJImgKD1NoYXJkUmVhc3NpZ25lZBINCgVzaGFyZBgBIAEoDRITCgtmcm9tX3dvcmtlchgCIAEoCRIRCgl0b193b3JrZXIYAyABKAkSDwoHYXR0ZW1wdBgEIAEoDRINCgVjYXVzZRgFIAEoCSJMCgxCbG9ja0Fib3J0ZWQSDQoFYmxvY2sYASABKA0SDQoFbGFiZWwYAiABKAkSDgoGd29ya2VyGAMgASgJEg4KBnJlYXNvbhgEIAEoCSKwAwoISm9iRXZlbnQSDgoGam9iX2lkGAEgASgJEhQKDHRpbWVfdW5peF9tcxgCIAEoAxI1Cg1zdGF0ZV9jaGFuZ2VkGAogASgLMhwuYXR2cHJ1bmUudjEuSm9iU3RhdGVDaGFuZ2VkSAASMgoNYmxvY2tfc3RhcnRlZBgLIAEoCzIZLmF0dnBydW5lLnYxLkJsb2NrU3RhcnRlZEgAEjQKDmJsb2NrX2ZpbmlzaGVkGAwgASgLMhouYXR2cHJ1bmUudjEuQmxvY2tGaW5pc2hlZEgAEjQKDnNoYXJkX2Fzc2lnbmVkGA0gASgLMhouYXR2cHJ1bmUudjEuU2hhcmRBc3NpZ25lZEgAEjAKDHNoYXJkX2ZhaWxlZBgUIAEoCzIYLmF0dnBydW5lLnYxLlNoYXJkRmFpbGVkSAASOAoQc2hhcmRfcmVhc3NpZ25lZBgVIAEoCzIcLmF0dnBydW5lLnYxLlNoYXJkUmVhc3NpZ25lZEgAEjIKDWJsb2NrX2Fib3J0ZWQYFiABKAsyGS5hdHZwcnVuZS52MS5CbG9ja0Fib3J0ZWRIAEIHCgVldmVudCI2ChBTdWJtaXRKb2JSZXF1ZXN0EiIKBHNwZWMYASABKAsyFC5hdHZwcnVuZS52MS5Kb2JTcGVjIjIKEVN1Ym1pdEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmF0dnBydW5lLnYxLkpvYiIbCg1HZXRKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIhEKD0xpc3RKb2JzUmVxdWVzdCIyChBMaXN0Sm9ic1Jlc3BvbnNlEh4KBGpvYnMYASADKAsyEC5hdHZwcnVuZS52MS5Kb2IiLgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiHQoPV2F0Y2hKb2JSZXF1ZXN0EgoKAmlkGAEgASgJKpsBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVEVfUEVORElORxABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUy2gIKCkpvYlNlcnZpY2USSgoJU3VibWl0Sm9iEh0uYXR2cHJ1bmUudjEuU3VibWl0Sm9iUmVxdWVzdBoeLmF0dnBydW5lLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEjYKBkdldEpvYhIaLmF0dnBydW5lLnYxLkdldEpvYlJlcXVlc3QaEC5hdHZwcnVuZS52MS5Kb2ISRwoITGlzdEpvYnMSHC5hdHZwcnVuZS52MS5MaXN0Sm9ic1JlcXVlc3QaHS5hdHZwcnVuZS52MS5MaXN0Sm9ic1Jlc3BvbnNlEjwKCUNhbmNlbEpvYhIdLmF0dnBydW5lLnYxLkNhbmNlbEpvYlJlcXVlc3QaEC5hdHZwcnVuZS52MS5Kb2ISQQoIV2F0Y2hKb2ISHC5hdHZwcnVuZS52MS5XYXRjaEpvYlJlcXVlc3QaFS5hdHZwcnVuZS52MS5Kb2JFdmVudDABYgZwcm90bzM");
 
 /**
  * The same fields as `atvp prune` takes. Paths must resolve inside the coordinator's allowed roots.
@@ -105,6 +105,14 @@ export type JobSpec = Message<"atvprune.v1.JobSpec"> & {
    * @generated from field: uint32 workers = 15;
    */
   workers: number;
+
+  /**
+   * keep the job's work folder (checkpoints, states/*.bin) after it SUCCEEDS or is CANCELLED;
+   * a FAILED job's is always kept, for resume
+   *
+   * @generated from field: bool keep_work = 20;
+   */
+  keepWork: boolean;
 };
 
 /**
@@ -361,6 +369,123 @@ export const ShardAssignedSchema: GenMessage<ShardAssigned> = /*@__PURE__*/
   messageDesc(file_atvprune_v1_job, 6);
 
 /**
+ * A shard attempt ended without finishing its blocks; the shard is rerun (shard_reassigned) or the job fails.
+ *
+ * @generated from message atvprune.v1.ShardFailed
+ */
+export type ShardFailed = Message<"atvprune.v1.ShardFailed"> & {
+  /**
+   * @generated from field: uint32 shard = 1;
+   */
+  shard: number;
+
+  /**
+   * @generated from field: string worker = 2;
+   */
+  worker: string;
+
+  /**
+   * @generated from field: uint32 attempt = 3;
+   */
+  attempt: number;
+
+  /**
+   * lost (connection dropped, or the worker left the pool) | stalled (silent past the stall
+   * timeout) | crashed (the worker reported an error)
+   *
+   * @generated from field: string cause = 4;
+   */
+  cause: string;
+
+  /**
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message atvprune.v1.ShardFailed.
+ * Use `create(ShardFailedSchema)` to create a new message.
+ */
+export const ShardFailedSchema: GenMessage<ShardFailed> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_job, 7);
+
+/**
+ * A failed shard moves to another worker (or the same one, when no other is ready).
+ *
+ * @generated from message atvprune.v1.ShardReassigned
+ */
+export type ShardReassigned = Message<"atvprune.v1.ShardReassigned"> & {
+  /**
+   * @generated from field: uint32 shard = 1;
+   */
+  shard: number;
+
+  /**
+   * @generated from field: string from_worker = 2;
+   */
+  fromWorker: string;
+
+  /**
+   * @generated from field: string to_worker = 3;
+   */
+  toWorker: string;
+
+  /**
+   * the new attempt
+   *
+   * @generated from field: uint32 attempt = 4;
+   */
+  attempt: number;
+
+  /**
+   * @generated from field: string cause = 5;
+   */
+  cause: string;
+};
+
+/**
+ * Describes the message atvprune.v1.ShardReassigned.
+ * Use `create(ShardReassignedSchema)` to create a new message.
+ */
+export const ShardReassignedSchema: GenMessage<ShardReassigned> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_job, 8);
+
+/**
+ * Closes a block_started whose block will not finish on that worker (its shard failed, or the job ended).
+ *
+ * @generated from message atvprune.v1.BlockAborted
+ */
+export type BlockAborted = Message<"atvprune.v1.BlockAborted"> & {
+  /**
+   * @generated from field: uint32 block = 1;
+   */
+  block: number;
+
+  /**
+   * @generated from field: string label = 2;
+   */
+  label: string;
+
+  /**
+   * @generated from field: string worker = 3;
+   */
+  worker: string;
+
+  /**
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message atvprune.v1.BlockAborted.
+ * Use `create(BlockAbortedSchema)` to create a new message.
+ */
+export const BlockAbortedSchema: GenMessage<BlockAborted> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_job, 9);
+
+/**
  * @generated from message atvprune.v1.JobEvent
  */
 export type JobEvent = Message<"atvprune.v1.JobEvent"> & {
@@ -401,6 +526,24 @@ export type JobEvent = Message<"atvprune.v1.JobEvent"> & {
      */
     value: ShardAssigned;
     case: "shardAssigned";
+  } | {
+    /**
+     * @generated from field: atvprune.v1.ShardFailed shard_failed = 20;
+     */
+    value: ShardFailed;
+    case: "shardFailed";
+  } | {
+    /**
+     * @generated from field: atvprune.v1.ShardReassigned shard_reassigned = 21;
+     */
+    value: ShardReassigned;
+    case: "shardReassigned";
+  } | {
+    /**
+     * @generated from field: atvprune.v1.BlockAborted block_aborted = 22;
+     */
+    value: BlockAborted;
+    case: "blockAborted";
   } | { case: undefined; value?: undefined };
 };
 
@@ -409,7 +552,7 @@ export type JobEvent = Message<"atvprune.v1.JobEvent"> & {
  * Use `create(JobEventSchema)` to create a new message.
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 7);
+  messageDesc(file_atvprune_v1_job, 10);
 
 /**
  * @generated from message atvprune.v1.SubmitJobRequest
@@ -426,7 +569,7 @@ export type SubmitJobRequest = Message<"atvprune.v1.SubmitJobRequest"> & {
  * Use `create(SubmitJobRequestSchema)` to create a new message.
  */
 export const SubmitJobRequestSchema: GenMessage<SubmitJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 8);
+  messageDesc(file_atvprune_v1_job, 11);
 
 /**
  * @generated from message atvprune.v1.SubmitJobResponse
@@ -443,7 +586,7 @@ export type SubmitJobResponse = Message<"atvprune.v1.SubmitJobResponse"> & {
  * Use `create(SubmitJobResponseSchema)` to create a new message.
  */
 export const SubmitJobResponseSchema: GenMessage<SubmitJobResponse> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 9);
+  messageDesc(file_atvprune_v1_job, 12);
 
 /**
  * @generated from message atvprune.v1.GetJobRequest
@@ -460,7 +603,7 @@ export type GetJobRequest = Message<"atvprune.v1.GetJobRequest"> & {
  * Use `create(GetJobRequestSchema)` to create a new message.
  */
 export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 10);
+  messageDesc(file_atvprune_v1_job, 13);
 
 /**
  * @generated from message atvprune.v1.ListJobsRequest
@@ -473,7 +616,7 @@ export type ListJobsRequest = Message<"atvprune.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 11);
+  messageDesc(file_atvprune_v1_job, 14);
 
 /**
  * @generated from message atvprune.v1.ListJobsResponse
@@ -490,7 +633,7 @@ export type ListJobsResponse = Message<"atvprune.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 12);
+  messageDesc(file_atvprune_v1_job, 15);
 
 /**
  * @generated from message atvprune.v1.CancelJobRequest
@@ -512,7 +655,7 @@ export type CancelJobRequest = Message<"atvprune.v1.CancelJobRequest"> & {
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 13);
+  messageDesc(file_atvprune_v1_job, 16);
 
 /**
  * @generated from message atvprune.v1.WatchJobRequest
@@ -529,7 +672,7 @@ export type WatchJobRequest = Message<"atvprune.v1.WatchJobRequest"> & {
  * Use `create(WatchJobRequestSchema)` to create a new message.
  */
 export const WatchJobRequestSchema: GenMessage<WatchJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 14);
+  messageDesc(file_atvprune_v1_job, 17);
 
 /**
  * @generated from enum atvprune.v1.JobState

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file atvprune/v1/worker.proto.
  */
 export const file_atvprune_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChhhdHZwcnVuZS92MS93b3JrZXIucHJvdG8SC2F0dnBydW5lLnYxIhAKDkdldEluZm9SZXF1ZXN0InYKCldvcmtlckluZm8SCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIOCgZkZXZpY2UYAyABKAkSFAoMbWVtb3J5X2J5dGVzGAQgASgEEg8KB3RocmVhZHMYBSABKA0SFAoMcnVubmluZ19qb2JzGAYgAygJIrEBCg9TaGFyZEFzc2lnbm1lbnQSDgoGam9iX2lkGAEgASgJEiIKBHNwZWMYAiABKAsyFC5hdHZwcnVuZS52MS5Kb2JTcGVjEg0KBXNoYXJkGAMgASgNEhMKC2ZpcnN0X2Jsb2NrGAQgASgNEhEKCWVuZF9ibG9jaxgFIAEoDRIQCgh1cHN0cmVhbRgGIAEoCRIQCgh3b3JrX2RpchgHIAEoCRIPCgdhdHRlbXB0GAggASgNIhoKCVNoYXJkRG9uZRINCgVzaGFyZBgBIAEoDSKtAQoNU2hhcmRQcm9ncmVzcxIyCg1ibG9ja19zdGFydGVkGAEgASgLMhkuYXR2cHJ1bmUudjEuQmxvY2tTdGFydGVkSAASNAoOYmxvY2tfZmluaXNoZWQYAiABKAsyGi5hdHZwcnVuZS52MS5CbG9ja0ZpbmlzaGVkSAASJgoEZG9uZRgDIAEoCzIWLmF0dnBydW5lLnYxLlNoYXJkRG9uZUgAQgoKCHByb2dyZXNzIjMKEkNhbmNlbFNoYXJkUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDQoFc2hhcmQYAiABKA0iKAoTQ2FuY2VsU2hhcmRSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAgiSAoVVXBkYXRlVXBzdHJlYW1SZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVzaGFyZBgCIAEoDRIQCgh1cHN0cmVhbRgDIAEoCSIYChZVcGRhdGVVcHN0cmVhbVJlc3BvbnNlIkcKEVB1bGxTdGF0ZXNSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVibG9jaxgCIAEoDRITCgtmcm9tX3NhbXBsZRgDIAEoDSKWAQoKU3RhdGVDaHVuaxIOCgZzYW1wbGUYASABKA0SDgoGdGVuc29yGAIgASgJEgwKBHR5cGUYAyABKAkSDAoEZGltcxgEIAMoDRITCgt0b3RhbF9ieXRlcxgFIAEoBBIOCgZvZmZzZXQYBiABKAQSDAoEZGF0YRgHIAEoDBIZChF0ZW5zb3JzX2luX3NhbXBsZRgIIAEoDTKOAwoNV29ya2VyU2VydmljZRI/CgdHZXRJbmZvEhsuYXR2cHJ1bmUudjEuR2V0SW5mb1JlcXVlc3QaFy5hdHZwcnVuZS52MS5Xb3JrZXJJbmZvEkYKCFJ1blNoYXJkEhwuYXR2cHJ1bmUudjEuU2hhcmRBc3NpZ25tZW50GhouYXR2cHJ1bmUudjEuU2hhcmRQcm9ncmVzczABElAKC0NhbmNlbFNoYXJkEh8uYXR2cHJ1bmUudjEuQ2FuY2VsU2hhcmRSZXF1ZXN0GiAuYXR2cHJ1bmUudjEuQ2FuY2VsU2hhcmRSZXNwb25zZRJZCg5VcGRhdGVVcHN0cmVhbRIiLmF0dnBydW5lLnYxLlVwZGF0ZVVwc3RyZWFtUmVxdWVzdBojLmF0dnBydW5lLnYxLlVwZGF0ZVVwc3RyZWFtUmVzcG9uc2USRwoKUHVsbFN0YXRlcxIeLmF0dnBydW5lLnYxLlB1bGxTdGF0ZXNSZXF1ZXN0GhcuYXR2cHJ1bmUudjEuU3RhdGVDaHVuazABYgZwcm90bzM", [file_atvprune_v1_job]);
+  fileDesc("ChhhdHZwcnVuZS92MS93b3JrZXIucHJvdG8SC2F0dnBydW5lLnYxIhAKDkdldEluZm9SZXF1ZXN0InYKCldvcmtlckluZm8SCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIOCgZkZXZpY2UYAyABKAkSFAoMbWVtb3J5X2J5dGVzGAQgASgEEg8KB3RocmVhZHMYBSABKA0SFAoMcnVubmluZ19qb2JzGAYgAygJIuEBCg9TaGFyZEFzc2lnbm1lbnQSDgoGam9iX2lkGAEgASgJEiIKBHNwZWMYAiABKAsyFC5hdHZwcnVuZS52MS5Kb2JTcGVjEg0KBXNoYXJkGAMgASgNEhMKC2ZpcnN0X2Jsb2NrGAQgASgNEhEKCWVuZF9ibG9jaxgFIAEoDRIQCgh1cHN0cmVhbRgGIAEoCRIQCgh3b3JrX2RpchgHIAEoCRIPCgdhdHRlbXB0GAggASgNEhQKDGhlYXJ0YmVhdF9tcxgUIAEoDRIYChBzdGFsbF90aW1lb3V0X21zGBUgASgNIhoKCVNoYXJkRG9uZRINCgVzaGFyZBgBIAEoDSIfCg5TaGFyZEhlYXJ0YmVhdBINCgVzaGFyZBgBIAEoDSLfAQoNU2hhcmRQcm9ncmVzcxIyCg1ibG9ja19zdGFydGVkGAEgASgLMhkuYXR2cHJ1bmUudjEuQmxvY2tTdGFydGVkSAASNAoOYmxvY2tfZmluaXNoZWQYAiABKAsyGi5hdHZwcnVuZS52MS5CbG9ja0ZpbmlzaGVkSAASJgoEZG9uZRgDIAEoCzIWLmF0dnBydW5lLnYxLlNoYXJkRG9uZUgAEjAKCWhlYXJ0YmVhdBgKIAEoCzIbLmF0dnBydW5lLnYxLlNoYXJkSGVhcnRiZWF0SABCCgoIcHJvZ3Jlc3MiMwoSQ2FuY2VsU2hhcmRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVzaGFyZBgCIAEoDSIoChNDYW5jZWxTaGFyZFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCJIChVVcGRhdGVVcHN0cmVhbVJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBXNoYXJkGAIgASgNEhAKCHVwc3RyZWFtGAMgASgJIhgKFlVwZGF0ZVVwc3RyZWFtUmVzcG9uc2UiRwoRUHVsbFN0YXRlc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBWJsb2NrGAIgASgNEhMKC2Zyb21fc2FtcGxlGAMgASgNIpYBCgpTdGF0ZUNodW5rEg4KBnNhbXBsZRgBIAEoDRIOCgZ0ZW5zb3IYAiABKAkSDAoEdHlwZRgDIAEoCRIMCgRkaW1zGAQgAygNEhMKC3RvdGFsX2J5dGVzGAUgASgEEg4KBm9mZnNldBgGIAEoBBIMCgRkYXRhGAcgASgMEhkKEXRlbnNvcnNfaW5fc2FtcGxlGAggASgNMo4DCg1Xb3JrZXJTZXJ2aWNlEj8KB0dldEluZm8SGy5hdHZwcnVuZS52MS5HZXRJbmZvUmVxdWVzdBoXLmF0dnBydW5lLnYxLldvcmtlckluZm8SRgoIUnVuU2hhcmQSHC5hdHZwcnVuZS52MS5TaGFyZEFzc2lnbm1lbnQaGi5hdHZwcnVuZS52MS5TaGFyZFByb2dyZXNzMAESUAoLQ2FuY2VsU2hhcmQSHy5hdHZwcnVuZS52MS5DYW5jZWxTaGFyZFJlcXVlc3QaIC5hdHZwcnVuZS52MS5DYW5jZWxTaGFyZFJlc3BvbnNlElkKDlVwZGF0ZVVwc3RyZWFtEiIuYXR2cHJ1bmUudjEuVXBkYXRlVXBzdHJlYW1SZXF1ZXN0GiMuYXR2cHJ1bmUudjEuVXBkYXRlVXBzdHJlYW1SZXNwb25zZRJHCgpQdWxsU3RhdGVzEh4uYXR2cHJ1bmUudjEuUHVsbFN0YXRlc1JlcXVlc3QaFy5hdHZwcnVuZS52MS5TdGF0ZUNodW5rMAFiBnByb3RvMw", [file_atvprune_v1_job]);
 
 /**
  * @generated from message atvprune.v1.GetInfoRequest
@@ -130,6 +130,21 @@ export type ShardAssignment = Message<"atvprune.v1.ShardAssignment"> & {
    * @generated from field: uint32 attempt = 8;
    */
   attempt: number;
+
+  /**
+   * how often the worker sends a heartbeat on the RunShard stream (0: its default)
+   *
+   * @generated from field: uint32 heartbeat_ms = 20;
+   */
+  heartbeatMs: number;
+
+  /**
+   * the coordinator declares the worker lost after this long without a message on the stream;
+   * a worker frozen for most of it (SIGSTOP) stops the run before writing anything (0: no limit)
+   *
+   * @generated from field: uint32 stall_timeout_ms = 21;
+   */
+  stallTimeoutMs: number;
 };
 
 /**
@@ -157,6 +172,25 @@ export const ShardDoneSchema: GenMessage<ShardDone> = /*@__PURE__*/
   messageDesc(file_atvprune_v1_worker, 3);
 
 /**
+ * Sent every heartbeat_ms while the shard runs (also while it waits for its input): the worker's event loop is alive.
+ *
+ * @generated from message atvprune.v1.ShardHeartbeat
+ */
+export type ShardHeartbeat = Message<"atvprune.v1.ShardHeartbeat"> & {
+  /**
+   * @generated from field: uint32 shard = 1;
+   */
+  shard: number;
+};
+
+/**
+ * Describes the message atvprune.v1.ShardHeartbeat.
+ * Use `create(ShardHeartbeatSchema)` to create a new message.
+ */
+export const ShardHeartbeatSchema: GenMessage<ShardHeartbeat> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_worker, 4);
+
+/**
  * @generated from message atvprune.v1.ShardProgress
  */
 export type ShardProgress = Message<"atvprune.v1.ShardProgress"> & {
@@ -181,6 +215,12 @@ export type ShardProgress = Message<"atvprune.v1.ShardProgress"> & {
      */
     value: ShardDone;
     case: "done";
+  } | {
+    /**
+     * @generated from field: atvprune.v1.ShardHeartbeat heartbeat = 10;
+     */
+    value: ShardHeartbeat;
+    case: "heartbeat";
   } | { case: undefined; value?: undefined };
 };
 
@@ -189,7 +229,7 @@ export type ShardProgress = Message<"atvprune.v1.ShardProgress"> & {
  * Use `create(ShardProgressSchema)` to create a new message.
  */
 export const ShardProgressSchema: GenMessage<ShardProgress> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 4);
+  messageDesc(file_atvprune_v1_worker, 5);
 
 /**
  * @generated from message atvprune.v1.CancelShardRequest
@@ -211,7 +251,7 @@ export type CancelShardRequest = Message<"atvprune.v1.CancelShardRequest"> & {
  * Use `create(CancelShardRequestSchema)` to create a new message.
  */
 export const CancelShardRequestSchema: GenMessage<CancelShardRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 5);
+  messageDesc(file_atvprune_v1_worker, 6);
 
 /**
  * @generated from message atvprune.v1.CancelShardResponse
@@ -228,7 +268,7 @@ export type CancelShardResponse = Message<"atvprune.v1.CancelShardResponse"> & {
  * Use `create(CancelShardResponseSchema)` to create a new message.
  */
 export const CancelShardResponseSchema: GenMessage<CancelShardResponse> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 6);
+  messageDesc(file_atvprune_v1_worker, 7);
 
 /**
  * @generated from message atvprune.v1.UpdateUpstreamRequest
@@ -255,7 +295,7 @@ export type UpdateUpstreamRequest = Message<"atvprune.v1.UpdateUpstreamRequest">
  * Use `create(UpdateUpstreamRequestSchema)` to create a new message.
  */
 export const UpdateUpstreamRequestSchema: GenMessage<UpdateUpstreamRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 7);
+  messageDesc(file_atvprune_v1_worker, 8);
 
 /**
  * @generated from message atvprune.v1.UpdateUpstreamResponse
@@ -268,7 +308,7 @@ export type UpdateUpstreamResponse = Message<"atvprune.v1.UpdateUpstreamResponse
  * Use `create(UpdateUpstreamResponseSchema)` to create a new message.
  */
 export const UpdateUpstreamResponseSchema: GenMessage<UpdateUpstreamResponse> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 8);
+  messageDesc(file_atvprune_v1_worker, 9);
 
 /**
  * The boundary state entering block `block` (the output of block - 1), from sample `from_sample`.
@@ -297,7 +337,7 @@ export type PullStatesRequest = Message<"atvprune.v1.PullStatesRequest"> & {
  * Use `create(PullStatesRequestSchema)` to create a new message.
  */
 export const PullStatesRequestSchema: GenMessage<PullStatesRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 9);
+  messageDesc(file_atvprune_v1_worker, 10);
 
 /**
  * One piece of one tensor of one sample's boundary state; a tensor spans chunks of ~1 MiB.
@@ -355,7 +395,7 @@ export type StateChunk = Message<"atvprune.v1.StateChunk"> & {
  * Use `create(StateChunkSchema)` to create a new message.
  */
 export const StateChunkSchema: GenMessage<StateChunk> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 10);
+  messageDesc(file_atvprune_v1_worker, 11);
 
 /**
  * @generated from service atvprune.v1.WorkerService
