@@ -48,7 +48,7 @@ export interface CalibSelection {
 interface RawLine { line: number; value: Record<string, unknown> }
 
 /** Every key a calibration line may have; any other is a typo that would silently change the sample. */
-export const CALIB_KEYS = ["input_ids", "inputs_embeds", "attention_mask", "image_mask"] as const;
+export const CALIB_KEYS = ["input_ids", "inputs_embeds", "attention_mask", "image_mask", "position_ids"] as const;
 
 /** Refuses a key not in CALIB_KEYS, naming the closest known one. */
 export function checkCalibKeys(value: Record<string, unknown>, where: string): void {
