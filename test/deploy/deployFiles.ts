@@ -10,10 +10,11 @@ import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import ts from "typescript";
 import { parseAllDocuments } from "yaml";
+import { CustomResourceDefinition } from "kubernetes-models/apiextensions.k8s.io/v1";
 import { Deployment, StatefulSet } from "kubernetes-models/apps/v1";
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1";
 import { Role, RoleBinding } from "kubernetes-models/rbac.authorization.k8s.io/v1";
-import { Namespace, PersistentVolumeClaim, Service, ServiceAccount } from "kubernetes-models/v1";
+import { ConfigMap, Namespace, PersistentVolumeClaim, Service, ServiceAccount } from "kubernetes-models/v1";
 
 function findRepoRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -76,6 +77,8 @@ const MODELS: Record<string, (data: never) => Validatable> = {
   "v1/ServiceAccount": (d) => new ServiceAccount(d),
   "v1/Service": (d) => new Service(d),
   "v1/PersistentVolumeClaim": (d) => new PersistentVolumeClaim(d),
+  "v1/ConfigMap": (d) => new ConfigMap(d),
+  "apiextensions.k8s.io/v1/CustomResourceDefinition": (d) => new CustomResourceDefinition(d),
   "apps/v1/Deployment": (d) => new Deployment(d),
   "apps/v1/StatefulSet": (d) => new StatefulSet(d),
   "policy/v1/PodDisruptionBudget": (d) => new PodDisruptionBudget(d),
@@ -102,6 +105,7 @@ const MODEL_MODULES: Record<string, string> = {
   "apps/v1": "kubernetes-models/apps/v1",
   "policy/v1": "kubernetes-models/policy/v1",
   "rbac.authorization.k8s.io/v1": "kubernetes-models/rbac.authorization.k8s.io/v1",
+  "apiextensions.k8s.io/v1": "kubernetes-models/apiextensions.k8s.io/v1",
 };
 
 /**
