@@ -295,6 +295,7 @@ test("helm rejects bad values: the schema, and the checks a schema cannot expres
     [["--set", "tls.certManager.enabled=true", "--set", "tls.certManager.issuerRef.name=ca"], /tls/],
     [["--set", "worker.autoscaling.enabled=true", "--set", "worker.autoscaling.minReplicas=5", "--set", "worker.autoscaling.maxReplicas=2"], /minReplicas/],
     [["--set", "worker.podDisruptionBudget.maxUnavailable=null"], /minAvailable or maxUnavailable/],
+    [["--set-string", "worker.podLabels.app\\.kubernetes\\.io/component=gpu"], /app\.kubernetes\.io\/component/],
     [["--set", "pruneJobs.enabled=yes"], /pruneJobs/],
     [["--set", "metrics.serviceMonitor.interval=30"], /interval/],
     [["--set", "metrics.grafanaDashboard.labels.grafana_dashboard=1"], /grafana_dashboard/],
