@@ -1,7 +1,8 @@
 // The chart through helm itself (findHelm: $HELM, the pinned helm from the npm layer package, or
-// PATH): lint, render with
-// the defaults and with every optional feature on, validate what it renders with
-// kubernetes-models, check that deploy/k8s is that default rendering, and that bad values fail.
+// PATH): lint, render with the defaults, with every optional feature on and with the settings
+// those exclude, validate every rendered object (kubernetes-models, or customResources.ts for
+// CRD-defined kinds), check that deploy/k8s (and deploy/k8s/prunejobs) is the chart's rendering,
+// and that bad values fail.
 // Where the pinned helm has no build for the machine (not linux x86-64) and there is no other
 // helm, each test is reported as skipped, saying so.
 import { strict as assert } from "node:assert";
