@@ -25,7 +25,7 @@ let reference: Buffer;
 let nats: NatsServerHandle;
 
 before(async () => {
-  const g = await generateModel({ outDir: join(tmp.path, "model"), layers: 6, hidden: 64, samples: 12, seqLen: 48, imageTokens: 20, seed: 11 });
+  const g = await generateModel({ outDir: join(tmp.path, "model"), layers: 6, hidden: 64, samples: 24, seqLen: 64, imageTokens: 24, seed: 11 });
   model = { model: g.modelPath, calib: g.calibPath };
   const out = join(tmp.path, "ref");
   await pruneModel({ ...model, method: "atv", sparsity: 0.5, alpha: 4, propagation: "sequential", out, threads: 1 });
@@ -52,10 +52,12 @@ test("the worker of shard 0 stopped (SIGSTOP) past --stall-timeout: declared sta
     const out = join(tmp.path, "out");
     const { job } = await client.submitJob({ spec: { ...model, out, method: "atv", sparsity: 0.5, alpha: 4, propagation: "sequential" } });
     const id = job!.id;
-    const result = await waitForJob(client, id, 180_000, async (e) => {
-      if (!victim && e.event.case === "blockFinished" && e.event.value.block === 0) {
-        const shard0 = (await client.getJob({ id })).shards.find((s) => s.index === 0);
-        victim = workers.find((w) => w.address === shard0?.worker);
+    let shard0 = "";
+    const result = await waitForJob(client, id, 180_000, (e) => {
+      if (e.event.case === "shardAssigned" && e.event.value.shard === 0 && e.event.value.attempt === 1) shard0 = e.event.value.worker;
+      // At once (no round trip first): shard 0 must still be on its first block when it stops.
+      if (!victim && e.event.case === "blockStarted" && e.event.value.block === 0) {
+        victim = workers.find((w) => w.address === shard0);
         victim?.child.kill("SIGSTOP");
       }
     });

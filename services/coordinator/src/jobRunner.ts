@@ -264,7 +264,8 @@ export class JobRunner {
   /** Runs one shard until it is done, moving it to another worker when its worker goes away. */
   private async runShard(shard: PlannedShard, workDir: string): Promise<void> {
     const maxAttempts = this.deps.maxAttempts ?? 10;
-    const stallTimeoutMs = this.deps.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_S * 1000;
+    // Whole milliseconds: it travels as a uint32.
+    const stallTimeoutMs = Math.max(1, Math.round(this.deps.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_S * 1000));
     let address = shard.worker;
     let lastError = "";
     for (let attempt = 1; ; attempt++) {
