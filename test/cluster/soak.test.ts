@@ -89,7 +89,11 @@ test(`soak: ${JOBS} jobs in parallel under random faults (seed ${SEED}) all SUCC
   const natsPids = new Set<number>([nats.pid]);
   const workers: Service[] = [];
   for (let i = 0; i < WORKERS; i++) {
-    const w = new Service("worker", ["--listen", `127.0.0.1:${await freePort()}`, "--threads", "1", "--id", `soak-w${i}`]);
+    // Plaintext (the security tests cover TLS and tokens); the worker's own path policy is on.
+    const w = new Service("worker", [
+      "--listen", `127.0.0.1:${await freePort()}`, "--threads", "1", "--id", `soak-w${i}`,
+      "--insecure", "--allow-root", tmp.path, "--work-root", workRoot,
+    ]);
     await w.start();
     workers.push(w);
   }

