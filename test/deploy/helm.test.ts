@@ -54,7 +54,7 @@ const ALL_FEATURES = {
   },
   storage: { existingClaim: "shared-rwx" },
   worker: { autoscaling: { enabled: true, minReplicas: 1, maxReplicas: 8 }, memoryBytes: 17179869184, runtimeClassName: "nvidia", podDisruptionBudget: { minAvailable: "50%" } },
-  coordinator: { allowedRoots: ["."] },
+  coordinator: { allowedRoots: ["."], stallTimeoutSeconds: 300, keepWork: true },
   metrics: {
     serviceMonitor: { enabled: true, labels: { release: "kps" } },
     prometheusRule: { enabled: true, labels: { release: "kps" } },
@@ -161,6 +161,8 @@ test("helm template with every feature on renders valid objects wired to the Sec
   assert.deepEqual(flagValues(cargs, "--worker-tls-server-name"), ["workers.atvp"]);
   assert.ok(cargs.includes("--tls-require-client-cert"));
   assert.ok(cargs.includes("--watch-prunejobs"), "pruneJobs.enabled");
+  assert.deepEqual(flagValues(cargs, "--stall-timeout"), ["300"]);
+  assert.ok(cargs.includes("--keep-work"), "coordinator.keepWork");
   const envFrom = (name: string) => coordinator.env?.find((e) => e.name === name)?.valueFrom?.["secretKeyRef"];
   assert.deepEqual(envFrom("ATVP_NATS_USER"), { name: "nats-auth", key: "user", optional: true });
   assert.deepEqual(envFrom("ATVP_NATS_PASSWORD"), { name: "nats-auth", key: "password", optional: true });
@@ -298,6 +300,7 @@ test("helm rejects bad values: the schema, and the checks a schema cannot expres
     [["--set", "worker.podDisruptionBudget.maxUnavailable=null"], /minAvailable or maxUnavailable/],
     [["--set-string", "worker.podLabels.app\\.kubernetes\\.io/component=gpu"], /app\.kubernetes\.io\/component/],
     [["--set", "pruneJobs.enabled=yes"], /pruneJobs/],
+    [["--set", "coordinator.stallTimeoutSeconds=0"], /stallTimeoutSeconds/],
     [["--set", "metrics.serviceMonitor.interval=30"], /interval/],
     [["--set", "metrics.grafanaDashboard.labels.grafana_dashboard=1"], /grafana_dashboard/],
   ];
