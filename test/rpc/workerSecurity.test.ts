@@ -6,8 +6,8 @@
 // through a link) is PERMISSION_DENIED naming the field, and nothing is written there.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { copyFileSync, existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { WorkerService, type ShardAssignment } from "../../services/gen/atvprune/v1/worker_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -177,6 +177,16 @@ describe("the worker's own path policy (authenticated caller)", () => {
     await denied(assignment({ model: join(root, "linked.onnx") }), /^spec\.model: /, "linked model");
     await denied(assignment({ out: join(root, "linked-dir", "out") }), /^spec\.out: /, "out through a linked folder");
     await denied(assignment({ workDir: join(root, "linked-dir", "work") }), /^work_dir: /, "work dir through a linked folder");
+  });
+
+  test("a model inside the roots whose external data links outside: PERMISSION_DENIED naming the data file, nothing written", async () => {
+    const dir = join(root, "leaky");
+    mkdirSync(dir);
+    copyFileSync(model.model, join(dir, "model.onnx"));
+    symlinkSync(join(dirname(outsideModel.model), "model.onnx.data"), join(dir, "model.onnx.data"));
+    const out = join(root, "leaky-out");
+    await denied(assignment({ model: join(dir, "model.onnx"), out }), /^spec\.model \(external data model\.onnx\.data\): .* is outside the allowed roots/, "external data");
+    assert.equal(existsSync(out), false);
   });
 
   test("an .npy named by the calibration set outside the roots: PERMISSION_DENIED naming the line", async () => {
