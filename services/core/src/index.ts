@@ -24,6 +24,7 @@ export * from "./onnx/tensorData.js";
 export * from "./pipeline/blockEngine.js";
 export * from "./pipeline/modelAnalysis.js";
 export * from "./pipeline/pruneModel.js";
+export * from "./pipeline/profilePhase.js";
 export * from "./pipeline/pruneSpec.js";
 export * from "./pipeline/report.js";
 export * from "./pipeline/sampleFeeds.js";

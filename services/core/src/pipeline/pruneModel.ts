@@ -7,7 +7,7 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { writeFile, rename, rm } from "node:fs/promises";
 import { loadCalibrationSet, type CalibSample } from "../calib/calibSet.js";
-import { CalibrationError, InvalidArgumentError } from "../errors.js";
+import { CalibrationError } from "../errors.js";
 import { typeName } from "../onnx/dtype.js";
 import { PrunedModelWriter } from "../onnx/modelWriter.js";
 import { checkOutputLocation, prepareOutputDir, releaseOutput, REPORT_FILE, PARTIAL_SUFFIX, type PreparedOutput } from "../onnx/outputDir.js";
@@ -18,6 +18,8 @@ import { InferenceHost } from "../runtime/inferenceHost.js";
 import { clampThreads } from "../runtime/threadLimit.js";
 import { createMethod, methodDefinition } from "../methods/index.js";
 import { planJob, planTargets, selectPrunable } from "../plan/jobPlan.js";
+import { sparsityProfile } from "../profiles/index.js";
+import { profileTargets } from "./profilePhase.js";
 import { BlockEngine, type SampleState } from "./blockEngine.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
 import { resolveSpec, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
@@ -55,11 +57,15 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     const selection = selectPrunable(spec, analysis);
     prepared = await prepareOutputDir(spec.out, spec.force, { inputs: jobInputs(spec, data, samples), lock: {} });
     const plan = planJob(spec, analysis, data, selection);
-    if (plan.phases.includes("profile")) throw new InvalidArgumentError("sparsityProfile", `${plan.sparsityProfile}'s pre-pass is not supported yet`);
     writer = await PrunedModelWriter.create(analysis.loaded, data, spec.out, new Set(plan.linears.map((l) => l.weight)));
     host = InferenceHost.start({ threads: spec.threads, device: spec.device, warn: options.warn });
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
-    const engine = new BlockEngine({ ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan) });
+    const context = { ...analysis, data, spec, host, samples, feeds };
+    // Phase 1 (profiles with a pre-pass, e.g. OWL): per-linear targets from the dense model.
+    const targets = plan.phases.includes("profile")
+      ? await profileTargets(new BlockEngine({ ...context, targets: planTargets(plan) }), sparsityProfile(plan.sparsityProfile), { sparsity: plan.sparsity, linears: selection })
+      : planTargets(plan);
+    const engine = new BlockEngine({ ...context, targets });
     emit({ type: "job_started", blocks: analysis.partition.numBlocks, samples: samples.length, method: spec.method, graphAnalysis: analysis.partition.method });
 
     let states: SampleState[] = samples.length === 0 ? [] : await engine.initialStates();
