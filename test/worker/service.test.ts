@@ -139,6 +139,11 @@ test("FinalizeOutput: a worker completes the output from the plan (again is a no
     for (const f of ["model.onnx", "model.onnx.data"]) assert.ok(readFileSync(join(s.out, f)).equals(readFileSync(join(refOut, f))), f);
     await c.client(a.address).finalizeOutput({ jobId: "finalize", plan: c.plan });
     assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(readFileSync(join(refOut, "model.onnx.data"))));
+    // A finalize that stopped after renaming the data, before model.onnx: the next one finishes it.
+    rmSync(join(s.out, "model.onnx"));
+    await c.client(a.address).finalizeOutput({ jobId: "finalize", plan: c.plan });
+    for (const f of ["model.onnx", "model.onnx.data"]) assert.ok(readFileSync(join(s.out, f)).equals(readFileSync(join(refOut, f))), `${f} after the rerun`);
+    assert.ok(!existsSync(join(s.out, "model.onnx.data.partial")));
   } finally {
     await c.close();
   }

@@ -20,7 +20,7 @@ import type { ShardProgress } from "../../gen/atvprune/v1/worker_pb.js";
 import type { JobPlan as JobPlanMessage } from "../../gen/atvprune/v1/plan_pb.js";
 import {
   InvalidArgumentError, PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir, releaseOutput,
-  type PreparedOutput, createPartialData, partialDataPath, removePartialData, planJob,
+  type PreparedOutput, DATA_FILE, createPartialData, partialDataPath, removePartialData, planJob,
   selectPrunable, TensorData, fsErrorToTyped, analyzeModel, buildReport, jobInputs, loadSamples,
   resolveSpec, needsCalibration, type BlockReport, type LayerReport,
 } from "../../core/src/index.js";
@@ -135,7 +135,10 @@ export class JobRunner {
       const samples = needsCalibration(resolved.method) ? loadSamples(resolved, analysis, true) : [];
       this.tokensPerBlock = samples.reduce((a, s) => a + s.tokens, 0);
       const selection = selectPrunable(resolved, analysis);
-      const resumed = this.resume && existsSync(partialDataPath(resolved.out));
+      // A resumed job keeps the output its workers wrote: the partial data, or the data a worker
+      // already finalized (this job's predecessor coordinator may have stopped while a worker
+      // finalized it). Clearing it would lose pruned weights that done blocks do not rewrite.
+      const resumed = this.resume && (existsSync(partialDataPath(resolved.out)) || existsSync(join(resolved.out, DATA_FILE)));
       if (!resumed) prepared = await prepareOutputDir(resolved.out, resolved.force || this.resume, { inputs: jobInputs(resolved, data, samples) });
       const plan = planJob(resolved, analysis, data, selection);
       if (plan.phases.includes("profile")) throw new InvalidArgumentError("sparsityProfile", `${plan.sparsityProfile}'s pre-pass is not supported yet in a cluster`);

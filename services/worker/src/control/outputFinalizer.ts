@@ -5,6 +5,7 @@
  * mismatch means the plan was made for another model or version, and nothing is finalized.
  */
 import { existsSync } from "node:fs";
+import { rename } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import {
   InvalidArgumentError, PrunedModelWriter, DATA_FILE, MODEL_FILE, PARTIAL_SUFFIX, TensorData,
@@ -13,8 +14,15 @@ import {
 
 export async function finalizeOutput(plan: JobPlan): Promise<void> {
   const out = resolve(plan.out);
-  // Done already (a retried call after the first one finished): nothing to do.
-  if (!existsSync(join(out, DATA_FILE + PARTIAL_SUFFIX)) && existsSync(join(out, MODEL_FILE)) && existsSync(join(out, DATA_FILE))) return;
+  const partial = join(out, DATA_FILE + PARTIAL_SUFFIX);
+  const finished = join(out, DATA_FILE);
+  if (!existsSync(partial) && existsSync(finished)) {
+    // Done already (a retried call, or one from a resumed coordinator): nothing to do.
+    if (existsSync(join(out, MODEL_FILE))) return;
+    // A finalize that stopped between renaming the complete, synced data and writing model.onnx:
+    // take the data back and finish it (the untouched weights are copied again, same bytes).
+    await rename(finished, partial);
+  }
   const loaded = readModel(plan.model);
   const data = new TensorData(loaded);
   try {
