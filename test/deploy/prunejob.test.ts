@@ -10,7 +10,8 @@ import { Ajv } from "ajv";
 import { CustomResourceDefinition } from "kubernetes-models/apiextensions.k8s.io/v1/CustomResourceDefinition";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { JobSpecSchema } from "../../services/gen/atvprune/v1/job_pb.js";
-import { toPruneSpec, validateJobSpec } from "../../services/coordinator/src/pathPolicy.js";
+import { validateJobSpec } from "../../services/rpc/pathPolicy.js";
+import { toPruneSpec } from "../../services/rpc/jobSpec.js";
 import { resolveSpec } from "../../services/core/src/pipeline/pruneSpec.js";
 import { CHART_DIR, REPO, loadPlainManifests, parseYamlDocuments, readYamlFile, validateWithKubernetesModels, asK8sObject } from "./deployFiles.js";
 
@@ -116,6 +117,7 @@ test("the CRD's defaults are the engine's (what SubmitJob uses for an unset fiel
   assert.equal(spec["propagation"], resolved.propagation);
   assert.equal(spec["seed"], resolved.seed);
   assert.equal(spec["magnitudeScope"], resolved.magnitudeScope);
+  assert.equal(spec["sparsityProfile"], resolved.sparsityProfile);
   assert.equal(spec["force"], resolved.force);
   assert.equal(spec["workers"], 0);
   // With the defaults filled in, the API resolves the same spec.
@@ -127,7 +129,7 @@ test("every spec the gRPC API refuses for a field, the CRD refuses too (and both
     ["unknown method", { ...BASE, method: "sgd" }],
     ["sparsity 1", { ...BASE, sparsity: 1 }],
     ["negative sparsity", { ...BASE, sparsity: -0.1 }],
-    ["no sparsity, unstructured", { ...BASE, sparsity: undefined }],
+    ["unknown sparsity profile", { ...BASE, sparsityProfile: "flat" }],
     ["negative alpha", { ...BASE, alpha: -1 }],
     ["unknown propagation", { ...BASE, propagation: "both" }],
     ["nsamples 0", { ...BASE, nsamples: 0 }],
@@ -147,6 +149,7 @@ test("every spec the gRPC API refuses for a field, the CRD refuses too (and both
   const good: Array<[string, Record<string, unknown>]> = [
     ["the base", BASE],
     ["N:M without sparsity", { ...BASE, method: "wanda", sparsity: undefined, pattern: "2:4" }],
+    ["no sparsity (the API's default 0.5)", { ...BASE, sparsity: undefined }],
     ["magnitude without calib", { ...BASE, method: "magnitude", calib: undefined }],
     ["every field", { ...BASE, pattern: "unstructured", alpha: 4, propagation: "dense", nsamples: 8, seed: 7, include: ["mlp"], exclude: ["q_proj"], magnitudeScope: "matrix", force: true, workers: 2 }],
   ];

@@ -10,6 +10,7 @@ import { copyFileSync, existsSync, mkdirSync, symlinkSync, writeFileSync } from 
 import { dirname, join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { WorkerService, type ShardAssignment } from "../../services/gen/atvprune/v1/worker_pb.js";
+import { WorkerDataService } from "../../services/gen/atvprune/v1/worker_data_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ShardAssignmentSchema } from "../../services/gen/atvprune/v1/worker_pb.js";
 import { createClient, type Client } from "../../services/rpc/grpcAdapter.js";
@@ -32,7 +33,7 @@ const TOKEN = "cluster-token-1";
 let worker: WorkerHandle;
 let model: { model: string; calib: string };
 let outsideModel: { model: string; calib: string };
-const clients: Client<typeof WorkerService>[] = [];
+const clients: { close(): void }[] = [];
 
 const nodeTls = (): TlsConfig => ({ ca: pki.file("ca.crt"), cert: pki.file("node.crt"), key: pki.file("node.key") });
 
@@ -68,7 +69,10 @@ function assignment(over: { model?: string; calib?: string; out?: string; workDi
   return {
     jobId: "job-intruder", shard: 0, firstBlock: 0, endBlock: 2, attempt: 1, upstream: "",
     workDir: over.workDir ?? join(jobs, "job-intruder"),
-    spec: { model: over.model ?? model.model, calib: over.calib ?? model.calib, out: over.out ?? join(root, "out"), method: over.method ?? "wanda", sparsity: 0.5 },
+    plan: {
+      model: over.model ?? model.model, calib: over.calib ?? model.calib, out: over.out ?? join(root, "out"),
+      method: { case: (over.method ?? "wanda") as "wanda", value: {} }, sparsity: 0.5, propagation: "sequential",
+    },
   };
 }
 
@@ -114,8 +118,11 @@ describe("who may call WorkerService", () => {
       await assert.rejects(c.getInfo({}, { deadlineMs: 5000 }), unauthenticated);
       await assert.rejects(c.cancelShard({ jobId: "j", shard: 0 }, { deadlineMs: 5000 }), unauthenticated);
       await assert.rejects(c.updateUpstream({ jobId: "j", shard: 0, upstream: "x:1" }, { deadlineMs: 5000 }), unauthenticated);
-      const pull = async () => { for await (const _ of c.pullStates({ jobId: "j", block: 1 }, { deadlineMs: 5000 })) { /* states */ } };
+      const data = createClient(WorkerDataService, worker.address, channelCredentials(nodeTls()), channelOptions(nodeTls(), { ...bearerClientOptions(token), "grpc.use_local_subchannel_pool": 1 }));
+      clients.push(data);
+      const pull = async () => { for await (const _ of data.pullStates({ jobId: "j", block: 1 }, { deadlineMs: 5000 })) { /* states */ } };
       await assert.rejects(pull(), unauthenticated);
+      await assert.rejects(c.finalizeOutput({ jobId: "j", plan: intrusion().plan }, { deadlineMs: 5000 }), unauthenticated);
     }
     assert.equal(existsSync(join(outside, "work")), false);
   });
@@ -154,6 +161,9 @@ describe("the worker's own path policy (authenticated caller)", () => {
     await denied(assignment({ out: join(outside, "leak") }), /^spec\.out: .* is outside the allowed roots/, "out");
     await denied(assignment({ workDir: join(outside, "work") }), /^work_dir: .* is outside the allowed roots/, "work dir");
     await denied(assignment({ workDir: join(jobs, "..", "outside", "work") }), /^work_dir: /, "work dir through ..");
+    // FinalizeOutput confines the plan's paths the same way.
+    await assert.rejects(client(nodeTls(), TOKEN).finalizeOutput({ jobId: "j", plan: assignment({ out: join(outside, "leak") }).plan }, { deadlineMs: 5000 }),
+      (e: grpc.ServiceError) => e.code === grpc.status.PERMISSION_DENIED && /^spec\.out: .* is outside the allowed roots/.test(e.details));
     assert.equal(existsSync(join(outside, "work")), false);
     assert.equal(existsSync(join(outside, "leak")), false);
   });

@@ -3,7 +3,7 @@
 // name the job, block or file, and the /metrics endpoint.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync, rmSync, truncateSync, statSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, truncateSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { generateModel } from "../../services/core/src/gen/genModel.js";
@@ -11,7 +11,9 @@ import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
 import type { PruneSpec } from "../../services/core/src/pipeline/pruneSpec.js";
 import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
 import { tempDir } from "../support/fixtures.js";
-import { MiniCoordinator, jobSpec, withTimeout, workerClient } from "./harness.js";
+import { clone } from "@bufbuild/protobuf";
+import { JobPlanSchema } from "../../services/gen/atvprune/v1/plan_pb.js";
+import { MiniCoordinator, withTimeout, workerClient } from "./harness.js";
 
 const tmp = tempDir("worker-service");
 let model: { model: string; calib: string };
@@ -74,12 +76,13 @@ test("a second attempt of a running shard supersedes the first (ABORTED) and com
 test("errors end the stream with the mapped status and name the job, block or file", async () => {
   const client = workerClient(a.address);
   try {
-    // A bad spec: INVALID_ARGUMENT naming the field.
+    // A bad plan: INVALID_ARGUMENT naming the field.
     const bad = await MiniCoordinator.start("bad", spec("bad"), join(tmp.path, "work-bad"));
-    const badSpec = { ...spec("bad"), sparsity: 1.5 };
-    const call = client.runShard({ jobId: "bad", spec: jobSpec(badSpec), shard: 0, firstBlock: 0, endBlock: 4, workDir: bad.workDir, attempt: 1 });
+    const badPlan = clone(JobPlanSchema, bad.plan);
+    badPlan.linears[0]!.target = 1.5;
+    const call = client.runShard({ jobId: "bad", plan: badPlan, shard: 0, firstBlock: 0, endBlock: 4, workDir: bad.workDir, attempt: 1 });
     await assert.rejects((async () => { for await (const _ of call) { /* drain */ } })(),
-      (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && /job bad shard 0/.test(e.details) && /sparsity/.test(e.details));
+      (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && /job bad shard 0/.test(e.details) && /plan\.linears: target 1\.5/.test(e.details));
     await bad.close();
 
     // Blocks outside the model.
@@ -118,4 +121,30 @@ test("/metrics serves the worker's counters; /healthz and /readyz answer", async
   assert.match(m.text, /^atvp_blocks_pruned_total\{worker="svc-a"\} [1-9]/m);
   assert.equal((await get("/healthz")).status, 200);
   assert.equal((await get("/readyz")).status, 200);
+});
+
+test("FinalizeOutput: a worker completes the output from the plan (again is a no-op); a plan for another layout is refused and the partial kept", async () => {
+  const s = spec("finalize");
+  const refOut = join(tmp.path, "ref-finalize");
+  await pruneModel({ ...s, out: refOut, threads: 1 });
+  const c = await MiniCoordinator.start("finalize", s, join(tmp.path, "work-finalize"));
+  try {
+    await withTimeout(c.runAll([a.address, b.address], [[0, 2], [2, 4]]), 60_000, "shards");
+    const wrong = clone(JobPlanSchema, c.plan);
+    wrong.dataBytes += 4096n;
+    await assert.rejects(c.client(a.address).finalizeOutput({ jobId: "finalize", plan: wrong }),
+      (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && /job finalize output/.test(e.details) && /plan\.dataBytes/.test(e.details));
+    assert.ok(existsSync(join(s.out, "model.onnx.data.partial")), "the workers' weights are kept");
+    await c.client(b.address).finalizeOutput({ jobId: "finalize", plan: c.plan });
+    for (const f of ["model.onnx", "model.onnx.data"]) assert.ok(readFileSync(join(s.out, f)).equals(readFileSync(join(refOut, f))), f);
+    await c.client(a.address).finalizeOutput({ jobId: "finalize", plan: c.plan });
+    assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(readFileSync(join(refOut, "model.onnx.data"))));
+    // A finalize that stopped after renaming the data, before model.onnx: the next one finishes it.
+    rmSync(join(s.out, "model.onnx"));
+    await c.client(a.address).finalizeOutput({ jobId: "finalize", plan: c.plan });
+    for (const f of ["model.onnx", "model.onnx.data"]) assert.ok(readFileSync(join(s.out, f)).equals(readFileSync(join(refOut, f))), `${f} after the rerun`);
+    assert.ok(!existsSync(join(s.out, "model.onnx.data.partial")));
+  } finally {
+    await c.close();
+  }
 });

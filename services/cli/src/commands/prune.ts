@@ -1,9 +1,8 @@
 /** `atvp prune`: one process, no services. */
-import { pruneModel, type PruneEvent } from "../../../core/src/pipeline/pruneModel.js";
-import { isModelFolder } from "../../../core/src/modelDir/modelFolder.js";
-import { pruneModelFolder } from "../../../core/src/modelDir/pruneFolder.js";
-import type { PruneSpec } from "../../../core/src/pipeline/pruneSpec.js";
-import { InvalidArgumentError } from "../../../core/src/errors.js";
+import {
+  pruneModel, type PruneEvent, isModelFolder, pruneModelFolder, type PruneSpec,
+  InvalidArgumentError,
+} from "../../../core/src/index.js";
 import { int, list, num, parse, required, str, type Options } from "../args.js";
 import { progressSink } from "../progress.js";
 import { formatSummary } from "../summary.js";
@@ -23,15 +22,16 @@ export const JOB_OPTIONS: Options = {
   include: { type: "string", multiple: true },
   exclude: { type: "string", multiple: true },
   "magnitude-scope": { type: "string" },
+  "sparsity-profile": { type: "string" },
   threads: { type: "string" },
   device: { type: "string" },
   force: { type: "boolean", default: false },
 };
 
 export function jobSpec(values: Record<string, unknown>): PruneSpec {
+  // Defaults (sparsity 0.5, ...) are the engine's (pruneSpec.ts), the same for every client.
   const pattern = str(values, "pattern") ?? "unstructured";
-  let sparsity = num(values, "sparsity");
-  if (sparsity === undefined && pattern === "unstructured") sparsity = 0.5;
+  const sparsity = num(values, "sparsity");
   const scope = str(values, "magnitude-scope");
   if (scope !== undefined && scope !== "matrix" && scope !== "column") throw new InvalidArgumentError("--magnitude-scope", "must be matrix or column");
   return {
@@ -48,6 +48,7 @@ export function jobSpec(values: Record<string, unknown>): PruneSpec {
     include: list(values, "include"),
     exclude: list(values, "exclude"),
     magnitudeScope: scope as PruneSpec["magnitudeScope"],
+    sparsityProfile: str(values, "sparsity-profile"),
     threads: int(values, "threads"),
     device: str(values, "device") as PruneSpec["device"],
     force: values["force"] === true,

@@ -7,8 +7,8 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { writeFile, rename, rm } from "node:fs/promises";
 import { loadCalibrationSet, type CalibSample } from "../calib/calibSet.js";
-import { CalibrationError, InvalidArgumentError, UnsupportedTypeError } from "../errors.js";
-import { FLOAT_WEIGHT_TYPES, typeName } from "../onnx/dtype.js";
+import { CalibrationError } from "../errors.js";
+import { typeName } from "../onnx/dtype.js";
 import { PrunedModelWriter } from "../onnx/modelWriter.js";
 import { checkOutputLocation, prepareOutputDir, releaseOutput, REPORT_FILE, PARTIAL_SUFFIX, type PreparedOutput } from "../onnx/outputDir.js";
 import { fsErrorToTyped } from "../io/fsErrors.js";
@@ -16,9 +16,13 @@ import { TensorData } from "../onnx/tensorData.js";
 import { tokenCounts } from "../calib/calibSet.js";
 import { InferenceHost } from "../runtime/inferenceHost.js";
 import { clampThreads } from "../runtime/threadLimit.js";
+import { createMethod, methodDefinition } from "../methods/index.js";
+import { planJob, planTargets, selectPrunable } from "../plan/jobPlan.js";
+import { sparsityProfile } from "../profiles/index.js";
+import { profileTargets } from "./profilePhase.js";
 import { BlockEngine, type SampleState } from "./blockEngine.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
-import { resolveSpec, selectLinears, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
+import { resolveSpec, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
 import type { BlockReport, LayerReport, PruneReport } from "./report.js";
 import { checkSample, SampleFeeds } from "./sampleFeeds.js";
 
@@ -49,26 +53,22 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   let finalized = false;
   try {
     await data.validate();
-    const samples = spec.method === "magnitude" ? [] : loadSamples(spec, analysis);
-    const toPrune = selectLinears(spec, analysis.partition.blockLinears.flat());
-    for (const l of toPrune) {
-      if (!FLOAT_WEIGHT_TYPES.has(l.dataType)) {
-        throw new UnsupportedTypeError(l.weight, `weight of ${l.node} is ${typeName(l.dataType)}; atv-prune prunes float32, float16 and bfloat16 weights (leave it dense with --exclude)`);
-      }
-      // Checked here as well as in computeMask, so the job fails before --force clears the
-      // output folder and before any block is calibrated.
-      if (spec.pattern.kind === "nm" && l.inDim % spec.pattern.m !== 0) {
-        throw new InvalidArgumentError(l.weight, `input dimension ${l.inDim} of ${l.node} is not a multiple of M=${spec.pattern.m} for the ${spec.patternText} pattern (leave it dense with --exclude)`);
-      }
-    }
+    const samples = methodDefinition(spec.method).needsCalibration ? loadSamples(spec, analysis) : [];
+    const selection = selectPrunable(spec, analysis);
     prepared = await prepareOutputDir(spec.out, spec.force, { inputs: jobInputs(spec, data, samples), lock: {} });
-    writer = await PrunedModelWriter.create(analysis.loaded, data, spec.out, new Set(toPrune.map((l) => l.weight)));
+    const plan = planJob(spec, analysis, data, selection);
+    writer = await PrunedModelWriter.create(analysis.loaded, data, spec.out, new Set(plan.linears.map((l) => l.weight)));
     host = InferenceHost.start({ threads: spec.threads, device: spec.device, warn: options.warn });
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
-    const engine = new BlockEngine({ ...analysis, data, spec, host, samples, feeds });
+    const context = { ...analysis, data, spec, host, samples, feeds };
+    // Phase 1 (profiles with a pre-pass, e.g. OWL): per-linear targets from the dense model.
+    const targets = plan.phases.includes("profile")
+      ? await profileTargets(new BlockEngine({ ...context, targets: planTargets(plan) }), sparsityProfile(plan.sparsityProfile), { sparsity: plan.sparsity, linears: selection })
+      : planTargets(plan);
+    const engine = new BlockEngine({ ...context, targets });
     emit({ type: "job_started", blocks: analysis.partition.numBlocks, samples: samples.length, method: spec.method, graphAnalysis: analysis.partition.method });
 
-    let states: SampleState[] = spec.method === "magnitude" ? [] : await engine.initialStates();
+    let states: SampleState[] = samples.length === 0 ? [] : await engine.initialStates();
     const blocks: BlockReport[] = [];
     const layers: LayerReport[] = [];
     for (let b = 0; b < analysis.partition.numBlocks; b++) {
@@ -126,14 +126,13 @@ export function jobInputs(spec: Pick<ResolvedSpec, "model" | "calib">, data: Ten
 export function loadSamples(spec: ResolvedSpec, analysis: ModelAnalysis, headersOnly = false): CalibSample[] {
   const calib = spec.calib!;
   const samples = loadCalibrationSet(calib, { nsamples: spec.nsamples, seed: spec.seed, headersOnly });
+  const method = createMethod(spec);
   const main = analysis.partition.mainInput;
   const vi = analysis.index.inputs.get(main)!;
   for (const s of samples) {
     checkSample(s, main, vi, calib, analysis.index.inputs.get("position_ids"));
     const { nText, nVisual } = tokenCounts(s);
-    if (spec.method === "atv" && nText === 0) {
-      throw new CalibrationError(`${calib}:${s.line}`, "the sample has no text tokens: ATV's pool would be empty (k = round(ratio * nText) = 0); remove it or mark its text tokens in image_mask");
-    }
+    method.checkSample?.(s, `${calib}:${s.line}`);
     if (nText + nVisual === 0) {
       throw new CalibrationError(`${calib}:${s.line}`, "the sample has no attended tokens");
     }

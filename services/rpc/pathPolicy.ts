@@ -4,18 +4,16 @@
  * roots, after `..` and symbolic links are followed (a link inside a root that points outside is
  * outside). Also the field checks of a submitted JobSpec, as gRPC statuses that name the field.
  */
-import { toPruneSpec } from "../../rpc/jobSpec.js";
+import { toPruneSpec } from "./jobSpec.js";
 import { lstatSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { status } from "@grpc/grpc-js";
-import type { JobSpec } from "../../gen/atvprune/v1/job_pb.js";
-import { AtvpError, InvalidArgumentError } from "../../core/src/errors.js";
-import { readModel } from "../../core/src/onnx/modelFile.js";
-import { checkCalibKeys } from "../../core/src/calib/calibSet.js";
-import { checkNotInput } from "../../core/src/onnx/outputDir.js";
-import { TensorData } from "../../core/src/onnx/tensorData.js";
-import { resolveSpec, type PruneSpec } from "../../core/src/pipeline/pruneSpec.js";
-import { RpcError } from "../../rpc/status.js";
+import type { JobSpec } from "../gen/atvprune/v1/job_pb.js";
+import {
+  AtvpError, InvalidArgumentError, readModel, checkCalibKeys, checkNotInput, TensorData,
+  resolveSpec, needsCalibration,
+} from "../core/src/index.js";
+import { RpcError } from "./status.js";
 
 function errnoOf(err: unknown): string {
   return (err as NodeJS.ErrnoException).code ?? "error";
@@ -171,7 +169,7 @@ export function checkJobFiles(spec: { model: string; calib?: string; out: string
   const inputs = [paths.model, ...checkExternalDataPaths(paths.model, roots)];
   if (paths.calib) {
     inputs.push(paths.calib);
-    if (spec.method !== "magnitude") inputs.push(...checkCalibrationPaths(paths.calib, roots));
+    if (needsCalibration(spec.method)) inputs.push(...checkCalibrationPaths(paths.calib, roots));
   }
   try {
     checkNotInput(paths.out, paths.out, inputs, "spec.out");
@@ -183,10 +181,10 @@ export function checkJobFiles(spec: { model: string; calib?: string; out: string
 }
 
 /** Engine field names that differ from the proto's. */
-const PROTO_FIELD: Record<string, string> = { magnitudeScope: "magnitude_scope" };
+const PROTO_FIELD: Record<string, string> = { magnitudeScope: "magnitude_scope", sparsityProfile: "sparsity_profile" };
 
 
-export { toPruneSpec };
+
 
 /**
  * Every field check the engine makes before it opens a file (method, sparsity, pattern, alpha,
