@@ -22,6 +22,7 @@ import { fsErrorToTyped } from "../../core/src/io/fsErrors.js";
 import { analyzeModel } from "../../core/src/pipeline/modelAnalysis.js";
 import { buildReport, jobInputs, loadSamples } from "../../core/src/pipeline/pruneModel.js";
 import { resolveSpec, selectLinears } from "../../core/src/pipeline/pruneSpec.js";
+import { needsCalibration } from "../../core/src/methods/index.js";
 import type { BlockReport, LayerReport } from "../../core/src/pipeline/report.js";
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
 import { toPruneSpec } from "./pathPolicy.js";
@@ -124,7 +125,7 @@ export class JobRunner {
       data = new TensorData(analysis.loaded);
       await data.validate();
       // Checked and counted here, but the embeddings stay on disk: only workers need them.
-      const samples = resolved.method === "magnitude" ? [] : loadSamples(resolved, analysis, true);
+      const samples = needsCalibration(resolved.method) ? loadSamples(resolved, analysis, true) : [];
       this.tokensPerBlock = samples.reduce((a, s) => a + s.tokens, 0);
       const toPrune = selectLinears(resolved, analysis.partition.blockLinears.flat());
       const rewritten = new Set(toPrune.map((l) => l.weight));

@@ -15,6 +15,7 @@ import { checkCalibKeys } from "../../core/src/calib/calibSet.js";
 import { checkNotInput } from "../../core/src/onnx/outputDir.js";
 import { TensorData } from "../../core/src/onnx/tensorData.js";
 import { resolveSpec, type PruneSpec } from "../../core/src/pipeline/pruneSpec.js";
+import { needsCalibration } from "../../core/src/methods/index.js";
 import { RpcError } from "../../rpc/status.js";
 
 function errnoOf(err: unknown): string {
@@ -171,7 +172,7 @@ export function checkJobFiles(spec: { model: string; calib?: string; out: string
   const inputs = [paths.model, ...checkExternalDataPaths(paths.model, roots)];
   if (paths.calib) {
     inputs.push(paths.calib);
-    if (spec.method !== "magnitude") inputs.push(...checkCalibrationPaths(paths.calib, roots));
+    if (needsCalibration(spec.method)) inputs.push(...checkCalibrationPaths(paths.calib, roots));
   }
   try {
     checkNotInput(paths.out, paths.out, inputs, "spec.out");

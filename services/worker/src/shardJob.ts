@@ -15,6 +15,7 @@ import { TensorData } from "../../core/src/onnx/tensorData.js";
 import { analyzeModel, type ModelAnalysis } from "../../core/src/pipeline/modelAnalysis.js";
 import { loadSamples } from "../../core/src/pipeline/pruneModel.js";
 import { isSelected, resolveSpec, type PruneSpec, type ResolvedSpec } from "../../core/src/pipeline/pruneSpec.js";
+import { needsCalibration } from "../../core/src/methods/index.js";
 import { SampleFeeds } from "../../core/src/pipeline/sampleFeeds.js";
 
 export interface ShardJob {
@@ -45,7 +46,7 @@ export async function openShardJob(spec: JobSpec, worker: { threads: number; dev
         throw new InvalidArgumentError(l.weight, `input dimension ${l.inDim} of ${l.node} is not a multiple of M=${resolved.pattern.m} for the ${resolved.patternText} pattern`);
       }
     }
-    const samples = resolved.method === "magnitude" ? [] : loadSamples(resolved, analysis);
+    const samples = needsCalibration(resolved.method) ? loadSamples(resolved, analysis) : [];
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
     const regions = rewrittenRegions(analysis.loaded, data, resolved.out, new Set(selected.map((l) => l.weight)));
     return { spec: resolved, analysis, data, samples, feeds, selected, regions };

@@ -14,6 +14,7 @@ import type { ShardAssignment, ShardProgressSchema } from "../../gen/atvprune/v1
 import { InvalidArgumentError } from "../../core/src/errors.js";
 import { DATA_FILE, PARTIAL_SUFFIX } from "../../core/src/onnx/outputDir.js";
 import { arraySource, BlockEngine, type PrunedWeight, type SampleState, type StateSource } from "../../core/src/pipeline/blockEngine.js";
+import { needsCalibration } from "../../core/src/methods/index.js";
 import { InferenceHost } from "../../core/src/runtime/inferenceHost.js";
 import { RpcError } from "../../rpc/status.js";
 import { exists, WorkDir, type BlockRecord } from "./checkpoints.js";
@@ -123,7 +124,7 @@ export class ShardRun {
       for (; b < this.endBlock && (await wd.isDone(b)); b++) await emit(finishedEvent(await wd.readBlock(b), this.deps.workerId));
       if (b < this.endBlock) {
         signal.throwIfAborted();
-        const needsStates = job.spec.method !== "magnitude";
+        const needsStates = needsCalibration(job.spec.method);
         if (needsStates) outbox = this.deps.outboxes.open(this.jobId, this.endBlock, job.samples.length);
         host = InferenceHost.start({ threads: this.deps.threads, device: this.deps.device, warn: this.deps.log });
         const engine = new BlockEngine({ ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds });
@@ -199,7 +200,7 @@ export class ShardRun {
     ctx: { job: ShardJob; engine: BlockEngine; wd: WorkDir; weights: FileHandle; outbox: Outbox | undefined; edge: Promise<void> | undefined },
   ): Promise<{ record: BlockRecord; source: StateSource }> {
     const { job, engine, wd, weights, outbox } = ctx;
-    const needsStates = job.spec.method !== "magnitude";
+    const needsStates = needsCalibration(job.spec.method);
     this.guard();
     const states = needsStates ? await StateFileWriter.create(wd.statesPath(b + 1), job.samples.length) : undefined;
     try {
@@ -233,7 +234,7 @@ export class ShardRun {
     const m = this.deps.metrics;
     m.blocksPruned.inc();
     m.paramsPruned.inc(record.layers.reduce((a, l) => a + l.pruned, 0));
-    if (job.spec.method !== "magnitude") m.calibrationTokenPasses.inc(job.samples.reduce((a, s) => a + s.tokens, 0));
+    if (needsCalibration(job.spec.method)) m.calibrationTokenPasses.inc(job.samples.reduce((a, s) => a + s.tokens, 0));
     m.blockDuration.observe(record.report.seconds);
   }
 }

@@ -1,6 +1,8 @@
 /**
- * DESIGN.md §2 steps 1-7 for one block: dense forward, ATV token choice, activation statistics,
- * masks for every linear of the block, zeroing, and the forward that feeds the next block. The
+ * DESIGN.md §2 steps 1-7 for one block: dense forward, token pools, accumulators per linear,
+ * compression of every linear of the block, and the forward that feeds the next block. What the
+ * forward accumulates and how a linear is compressed belong to the method (methods/); this class
+ * knows no method. The
  * single-process pruner and the cluster workers both run blocks through this class, so every
  * mode computes the same bits.
  *
@@ -20,10 +22,9 @@ import type { LinearInfo } from "../graph/linears.js";
 import { ortType, typeName } from "../onnx/dtype.js";
 import type { LoadedModel } from "../onnx/modelFile.js";
 import type { TensorData } from "../onnx/tensorData.js";
-import { ChannelStats } from "../prune/activationStats.js";
-import { cosineDistances } from "../prune/hiddenState.js";
-import { applyMask, computeMask, type WeightMatrix } from "../prune/maskSelect.js";
-import { attendedPool, selectAtvPools } from "../prune/poolSelect.js";
+import { createMethod, NO_POOL_FACTS, type Accumulator, type CalibrationNeeds, type Method, type PoolFacts } from "../methods/index.js";
+import type { LinearTargets, ProfilePrePass } from "../profiles/index.js";
+import { applyMask, type WeightMatrix } from "../prune/maskSelect.js";
 import { BufferPool } from "../runtime/bufferPool.js";
 import type { InferenceHost, SessionHandle } from "../runtime/inferenceHost.js";
 import type { TensorData as TypedData, WireTensor } from "../runtime/wireTensor.js";
@@ -73,6 +74,19 @@ export interface EngineContext {
   feeds: readonly SampleFeeds[];
   /** element type of hidden states and activations */
   floatType: number;
+  /** per-linear targets by weight name (from the sparsity profile); absent: spec.sparsity for all */
+  targets?: LinearTargets;
+  /** the method to run; absent: the registry's method named by spec.method */
+  method?: Method;
+}
+
+/** One linear after the compress step, for report.json. */
+interface Compressed {
+  linear: LinearInfo;
+  dataType: number;
+  target: number;
+  pruned: number;
+  facts: Record<string, number> | undefined;
 }
 
 export interface PrunedWeight {
@@ -91,8 +105,11 @@ export interface BlockResult {
 
 export class BlockEngine {
   private readonly pool = new BufferPool();
+  private readonly method: Method;
 
-  constructor(private readonly ctx: EngineContext) {}
+  constructor(private readonly ctx: EngineContext) {
+    this.method = ctx.method ?? createMethod(ctx.spec);
+  }
 
   /** Gives a finished block's weight buffers back for the next block (after they are written). */
   recycle(weights: readonly PrunedWeight[]): void {
@@ -118,130 +135,190 @@ export class BlockEngine {
 
   async runBlock(b: number, input: readonly SampleState[] | StateSource, options: RunBlockOptions = {}): Promise<BlockResult> {
     const { plan, spec, samples, host } = this.ctx;
+    const method = this.method;
     const cut = plan.blocks[b]!;
     const source = isStateSource(input) ? input : arraySource(input);
-    const { onNext, signal } = options;
     const started = performance.now();
     const weights = await this.readWeights(cut.weights);
     const toPrune = cut.weights.filter((l) => isSelected(spec, l.weight, l.node));
-    const N = samples.length;
-    if (spec.method !== "magnitude" && source.count !== N) {
-      throw new GraphError(cut.label, `got input states for ${source.count} samples, expected ${N}`);
-    }
     let next: SampleState[] = [];
-    let report: Omit<BlockReport, "seconds" | "tokensPerSecond"> = {
-      index: b, label: cut.label, cosDistAvg: null, k: [], nText: [], nVisual: [],
-    };
-    let scales = new Map<string, Float64Array>();
+    let facts: PoolFacts = NO_POOL_FACTS;
+    let compressed: Compressed[];
 
-    if (spec.method !== "magnitude") {
+    if (method.calibration) {
+      checkCount(cut, source, samples.length);
+      const dense = spec.propagation === "dense";
       const session = await this.loadSession(cut, weights);
       try {
-        const stats = new Map<string, ChannelStats>();
-        for (const l of toPrune) if (!stats.has(l.activation)) stats.set(l.activation, new ChannelStats(l.activation, l.inDim));
-        const acts = [...stats.keys()];
-        const fetchActs = acts.filter((a) => !cut.stateInputs.includes(a));
-        const cacheActs = spec.method === "atv" && this.activationBytes(toPrune) <= spec.activationCacheBytes;
-        const cached: Record<string, WireTensor>[] = [];
-        const distances: Float64Array[] = [];
-        const dense = spec.propagation === "dense";
-
-        // Step 1 (and 3 for Wanda, whose pool needs nothing from the forward): dense forward.
-        for (let j = 0; j < N; j++) {
-          signal?.throwIfAborted();
-          const state = await source.get(j);
-          const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, state);
-          const withActs = spec.method === "wanda" || cacheActs;
-          const out = await host.run(session, inputs, withActs ? [...cut.stateOutputs, ...fetchActs] : cut.stateOutputs);
-          const act = (a: string) => out[a] ?? inputs[a]!;
-          if (spec.method === "wanda") {
-            const pool = attendedPool(samples[j]!);
-            for (const a of acts) stats.get(a)!.add(act(a), pool, sampleSubject(samples[j]!, cut));
-          } else {
-            // Step 2: d_t = 1 - cos(X[t], Y[t]) for the visual tokens.
-            const s = samples[j]!;
-            const visual = s.attentionMask.map((m, t) => (m && s.imageMask[t] ? 1 : 0));
-            const x = plan.stateAfter[b]!.map((t) => state.get(t)!);
-            const y = plan.stateAfter[b + 1]!.map((t) => out[t] ?? state.get(t)!);
-            distances.push(cosineDistances(x, y, s.tokens, visual, sampleSubject(s, cut)));
-            if (cacheActs) cached.push(Object.fromEntries(acts.map((a) => [a, act(a)])));
-          }
-          if (dense) emitNext(next, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
-        }
-
-        if (spec.method === "atv") {
-          const selection = selectAtvPools(samples, distances, spec.alpha);
-          report = { ...report, cosDistAvg: selection.cosDistAvg, k: selection.k, nText: selection.nText, nVisual: selection.nVisual };
-          // Step 3 over the ATV pools, samples in order (recomputing activations if not kept).
-          for (let j = 0; j < N; j++) {
-            signal?.throwIfAborted();
-            let values = cached[j];
-            if (!values) {
-              const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, await source.get(j));
-              const out = await host.run(session, inputs, fetchActs);
-              values = Object.fromEntries(acts.map((a) => [a, out[a] ?? inputs[a]!]));
-            }
-            cached[j] = undefined as never;
-            for (const a of acts) stats.get(a)!.add(values[a]!, selection.pools[j]!, sampleSubject(samples[j]!, cut));
-          }
-        }
-        scales = new Map([...stats].map(([a, s]) => [a, s.mean(N)]));
+        // Steps 1-3: dense forward, token pools, statistics per linear.
+        const calibrated = await this.calibrate(b, session, weights, source, toPrune, method.calibration, { ...options, propagate: dense });
+        facts = calibrated.facts;
+        next = calibrated.next;
         takeBack(weights, await host.unbind(session));
-        this.maskBlock(toPrune, weights, scales);
-
+        // Steps 4-6.
+        compressed = await this.compress(toPrune, weights, calibrated.stats);
         // Step 7: the pruned block's outputs feed the next block.
         if (!dense) {
           await host.bind(session, boundTensors(cut, weights, this.ctx.index));
-          next = [];
-          for (let j = 0; j < N; j++) {
-            signal?.throwIfAborted();
-            const state = await source.get(j);
-            const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, state);
-            const out = await host.run(session, inputs, cut.stateOutputs);
-            emitNext(next, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
-          }
+          next = await this.propagate(b, session, weights, source, options);
         }
       } finally {
         takeBack(weights, await host.release(session));
       }
     } else {
-      this.maskBlock(toPrune, weights, scales);
+      compressed = await this.compress(toPrune, weights, new Map());
     }
 
-    const layers = toPrune.map((l) => this.layerReport(b, l, weights.get(l.weight)!));
+    const layers = compressed.map((c) => this.layerReport(b, c));
     const seconds = (performance.now() - started) / 1000;
     const tokens = samples.reduce((a, s) => a + s.tokens, 0);
     return {
       next,
-      report: { ...report, seconds, tokensPerSecond: spec.method === "magnitude" ? 0 : tokens / seconds },
+      report: { index: b, label: cut.label, ...facts, seconds, tokensPerSecond: method.calibration ? tokens / seconds : 0 },
       layers,
       weights: toPrune.map((l) => ({ name: l.weight, bytes: weights.get(l.weight)!.bytes })),
     };
   }
 
-  private readonly pruneCounts = new Map<string, number>();
-
-  /** Steps 4-6: every mask of the block is computed before any weight is zeroed. */
-  private maskBlock(toPrune: readonly LinearInfo[], weights: Map<string, WeightMatrix>, scales: Map<string, Float64Array>): void {
-    const { spec } = this.ctx;
-    const masks = toPrune.map((l) => {
-      const w = weights.get(l.weight)!;
-      const scale = spec.method === "magnitude" ? null : scales.get(l.activation)!;
-      const scope = spec.method === "magnitude" ? spec.magnitudeScope : "column";
-      return { w, result: computeMask(w, scale, { sparsity: spec.sparsity, pattern: spec.pattern, scope }) };
-    });
-    for (const { w, result } of masks) {
-      applyMask(w, result.mask);
-      this.pruneCounts.set(w.name, result.pruned);
+  /**
+   * A sparsity profile's pre-pass over block b: the dense forward with the profile's
+   * accumulators, the block's facts from its dense weights, and the dense next states (the
+   * pre-pass propagates densely). Nothing is compressed and no weight changes.
+   */
+  async prePassBlock(b: number, input: readonly SampleState[] | StateSource, prePass: ProfilePrePass, options: RunBlockOptions = {}): Promise<{ facts: number[]; next: SampleState[] }> {
+    const { plan, spec, samples, host } = this.ctx;
+    const cut = plan.blocks[b]!;
+    const source = isStateSource(input) ? input : arraySource(input);
+    checkCount(cut, source, samples.length);
+    const weights = await this.readWeights(cut.weights);
+    const linears = cut.weights.filter((l) => isSelected(spec, l.weight, l.node));
+    const session = await this.loadSession(cut, weights);
+    try {
+      const { stats, next } = await this.calibrate(b, session, weights, source, linears, prePass, { ...options, propagate: true });
+      takeBack(weights, await host.unbind(session));
+      const facts = prePass.blockFacts({ block: b, linears, weights, stats, samples: samples.length });
+      return { facts, next };
+    } finally {
+      takeBack(weights, await host.release(session));
+      for (const w of weights.values()) this.pool.release(w.bytes.buffer as ArrayBuffer);
     }
   }
 
-  private layerReport(block: number, l: LinearInfo, w: WeightMatrix): LayerReport {
+  /**
+   * Steps 1-3 of DESIGN §2 for any method or profile pre-pass: the dense forward of every sample,
+   * the token pools, and every linear's accumulator fed in sample order. Returns the
+   * accumulators by weight name and, with `propagate`, the dense next states.
+   */
+  private async calibrate<A extends Accumulator>(
+    b: number, session: SessionHandle, weights: Map<string, WeightMatrix>, source: StateSource,
+    linears: readonly LinearInfo[], needs: CalibrationNeeds<A>, options: RunBlockOptions & { propagate: boolean },
+  ): Promise<{ stats: Map<string, A>; facts: PoolFacts; next: SampleState[] }> {
+    const { plan, samples, host, spec } = this.ctx;
+    const cut = plan.blocks[b]!;
+    const N = samples.length;
+    const { onNext, signal } = options;
+    // One accumulator per key (linears reading the same activation share one).
+    const accs = new Map<string, { acc: A; activation: string }>();
+    const stats = new Map<string, A>();
+    for (const l of linears) {
+      const accSpec = needs.accumulator(l);
+      if (accSpec.needsOutput) throw new GraphError(l.node, "accumulators over a linear's output are not supported yet");
+      let entry = accs.get(accSpec.key);
+      if (!entry) accs.set(accSpec.key, (entry = { acc: accSpec.create(), activation: l.activation }));
+      stats.set(l.weight, entry.acc);
+    }
+    const acts = [...new Set([...accs.values()].map((e) => e.activation))];
+    const fetchActs = acts.filter((a) => !cut.stateInputs.includes(a));
+    const feed = (j: number, values: Record<string, WireTensor>, pool: Uint8Array) => {
+      const subject = sampleSubject(samples[j]!, cut);
+      for (const { acc, activation } of accs.values()) acc.add({ index: j, input: values[activation]!, pool, subject });
+    };
+    const rule = needs.pool;
+    const observer = rule.kind === "afterForward" ? rule.start(samples) : undefined;
+    // Activations kept between the two passes of an afterForward rule, when they fit.
+    const cacheActs = observer !== undefined && this.activationBytes(linears) <= spec.activationCacheBytes;
+    const withActs = rule.kind === "fixed" || cacheActs;
+    const cached: (Record<string, WireTensor> | undefined)[] = [];
+    const next: SampleState[] = [];
+
+    for (let j = 0; j < N; j++) {
+      signal?.throwIfAborted();
+      const state = await source.get(j);
+      const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, state);
+      const out = await host.run(session, inputs, withActs ? [...cut.stateOutputs, ...fetchActs] : cut.stateOutputs);
+      const values = withActs ? Object.fromEntries(acts.map((a) => [a, out[a] ?? inputs[a]!])) : undefined;
+      if (rule.kind === "fixed") {
+        feed(j, values!, rule.pool(samples[j]!));
+      } else {
+        const x = plan.stateAfter[b]!.map((t) => state.get(t)!);
+        const y = plan.stateAfter[b + 1]!.map((t) => out[t] ?? state.get(t)!);
+        observer!.observe(j, { sample: samples[j]!, x, y, subject: sampleSubject(samples[j]!, cut) });
+        if (cacheActs) cached.push(values);
+      }
+      if (options.propagate) emitNext(next, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
+    }
+
+    let facts = NO_POOL_FACTS;
+    if (observer) {
+      const selection = observer.select();
+      facts = selection.facts;
+      // The accumulators over the chosen pools, samples in order (recomputing activations if not kept).
+      for (let j = 0; j < N; j++) {
+        signal?.throwIfAborted();
+        let values = cached[j];
+        if (!values) {
+          const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, await source.get(j));
+          const out = await host.run(session, inputs, fetchActs);
+          values = Object.fromEntries(acts.map((a) => [a, out[a] ?? inputs[a]!]));
+        }
+        cached[j] = undefined;
+        feed(j, values, selection.pools[j]!);
+      }
+    }
+    return { stats, facts, next };
+  }
+
+  /** Steps 4-6: every linear of the block is compressed from dense weights before any changes. */
+  private async compress(linears: readonly LinearInfo[], weights: Map<string, WeightMatrix>, stats: ReadonlyMap<string, Accumulator>): Promise<Compressed[]> {
+    const { spec, samples } = this.ctx;
+    const done = await Promise.all(linears.map(async (linear) => {
+      const weight = weights.get(linear.weight)!;
+      const target = { sparsity: this.targetOf(linear), pattern: spec.pattern };
+      return { linear, weight, target: target.sparsity, result: await this.method.compress({ weight, linear, stats: stats.get(linear.weight), samples: samples.length, target }) };
+    }));
+    for (const { weight, result } of done) {
+      if (result.kind === "mask") applyMask(weight, result.mask);
+      else replaceWeight(weight, result.bytes);
+    }
+    return done.map(({ linear, weight, target, result }) => ({ linear, dataType: weight.dataType, target, pruned: result.pruned, facts: result.facts }));
+  }
+
+  /** Step 7: the block with its compressed weights, on every sample, in order. */
+  private async propagate(b: number, session: SessionHandle, weights: Map<string, WeightMatrix>, source: StateSource, { onNext, signal }: RunBlockOptions): Promise<SampleState[]> {
+    const cut = this.ctx.plan.blocks[b]!;
+    const next: SampleState[] = [];
+    for (let j = 0; j < this.ctx.samples.length; j++) {
+      signal?.throwIfAborted();
+      const state = await source.get(j);
+      const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, state);
+      const out = await this.ctx.host.run(session, inputs, cut.stateOutputs);
+      emitNext(next, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
+    }
+    return next;
+  }
+
+  private targetOf(linear: LinearInfo): number {
+    const t = this.ctx.targets?.get(linear.weight);
+    return t ?? this.ctx.spec.sparsity;
+  }
+
+  private layerReport(block: number, c: Compressed): LayerReport {
+    const l = c.linear;
     const params = l.inDim * l.outDim;
-    const pruned = this.pruneCounts.get(l.weight) ?? 0;
     return {
-      weight: l.weight, node: l.node, block, shape: [l.inDim, l.outDim], dataType: typeName(w.dataType),
-      targetSparsity: this.ctx.spec.sparsity, sparsity: pruned / params, pruned, params,
+      weight: l.weight, node: l.node, block, shape: [l.inDim, l.outDim], dataType: typeName(c.dataType),
+      targetSparsity: c.target, sparsity: c.pruned / params, pruned: c.pruned, params,
+      ...(c.facts ? { facts: c.facts } : {}),
     };
   }
 
@@ -295,6 +372,10 @@ export class BlockEngine {
   }
 }
 
+function checkCount(cut: StageCut, source: StateSource, N: number): void {
+  if (source.count !== N) throw new GraphError(cut.label, `got input states for ${source.count} samples, expected ${N}`);
+}
+
 function isStateSource(input: readonly SampleState[] | StateSource): input is StateSource {
   return !Array.isArray(input);
 }
@@ -324,6 +405,14 @@ function takeBack(weights: Map<string, WeightMatrix>, returned: Record<string, W
     const w = weights.get(name);
     if (w) w.bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
   }
+}
+
+/** A method's new weight bytes (same type and layout) replace the dense ones in place. */
+function replaceWeight(w: WeightMatrix, bytes: Uint8Array): void {
+  if (bytes.byteLength !== w.bytes.byteLength) {
+    throw new GraphError(w.name, `the method returned ${bytes.byteLength} bytes for a weight of ${w.bytes.byteLength}`);
+  }
+  w.bytes.set(bytes);
 }
 
 function typedView(w: WeightMatrix): TypedData {

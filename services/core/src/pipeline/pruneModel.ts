@@ -16,6 +16,7 @@ import { TensorData } from "../onnx/tensorData.js";
 import { tokenCounts } from "../calib/calibSet.js";
 import { InferenceHost } from "../runtime/inferenceHost.js";
 import { clampThreads } from "../runtime/threadLimit.js";
+import { createMethod, methodDefinition } from "../methods/index.js";
 import { BlockEngine, type SampleState } from "./blockEngine.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
 import { resolveSpec, selectLinears, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
@@ -49,7 +50,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   let finalized = false;
   try {
     await data.validate();
-    const samples = spec.method === "magnitude" ? [] : loadSamples(spec, analysis);
+    const samples = methodDefinition(spec.method).needsCalibration ? loadSamples(spec, analysis) : [];
     const toPrune = selectLinears(spec, analysis.partition.blockLinears.flat());
     for (const l of toPrune) {
       if (!FLOAT_WEIGHT_TYPES.has(l.dataType)) {
@@ -68,7 +69,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     const engine = new BlockEngine({ ...analysis, data, spec, host, samples, feeds });
     emit({ type: "job_started", blocks: analysis.partition.numBlocks, samples: samples.length, method: spec.method, graphAnalysis: analysis.partition.method });
 
-    let states: SampleState[] = spec.method === "magnitude" ? [] : await engine.initialStates();
+    let states: SampleState[] = samples.length === 0 ? [] : await engine.initialStates();
     const blocks: BlockReport[] = [];
     const layers: LayerReport[] = [];
     for (let b = 0; b < analysis.partition.numBlocks; b++) {
@@ -126,14 +127,13 @@ export function jobInputs(spec: Pick<ResolvedSpec, "model" | "calib">, data: Ten
 export function loadSamples(spec: ResolvedSpec, analysis: ModelAnalysis, headersOnly = false): CalibSample[] {
   const calib = spec.calib!;
   const samples = loadCalibrationSet(calib, { nsamples: spec.nsamples, seed: spec.seed, headersOnly });
+  const method = createMethod(spec);
   const main = analysis.partition.mainInput;
   const vi = analysis.index.inputs.get(main)!;
   for (const s of samples) {
     checkSample(s, main, vi, calib, analysis.index.inputs.get("position_ids"));
     const { nText, nVisual } = tokenCounts(s);
-    if (spec.method === "atv" && nText === 0) {
-      throw new CalibrationError(`${calib}:${s.line}`, "the sample has no text tokens: ATV's pool would be empty (k = round(ratio * nText) = 0); remove it or mark its text tokens in image_mask");
-    }
+    method.checkSample?.(s, `${calib}:${s.line}`);
     if (nText + nVisual === 0) {
       throw new CalibrationError(`${calib}:${s.line}`, "the sample has no attended tokens");
     }

@@ -3,9 +3,11 @@
  * Kubernetes job, so it is validated here once, with errors that name the field.
  */
 import { InvalidArgumentError } from "../errors.js";
+import { methodDefinition } from "../methods/index.js";
 import { parsePattern, type Pattern } from "../prune/maskSelect.js";
 
-export type MethodName = "atv" | "wanda" | "magnitude";
+/** A name from the methods registry (methods/index.ts). */
+export type MethodName = string;
 export type Propagation = "sequential" | "dense";
 
 export interface PruneSpec {
@@ -58,12 +60,10 @@ export interface ResolvedSpec {
 export const DEFAULT_SEED = 21;
 
 export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSpec {
-  if (!["atv", "wanda", "magnitude"].includes(spec.method)) {
-    throw new InvalidArgumentError("method", `must be atv, wanda or magnitude, got ${JSON.stringify(spec.method)}`);
-  }
+  const method = methodDefinition(spec.method);
   if (!spec.model) throw new InvalidArgumentError("model", "is required");
   if (!spec.out) throw new InvalidArgumentError("out", "is required");
-  if (spec.method !== "magnitude" && !spec.calib) throw new InvalidArgumentError("calib", `is required by method ${spec.method}`);
+  if (method.needsCalibration && !spec.calib) throw new InvalidArgumentError("calib", `is required by method ${spec.method}`);
   const patternText = spec.pattern ?? "unstructured";
   const pattern = parsePattern(patternText);
   let sparsity = spec.sparsity;
@@ -93,9 +93,7 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
   if (magnitudeScope !== "matrix" && magnitudeScope !== "column") {
     throw new InvalidArgumentError("magnitudeScope", `must be matrix or column, got ${JSON.stringify(magnitudeScope)}`);
   }
-  if (spec.method === "magnitude" && magnitudeScope === "matrix" && pattern.kind !== "unstructured") {
-    throw new InvalidArgumentError("pattern", "magnitude with one threshold per matrix is unstructured; use --magnitude-scope column for N:M");
-  }
+  method.checkOptions?.({ alpha, magnitudeScope, pattern, patternText });
   const threads = spec.threads ?? defaultThreads;
   if (!Number.isInteger(threads) || threads < 1) throw new InvalidArgumentError("threads", `must be a positive integer, got ${threads} (out of range)`);
   const device = spec.device ?? "cpu";

@@ -11,6 +11,8 @@ export interface LayerReport {
   sparsity: number;
   pruned: number;
   params: number;
+  /** the method's own facts about this linear (e.g. SparseGPT's reconstruction error), if any */
+  facts?: Record<string, number>;
 }
 
 export interface BlockReport {

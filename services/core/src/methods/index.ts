@@ -1,0 +1,38 @@
+/**
+ * The pruning methods by name. Adding a method is one file beside these and one line here; the
+ * block pipeline, the CLI and the cluster look methods up here and never test a method's name.
+ */
+import { InvalidArgumentError } from "../errors.js";
+import { atv } from "./atv.js";
+import { magnitude } from "./magnitude.js";
+import type { Method, MethodDefinition, MethodOptions } from "./method.js";
+import { wanda } from "./wanda.js";
+
+export type * from "./method.js";
+export { NO_POOL_FACTS } from "./method.js";
+
+const METHODS: ReadonlyMap<string, MethodDefinition> = new Map([atv, wanda, magnitude].map((m) => [m.name, m]));
+
+export function methodNames(): string[] {
+  return [...METHODS.keys()];
+}
+
+/** The method called `name`, or an InvalidArgumentError on `field` listing the known ones. */
+export function methodDefinition(name: string, field = "method"): MethodDefinition {
+  const m = METHODS.get(name);
+  if (!m) {
+    const names = methodNames();
+    throw new InvalidArgumentError(field, `must be ${names.slice(0, -1).join(", ")} or ${names.at(-1)}, got ${JSON.stringify(name)}`);
+  }
+  return m;
+}
+
+/** The method a resolved job runs, with its options. */
+export function createMethod(spec: { method: string } & MethodOptions): Method {
+  return methodDefinition(spec.method).create(spec);
+}
+
+/** Whether method `name` reads a calibration set (an unknown name is assumed to, until it is refused). */
+export function needsCalibration(name: string): boolean {
+  return METHODS.get(name)?.needsCalibration ?? true;
+}

@@ -1,0 +1,147 @@
+/**
+ * The seam between the block pipeline and a pruning method (DESIGN.md §2, "a method is a
+ * plug-in"), after llm-compressor's modifiers: a method says what it needs from a block's dense
+ * forward (which tokens count, what each linear accumulates: `calibrate_module`) and how a linear
+ * is compressed from what it accumulated (`compress_modules`). The BlockEngine runs the forward,
+ * feeds the accumulators in sample order, calls compress for every linear of the block before
+ * any weight changes, and propagates; it never asks which method it runs.
+ */
+import type { CalibSample } from "../calib/calibSet.js";
+import type { LinearInfo } from "../graph/linears.js";
+import type { Pattern, WeightMatrix } from "../prune/maskSelect.js";
+import type { WireTensor } from "../runtime/wireTensor.js";
+
+// ---------------------------------------------------------------------------------------------
+// Which tokens count
+
+/** Facts a token-pool rule reports per block (report.json's blocks[]); ATV's k_j and counts. */
+export interface PoolFacts {
+  /** ATV: mean cosine distance of visual tokens (0 when none); null for rules that measure none */
+  cosDistAvg: number | null;
+  k: number[];
+  nText: number[];
+  nVisual: number[];
+}
+
+export const NO_POOL_FACTS: PoolFacts = { cosDistAvg: null, k: [], nText: [], nVisual: [] };
+
+/** What the dense forward of sample j showed: the block's input and output hidden-state parts. */
+export interface ForwardObservation {
+  sample: CalibSample;
+  /** boundary tensors before the block (one, or a (residual, delta) pair) */
+  x: readonly WireTensor[];
+  /** boundary tensors after the block, from the dense forward */
+  y: readonly WireTensor[];
+  subject: string;
+}
+
+/** Chooses the pools of one block once every sample's dense forward was observed (in order). */
+export interface PoolObserver {
+  observe(j: number, seen: ForwardObservation): void;
+  select(): { pools: Uint8Array[]; facts: PoolFacts };
+}
+
+/**
+ * `fixed`: a sample's pool is known before the forward (all attended tokens), so the
+ * accumulators are fed during the dense forward itself. `afterForward`: the pool depends on the
+ * dense forward of every sample (ATV's cosDistAvg), so the accumulators are fed in a second pass
+ * over the same dense activations (kept in memory when they fit, else recomputed).
+ */
+export type PoolRule =
+  | { kind: "fixed"; pool(sample: CalibSample): Uint8Array }
+  | { kind: "afterForward"; start(samples: readonly CalibSample[]): PoolObserver };
+
+// ---------------------------------------------------------------------------------------------
+// What a linear accumulates
+
+/** One sample's contribution to a linear's statistics. */
+export interface AccumulatorInput {
+  /** sample index, 0..N-1; add is called in this order */
+  index: number;
+  /** the linear's input activation `[.., T, in]` from the block's dense forward */
+  input: WireTensor;
+  /** the linear's output `[.., T, out]`, present only when the spec asked for it */
+  output?: WireTensor;
+  /** 1 for the tokens that count (the rule's pool of this sample) */
+  pool: Uint8Array;
+  /** names the block, sample and JSONL line in errors */
+  subject: string;
+}
+
+export interface Accumulator {
+  add(sample: AccumulatorInput): void;
+}
+
+/**
+ * How a linear's accumulator is made. Linears whose specs share a key share one accumulator (q,
+ * k and v read the same activation: one sum of squares, one Hessian), created once and fed once
+ * per sample.
+ */
+export interface AccumulatorSpec<A extends Accumulator = Accumulator> {
+  key: string;
+  /** the linear's output is needed as well as its input (not supported by the block cut yet) */
+  needsOutput?: boolean;
+  create(): A;
+}
+
+/** What a block's dense forward must yield for a method (or a profile's pre-pass). */
+export interface CalibrationNeeds<A extends Accumulator = Accumulator> {
+  pool: PoolRule;
+  accumulator(linear: LinearInfo): AccumulatorSpec<A>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// How a linear is compressed
+
+export interface LinearTarget {
+  /** fraction to prune (from the plan's per-linear targets; with N:M it is N/M) */
+  sparsity: number;
+  pattern: Pattern;
+}
+
+export interface CompressInput<A extends Accumulator = Accumulator> {
+  /** the dense weight; compress must not modify it (every linear of a block sees dense weights) */
+  weight: WeightMatrix;
+  linear: LinearInfo;
+  /** the linear's accumulator after all N samples; undefined for methods with no calibration */
+  stats: A | undefined;
+  /** number of calibration samples N */
+  samples: number;
+  target: LinearTarget;
+}
+
+/**
+ * A mask to apply (Wanda, ATV, magnitude), or new weight bytes in the weight's own type and
+ * layout (SparseGPT's update), with how many entries were pruned and facts for report.json.
+ */
+export type Compression =
+  | { kind: "mask"; mask: Uint8Array; pruned: number; facts?: Record<string, number> }
+  | { kind: "weights"; bytes: Uint8Array; pruned: number; facts?: Record<string, number> };
+
+export interface Method<A extends Accumulator = Accumulator> {
+  readonly name: string;
+  /** what the block's dense forward must yield; undefined: no calibration, no forward (magnitude) */
+  readonly calibration: CalibrationNeeds<A> | undefined;
+  /** Refuses a calibration sample the method cannot use (ATV: one with no text tokens). */
+  checkSample?(sample: CalibSample, where: string): void;
+  compress(input: CompressInput<A>): Compression | Promise<Compression>;
+}
+
+/** The method options a job resolves once (see MethodDefinition.create). */
+export interface MethodOptions {
+  alpha: number;
+  magnitudeScope: "matrix" | "column";
+  pattern: Pattern;
+  patternText: string;
+}
+
+/** A registry entry: the name users type, and what the method needs before a job starts. */
+export interface MethodDefinition {
+  readonly name: string;
+  readonly needsCalibration: boolean;
+  /** options the report's summary shows beside the method (e.g. ATV's alpha) */
+  readonly shownOptions: readonly (keyof MethodOptions)[];
+  /** Refuses option combinations the method cannot run, naming the field (InvalidArgumentError). */
+  checkOptions?(options: MethodOptions): void;
+  create(options: MethodOptions): Method;
+}
