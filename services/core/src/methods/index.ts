@@ -6,12 +6,13 @@ import { InvalidArgumentError } from "../errors.js";
 import { atv } from "./atv.js";
 import { magnitude } from "./magnitude.js";
 import type { Method, MethodDefinition, MethodOptions } from "./method.js";
+import { atvSparseGpt, sparseGpt } from "./sparseGpt.js";
 import { wanda } from "./wanda.js";
 
 export type * from "./method.js";
 export { NO_POOL_FACTS } from "./method.js";
 
-const METHODS: ReadonlyMap<string, MethodDefinition> = new Map([atv, wanda, magnitude].map((m) => [m.name, m]));
+const METHODS: ReadonlyMap<string, MethodDefinition> = new Map([atv, wanda, magnitude, sparseGpt, atvSparseGpt].map((m) => [m.name, m]));
 
 export function methodNames(): string[] {
   return [...METHODS.keys()];
