@@ -44,10 +44,10 @@ function sameStates(a: readonly SampleState[], b: readonly SampleState[]): boole
 }
 
 test("the registry names every method once and refuses an unknown one, listing the known ones", () => {
-  assert.deepEqual(methodNames(), ["atv", "wanda", "magnitude"]);
+  assert.deepEqual(methodNames(), ["atv", "wanda", "magnitude", "sparsegpt", "atv-sparsegpt"]);
   assert.equal(needsCalibration("magnitude"), false);
   assert.equal(needsCalibration("wanda"), true);
-  assert.throws(() => methodDefinition("sparsegtp"), (e: unknown) => e instanceof InvalidArgumentError && /must be atv, wanda or magnitude, got "sparsegtp"/.test(e.message));
+  assert.throws(() => methodDefinition("sparsegtp"), (e: unknown) => e instanceof InvalidArgumentError && /must be atv, wanda, magnitude, sparsegpt or atv-sparsegpt, got "sparsegtp"/.test(e.message));
   assert.deepEqual(methodDefinition("atv").shownOptions, ["alpha"]);
   assert.deepEqual(profileNames(), ["uniform"]);
 });

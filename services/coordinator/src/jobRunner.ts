@@ -22,7 +22,7 @@ import { fsErrorToTyped } from "../../core/src/io/fsErrors.js";
 import { analyzeModel } from "../../core/src/pipeline/modelAnalysis.js";
 import { buildReport, jobInputs, loadSamples } from "../../core/src/pipeline/pruneModel.js";
 import { resolveSpec, selectLinears } from "../../core/src/pipeline/pruneSpec.js";
-import { needsCalibration } from "../../core/src/methods/index.js";
+import { methodDefinition, needsCalibration } from "../../core/src/methods/index.js";
 import type { BlockReport, LayerReport } from "../../core/src/pipeline/report.js";
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
 import { toPruneSpec } from "./pathPolicy.js";
@@ -149,6 +149,7 @@ export class JobRunner {
       const costs = analysis.partition.blockLinears.map((linears) => ({
         bytes: linears.reduce((a, l) => a + data!.byteLength(analysis.index.initializers.get(l.weight)!), 0),
         flops: linears.reduce((a, l) => a + l.inDim * l.outDim, 0),
+        workingBytes: methodDefinition(resolved.method).workingBytes?.(linears) ?? 0,
       }));
       await this.deps.acquireWorkers?.(this.spec.workers, this.abort.signal);
       this.throwIfCancelled();

@@ -144,4 +144,9 @@ export interface MethodDefinition {
   /** Refuses option combinations the method cannot run, naming the field (InvalidArgumentError). */
   checkOptions?(options: MethodOptions): void;
   create(options: MethodOptions): Method;
+  /**
+   * Bytes the method holds beyond the block's weights while it prunes one block (SparseGPT's
+   * in×in Hessians), for the shard planner; absent: small next to the weights.
+   */
+  workingBytes?(linears: readonly LinearInfo[]): number;
 }

@@ -3,6 +3,9 @@
  * 128-input-channel slabs that also updates the surviving weights. ATV-SparseGPT is the same
  * compression over ATV's token pool (one pool for all linears of the block).
  */
+import type { LinearInfo } from "../graph/linears.js";
+import { elementSize } from "../onnx/dtype.js";
+import { HessianAccumulator } from "../prune/hessian.js";
 import { sparseGptCompress } from "../prune/sparseGpt.js";
 import { atv } from "./atv.js";
 import { Hessian, hessians } from "./hessians.js";
@@ -16,10 +19,29 @@ function compressWithHessian({ weight, stats, samples, target }: CompressInput<H
   return { kind: "weights", bytes: copy.bytes, pruned: r.pruned, facts: { relativeError: r.relativeError } };
 }
 
+/**
+ * A block's peak: one float64 Hessian per distinct input (kept until every linear is
+ * compressed), the Cholesky work of the widest linear (two in×in), that linear's float64 copies
+ * (original, working, written back, difference), and the new bytes of every linear until they
+ * are applied.
+ */
+export function sparseGptWorkingBytes(linears: readonly LinearInfo[]): number {
+  const inputs = new Map(linears.map((l) => [l.activation, l.inDim]));
+  let bytes = 0;
+  for (const n of inputs.values()) bytes += HessianAccumulator.bytes(n);
+  let widest = 0;
+  for (const l of linears) {
+    widest = Math.max(widest, 2 * 8 * l.inDim * l.inDim + 4 * 8 * l.inDim * l.outDim);
+    bytes += l.inDim * l.outDim * elementSize(l.dataType, l.weight);
+  }
+  return bytes + widest;
+}
+
 export const sparseGpt: MethodDefinition = {
   name: "sparsegpt",
   needsCalibration: true,
   shownOptions: [],
+  workingBytes: sparseGptWorkingBytes,
   create(): Method<Hessian> {
     return { name: "sparsegpt", calibration: { pool: ATTENDED_TOKENS, accumulator: hessians }, compress: compressWithHessian };
   },
@@ -29,6 +51,7 @@ export const atvSparseGpt: MethodDefinition = {
   name: "atv-sparsegpt",
   needsCalibration: true,
   shownOptions: ["alpha"],
+  workingBytes: sparseGptWorkingBytes,
   create(options): Method<Hessian> {
     return {
       name: "atv-sparsegpt",
