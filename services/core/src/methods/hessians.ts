@@ -4,11 +4,13 @@
  */
 import type { LinearInfo } from "../graph/linears.js";
 import { HessianAccumulator } from "../prune/hessian.js";
+import { prepareHessian, type PreparedHessian } from "../prune/sparseGpt.js";
 import type { Accumulator, AccumulatorInput, AccumulatorSpec } from "./method.js";
 
 export class Hessian implements Accumulator {
   private readonly acc: HessianAccumulator;
   private finished: Float64Array | undefined;
+  private prepared: PreparedHessian | undefined;
 
   constructor(tensor: string, channels: number) {
     this.acc = new HessianAccumulator(tensor, channels);
@@ -23,6 +25,12 @@ export class Hessian implements Accumulator {
   matrix(samples: number): Float64Array {
     this.finished ??= this.acc.finish(samples);
     return this.finished;
+  }
+
+  /** H with dead inputs, dampening and U = chol(H⁻¹)ᵀ, factored once for the linears sharing it. */
+  factored(samples: number): PreparedHessian {
+    this.prepared ??= prepareHessian(this.matrix(samples), this.acc.channels, this.acc.tensor);
+    return this.prepared;
   }
 }
 

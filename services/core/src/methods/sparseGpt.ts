@@ -6,7 +6,7 @@
 import type { LinearInfo } from "../graph/linears.js";
 import { elementSize } from "../onnx/dtype.js";
 import { HessianAccumulator } from "../prune/hessian.js";
-import { sparseGptCompress } from "../prune/sparseGpt.js";
+import { sparseGptCompressPrepared } from "../prune/sparseGpt.js";
 import { atv } from "./atv.js";
 import { Hessian, hessians } from "./hessians.js";
 import type { CompressInput, Compression, Method, MethodDefinition } from "./method.js";
@@ -15,20 +15,20 @@ import { ATTENDED_TOKENS, atvTokens } from "./tokenPools.js";
 /** Compresses a copy of the dense weight: every linear of the block must see dense weights. */
 function compressWithHessian({ weight, stats, samples, target }: CompressInput<Hessian>): Compression {
   const copy = { ...weight, bytes: weight.bytes.slice() };
-  const r = sparseGptCompress(copy, stats!.matrix(samples), { sparsity: target.sparsity, pattern: target.pattern });
+  const r = sparseGptCompressPrepared(copy, stats!.factored(samples), { sparsity: target.sparsity, pattern: target.pattern });
   return { kind: "weights", bytes: copy.bytes, pruned: r.pruned, facts: { relativeError: r.relativeError } };
 }
 
 /**
- * A block's peak: one float64 Hessian per distinct input (kept until every linear is
- * compressed), the Cholesky work of the widest linear (two in×in), that linear's float64 copies
+ * A block's peak: one float64 Hessian and its factor U per distinct input (kept until every
+ * linear is compressed), the Cholesky work of the widest input (two in×in), a linear's float64 copies
  * (original, working, written back, difference), and the new bytes of every linear until they
  * are applied.
  */
 export function sparseGptWorkingBytes(linears: readonly LinearInfo[]): number {
   const inputs = new Map(linears.map((l) => [l.activation, l.inDim]));
   let bytes = 0;
-  for (const n of inputs.values()) bytes += HessianAccumulator.bytes(n);
+  for (const n of inputs.values()) bytes += HessianAccumulator.bytes(n) + 8 * n * n + n;
   let widest = 0;
   for (const l of linears) {
     widest = Math.max(widest, 2 * 8 * l.inDim * l.inDim + 4 * 8 * l.inDim * l.outDim);

@@ -32,39 +32,62 @@ export interface SparseGptResult {
 export const SPARSEGPT_BLOCK_SIZE = 128;
 export const SPARSEGPT_PERCDAMP = 0.01;
 
+/** H after steps 3-5, shared by every linear that reads the same input (q/k/v, gate/up). */
+export interface PreparedHessian {
+  /** H as accumulated (undamped), for the reconstruction error */
+  hessian: Float64Array;
+  /** U with H⁻¹ = UᵀU (H with dead inputs set to 1 and dampened), row-major upper */
+  u: Float64Array;
+  /** 1 for inputs with H[i,i] == 0: their ONNX rows are zeroed */
+  dead: Uint8Array;
+  n: number;
+}
+
+/**
+ * Steps 3-5: dead inputs, dampening relative to the mean of the diagonal (after the dead fix),
+ * and U. Throws NumericError naming `subject` when H is not positive definite after dampening.
+ */
+export function prepareHessian(hessian: Float64Array, n: number, subject: string, percDamp = SPARSEGPT_PERCDAMP): PreparedHessian {
+  if (hessian.length !== n * n) throw new InvalidArgumentError(subject, `Hessian has ${hessian.length} entries, the layer needs ${n}x${n}`);
+  const a = hessian.slice();
+  const dead = new Uint8Array(n);
+  for (let i = 0; i < n; i++) {
+    if (a[i * n + i] === 0) {
+      a[i * n + i] = 1;
+      dead[i] = 1;
+    }
+  }
+  let diagSum = 0;
+  for (let i = 0; i < n; i++) diagSum += a[i * n + i]!;
+  const damp = percDamp * (diagSum / n);
+  for (let i = 0; i < n; i++) a[i * n + i]! += damp;
+  return { hessian, u: upperCholeskyOfInverse(a, n, subject), dead, n };
+}
+
 /**
  * Prunes `w` in place (its bytes are rewritten) given H[in, in] (row-major, symmetric, not
  * modified). Throws NumericError naming the layer when H is not positive definite after dampening.
  */
 export function sparseGptCompress(w: WeightMatrix, hessian: Float64Array, opts: SparseGptOptions): SparseGptResult {
+  return sparseGptCompressPrepared(w, prepareHessian(hessian, w.inDim, w.name, opts.percDamp), opts);
+}
+
+/** sparseGptCompress with steps 3-5 already done (prepareHessian). */
+export function sparseGptCompressPrepared(w: WeightMatrix, prepared: PreparedHessian, opts: SparseGptOptions): SparseGptResult {
   const n = w.inDim;
   const out = w.outDim;
   const blockSize = opts.blockSize ?? SPARSEGPT_BLOCK_SIZE;
-  const percDamp = opts.percDamp ?? SPARSEGPT_PERCDAMP;
   const s = opts.sparsity;
   if (!(s >= 0 && s < 1)) throw new InvalidArgumentError("sparsity", `must be in [0, 1), got ${s}`);
-  if (hessian.length !== n * n) throw new InvalidArgumentError(w.name, `Hessian has ${hessian.length} entries, the layer needs ${n}x${n}`);
+  if (prepared.n !== n) throw new InvalidArgumentError(w.name, `Hessian is ${prepared.n}x${prepared.n}, the layer has ${n} inputs`);
   if (opts.pattern.kind === "nm" && (n % opts.pattern.m !== 0 || blockSize % opts.pattern.m !== 0)) {
     throw new InvalidArgumentError(w.name, `input dimension ${n} is not a multiple of M=${opts.pattern.m} for the ${opts.pattern.n}:${opts.pattern.m} pattern`);
   }
   const original = readWeights(w);
   const W = original.slice();
-
-  // Step 3-4: dead inputs, then dampening relative to the mean of the (fixed) diagonal.
-  const A = hessian.slice();
-  for (let i = 0; i < n; i++) {
-    if (A[i * n + i] === 0) {
-      A[i * n + i] = 1;
-      W.fill(0, i * out, (i + 1) * out);
-    }
-  }
-  let diagSum = 0;
-  for (let i = 0; i < n; i++) diagSum += A[i * n + i]!;
-  const damp = percDamp * (diagSum / n);
-  for (let i = 0; i < n; i++) A[i * n + i]! += damp;
-
-  // Step 5: U = upper Cholesky of H⁻¹ (cholesky → cholesky_inverse → cholesky(upper)).
-  const U = upperCholeskyOfInverse(A, n, w.name);
+  for (let i = 0; i < n; i++) if (prepared.dead[i]) W.fill(0, i * out, (i + 1) * out);
+  const U = prepared.u;
+  const hessian = prepared.hessian;
 
   // Step 6: slabs of input channels.
   let pruned = 0;
