@@ -159,3 +159,8 @@ test("a profile's pre-pass runs the dense forward with its accumulators and prop
     await dense.close();
   }
 });
+
+test("tamp is refused as not supported yet, naming the field", () => {
+  assert.throws(() => methodDefinition("tamp"), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "method" && /tamp is not supported yet/.test(e.message));
+  assert.throws(() => resolveSpec({ model: "m", calib: "c", out: "o", method: "tamp" }, 1), /tamp is not supported yet/);
+});
