@@ -31,6 +31,7 @@ export function toPruneSpec(spec: JobSpec, worker?: { threads: number; device: "
     include: [...spec.include],
     exclude: [...spec.exclude],
     magnitudeScope: (spec.magnitudeScope || undefined) as PruneSpec["magnitudeScope"],
+    sparsityProfile: spec.sparsityProfile || undefined,
     force: spec.force,
     ...(worker ? { threads: worker.threads, device: worker.device } : {}),
   };

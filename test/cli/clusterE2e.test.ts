@@ -64,7 +64,7 @@ async function intrude(address: string, tls: TlsConfig | undefined, token?: stri
   try {
     const stream = client.runShard({
       jobId: "intruder", shard: 0, firstBlock: 0, endBlock: 1, workDir: "/tmp/atvp-intruder-work", attempt: 1,
-      spec: { model: "/etc/hostname", calib: "/etc/passwd", out: "/tmp/atvp-intruder-out", method: "wanda", sparsity: 0.5 },
+      plan: { model: "/etc/hostname", calib: "/etc/passwd", out: "/tmp/atvp-intruder-out", method: { case: "wanda", value: {} }, sparsity: 0.5 },
     }, { deadlineMs: 10_000 });
     for await (const _ of stream) { /* progress */ }
     return { code: grpc.status.OK };

@@ -18,6 +18,7 @@ import { jobClient, killShardWorkerAfter, openBlockStarts, startChild, waitForJo
 const tmp = tempDir("cluster");
 let model: { model: string; calib: string };
 const reference = new Map<string, Buffer>();
+const referenceReport = new Map<string, { layers: unknown[]; blocks: Record<string, unknown>[] }>();
 
 let natsCount = 0;
 const natsServers: NatsServerHandle[] = [];
@@ -35,6 +36,7 @@ before(async () => {
     const out = join(tmp.path, `ref-${propagation}`);
     await pruneModel({ model: model.model, calib: model.calib, method: "atv", sparsity: 0.5, alpha: 4, propagation, out, threads: 1 });
     reference.set(propagation, readFileSync(join(out, "model.onnx.data")));
+    referenceReport.set(propagation, JSON.parse(readFileSync(join(out, "report.json"), "utf8")));
   }
 });
 after(async () => {
@@ -81,12 +83,31 @@ for (const workers of [1, 2, 3]) {
         assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get(propagation)!));
         const finished = result.events.filter((e) => e.event.case === "blockFinished");
         assert.equal(finished.length, 6);
+        // report.json is built from the progress stream: the same facts as atvp prune's, but timings.
+        const report = JSON.parse(readFileSync(join(s.out, "report.json"), "utf8")) as { layers: unknown[]; blocks: Record<string, unknown>[] };
+        const ref = referenceReport.get(propagation)!;
+        const facts = (b: Record<string, unknown>) => ({ ...b, seconds: 0, tokensPerSecond: 0 });
+        assert.deepEqual(report.layers, ref.layers);
+        assert.deepEqual(report.blocks.map(facts), ref.blocks.map(facts));
       } finally {
         await c.close();
       }
     });
   }
 }
+
+test("a gRPC client that omits sparsity gets the engine's default (0.5), as atvp prune does", async () => {
+  const c = await inProcessCluster(1);
+  try {
+    const { sparsity: _omitted, ...s } = spec("sequential");
+    const { job } = await c.client.submitJob({ spec: s });
+    const result = await waitForJob(c.client, job!.id);
+    assert.equal(result.state, JobState.SUCCEEDED, (await c.client.getJob({ id: job!.id })).reason);
+    assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get("sequential")!));
+  } finally {
+    await c.close();
+  }
+});
 
 test("a worker killed with SIGKILL mid-job: its shard resumes elsewhere, same bytes", async () => {
   const nats = await freshNats();

@@ -10,6 +10,7 @@ import { JobSpecSchema, type JobSpec } from "../../services/gen/atvprune/v1/job_
 import { RpcError } from "../../services/rpc/status.js";
 import { checkExternalDataPaths, checkJobFiles, resolveAllowedPath, resolveJobPaths, resolveWorkDir, toPruneSpec, validateJobSpec } from "../../services/coordinator/src/pathPolicy.js";
 import { generateModel } from "../../services/core/src/gen/genModel.js";
+import { DEFAULT_SPARSITY, resolveSpec } from "../../services/core/src/pipeline/pruneSpec.js";
 import { tempDir } from "../support/fixtures.js";
 
 const tmp = tempDir("paths");
@@ -133,6 +134,9 @@ describe("validateJobSpec", () => {
     validateJobSpec(spec({}));
     validateJobSpec(spec({ method: "magnitude", calib: "" }));
     validateJobSpec(spec({ pattern: "2:4", sparsity: undefined }));
+    // The default lives in the engine, so a gRPC client that omits sparsity gets it too.
+    validateJobSpec(spec({ sparsity: undefined }));
+    assert.equal(resolveSpec(toPruneSpec(spec({ sparsity: undefined })), 1).sparsity, DEFAULT_SPARSITY);
     validateJobSpec(spec({ method: "wanda", pattern: "4:8", propagation: "dense", nsamples: 8, seed: 7n, alpha: 0.5, magnitudeScope: "column", include: ["q_proj"], exclude: ["lm_head"] }));
   });
 
@@ -142,7 +146,6 @@ describe("validateJobSpec", () => {
     ["sparsity above range", { sparsity: 1 }, /^spec\.sparsity: must be in \[0, 1\), got 1/],
     ["sparsity below range", { sparsity: -0.1 }, /^spec\.sparsity: /],
     ["sparsity NaN", { sparsity: Number.NaN }, /^spec\.sparsity: /],
-    ["sparsity missing", { sparsity: undefined }, /^spec\.sparsity: is required/],
     ["sparsity against the pattern", { pattern: "2:4", sparsity: 0.3 }, /^spec\.sparsity: pattern 2:4 prunes 0\.5/],
     ["pattern", { pattern: "3:2" }, /^spec\.pattern: /],
     ["pattern text", { pattern: "blocky" }, /^spec\.pattern: /],
@@ -150,6 +153,7 @@ describe("validateJobSpec", () => {
     ["alpha infinite", { alpha: Number.POSITIVE_INFINITY }, /^spec\.alpha: /],
     ["propagation", { propagation: "sideways" }, /^spec\.propagation: must be sequential or dense/],
     ["nsamples", { nsamples: 0 }, /^spec\.nsamples: must be a positive integer/],
+    ["sparsity_profile", { sparsityProfile: "flat" }, /^spec\.sparsity_profile: must be one of uniform/],
     ["magnitude_scope", { magnitudeScope: "row" }, /^spec\.magnitude_scope: must be matrix or column/],
     ["magnitude matrix with N:M", { method: "magnitude", calib: "", pattern: "2:4", sparsity: undefined }, /^spec\.pattern: /],
     ["model", { model: "" }, /^spec\.model: is required/],
@@ -175,7 +179,7 @@ describe("toPruneSpec", () => {
     const p = toPruneSpec(create(JobSpecSchema, { model: "m", out: "o", method: "magnitude", include: ["a"], force: true }));
     assert.deepEqual(p, {
       model: "m", calib: undefined, out: "o", method: "magnitude", sparsity: undefined, pattern: undefined, alpha: undefined,
-      propagation: undefined, nsamples: undefined, seed: undefined, include: ["a"], exclude: [], magnitudeScope: undefined, force: true,
+      propagation: undefined, nsamples: undefined, seed: undefined, include: ["a"], exclude: [], magnitudeScope: undefined, sparsityProfile: undefined, force: true,
     });
     const q = toPruneSpec(spec({ sparsity: 0, alpha: 0, nsamples: 3, seed: -5n, pattern: "2:4", propagation: "dense", magnitudeScope: "column" }));
     assert.equal(q.sparsity, 0, "an explicit 0 stays 0");

@@ -15,6 +15,7 @@ import { createMethod, methodDefinition, methodNames, needsCalibration, type Acc
 import { ATTENDED_TOKENS } from "../../services/core/src/methods/tokenPools.js";
 import { profileNames, sparsityProfile, type ProfilePrePass } from "../../services/core/src/profiles/index.js";
 import { InvalidArgumentError } from "../../services/core/src/errors.js";
+import { planJob, planTargets } from "../../services/core/src/plan/jobPlan.js";
 import { tempDir } from "../support/fixtures.js";
 
 const tmp = tempDir("method-seam");
@@ -31,10 +32,11 @@ function openEngine(spec: Partial<PruneSpec>, extra: { method?: Method; targets?
   const resolved = resolveSpec({ ...model, out: join(tmp.path, "unused"), method: "wanda", sparsity: 0.5, threads: 1, ...spec } as PruneSpec, 1);
   const analysis = analyzeModel(resolved.model);
   const data = new TensorData(analysis.loaded);
+  const targets = extra.targets ?? planTargets(planJob(resolved, analysis, data));
   const samples = loadSamples(resolved, analysis);
   const host = InferenceHost.start({ threads: 1, device: "cpu" });
   const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
-  const engine = new BlockEngine({ ...analysis, data, spec: resolved, host, samples, feeds, ...extra });
+  const engine = new BlockEngine({ ...analysis, data, spec: resolved, host, samples, feeds, ...extra, targets });
   return { engine, analysis, samples, close: async () => { await host.close(); await data.close(); } };
 }
 

@@ -68,7 +68,10 @@ function assignment(over: { model?: string; calib?: string; out?: string; workDi
   return {
     jobId: "job-intruder", shard: 0, firstBlock: 0, endBlock: 2, attempt: 1, upstream: "",
     workDir: over.workDir ?? join(jobs, "job-intruder"),
-    spec: { model: over.model ?? model.model, calib: over.calib ?? model.calib, out: over.out ?? join(root, "out"), method: over.method ?? "wanda", sparsity: 0.5 },
+    plan: {
+      model: over.model ?? model.model, calib: over.calib ?? model.calib, out: over.out ?? join(root, "out"),
+      method: { case: (over.method ?? "wanda") as "wanda", value: {} }, sparsity: 0.5, propagation: "sequential",
+    },
   };
 }
 
@@ -116,6 +119,7 @@ describe("who may call WorkerService", () => {
       await assert.rejects(c.updateUpstream({ jobId: "j", shard: 0, upstream: "x:1" }, { deadlineMs: 5000 }), unauthenticated);
       const pull = async () => { for await (const _ of c.pullStates({ jobId: "j", block: 1 }, { deadlineMs: 5000 })) { /* states */ } };
       await assert.rejects(pull(), unauthenticated);
+      await assert.rejects(c.finalizeOutput({ jobId: "j", plan: intrusion().plan }, { deadlineMs: 5000 }), unauthenticated);
     }
     assert.equal(existsSync(join(outside, "work")), false);
   });
@@ -154,6 +158,9 @@ describe("the worker's own path policy (authenticated caller)", () => {
     await denied(assignment({ out: join(outside, "leak") }), /^spec\.out: .* is outside the allowed roots/, "out");
     await denied(assignment({ workDir: join(outside, "work") }), /^work_dir: .* is outside the allowed roots/, "work dir");
     await denied(assignment({ workDir: join(jobs, "..", "outside", "work") }), /^work_dir: /, "work dir through ..");
+    // FinalizeOutput confines the plan's paths the same way.
+    await assert.rejects(client(nodeTls(), TOKEN).finalizeOutput({ jobId: "j", plan: assignment({ out: join(outside, "leak") }).plan }, { deadlineMs: 5000 }),
+      (e: grpc.ServiceError) => e.code === grpc.status.PERMISSION_DENIED && /^spec\.out: .* is outside the allowed roots/.test(e.details));
     assert.equal(existsSync(join(outside, "work")), false);
     assert.equal(existsSync(join(outside, "leak")), false);
   });

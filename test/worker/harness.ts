@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
-import { JobSpecSchema, type JobSpec } from "../../services/gen/atvprune/v1/job_pb.js";
+import type { JobPlan as JobPlanMessage } from "../../services/gen/atvprune/v1/plan_pb.js";
 import { WorkerService, type ShardProgress } from "../../services/gen/atvprune/v1/worker_pb.js";
 import { createClient, type Client } from "../../services/rpc/grpcAdapter.js";
 import { GRPC_OPTIONS } from "../../services/rpc/credentials.js";
@@ -13,7 +13,9 @@ import { PrunedModelWriter } from "../../services/core/src/onnx/modelWriter.js";
 import { prepareOutputDir } from "../../services/core/src/onnx/outputDir.js";
 import { TensorData } from "../../services/core/src/onnx/tensorData.js";
 import { analyzeModel } from "../../services/core/src/pipeline/modelAnalysis.js";
-import { isSelected, resolveSpec, type PruneSpec } from "../../services/core/src/pipeline/pruneSpec.js";
+import { resolveSpec, type PruneSpec } from "../../services/core/src/pipeline/pruneSpec.js";
+import { planJob } from "../../services/core/src/plan/jobPlan.js";
+import { toPlanMessage } from "../../services/rpc/jobPlanWire.js";
 
 export type WorkerClient = Client<typeof WorkerService>;
 
@@ -21,13 +23,6 @@ export function workerClient(address: string): WorkerClient {
   return createClient(WorkerService, address, grpc.credentials.createInsecure(), { ...GRPC_OPTIONS, "grpc.use_local_subchannel_pool": 1 });
 }
 
-export function jobSpec(spec: PruneSpec): JobSpec {
-  return create(JobSpecSchema, {
-    model: spec.model, calib: spec.calib ?? "", out: spec.out, method: spec.method, sparsity: spec.sparsity,
-    pattern: spec.pattern ?? "", alpha: spec.alpha, propagation: spec.propagation ?? "",
-    include: spec.include ?? [], exclude: spec.exclude ?? [], magnitudeScope: spec.magnitudeScope ?? "",
-  });
-}
 
 export interface ShardCall {
   events: ShardProgress[];
@@ -40,7 +35,7 @@ export class MiniCoordinator {
   private readonly clients = new Map<string, WorkerClient>();
 
   private constructor(
-    readonly jobId: string, readonly spec: PruneSpec, readonly workDir: string,
+    readonly jobId: string, readonly spec: PruneSpec, readonly plan: JobPlanMessage, readonly workDir: string,
     private readonly writer: PrunedModelWriter, private readonly rewritten: string[], private readonly data: TensorData,
     readonly numBlocks: number,
   ) {}
@@ -49,10 +44,12 @@ export class MiniCoordinator {
     const resolved = resolveSpec(spec, 1);
     const analysis = analyzeModel(resolved.model);
     const data = new TensorData(analysis.loaded);
-    const selected = analysis.partition.blockLinears.flat().filter((l) => isSelected(resolved, l.weight, l.node)).map((l) => l.weight);
+    // The plan, resolved once here as the coordinator resolves it, is what the workers run.
+    const plan = planJob(resolved, analysis, data);
+    const selected = plan.linears.map((l) => l.weight);
     await prepareOutputDir(resolved.out, true);
     const writer = await PrunedModelWriter.create(analysis.loaded, data, resolved.out, new Set(selected));
-    return new MiniCoordinator(jobId, spec, workDir, writer, selected, data, analysis.partition.numBlocks);
+    return new MiniCoordinator(jobId, spec, toPlanMessage(plan), workDir, writer, selected, data, analysis.partition.numBlocks);
   }
 
   client(address: string): WorkerClient {
@@ -66,7 +63,7 @@ export class MiniCoordinator {
     opts: { attempt?: number; onEvent?: (p: ShardProgress) => void; heartbeatMs?: number; stallTimeoutMs?: number } = {},
   ): ShardCall {
     const stream = this.client(address).runShard({
-      jobId: this.jobId, spec: jobSpec(this.spec), shard, firstBlock, endBlock, upstream, workDir: this.workDir, attempt: opts.attempt ?? 1,
+      jobId: this.jobId, plan: this.plan, shard, firstBlock, endBlock, upstream, workDir: this.workDir, attempt: opts.attempt ?? 1,
       heartbeatMs: opts.heartbeatMs, stallTimeoutMs: opts.stallTimeoutMs,
     });
     const events: ShardProgress[] = [];

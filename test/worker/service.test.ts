@@ -11,7 +11,9 @@ import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
 import type { PruneSpec } from "../../services/core/src/pipeline/pruneSpec.js";
 import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
 import { tempDir } from "../support/fixtures.js";
-import { MiniCoordinator, jobSpec, withTimeout, workerClient } from "./harness.js";
+import { clone } from "@bufbuild/protobuf";
+import { JobPlanSchema } from "../../services/gen/atvprune/v1/plan_pb.js";
+import { MiniCoordinator, withTimeout, workerClient } from "./harness.js";
 
 const tmp = tempDir("worker-service");
 let model: { model: string; calib: string };
@@ -74,12 +76,13 @@ test("a second attempt of a running shard supersedes the first (ABORTED) and com
 test("errors end the stream with the mapped status and name the job, block or file", async () => {
   const client = workerClient(a.address);
   try {
-    // A bad spec: INVALID_ARGUMENT naming the field.
+    // A bad plan: INVALID_ARGUMENT naming the field.
     const bad = await MiniCoordinator.start("bad", spec("bad"), join(tmp.path, "work-bad"));
-    const badSpec = { ...spec("bad"), sparsity: 1.5 };
-    const call = client.runShard({ jobId: "bad", spec: jobSpec(badSpec), shard: 0, firstBlock: 0, endBlock: 4, workDir: bad.workDir, attempt: 1 });
+    const badPlan = clone(JobPlanSchema, bad.plan);
+    badPlan.linears[0]!.target = 1.5;
+    const call = client.runShard({ jobId: "bad", plan: badPlan, shard: 0, firstBlock: 0, endBlock: 4, workDir: bad.workDir, attempt: 1 });
     await assert.rejects((async () => { for await (const _ of call) { /* drain */ } })(),
-      (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && /job bad shard 0/.test(e.details) && /sparsity/.test(e.details));
+      (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && /job bad shard 0/.test(e.details) && /plan\.linears: target 1\.5/.test(e.details));
     await bad.close();
 
     // Blocks outside the model.

@@ -138,6 +138,7 @@ export function toJobSpecMessage(spec: PruneSpec, workers: number, local: boolea
     include: spec.include ?? [],
     exclude: spec.exclude ?? [],
     magnitudeScope: spec.magnitudeScope ?? "",
+    sparsityProfile: spec.sparsityProfile ?? "",
     force: spec.force ?? false,
     workers,
   });

@@ -1,12 +1,14 @@
 /**
  * Drives one job from RUNNING to a terminal state: plans shards over the ready workers, runs
  * them (each on one worker; a shard whose worker dies is rerun elsewhere and resumes from the
- * job's checkpoints), records progress in the job store and events, and assembles the output
- * (model.onnx, report.json) from what the workers wrote. Every path ends SUCCEEDED, FAILED
- * (with the reason) or CANCELLED.
+ * job's checkpoints), records progress in the job store and events, and has a worker finalize
+ * the output, then writes report.json from the block reports of the progress stream. The job's
+ * plan is resolved here once and sent to the workers; the coordinator reads the model's graph
+ * and the tensors' sizes, never a weight. Every path ends SUCCEEDED, FAILED (with the reason)
+ * or CANCELLED.
  */
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
@@ -15,13 +17,18 @@ import {
   type Job, type JobEvent, type JobSpec,
 } from "../../gen/atvprune/v1/job_pb.js";
 import type { ShardProgress } from "../../gen/atvprune/v1/worker_pb.js";
-import { PrunedModelWriter } from "../../core/src/onnx/modelWriter.js";
-import { DATA_FILE, PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir, releaseOutput, type PreparedOutput } from "../../core/src/onnx/outputDir.js";
+import type { JobPlan as JobPlanMessage } from "../../gen/atvprune/v1/plan_pb.js";
+import { InvalidArgumentError } from "../../core/src/errors.js";
+import { PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir, releaseOutput, type PreparedOutput } from "../../core/src/onnx/outputDir.js";
+import { createPartialData, partialDataPath, removePartialData } from "../../core/src/onnx/partialData.js";
+import { planJob, selectPrunable } from "../../core/src/plan/jobPlan.js";
+import { fromBlockFinished, type BlockRecord } from "../../rpc/blockReportWire.js";
+import { toPlanMessage } from "../../rpc/jobPlanWire.js";
 import { TensorData } from "../../core/src/onnx/tensorData.js";
 import { fsErrorToTyped } from "../../core/src/io/fsErrors.js";
 import { analyzeModel } from "../../core/src/pipeline/modelAnalysis.js";
 import { buildReport, jobInputs, loadSamples } from "../../core/src/pipeline/pruneModel.js";
-import { resolveSpec, selectLinears } from "../../core/src/pipeline/pruneSpec.js";
+import { resolveSpec } from "../../core/src/pipeline/pruneSpec.js";
 import { methodDefinition, needsCalibration } from "../../core/src/methods/index.js";
 import type { BlockReport, LayerReport } from "../../core/src/pipeline/report.js";
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
@@ -56,6 +63,9 @@ type FailureCause = "lost" | "stalled" | "crashed";
 
 class Cancelled extends Error {}
 
+/** Finalizing copies every untouched weight: generous, but not forever. */
+const FINALIZE_DEADLINE_MS = 60 * 60 * 1000;
+
 // Statuses that a rerun cannot fix: the input or the spec is wrong.
 const DETERMINISTIC = new Set([status.INVALID_ARGUMENT, status.FAILED_PRECONDITION, status.ALREADY_EXISTS, status.NOT_FOUND, status.PERMISSION_DENIED, status.OUT_OF_RANGE]);
 
@@ -66,6 +76,9 @@ export class JobRunner {
   private readonly abort = new AbortController();
   private shards: PlannedShard[] = [];
   private tokensPerBlock = 0;
+  private plan: JobPlanMessage | undefined;
+  /** block reports as the workers stream them (a rerun shard reports its done blocks again) */
+  private readonly records = new Map<number, BlockRecord>();
   /** block_started events not yet closed by block_finished or block_aborted */
   private readonly openBlocks = new Map<number, { label: string; worker: string; address: string }>();
   /** CancelShard answers: each comes once that run has stopped writing */
@@ -115,27 +128,27 @@ export class JobRunner {
   async run(): Promise<void> {
     const started = performance.now();
     const workDir = join(this.deps.workRoot, this.jobId);
-    let writer: PrunedModelWriter | undefined;
     let data: TensorData | undefined;
     let prepared: PreparedOutput | undefined;
+    /** set once the partial output is this job's: a failure removes it */
+    let partialOut: string | undefined;
     try {
       const pruneSpec = toPruneSpec(this.spec);
       const resolved = resolveSpec(pruneSpec, 1);
       const analysis = analyzeModel(resolved.model);
+      // Metadata only (sizes, external-data files and ranges): no weight is read here.
       data = new TensorData(analysis.loaded);
-      await data.validate();
       // Checked and counted here, but the embeddings stay on disk: only workers need them.
       const samples = needsCalibration(resolved.method) ? loadSamples(resolved, analysis, true) : [];
       this.tokensPerBlock = samples.reduce((a, s) => a + s.tokens, 0);
-      const toPrune = selectLinears(resolved, analysis.partition.blockLinears.flat());
-      const rewritten = new Set(toPrune.map((l) => l.weight));
-      const partial = join(resolved.out, DATA_FILE + PARTIAL_SUFFIX);
-      if (this.resume && existsSync(partial)) {
-        writer = await PrunedModelWriter.create(analysis.loaded, data, resolved.out, rewritten, { resume: true });
-      } else {
-        prepared = await prepareOutputDir(resolved.out, resolved.force || this.resume, { inputs: jobInputs(resolved, data, samples) });
-        writer = await PrunedModelWriter.create(analysis.loaded, data, resolved.out, rewritten);
-      }
+      const selection = selectPrunable(resolved, analysis);
+      const resumed = this.resume && existsSync(partialDataPath(resolved.out));
+      if (!resumed) prepared = await prepareOutputDir(resolved.out, resolved.force || this.resume, { inputs: jobInputs(resolved, data, samples) });
+      const plan = planJob(resolved, analysis, data, selection);
+      if (plan.phases.includes("profile")) throw new InvalidArgumentError("sparsityProfile", `${plan.sparsityProfile}'s pre-pass is not supported yet in a cluster`);
+      this.plan = toPlanMessage(plan);
+      if (!resumed) await createPartialData(resolved.out, plan.dataBytes);
+      partialOut = resolved.out;
       const numBlocks = analysis.partition.numBlocks;
       await this.deps.store.update(this.jobId, (job) => {
         job.state = JobState.RUNNING;
@@ -168,17 +181,17 @@ export class JobRunner {
       const blocks: BlockReport[] = [];
       const layers: LayerReport[] = [];
       for (let b = 0; b < numBlocks; b++) {
-        const record = JSON.parse(await readFile(join(workDir, "blocks", `${b}.json`), "utf8")) as { report: BlockReport; layers: LayerReport[] };
+        const record = this.records.get(b);
+        if (!record) throw new Error(`block ${b} was never reported finished, though every shard ended`);
         blocks.push(record.report);
         layers.push(...record.layers);
       }
-      for (const name of rewritten) writer.markWritten(name);
-      await writer.finalize();
+      await this.finalizeOutput();
+      partialOut = undefined; // the output is complete: nothing below may remove it
       const report = buildReport(resolved, pruneSpec, analysis, samples, blocks, layers, (performance.now() - started) / 1000);
       const reportPath = join(resolved.out, REPORT_FILE);
       await writeFile(reportPath + PARTIAL_SUFFIX, JSON.stringify({ ...report, jobId: this.jobId, workers: this.shards.length }, null, 2) + "\n");
       await rename(reportPath + PARTIAL_SUFFIX, reportPath);
-      writer = undefined;
       this.deps.metrics.calibrationTokens.inc(report.totals.tokens);
       await this.removeWork(workDir);
       await this.setState(JobState.SUCCEEDED);
@@ -187,7 +200,7 @@ export class JobRunner {
         this.deps.log(`job ${this.jobId}: left running for the next coordinator`);
         return;
       }
-      await writer?.abort().catch(() => {});
+      if (partialOut !== undefined) await removePartialData(partialOut).catch(() => {});
       const typed = fsErrorToTyped(err, this.spec.out); // ENOSPC, ENOTDIR, ... name the file
       const reason = typed instanceof Error ? typed.message : String(typed);
       if (this.cancelReason !== undefined) {
@@ -290,7 +303,7 @@ export class JobRunner {
       let recorded: Promise<void> = Promise.resolve();
       try {
         const stream = this.deps.pool.client(address).runShard({
-          jobId: this.jobId, spec: this.spec, shard: shard.index, firstBlock: shard.firstBlock, endBlock: shard.endBlock,
+          jobId: this.jobId, plan: this.plan, shard: shard.index, firstBlock: shard.firstBlock, endBlock: shard.endBlock,
           upstream: this.running.get(shard.index - 1) ?? (shard.index > 0 ? this.shards[shard.index - 1]!.worker : ""),
           workDir, attempt, heartbeatMs: heartbeatMs(stallTimeoutMs), stallTimeoutMs,
         });
@@ -341,6 +354,31 @@ export class JobRunner {
     }
   }
 
+  /**
+   * A worker finalizes the output (copies the untouched weights, writes model.onnx): the ready
+   * workers in turn, until one answers; a deterministic failure (bad plan, output taken) ends it.
+   */
+  private async finalizeOutput(): Promise<void> {
+    let lastError = "no ready worker";
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      this.throwIfCancelled();
+      await this.deps.pool.poll();
+      for (const w of this.deps.pool.ready()) {
+        try {
+          await this.deps.pool.client(w.address).finalizeOutput({ jobId: this.jobId, plan: this.plan }, { deadlineMs: FINALIZE_DEADLINE_MS });
+          return;
+        } catch (err) {
+          const code = (err as { code?: number }).code;
+          lastError = (err as { details?: string }).details || (err as Error).message;
+          if (code !== undefined && DETERMINISTIC.has(code)) throw new Error(lastError);
+          this.deps.log(`job ${this.jobId}: finalizing the output on ${w.address} failed (${lastError}); trying another worker`);
+        }
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    throw new Error(`no worker could finalize the output: ${lastError}`);
+  }
+
   /** Another ready worker if there is one (the failed one last), waiting a bounded time. */
   private async pickWorker(failed: string): Promise<string> {
     const deadline = Date.now() + (this.deps.reassignTimeoutMs ?? 60_000);
@@ -366,6 +404,7 @@ export class JobRunner {
       const b = v.value.block;
       if (this.done.has(b)) return; // a rerun shard reports blocks that were already done
       this.done.add(b);
+      this.records.set(b, fromBlockFinished(v.value));
       this.openBlocks.delete(b);
       this.deps.metrics.blocksPruned.inc();
       this.deps.metrics.paramsPruned.inc(Number(v.value.pruned));

@@ -9,6 +9,7 @@ import { realpathSync } from "node:fs";
 import { clone } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import { ShardAssignmentSchema, type ShardAssignment } from "../../gen/atvprune/v1/worker_pb.js";
+import { JobPlanSchema, type JobPlan } from "../../gen/atvprune/v1/plan_pb.js";
 import { RpcError } from "../../rpc/status.js";
 import { checkJobFiles, resolveWorkDir } from "../../coordinator/src/pathPolicy.js";
 
@@ -36,16 +37,22 @@ function checkRoots(policy: AssignmentPolicy): void {
 
 /** The assignment with every path checked and made real (the checked paths are the ones used). */
 export function confineAssignment(a: ShardAssignment, policy: AssignmentPolicy): ShardAssignment {
-  checkRoots(policy);
-  const spec = a.spec;
-  if (!spec) throw new RpcError(status.INVALID_ARGUMENT, "spec: is required");
-  // Model, its external data, calibration set and .npy files, output: the coordinator's own check.
-  const paths = checkJobFiles({ model: spec.model, calib: spec.calib || undefined, out: spec.out, method: spec.method }, policy.allowedRoots);
-  const workDir = resolveWorkDir(a.workDir, [...policy.allowedRoots, ...policy.workRoots], "work_dir");
   const checked = clone(ShardAssignmentSchema, a);
-  checked.spec!.model = paths.model;
-  checked.spec!.calib = paths.calib ?? "";
-  checked.spec!.out = paths.out;
-  checked.workDir = workDir;
+  checked.plan = confinePlan(a.plan, policy);
+  checked.workDir = resolveWorkDir(a.workDir, [...policy.allowedRoots, ...policy.workRoots], "work_dir");
+  return checked;
+}
+
+/** A plan's paths checked and made real against the worker's own roots. */
+export function confinePlan(plan: JobPlan | undefined, policy: AssignmentPolicy): JobPlan {
+  checkRoots(policy);
+  if (!plan) throw new RpcError(status.INVALID_ARGUMENT, "plan: is required");
+  // Model, its external data, calibration set and .npy files, output: the coordinator's own check.
+  const method = plan.method.case ?? "";
+  const paths = checkJobFiles({ model: plan.model, calib: plan.calib || undefined, out: plan.out, method }, policy.allowedRoots);
+  const checked = clone(JobPlanSchema, plan);
+  checked.model = paths.model;
+  checked.calib = paths.calib ?? "";
+  checked.out = paths.out;
   return checked;
 }

@@ -1,57 +1,56 @@
 /**
- * What a worker needs to know about a job before running any block of it, derived from the
- * JobSpec exactly as `atvp prune` derives it (same spec resolution, same calibration samples,
- * same selection of linears, same output layout), so every worker computes the same bits and
- * writes them where the coordinator's writer expects them.
+ * What a worker needs before running any block of a job, from the JobPlan the coordinator
+ * resolved: the plan's linears and targets are the selection, its regions the output layout.
+ * Nothing is re-derived from a spec; the model is analysed only to cut its blocks, and the plan
+ * is checked against that analysis (a plan for another model fails here, naming the weight).
  */
-import { toPruneSpec } from "../../rpc/jobSpec.js";
-import type { JobSpec } from "../../gen/atvprune/v1/job_pb.js";
 import type { CalibSample } from "../../core/src/calib/calibSet.js";
-import { InvalidArgumentError, UnsupportedTypeError } from "../../core/src/errors.js";
-import type { LinearInfo } from "../../core/src/graph/linears.js";
-import { FLOAT_WEIGHT_TYPES, typeName } from "../../core/src/onnx/dtype.js";
-import { rewrittenRegions, type Region } from "../../core/src/onnx/modelWriter.js";
+import { InvalidArgumentError } from "../../core/src/errors.js";
+import type { Region } from "../../core/src/onnx/modelWriter.js";
 import { TensorData } from "../../core/src/onnx/tensorData.js";
 import { analyzeModel, type ModelAnalysis } from "../../core/src/pipeline/modelAnalysis.js";
 import { loadSamples } from "../../core/src/pipeline/pruneModel.js";
-import { isSelected, resolveSpec, type PruneSpec, type ResolvedSpec } from "../../core/src/pipeline/pruneSpec.js";
+import type { ResolvedSpec } from "../../core/src/pipeline/pruneSpec.js";
 import { needsCalibration } from "../../core/src/methods/index.js";
+import { planRegions, planSpec, planTargets, type JobPlan } from "../../core/src/plan/jobPlan.js";
 import { SampleFeeds } from "../../core/src/pipeline/sampleFeeds.js";
 
 export interface ShardJob {
+  plan: JobPlan;
   spec: ResolvedSpec;
   analysis: ModelAnalysis;
   data: TensorData;
   samples: CalibSample[];
   feeds: SampleFeeds[];
-  /** the linears every worker prunes (over all blocks), as pruneModel selects them */
-  selected: LinearInfo[];
-  /** where each selected weight goes in <out>/model.onnx.data(.partial) */
+  /** the linears the job prunes (over all blocks) and their targets */
+  targets: Map<string, number>;
+  /** where each pruned weight goes in <out>/model.onnx.data(.partial) */
   regions: Map<string, Region>;
 }
 
-
-export async function openShardJob(spec: JobSpec, worker: { threads: number; device: "cpu" | "cuda" | "auto" }): Promise<ShardJob> {
-  const resolved = resolveSpec(toPruneSpec(spec, worker), worker.threads);
-  const analysis = analyzeModel(resolved.model);
+export async function openShardJob(plan: JobPlan, worker: { threads: number; device: "cpu" | "cuda" | "auto" }): Promise<ShardJob> {
+  if (plan.phases.includes("profile")) throw new InvalidArgumentError("plan.phases", `the ${plan.sparsityProfile} profile's pre-pass is not supported yet in a cluster`);
+  const spec = planSpec(plan, worker);
+  const analysis = analyzeModel(plan.model);
+  checkPlanFits(plan, analysis);
   const data = new TensorData(analysis.loaded);
   try {
     await data.validate();
-    const selected = analysis.partition.blockLinears.flat().filter((l) => isSelected(resolved, l.weight, l.node));
-    for (const l of selected) {
-      if (!FLOAT_WEIGHT_TYPES.has(l.dataType)) {
-        throw new UnsupportedTypeError(l.weight, `weight of ${l.node} is ${typeName(l.dataType)}; atv-prune prunes float32, float16 and bfloat16 weights (leave it dense with --exclude)`);
-      }
-      if (resolved.pattern.kind === "nm" && l.inDim % resolved.pattern.m !== 0) {
-        throw new InvalidArgumentError(l.weight, `input dimension ${l.inDim} of ${l.node} is not a multiple of M=${resolved.pattern.m} for the ${resolved.patternText} pattern`);
-      }
-    }
-    const samples = needsCalibration(resolved.method) ? loadSamples(resolved, analysis) : [];
+    const samples = needsCalibration(plan.method) ? loadSamples(spec, analysis) : [];
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
-    const regions = rewrittenRegions(analysis.loaded, data, resolved.out, new Set(selected.map((l) => l.weight)));
-    return { spec: resolved, analysis, data, samples, feeds, selected, regions };
+    return { plan, spec, analysis, data, samples, feeds, targets: planTargets(plan), regions: planRegions(plan) };
   } catch (err) {
     await data.close();
     throw err;
+  }
+}
+
+function checkPlanFits(plan: JobPlan, analysis: ModelAnalysis): void {
+  const blocks = analysis.partition.numBlocks;
+  if (plan.blocks !== blocks) throw new InvalidArgumentError("plan.blocks", `the plan has ${plan.blocks} blocks, ${plan.model} has ${blocks}; the plan is for another model`);
+  for (const l of plan.linears) {
+    if (!analysis.partition.blockLinears[l.block]?.some((x) => x.weight === l.weight)) {
+      throw new InvalidArgumentError("plan.linears", `${l.weight} is not a linear of block ${l.block} of ${plan.model}; the plan is for another model`);
+    }
   }
 }

@@ -17,6 +17,8 @@ import { arraySource, BlockEngine, type PrunedWeight, type SampleState, type Sta
 import { needsCalibration } from "../../core/src/methods/index.js";
 import { InferenceHost } from "../../core/src/runtime/inferenceHost.js";
 import { RpcError } from "../../rpc/status.js";
+import { fromPlanMessage } from "../../rpc/jobPlanWire.js";
+import { toBlockFinished } from "../../rpc/blockReportWire.js";
 import { exists, WorkDir, type BlockRecord } from "./checkpoints.js";
 import { CheckpointError, inBlock, inShard, ShardError } from "./errors.js";
 import type { Outbox, OutboxRegistry } from "./outbox.js";
@@ -89,7 +91,6 @@ export class ShardRun {
 
   async run(emit: (p: Progress) => Promise<void>): Promise<void> {
     const signal = this.abort.signal;
-    if (!this.a.spec) throw new InvalidArgumentError(this.subject, "the assignment has no job spec");
     if (!this.jobId || !this.workDir) throw new InvalidArgumentError(this.subject, "job_id and work_dir are required");
     const liveness = new RunLiveness({
       heartbeatMs: this.a.heartbeatMs || DEFAULT_HEARTBEAT_MS, stallTimeoutMs: this.a.stallTimeoutMs, subject: this.subject,
@@ -104,7 +105,7 @@ export class ShardRun {
     liveness.start();
     let job: ShardJob;
     try {
-      job = await openShardJob(this.a.spec, this.deps);
+      job = await openShardJob(fromPlanMessage(this.a.plan), this.deps);
     } catch (err) {
       liveness.stop();
       throw inShard(err, this.subject);
@@ -124,10 +125,10 @@ export class ShardRun {
       for (; b < this.endBlock && (await wd.isDone(b)); b++) await emit(finishedEvent(await wd.readBlock(b), this.deps.workerId));
       if (b < this.endBlock) {
         signal.throwIfAborted();
-        const needsStates = needsCalibration(job.spec.method);
+        const needsStates = needsCalibration(job.plan.method);
         if (needsStates) outbox = this.deps.outboxes.open(this.jobId, this.endBlock, job.samples.length);
         host = InferenceHost.start({ threads: this.deps.threads, device: this.deps.device, warn: this.deps.log });
-        const engine = new BlockEngine({ ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds });
+        const engine = new BlockEngine({ ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds, targets: job.targets });
         const input = needsStates ? await this.inputStates(b, job, engine, wd) : { source: arraySource([]) };
         weights = await openOutput(job);
         let source = input.source;
@@ -200,7 +201,7 @@ export class ShardRun {
     ctx: { job: ShardJob; engine: BlockEngine; wd: WorkDir; weights: FileHandle; outbox: Outbox | undefined; edge: Promise<void> | undefined },
   ): Promise<{ record: BlockRecord; source: StateSource }> {
     const { job, engine, wd, weights, outbox } = ctx;
-    const needsStates = needsCalibration(job.spec.method);
+    const needsStates = needsCalibration(job.plan.method);
     this.guard();
     const states = needsStates ? await StateFileWriter.create(wd.statesPath(b + 1), job.samples.length) : undefined;
     try {
@@ -234,30 +235,19 @@ export class ShardRun {
     const m = this.deps.metrics;
     m.blocksPruned.inc();
     m.paramsPruned.inc(record.layers.reduce((a, l) => a + l.pruned, 0));
-    if (needsCalibration(job.spec.method)) m.calibrationTokenPasses.inc(job.samples.reduce((a, s) => a + s.tokens, 0));
+    if (needsCalibration(job.plan.method)) m.calibrationTokenPasses.inc(job.samples.reduce((a, s) => a + s.tokens, 0));
     m.blockDuration.observe(record.report.seconds);
   }
 }
 
 function finishedEvent(record: BlockRecord, worker: string): Progress {
-  const r = record.report;
-  return {
-    progress: {
-      case: "blockFinished",
-      value: {
-        block: r.index, label: r.label, worker, seconds: r.seconds, tokensPerSecond: r.tokensPerSecond,
-        cosDistAvg: r.cosDistAvg ?? undefined, k: r.k,
-        pruned: BigInt(record.layers.reduce((a, l) => a + l.pruned, 0)),
-        params: BigInt(record.layers.reduce((a, l) => a + l.params, 0)),
-      },
-    },
-  };
+  return { progress: { case: "blockFinished", value: toBlockFinished(record, worker) } };
 }
 
 /** <out>/model.onnx.data.partial, which the coordinator created (sized) before assigning shards. */
 async function openOutput(job: ShardJob): Promise<FileHandle> {
-  const path = join(resolve(job.spec.out), DATA_FILE + PARTIAL_SUFFIX);
-  const end = Math.max(0, ...[...job.regions.values()].map((r) => r.offset + r.length));
+  const path = join(resolve(job.plan.out), DATA_FILE + PARTIAL_SUFFIX);
+  const end = job.plan.dataBytes;
   let size: number;
   try {
     size = (await stat(path)).size;

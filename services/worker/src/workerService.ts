@@ -1,7 +1,8 @@
 /**
  * The gRPC handlers of WorkerService. They hold no pruning logic: RunShard starts a ShardRun and
  * forwards its progress, CancelShard and UpdateUpstream reach a running one, PullStates serves
- * boundary states from an outbox (while the producing shard runs) or from the work dir.
+ * boundary states from an outbox (while the producing shard runs) or from the work dir, and
+ * FinalizeOutput completes a job's output once all its shards are done.
  */
 import { create } from "@bufbuild/protobuf";
 import { status, type Metadata } from "@grpc/grpc-js";
@@ -12,7 +13,10 @@ import { RpcError } from "../../rpc/status.js";
 import { requireBearer } from "../../rpc/bearerAuth.js";
 import { requirePeerName } from "../../rpc/peerNames.js";
 import type { PeerCertificate } from "node:tls";
-import { confineAssignment, type AssignmentPolicy } from "./assignmentPolicy.js";
+import { confineAssignment, confinePlan, type AssignmentPolicy } from "./assignmentPolicy.js";
+import { inShard } from "./errors.js";
+import { finalizeOutput } from "./outputFinalizer.js";
+import { fromPlanMessage } from "../../rpc/jobPlanWire.js";
 import { exists, WorkDir } from "./checkpoints.js";
 import type { OutboxRegistry } from "./outbox.js";
 import { ShardRun, type ShardRunDeps } from "./shardRunner.js";
@@ -148,6 +152,17 @@ export function workerServiceImpl(
       const r = shards.get(req.jobId, req.shard);
       if (!r) throw new RpcError(status.NOT_FOUND, `job ${req.jobId} shard ${req.shard} is not running on worker ${me.id}`);
       r.run.setUpstream(req.upstream);
+      return {};
+    },
+
+    async finalizeOutput(req, call) {
+      auth(call);
+      const plan = access.policy ? confinePlan(req.plan, access.policy) : req.plan;
+      try {
+        await finalizeOutput(fromPlanMessage(plan));
+      } catch (err) {
+        throw inShard(err, `job ${req.jobId} output`);
+      }
       return {};
     },
 

@@ -23,15 +23,16 @@ export const JOB_OPTIONS: Options = {
   include: { type: "string", multiple: true },
   exclude: { type: "string", multiple: true },
   "magnitude-scope": { type: "string" },
+  "sparsity-profile": { type: "string" },
   threads: { type: "string" },
   device: { type: "string" },
   force: { type: "boolean", default: false },
 };
 
 export function jobSpec(values: Record<string, unknown>): PruneSpec {
+  // Defaults (sparsity 0.5, ...) are the engine's (pruneSpec.ts), the same for every client.
   const pattern = str(values, "pattern") ?? "unstructured";
-  let sparsity = num(values, "sparsity");
-  if (sparsity === undefined && pattern === "unstructured") sparsity = 0.5;
+  const sparsity = num(values, "sparsity");
   const scope = str(values, "magnitude-scope");
   if (scope !== undefined && scope !== "matrix" && scope !== "column") throw new InvalidArgumentError("--magnitude-scope", "must be matrix or column");
   return {
@@ -48,6 +49,7 @@ export function jobSpec(values: Record<string, unknown>): PruneSpec {
     include: list(values, "include"),
     exclude: list(values, "exclude"),
     magnitudeScope: scope as PruneSpec["magnitudeScope"],
+    sparsityProfile: str(values, "sparsity-profile"),
     threads: int(values, "threads"),
     device: str(values, "device") as PruneSpec["device"],
     force: values["force"] === true,

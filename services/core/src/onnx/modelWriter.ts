@@ -198,13 +198,19 @@ export class PrunedModelWriter {
     this.state = "done";
   }
 
-  /** Stops and removes what this writer wrote (nothing after a successful finalize). */
-  async abort(): Promise<void> {
+  /** Closes the partial data file and keeps it (for a writer opened with resume: the job's owner decides). */
+  async release(): Promise<void> {
     if (this.state === "done" || this.state === "aborted") return;
     this.state = "aborted";
     await Promise.allSettled([...this.inflight]);
     await this.handle?.close().catch(() => undefined);
     this.handle = undefined;
+  }
+
+  /** Stops and removes what this writer wrote (nothing after a successful finalize). */
+  async abort(): Promise<void> {
+    if (this.state === "done" || this.state === "aborted") return;
+    await this.release();
     const files = [this.partialDataPath, this.modelPath + PARTIAL_SUFFIX];
     // create() refused an existing data file, so a renamed one is ours and useless without model.onnx.
     if (this.dataRenamed) files.push(this.dataPath);

@@ -74,8 +74,8 @@ export interface EngineContext {
   feeds: readonly SampleFeeds[];
   /** element type of hidden states and activations */
   floatType: number;
-  /** per-linear targets by weight name (from the sparsity profile); absent: spec.sparsity for all */
-  targets?: LinearTargets;
+  /** the linears to prune (the plan's), with their targets by weight name; others stay dense */
+  targets: LinearTargets;
   /** the method to run; absent: the registry's method named by spec.method */
   method?: Method;
 }
@@ -140,7 +140,7 @@ export class BlockEngine {
     const source = isStateSource(input) ? input : arraySource(input);
     const started = performance.now();
     const weights = await this.readWeights(cut.weights);
-    const toPrune = cut.weights.filter((l) => isSelected(spec, l.weight, l.node));
+    const toPrune = cut.weights.filter((l) => this.ctx.targets.has(l.weight));
     let next: SampleState[] = [];
     let facts: PoolFacts = NO_POOL_FACTS;
     let compressed: Compressed[];
@@ -191,7 +191,7 @@ export class BlockEngine {
     const source = isStateSource(input) ? input : arraySource(input);
     checkCount(cut, source, samples.length);
     const weights = await this.readWeights(cut.weights);
-    const linears = cut.weights.filter((l) => isSelected(spec, l.weight, l.node));
+    const linears = cut.weights.filter((l) => this.ctx.targets.has(l.weight));
     const session = await this.loadSession(cut, weights);
     try {
       const { stats, next } = await this.calibrate(b, session, weights, source, linears, prePass, { ...options, propagate: true });
@@ -308,8 +308,7 @@ export class BlockEngine {
   }
 
   private targetOf(linear: LinearInfo): number {
-    const t = this.ctx.targets?.get(linear.weight);
-    return t ?? this.ctx.spec.sparsity;
+    return this.ctx.targets.get(linear.weight)!;
   }
 
   private layerReport(block: number, c: Compressed): LayerReport {

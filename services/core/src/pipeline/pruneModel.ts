@@ -17,6 +17,7 @@ import { tokenCounts } from "../calib/calibSet.js";
 import { InferenceHost } from "../runtime/inferenceHost.js";
 import { clampThreads } from "../runtime/threadLimit.js";
 import { createMethod, methodDefinition } from "../methods/index.js";
+import { planJob, planTargets, selectPrunable } from "../plan/jobPlan.js";
 import { BlockEngine, type SampleState } from "./blockEngine.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
 import { resolveSpec, selectLinears, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
@@ -51,22 +52,14 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   try {
     await data.validate();
     const samples = methodDefinition(spec.method).needsCalibration ? loadSamples(spec, analysis) : [];
-    const toPrune = selectLinears(spec, analysis.partition.blockLinears.flat());
-    for (const l of toPrune) {
-      if (!FLOAT_WEIGHT_TYPES.has(l.dataType)) {
-        throw new UnsupportedTypeError(l.weight, `weight of ${l.node} is ${typeName(l.dataType)}; atv-prune prunes float32, float16 and bfloat16 weights (leave it dense with --exclude)`);
-      }
-      // Checked here as well as in computeMask, so the job fails before --force clears the
-      // output folder and before any block is calibrated.
-      if (spec.pattern.kind === "nm" && l.inDim % spec.pattern.m !== 0) {
-        throw new InvalidArgumentError(l.weight, `input dimension ${l.inDim} of ${l.node} is not a multiple of M=${spec.pattern.m} for the ${spec.patternText} pattern (leave it dense with --exclude)`);
-      }
-    }
+    const selection = selectPrunable(spec, analysis);
     prepared = await prepareOutputDir(spec.out, spec.force, { inputs: jobInputs(spec, data, samples), lock: {} });
-    writer = await PrunedModelWriter.create(analysis.loaded, data, spec.out, new Set(toPrune.map((l) => l.weight)));
+    const plan = planJob(spec, analysis, data, selection);
+    if (plan.phases.includes("profile")) throw new InvalidArgumentError("sparsityProfile", `${plan.sparsityProfile}'s pre-pass is not supported yet`);
+    writer = await PrunedModelWriter.create(analysis.loaded, data, spec.out, new Set(plan.linears.map((l) => l.weight)));
     host = InferenceHost.start({ threads: spec.threads, device: spec.device, warn: options.warn });
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
-    const engine = new BlockEngine({ ...analysis, data, spec, host, samples, feeds });
+    const engine = new BlockEngine({ ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan) });
     emit({ type: "job_started", blocks: analysis.partition.numBlocks, samples: samples.length, method: spec.method, graphAnalysis: analysis.partition.method });
 
     let states: SampleState[] = samples.length === 0 ? [] : await engine.initialStates();

@@ -4,6 +4,7 @@
  */
 import { InvalidArgumentError } from "../errors.js";
 import { methodDefinition } from "../methods/index.js";
+import { sparsityProfile } from "../profiles/index.js";
 import { parsePattern, type Pattern } from "../prune/maskSelect.js";
 
 /** A name from the methods registry (methods/index.ts). */
@@ -16,8 +17,10 @@ export interface PruneSpec {
   calib?: string;
   out: string;
   method: MethodName;
-  /** fraction pruned per output column; with an N:M pattern it must be N/M (or left out) */
+  /** fraction pruned per output column (default DEFAULT_SPARSITY); with an N:M pattern it must be N/M (or left out) */
   sparsity?: number;
+  /** how --sparsity becomes per-linear targets (default uniform) */
+  sparsityProfile?: string;
   pattern?: string;
   alpha?: number;
   propagation?: Propagation;
@@ -51,13 +54,19 @@ export interface ResolvedSpec {
   include: RegExp[];
   exclude: RegExp[];
   magnitudeScope: "matrix" | "column";
+  sparsityProfile: string;
   threads: number;
   device: "cpu" | "cuda" | "auto";
   force: boolean;
   activationCacheBytes: number;
 }
 
+// The job defaults, in this one place for the CLI, gRPC clients and Kubernetes resources alike.
 export const DEFAULT_SEED = 21;
+export const DEFAULT_SPARSITY = 0.5;
+export const DEFAULT_ALPHA = 1;
+export const DEFAULT_SPARSITY_PROFILE = "uniform";
+export const DEFAULT_ACTIVATION_CACHE_BYTES = 512 * 1024 * 1024;
 
 export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSpec {
   const method = methodDefinition(spec.method);
@@ -74,11 +83,11 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
     }
     sparsity = implied;
   }
-  if (sparsity === undefined) throw new InvalidArgumentError("sparsity", "is required");
+  sparsity ??= DEFAULT_SPARSITY;
   if (typeof sparsity !== "number" || !(sparsity >= 0 && sparsity < 1)) {
     throw new InvalidArgumentError("sparsity", `must be in [0, 1), got ${sparsity} (out of range)`);
   }
-  const alpha = spec.alpha ?? 1;
+  const alpha = spec.alpha ?? DEFAULT_ALPHA;
   if (!Number.isFinite(alpha) || alpha < 0) throw new InvalidArgumentError("alpha", `must be a finite number >= 0, got ${alpha} (out of range)`);
   const propagation = spec.propagation ?? "sequential";
   if (propagation !== "sequential" && propagation !== "dense") {
@@ -94,6 +103,7 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
     throw new InvalidArgumentError("magnitudeScope", `must be matrix or column, got ${JSON.stringify(magnitudeScope)}`);
   }
   method.checkOptions?.({ alpha, magnitudeScope, pattern, patternText });
+  const profile = sparsityProfile(spec.sparsityProfile ?? DEFAULT_SPARSITY_PROFILE);
   const threads = spec.threads ?? defaultThreads;
   if (!Number.isInteger(threads) || threads < 1) throw new InvalidArgumentError("threads", `must be a positive integer, got ${threads} (out of range)`);
   const device = spec.device ?? "cpu";
@@ -113,10 +123,11 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
     include: compile(spec.include ?? [], "include"),
     exclude: compile(spec.exclude ?? [], "exclude"),
     magnitudeScope,
+    sparsityProfile: profile.name,
     threads,
     device,
     force: spec.force ?? false,
-    activationCacheBytes: spec.activationCacheBytes ?? 512 * 1024 * 1024,
+    activationCacheBytes: spec.activationCacheBytes ?? DEFAULT_ACTIVATION_CACHE_BYTES,
   };
 }
 

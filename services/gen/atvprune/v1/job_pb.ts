@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file atvprune/v1/job.proto.
  */
 export const file_atvprune_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChVhdHZwcnVuZS92MS9qb2IucHJvdG8SC2F0dnBydW5lLnYxItoCCgdKb2JTcGVjEg0KBW1vZGVsGAEgASgJEg0KBWNhbGliGAIgASgJEgsKA291dBgDIAEoCRIOCgZtZXRob2QYBCABKAkSFQoIc3BhcnNpdHkYBSABKAFIAIgBARIPCgdwYXR0ZXJuGAYgASgJEhIKBWFscGhhGAcgASgBSAGIAQESEwoLcHJvcGFnYXRpb24YCCABKAkSFQoIbnNhbXBsZXMYCSABKA1IAogBARIRCgRzZWVkGAogASgDSAOIAQESDwoHaW5jbHVkZRgLIAMoCRIPCgdleGNsdWRlGAwgAygJEhcKD21hZ25pdHVkZV9zY29wZRgNIAEoCRINCgVmb3JjZRgOIAEoCBIPCgd3b3JrZXJzGA8gASgNEhEKCWtlZXBfd29yaxgUIAEoCEILCglfc3BhcnNpdHlCCAoGX2FscGhhQgsKCV9uc2FtcGxlc0IHCgVfc2VlZCJ7CgtTaGFyZFN0YXR1cxINCgVpbmRleBgBIAEoDRITCgtmaXJzdF9ibG9jaxgCIAEoDRIRCgllbmRfYmxvY2sYAyABKA0SDgoGd29ya2VyGAQgASgJEhMKC2Jsb2Nrc19kb25lGAUgASgNEhAKCGF0dGVtcHRzGAYgASgNIvIBCgNKb2ISCgoCaWQYASABKAkSIgoEc3BlYxgCIAEoCzIULmF0dnBydW5lLnYxLkpvYlNwZWMSJAoFc3RhdGUYAyABKA4yFS5hdHZwcnVuZS52MS5Kb2JTdGF0ZRIOCgZyZWFzb24YBCABKAkSFAoMYmxvY2tzX3RvdGFsGAUgASgNEhMKC2Jsb2Nrc19kb25lGAYgASgNEigKBnNoYXJkcxgHIAMoCzIYLmF0dnBydW5lLnYxLlNoYXJkU3RhdHVzEhcKD2NyZWF0ZWRfdW5peF9tcxgIIAEoAxIXCg91cGRhdGVkX3VuaXhfbXMYCSABKAMiRwoPSm9iU3RhdGVDaGFuZ2VkEiQKBXN0YXRlGAEgASgOMhUuYXR2cHJ1bmUudjEuSm9iU3RhdGUSDgoGcmVhc29uGAIgASgJIjwKDEJsb2NrU3RhcnRlZBINCgVibG9jaxgBIAEoDRINCgVsYWJlbBgCIAEoCRIOCgZ3b3JrZXIYAyABKAkiwAEKDUJsb2NrRmluaXNoZWQSDQoFYmxvY2sYASABKA0SDQoFbGFiZWwYAiABKAkSDgoGd29ya2VyGAMgASgJEg8KB3NlY29uZHMYBCABKAESGQoRdG9rZW5zX3Blcl9zZWNvbmQYBSABKAESGQoMY29zX2Rpc3RfYXZnGAYgASgBSACIAQESCQoBaxgHIAMoDRIOCgZwcnVuZWQYCCABKAQSDgoGcGFyYW1zGAkgASgEQg8KDV9jb3NfZGlzdF9hdmciZwoNU2hhcmRBc3NpZ25lZBINCgVzaGFyZBgBIAEoDRITCgtmaXJzdF9ibG9jaxgCIAEoDRIRCgllbmRfYmxvY2sYAyABKA0SDgoGd29ya2VyGAQgASgJEg8KB2F0dGVtcHQYBSABKA0iXAoLU2hhcmRGYWlsZWQSDQoFc2hhcmQYASABKA0SDgoGd29ya2VyGAIgASgJEg8KB2F0dGVtcHQYAyABKA0SDQoFY2F1c2UYBCABKAkSDgoGcmVhc29uGAUgASgJImgKD1NoYXJkUmVhc3NpZ25lZBINCgVzaGFyZBgBIAEoDRITCgtmcm9tX3dvcmtlchgCIAEoCRIRCgl0b193b3JrZXIYAyABKAkSDwoHYXR0ZW1wdBgEIAEoDRINCgVjYXVzZRgFIAEoCSJMCgxCbG9ja0Fib3J0ZWQSDQoFYmxvY2sYASABKA0SDQoFbGFiZWwYAiABKAkSDgoGd29ya2VyGAMgASgJEg4KBnJlYXNvbhgEIAEoCSKwAwoISm9iRXZlbnQSDgoGam9iX2lkGAEgASgJEhQKDHRpbWVfdW5peF9tcxgCIAEoAxI1Cg1zdGF0ZV9jaGFuZ2VkGAogASgLMhwuYXR2cHJ1bmUudjEuSm9iU3RhdGVDaGFuZ2VkSAASMgoNYmxvY2tfc3RhcnRlZBgLIAEoCzIZLmF0dnBydW5lLnYxLkJsb2NrU3RhcnRlZEgAEjQKDmJsb2NrX2ZpbmlzaGVkGAwgASgLMhouYXR2cHJ1bmUudjEuQmxvY2tGaW5pc2hlZEgAEjQKDnNoYXJkX2Fzc2lnbmVkGA0gASgLMhouYXR2cHJ1bmUudjEuU2hhcmRBc3NpZ25lZEgAEjAKDHNoYXJkX2ZhaWxlZBgUIAEoCzIYLmF0dnBydW5lLnYxLlNoYXJkRmFpbGVkSAASOAoQc2hhcmRfcmVhc3NpZ25lZBgVIAEoCzIcLmF0dnBydW5lLnYxLlNoYXJkUmVhc3NpZ25lZEgAEjIKDWJsb2NrX2Fib3J0ZWQYFiABKAsyGS5hdHZwcnVuZS52MS5CbG9ja0Fib3J0ZWRIAEIHCgVldmVudCI2ChBTdWJtaXRKb2JSZXF1ZXN0EiIKBHNwZWMYASABKAsyFC5hdHZwcnVuZS52MS5Kb2JTcGVjIjIKEVN1Ym1pdEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmF0dnBydW5lLnYxLkpvYiIbCg1HZXRKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIhEKD0xpc3RKb2JzUmVxdWVzdCIyChBMaXN0Sm9ic1Jlc3BvbnNlEh4KBGpvYnMYASADKAsyEC5hdHZwcnVuZS52MS5Kb2IiLgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiHQoPV2F0Y2hKb2JSZXF1ZXN0EgoKAmlkGAEgASgJKpsBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVEVfUEVORElORxABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUy2gIKCkpvYlNlcnZpY2USSgoJU3VibWl0Sm9iEh0uYXR2cHJ1bmUudjEuU3VibWl0Sm9iUmVxdWVzdBoeLmF0dnBydW5lLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEjYKBkdldEpvYhIaLmF0dnBydW5lLnYxLkdldEpvYlJlcXVlc3QaEC5hdHZwcnVuZS52MS5Kb2ISRwoITGlzdEpvYnMSHC5hdHZwcnVuZS52MS5MaXN0Sm9ic1JlcXVlc3QaHS5hdHZwcnVuZS52MS5MaXN0Sm9ic1Jlc3BvbnNlEjwKCUNhbmNlbEpvYhIdLmF0dnBydW5lLnYxLkNhbmNlbEpvYlJlcXVlc3QaEC5hdHZwcnVuZS52MS5Kb2ISQQoIV2F0Y2hKb2ISHC5hdHZwcnVuZS52MS5XYXRjaEpvYlJlcXVlc3QaFS5hdHZwcnVuZS52MS5Kb2JFdmVudDABYgZwcm90bzM");
+  fileDesc("ChVhdHZwcnVuZS92MS9qb2IucHJvdG8SC2F0dnBydW5lLnYxIvQCCgdKb2JTcGVjEg0KBW1vZGVsGAEgASgJEg0KBWNhbGliGAIgASgJEgsKA291dBgDIAEoCRIOCgZtZXRob2QYBCABKAkSFQoIc3BhcnNpdHkYBSABKAFIAIgBARIPCgdwYXR0ZXJuGAYgASgJEhIKBWFscGhhGAcgASgBSAGIAQESEwoLcHJvcGFnYXRpb24YCCABKAkSFQoIbnNhbXBsZXMYCSABKA1IAogBARIRCgRzZWVkGAogASgDSAOIAQESDwoHaW5jbHVkZRgLIAMoCRIPCgdleGNsdWRlGAwgAygJEhcKD21hZ25pdHVkZV9zY29wZRgNIAEoCRINCgVmb3JjZRgOIAEoCBIPCgd3b3JrZXJzGA8gASgNEhgKEHNwYXJzaXR5X3Byb2ZpbGUYECABKAkSEQoJa2VlcF93b3JrGBQgASgIQgsKCV9zcGFyc2l0eUIICgZfYWxwaGFCCwoJX25zYW1wbGVzQgcKBV9zZWVkInsKC1NoYXJkU3RhdHVzEg0KBWluZGV4GAEgASgNEhMKC2ZpcnN0X2Jsb2NrGAIgASgNEhEKCWVuZF9ibG9jaxgDIAEoDRIOCgZ3b3JrZXIYBCABKAkSEwoLYmxvY2tzX2RvbmUYBSABKA0SEAoIYXR0ZW1wdHMYBiABKA0i8gEKA0pvYhIKCgJpZBgBIAEoCRIiCgRzcGVjGAIgASgLMhQuYXR2cHJ1bmUudjEuSm9iU3BlYxIkCgVzdGF0ZRgDIAEoDjIVLmF0dnBydW5lLnYxLkpvYlN0YXRlEg4KBnJlYXNvbhgEIAEoCRIUCgxibG9ja3NfdG90YWwYBSABKA0SEwoLYmxvY2tzX2RvbmUYBiABKA0SKAoGc2hhcmRzGAcgAygLMhguYXR2cHJ1bmUudjEuU2hhcmRTdGF0dXMSFwoPY3JlYXRlZF91bml4X21zGAggASgDEhcKD3VwZGF0ZWRfdW5peF9tcxgJIAEoAyJHCg9Kb2JTdGF0ZUNoYW5nZWQSJAoFc3RhdGUYASABKA4yFS5hdHZwcnVuZS52MS5Kb2JTdGF0ZRIOCgZyZWFzb24YAiABKAkiPAoMQmxvY2tTdGFydGVkEg0KBWJsb2NrGAEgASgNEg0KBWxhYmVsGAIgASgJEg4KBndvcmtlchgDIAEoCSKMAgoNQmxvY2tGaW5pc2hlZBINCgVibG9jaxgBIAEoDRINCgVsYWJlbBgCIAEoCRIOCgZ3b3JrZXIYAyABKAkSDwoHc2Vjb25kcxgEIAEoARIZChF0b2tlbnNfcGVyX3NlY29uZBgFIAEoARIZCgxjb3NfZGlzdF9hdmcYBiABKAFIAIgBARIJCgFrGAcgAygNEg4KBnBydW5lZBgIIAEoBBIOCgZwYXJhbXMYCSABKAQSDgoGbl90ZXh0GAogAygNEhAKCG5fdmlzdWFsGAsgAygNEigKBmxheWVycxgMIAMoCzIYLmF0dnBydW5lLnYxLkxheWVyUmVzdWx0Qg8KDV9jb3NfZGlzdF9hdmciiQIKC0xheWVyUmVzdWx0Eg4KBndlaWdodBgBIAEoCRIMCgRub2RlGAIgASgJEg0KBWJsb2NrGAMgASgNEg4KBmluX2RpbRgEIAEoDRIPCgdvdXRfZGltGAUgASgNEhEKCWRhdGFfdHlwZRgGIAEoCRIXCg90YXJnZXRfc3BhcnNpdHkYByABKAESDgoGcHJ1bmVkGAggASgEEg4KBnBhcmFtcxgJIAEoBBIyCgVmYWN0cxgKIAMoCzIjLmF0dnBydW5lLnYxLkxheWVyUmVzdWx0LkZhY3RzRW50cnkaLAoKRmFjdHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBImcKDVNoYXJkQXNzaWduZWQSDQoFc2hhcmQYASABKA0SEwoLZmlyc3RfYmxvY2sYAiABKA0SEQoJZW5kX2Jsb2NrGAMgASgNEg4KBndvcmtlchgEIAEoCRIPCgdhdHRlbXB0GAUgASgNIlwKC1NoYXJkRmFpbGVkEg0KBXNoYXJkGAEgASgNEg4KBndvcmtlchgCIAEoCRIPCgdhdHRlbXB0GAMgASgNEg0KBWNhdXNlGAQgASgJEg4KBnJlYXNvbhgFIAEoCSJoCg9TaGFyZFJlYXNzaWduZWQSDQoFc2hhcmQYASABKA0SEwoLZnJvbV93b3JrZXIYAiABKAkSEQoJdG9fd29ya2VyGAMgASgJEg8KB2F0dGVtcHQYBCABKA0SDQoFY2F1c2UYBSABKAkiTAoMQmxvY2tBYm9ydGVkEg0KBWJsb2NrGAEgASgNEg0KBWxhYmVsGAIgASgJEg4KBndvcmtlchgDIAEoCRIOCgZyZWFzb24YBCABKAkisAMKCEpvYkV2ZW50Eg4KBmpvYl9pZBgBIAEoCRIUCgx0aW1lX3VuaXhfbXMYAiABKAMSNQoNc3RhdGVfY2hhbmdlZBgKIAEoCzIcLmF0dnBydW5lLnYxLkpvYlN0YXRlQ2hhbmdlZEgAEjIKDWJsb2NrX3N0YXJ0ZWQYCyABKAsyGS5hdHZwcnVuZS52MS5CbG9ja1N0YXJ0ZWRIABI0Cg5ibG9ja19maW5pc2hlZBgMIAEoCzIaLmF0dnBydW5lLnYxLkJsb2NrRmluaXNoZWRIABI0Cg5zaGFyZF9hc3NpZ25lZBgNIAEoCzIaLmF0dnBydW5lLnYxLlNoYXJkQXNzaWduZWRIABIwCgxzaGFyZF9mYWlsZWQYFCABKAsyGC5hdHZwcnVuZS52MS5TaGFyZEZhaWxlZEgAEjgKEHNoYXJkX3JlYXNzaWduZWQYFSABKAsyHC5hdHZwcnVuZS52MS5TaGFyZFJlYXNzaWduZWRIABIyCg1ibG9ja19hYm9ydGVkGBYgASgLMhkuYXR2cHJ1bmUudjEuQmxvY2tBYm9ydGVkSABCBwoFZXZlbnQiNgoQU3VibWl0Sm9iUmVxdWVzdBIiCgRzcGVjGAEgASgLMhQuYXR2cHJ1bmUudjEuSm9iU3BlYyIyChFTdWJtaXRKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5hdHZwcnVuZS52MS5Kb2IiGwoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCSIRCg9MaXN0Sm9ic1JlcXVlc3QiMgoQTGlzdEpvYnNSZXNwb25zZRIeCgRqb2JzGAEgAygLMhAuYXR2cHJ1bmUudjEuSm9iIi4KEENhbmNlbEpvYlJlcXVlc3QSCgoCaWQYASABKAkSDgoGcmVhc29uGAIgASgJIh0KD1dhdGNoSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSqbAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRSk9CX1NUQVRFX1BFTkRJTkcQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQAxIUChBKT0JfU1RBVEVfRkFJTEVEEAQSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAFMtoCCgpKb2JTZXJ2aWNlEkoKCVN1Ym1pdEpvYhIdLmF0dnBydW5lLnYxLlN1Ym1pdEpvYlJlcXVlc3QaHi5hdHZwcnVuZS52MS5TdWJtaXRKb2JSZXNwb25zZRI2CgZHZXRKb2ISGi5hdHZwcnVuZS52MS5HZXRKb2JSZXF1ZXN0GhAuYXR2cHJ1bmUudjEuSm9iEkcKCExpc3RKb2JzEhwuYXR2cHJ1bmUudjEuTGlzdEpvYnNSZXF1ZXN0Gh0uYXR2cHJ1bmUudjEuTGlzdEpvYnNSZXNwb25zZRI8CglDYW5jZWxKb2ISHS5hdHZwcnVuZS52MS5DYW5jZWxKb2JSZXF1ZXN0GhAuYXR2cHJ1bmUudjEuSm9iEkEKCFdhdGNoSm9iEhwuYXR2cHJ1bmUudjEuV2F0Y2hKb2JSZXF1ZXN0GhUuYXR2cHJ1bmUudjEuSm9iRXZlbnQwAWIGcHJvdG8z");
 
 /**
  * The same fields as `atvp prune` takes. Paths must resolve inside the coordinator's allowed roots.
@@ -105,6 +105,13 @@ export type JobSpec = Message<"atvprune.v1.JobSpec"> & {
    * @generated from field: uint32 workers = 15;
    */
   workers: number;
+
+  /**
+   * uniform (default); how --sparsity becomes per-linear targets
+   *
+   * @generated from field: string sparsity_profile = 16;
+   */
+  sparsityProfile: string;
 
   /**
    * keep the job's work folder (checkpoints, states/*.bin) after it SUCCEEDS or is CANCELLED;
@@ -322,6 +329,24 @@ export type BlockFinished = Message<"atvprune.v1.BlockFinished"> & {
    * @generated from field: uint64 params = 9;
    */
   params: bigint;
+
+  /**
+   * the rest of the block's report (report.json blocks[] and layers[]), so the coordinator
+   * builds report.json from the progress stream
+   *
+   * @generated from field: repeated uint32 n_text = 10;
+   */
+  nText: number[];
+
+  /**
+   * @generated from field: repeated uint32 n_visual = 11;
+   */
+  nVisual: number[];
+
+  /**
+   * @generated from field: repeated atvprune.v1.LayerResult layers = 12;
+   */
+  layers: LayerResult[];
 };
 
 /**
@@ -330,6 +355,70 @@ export type BlockFinished = Message<"atvprune.v1.BlockFinished"> & {
  */
 export const BlockFinishedSchema: GenMessage<BlockFinished> = /*@__PURE__*/
   messageDesc(file_atvprune_v1_job, 5);
+
+/**
+ * @generated from message atvprune.v1.LayerResult
+ */
+export type LayerResult = Message<"atvprune.v1.LayerResult"> & {
+  /**
+   * @generated from field: string weight = 1;
+   */
+  weight: string;
+
+  /**
+   * @generated from field: string node = 2;
+   */
+  node: string;
+
+  /**
+   * @generated from field: uint32 block = 3;
+   */
+  block: number;
+
+  /**
+   * @generated from field: uint32 in_dim = 4;
+   */
+  inDim: number;
+
+  /**
+   * @generated from field: uint32 out_dim = 5;
+   */
+  outDim: number;
+
+  /**
+   * @generated from field: string data_type = 6;
+   */
+  dataType: string;
+
+  /**
+   * @generated from field: double target_sparsity = 7;
+   */
+  targetSparsity: number;
+
+  /**
+   * @generated from field: uint64 pruned = 8;
+   */
+  pruned: bigint;
+
+  /**
+   * @generated from field: uint64 params = 9;
+   */
+  params: bigint;
+
+  /**
+   * the method's own facts (e.g. SparseGPT's reconstruction error)
+   *
+   * @generated from field: map<string, double> facts = 10;
+   */
+  facts: { [key: string]: number };
+};
+
+/**
+ * Describes the message atvprune.v1.LayerResult.
+ * Use `create(LayerResultSchema)` to create a new message.
+ */
+export const LayerResultSchema: GenMessage<LayerResult> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_job, 6);
 
 /**
  * @generated from message atvprune.v1.ShardAssigned
@@ -366,7 +455,7 @@ export type ShardAssigned = Message<"atvprune.v1.ShardAssigned"> & {
  * Use `create(ShardAssignedSchema)` to create a new message.
  */
 export const ShardAssignedSchema: GenMessage<ShardAssigned> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 6);
+  messageDesc(file_atvprune_v1_job, 7);
 
 /**
  * A shard attempt ended without finishing its blocks; the shard is rerun (shard_reassigned) or the job fails.
@@ -408,7 +497,7 @@ export type ShardFailed = Message<"atvprune.v1.ShardFailed"> & {
  * Use `create(ShardFailedSchema)` to create a new message.
  */
 export const ShardFailedSchema: GenMessage<ShardFailed> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 7);
+  messageDesc(file_atvprune_v1_job, 8);
 
 /**
  * A failed shard moves to another worker (or the same one, when no other is ready).
@@ -449,7 +538,7 @@ export type ShardReassigned = Message<"atvprune.v1.ShardReassigned"> & {
  * Use `create(ShardReassignedSchema)` to create a new message.
  */
 export const ShardReassignedSchema: GenMessage<ShardReassigned> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 8);
+  messageDesc(file_atvprune_v1_job, 9);
 
 /**
  * Closes a block_started whose block will not finish on that worker (its shard failed, or the job ended).
@@ -483,7 +572,7 @@ export type BlockAborted = Message<"atvprune.v1.BlockAborted"> & {
  * Use `create(BlockAbortedSchema)` to create a new message.
  */
 export const BlockAbortedSchema: GenMessage<BlockAborted> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 9);
+  messageDesc(file_atvprune_v1_job, 10);
 
 /**
  * @generated from message atvprune.v1.JobEvent
@@ -552,7 +641,7 @@ export type JobEvent = Message<"atvprune.v1.JobEvent"> & {
  * Use `create(JobEventSchema)` to create a new message.
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 10);
+  messageDesc(file_atvprune_v1_job, 11);
 
 /**
  * @generated from message atvprune.v1.SubmitJobRequest
@@ -569,7 +658,7 @@ export type SubmitJobRequest = Message<"atvprune.v1.SubmitJobRequest"> & {
  * Use `create(SubmitJobRequestSchema)` to create a new message.
  */
 export const SubmitJobRequestSchema: GenMessage<SubmitJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 11);
+  messageDesc(file_atvprune_v1_job, 12);
 
 /**
  * @generated from message atvprune.v1.SubmitJobResponse
@@ -586,7 +675,7 @@ export type SubmitJobResponse = Message<"atvprune.v1.SubmitJobResponse"> & {
  * Use `create(SubmitJobResponseSchema)` to create a new message.
  */
 export const SubmitJobResponseSchema: GenMessage<SubmitJobResponse> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 12);
+  messageDesc(file_atvprune_v1_job, 13);
 
 /**
  * @generated from message atvprune.v1.GetJobRequest
@@ -603,7 +692,7 @@ export type GetJobRequest = Message<"atvprune.v1.GetJobRequest"> & {
  * Use `create(GetJobRequestSchema)` to create a new message.
  */
 export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 13);
+  messageDesc(file_atvprune_v1_job, 14);
 
 /**
  * @generated from message atvprune.v1.ListJobsRequest
@@ -616,7 +705,7 @@ export type ListJobsRequest = Message<"atvprune.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 14);
+  messageDesc(file_atvprune_v1_job, 15);
 
 /**
  * @generated from message atvprune.v1.ListJobsResponse
@@ -633,7 +722,7 @@ export type ListJobsResponse = Message<"atvprune.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 15);
+  messageDesc(file_atvprune_v1_job, 16);
 
 /**
  * @generated from message atvprune.v1.CancelJobRequest
@@ -655,7 +744,7 @@ export type CancelJobRequest = Message<"atvprune.v1.CancelJobRequest"> & {
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 16);
+  messageDesc(file_atvprune_v1_job, 17);
 
 /**
  * @generated from message atvprune.v1.WatchJobRequest
@@ -672,7 +761,7 @@ export type WatchJobRequest = Message<"atvprune.v1.WatchJobRequest"> & {
  * Use `create(WatchJobRequestSchema)` to create a new message.
  */
 export const WatchJobRequestSchema: GenMessage<WatchJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 17);
+  messageDesc(file_atvprune_v1_job, 18);
 
 /**
  * @generated from enum atvprune.v1.JobState

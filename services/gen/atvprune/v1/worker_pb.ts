@@ -8,15 +8,17 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { BlockFinished, BlockStarted, JobSpec } from "./job_pb.js";
+import type { BlockFinished, BlockStarted } from "./job_pb.js";
 import { file_atvprune_v1_job } from "./job_pb.js";
+import type { JobPlan } from "./plan_pb.js";
+import { file_atvprune_v1_plan } from "./plan_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file atvprune/v1/worker.proto.
  */
 export const file_atvprune_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChhhdHZwcnVuZS92MS93b3JrZXIucHJvdG8SC2F0dnBydW5lLnYxIhAKDkdldEluZm9SZXF1ZXN0InYKCldvcmtlckluZm8SCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIOCgZkZXZpY2UYAyABKAkSFAoMbWVtb3J5X2J5dGVzGAQgASgEEg8KB3RocmVhZHMYBSABKA0SFAoMcnVubmluZ19qb2JzGAYgAygJIuEBCg9TaGFyZEFzc2lnbm1lbnQSDgoGam9iX2lkGAEgASgJEiIKBHNwZWMYAiABKAsyFC5hdHZwcnVuZS52MS5Kb2JTcGVjEg0KBXNoYXJkGAMgASgNEhMKC2ZpcnN0X2Jsb2NrGAQgASgNEhEKCWVuZF9ibG9jaxgFIAEoDRIQCgh1cHN0cmVhbRgGIAEoCRIQCgh3b3JrX2RpchgHIAEoCRIPCgdhdHRlbXB0GAggASgNEhQKDGhlYXJ0YmVhdF9tcxgUIAEoDRIYChBzdGFsbF90aW1lb3V0X21zGBUgASgNIhoKCVNoYXJkRG9uZRINCgVzaGFyZBgBIAEoDSIfCg5TaGFyZEhlYXJ0YmVhdBINCgVzaGFyZBgBIAEoDSLfAQoNU2hhcmRQcm9ncmVzcxIyCg1ibG9ja19zdGFydGVkGAEgASgLMhkuYXR2cHJ1bmUudjEuQmxvY2tTdGFydGVkSAASNAoOYmxvY2tfZmluaXNoZWQYAiABKAsyGi5hdHZwcnVuZS52MS5CbG9ja0ZpbmlzaGVkSAASJgoEZG9uZRgDIAEoCzIWLmF0dnBydW5lLnYxLlNoYXJkRG9uZUgAEjAKCWhlYXJ0YmVhdBgKIAEoCzIbLmF0dnBydW5lLnYxLlNoYXJkSGVhcnRiZWF0SABCCgoIcHJvZ3Jlc3MiMwoSQ2FuY2VsU2hhcmRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVzaGFyZBgCIAEoDSIoChNDYW5jZWxTaGFyZFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCJIChVVcGRhdGVVcHN0cmVhbVJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBXNoYXJkGAIgASgNEhAKCHVwc3RyZWFtGAMgASgJIhgKFlVwZGF0ZVVwc3RyZWFtUmVzcG9uc2UiRwoRUHVsbFN0YXRlc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBWJsb2NrGAIgASgNEhMKC2Zyb21fc2FtcGxlGAMgASgNIpYBCgpTdGF0ZUNodW5rEg4KBnNhbXBsZRgBIAEoDRIOCgZ0ZW5zb3IYAiABKAkSDAoEdHlwZRgDIAEoCRIMCgRkaW1zGAQgAygNEhMKC3RvdGFsX2J5dGVzGAUgASgEEg4KBm9mZnNldBgGIAEoBBIMCgRkYXRhGAcgASgMEhkKEXRlbnNvcnNfaW5fc2FtcGxlGAggASgNMo4DCg1Xb3JrZXJTZXJ2aWNlEj8KB0dldEluZm8SGy5hdHZwcnVuZS52MS5HZXRJbmZvUmVxdWVzdBoXLmF0dnBydW5lLnYxLldvcmtlckluZm8SRgoIUnVuU2hhcmQSHC5hdHZwcnVuZS52MS5TaGFyZEFzc2lnbm1lbnQaGi5hdHZwcnVuZS52MS5TaGFyZFByb2dyZXNzMAESUAoLQ2FuY2VsU2hhcmQSHy5hdHZwcnVuZS52MS5DYW5jZWxTaGFyZFJlcXVlc3QaIC5hdHZwcnVuZS52MS5DYW5jZWxTaGFyZFJlc3BvbnNlElkKDlVwZGF0ZVVwc3RyZWFtEiIuYXR2cHJ1bmUudjEuVXBkYXRlVXBzdHJlYW1SZXF1ZXN0GiMuYXR2cHJ1bmUudjEuVXBkYXRlVXBzdHJlYW1SZXNwb25zZRJHCgpQdWxsU3RhdGVzEh4uYXR2cHJ1bmUudjEuUHVsbFN0YXRlc1JlcXVlc3QaFy5hdHZwcnVuZS52MS5TdGF0ZUNodW5rMAFiBnByb3RvMw", [file_atvprune_v1_job]);
+  fileDesc("ChhhdHZwcnVuZS92MS93b3JrZXIucHJvdG8SC2F0dnBydW5lLnYxIhAKDkdldEluZm9SZXF1ZXN0InYKCldvcmtlckluZm8SCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIOCgZkZXZpY2UYAyABKAkSFAoMbWVtb3J5X2J5dGVzGAQgASgEEg8KB3RocmVhZHMYBSABKA0SFAoMcnVubmluZ19qb2JzGAYgAygJIucBCg9TaGFyZEFzc2lnbm1lbnQSDgoGam9iX2lkGAEgASgJEiIKBHBsYW4YCSABKAsyFC5hdHZwcnVuZS52MS5Kb2JQbGFuEg0KBXNoYXJkGAMgASgNEhMKC2ZpcnN0X2Jsb2NrGAQgASgNEhEKCWVuZF9ibG9jaxgFIAEoDRIQCgh1cHN0cmVhbRgGIAEoCRIQCgh3b3JrX2RpchgHIAEoCRIPCgdhdHRlbXB0GAggASgNEhQKDGhlYXJ0YmVhdF9tcxgUIAEoDRIYChBzdGFsbF90aW1lb3V0X21zGBUgASgNSgQIAhADIhoKCVNoYXJkRG9uZRINCgVzaGFyZBgBIAEoDSIfCg5TaGFyZEhlYXJ0YmVhdBINCgVzaGFyZBgBIAEoDSLfAQoNU2hhcmRQcm9ncmVzcxIyCg1ibG9ja19zdGFydGVkGAEgASgLMhkuYXR2cHJ1bmUudjEuQmxvY2tTdGFydGVkSAASNAoOYmxvY2tfZmluaXNoZWQYAiABKAsyGi5hdHZwcnVuZS52MS5CbG9ja0ZpbmlzaGVkSAASJgoEZG9uZRgDIAEoCzIWLmF0dnBydW5lLnYxLlNoYXJkRG9uZUgAEjAKCWhlYXJ0YmVhdBgKIAEoCzIbLmF0dnBydW5lLnYxLlNoYXJkSGVhcnRiZWF0SABCCgoIcHJvZ3Jlc3MiMwoSQ2FuY2VsU2hhcmRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVzaGFyZBgCIAEoDSIoChNDYW5jZWxTaGFyZFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCJIChVVcGRhdGVVcHN0cmVhbVJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBXNoYXJkGAIgASgNEhAKCHVwc3RyZWFtGAMgASgJIhgKFlVwZGF0ZVVwc3RyZWFtUmVzcG9uc2UiRwoRUHVsbFN0YXRlc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBWJsb2NrGAIgASgNEhMKC2Zyb21fc2FtcGxlGAMgASgNIpYBCgpTdGF0ZUNodW5rEg4KBnNhbXBsZRgBIAEoDRIOCgZ0ZW5zb3IYAiABKAkSDAoEdHlwZRgDIAEoCRIMCgRkaW1zGAQgAygNEhMKC3RvdGFsX2J5dGVzGAUgASgEEg4KBm9mZnNldBgGIAEoBBIMCgRkYXRhGAcgASgMEhkKEXRlbnNvcnNfaW5fc2FtcGxlGAggASgNIksKFUZpbmFsaXplT3V0cHV0UmVxdWVzdBIOCgZqb2JfaWQYASABKAkSIgoEcGxhbhgCIAEoCzIULmF0dnBydW5lLnYxLkpvYlBsYW4iGAoWRmluYWxpemVPdXRwdXRSZXNwb25zZTLpAwoNV29ya2VyU2VydmljZRI/CgdHZXRJbmZvEhsuYXR2cHJ1bmUudjEuR2V0SW5mb1JlcXVlc3QaFy5hdHZwcnVuZS52MS5Xb3JrZXJJbmZvEkYKCFJ1blNoYXJkEhwuYXR2cHJ1bmUudjEuU2hhcmRBc3NpZ25tZW50GhouYXR2cHJ1bmUudjEuU2hhcmRQcm9ncmVzczABElAKC0NhbmNlbFNoYXJkEh8uYXR2cHJ1bmUudjEuQ2FuY2VsU2hhcmRSZXF1ZXN0GiAuYXR2cHJ1bmUudjEuQ2FuY2VsU2hhcmRSZXNwb25zZRJZCg5VcGRhdGVVcHN0cmVhbRIiLmF0dnBydW5lLnYxLlVwZGF0ZVVwc3RyZWFtUmVxdWVzdBojLmF0dnBydW5lLnYxLlVwZGF0ZVVwc3RyZWFtUmVzcG9uc2USRwoKUHVsbFN0YXRlcxIeLmF0dnBydW5lLnYxLlB1bGxTdGF0ZXNSZXF1ZXN0GhcuYXR2cHJ1bmUudjEuU3RhdGVDaHVuazABElkKDkZpbmFsaXplT3V0cHV0EiIuYXR2cHJ1bmUudjEuRmluYWxpemVPdXRwdXRSZXF1ZXN0GiMuYXR2cHJ1bmUudjEuRmluYWxpemVPdXRwdXRSZXNwb25zZWIGcHJvdG8z", [file_atvprune_v1_job, file_atvprune_v1_plan]);
 
 /**
  * @generated from message atvprune.v1.GetInfoRequest
@@ -91,9 +93,11 @@ export type ShardAssignment = Message<"atvprune.v1.ShardAssignment"> & {
   jobId: string;
 
   /**
-   * @generated from field: atvprune.v1.JobSpec spec = 2;
+   * the job as the coordinator resolved it; the worker runs it as given
+   *
+   * @generated from field: atvprune.v1.JobPlan plan = 9;
    */
-  spec?: JobSpec | undefined;
+  plan?: JobPlan | undefined;
 
   /**
    * @generated from field: uint32 shard = 3;
@@ -398,6 +402,45 @@ export const StateChunkSchema: GenMessage<StateChunk> = /*@__PURE__*/
   messageDesc(file_atvprune_v1_worker, 11);
 
 /**
+ * After every shard of the job is done: the worker copies the untouched weights into
+ * <out>/model.onnx.data.partial, renames it and writes model.onnx (the coordinator never opens
+ * weights). Idempotent once the output is complete.
+ *
+ * @generated from message atvprune.v1.FinalizeOutputRequest
+ */
+export type FinalizeOutputRequest = Message<"atvprune.v1.FinalizeOutputRequest"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: atvprune.v1.JobPlan plan = 2;
+   */
+  plan?: JobPlan | undefined;
+};
+
+/**
+ * Describes the message atvprune.v1.FinalizeOutputRequest.
+ * Use `create(FinalizeOutputRequestSchema)` to create a new message.
+ */
+export const FinalizeOutputRequestSchema: GenMessage<FinalizeOutputRequest> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_worker, 12);
+
+/**
+ * @generated from message atvprune.v1.FinalizeOutputResponse
+ */
+export type FinalizeOutputResponse = Message<"atvprune.v1.FinalizeOutputResponse"> & {
+};
+
+/**
+ * Describes the message atvprune.v1.FinalizeOutputResponse.
+ * Use `create(FinalizeOutputResponseSchema)` to create a new message.
+ */
+export const FinalizeOutputResponseSchema: GenMessage<FinalizeOutputResponse> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_worker, 13);
+
+/**
  * @generated from service atvprune.v1.WorkerService
  */
 export const WorkerService: GenService<{
@@ -442,6 +485,14 @@ export const WorkerService: GenService<{
     methodKind: "server_streaming";
     input: typeof PullStatesRequestSchema;
     output: typeof StateChunkSchema;
+  },
+  /**
+   * @generated from rpc atvprune.v1.WorkerService.FinalizeOutput
+   */
+  finalizeOutput: {
+    methodKind: "unary";
+    input: typeof FinalizeOutputRequestSchema;
+    output: typeof FinalizeOutputResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_atvprune_v1_worker, 0);
