@@ -50,6 +50,8 @@ export function toPlanMessage(plan: JobPlan): JobPlanMessage {
     nsamples: plan.nsamples,
     seed: BigInt(plan.seed),
     sparsityProfile: plan.sparsityProfile,
+    owlLambda: plan.profileOptions.owlLambda,
+    owlM: plan.profileOptions.owlM,
     phases: plan.phases.map((p) => PHASES[p]),
     blocks: plan.blocks,
     linears: plan.linears.map((l) => ({ weight: l.weight, block: l.block, target: l.target, offset: BigInt(l.region.offset), length: BigInt(l.region.length) })),
@@ -80,6 +82,7 @@ export function fromPlanMessage(m: JobPlanMessage | undefined): JobPlan {
       nsamples: m.nsamples,
       seed: Number(m.seed),
       sparsityProfile: m.sparsityProfile,
+      profileOptions: { owlLambda: m.owlLambda, owlM: m.owlM },
       phases: m.phases.map((p) => {
         const name = phaseNames.get(p);
         if (!name) throw new InvalidArgumentError("plan.phases", `unknown phase ${p}`);

@@ -107,3 +107,18 @@ test("sparsegpt: a worker killed with SIGKILL mid-job, same bytes", async () => 
     for (const c of children) await c.kill();
   }
 });
+
+test("the owl profile in a cluster: refused as not supported yet, naming the profile", async () => {
+  const nats = await freshNats();
+  const c = await startLocalCluster(nats.url, 2, tmp.path);
+  try {
+    const out = join(tmp.path, `out-${++counter}`);
+    const { job } = await c.client.submitJob({ spec: { model: model.model, calib: model.calib, out, method: "wanda", sparsity: 0.5, sparsityProfile: "owl" } });
+    const result = await waitForJob(c.client, job!.id);
+    const final = await c.client.getJob({ id: job!.id });
+    assert.equal(result.state, JobState.FAILED);
+    assert.match(final.reason, /owl.*not supported yet in a cluster/);
+  } finally {
+    await c.close();
+  }
+});

@@ -19,9 +19,11 @@ import { clampThreads } from "../runtime/threadLimit.js";
 import { createMethod, methodDefinition } from "../methods/index.js";
 import { planJob, planTargets, selectPrunable } from "../plan/jobPlan.js";
 import { BlockEngine, type SampleState } from "./blockEngine.js";
+import { jobProfile } from "../profiles/index.js";
+import { profileTargets } from "../profiles/prePass.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
 import { resolveSpec, selectLinears, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
-import type { BlockReport, LayerReport, PruneReport } from "./report.js";
+import { blockSparsity, type BlockReport, type LayerReport, type PruneReport } from "./report.js";
 import { checkSample, SampleFeeds } from "./sampleFeeds.js";
 
 export type PruneEvent =
@@ -55,11 +57,16 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     const selection = selectPrunable(spec, analysis);
     prepared = await prepareOutputDir(spec.out, spec.force, { inputs: jobInputs(spec, data, samples), lock: {} });
     const plan = planJob(spec, analysis, data, selection);
-    if (plan.phases.includes("profile")) throw new InvalidArgumentError("sparsityProfile", `${plan.sparsityProfile}'s pre-pass is not supported yet`);
     writer = await PrunedModelWriter.create(analysis.loaded, data, spec.out, new Set(plan.linears.map((l) => l.weight)));
     host = InferenceHost.start({ threads: spec.threads, device: spec.device, warn: options.warn });
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
-    const engine = new BlockEngine({ ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan) });
+    // The plan's selection, with the profile's placeholder targets until the profile phase ran.
+    const context = { ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan) };
+    // The profile phase (OWL): a dense pass over every block before any block is pruned.
+    const targets = plan.phases.includes("profile")
+      ? await profileTargets(new BlockEngine(context), jobProfile(spec), selection, spec.sparsity)
+      : planTargets(plan);
+    const engine = new BlockEngine({ ...context, targets });
     emit({ type: "job_started", blocks: analysis.partition.numBlocks, samples: samples.length, method: spec.method, graphAnalysis: analysis.partition.method });
 
     let states: SampleState[] = samples.length === 0 ? [] : await engine.initialStates();
@@ -142,12 +149,13 @@ export function buildReport(
   const pruned = layers.reduce((a, l) => a + l.pruned, 0);
   return {
     method: spec.method,
+    sparsityProfile: { name: spec.sparsityProfile, ...jobProfile(spec).options },
     sparsity: spec.sparsity,
     pattern: spec.patternText,
     alpha: spec.alpha,
     propagation: spec.propagation,
     layers,
-    blocks,
+    blocks: blocks.map((b) => ({ ...b, ...blockSparsity(layers.filter((l) => l.block === b.index)) })),
     totals: {
       params, pruned, sparsity: params === 0 ? 0 : pruned / params,
       blocks: analysis.partition.numBlocks,

@@ -33,6 +33,7 @@ export function owlProfile({ lambda = OWL_DEFAULT_LAMBDA, m = OWL_DEFAULT_M, pat
   };
   return {
     name: "owl",
+    options: { owlLambda: lambda, owlM: m },
     prePass,
     targets({ sparsity, linears, facts }) {
       const perBlock = owlBlockSparsities(facts.map((f) => f[0]!), lambda, sparsity);
