@@ -14,7 +14,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { GRPC_OPTIONS } from "../services/rpc/credentials.js";
-import { DATA_PLANE_CHANNEL_OPTIONS, UpstreamStates } from "../services/worker/src/upstreamStates.js";
+import { DATA_PLANE_CHANNEL_OPTIONS, UpstreamStates } from "../services/worker/src/dataplane/upstreamStates.js";
 import type { BenchLine } from "./benchLine.js";
 
 const SERVER = fileURLToPath(new URL("./streamServer.js", import.meta.url));

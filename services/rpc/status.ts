@@ -3,12 +3,12 @@
  * and clients get the grpc-js status with a message that names the field or the thing.
  */
 import { status, type ServiceError, Metadata } from "@grpc/grpc-js";
-import { AtvpError, type AtvpErrorCode } from "../core/src/errors.js";
+import { AtvpError, TypedError, type AtvpErrorCode } from "../core/src/errors.js";
 
-export class RpcError extends Error {
-  constructor(readonly code: status, message: string) {
-    super(message);
-    this.name = "RpcError";
+/** A gRPC status and a message that names the field or the thing itself (`spec.out: ...`). */
+export class RpcError extends TypedError<status> {
+  constructor(code: status, message: string) {
+    super(code, "", message);
   }
 }
 

@@ -116,6 +116,7 @@ test("the CRD's defaults are the engine's (what SubmitJob uses for an unset fiel
   assert.equal(spec["propagation"], resolved.propagation);
   assert.equal(spec["seed"], resolved.seed);
   assert.equal(spec["magnitudeScope"], resolved.magnitudeScope);
+  assert.equal(spec["sparsityProfile"], resolved.sparsityProfile);
   assert.equal(spec["force"], resolved.force);
   assert.equal(spec["workers"], 0);
   // With the defaults filled in, the API resolves the same spec.
@@ -127,7 +128,7 @@ test("every spec the gRPC API refuses for a field, the CRD refuses too (and both
     ["unknown method", { ...BASE, method: "sgd" }],
     ["sparsity 1", { ...BASE, sparsity: 1 }],
     ["negative sparsity", { ...BASE, sparsity: -0.1 }],
-    ["no sparsity, unstructured", { ...BASE, sparsity: undefined }],
+    ["unknown sparsity profile", { ...BASE, sparsityProfile: "flat" }],
     ["negative alpha", { ...BASE, alpha: -1 }],
     ["unknown propagation", { ...BASE, propagation: "both" }],
     ["nsamples 0", { ...BASE, nsamples: 0 }],
@@ -147,6 +148,7 @@ test("every spec the gRPC API refuses for a field, the CRD refuses too (and both
   const good: Array<[string, Record<string, unknown>]> = [
     ["the base", BASE],
     ["N:M without sparsity", { ...BASE, method: "wanda", sparsity: undefined, pattern: "2:4" }],
+    ["no sparsity (the API's default 0.5)", { ...BASE, sparsity: undefined }],
     ["magnitude without calib", { ...BASE, method: "magnitude", calib: undefined }],
     ["every field", { ...BASE, pattern: "unstructured", alpha: 4, propagation: "dense", nsamples: 8, seed: 7, include: ["mlp"], exclude: ["q_proj"], magnitudeScope: "matrix", force: true, workers: 2 }],
   ];

@@ -107,7 +107,7 @@ test("coordinator: reflection lists the services and serves JobService's file", 
   assert.equal((missing["error_response"] as { error_code: number }).error_code, grpc.status.NOT_FOUND);
 });
 
-test("worker: NOT_SERVING while its GPU is gone and while it drains; reflection lists WorkerService", async () => {
+test("worker: NOT_SERVING while its GPU is gone and while it drains; reflection lists WorkerService and WorkerDataService", async () => {
   // A stand-in nvidia-smi: the GPU "answers" while the flag file exists.
   const flag = join(tmp.path, "gpu-present");
   const smi = join(tmp.path, "nvidia-smi");
@@ -120,9 +120,10 @@ test("worker: NOT_SERVING while its GPU is gone and while it drains; reflection 
   try {
     assert.equal(await check(worker.address, ""), "SERVING");
     assert.equal(await check(worker.address, "atvprune.v1.WorkerService"), "SERVING");
+    assert.equal(await check(worker.address, "atvprune.v1.WorkerDataService"), "SERVING");
     const listed = await reflect(worker.address, { list_services: "*" });
     assert.deepEqual((listed["list_services_response"] as { service: Array<{ name: string }> }).service.map((s) => s.name).sort(),
-      ["atvprune.v1.WorkerService", "grpc.health.v1.Health"]);
+      ["atvprune.v1.WorkerDataService", "atvprune.v1.WorkerService", "grpc.health.v1.Health"]);
 
     const w = watch(worker.address, "");
     await w.until("SERVING");

@@ -10,6 +10,7 @@ import { existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { WorkerService, type ShardAssignment } from "../../services/gen/atvprune/v1/worker_pb.js";
+import { WorkerDataService } from "../../services/gen/atvprune/v1/worker_data_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ShardAssignmentSchema } from "../../services/gen/atvprune/v1/worker_pb.js";
 import { createClient, type Client } from "../../services/rpc/grpcAdapter.js";
@@ -32,7 +33,7 @@ const TOKEN = "cluster-token-1";
 let worker: WorkerHandle;
 let model: { model: string; calib: string };
 let outsideModel: { model: string; calib: string };
-const clients: Client<typeof WorkerService>[] = [];
+const clients: { close(): void }[] = [];
 
 const nodeTls = (): TlsConfig => ({ ca: pki.file("ca.crt"), cert: pki.file("node.crt"), key: pki.file("node.key") });
 
@@ -117,7 +118,9 @@ describe("who may call WorkerService", () => {
       await assert.rejects(c.getInfo({}, { deadlineMs: 5000 }), unauthenticated);
       await assert.rejects(c.cancelShard({ jobId: "j", shard: 0 }, { deadlineMs: 5000 }), unauthenticated);
       await assert.rejects(c.updateUpstream({ jobId: "j", shard: 0, upstream: "x:1" }, { deadlineMs: 5000 }), unauthenticated);
-      const pull = async () => { for await (const _ of c.pullStates({ jobId: "j", block: 1 }, { deadlineMs: 5000 })) { /* states */ } };
+      const data = createClient(WorkerDataService, worker.address, channelCredentials(nodeTls()), channelOptions(nodeTls(), { ...bearerClientOptions(token), "grpc.use_local_subchannel_pool": 1 }));
+      clients.push(data);
+      const pull = async () => { for await (const _ of data.pullStates({ jobId: "j", block: 1 }, { deadlineMs: 5000 })) { /* states */ } };
       await assert.rejects(pull(), unauthenticated);
       await assert.rejects(c.finalizeOutput({ jobId: "j", plan: intrusion().plan }, { deadlineMs: 5000 }), unauthenticated);
     }

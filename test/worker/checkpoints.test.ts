@@ -6,9 +6,9 @@ import assert from "node:assert/strict";
 import { existsSync, readdirSync, truncateSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { SampleState } from "../../services/core/src/pipeline/blockEngine.js";
-import { WorkDir } from "../../services/worker/src/checkpoints.js";
+import { WorkDir } from "../../services/worker/src/checkpoint/checkpoints.js";
 import { CheckpointError } from "../../services/worker/src/errors.js";
-import { StateFileReader, StateFileWriter, readStateFile, writeStateFile } from "../../services/worker/src/stateFile.js";
+import { StateFileReader, StateFileWriter, readStateFile, writeStateFile } from "../../services/worker/src/checkpoint/stateFile.js";
 import { parseWorkerArgs } from "../../services/worker/src/workerArgs.js";
 import { tempDir } from "../support/fixtures.js";
 

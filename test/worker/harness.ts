@@ -7,6 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import type { JobPlan as JobPlanMessage } from "../../services/gen/atvprune/v1/plan_pb.js";
 import { WorkerService, type ShardProgress } from "../../services/gen/atvprune/v1/worker_pb.js";
+import { WorkerDataService } from "../../services/gen/atvprune/v1/worker_data_pb.js";
 import { createClient, type Client } from "../../services/rpc/grpcAdapter.js";
 import { GRPC_OPTIONS } from "../../services/rpc/credentials.js";
 import { PrunedModelWriter } from "../../services/core/src/onnx/modelWriter.js";
@@ -21,6 +22,11 @@ export type WorkerClient = Client<typeof WorkerService>;
 
 export function workerClient(address: string): WorkerClient {
   return createClient(WorkerService, address, grpc.credentials.createInsecure(), { ...GRPC_OPTIONS, "grpc.use_local_subchannel_pool": 1 });
+}
+
+/** A client of the worker's data plane (PullStates). */
+export function dataClient(address: string): Client<typeof WorkerDataService> {
+  return createClient(WorkerDataService, address, grpc.credentials.createInsecure(), { ...GRPC_OPTIONS, "grpc.use_local_subchannel_pool": 1 });
 }
 
 

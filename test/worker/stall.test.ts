@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { generateModel } from "../../services/core/src/gen/genModel.js";
-import { RunLiveness } from "../../services/worker/src/runLiveness.js";
+import { RunLiveness } from "../../services/worker/src/control/runLiveness.js";
 import { tempDir } from "../support/fixtures.js";
 import { startChild, type ChildService } from "../support/cluster.js";
 import { MiniCoordinator, withTimeout } from "./harness.js";

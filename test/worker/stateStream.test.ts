@@ -5,14 +5,14 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { status, type ClientReadableStream } from "@grpc/grpc-js";
-import { StateChunkSchema, type StateChunk } from "../../services/gen/atvprune/v1/worker_pb.js";
+import { StateChunkSchema, type StateChunk } from "../../services/gen/atvprune/v1/worker_data_pb.js";
 import type { SampleState } from "../../services/core/src/pipeline/blockEngine.js";
 import type { WireTensor } from "../../services/core/src/runtime/wireTensor.js";
-import { encodeStateChunk } from "../../services/worker/src/chunkCodec.js";
+import { encodeStateChunk } from "../../services/worker/src/dataplane/chunkCodec.js";
 import { StateStreamError } from "../../services/worker/src/errors.js";
-import { CHUNK_BYTES, StateAssembler, chunksOf } from "../../services/worker/src/stateStream.js";
+import { CHUNK_BYTES, StateAssembler, chunksOf } from "../../services/worker/src/dataplane/stateStream.js";
 import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
-import { workerClient, withTimeout } from "./harness.js";
+import { dataClient, withTimeout } from "./harness.js";
 
 function state(seed: number, floats: number): SampleState {
   const big = new Float32Array(floats);
@@ -104,7 +104,7 @@ test("PullStates over gRPC: a slow reader holds the sender back; every byte arri
   for (let j = 0; j < samples; j++) box.put(j, states[j]!);
   const total = samples * (floats * 4 + 96 * 2 + 16);
 
-  const client = workerClient(server.address);
+  const client = dataClient(server.address);
   try {
     const call = client.pullStates({ jobId: "bp", block: 5, fromSample: 2 }) as unknown as ClientReadableStream<StateChunk>;
     const a = new StateAssembler("bp", 2);
@@ -144,7 +144,7 @@ test("PullStates over gRPC: a slow reader holds the sender back; every byte arri
 });
 
 test("PullStates for states this worker does not have is UNAVAILABLE (the puller retries)", async () => {
-  const client = workerClient(server.address);
+  const client = dataClient(server.address);
   try {
     const call = client.pullStates({ jobId: "nope", block: 1 }) as unknown as ClientReadableStream<StateChunk>;
     const err = await withTimeout(new Promise<{ code: number; details: string }>((resolve) => { call.on("data", () => {}); call.on("error", resolve); }), 10_000, "unknown pull");

@@ -3,9 +3,14 @@
  * engine errors: a tag to grep for (CLUSTER, a gRPC status name) and a message that says what
  * was wrong and what to do. main.ts prints them without a stack.
  */
-export class CliError extends Error {
-  constructor(readonly tag: string, message: string) {
-    super(message);
-    this.name = "CliError";
+import { TypedError } from "../../core/src/errors.js";
+
+export class CliError extends TypedError<string> {
+  constructor(tag: string, message: string) {
+    super(tag, "", message);
+  }
+
+  get tag(): string {
+    return this.code;
   }
 }

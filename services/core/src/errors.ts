@@ -15,16 +15,27 @@ export type AtvpErrorCode =
   | "OUTPUT_LOCKED"
   | "RUNTIME";
 
-export class AtvpError extends Error {
-  readonly code: AtvpErrorCode;
-  /** The file, tensor, layer, sample or option the error is about. */
+/**
+ * The one base of every typed error of the services (engine, worker, coordinator state and
+ * Kubernetes, gRPC statuses, CLI): a code to switch on, and the subject the error is about
+ * (empty when the message names it itself), prefixed to the message.
+ */
+export class TypedError<C extends string | number = string | number> extends Error {
+  readonly code: C;
+  /** The file, tensor, layer, job id, flag or address the error is about ("" if none). */
   readonly subject: string;
 
-  constructor(code: AtvpErrorCode, subject: string, message: string, options?: { cause?: unknown }) {
-    super(`${subject}: ${message}`, options);
+  constructor(code: C, subject: string, message: string, options?: { cause?: unknown }) {
+    super(subject ? `${subject}: ${message}` : message, options);
     this.code = code;
     this.subject = subject;
     this.name = new.target.name;
+  }
+}
+
+export class AtvpError extends TypedError<AtvpErrorCode> {
+  constructor(code: AtvpErrorCode, subject: string, message: string, options?: { cause?: unknown }) {
+    super(code, subject, message, options);
   }
 }
 

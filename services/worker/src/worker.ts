@@ -1,6 +1,7 @@
 /**
- * A worker process's parts put together: the WorkerService gRPC server, its outboxes and shard
- * table, its metrics and the /metrics HTTP endpoint. startWorker is what main.ts runs and what
+ * A worker process's parts put together: the gRPC server with its control plane
+ * (WorkerService) and its data plane (WorkerDataService), its outboxes and shard table, its
+ * metrics and the /metrics HTTP endpoint. startWorker is what main.ts runs and what
  * tests, benchmarks and `atvp cluster up` embed.
  */
 import { availableParallelism, hostname } from "node:os";
@@ -11,13 +12,16 @@ import { startMetricsServer, type MetricsServer } from "../../observability/metr
 import { addService } from "../../rpc/grpcAdapter.js";
 import { channelCredentials, channelOptions, GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/credentials.js";
 import { bearerClientOptions } from "../../rpc/bearerAuth.js";
-import { withFastStateChunks } from "./chunkCodec.js";
-import { OutboxRegistry } from "./outbox.js";
+import { withFastStateChunks } from "./dataplane/chunkCodec.js";
+import { OutboxRegistry } from "./dataplane/outbox.js";
 import { deviceMemoryBytes, gpuMemoryBytes } from "./gpuMemory.js";
 import { watchDevice, type DeviceProbeOptions } from "./deviceHealth.js";
 import { addHealthAndReflection } from "../../rpc/health.js";
-import { DATA_PLANE_CHANNEL_OPTIONS } from "./upstreamStates.js";
-import { ShardTable, workerServiceImpl } from "./workerService.js";
+import { DATA_PLANE_CHANNEL_OPTIONS } from "./dataplane/upstreamStates.js";
+import { controlServiceImpl } from "./control/controlService.js";
+import { ShardTable } from "./control/shardTable.js";
+import { dataServiceImpl } from "./dataplane/dataService.js";
+import { WorkerDataService } from "../../gen/atvprune/v1/worker_data_pb.js";
 import { WorkerMetrics } from "./workerMetrics.js";
 import { registerWorkerStatusMetrics } from "./workerStatusMetrics.js";
 
@@ -85,16 +89,15 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
   const outboxes = new OutboxRegistry();
   const shards = new ShardTable();
   const me = { id, address, device, memoryBytes, threads };
-  addService(withFastStateChunks(server), WorkerService, workerServiceImpl(me, shards, outboxes, {
+  const callers = { token: opts.token, clientNames: opts.clientNames };
+  addService(server, WorkerService, controlServiceImpl(me, shards, {
     workerId: id, threads, device, outboxes, metrics, log,
     credentials: channelCredentials(opts.tls),
     channelOptions: { ...GRPC_OPTIONS, ...DATA_PLANE_CHANNEL_OPTIONS, ...channelOptions(opts.tls), ...bearerClientOptions(opts.token) },
-  }, opts.pullWaitMs, {
-    token: opts.token,
-    clientNames: opts.clientNames,
-    policy: opts.allowedRoots && { allowedRoots: opts.allowedRoots, workRoots: opts.workRoots ?? [] },
-  }));
-  const health = addHealthAndReflection(server, [WorkerService]);
+  }, { ...callers, policy: opts.allowedRoots && { allowedRoots: opts.allowedRoots, workRoots: opts.workRoots ?? [] } }));
+  const served = (n: number) => metrics.activationBytes.inc({ direction: "served" }, n);
+  addService(withFastStateChunks(server), WorkerDataService, dataServiceImpl(shards, outboxes, served, opts.pullWaitMs, callers));
+  const health = addHealthAndReflection(server, [WorkerService, WorkerDataService]);
   const hadGpu = device !== "cpu" && (await gpuMemoryBytes(opts.deviceProbe)) !== undefined;
   const deviceWatch = watchDevice(hadGpu, (present) => health.setServing(present && !closing), log, opts.deviceProbe);
   registerWorkerStatusMetrics(metrics.registry, { device, memoryBytes, deviceUp: () => deviceWatch.present, shardsRunning: () => shards.all().length });

@@ -4,6 +4,8 @@
  * selector, a namespace/StatefulSet), so an operator reading the log knows which RBAC rule or
  * which object to look at.
  */
+import { TypedError } from "../../../core/src/errors.js";
+
 export type KubeErrorCode =
   /** no usable configuration: not in a pod, or a kubeconfig that does not load */
   | "CONFIG"
@@ -12,19 +14,14 @@ export type KubeErrorCode =
   /** the resourceVersion a watch resumed from is too old (HTTP 410 Gone): list again */
   | "GONE";
 
-export class KubeError extends Error {
-  readonly code: KubeErrorCode;
-  /** The kubeconfig file, `namespace/name` or `namespace pods (selector)` the error is about. */
-  readonly subject: string;
+/** The subject is the kubeconfig file, `namespace/name` or `namespace pods (selector)`. */
+export class KubeError extends TypedError<KubeErrorCode> {
   /** HTTP status from the API server, when there was one */
   readonly status: number | undefined;
 
   constructor(code: KubeErrorCode, subject: string, message: string, options?: { cause?: unknown; status?: number }) {
-    super(`${subject}: ${message}`, options);
-    this.code = code;
-    this.subject = subject;
+    super(code, subject, message, options);
     this.status = options?.status;
-    this.name = new.target.name;
   }
 }
 

@@ -3,6 +3,8 @@
  * They follow services/core/src/errors.ts: a stable code to switch on (and to map to gRPC
  * statuses), and the subject they are about: a job id, a stream, a bucket, a server address.
  */
+import { TypedError } from "../../../core/src/errors.js";
+
 export type StateErrorCode =
   | "NOT_FOUND"
   | "ALREADY_EXISTS"
@@ -12,16 +14,10 @@ export type StateErrorCode =
   | "DATA_LOSS"
   | "NATS_SERVER";
 
-export class StateError extends Error {
-  readonly code: StateErrorCode;
-  /** The job id, bucket, stream or server address the error is about. */
-  readonly subject: string;
-
+/** The subject is the job id, bucket, stream or server address the error is about. */
+export class StateError extends TypedError<StateErrorCode> {
   constructor(code: StateErrorCode, subject: string, message: string, options?: { cause?: unknown }) {
-    super(`${subject}: ${message}`, options);
-    this.code = code;
-    this.subject = subject;
-    this.name = new.target.name;
+    super(code, subject, message, options);
   }
 }
 

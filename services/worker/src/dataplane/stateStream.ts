@@ -6,12 +6,12 @@
  */
 import { create } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
-import { StateChunkSchema, type StateChunk } from "../../gen/atvprune/v1/worker_pb.js";
-import type { SampleState } from "../../core/src/pipeline/blockEngine.js";
-import type { OrtType } from "../../core/src/onnx/dtype.js";
-import { writeMessage } from "../../rpc/grpcAdapter.js";
-import { StateStreamError } from "./errors.js";
-import { bytesOf, expectedBytes, isOrtType, tensorOver } from "./tensorBytes.js";
+import { StateChunkSchema, type StateChunk } from "../../../gen/atvprune/v1/worker_data_pb.js";
+import type { SampleState } from "../../../core/src/pipeline/blockEngine.js";
+import type { OrtType } from "../../../core/src/onnx/dtype.js";
+import { writeMessage } from "../../../rpc/grpcAdapter.js";
+import { StateStreamError } from "../errors.js";
+import { bytesOf, expectedBytes, isOrtType, tensorOver } from "../checkpoint/tensorBytes.js";
 
 /** Data bytes per chunk. */
 export const CHUNK_BYTES = 1 << 20;

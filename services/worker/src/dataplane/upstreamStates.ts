@@ -9,12 +9,12 @@
  * work dir for states/input-<b>.bin, which a finished upstream leaves behind before it goes.
  */
 import type * as grpc from "@grpc/grpc-js";
-import { WorkerService } from "../../gen/atvprune/v1/worker_pb.js";
-import type { SampleState, StateSource } from "../../core/src/pipeline/blockEngine.js";
-import { createClient } from "../../rpc/grpcAdapter.js";
-import { exists } from "./checkpoints.js";
-import { CheckpointError, StateStreamError } from "./errors.js";
-import { StateFileReader } from "./stateFile.js";
+import { WorkerDataService } from "../../../gen/atvprune/v1/worker_data_pb.js";
+import type { SampleState, StateSource } from "../../../core/src/pipeline/blockEngine.js";
+import { createClient } from "../../../rpc/grpcAdapter.js";
+import { exists } from "../checkpoint/checkpoints.js";
+import { CheckpointError, StateStreamError } from "../errors.js";
+import { StateFileReader } from "../checkpoint/stateFile.js";
 import { StateAssembler } from "./stateStream.js";
 
 /**
@@ -143,7 +143,7 @@ export class UpstreamStates implements StateSource {
 
   /** One PullStates stream from the next missing sample; resolves with why it stopped early. */
   private async pullOnce(address: string): Promise<string> {
-    const client = createClient(WorkerService, address, this.o.credentials, this.o.channelOptions);
+    const client = createClient(WorkerDataService, address, this.o.credentials, this.o.channelOptions);
     const from = this.states.length;
     const stream = client.pullStates({ jobId: this.o.jobId, block: this.o.block, fromSample: from });
     let why = "the stream ended early";

@@ -6,7 +6,7 @@
  * with a single copy of the payload. Decoding stays protobuf-es's (it takes a view, no copy).
  */
 import type * as grpc from "@grpc/grpc-js";
-import type { StateChunk } from "../../gen/atvprune/v1/worker_pb.js";
+import type { StateChunk } from "../../../gen/atvprune/v1/worker_data_pb.js";
 
 function varintLength(v: number): number {
   let n = 1;
