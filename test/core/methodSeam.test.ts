@@ -51,7 +51,7 @@ test("the registry names every method once and refuses an unknown one, listing t
   assert.equal(needsCalibration("wanda"), true);
   assert.throws(() => methodDefinition("sparsegtp"), (e: unknown) => e instanceof InvalidArgumentError && /must be atv, wanda, magnitude, sparsegpt or atv-sparsegpt, got "sparsegtp"/.test(e.message));
   assert.deepEqual(methodDefinition("atv").shownOptions, ["alpha"]);
-  assert.deepEqual(profileNames(), ["uniform"]);
+  assert.deepEqual(profileNames(), ["uniform", "owl"]);
 });
 
 test("magnitude's option check lives in its own file and still refuses matrix scope with N:M", () => {
