@@ -22,7 +22,10 @@ const JOBS: Record<string, Record<string, unknown>> = {
   "sparsegpt": { method: "sparsegpt", sparsity: 0.5 },
   "sparsegpt 2:4": { method: "sparsegpt", pattern: "2:4" },
   "atv-sparsegpt": { method: "atv-sparsegpt", sparsity: 0.6, alpha: 4 },
+  "sparsegpt dense": { method: "sparsegpt", sparsity: 0.5, propagation: "dense" },
 };
+/** Workers per job (2 unless listed): SparseGPT also on 1 and 3. */
+const WORKERS: Array<[string, number]> = [...Object.keys(JOBS).map((name): [string, number] => [name, 2]), ["sparsegpt", 1], ["sparsegpt", 3]];
 const reference = new Map<string, { data: Buffer; layers: unknown }>();
 
 before(async () => {
@@ -63,17 +66,17 @@ test("SparseGPT's report carries its facts, and its survivors are updated, not o
   assert.ok(changedSurvivors > 0, "SparseGPT must change surviving weights (OBS update)");
 });
 
-for (const name of Object.keys(JOBS)) {
-  test(`${name}: 2 workers, bit-identical to atvp prune (weights and per-linear facts)`, async () => {
+for (const [name, workers] of WORKERS) {
+  test(`${name}: ${workers} worker(s), bit-identical to atvp prune (weights and per-linear facts)`, async () => {
     const nats = await freshNats();
-    const c = await startLocalCluster(nats.url, 2, tmp.path);
+    const c = await startLocalCluster(nats.url, workers, tmp.path);
     try {
       const out = join(tmp.path, `out-${++counter}`);
       const { job } = await c.client.submitJob({ spec: { model: model.model, calib: model.calib, out, ...JOBS[name] } });
       const result = await waitForJob(c.client, job!.id);
       const final = await c.client.getJob({ id: job!.id });
       assert.equal(result.state, JobState.SUCCEEDED, final.reason);
-      assert.equal(final.shards.length, 2);
+      assert.equal(final.shards.length, workers);
       assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference.get(name)!.data));
       assert.deepEqual(layersOf(out), reference.get(name)!.layers);
     } finally {
