@@ -23,6 +23,8 @@ const JOBS: Record<string, Record<string, unknown>> = {
   "sparsegpt 2:4": { method: "sparsegpt", pattern: "2:4" },
   "atv-sparsegpt": { method: "atv-sparsegpt", sparsity: 0.6, alpha: 4 },
   "sparsegpt dense": { method: "sparsegpt", sparsity: 0.5, propagation: "dense" },
+  "wanda owl": { method: "wanda", sparsity: 0.5, sparsityProfile: "owl" },
+  "atv-sparsegpt owl": { method: "atv-sparsegpt", sparsity: 0.5, alpha: 4, sparsityProfile: "owl", owlLambda: 0.1, owlM: 3 },
 };
 /** Workers per job (2 unless listed): SparseGPT also on 1 and 3. */
 const WORKERS: Array<[string, number]> = [...Object.keys(JOBS).map((name): [string, number] => [name, 2]), ["sparsegpt", 1], ["sparsegpt", 3]];
@@ -43,8 +45,8 @@ after(async () => {
 });
 
 function layersOf(out: string): unknown {
-  const r = JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as { layers: { weight: string; pruned: number; facts?: unknown }[] };
-  return r.layers.map((l) => ({ weight: l.weight, pruned: l.pruned, facts: l.facts }));
+  const r = JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as { layers: { weight: string; pruned: number; targetSparsity: number; facts?: unknown }[] };
+  return r.layers.map((l) => ({ weight: l.weight, pruned: l.pruned, target: l.targetSparsity, facts: l.facts }));
 }
 
 async function freshNats(): Promise<NatsServerHandle> {
@@ -85,7 +87,7 @@ for (const [name, workers] of WORKERS) {
   });
 }
 
-test("sparsegpt: a worker killed with SIGKILL mid-job, same bytes", async () => {
+for (const name of ["sparsegpt", "wanda owl"]) test(`${name}: a worker killed with SIGKILL mid-job, same bytes`, async () => {
   const nats = await freshNats();
   const children: ChildService[] = [];
   for (let i = 0; i < 2; i++) children.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1", "--insecure", "--allow-root", tmp.path]));
@@ -94,7 +96,7 @@ test("sparsegpt: a worker killed with SIGKILL mid-job, same bytes", async () => 
   try {
     await coordinator.pool.waitForReady(2, 10_000);
     const out = join(tmp.path, `out-${++counter}`);
-    const { job } = await client.submitJob({ spec: { model: model.model, calib: model.calib, out, ...JOBS["sparsegpt"] } });
+    const { job } = await client.submitJob({ spec: { model: model.model, calib: model.calib, out, ...JOBS[name] } });
     const killer = killShardWorkerAfter(client, () => job!.id, 2, children);
     const result = await waitForJob(client, job!.id, 120_000, killer.onEvent);
     const final = await client.getJob({ id: job!.id });
@@ -102,8 +104,8 @@ test("sparsegpt: a worker killed with SIGKILL mid-job, same bytes", async () => 
     assert.deepEqual(openBlockStarts(result.events), []);
     assert.equal(result.state, JobState.SUCCEEDED, final.reason);
     assert.ok(final.shards.some((x) => x.attempts > 1), "a shard was rerun");
-    assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference.get("sparsegpt")!.data));
-    assert.deepEqual(layersOf(out), reference.get("sparsegpt")!.layers);
+    assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference.get(name)!.data));
+    assert.deepEqual(layersOf(out), reference.get(name)!.layers);
   } finally {
     client.close();
     await coordinator.close();
@@ -111,17 +113,9 @@ test("sparsegpt: a worker killed with SIGKILL mid-job, same bytes", async () => 
   }
 });
 
-test("the owl profile in a cluster: refused as not supported yet, naming the profile", async () => {
-  const nats = await freshNats();
-  const c = await startLocalCluster(nats.url, 2, tmp.path);
-  try {
-    const out = join(tmp.path, `out-${++counter}`);
-    const { job } = await c.client.submitJob({ spec: { model: model.model, calib: model.calib, out, method: "wanda", sparsity: 0.5, sparsityProfile: "owl" } });
-    const result = await waitForJob(c.client, job!.id);
-    const final = await c.client.getJob({ id: job!.id });
-    assert.equal(result.state, JobState.FAILED);
-    assert.match(final.reason, /owl.*not supported yet in a cluster/);
-  } finally {
-    await c.close();
+test("the OWL pre-pass gives different targets per block (so the owl jobs above test something)", () => {
+  for (const name of ["wanda owl", "atv-sparsegpt owl"]) {
+    const targets = new Set((reference.get(name)!.layers as { target: number }[]).map((l) => l.target));
+    assert.ok(targets.size > 1, `${name}: ${[...targets]}`);
   }
 });

@@ -12,6 +12,7 @@ import { RpcError } from "../../../rpc/status.js";
 import { confineAssignment, confinePlan, type AssignmentPolicy } from "./assignmentPolicy.js";
 import { inShard } from "../errors.js";
 import { finalizeOutput } from "./outputFinalizer.js";
+import { runProfile } from "./profileRun.js";
 import { fromPlanMessage } from "../../../rpc/jobPlanWire.js";
 import { ShardRun, type ShardRunDeps } from "./shardRunner.js";
 import type { ShardTable } from "./shardTable.js";
@@ -92,6 +93,17 @@ export function controlServiceImpl(me: WorkerIdentity, shards: ShardTable, deps:
         throw inShard(err, `job ${req.jobId} output`);
       }
       return {};
+    },
+
+    async runProfile(req, call) {
+      auth(call);
+      const plan = access.policy ? confinePlan(req.plan, access.policy) : req.plan;
+      try {
+        const blocks = await runProfile(fromPlanMessage(plan), { threads: deps.threads, device: deps.device, warn: deps.log });
+        return { blocks: blocks.map((facts) => ({ facts })) };
+      } catch (err) {
+        throw inShard(err, `job ${req.jobId} profile pre-pass`);
+      }
     },
 
   };
