@@ -35,5 +35,8 @@ export class Hessian implements Accumulator {
 }
 
 export function hessians(linear: LinearInfo): AccumulatorSpec<Hessian> {
-  return { key: `hessian:${linear.activation}`, create: () => new Hessian(linear.activation, linear.inDim) };
+  const n = linear.inDim;
+  // The Hessian, then its factor U and the dead-input flags.
+  const bytes = HessianAccumulator.bytes(n) + 8 * n * n + n;
+  return { key: `hessian:${linear.activation}`, bytes, create: () => new Hessian(linear.activation, n) };
 }

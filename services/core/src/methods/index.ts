@@ -10,7 +10,7 @@ import { atvSparseGpt, sparseGpt } from "./sparseGpt.js";
 import { wanda } from "./wanda.js";
 
 export type * from "./method.js";
-export { NO_POOL_FACTS } from "./method.js";
+export { DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS } from "./method.js";
 
 const METHODS: ReadonlyMap<string, MethodDefinition> = new Map([atv, wanda, magnitude, sparseGpt, atvSparseGpt].map((m) => [m.name, m]));
 

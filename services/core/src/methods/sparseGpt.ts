@@ -9,7 +9,7 @@ import { HessianAccumulator } from "../prune/hessian.js";
 import { sparseGptCompressPrepared } from "../prune/sparseGpt.js";
 import { atv } from "./atv.js";
 import { Hessian, hessians } from "./hessians.js";
-import type { CompressInput, Compression, Method, MethodDefinition } from "./method.js";
+import { DEFAULT_ACCUMULATOR_BUDGET_BYTES, type CompressInput, type Compression, type Method, type MethodDefinition } from "./method.js";
 import { ATTENDED_TOKENS, atvTokens } from "./tokenPools.js";
 
 /** Compresses a copy of the dense weight: every linear of the block must see dense weights. */
@@ -27,8 +27,9 @@ function compressWithHessian({ weight, stats, samples, target }: CompressInput<H
  */
 export function sparseGptWorkingBytes(linears: readonly LinearInfo[]): number {
   const inputs = new Map(linears.map((l) => [l.activation, l.inDim]));
-  let bytes = 0;
-  for (const n of inputs.values()) bytes += HessianAccumulator.bytes(n) + 8 * n * n + n;
+  const perInput = [...inputs.values()].map((n) => HessianAccumulator.bytes(n) + 8 * n * n + n);
+  // Beyond the engine's budget the inputs are calibrated a group at a time.
+  let bytes = Math.min(perInput.reduce((a, b) => a + b, 0), Math.max(DEFAULT_ACCUMULATOR_BUDGET_BYTES, ...perInput));
   let widest = 0;
   for (const l of linears) {
     widest = Math.max(widest, 2 * 8 * l.inDim * l.inDim + 4 * 8 * l.inDim * l.outDim);

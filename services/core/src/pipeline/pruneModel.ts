@@ -35,6 +35,8 @@ export type PruneEvent =
 export interface PruneOptions {
   onEvent?: (event: PruneEvent) => void;
   warn?: (message: string) => void;
+  /** bytes of accumulators one dense forward may feed (EngineContext.accumulatorBudgetBytes) */
+  accumulatorBudgetBytes?: number;
 }
 
 export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): Promise<PruneReport> {
@@ -61,7 +63,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     host = InferenceHost.start({ threads: spec.threads, device: spec.device, warn: options.warn });
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
     // The plan's selection, with the profile's placeholder targets until the profile phase ran.
-    const context = { ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan) };
+    const context = { ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan), accumulatorBudgetBytes: options.accumulatorBudgetBytes };
     // The profile phase (OWL): a dense pass over every block before any block is pruned.
     const targets = plan.phases.includes("profile")
       ? await profileTargets(new BlockEngine(context), jobProfile(spec), selection, spec.sparsity)
