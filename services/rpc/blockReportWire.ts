@@ -5,7 +5,7 @@
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { BlockFinished, BlockFinishedSchema } from "../gen/atvprune/v1/job_pb.js";
-import type { BlockReport, LayerReport } from "../core/src/pipeline/report.js";
+import type { BlockReport, LayerReport } from "../core/src/index.js";
 
 export interface BlockRecord {
   report: BlockReport;

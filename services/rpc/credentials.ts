@@ -5,7 +5,7 @@
  */
 import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
-import { InvalidArgumentError } from "../core/src/errors.js";
+import { InvalidArgumentError } from "../core/src/index.js";
 
 export interface TlsConfig {
   /** CA bundle that signed the peer's certificate (PEM) */

@@ -5,10 +5,10 @@
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { JobPlanSchema, PlanPhase, type JobPlan as JobPlanMessage } from "../gen/atvprune/v1/plan_pb.js";
-import { InvalidArgumentError } from "../core/src/errors.js";
-import type { MethodOptions } from "../core/src/methods/index.js";
-import { checkPlan, type JobPlan, type PlanPhase as Phase } from "../core/src/plan/jobPlan.js";
-import type { Propagation } from "../core/src/pipeline/pruneSpec.js";
+import {
+  InvalidArgumentError, type MethodOptions, checkPlan, type JobPlan, type PlanPhase as Phase,
+  type Propagation,
+} from "../core/src/index.js";
 
 type MethodOneof = MessageInitShape<typeof JobPlanSchema>["method"];
 type MethodRead = JobPlanMessage["method"];

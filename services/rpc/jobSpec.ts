@@ -5,7 +5,7 @@
  */
 import { status } from "@grpc/grpc-js";
 import type { JobSpec } from "../gen/atvprune/v1/job_pb.js";
-import type { PruneSpec } from "../core/src/pipeline/pruneSpec.js";
+import type { PruneSpec } from "../core/src/index.js";
 import { RpcError } from "./status.js";
 
 function seedOf(seed: bigint | undefined): number | undefined {

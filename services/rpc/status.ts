@@ -3,7 +3,7 @@
  * and clients get the grpc-js status with a message that names the field or the thing.
  */
 import { status, type ServiceError, Metadata } from "@grpc/grpc-js";
-import { AtvpError, TypedError, type AtvpErrorCode } from "../core/src/errors.js";
+import { AtvpError, TypedError, type AtvpErrorCode } from "../core/src/index.js";
 
 /** A gRPC status and a message that names the field or the thing itself (`spec.out: ...`). */
 export class RpcError extends TypedError<status> {

@@ -3,7 +3,7 @@
  * (`ps`) and environments, and a restarted process given the same flags finds it again.
  */
 import { readFileSync } from "node:fs";
-import { InvalidArgumentError } from "../core/src/errors.js";
+import { InvalidArgumentError } from "../core/src/index.js";
 
 export function readTokenFile(path: string, flag = "--token-file"): string {
   let text: string;

@@ -13,7 +13,8 @@ import { TensorData } from "../../services/core/src/onnx/tensorData.js";
 import { InferenceHost } from "../../services/core/src/runtime/inferenceHost.js";
 import { createMethod, methodDefinition, methodNames, needsCalibration, type Accumulator, type AccumulatorInput, type Method } from "../../services/core/src/methods/index.js";
 import { ATTENDED_TOKENS } from "../../services/core/src/methods/tokenPools.js";
-import { profileNames, sparsityProfile, type ProfilePrePass } from "../../services/core/src/profiles/index.js";
+import { profileNames, sparsityProfile, type ProfilePrePass, type SparsityProfile } from "../../services/core/src/profiles/index.js";
+import { profileTargets } from "../../services/core/src/pipeline/profilePhase.js";
 import { InvalidArgumentError } from "../../services/core/src/errors.js";
 import { planJob, planTargets } from "../../services/core/src/plan/jobPlan.js";
 import { tempDir } from "../support/fixtures.js";
@@ -201,4 +202,37 @@ test("accumulators over the budget: one dense forward per group, each group comp
   assert.ok(together.slice(0, keys).every((e) => e.startsWith("create ")));
   const order = grouped.map((e) => e.split(" ")[0]);
   assert.deepEqual(order.filter((e, i) => e !== order[i - 1]), Array.from({ length: keys }, () => ["create", "compress"]).flat());
+});
+
+test("the profile phase: a dense pre-pass over every block in order, facts per block, then per-linear targets the pruning phase uses", async () => {
+  const order: number[] = [];
+  const profile: SparsityProfile = {
+    name: "test-steps",
+    prePass: {
+      pool: ATTENDED_TOKENS,
+      accumulator: (l) => ({ key: l.activation, create: () => ({ add: () => {} }) }),
+      blockFacts: ({ block }) => { order.push(block); return [block]; },
+    },
+    // Later blocks pruned more: 0.2, 0.4, ... from the facts each block reported.
+    targets: ({ linears, facts }) => new Map(linears.flatMap((ls, b) => ls.map((l) => [l.weight, 0.2 * (facts[b]![0]! + 1)] as const))),
+  };
+  const probe = openEngine({});
+  const linears = probe.analysis.partition.blockLinears;
+  try {
+    const targets = await profileTargets(probe.engine, profile, { sparsity: 0.5, linears });
+    assert.deepEqual(order, [0, 1]);
+    for (const [b, ls] of linears.entries()) for (const l of ls) assert.equal(targets.get(l.weight), 0.2 * (b + 1));
+    const { engine, close } = openEngine({}, { targets: new Map(targets) });
+    try {
+      const r = await engine.runBlock(1, (await engine.runBlock(0, await engine.initialStates())).next);
+      for (const layer of r.layers) {
+        assert.equal(layer.targetSparsity, 0.4);
+        assert.equal(layer.pruned, Math.floor(layer.shape[0] * 0.4) * layer.shape[1]);
+      }
+    } finally {
+      await close();
+    }
+  } finally {
+    await probe.close();
+  }
 });

@@ -10,7 +10,8 @@ import { Ajv } from "ajv";
 import { CustomResourceDefinition } from "kubernetes-models/apiextensions.k8s.io/v1/CustomResourceDefinition";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { JobSpecSchema } from "../../services/gen/atvprune/v1/job_pb.js";
-import { toPruneSpec, validateJobSpec } from "../../services/coordinator/src/pathPolicy.js";
+import { validateJobSpec } from "../../services/rpc/pathPolicy.js";
+import { toPruneSpec } from "../../services/rpc/jobSpec.js";
 import { resolveSpec } from "../../services/core/src/pipeline/pruneSpec.js";
 import { CHART_DIR, REPO, loadPlainManifests, parseYamlDocuments, readYamlFile, validateWithKubernetesModels, asK8sObject } from "./deployFiles.js";
 

@@ -3,7 +3,7 @@
 // name the job, block or file, and the /metrics endpoint.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync, rmSync, truncateSync, statSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, truncateSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { generateModel } from "../../services/core/src/gen/genModel.js";
@@ -121,4 +121,25 @@ test("/metrics serves the worker's counters; /healthz and /readyz answer", async
   assert.match(m.text, /^atvp_blocks_pruned_total\{worker="svc-a"\} [1-9]/m);
   assert.equal((await get("/healthz")).status, 200);
   assert.equal((await get("/readyz")).status, 200);
+});
+
+test("FinalizeOutput: a worker completes the output from the plan (again is a no-op); a plan for another layout is refused and the partial kept", async () => {
+  const s = spec("finalize");
+  const refOut = join(tmp.path, "ref-finalize");
+  await pruneModel({ ...s, out: refOut, threads: 1 });
+  const c = await MiniCoordinator.start("finalize", s, join(tmp.path, "work-finalize"));
+  try {
+    await withTimeout(c.runAll([a.address, b.address], [[0, 2], [2, 4]]), 60_000, "shards");
+    const wrong = clone(JobPlanSchema, c.plan);
+    wrong.dataBytes += 4096n;
+    await assert.rejects(c.client(a.address).finalizeOutput({ jobId: "finalize", plan: wrong }),
+      (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && /job finalize output/.test(e.details) && /plan\.dataBytes/.test(e.details));
+    assert.ok(existsSync(join(s.out, "model.onnx.data.partial")), "the workers' weights are kept");
+    await c.client(b.address).finalizeOutput({ jobId: "finalize", plan: c.plan });
+    for (const f of ["model.onnx", "model.onnx.data"]) assert.ok(readFileSync(join(s.out, f)).equals(readFileSync(join(refOut, f))), f);
+    await c.client(a.address).finalizeOutput({ jobId: "finalize", plan: c.plan });
+    assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(readFileSync(join(refOut, "model.onnx.data"))));
+  } finally {
+    await c.close();
+  }
 });

@@ -1,6 +1,6 @@
 /** Flag parsing shared by the atvp commands (node:util parseArgs, with typed numeric reads). */
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { InvalidArgumentError } from "../../core/src/errors.js";
+import { InvalidArgumentError } from "../../core/src/index.js";
 
 export type Options = NonNullable<ParseArgsConfig["options"]>;
 

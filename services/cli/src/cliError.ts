@@ -3,7 +3,7 @@
  * engine errors: a tag to grep for (CLUSTER, a gRPC status name) and a message that says what
  * was wrong and what to do. main.ts prints them without a stack.
  */
-import { TypedError } from "../../core/src/errors.js";
+import { TypedError } from "../../core/src/index.js";
 
 export class CliError extends TypedError<string> {
   constructor(tag: string, message: string) {

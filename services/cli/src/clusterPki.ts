@@ -10,7 +10,7 @@ import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { TlsConfig } from "../../rpc/credentials.js";
+import type { TlsConfig } from "../../rpc/index.js";
 import { CliError } from "./cliError.js";
 import { findExecutable } from "./localProcesses.js";
 

@@ -8,11 +8,11 @@ import { resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { JobService, JobSpecSchema, JobState, type JobSpec } from "../../gen/atvprune/v1/job_pb.js";
-import type { PruneSpec } from "../../core/src/pipeline/pruneSpec.js";
-import { createClient, type CallOptions, type Client } from "../../rpc/grpcAdapter.js";
-import { channelCredentials, channelOptions, GRPC_OPTIONS, type TlsConfig } from "../../rpc/credentials.js";
-import { bearerMetadata } from "../../rpc/bearerAuth.js";
-import { readTokenFile } from "../../rpc/tokenFile.js";
+import type { PruneSpec } from "../../core/src/index.js";
+import {
+  createClient, type CallOptions, type Client, channelCredentials, channelOptions, GRPC_OPTIONS,
+  type TlsConfig, bearerMetadata, readTokenFile,
+} from "../../rpc/index.js";
 import { str, type Options } from "./args.js";
 import { CliError } from "./cliError.js";
 import { clusterFilePath, DEFAULT_CLUSTER_DIR, readClusterFile } from "./clusterFile.js";

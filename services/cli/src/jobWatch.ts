@@ -7,7 +7,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { toJson } from "@bufbuild/protobuf";
 import { JobSpecSchema, JobState, type Job, type JobEvent } from "../../gen/atvprune/v1/job_pb.js";
-import { hasStatus } from "../../rpc/status.js";
+import { hasStatus } from "../../rpc/index.js";
 import { CliError } from "./cliError.js";
 import { isTerminal, rpc, rpcFailure, stateName, type JobConnection } from "./jobClient.js";
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /** atvp: the atv-prune command line. */
-import { AtvpError } from "../../core/src/errors.js";
+import { AtvpError } from "../../core/src/index.js";
 import { CliError } from "./cliError.js";
 import { commandUsage, wantsHelp } from "./commandHelp.js";
 import { DEFAULT_CLUSTER_DIR } from "./clusterFile.js";

@@ -2,7 +2,7 @@
  * Progress output: a bar on a terminal, JSON lines otherwise (so CI logs and scripts can parse
  * every event).
  */
-import type { PruneEvent } from "../../core/src/pipeline/pruneModel.js";
+import type { PruneEvent } from "../../core/src/index.js";
 
 export interface ProgressSink {
   event(e: PruneEvent): void;

@@ -1,6 +1,5 @@
 /** The human summary of a report.json, printed after a prune. */
-import type { PruneReport } from "../../core/src/pipeline/report.js";
-import { methodDefinition } from "../../core/src/methods/index.js";
+import { type PruneReport, methodDefinition } from "../../core/src/index.js";
 
 export function formatSummary(r: PruneReport, out: string): string {
   const lines: string[] = [];

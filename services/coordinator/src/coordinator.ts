@@ -5,10 +5,8 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { JobService, JobState, type Job } from "../../gen/atvprune/v1/job_pb.js";
-import { addService } from "../../rpc/grpcAdapter.js";
-import { addHealthAndReflection } from "../../rpc/health.js";
-import { GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/credentials.js";
-import { startMetricsServer, type MetricsServer } from "../../observability/metricsServer.js";
+import { addService, addHealthAndReflection, GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/index.js";
+import { startMetricsServer, type MetricsServer } from "../../observability/index.js";
 import { CoordinatorMetrics } from "./coordinatorMetrics.js";
 import { JobProgressMetrics } from "./jobProgressMetrics.js";
 import { JobRunner, isTerminal } from "./jobRunner.js";

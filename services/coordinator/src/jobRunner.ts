@@ -18,21 +18,14 @@ import {
 } from "../../gen/atvprune/v1/job_pb.js";
 import type { ShardProgress } from "../../gen/atvprune/v1/worker_pb.js";
 import type { JobPlan as JobPlanMessage } from "../../gen/atvprune/v1/plan_pb.js";
-import { PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir, releaseOutput, type PreparedOutput } from "../../core/src/onnx/outputDir.js";
-import { createPartialData, partialDataPath, removePartialData } from "../../core/src/onnx/partialData.js";
-import { planJob, selectPrunable, type JobPlan } from "../../core/src/plan/jobPlan.js";
-import { jobProfile } from "../../core/src/profiles/index.js";
-import { fromBlockFinished, type BlockRecord } from "../../rpc/blockReportWire.js";
-import { toPlanMessage } from "../../rpc/jobPlanWire.js";
-import { TensorData } from "../../core/src/onnx/tensorData.js";
-import { fsErrorToTyped } from "../../core/src/io/fsErrors.js";
-import { analyzeModel } from "../../core/src/pipeline/modelAnalysis.js";
-import { buildReport, jobInputs, loadSamples } from "../../core/src/pipeline/pruneModel.js";
-import { resolveSpec } from "../../core/src/pipeline/pruneSpec.js";
-import { methodDefinition, needsCalibration } from "../../core/src/methods/index.js";
-import type { BlockReport, LayerReport } from "../../core/src/pipeline/report.js";
+import {
+  PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir, releaseOutput,
+  type PreparedOutput, createPartialData, partialDataPath, removePartialData, planJob,
+  selectPrunable, TensorData, fsErrorToTyped, analyzeModel, buildReport, jobInputs, loadSamples,
+  resolveSpec, needsCalibration, methodDefinition, type BlockReport, type LayerReport, type JobPlan, jobProfile,
+} from "../../core/src/index.js";
+import { fromBlockFinished, type BlockRecord, toPlanMessage, toPruneSpec } from "../../rpc/index.js";
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
-import { toPruneSpec } from "./pathPolicy.js";
 import type { EventPort, JobStatePort } from "./ports.js";
 import { openBlockStarts } from "./openBlocks.js";
 import { planShards, type PlannedShard } from "./shardPlanner.js";

@@ -22,8 +22,7 @@ import { startCoordinator } from "./coordinator.js";
 import type { KubernetesOptions } from "./k8s/kubernetesWorkers.js";
 // podAddress.ts imports only types of the Kubernetes client, so static mode does not load it.
 import { DEFAULT_WORKER_SELECTOR } from "./k8s/podAddress.js";
-import type { TlsConfig } from "../../rpc/credentials.js";
-import { readTokenFile } from "../../rpc/tokenFile.js";
+import { type TlsConfig, readTokenFile } from "../../rpc/index.js";
 import { DEFAULT_STALL_TIMEOUT_S } from "./stallWatchdog.js";
 
 function tlsFrom(values: Record<string, unknown>, prefix: string): TlsConfig | undefined {

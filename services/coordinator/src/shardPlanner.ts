@@ -3,7 +3,7 @@
  * compute (FLOPs grow with parameters) and skipping workers whose memory cannot hold a block.
  * Contiguous shards keep the data plane a chain: shard k only talks to shard k-1.
  */
-import { InvalidArgumentError } from "../../core/src/errors.js";
+import { InvalidArgumentError } from "../../core/src/index.js";
 
 export interface BlockCost {
   /** weight bytes of the block (what a worker must hold) */

@@ -6,9 +6,10 @@
  */
 import type * as grpc from "@grpc/grpc-js";
 import { WorkerService, type WorkerInfo } from "../../gen/atvprune/v1/worker_pb.js";
-import { createClient, type Client } from "../../rpc/grpcAdapter.js";
-import { channelCredentials, channelOptions, GRPC_OPTIONS, type TlsConfig } from "../../rpc/credentials.js";
-import { bearerClientOptions } from "../../rpc/bearerAuth.js";
+import {
+  createClient, type Client, channelCredentials, channelOptions, GRPC_OPTIONS, type TlsConfig,
+  bearerClientOptions,
+} from "../../rpc/index.js";
 
 export type WorkerClient = Client<typeof WorkerService>;
 

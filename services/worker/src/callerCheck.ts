@@ -4,8 +4,7 @@
  */
 import type { Metadata } from "@grpc/grpc-js";
 import type { PeerCertificate } from "node:tls";
-import { requireBearer } from "../../rpc/bearerAuth.js";
-import { requirePeerName } from "../../rpc/peerNames.js";
+import { requireBearer, requirePeerName } from "../../rpc/index.js";
 
 export interface CallerPolicy {
   /** shared token every call must carry (undefined: none asked) */

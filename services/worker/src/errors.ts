@@ -3,8 +3,8 @@
  * keeps a code that maps to a gRPC status (services/rpc/status.ts), so the coordinator can tell a
  * bad input (rerunning cannot help) from a lost worker (rerun the shard elsewhere).
  */
-import { AtvpError, type AtvpErrorCode } from "../../core/src/errors.js";
-import { RpcError } from "../../rpc/status.js";
+import { AtvpError, type AtvpErrorCode } from "../../core/src/index.js";
+import { RpcError } from "../../rpc/index.js";
 
 /** A failure while running a block of a shard; keeps the cause's code and with it the status. */
 export class ShardError extends AtvpError {

@@ -7,16 +7,16 @@
 import { availableParallelism, hostname } from "node:os";
 import * as grpc from "@grpc/grpc-js";
 import { WorkerService } from "../../gen/atvprune/v1/worker_pb.js";
-import { InvalidArgumentError } from "../../core/src/errors.js";
-import { startMetricsServer, type MetricsServer } from "../../observability/metricsServer.js";
-import { addService } from "../../rpc/grpcAdapter.js";
-import { channelCredentials, channelOptions, GRPC_OPTIONS, serverCredentials, type TlsConfig } from "../../rpc/credentials.js";
-import { bearerClientOptions } from "../../rpc/bearerAuth.js";
+import { InvalidArgumentError } from "../../core/src/index.js";
+import { startMetricsServer, type MetricsServer } from "../../observability/index.js";
+import {
+  addService, channelCredentials, channelOptions, GRPC_OPTIONS, serverCredentials, type TlsConfig,
+  bearerClientOptions, addHealthAndReflection,
+} from "../../rpc/index.js";
 import { withFastStateChunks } from "./dataplane/chunkCodec.js";
 import { OutboxRegistry } from "./dataplane/outbox.js";
 import { deviceMemoryBytes, gpuMemoryBytes } from "./gpuMemory.js";
 import { watchDevice, type DeviceProbeOptions } from "./deviceHealth.js";
-import { addHealthAndReflection } from "../../rpc/health.js";
 import { DATA_PLANE_CHANNEL_OPTIONS } from "./dataplane/upstreamStates.js";
 import { controlServiceImpl } from "./control/controlService.js";
 import { ShardTable } from "./control/shardTable.js";

@@ -3,9 +3,8 @@
  * tested without starting a process).
  */
 import { resolve } from "node:path";
-import { InvalidArgumentError } from "../../core/src/errors.js";
-import type { TlsConfig } from "../../rpc/credentials.js";
-import { readTokenFile } from "../../rpc/tokenFile.js";
+import { InvalidArgumentError } from "../../core/src/index.js";
+import { type TlsConfig, readTokenFile } from "../../rpc/index.js";
 import type { WorkerOptions } from "./worker.js";
 
 const VALUE_FLAGS = new Set(["--listen", "--id", "--threads", "--device", "--memory", "--metrics-port", "--tls-cert", "--tls-key", "--tls-ca", "--advertise", "--token-file", "--tls-server-name"]);

@@ -1,6 +1,5 @@
 /** `atvp calib`: a calibration set from images and text for a model folder (core/src/calib/build). */
-import { buildCalibration, type CalibEvent } from "../../../core/src/calib/build/buildCalib.js";
-import { InvalidArgumentError } from "../../../core/src/errors.js";
+import { buildCalibration, type CalibEvent, InvalidArgumentError } from "../../../core/src/index.js";
 import { int, parse, required, str } from "../args.js";
 
 export async function calibCommand(argv: string[]): Promise<number> {

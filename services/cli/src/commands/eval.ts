@@ -1,7 +1,6 @@
 /** `atvp eval`: how far a pruned decoder drifted from the dense one (core/src/eval). */
 import { writeFileSync } from "node:fs";
-import { evaluate, readPruneReport } from "../../../core/src/eval/evaluate.js";
-import { renderHtmlReport } from "../../../core/src/eval/htmlReport.js";
+import { evaluate, readPruneReport, renderHtmlReport } from "../../../core/src/index.js";
 import { int, parse, required, str } from "../args.js";
 
 export async function evalCommand(argv: string[]): Promise<number> {

@@ -2,8 +2,7 @@
  * `atvp gen-model`: a LLaVA-style test decoder and calibration set, generated locally; with
  * --layout, a complete vision-language model folder (see core/src/gen/vlm/vlmFolder.ts).
  */
-import { generateModel } from "../../../core/src/gen/genModel.js";
-import { generateVlmFolder } from "../../../core/src/gen/vlm/vlmFolder.js";
+import { generateModel, generateVlmFolder } from "../../../core/src/index.js";
 import { int, parse, required, str } from "../args.js";
 
 export async function genModelCommand(argv: string[]): Promise<number> {

@@ -1,7 +1,5 @@
 /** `atvp inspect MODEL`: blocks, linears, shapes, parameter counts and data types. */
-import { InvalidArgumentError } from "../../../core/src/errors.js";
-import { typeName } from "../../../core/src/onnx/dtype.js";
-import { analyzeModel } from "../../../core/src/pipeline/modelAnalysis.js";
+import { InvalidArgumentError, typeName, analyzeModel } from "../../../core/src/index.js";
 import { parse } from "../args.js";
 
 export async function inspectCommand(argv: string[]): Promise<number> {

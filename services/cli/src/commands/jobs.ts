@@ -1,12 +1,10 @@
 /** `atvp submit`, `status`, `watch`, `cancel`: cluster jobs through the coordinator's JobService. */
-import { resolveSpec } from "../../../core/src/pipeline/pruneSpec.js";
-import { InvalidArgumentError } from "../../../core/src/errors.js";
+import { resolveSpec, InvalidArgumentError, isModelFolder } from "../../../core/src/index.js";
 import { int, parse, str, type Options } from "../args.js";
 import { CliError } from "../cliError.js";
 import { connect, CONNECTION_OPTIONS, isTerminal, resolveTarget, rpc, stateName, toJobSpecMessage, type JobConnection } from "../jobClient.js";
 import { followToExit, formatJob, jobJson, liveView, quietView } from "../jobWatch.js";
 import { JOB_OPTIONS, jobSpec } from "./prune.js";
-import { isModelFolder } from "../../../core/src/modelDir/modelFolder.js";
 
 const SUBMIT_OPTIONS: Options = {
   ...JOB_OPTIONS,

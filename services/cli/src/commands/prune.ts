@@ -1,9 +1,8 @@
 /** `atvp prune`: one process, no services. */
-import { pruneModel, type PruneEvent } from "../../../core/src/pipeline/pruneModel.js";
-import { isModelFolder } from "../../../core/src/modelDir/modelFolder.js";
-import { pruneModelFolder } from "../../../core/src/modelDir/pruneFolder.js";
-import type { PruneSpec } from "../../../core/src/pipeline/pruneSpec.js";
-import { InvalidArgumentError } from "../../../core/src/errors.js";
+import {
+  pruneModel, type PruneEvent, isModelFolder, pruneModelFolder, type PruneSpec,
+  InvalidArgumentError,
+} from "../../../core/src/index.js";
 import { int, list, num, parse, required, str, type Options } from "../args.js";
 import { progressSink } from "../progress.js";
 import { formatSummary } from "../summary.js";

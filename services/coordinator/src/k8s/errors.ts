@@ -4,7 +4,7 @@
  * selector, a namespace/StatefulSet), so an operator reading the log knows which RBAC rule or
  * which object to look at.
  */
-import { TypedError } from "../../../core/src/errors.js";
+import { TypedError } from "../../../core/src/index.js";
 
 export type KubeErrorCode =
   /** no usable configuration: not in a pod, or a kubeconfig that does not load */

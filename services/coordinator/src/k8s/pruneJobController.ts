@@ -15,8 +15,8 @@ import { CustomObjectsApi, PatchStrategy, setHeaderOptions, type KubeConfig } fr
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { status as grpcStatus } from "@grpc/grpc-js";
 import { JobSpecSchema, JobState, type Job, type JobEvent, type JobSpec } from "../../../gen/atvprune/v1/job_pb.js";
-import { RpcError } from "../../../rpc/status.js";
-import { AtvpError } from "../../../core/src/errors.js";
+import { RpcError } from "../../../rpc/index.js";
+import { AtvpError } from "../../../core/src/index.js";
 import { isTerminal } from "../jobRunner.js";
 import { stateName } from "../coordinatorMetrics.js";
 import type { EventPort } from "../ports.js";

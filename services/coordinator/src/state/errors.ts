@@ -3,7 +3,7 @@
  * They follow services/core/src/errors.ts: a stable code to switch on (and to map to gRPC
  * statuses), and the subject they are about: a job id, a stream, a bucket, a server address.
  */
-import { TypedError } from "../../../core/src/errors.js";
+import { TypedError } from "../../../core/src/index.js";
 
 export type StateErrorCode =
   | "NOT_FOUND"

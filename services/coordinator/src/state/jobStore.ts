@@ -13,7 +13,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstream, JetStreamApiCodes, JetStreamApiError, StorageType } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { JobSchema, type Job } from "../../../gen/atvprune/v1/job_pb.js";
-import { InvalidArgumentError } from "../../../core/src/errors.js";
+import { InvalidArgumentError } from "../../../core/src/index.js";
 import { ConnectionWatch, isUnavailable, retryDelay } from "./natsConnection.js";
 import {
   JobConflictError, JobExistsError, JobNotFoundError, StateError, StateUnavailableError,

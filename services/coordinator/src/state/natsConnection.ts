@@ -9,7 +9,7 @@ import {
   connect, credsAuthenticator, errors, type NatsConnection, type NodeConnectionOptions, type Status,
 } from "@nats-io/transport-node";
 import { JetStreamApiError, JetStreamError } from "@nats-io/jetstream";
-import { InvalidArgumentError } from "../../../core/src/errors.js";
+import { InvalidArgumentError } from "../../../core/src/index.js";
 import { NatsAuthError, StateUnavailableError } from "./errors.js";
 
 /** How the coordinator proves itself to NATS: one of user/password, token or a .creds file. */

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstream, StorageType } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
-import { OutputLockedError } from "../../../core/src/errors.js";
+import { OutputLockedError } from "../../../core/src/index.js";
 import { StateUnavailableError } from "./errors.js";
 import { isWrongRevision } from "./jobStore.js";
 import { isUnavailable } from "./natsConnection.js";

@@ -22,14 +22,17 @@ import type { LinearInfo } from "../graph/linears.js";
 import { ortType, typeName } from "../onnx/dtype.js";
 import type { LoadedModel } from "../onnx/modelFile.js";
 import type { TensorData } from "../onnx/tensorData.js";
-import { createMethod, DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, type Accumulator, type CalibrationNeeds, type Compression, type Method, type PoolFacts } from "../methods/index.js";
+import {
+  createMethod, DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, type Accumulator, type CalibrationNeeds, type Compression, type Method,
+  type PoolFacts,
+} from "../methods/index.js";
 import type { LinearTargets, ProfilePrePass } from "../profiles/index.js";
 import { applyMask, type WeightMatrix } from "../prune/maskSelect.js";
 import { BufferPool } from "../runtime/bufferPool.js";
 import type { InferenceHost, SessionHandle } from "../runtime/inferenceHost.js";
 import type { TensorData as TypedData, WireTensor } from "../runtime/wireTensor.js";
 import type { BlockReport, LayerReport } from "./report.js";
-import { isSelected, type ResolvedSpec } from "./pruneSpec.js";
+import type { ResolvedSpec } from "./pruneSpec.js";
 import type { SampleFeeds } from "./sampleFeeds.js";
 
 /** The hidden-path tensors of one sample at a block boundary. */
@@ -198,7 +201,7 @@ export class BlockEngine {
    * pre-pass propagates densely). Nothing is compressed and no weight changes.
    */
   async prePassBlock(b: number, input: readonly SampleState[] | StateSource, prePass: ProfilePrePass, options: RunBlockOptions = {}): Promise<{ facts: number[]; next: SampleState[] }> {
-    const { plan, spec, samples, host } = this.ctx;
+    const { plan, samples, host } = this.ctx;
     const cut = plan.blocks[b]!;
     const source = isStateSource(input) ? input : arraySource(input);
     checkCount(cut, source, samples.length);

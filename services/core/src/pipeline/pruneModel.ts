@@ -7,8 +7,8 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { writeFile, rename, rm } from "node:fs/promises";
 import { loadCalibrationSet, type CalibSample } from "../calib/calibSet.js";
-import { CalibrationError, InvalidArgumentError, UnsupportedTypeError } from "../errors.js";
-import { FLOAT_WEIGHT_TYPES, typeName } from "../onnx/dtype.js";
+import { CalibrationError } from "../errors.js";
+import { typeName } from "../onnx/dtype.js";
 import { PrunedModelWriter } from "../onnx/modelWriter.js";
 import { checkOutputLocation, prepareOutputDir, releaseOutput, REPORT_FILE, PARTIAL_SUFFIX, type PreparedOutput } from "../onnx/outputDir.js";
 import { fsErrorToTyped } from "../io/fsErrors.js";
@@ -18,11 +18,11 @@ import { InferenceHost } from "../runtime/inferenceHost.js";
 import { clampThreads } from "../runtime/threadLimit.js";
 import { createMethod, methodDefinition } from "../methods/index.js";
 import { planJob, planTargets, selectPrunable } from "../plan/jobPlan.js";
-import { BlockEngine, type SampleState } from "./blockEngine.js";
 import { jobProfile } from "../profiles/index.js";
-import { profileTargets } from "../profiles/prePass.js";
+import { profileTargets } from "./profilePhase.js";
+import { BlockEngine, type SampleState } from "./blockEngine.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
-import { resolveSpec, selectLinears, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
+import { resolveSpec, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
 import { blockSparsity, type BlockReport, type LayerReport, type PruneReport } from "./report.js";
 import { checkSample, SampleFeeds } from "./sampleFeeds.js";
 
@@ -66,7 +66,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     const context = { ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan), accumulatorBudgetBytes: options.accumulatorBudgetBytes };
     // The profile phase (OWL): a dense pass over every block before any block is pruned.
     const targets = plan.phases.includes("profile")
-      ? await profileTargets(new BlockEngine(context), jobProfile(spec), selection, spec.sparsity)
+      ? await profileTargets(new BlockEngine(context), jobProfile(spec), { sparsity: spec.sparsity, linears: selection })
       : planTargets(plan);
     const engine = new BlockEngine({ ...context, targets });
     emit({ type: "job_started", blocks: analysis.partition.numBlocks, samples: samples.length, method: spec.method, graphAnalysis: analysis.partition.method });

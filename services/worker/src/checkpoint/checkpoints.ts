@@ -8,11 +8,10 @@
  * the block's pruned weights are synced into the output and states/input-<b+1>.bin is complete,
  * so a worker killed at any point leaves either a done block or one to rerun, never half of one.
  */
-import { syncDir } from "../../../core/src/io/syncDir.js";
+import { syncDir, type BlockReport, type LayerReport } from "../../../core/src/index.js";
 import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import type { BlockReport, LayerReport } from "../../../core/src/pipeline/report.js";
 import { CheckpointError } from "../errors.js";
 
 export interface BlockRecord {

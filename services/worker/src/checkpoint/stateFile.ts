@@ -15,8 +15,7 @@
  */
 import { open, rename, rm, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
-import type { SampleState } from "../../../core/src/pipeline/blockEngine.js";
-import type { WireTensor } from "../../../core/src/runtime/wireTensor.js";
+import type { SampleState, WireTensor } from "../../../core/src/index.js";
 import { syncDir, tempPath } from "./checkpoints.js";
 import { CheckpointError } from "../errors.js";
 import { bytesOf, expectedBytes, isOrtType, tensorOver } from "./tensorBytes.js";

@@ -3,8 +3,7 @@
  * tensor as (type, dims, little-endian bytes); this is the one place that maps onnxruntime type
  * names to typed arrays, so a state read back is the same tensor, bit for bit.
  */
-import type { OrtType } from "../../../core/src/onnx/dtype.js";
-import type { TensorData, WireTensor } from "../../../core/src/runtime/wireTensor.js";
+import type { OrtType, WireTensorData as TensorData, WireTensor } from "../../../core/src/index.js";
 
 type TypedCtor = { new (buffer: ArrayBuffer, byteOffset: number, length: number): TensorData; BYTES_PER_ELEMENT: number };
 

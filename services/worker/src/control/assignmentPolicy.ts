@@ -10,8 +10,7 @@ import { clone } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import { ShardAssignmentSchema, type ShardAssignment } from "../../../gen/atvprune/v1/worker_pb.js";
 import { JobPlanSchema, type JobPlan } from "../../../gen/atvprune/v1/plan_pb.js";
-import { RpcError } from "../../../rpc/status.js";
-import { checkJobFiles, resolveWorkDir } from "../../../coordinator/src/pathPolicy.js";
+import { RpcError, checkJobFiles, resolveWorkDir } from "../../../rpc/index.js";
 
 export interface AssignmentPolicy {
   /** folders job model, calibration and output paths must lie in */

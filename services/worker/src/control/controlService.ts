@@ -6,14 +6,11 @@
 import { create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import { ShardProgressSchema, type WorkerService } from "../../../gen/atvprune/v1/worker_pb.js";
-import type { ServerImpl } from "../../../rpc/grpcAdapter.js";
-import { writeMessage } from "../../../rpc/grpcAdapter.js";
-import { RpcError } from "../../../rpc/status.js";
+import { type ServerImpl, writeMessage, RpcError, fromPlanMessage } from "../../../rpc/index.js";
 import { confineAssignment, confinePlan, type AssignmentPolicy } from "./assignmentPolicy.js";
 import { inShard } from "../errors.js";
 import { finalizeOutput } from "./outputFinalizer.js";
 import { runProfile } from "./profileRun.js";
-import { fromPlanMessage } from "../../../rpc/jobPlanWire.js";
 import { ShardRun, type ShardRunDeps } from "./shardRunner.js";
 import type { ShardTable } from "./shardTable.js";
 import { checkCaller, type CallerOf, type CallerPolicy } from "../callerCheck.js";

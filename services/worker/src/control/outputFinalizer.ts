@@ -6,12 +6,10 @@
  */
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { InvalidArgumentError } from "../../../core/src/errors.js";
-import { PrunedModelWriter } from "../../../core/src/onnx/modelWriter.js";
-import { DATA_FILE, MODEL_FILE, PARTIAL_SUFFIX } from "../../../core/src/onnx/outputDir.js";
-import { TensorData } from "../../../core/src/onnx/tensorData.js";
-import { readModel } from "../../../core/src/onnx/modelFile.js";
-import type { JobPlan } from "../../../core/src/plan/jobPlan.js";
+import {
+  InvalidArgumentError, PrunedModelWriter, DATA_FILE, MODEL_FILE, PARTIAL_SUFFIX, TensorData,
+  readModel, type JobPlan,
+} from "../../../core/src/index.js";
 
 export async function finalizeOutput(plan: JobPlan): Promise<void> {
   const out = resolve(plan.out);

@@ -3,12 +3,7 @@
  * propagation, one block in memory at a time), as `atvp prune` runs it, so the facts and hence the
  * targets are the same bits. It writes nothing: a worker lost midway is replaced by a rerun.
  */
-import { InvalidArgumentError } from "../../../core/src/errors.js";
-import { BlockEngine } from "../../../core/src/pipeline/blockEngine.js";
-import type { JobPlan } from "../../../core/src/plan/jobPlan.js";
-import { jobProfile } from "../../../core/src/profiles/index.js";
-import { runProfilePrePass } from "../../../core/src/profiles/prePass.js";
-import { InferenceHost } from "../../../core/src/runtime/inferenceHost.js";
+import { BlockEngine, InferenceHost, InvalidArgumentError, jobProfile, profileFacts, type JobPlan } from "../../../core/src/index.js";
 import { openShardJob } from "./shardJob.js";
 
 export async function runProfile(plan: JobPlan, worker: { threads: number; device: "cpu" | "cuda" | "auto"; warn?: (m: string) => void }): Promise<number[][]> {
@@ -19,7 +14,7 @@ export async function runProfile(plan: JobPlan, worker: { threads: number; devic
     if (!prePass) throw new InvalidArgumentError("plan.sparsityProfile", `${plan.sparsityProfile} has no pre-pass`);
     host = InferenceHost.start({ threads: worker.threads, device: worker.device, warn: worker.warn });
     const engine = new BlockEngine({ ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds, targets: job.targets });
-    return await runProfilePrePass(engine, prePass, job.analysis.partition.numBlocks);
+    return await profileFacts(engine, prePass, job.analysis.partition.numBlocks);
   } finally {
     await host?.close().catch(() => {});
     await job.data.close().catch(() => {});

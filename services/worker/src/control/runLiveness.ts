@@ -13,7 +13,7 @@
  * finds the last tick that old, stops the run before the next write.
  */
 import { status } from "@grpc/grpc-js";
-import { RpcError } from "../../../rpc/status.js";
+import { RpcError } from "../../../rpc/index.js";
 
 /** Heartbeat period when the coordinator names none. */
 export const DEFAULT_HEARTBEAT_MS = 10_000;

@@ -4,16 +4,11 @@
  * Nothing is re-derived from a spec; the model is analysed only to cut its blocks, and the plan
  * is checked against that analysis (a plan for another model fails here, naming the weight).
  */
-import type { CalibSample } from "../../../core/src/calib/calibSet.js";
-import { InvalidArgumentError } from "../../../core/src/errors.js";
-import type { Region } from "../../../core/src/onnx/modelWriter.js";
-import { TensorData } from "../../../core/src/onnx/tensorData.js";
-import { analyzeModel, type ModelAnalysis } from "../../../core/src/pipeline/modelAnalysis.js";
-import { loadSamples } from "../../../core/src/pipeline/pruneModel.js";
-import type { ResolvedSpec } from "../../../core/src/pipeline/pruneSpec.js";
-import { needsCalibration } from "../../../core/src/methods/index.js";
-import { planRegions, planSpec, planTargets, type JobPlan, type PlanPhase } from "../../../core/src/plan/jobPlan.js";
-import { SampleFeeds } from "../../../core/src/pipeline/sampleFeeds.js";
+import {
+  type CalibSample, InvalidArgumentError, type Region, TensorData, analyzeModel,
+  type ModelAnalysis, loadSamples, type ResolvedSpec, needsCalibration, planRegions, planSpec,
+  planTargets, type JobPlan, type PlanPhase, SampleFeeds,
+} from "../../../core/src/index.js";
 
 export interface ShardJob {
   plan: JobPlan;

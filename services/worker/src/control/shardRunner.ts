@@ -11,14 +11,11 @@ import type * as grpc from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ShardAssignment, ShardProgressSchema } from "../../../gen/atvprune/v1/worker_pb.js";
-import { InvalidArgumentError } from "../../../core/src/errors.js";
-import { DATA_FILE, PARTIAL_SUFFIX } from "../../../core/src/onnx/outputDir.js";
-import { arraySource, BlockEngine, type PrunedWeight, type SampleState, type StateSource } from "../../../core/src/pipeline/blockEngine.js";
-import { needsCalibration } from "../../../core/src/methods/index.js";
-import { InferenceHost } from "../../../core/src/runtime/inferenceHost.js";
-import { RpcError } from "../../../rpc/status.js";
-import { fromPlanMessage } from "../../../rpc/jobPlanWire.js";
-import { toBlockFinished } from "../../../rpc/blockReportWire.js";
+import {
+  InvalidArgumentError, DATA_FILE, PARTIAL_SUFFIX, arraySource, BlockEngine, type PrunedWeight,
+  type SampleState, type StateSource, needsCalibration, InferenceHost,
+} from "../../../core/src/index.js";
+import { RpcError, fromPlanMessage, toBlockFinished } from "../../../rpc/index.js";
 import { exists, WorkDir, type BlockRecord } from "../checkpoint/checkpoints.js";
 import { CheckpointError, inBlock, inShard, ShardError } from "../errors.js";
 import type { Outbox, OutboxRegistry } from "../dataplane/outbox.js";

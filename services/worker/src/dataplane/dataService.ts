@@ -5,8 +5,7 @@
  */
 import { status } from "@grpc/grpc-js";
 import type { WorkerDataService } from "../../../gen/atvprune/v1/worker_data_pb.js";
-import type { ServerImpl } from "../../../rpc/grpcAdapter.js";
-import { RpcError } from "../../../rpc/status.js";
+import { type ServerImpl, RpcError } from "../../../rpc/index.js";
 import { exists, WorkDir } from "../checkpoint/checkpoints.js";
 import { StateFileReader } from "../checkpoint/stateFile.js";
 import { checkCaller, type CallerPolicy } from "../callerCheck.js";

@@ -3,7 +3,7 @@
  * block, sample by sample as each is computed, so the next worker starts before this block ends.
  * Once the shard is done the same states are in states/input-<end>.bin and the outbox goes away.
  */
-import type { SampleState, StateSource } from "../../../core/src/pipeline/blockEngine.js";
+import type { SampleState, StateSource } from "../../../core/src/index.js";
 import type { SampleFeed } from "./stateStream.js";
 
 type Waiter = { resolve: (s: SampleState) => void; reject: (e: unknown) => void };

@@ -7,9 +7,8 @@
 import { create } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
 import { StateChunkSchema, type StateChunk } from "../../../gen/atvprune/v1/worker_data_pb.js";
-import type { SampleState } from "../../../core/src/pipeline/blockEngine.js";
-import type { OrtType } from "../../../core/src/onnx/dtype.js";
-import { writeMessage } from "../../../rpc/grpcAdapter.js";
+import type { SampleState, OrtType } from "../../../core/src/index.js";
+import { writeMessage } from "../../../rpc/index.js";
 import { StateStreamError } from "../errors.js";
 import { bytesOf, expectedBytes, isOrtType, tensorOver } from "../checkpoint/tensorBytes.js";
 

@@ -10,8 +10,8 @@
  */
 import type * as grpc from "@grpc/grpc-js";
 import { WorkerDataService } from "../../../gen/atvprune/v1/worker_data_pb.js";
-import type { SampleState, StateSource } from "../../../core/src/pipeline/blockEngine.js";
-import { createClient } from "../../../rpc/grpcAdapter.js";
+import type { SampleState, StateSource } from "../../../core/src/index.js";
+import { createClient } from "../../../rpc/index.js";
 import { exists } from "../checkpoint/checkpoints.js";
 import { CheckpointError, StateStreamError } from "../errors.js";
 import { StateFileReader } from "../checkpoint/stateFile.js";

@@ -4,19 +4,16 @@
  * roots, after `..` and symbolic links are followed (a link inside a root that points outside is
  * outside). Also the field checks of a submitted JobSpec, as gRPC statuses that name the field.
  */
-import { toPruneSpec } from "../../rpc/jobSpec.js";
+import { toPruneSpec } from "./jobSpec.js";
 import { lstatSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { status } from "@grpc/grpc-js";
-import type { JobSpec } from "../../gen/atvprune/v1/job_pb.js";
-import { AtvpError, InvalidArgumentError } from "../../core/src/errors.js";
-import { readModel } from "../../core/src/onnx/modelFile.js";
-import { checkCalibKeys } from "../../core/src/calib/calibSet.js";
-import { checkNotInput } from "../../core/src/onnx/outputDir.js";
-import { TensorData } from "../../core/src/onnx/tensorData.js";
-import { resolveSpec, type PruneSpec } from "../../core/src/pipeline/pruneSpec.js";
-import { needsCalibration } from "../../core/src/methods/index.js";
-import { RpcError } from "../../rpc/status.js";
+import type { JobSpec } from "../gen/atvprune/v1/job_pb.js";
+import {
+  AtvpError, InvalidArgumentError, readModel, checkCalibKeys, checkNotInput, TensorData,
+  resolveSpec, needsCalibration,
+} from "../core/src/index.js";
+import { RpcError } from "./status.js";
 
 function errnoOf(err: unknown): string {
   return (err as NodeJS.ErrnoException).code ?? "error";
@@ -187,7 +184,7 @@ export function checkJobFiles(spec: { model: string; calib?: string; out: string
 const PROTO_FIELD: Record<string, string> = { magnitudeScope: "magnitude_scope", sparsityProfile: "sparsity_profile", owlLambda: "owl_lambda", owlM: "owl_m" };
 
 
-export { toPruneSpec };
+
 
 /**
  * Every field check the engine makes before it opens a file (method, sparsity, pattern, alpha,

@@ -1,0 +1,2 @@
+/** Metrics endpoints shared by the coordinator and the workers. */
+export * from "./metricsServer.js";

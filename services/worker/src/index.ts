@@ -1,0 +1,2 @@
+/** The worker's public face: start one (what main.ts, `atvp cluster up` and tests embed). */
+export * from "./worker.js";
