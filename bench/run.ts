@@ -11,6 +11,7 @@ import { benchCalibration } from "./calibBench.js";
 import { benchPrune } from "./pruneBench.js";
 import { benchStream } from "./streamBench.js";
 import { benchCluster } from "./clusterBench.js";
+import { benchMethods } from "./methodsBench.js";
 
 const workDir = resolve(process.env.ATVP_BENCH_DIR ?? ".work/bench");
 mkdirSync(workDir, { recursive: true });
@@ -21,6 +22,7 @@ const BENCHES: Array<[string, () => Promise<BenchLine[]>]> = [
   ["prune", () => benchPrune(workDir)],
   ["stream", () => benchStream()],
   ["cluster", () => benchCluster(workDir)],
+  ["methods", () => benchMethods(workDir)],
 ];
 
 for (const [name, bench] of BENCHES) {

@@ -17,11 +17,18 @@ type MethodRead = JobPlanMessage["method"];
 const METHOD_WIRE: Record<string, { toWire(o: MethodOptions): MethodOneof; fromWire(m: MethodRead): Partial<MethodOptions> }> = {
   atv: { toWire: (o) => ({ case: "atv", value: { alpha: o.alpha } }), fromWire: (m) => (m.case === "atv" ? { alpha: m.value.alpha } : {}) },
   wanda: { toWire: () => ({ case: "wanda", value: {} }), fromWire: () => ({}) },
+  sparsegpt: { toWire: () => ({ case: "sparsegpt", value: {} }), fromWire: () => ({}) },
+  "atv-sparsegpt": {
+    toWire: (o) => ({ case: "atvSparsegpt", value: { alpha: o.alpha } }),
+    fromWire: (m) => (m.case === "atvSparsegpt" ? { alpha: m.value.alpha } : {}),
+  },
   magnitude: {
     toWire: (o) => ({ case: "magnitude", value: { scope: o.magnitudeScope } }),
     fromWire: (m) => (m.case === "magnitude" ? { magnitudeScope: m.value.scope as MethodOptions["magnitudeScope"] } : {}),
   },
 };
+
+const WIRE_CASE_NAMES: Record<string, string> = { atvSparsegpt: "atv-sparsegpt" };
 
 const PHASES: Record<Phase, PlanPhase> = { profile: PlanPhase.PROFILE, prune: PlanPhase.PRUNE };
 
@@ -43,6 +50,8 @@ export function toPlanMessage(plan: JobPlan): JobPlanMessage {
     nsamples: plan.nsamples,
     seed: BigInt(plan.seed),
     sparsityProfile: plan.sparsityProfile,
+    owlLambda: plan.profileOptions.owlLambda,
+    owlM: plan.profileOptions.owlM,
     phases: plan.phases.map((p) => PHASES[p]),
     blocks: plan.blocks,
     linears: plan.linears.map((l) => ({ weight: l.weight, block: l.block, target: l.target, offset: BigInt(l.region.offset), length: BigInt(l.region.length) })),
@@ -55,7 +64,8 @@ export function toPlanMessage(plan: JobPlan): JobPlanMessage {
 export function fromPlanMessage(m: JobPlanMessage | undefined): JobPlan {
   if (!m) throw new InvalidArgumentError("plan", "is required");
   if (!m.method.case) throw new InvalidArgumentError("plan.method", "is required");
-  const method = m.method.case;
+  // The oneof's case is the method's name, except where a name is not an identifier (atv-sparsegpt).
+  const method = WIRE_CASE_NAMES[m.method.case] ?? m.method.case;
   const options: MethodOptions = {
     alpha: 0, magnitudeScope: "column", pattern: { kind: "unstructured" }, patternText: m.pattern || "unstructured",
     ...wireOf(method).fromWire(m.method),
@@ -72,6 +82,7 @@ export function fromPlanMessage(m: JobPlanMessage | undefined): JobPlan {
       nsamples: m.nsamples,
       seed: Number(m.seed),
       sparsityProfile: m.sparsityProfile,
+      profileOptions: { owlLambda: m.owlLambda, owlM: m.owlM },
       phases: m.phases.map((p) => {
         const name = phaseNames.get(p);
         if (!name) throw new InvalidArgumentError("plan.phases", `unknown phase ${p}`);

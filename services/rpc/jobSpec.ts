@@ -32,6 +32,8 @@ export function toPruneSpec(spec: JobSpec, worker?: { threads: number; device: "
     exclude: [...spec.exclude],
     magnitudeScope: (spec.magnitudeScope || undefined) as PruneSpec["magnitudeScope"],
     sparsityProfile: spec.sparsityProfile || undefined,
+    owlLambda: spec.owlLambda,
+    owlM: spec.owlM,
     force: spec.force,
     ...(worker ? { threads: worker.threads, device: worker.device } : {}),
   };

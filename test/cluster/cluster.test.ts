@@ -13,7 +13,7 @@ import { startNatsServer, type NatsServerHandle } from "../../services/coordinat
 import { startCoordinator, type CoordinatorHandle } from "../../services/coordinator/src/coordinator.js";
 import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
 import { tempDir } from "../support/fixtures.js";
-import { jobClient, openBlockStarts, startChild, waitForJob, type ChildService, type JobClient } from "../support/cluster.js";
+import { jobClient, killShardWorkerAfter, openBlockStarts, startChild, waitForJob, type ChildService, type JobClient } from "../support/cluster.js";
 
 const tmp = tempDir("cluster");
 let model: { model: string; calib: string };
@@ -119,16 +119,11 @@ test("a worker killed with SIGKILL mid-job: its shard resumes elsewhere, same by
     await coordinator.pool.waitForReady(2, 10_000);
     const s = spec("sequential");
     const { job } = await client.submitJob({ spec: s });
-    let killed: ChildService | undefined;
-    const result = await waitForJob(client, job!.id, 120_000, async (e) => {
-      // Kill the worker of the second shard once it has finished its first block.
-      if (!killed && e.event.case === "blockFinished" && e.event.value.block === 3) {
-        const shard = (await client.getJob({ id: job!.id })).shards.find((x) => x.firstBlock === 3);
-        const victim = children.find((c) => c.address === shard?.worker);
-        if (victim) { killed = victim; await victim.kill("SIGKILL"); }
-      }
-    });
+    // Kill the worker of the second shard once it has finished its first block.
+    const killer = killShardWorkerAfter(client, () => job!.id, 3, children);
+    const result = await waitForJob(client, job!.id, 120_000, killer.onEvent);
     const final = await client.getJob({ id: job!.id });
+    const killed = killer.killed;
     assert.ok(killed, "the test must kill a worker mid-job");
     // The events say which shard failed where and why, and close its open block_started.
     const failed = result.events.flatMap((e) => (e.event.case === "shardFailed" ? [e.event.value] : []));

@@ -10,10 +10,8 @@ import { generateVlmFolder } from "../../services/core/src/gen/vlm/vlmFolder.js"
 import { buildCalibration } from "../../services/core/src/calib/build/buildCalib.js";
 import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
 import { startNatsServer, type NatsServerHandle } from "../../services/coordinator/src/state/natsServer.js";
-import { startCoordinator } from "../../services/coordinator/src/coordinator.js";
-import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
 import { tempDir } from "../support/fixtures.js";
-import { jobClient, waitForJob } from "../support/cluster.js";
+import { startLocalCluster, waitForJob } from "../support/cluster.js";
 
 const tmp = tempDir("mrope-cluster");
 let nats: NatsServerHandle | undefined;
@@ -36,12 +34,9 @@ test("2 workers, sequential ATV on a multimodal-RoPE decoder: bit-identical to a
   const ref = join(tmp.path, "ref");
   await pruneModel({ ...spec, out: ref, threads: 1 } as never);
   nats = await startNatsServer({ dir: join(tmp.path, "nats") });
-  const ws: WorkerHandle[] = [];
-  for (let i = 0; i < 2; i++) ws.push(await startWorker({ threads: 1, log: () => {} }));
-  const coordinator = await startCoordinator({ nats: nats.url, workers: ws.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], metricsPort: 0, log: () => {} });
-  const client = jobClient(coordinator.address);
+  const c = await startLocalCluster(nats.url, 2, tmp.path);
+  const client = c.client;
   try {
-    await coordinator.pool.waitForReady(2, 10_000);
     const out = join(tmp.path, "cluster-out");
     const { job } = await client.submitJob({ spec: { ...spec, out } });
     const result = await waitForJob(client, job!.id);
@@ -50,8 +45,6 @@ test("2 workers, sequential ATV on a multimodal-RoPE decoder: bit-identical to a
     assert.equal(final.shards.length, 2);
     assert.ok(readFileSync(join(out, "model.onnx.data")).equals(readFileSync(join(ref, "model.onnx.data"))));
   } finally {
-    client.close();
-    await coordinator.close();
-    for (const w of ws) await w.close();
+    await c.close();
   }
 });

@@ -142,7 +142,11 @@ describe("validateJobSpec", () => {
   });
 
   const cases: [string, Partial<SpecInit>, RegExp][] = [
-    ["method", { method: "sparsegpt" }, /^spec\.method: must be atv, wanda or magnitude/],
+    ["method", { method: "sparsegtp" }, /^spec\.method: must be atv, wanda, magnitude, sparsegpt or atv-sparsegpt/],
+    ["method not supported yet", { method: "tamp" }, /^spec\.method: tamp is not supported yet/],
+    ["owl_lambda", { sparsityProfile: "owl", owlLambda: -1 }, /^spec\.owl_lambda: must be a finite number >= 0/],
+    ["owl_m", { sparsityProfile: "owl", owlM: 0 }, /^spec\.owl_m: must be a finite number > 0/],
+    ["owl with N:M", { sparsityProfile: "owl", pattern: "2:4", sparsity: undefined }, /^spec\.sparsity_profile: owl is for unstructured pruning/],
     ["method (unset)", { method: "" }, /^spec\.method: /],
     ["sparsity above range", { sparsity: 1 }, /^spec\.sparsity: must be in \[0, 1\), got 1/],
     ["sparsity below range", { sparsity: -0.1 }, /^spec\.sparsity: /],
@@ -180,7 +184,7 @@ describe("toPruneSpec", () => {
     const p = toPruneSpec(create(JobSpecSchema, { model: "m", out: "o", method: "magnitude", include: ["a"], force: true }));
     assert.deepEqual(p, {
       model: "m", calib: undefined, out: "o", method: "magnitude", sparsity: undefined, pattern: undefined, alpha: undefined,
-      propagation: undefined, nsamples: undefined, seed: undefined, include: ["a"], exclude: [], magnitudeScope: undefined, sparsityProfile: undefined, force: true,
+      propagation: undefined, nsamples: undefined, seed: undefined, include: ["a"], exclude: [], magnitudeScope: undefined, sparsityProfile: undefined, owlLambda: undefined, owlM: undefined, force: true,
     });
     const q = toPruneSpec(spec({ sparsity: 0, alpha: 0, nsamples: 3, seed: -5n, pattern: "2:4", propagation: "dense", magnitudeScope: "column" }));
     assert.equal(q.sparsity, 0, "an explicit 0 stays 0");

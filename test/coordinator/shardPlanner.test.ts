@@ -3,6 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { balancedPartition, planShards } from "../../services/coordinator/src/shardPlanner.js";
 import { InvalidArgumentError } from "../../services/core/src/errors.js";
+import { methodDefinition } from "../../services/core/src/methods/index.js";
 
 test("equal blocks split as evenly as contiguity allows", () => {
   assert.deepEqual(balancedPartition([1, 1, 1, 1], 2), [[0, 2], [2, 4]]);
@@ -27,4 +28,24 @@ test("never more shards than blocks or workers; workers too small for a block ar
 test("no worker with enough memory is an error naming the workers", () => {
   assert.throws(() => planShards([{ bytes: 100, flops: 1 }], [{ address: "w1", memoryBytes: 10 }]),
     (e: unknown) => e instanceof InvalidArgumentError && /w1=10/.test(e.message));
+});
+
+test("SparseGPT's Hessians count: a worker that holds the weights but not the in×in Hessians is skipped", () => {
+  // One block: q/k/v read x (in 64), o reads attn (in 64), up reads y (in 64, out 176), down reads z (in 176).
+  const l = (weight: string, activation: string, inDim: number, outDim: number) =>
+    ({ weight, node: weight, activation, inDim, outDim, dataType: 1, layout: "in_out" }) as never;
+  const linears = [l("q", "x", 64, 64), l("k", "x", 64, 64), l("v", "x", 64, 64), l("o", "attn", 64, 64), l("up", "y", 64, 176), l("down", "z", 176, 64)];
+  const working = methodDefinition("sparsegpt").workingBytes!(linears);
+  // Hessians and their factors U: 3 of 64² and one of 176² (float64 each, plus a row and the dead
+  // flags per input); widest: 2·176² + 4·176·64 float64;
+  // the new weights: 4·(4·64² + 2·64·176) bytes.
+  const expected = 3 * (2 * 64 * 64 * 8 + 64 * 9) + (2 * 176 * 176 * 8 + 176 * 9) + 8 * (2 * 176 * 176 + 4 * 176 * 64) + 4 * (4 * 64 * 64 + 2 * 64 * 176);
+  assert.equal(working, expected);
+  assert.equal(methodDefinition("wanda").workingBytes, undefined);
+  const weights = 4 * (4 * 64 * 64 + 2 * 64 * 176);
+  const block = { bytes: weights, flops: 1, workingBytes: working };
+  const roomForWeightsOnly = 2 * weights + 1;
+  const shards = planShards([block], [{ address: "small", memoryBytes: roomForWeightsOnly }, { address: "big", memoryBytes: 2 * weights + working }]);
+  assert.deepEqual(shards.map((s) => s.worker), ["big"]);
+  assert.throws(() => planShards([block], [{ address: "small", memoryBytes: roomForWeightsOnly }]), (e: unknown) => e instanceof InvalidArgumentError && /small=/.test(e.message));
 });

@@ -29,7 +29,7 @@ before(async () => {
 });
 
 /** An engine over the generated model, as pruneModel builds it, closed by the returned function. */
-function openEngine(spec: Partial<PruneSpec>, extra: { method?: Method; targets?: Map<string, number> } = {}) {
+function openEngine(spec: Partial<PruneSpec>, extra: { method?: Method; targets?: Map<string, number>; accumulatorBudgetBytes?: number } = {}) {
   const resolved = resolveSpec({ ...model, out: join(tmp.path, "unused"), method: "wanda", sparsity: 0.5, threads: 1, ...spec } as PruneSpec, 1);
   const analysis = analyzeModel(resolved.model);
   const data = new TensorData(analysis.loaded);
@@ -47,12 +47,12 @@ function sameStates(a: readonly SampleState[], b: readonly SampleState[]): boole
 }
 
 test("the registry names every method once and refuses an unknown one, listing the known ones", () => {
-  assert.deepEqual(methodNames(), ["atv", "wanda", "magnitude"]);
+  assert.deepEqual(methodNames(), ["atv", "wanda", "magnitude", "sparsegpt", "atv-sparsegpt"]);
   assert.equal(needsCalibration("magnitude"), false);
   assert.equal(needsCalibration("wanda"), true);
-  assert.throws(() => methodDefinition("sparsegtp"), (e: unknown) => e instanceof InvalidArgumentError && /must be atv, wanda or magnitude, got "sparsegtp"/.test(e.message));
+  assert.throws(() => methodDefinition("sparsegtp"), (e: unknown) => e instanceof InvalidArgumentError && /must be atv, wanda, magnitude, sparsegpt or atv-sparsegpt, got "sparsegtp"/.test(e.message));
   assert.deepEqual(methodDefinition("atv").shownOptions, ["alpha"]);
-  assert.deepEqual(profileNames(), ["uniform"]);
+  assert.deepEqual(profileNames(), ["uniform", "owl"]);
 });
 
 test("magnitude's option check lives in its own file and still refuses matrix scope with N:M", () => {
@@ -161,6 +161,47 @@ test("a profile's pre-pass runs the dense forward with its accumulators and prop
     await pre.close();
     await dense.close();
   }
+});
+
+test("tamp is refused as not supported yet, naming the field", () => {
+  assert.throws(() => methodDefinition("tamp"), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "method" && /tamp is not supported yet/.test(e.message));
+  assert.throws(() => resolveSpec({ model: "m", calib: "c", out: "o", method: "tamp" }, 1), /tamp is not supported yet/);
+});
+
+test("accumulators over the budget: one dense forward per group, each group compressed before the next is created", async () => {
+  // A method whose every key claims 1000 bytes, with a budget of 1500: one key per group.
+  const log: string[] = [];
+  class Tally implements Accumulator {
+    constructor(readonly key: string) { log.push(`create ${key}`); }
+    add(): void {}
+  }
+  const tally: Method<Tally> = {
+    name: "tally",
+    calibration: { pool: ATTENDED_TOKENS, accumulator: (l) => ({ key: l.activation, bytes: 1000, create: () => new Tally(l.activation) }) },
+    compress({ weight, stats, linear }) {
+      log.push(`compress ${stats!.key} ${linear.weight}`);
+      return { kind: "mask", mask: new Uint8Array(weight.inDim * weight.outDim), pruned: 0 };
+    },
+  };
+  const runs: string[][] = [];
+  for (const budget of [undefined, 1500]) {
+    log.length = 0;
+    const { engine, analysis, close } = openEngine({}, { method: tally, accumulatorBudgetBytes: budget });
+    try {
+      const result = await engine.runBlock(0, await engine.initialStates());
+      assert.deepEqual(result.layers.map((l) => l.weight), analysis.plan.blocks[0]!.weights.map((l) => l.weight), "layers in block order");
+      runs.push([...log]);
+    } finally {
+      await close();
+    }
+  }
+  const [together, grouped] = runs as [string[], string[]];
+  const keys = together.filter((e) => e.startsWith("create ")).length;
+  assert.ok(keys > 1);
+  // Without a budget every accumulator exists before any compress; with it, they alternate.
+  assert.ok(together.slice(0, keys).every((e) => e.startsWith("create ")));
+  const order = grouped.map((e) => e.split(" ")[0]);
+  assert.deepEqual(order.filter((e, i) => e !== order[i - 1]), Array.from({ length: keys }, () => ["create", "compress"]).flat());
 });
 
 test("the profile phase: a dense pre-pass over every block in order, facts per block, then per-linear targets the pruning phase uses", async () => {

@@ -8,6 +8,8 @@ import { JobService, JobState, type JobEvent } from "../../services/gen/atvprune
 import { createClient, type Client } from "../../services/rpc/grpcAdapter.js";
 import { REPO } from "./fixtures.js";
 import { openBlockStarts as findOpenBlocks } from "../../services/coordinator/src/openBlocks.js";
+import { startCoordinator } from "../../services/coordinator/src/coordinator.js";
+import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
 
 export type JobClient = Client<typeof JobService>;
 
@@ -74,4 +76,38 @@ export async function waitForJob(client: JobClient, id: string, timeoutMs = 120_
 /** block_started events left open (services/coordinator/src/openBlocks.ts), as {block, worker}. */
 export function openBlockStarts(events: readonly JobEvent[]): Array<{ block: number; worker: string }> {
   return findOpenBlocks(events).map(({ block, worker }) => ({ block, worker }));
+}
+
+/**
+ * A job-event handler that SIGKILLs the worker running the shard that starts at `firstBlock`
+ * once that block has finished (a worker dying mid-job, after it wrote something).
+ */
+export function killShardWorkerAfter(client: JobClient, jobId: () => string, firstBlock: number, children: readonly ChildService[]) {
+  const state: { killed: ChildService | undefined; onEvent: (e: JobEvent) => Promise<void> } = {
+    killed: undefined,
+    async onEvent(e) {
+      if (state.killed || e.event.case !== "blockFinished" || e.event.value.block !== firstBlock) return;
+      const shard = (await client.getJob({ id: jobId() })).shards.find((x) => x.firstBlock === firstBlock);
+      const victim = children.find((c) => c.address === shard?.worker);
+      if (victim) { state.killed = victim; await victim.kill("SIGKILL"); }
+    },
+  };
+  return state;
+}
+
+/** `workers` in-process workers and a coordinator over them, ready; close() stops them all. */
+export async function startLocalCluster(natsUrl: string, workers: number, root: string) {
+  const ws: WorkerHandle[] = [];
+  for (let i = 0; i < workers; i++) ws.push(await startWorker({ threads: 1, log: () => {} }));
+  const coordinator = await startCoordinator({ nats: natsUrl, workers: ws.map((w) => w.address), workRoot: join(root, "jobs"), allowedRoots: [root], metricsPort: 0, log: () => {} });
+  const client = jobClient(coordinator.address);
+  await coordinator.pool.waitForReady(workers, 10_000);
+  return {
+    client, coordinator, workers: ws,
+    async close() {
+      client.close();
+      await coordinator.close();
+      for (const w of ws) await w.close();
+    },
+  };
 }

@@ -139,6 +139,8 @@ export function toJobSpecMessage(spec: PruneSpec, workers: number, local: boolea
     exclude: spec.exclude ?? [],
     magnitudeScope: spec.magnitudeScope ?? "",
     sparsityProfile: spec.sparsityProfile ?? "",
+    owlLambda: spec.owlLambda,
+    owlM: spec.owlM,
     force: spec.force ?? false,
     workers,
   });

@@ -22,7 +22,7 @@ import {
   InvalidArgumentError, PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir, releaseOutput,
   type PreparedOutput, DATA_FILE, createPartialData, partialDataPath, removePartialData, planJob,
   selectPrunable, TensorData, fsErrorToTyped, analyzeModel, buildReport, jobInputs, loadSamples,
-  resolveSpec, needsCalibration, type BlockReport, type LayerReport,
+  resolveSpec, needsCalibration, methodDefinition, type BlockReport, type LayerReport, type JobPlan, jobProfile,
 } from "../../core/src/index.js";
 import { fromBlockFinished, type BlockRecord, toPlanMessage, toPruneSpec } from "../../rpc/index.js";
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
@@ -30,7 +30,7 @@ import type { EventPort, JobStatePort } from "./ports.js";
 import { openBlockStarts } from "./openBlocks.js";
 import { planShards, type PlannedShard } from "./shardPlanner.js";
 import { DEFAULT_STALL_TIMEOUT_S, heartbeatMs, StallWatchdog } from "./stallWatchdog.js";
-import type { WorkerPool } from "./workerPool.js";
+import type { WorkerClient, WorkerPool } from "./workerPool.js";
 
 export interface RunnerDeps {
   store: JobStatePort;
@@ -140,8 +140,14 @@ export class JobRunner {
       // finalized it). Clearing it would lose pruned weights that done blocks do not rewrite.
       const resumed = this.resume && (existsSync(partialDataPath(resolved.out)) || existsSync(join(resolved.out, DATA_FILE)));
       if (!resumed) prepared = await prepareOutputDir(resolved.out, resolved.force || this.resume, { inputs: jobInputs(resolved, data, samples) });
-      const plan = planJob(resolved, analysis, data, selection);
-      if (plan.phases.includes("profile")) throw new InvalidArgumentError("sparsityProfile", `${plan.sparsityProfile}'s pre-pass is not supported yet in a cluster`);
+      let plan = planJob(resolved, analysis, data, selection);
+      // The profile phase (OWL) before any shard prunes: a worker's dense pass gives each block's
+      // facts, reduced here into the per-linear targets the shards then run.
+      if (plan.phases.includes("profile")) {
+        const facts = await this.profileFacts(plan);
+        const targets = jobProfile(resolved).targets({ sparsity: resolved.sparsity, linears: selection, facts });
+        plan = { ...plan, phases: ["prune"], linears: plan.linears.map((l) => ({ ...l, target: targets.get(l.weight)! })) };
+      }
       this.plan = toPlanMessage(plan);
       if (!resumed) await createPartialData(resolved.out, plan.dataBytes);
       partialOut = resolved.out;
@@ -158,6 +164,7 @@ export class JobRunner {
       const costs = analysis.partition.blockLinears.map((linears) => ({
         bytes: linears.reduce((a, l) => a + data!.byteLength(analysis.index.initializers.get(l.weight)!), 0),
         flops: linears.reduce((a, l) => a + l.inDim * l.outDim, 0),
+        workingBytes: methodDefinition(resolved.method).workingBytes?.(linears) ?? 0,
       }));
       await this.deps.acquireWorkers?.(this.spec.workers, this.abort.signal);
       this.throwIfCancelled();
@@ -349,29 +356,44 @@ export class JobRunner {
     }
   }
 
-  /**
-   * A worker finalizes the output (copies the untouched weights, writes model.onnx): the ready
-   * workers in turn, until one answers; a deterministic failure (bad plan, output taken) ends it.
-   */
+  /** A worker finalizes the output (copies the untouched weights, writes model.onnx). */
   private async finalizeOutput(): Promise<void> {
+    await this.onAnyWorker("finalize the output", (client) => client.finalizeOutput({ jobId: this.jobId, plan: this.plan }, { deadlineMs: FINALIZE_DEADLINE_MS }));
+  }
+
+  /**
+   * The profile pre-pass's facts per block (a worker lost midway is replaced: the pass is
+   * deterministic, so any worker gives the same bits).
+   */
+  private async profileFacts(plan: JobPlan): Promise<number[][]> {
+    const message = toPlanMessage(plan);
+    const r = await this.onAnyWorker(`run the ${plan.sparsityProfile} pre-pass`, (client) => client.runProfile({ jobId: this.jobId, plan: message }, { deadlineMs: FINALIZE_DEADLINE_MS }));
+    if (r.blocks.length !== plan.blocks) throw new Error(`the ${plan.sparsityProfile} pre-pass gave facts for ${r.blocks.length} blocks, the plan has ${plan.blocks}`);
+    return r.blocks.map((b) => [...b.facts]);
+  }
+
+  /**
+   * One call on the ready workers in turn, until one answers; a deterministic failure (bad plan,
+   * output taken) ends it at once.
+   */
+  private async onAnyWorker<T>(what: string, call: (client: WorkerClient) => Promise<T>): Promise<T> {
     let lastError = "no ready worker";
     for (let attempt = 1; attempt <= 3; attempt++) {
       this.throwIfCancelled();
       await this.deps.pool.poll();
       for (const w of this.deps.pool.ready()) {
         try {
-          await this.deps.pool.client(w.address).finalizeOutput({ jobId: this.jobId, plan: this.plan }, { deadlineMs: FINALIZE_DEADLINE_MS });
-          return;
+          return await call(this.deps.pool.client(w.address));
         } catch (err) {
           const code = (err as { code?: number }).code;
           lastError = (err as { details?: string }).details || (err as Error).message;
           if (code !== undefined && DETERMINISTIC.has(code)) throw new Error(lastError);
-          this.deps.log(`job ${this.jobId}: finalizing the output on ${w.address} failed (${lastError}); trying another worker`);
+          this.deps.log(`job ${this.jobId}: ${what} on ${w.address} failed (${lastError}); trying another worker`);
         }
       }
       await new Promise((r) => setTimeout(r, 1000));
     }
-    throw new Error(`no worker could finalize the output: ${lastError}`);
+    throw new Error(`no worker could ${what}: ${lastError}`);
   }
 
   /** Another ready worker if there is one (the failed one last), waiting a bounded time. */

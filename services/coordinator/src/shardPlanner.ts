@@ -10,6 +10,8 @@ export interface BlockCost {
   bytes: number;
   /** multiply-adds per token (parameters of its linears) */
   flops: number;
+  /** what the method holds beyond the weights while pruning the block (SparseGPT's Hessians) */
+  workingBytes?: number;
 }
 
 export interface WorkerCapacity {
@@ -25,14 +27,17 @@ export interface PlannedShard {
   worker: string;
 }
 
-/** Memory a worker needs for one block: its weights, plus room for onnxruntime and activations. */
-export function blockMemoryNeed(blockBytes: number): number {
-  return Math.ceil(blockBytes * 2);
+/**
+ * Memory a worker needs for one block: its weights, plus room for onnxruntime and activations,
+ * plus the method's own working memory.
+ */
+export function blockMemoryNeed(blockBytes: number, workingBytes = 0): number {
+  return Math.ceil(blockBytes * 2) + workingBytes;
 }
 
 export function planShards(blocks: readonly BlockCost[], workers: readonly WorkerCapacity[], maxShards?: number): PlannedShard[] {
   if (blocks.length === 0) throw new InvalidArgumentError("model", "has no blocks to shard");
-  const need = blockMemoryNeed(Math.max(...blocks.map((b) => b.bytes)));
+  const need = Math.max(...blocks.map((b) => blockMemoryNeed(b.bytes, b.workingBytes)));
   const eligible = workers.filter((w) => w.memoryBytes >= need);
   if (eligible.length === 0) {
     throw new InvalidArgumentError("workers", `no ready worker has the ${need} bytes of memory one block needs (workers: ${workers.map((w) => `${w.address}=${w.memoryBytes}`).join(", ") || "none"})`);

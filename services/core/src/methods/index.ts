@@ -6,12 +6,18 @@ import { InvalidArgumentError } from "../errors.js";
 import { atv } from "./atv.js";
 import { magnitude } from "./magnitude.js";
 import type { Method, MethodDefinition, MethodOptions } from "./method.js";
+import { atvSparseGpt, sparseGpt } from "./sparseGpt.js";
 import { wanda } from "./wanda.js";
 
 export type * from "./method.js";
-export { NO_POOL_FACTS } from "./method.js";
+export { DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS } from "./method.js";
 
-const METHODS: ReadonlyMap<string, MethodDefinition> = new Map([atv, wanda, magnitude].map((m) => [m.name, m]));
+const METHODS: ReadonlyMap<string, MethodDefinition> = new Map([atv, wanda, magnitude, sparseGpt, atvSparseGpt].map((m) => [m.name, m]));
+
+/** Methods the contract names (../shared/METHODS.md) that this build refuses, and why. */
+const NOT_SUPPORTED_YET: ReadonlyMap<string, string> = new Map([
+  ["tamp", "its DAS scores need every linear's output and AMIA the attention probabilities, which the block forward does not expose yet; use sparsegpt, atv-sparsegpt, wanda or atv"],
+]);
 
 export function methodNames(): string[] {
   return [...METHODS.keys()];
@@ -20,6 +26,8 @@ export function methodNames(): string[] {
 /** The method called `name`, or an InvalidArgumentError on `field` listing the known ones. */
 export function methodDefinition(name: string, field = "method"): MethodDefinition {
   const m = METHODS.get(name);
+  const later = NOT_SUPPORTED_YET.get(name);
+  if (later) throw new InvalidArgumentError(field, `${name} is not supported yet: ${later}`);
   if (!m) {
     const names = methodNames();
     throw new InvalidArgumentError(field, `must be ${names.slice(0, -1).join(", ")} or ${names.at(-1)}, got ${JSON.stringify(name)}`);

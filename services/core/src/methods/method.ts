@@ -81,8 +81,19 @@ export interface AccumulatorSpec<A extends Accumulator = Accumulator> {
   key: string;
   /** the linear's output is needed as well as its input (not supported by the block cut yet) */
   needsOutput?: boolean;
+  /**
+   * Bytes the accumulator holds (SparseGPT's in×in Hessian): the engine calibrates the keys of a
+   * block in groups that fit its budget, one dense forward per group, when they do not all fit.
+   */
+  bytes?: number;
   create(): A;
 }
+
+/**
+ * Accumulator bytes one dense forward feeds by default (EngineContext.accumulatorBudgetBytes):
+ * 2 GiB holds the Hessians and factors of a 7B decoder block's inputs 4096, 4096 and 4096.
+ */
+export const DEFAULT_ACCUMULATOR_BUDGET_BYTES = 2 * 1024 ** 3;
 
 /** What a block's dense forward must yield for a method (or a profile's pre-pass). */
 export interface CalibrationNeeds<A extends Accumulator = Accumulator> {
@@ -144,4 +155,9 @@ export interface MethodDefinition {
   /** Refuses option combinations the method cannot run, naming the field (InvalidArgumentError). */
   checkOptions?(options: MethodOptions): void;
   create(options: MethodOptions): Method;
+  /**
+   * Bytes the method holds beyond the block's weights while it prunes one block (SparseGPT's
+   * in×in Hessians), for the shard planner; absent: small next to the weights.
+   */
+  workingBytes?(linears: readonly LinearInfo[]): number;
 }

@@ -23,7 +23,7 @@ import { ortType, typeName } from "../onnx/dtype.js";
 import type { LoadedModel } from "../onnx/modelFile.js";
 import type { TensorData } from "../onnx/tensorData.js";
 import {
-  createMethod, NO_POOL_FACTS, type Accumulator, type CalibrationNeeds, type Method,
+  createMethod, DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, type Accumulator, type CalibrationNeeds, type Compression, type Method,
   type PoolFacts,
 } from "../methods/index.js";
 import type { LinearTargets, ProfilePrePass } from "../profiles/index.js";
@@ -81,7 +81,13 @@ export interface EngineContext {
   targets: LinearTargets;
   /** the method to run; absent: the registry's method named by spec.method */
   method?: Method;
+  /**
+   * Bytes of accumulators (SparseGPT's Hessians) one dense forward may feed at once; beyond it
+   * the block's linears are calibrated in groups, one forward each (same bits, less memory).
+   */
+  accumulatorBudgetBytes?: number;
 }
+
 
 /** One linear after the compress step, for report.json. */
 interface Compressed {
@@ -153,13 +159,19 @@ export class BlockEngine {
       const dense = spec.propagation === "dense";
       const session = await this.loadSession(cut, weights);
       try {
-        // Steps 1-3: dense forward, token pools, statistics per linear.
-        const calibrated = await this.calibrate(b, session, weights, source, toPrune, method.calibration, { ...options, propagate: dense });
-        facts = calibrated.facts;
-        next = calibrated.next;
-        takeBack(weights, await host.unbind(session));
-        // Steps 4-6.
-        compressed = await this.compress(toPrune, weights, calibrated.stats);
+        // Steps 1-3 (dense forward, token pools, statistics per linear) and the compress step of
+        // 4-6, per group of accumulators that fits the budget; weights change only after all groups.
+        const groups = accumulatorGroups(toPrune, method.calibration, this.ctx.accumulatorBudgetBytes ?? DEFAULT_ACCUMULATOR_BUDGET_BYTES);
+        const done: CompressedLinear[] = [];
+        for (let g = 0; g < groups.length; g++) {
+          if (g > 0) await host.bind(session, boundTensors(cut, weights, this.ctx.index));
+          const calibrated = await this.calibrate(b, session, weights, source, groups[g]!, method.calibration, g === 0 ? { ...options, propagate: dense } : { signal: options.signal, propagate: false });
+          if (g === 0) ({ facts, next } = calibrated);
+          takeBack(weights, await host.unbind(session));
+          done.push(...await this.compressLinears(groups[g]!, weights, calibrated.stats));
+        }
+        done.sort((x, y) => toPrune.indexOf(x.linear) - toPrune.indexOf(y.linear));
+        compressed = applyCompressions(done);
         // Step 7: the pruned block's outputs feed the next block.
         if (!dense) {
           await host.bind(session, boundTensors(cut, weights, this.ctx.index));
@@ -283,17 +295,17 @@ export class BlockEngine {
 
   /** Steps 4-6: every linear of the block is compressed from dense weights before any changes. */
   private async compress(linears: readonly LinearInfo[], weights: Map<string, WeightMatrix>, stats: ReadonlyMap<string, Accumulator>): Promise<Compressed[]> {
+    return applyCompressions(await this.compressLinears(linears, weights, stats));
+  }
+
+  /** The compress step of every linear, from the dense weights; nothing is applied yet. */
+  private async compressLinears(linears: readonly LinearInfo[], weights: Map<string, WeightMatrix>, stats: ReadonlyMap<string, Accumulator>): Promise<CompressedLinear[]> {
     const { spec, samples } = this.ctx;
-    const done = await Promise.all(linears.map(async (linear) => {
+    return Promise.all(linears.map(async (linear) => {
       const weight = weights.get(linear.weight)!;
       const target = { sparsity: this.targetOf(linear), pattern: spec.pattern };
       return { linear, weight, target: target.sparsity, result: await this.method.compress({ weight, linear, stats: stats.get(linear.weight), samples: samples.length, target }) };
     }));
-    for (const { weight, result } of done) {
-      if (result.kind === "mask") applyMask(weight, result.mask);
-      else replaceWeight(weight, result.bytes);
-    }
-    return done.map(({ linear, weight, target, result }) => ({ linear, dataType: weight.dataType, target, pruned: result.pruned, facts: result.facts }));
   }
 
   /** Step 7: the block with its compressed weights, on every sample, in order. */
@@ -376,6 +388,50 @@ export class BlockEngine {
 
 function checkCount(cut: StageCut, source: StateSource, N: number): void {
   if (source.count !== N) throw new GraphError(cut.label, `got input states for ${source.count} samples, expected ${N}`);
+}
+
+interface CompressedLinear {
+  linear: LinearInfo;
+  weight: WeightMatrix;
+  target: number;
+  result: Compression;
+}
+
+/** Masks zero their entries, new weights replace the old: only once every linear of the block was compressed. */
+function applyCompressions(done: readonly CompressedLinear[]): Compressed[] {
+  for (const { weight, result } of done) {
+    if (result.kind === "mask") applyMask(weight, result.mask);
+    else replaceWeight(weight, result.bytes);
+  }
+  return done.map(({ linear, weight, target, result }) => ({ linear, dataType: weight.dataType, target, pruned: result.pruned, facts: result.facts }));
+}
+
+/**
+ * The block's linears in groups whose accumulators (by key, first appearance first) fit `budget`
+ * bytes together; a key larger than the budget is a group of its own. One group when all fit.
+ */
+export function accumulatorGroups(linears: readonly LinearInfo[], needs: CalibrationNeeds, budget: number): LinearInfo[][] {
+  const byKey = new Map<string, { bytes: number; linears: LinearInfo[] }>();
+  for (const l of linears) {
+    const spec = needs.accumulator(l);
+    const entry = byKey.get(spec.key) ?? { bytes: spec.bytes ?? 0, linears: [] };
+    entry.linears.push(l);
+    byKey.set(spec.key, entry);
+  }
+  const groups: LinearInfo[][] = [];
+  let current: LinearInfo[] = [];
+  let used = 0;
+  for (const { bytes, linears: ls } of byKey.values()) {
+    if (current.length > 0 && used + bytes > budget) {
+      groups.push(current);
+      current = [];
+      used = 0;
+    }
+    current.push(...ls);
+    used += bytes;
+  }
+  if (current.length > 0) groups.push(current);
+  return groups.length > 0 ? groups : [[]];
 }
 
 function isStateSource(input: readonly SampleState[] | StateSource): input is StateSource {

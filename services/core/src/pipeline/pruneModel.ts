@@ -18,12 +18,12 @@ import { InferenceHost } from "../runtime/inferenceHost.js";
 import { clampThreads } from "../runtime/threadLimit.js";
 import { createMethod, methodDefinition } from "../methods/index.js";
 import { planJob, planTargets, selectPrunable } from "../plan/jobPlan.js";
-import { sparsityProfile } from "../profiles/index.js";
+import { jobProfile } from "../profiles/index.js";
 import { profileTargets } from "./profilePhase.js";
 import { BlockEngine, type SampleState } from "./blockEngine.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
 import { resolveSpec, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
-import type { BlockReport, LayerReport, PruneReport } from "./report.js";
+import { blockSparsity, type BlockReport, type LayerReport, type PruneReport } from "./report.js";
 import { checkSample, SampleFeeds } from "./sampleFeeds.js";
 
 export type PruneEvent =
@@ -35,6 +35,8 @@ export type PruneEvent =
 export interface PruneOptions {
   onEvent?: (event: PruneEvent) => void;
   warn?: (message: string) => void;
+  /** bytes of accumulators one dense forward may feed (EngineContext.accumulatorBudgetBytes) */
+  accumulatorBudgetBytes?: number;
 }
 
 export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): Promise<PruneReport> {
@@ -60,10 +62,11 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     writer = await PrunedModelWriter.create(analysis.loaded, data, spec.out, new Set(plan.linears.map((l) => l.weight)));
     host = InferenceHost.start({ threads: spec.threads, device: spec.device, warn: options.warn });
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
-    const context = { ...analysis, data, spec, host, samples, feeds };
-    // Phase 1 (profiles with a pre-pass, e.g. OWL): per-linear targets from the dense model.
+    // The plan's selection, with the profile's placeholder targets until the profile phase ran.
+    const context = { ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan), accumulatorBudgetBytes: options.accumulatorBudgetBytes };
+    // The profile phase (OWL): a dense pass over every block before any block is pruned.
     const targets = plan.phases.includes("profile")
-      ? await profileTargets(new BlockEngine({ ...context, targets: planTargets(plan) }), sparsityProfile(plan.sparsityProfile), { sparsity: plan.sparsity, linears: selection })
+      ? await profileTargets(new BlockEngine(context), jobProfile(spec), { sparsity: spec.sparsity, linears: selection })
       : planTargets(plan);
     const engine = new BlockEngine({ ...context, targets });
     emit({ type: "job_started", blocks: analysis.partition.numBlocks, samples: samples.length, method: spec.method, graphAnalysis: analysis.partition.method });
@@ -148,12 +151,13 @@ export function buildReport(
   const pruned = layers.reduce((a, l) => a + l.pruned, 0);
   return {
     method: spec.method,
+    sparsityProfile: { name: spec.sparsityProfile, ...jobProfile(spec).options },
     sparsity: spec.sparsity,
     pattern: spec.patternText,
     alpha: spec.alpha,
     propagation: spec.propagation,
     layers,
-    blocks,
+    blocks: blocks.map((b) => ({ ...b, ...blockSparsity(layers.filter((l) => l.block === b.index)) })),
     totals: {
       params, pruned, sparsity: params === 0 ? 0 : pruned / params,
       blocks: analysis.partition.numBlocks,

@@ -6,6 +6,7 @@ import { InvalidArgumentError } from "../errors.js";
 import { methodDefinition } from "../methods/index.js";
 import { sparsityProfile } from "../profiles/index.js";
 import { parsePattern, type Pattern } from "../prune/maskSelect.js";
+import { OWL_DEFAULT_LAMBDA, OWL_DEFAULT_M } from "../prune/owlRatios.js";
 
 /** A name from the methods registry (methods/index.ts). */
 export type MethodName = string;
@@ -21,6 +22,10 @@ export interface PruneSpec {
   sparsity?: number;
   /** how --sparsity becomes per-linear targets (default uniform) */
   sparsityProfile?: string;
+  /** OWL's λ, the spread of its per-block sparsities (default 0.08) */
+  owlLambda?: number;
+  /** OWL's M: a weight is an outlier above M times its block's mean metric (default 5) */
+  owlM?: number;
   pattern?: string;
   alpha?: number;
   propagation?: Propagation;
@@ -55,6 +60,8 @@ export interface ResolvedSpec {
   exclude: RegExp[];
   magnitudeScope: "matrix" | "column";
   sparsityProfile: string;
+  owlLambda: number;
+  owlM: number;
   threads: number;
   device: "cpu" | "cuda" | "auto";
   force: boolean;
@@ -103,7 +110,12 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
     throw new InvalidArgumentError("magnitudeScope", `must be matrix or column, got ${JSON.stringify(magnitudeScope)}`);
   }
   method.checkOptions?.({ alpha, magnitudeScope, pattern, patternText });
-  const profile = sparsityProfile(spec.sparsityProfile ?? DEFAULT_SPARSITY_PROFILE);
+  const owlLambda = spec.owlLambda ?? OWL_DEFAULT_LAMBDA;
+  const owlM = spec.owlM ?? OWL_DEFAULT_M;
+  const profile = sparsityProfile(spec.sparsityProfile ?? DEFAULT_SPARSITY_PROFILE, { owlLambda, owlM, pattern });
+  if (profile.prePass && !method.needsCalibration) {
+    throw new InvalidArgumentError("sparsityProfile", `${profile.name} needs a calibration forward; ${spec.method} has none (use wanda, atv, sparsegpt or atv-sparsegpt)`);
+  }
   const threads = spec.threads ?? defaultThreads;
   if (!Number.isInteger(threads) || threads < 1) throw new InvalidArgumentError("threads", `must be a positive integer, got ${threads} (out of range)`);
   const device = spec.device ?? "cpu";
@@ -124,6 +136,8 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
     exclude: compile(spec.exclude ?? [], "exclude"),
     magnitudeScope,
     sparsityProfile: profile.name,
+    owlLambda,
+    owlM,
     threads,
     device,
     force: spec.force ?? false,

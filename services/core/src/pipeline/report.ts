@@ -26,10 +26,29 @@ export interface BlockReport {
   nVisual: number[];
   seconds: number;
   tokensPerSecond: number;
+  /** achieved over the block's pruned linears: pruned / params (filled in by buildReport) */
+  sparsity?: number;
+  /** the profile's target for the block, params-weighted over its linears (filled in by buildReport) */
+  targetSparsity?: number;
+}
+
+/** A block's achieved and target sparsity from its linears' reports. */
+export function blockSparsity(layers: readonly LayerReport[]): { sparsity: number; targetSparsity: number } {
+  const params = layers.reduce((a, l) => a + l.params, 0);
+  if (params === 0) return { sparsity: 0, targetSparsity: 0 };
+  return {
+    sparsity: layers.reduce((a, l) => a + l.pruned, 0) / params,
+    // One target for the whole block (uniform, OWL) is reported exactly, not re-averaged.
+    targetSparsity: layers.every((l) => l.targetSparsity === layers[0]!.targetSparsity)
+      ? layers[0]!.targetSparsity
+      : layers.reduce((a, l) => a + l.targetSparsity * l.params, 0) / params,
+  };
 }
 
 export interface PruneReport {
   method: string;
+  /** how --sparsity became per-linear targets (uniform, owl) and the profile's options */
+  sparsityProfile?: { name: string; owlLambda?: number; owlM?: number };
   sparsity: number;
   pattern: string;
   alpha: number;

@@ -13,7 +13,7 @@ import { planLayout, type Region } from "../onnx/modelWriter.js";
 import type { TensorData } from "../onnx/tensorData.js";
 import type { ModelAnalysis } from "../pipeline/modelAnalysis.js";
 import { isSelected, selectLinears, type Propagation, type ResolvedSpec } from "../pipeline/pruneSpec.js";
-import { sparsityProfile, type LinearTargets } from "../profiles/index.js";
+import { jobProfile, type LinearTargets } from "../profiles/index.js";
 import { parsePattern } from "../prune/maskSelect.js";
 
 /** profile: the sparsity profile's dense pre-pass over every block; prune: DESIGN §2 per block. */
@@ -41,6 +41,8 @@ export interface JobPlan {
   nsamples: number | undefined;
   seed: number;
   sparsityProfile: string;
+  /** the profile's options (OWL's λ and M) */
+  profileOptions: { owlLambda: number; owlM: number };
   phases: PlanPhase[];
   blocks: number;
   /** every linear the job prunes, in block order */
@@ -57,7 +59,7 @@ export interface JobPlan {
  */
 export function planJob(spec: ResolvedSpec, analysis: ModelAnalysis, data: TensorData, perBlock = selectPrunable(spec, analysis)): JobPlan {
   const selected = perBlock.flat();
-  const profile = sparsityProfile(spec.sparsityProfile);
+  const profile = jobProfile(spec);
   // Without a pre-pass the targets are final; with one they are placeholders the profile phase replaces.
   const targets = profile.prePass ? uniformTargets(perBlock, spec.sparsity) : profile.targets({ sparsity: spec.sparsity, linears: perBlock, facts: [] });
   const { byName, end } = planLayout(analysis.loaded, data, spec.out, new Set(selected.map((l) => l.weight)));
@@ -73,6 +75,7 @@ export function planJob(spec: ResolvedSpec, analysis: ModelAnalysis, data: Tenso
     nsamples: spec.nsamples,
     seed: spec.seed,
     sparsityProfile: profile.name,
+    profileOptions: { owlLambda: spec.owlLambda, owlM: spec.owlM },
     phases: profile.prePass ? ["profile", "prune"] : ["prune"],
     blocks: analysis.partition.numBlocks,
     linears,
@@ -139,6 +142,8 @@ export function planSpec(plan: JobPlan, runtime: { threads: number; device: "cpu
     exclude: [],
     magnitudeScope: plan.methodOptions.magnitudeScope,
     sparsityProfile: plan.sparsityProfile,
+    owlLambda: plan.profileOptions.owlLambda,
+    owlM: plan.profileOptions.owlM,
     threads: runtime.threads,
     device: runtime.device,
     force: false,

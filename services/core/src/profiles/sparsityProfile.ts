@@ -43,6 +43,8 @@ export interface TargetsInput {
 
 export interface SparsityProfile {
   readonly name: string;
+  /** the options the job gave it, for report.json (OWL's λ and M) */
+  readonly options?: Readonly<Record<string, number>>;
   /** undefined: the targets need no forward */
   readonly prePass: ProfilePrePass | undefined;
   targets(input: TargetsInput): LinearTargets;

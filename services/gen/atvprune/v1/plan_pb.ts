@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file atvprune/v1/plan.proto.
  */
 export const file_atvprune_v1_plan: GenFile = /*@__PURE__*/
-  fileDesc("ChZhdHZwcnVuZS92MS9wbGFuLnByb3RvEgthdHZwcnVuZS52MSIaCglBdHZQYXJhbXMSDQoFYWxwaGEYASABKAEiDQoLV2FuZGFQYXJhbXMiIAoPTWFnbml0dWRlUGFyYW1zEg0KBXNjb3BlGAEgASgJIl4KDVBsYW5uZWRMaW5lYXISDgoGd2VpZ2h0GAEgASgJEg0KBWJsb2NrGAIgASgNEg4KBnRhcmdldBgDIAEoARIOCgZvZmZzZXQYBCABKAQSDgoGbGVuZ3RoGAUgASgEIuADCgdKb2JQbGFuEg0KBW1vZGVsGAEgASgJEg0KBWNhbGliGAIgASgJEgsKA291dBgDIAEoCRIlCgNhdHYYCiABKAsyFi5hdHZwcnVuZS52MS5BdHZQYXJhbXNIABIpCgV3YW5kYRgLIAEoCzIYLmF0dnBydW5lLnYxLldhbmRhUGFyYW1zSAASMQoJbWFnbml0dWRlGAwgASgLMhwuYXR2cHJ1bmUudjEuTWFnbml0dWRlUGFyYW1zSAASEAoIc3BhcnNpdHkYBCABKAESDwoHcGF0dGVybhgFIAEoCRITCgtwcm9wYWdhdGlvbhgGIAEoCRIVCghuc2FtcGxlcxgHIAEoDUgBiAEBEgwKBHNlZWQYCCABKAMSGAoQc3BhcnNpdHlfcHJvZmlsZRgJIAEoCRImCgZwaGFzZXMYFCADKA4yFi5hdHZwcnVuZS52MS5QbGFuUGhhc2USDgoGYmxvY2tzGBUgASgNEisKB2xpbmVhcnMYFiADKAsyGi5hdHZwcnVuZS52MS5QbGFubmVkTGluZWFyEhIKCmRhdGFfYnl0ZXMYFyABKAQSHgoWYWN0aXZhdGlvbl9jYWNoZV9ieXRlcxgYIAEoBEIICgZtZXRob2RCCwoJX25zYW1wbGVzKlUKCVBsYW5QaGFzZRIaChZQTEFOX1BIQVNFX1VOU1BFQ0lGSUVEEAASFgoSUExBTl9QSEFTRV9QUk9GSUxFEAESFAoQUExBTl9QSEFTRV9QUlVORRACYgZwcm90bzM");
+  fileDesc("ChZhdHZwcnVuZS92MS9wbGFuLnByb3RvEgthdHZwcnVuZS52MSIaCglBdHZQYXJhbXMSDQoFYWxwaGEYASABKAEiDQoLV2FuZGFQYXJhbXMiEQoPU3BhcnNlR3B0UGFyYW1zIiMKEkF0dlNwYXJzZUdwdFBhcmFtcxINCgVhbHBoYRgBIAEoASIgCg9NYWduaXR1ZGVQYXJhbXMSDQoFc2NvcGUYASABKAkiXgoNUGxhbm5lZExpbmVhchIOCgZ3ZWlnaHQYASABKAkSDQoFYmxvY2sYAiABKA0SDgoGdGFyZ2V0GAMgASgBEg4KBm9mZnNldBgEIAEoBBIOCgZsZW5ndGgYBSABKAQi8AQKB0pvYlBsYW4SDQoFbW9kZWwYASABKAkSDQoFY2FsaWIYAiABKAkSCwoDb3V0GAMgASgJEiUKA2F0dhgKIAEoCzIWLmF0dnBydW5lLnYxLkF0dlBhcmFtc0gAEikKBXdhbmRhGAsgASgLMhguYXR2cHJ1bmUudjEuV2FuZGFQYXJhbXNIABIxCgltYWduaXR1ZGUYDCABKAsyHC5hdHZwcnVuZS52MS5NYWduaXR1ZGVQYXJhbXNIABIxCglzcGFyc2VncHQYDSABKAsyHC5hdHZwcnVuZS52MS5TcGFyc2VHcHRQYXJhbXNIABI4Cg1hdHZfc3BhcnNlZ3B0GA4gASgLMh8uYXR2cHJ1bmUudjEuQXR2U3BhcnNlR3B0UGFyYW1zSAASEAoIc3BhcnNpdHkYBCABKAESDwoHcGF0dGVybhgFIAEoCRITCgtwcm9wYWdhdGlvbhgGIAEoCRIVCghuc2FtcGxlcxgHIAEoDUgBiAEBEgwKBHNlZWQYCCABKAMSGAoQc3BhcnNpdHlfcHJvZmlsZRgJIAEoCRImCgZwaGFzZXMYFCADKA4yFi5hdHZwcnVuZS52MS5QbGFuUGhhc2USDgoGYmxvY2tzGBUgASgNEisKB2xpbmVhcnMYFiADKAsyGi5hdHZwcnVuZS52MS5QbGFubmVkTGluZWFyEhIKCmRhdGFfYnl0ZXMYFyABKAQSHgoWYWN0aXZhdGlvbl9jYWNoZV9ieXRlcxgYIAEoBBISCgpvd2xfbGFtYmRhGBkgASgBEg0KBW93bF9tGBogASgBQggKBm1ldGhvZEILCglfbnNhbXBsZXMqVQoJUGxhblBoYXNlEhoKFlBMQU5fUEhBU0VfVU5TUEVDSUZJRUQQABIWChJQTEFOX1BIQVNFX1BST0ZJTEUQARIUChBQTEFOX1BIQVNFX1BSVU5FEAJiBnByb3RvMw");
 
 /**
  * @generated from message atvprune.v1.AtvParams
@@ -47,6 +47,40 @@ export const WandaParamsSchema: GenMessage<WandaParams> = /*@__PURE__*/
   messageDesc(file_atvprune_v1_plan, 1);
 
 /**
+ * SparseGPT over every attended token (blocksize 128 and percdamp 0.01 are fixed by the contract)
+ *
+ * @generated from message atvprune.v1.SparseGptParams
+ */
+export type SparseGptParams = Message<"atvprune.v1.SparseGptParams"> & {
+};
+
+/**
+ * Describes the message atvprune.v1.SparseGptParams.
+ * Use `create(SparseGptParamsSchema)` to create a new message.
+ */
+export const SparseGptParamsSchema: GenMessage<SparseGptParams> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_plan, 2);
+
+/**
+ * SparseGPT over ATV's token pool
+ *
+ * @generated from message atvprune.v1.AtvSparseGptParams
+ */
+export type AtvSparseGptParams = Message<"atvprune.v1.AtvSparseGptParams"> & {
+  /**
+   * @generated from field: double alpha = 1;
+   */
+  alpha: number;
+};
+
+/**
+ * Describes the message atvprune.v1.AtvSparseGptParams.
+ * Use `create(AtvSparseGptParamsSchema)` to create a new message.
+ */
+export const AtvSparseGptParamsSchema: GenMessage<AtvSparseGptParams> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_plan, 3);
+
+/**
  * @generated from message atvprune.v1.MagnitudeParams
  */
 export type MagnitudeParams = Message<"atvprune.v1.MagnitudeParams"> & {
@@ -63,7 +97,7 @@ export type MagnitudeParams = Message<"atvprune.v1.MagnitudeParams"> & {
  * Use `create(MagnitudeParamsSchema)` to create a new message.
  */
 export const MagnitudeParamsSchema: GenMessage<MagnitudeParams> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_plan, 2);
+  messageDesc(file_atvprune_v1_plan, 4);
 
 /**
  * One linear the job prunes.
@@ -108,7 +142,7 @@ export type PlannedLinear = Message<"atvprune.v1.PlannedLinear"> & {
  * Use `create(PlannedLinearSchema)` to create a new message.
  */
 export const PlannedLinearSchema: GenMessage<PlannedLinear> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_plan, 3);
+  messageDesc(file_atvprune_v1_plan, 5);
 
 /**
  * @generated from message atvprune.v1.JobPlan
@@ -152,6 +186,18 @@ export type JobPlan = Message<"atvprune.v1.JobPlan"> & {
      */
     value: MagnitudeParams;
     case: "magnitude";
+  } | {
+    /**
+     * @generated from field: atvprune.v1.SparseGptParams sparsegpt = 13;
+     */
+    value: SparseGptParams;
+    case: "sparsegpt";
+  } | {
+    /**
+     * @generated from field: atvprune.v1.AtvSparseGptParams atv_sparsegpt = 14;
+     */
+    value: AtvSparseGptParams;
+    case: "atvSparsegpt";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -216,6 +262,18 @@ export type JobPlan = Message<"atvprune.v1.JobPlan"> & {
    * @generated from field: uint64 activation_cache_bytes = 24;
    */
   activationCacheBytes: bigint;
+
+  /**
+   * the profile's options: OWL's λ and M
+   *
+   * @generated from field: double owl_lambda = 25;
+   */
+  owlLambda: number;
+
+  /**
+   * @generated from field: double owl_m = 26;
+   */
+  owlM: number;
 };
 
 /**
@@ -223,7 +281,7 @@ export type JobPlan = Message<"atvprune.v1.JobPlan"> & {
  * Use `create(JobPlanSchema)` to create a new message.
  */
 export const JobPlanSchema: GenMessage<JobPlan> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_plan, 4);
+  messageDesc(file_atvprune_v1_plan, 6);
 
 /**
  * @generated from enum atvprune.v1.PlanPhase

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file atvprune/v1/worker.proto.
  */
 export const file_atvprune_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChhhdHZwcnVuZS92MS93b3JrZXIucHJvdG8SC2F0dnBydW5lLnYxIhAKDkdldEluZm9SZXF1ZXN0InYKCldvcmtlckluZm8SCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIOCgZkZXZpY2UYAyABKAkSFAoMbWVtb3J5X2J5dGVzGAQgASgEEg8KB3RocmVhZHMYBSABKA0SFAoMcnVubmluZ19qb2JzGAYgAygJIucBCg9TaGFyZEFzc2lnbm1lbnQSDgoGam9iX2lkGAEgASgJEiIKBHBsYW4YCSABKAsyFC5hdHZwcnVuZS52MS5Kb2JQbGFuEg0KBXNoYXJkGAMgASgNEhMKC2ZpcnN0X2Jsb2NrGAQgASgNEhEKCWVuZF9ibG9jaxgFIAEoDRIQCgh1cHN0cmVhbRgGIAEoCRIQCgh3b3JrX2RpchgHIAEoCRIPCgdhdHRlbXB0GAggASgNEhQKDGhlYXJ0YmVhdF9tcxgUIAEoDRIYChBzdGFsbF90aW1lb3V0X21zGBUgASgNSgQIAhADIhoKCVNoYXJkRG9uZRINCgVzaGFyZBgBIAEoDSIfCg5TaGFyZEhlYXJ0YmVhdBINCgVzaGFyZBgBIAEoDSLfAQoNU2hhcmRQcm9ncmVzcxIyCg1ibG9ja19zdGFydGVkGAEgASgLMhkuYXR2cHJ1bmUudjEuQmxvY2tTdGFydGVkSAASNAoOYmxvY2tfZmluaXNoZWQYAiABKAsyGi5hdHZwcnVuZS52MS5CbG9ja0ZpbmlzaGVkSAASJgoEZG9uZRgDIAEoCzIWLmF0dnBydW5lLnYxLlNoYXJkRG9uZUgAEjAKCWhlYXJ0YmVhdBgKIAEoCzIbLmF0dnBydW5lLnYxLlNoYXJkSGVhcnRiZWF0SABCCgoIcHJvZ3Jlc3MiMwoSQ2FuY2VsU2hhcmRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVzaGFyZBgCIAEoDSIoChNDYW5jZWxTaGFyZFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCJIChVVcGRhdGVVcHN0cmVhbVJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBXNoYXJkGAIgASgNEhAKCHVwc3RyZWFtGAMgASgJIhgKFlVwZGF0ZVVwc3RyZWFtUmVzcG9uc2UiSwoVRmluYWxpemVPdXRwdXRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIiCgRwbGFuGAIgASgLMhQuYXR2cHJ1bmUudjEuSm9iUGxhbiIYChZGaW5hbGl6ZU91dHB1dFJlc3BvbnNlMqADCg1Xb3JrZXJTZXJ2aWNlEj8KB0dldEluZm8SGy5hdHZwcnVuZS52MS5HZXRJbmZvUmVxdWVzdBoXLmF0dnBydW5lLnYxLldvcmtlckluZm8SRgoIUnVuU2hhcmQSHC5hdHZwcnVuZS52MS5TaGFyZEFzc2lnbm1lbnQaGi5hdHZwcnVuZS52MS5TaGFyZFByb2dyZXNzMAESUAoLQ2FuY2VsU2hhcmQSHy5hdHZwcnVuZS52MS5DYW5jZWxTaGFyZFJlcXVlc3QaIC5hdHZwcnVuZS52MS5DYW5jZWxTaGFyZFJlc3BvbnNlElkKDlVwZGF0ZVVwc3RyZWFtEiIuYXR2cHJ1bmUudjEuVXBkYXRlVXBzdHJlYW1SZXF1ZXN0GiMuYXR2cHJ1bmUudjEuVXBkYXRlVXBzdHJlYW1SZXNwb25zZRJZCg5GaW5hbGl6ZU91dHB1dBIiLmF0dnBydW5lLnYxLkZpbmFsaXplT3V0cHV0UmVxdWVzdBojLmF0dnBydW5lLnYxLkZpbmFsaXplT3V0cHV0UmVzcG9uc2ViBnByb3RvMw", [file_atvprune_v1_job, file_atvprune_v1_plan]);
+  fileDesc("ChhhdHZwcnVuZS92MS93b3JrZXIucHJvdG8SC2F0dnBydW5lLnYxIhAKDkdldEluZm9SZXF1ZXN0InYKCldvcmtlckluZm8SCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIOCgZkZXZpY2UYAyABKAkSFAoMbWVtb3J5X2J5dGVzGAQgASgEEg8KB3RocmVhZHMYBSABKA0SFAoMcnVubmluZ19qb2JzGAYgAygJIucBCg9TaGFyZEFzc2lnbm1lbnQSDgoGam9iX2lkGAEgASgJEiIKBHBsYW4YCSABKAsyFC5hdHZwcnVuZS52MS5Kb2JQbGFuEg0KBXNoYXJkGAMgASgNEhMKC2ZpcnN0X2Jsb2NrGAQgASgNEhEKCWVuZF9ibG9jaxgFIAEoDRIQCgh1cHN0cmVhbRgGIAEoCRIQCgh3b3JrX2RpchgHIAEoCRIPCgdhdHRlbXB0GAggASgNEhQKDGhlYXJ0YmVhdF9tcxgUIAEoDRIYChBzdGFsbF90aW1lb3V0X21zGBUgASgNSgQIAhADIhoKCVNoYXJkRG9uZRINCgVzaGFyZBgBIAEoDSIfCg5TaGFyZEhlYXJ0YmVhdBINCgVzaGFyZBgBIAEoDSLfAQoNU2hhcmRQcm9ncmVzcxIyCg1ibG9ja19zdGFydGVkGAEgASgLMhkuYXR2cHJ1bmUudjEuQmxvY2tTdGFydGVkSAASNAoOYmxvY2tfZmluaXNoZWQYAiABKAsyGi5hdHZwcnVuZS52MS5CbG9ja0ZpbmlzaGVkSAASJgoEZG9uZRgDIAEoCzIWLmF0dnBydW5lLnYxLlNoYXJkRG9uZUgAEjAKCWhlYXJ0YmVhdBgKIAEoCzIbLmF0dnBydW5lLnYxLlNoYXJkSGVhcnRiZWF0SABCCgoIcHJvZ3Jlc3MiMwoSQ2FuY2VsU2hhcmRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVzaGFyZBgCIAEoDSIoChNDYW5jZWxTaGFyZFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCJIChVVcGRhdGVVcHN0cmVhbVJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBXNoYXJkGAIgASgNEhAKCHVwc3RyZWFtGAMgASgJIhgKFlVwZGF0ZVVwc3RyZWFtUmVzcG9uc2UiSwoVRmluYWxpemVPdXRwdXRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIiCgRwbGFuGAIgASgLMhQuYXR2cHJ1bmUudjEuSm9iUGxhbiIYChZGaW5hbGl6ZU91dHB1dFJlc3BvbnNlIkcKEVJ1blByb2ZpbGVSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIiCgRwbGFuGAIgASgLMhQuYXR2cHJ1bmUudjEuSm9iUGxhbiIbCgpCbG9ja0ZhY3RzEg0KBWZhY3RzGAEgAygBIj0KElJ1blByb2ZpbGVSZXNwb25zZRInCgZibG9ja3MYASADKAsyFy5hdHZwcnVuZS52MS5CbG9ja0ZhY3RzMu8DCg1Xb3JrZXJTZXJ2aWNlEj8KB0dldEluZm8SGy5hdHZwcnVuZS52MS5HZXRJbmZvUmVxdWVzdBoXLmF0dnBydW5lLnYxLldvcmtlckluZm8SRgoIUnVuU2hhcmQSHC5hdHZwcnVuZS52MS5TaGFyZEFzc2lnbm1lbnQaGi5hdHZwcnVuZS52MS5TaGFyZFByb2dyZXNzMAESUAoLQ2FuY2VsU2hhcmQSHy5hdHZwcnVuZS52MS5DYW5jZWxTaGFyZFJlcXVlc3QaIC5hdHZwcnVuZS52MS5DYW5jZWxTaGFyZFJlc3BvbnNlElkKDlVwZGF0ZVVwc3RyZWFtEiIuYXR2cHJ1bmUudjEuVXBkYXRlVXBzdHJlYW1SZXF1ZXN0GiMuYXR2cHJ1bmUudjEuVXBkYXRlVXBzdHJlYW1SZXNwb25zZRJZCg5GaW5hbGl6ZU91dHB1dBIiLmF0dnBydW5lLnYxLkZpbmFsaXplT3V0cHV0UmVxdWVzdBojLmF0dnBydW5lLnYxLkZpbmFsaXplT3V0cHV0UmVzcG9uc2USTQoKUnVuUHJvZmlsZRIeLmF0dnBydW5lLnYxLlJ1blByb2ZpbGVSZXF1ZXN0Gh8uYXR2cHJ1bmUudjEuUnVuUHJvZmlsZVJlc3BvbnNlYgZwcm90bzM", [file_atvprune_v1_job, file_atvprune_v1_plan]);
 
 /**
  * @generated from message atvprune.v1.GetInfoRequest
@@ -354,6 +354,67 @@ export const FinalizeOutputResponseSchema: GenMessage<FinalizeOutputResponse> = 
   messageDesc(file_atvprune_v1_worker, 11);
 
 /**
+ * The sparsity profile's pre-pass (OWL): a dense forward of every block with dense propagation on
+ * one worker, before any shard prunes; the coordinator reduces the facts into per-linear targets.
+ *
+ * @generated from message atvprune.v1.RunProfileRequest
+ */
+export type RunProfileRequest = Message<"atvprune.v1.RunProfileRequest"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: atvprune.v1.JobPlan plan = 2;
+   */
+  plan?: JobPlan | undefined;
+};
+
+/**
+ * Describes the message atvprune.v1.RunProfileRequest.
+ * Use `create(RunProfileRequestSchema)` to create a new message.
+ */
+export const RunProfileRequestSchema: GenMessage<RunProfileRequest> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_worker, 12);
+
+/**
+ * @generated from message atvprune.v1.BlockFacts
+ */
+export type BlockFacts = Message<"atvprune.v1.BlockFacts"> & {
+  /**
+   * @generated from field: repeated double facts = 1;
+   */
+  facts: number[];
+};
+
+/**
+ * Describes the message atvprune.v1.BlockFacts.
+ * Use `create(BlockFactsSchema)` to create a new message.
+ */
+export const BlockFactsSchema: GenMessage<BlockFacts> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_worker, 13);
+
+/**
+ * @generated from message atvprune.v1.RunProfileResponse
+ */
+export type RunProfileResponse = Message<"atvprune.v1.RunProfileResponse"> & {
+  /**
+   * one entry per block, in block order
+   *
+   * @generated from field: repeated atvprune.v1.BlockFacts blocks = 1;
+   */
+  blocks: BlockFacts[];
+};
+
+/**
+ * Describes the message atvprune.v1.RunProfileResponse.
+ * Use `create(RunProfileResponseSchema)` to create a new message.
+ */
+export const RunProfileResponseSchema: GenMessage<RunProfileResponse> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_worker, 14);
+
+/**
  * @generated from service atvprune.v1.WorkerService
  */
 export const WorkerService: GenService<{
@@ -398,6 +459,14 @@ export const WorkerService: GenService<{
     methodKind: "unary";
     input: typeof FinalizeOutputRequestSchema;
     output: typeof FinalizeOutputResponseSchema;
+  },
+  /**
+   * @generated from rpc atvprune.v1.WorkerService.RunProfile
+   */
+  runProfile: {
+    methodKind: "unary";
+    input: typeof RunProfileRequestSchema;
+    output: typeof RunProfileResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_atvprune_v1_worker, 0);

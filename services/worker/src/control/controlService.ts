@@ -10,6 +10,7 @@ import { type ServerImpl, writeMessage, RpcError, fromPlanMessage } from "../../
 import { confineAssignment, confinePlan, type AssignmentPolicy } from "./assignmentPolicy.js";
 import { inShard } from "../errors.js";
 import { finalizeOutput } from "./outputFinalizer.js";
+import { runProfile } from "./profileRun.js";
 import { ShardRun, type ShardRunDeps } from "./shardRunner.js";
 import type { ShardTable } from "./shardTable.js";
 import { checkCaller, type CallerOf, type CallerPolicy } from "../callerCheck.js";
@@ -89,6 +90,17 @@ export function controlServiceImpl(me: WorkerIdentity, shards: ShardTable, deps:
         throw inShard(err, `job ${req.jobId} output`);
       }
       return {};
+    },
+
+    async runProfile(req, call) {
+      auth(call);
+      const plan = access.policy ? confinePlan(req.plan, access.policy) : req.plan;
+      try {
+        const blocks = await runProfile(fromPlanMessage(plan), { threads: deps.threads, device: deps.device, warn: deps.log });
+        return { blocks: blocks.map((facts) => ({ facts })) };
+      } catch (err) {
+        throw inShard(err, `job ${req.jobId} profile pre-pass`);
+      }
     },
 
   };

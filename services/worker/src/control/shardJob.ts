@@ -7,7 +7,7 @@
 import {
   type CalibSample, InvalidArgumentError, type Region, TensorData, analyzeModel,
   type ModelAnalysis, loadSamples, type ResolvedSpec, needsCalibration, planRegions, planSpec,
-  planTargets, type JobPlan, SampleFeeds,
+  planTargets, type JobPlan, type PlanPhase, SampleFeeds,
 } from "../../../core/src/index.js";
 
 export interface ShardJob {
@@ -23,8 +23,13 @@ export interface ShardJob {
   regions: Map<string, Region>;
 }
 
-export async function openShardJob(plan: JobPlan, worker: { threads: number; device: "cpu" | "cuda" | "auto" }): Promise<ShardJob> {
-  if (plan.phases.includes("profile")) throw new InvalidArgumentError("plan.phases", `the ${plan.sparsityProfile} profile's pre-pass is not supported yet in a cluster`);
+/**
+ * `phase` "prune" (RunShard) needs a plan whose profile phase is done (the coordinator runs it
+ * first, through RunProfile, and sends the plan with the final targets).
+ */
+export async function openShardJob(plan: JobPlan, worker: { threads: number; device: "cpu" | "cuda" | "auto" }, phase: PlanPhase = "prune"): Promise<ShardJob> {
+  if (!plan.phases.includes(phase)) throw new InvalidArgumentError("plan.phases", `the plan has no ${phase} phase (phases: ${plan.phases.join(", ")})`);
+  if (phase === "prune" && plan.phases.includes("profile")) throw new InvalidArgumentError("plan.phases", `the ${plan.sparsityProfile} profile's pre-pass must run (RunProfile) before shards prune`);
   const spec = planSpec(plan, worker);
   const analysis = analyzeModel(plan.model);
   checkPlanFits(plan, analysis);

@@ -1,0 +1,31 @@
+/**
+ * SparseGPT against Wanda on the medium generated model (the same model as pruneBench's
+ * "medium"), both in their own process in one run: the time ratio, and SparseGPT's peak memory
+ * over the weight bytes of one block (its in×in Hessians are what grows).
+ */
+import { join } from "node:path";
+import { generateModel, type GenModelOptions } from "../services/core/src/gen/genModel.js";
+import { analyzeModel } from "../services/core/src/pipeline/modelAnalysis.js";
+import { elementSize } from "../services/core/src/onnx/dtype.js";
+import { sparseGptWorkingBytes } from "../services/core/src/methods/sparseGpt.js";
+import type { BenchLine } from "./benchLine.js";
+import { pruneInChild } from "./pruneBench.js";
+
+export const MEDIUM: Omit<GenModelOptions, "outDir"> = { layers: 8, hidden: 1024, samples: 16, seqLen: 128, imageTokens: 64 };
+
+export async function benchMethods(workDir: string): Promise<BenchLine[]> {
+  const gen = await generateModel({ outDir: join(workDir, "methods-medium"), force: true, ...MEDIUM });
+  const run = (method: string) => pruneInChild({ model: gen.modelPath, calib: gen.calibPath, method, sparsity: 0.5, out: join(workDir, `methods-${method}-out`), force: true });
+  const wanda = run("wanda");
+  const sparsegpt = run("sparsegpt");
+  const block = analyzeModel(gen.modelPath).partition.blockLinears[0]!;
+  const blockBytes = block.reduce((a, l) => a + l.inDim * l.outDim * elementSize(l.dataType, l.weight), 0);
+  return [
+    { bench: "sparsegpt_vs_wanda_seconds", value: sparsegpt.seconds / wanda.seconds, unit: "ratio", sparsegptSeconds: sparsegpt.seconds, wandaSeconds: wanda.seconds, ...MEDIUM },
+    {
+      bench: "hessian_peak_rss_over_block_bytes", value: sparsegpt.peakRssBytes / blockBytes, unit: "ratio",
+      peakRssBytes: sparsegpt.peakRssBytes, blockBytes, wandaPeakRssOverBlockBytes: wanda.peakRssBytes / blockBytes,
+      plannerWorkingBytesOverBlockBytes: sparseGptWorkingBytes(block) / blockBytes,
+    },
+  ];
+}

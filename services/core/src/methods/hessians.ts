@@ -1,0 +1,42 @@
+/**
+ * SparseGPT's statistic as an accumulator: the Hessian of a linear's input over the pooled tokens
+ * (prune/hessian.ts), one per activation tensor so q/k/v (and gate/up) share one in×in matrix.
+ */
+import type { LinearInfo } from "../graph/linears.js";
+import { HessianAccumulator } from "../prune/hessian.js";
+import { prepareHessian, type PreparedHessian } from "../prune/sparseGpt.js";
+import type { Accumulator, AccumulatorInput, AccumulatorSpec } from "./method.js";
+
+export class Hessian implements Accumulator {
+  private readonly acc: HessianAccumulator;
+  private finished: Float64Array | undefined;
+  private prepared: PreparedHessian | undefined;
+
+  constructor(tensor: string, channels: number) {
+    this.acc = new HessianAccumulator(tensor, channels);
+  }
+
+  add({ input, pool, subject }: AccumulatorInput): void {
+    if (this.finished) throw new RangeError(`Hessian of ${this.acc.tensor} was already finished`);
+    this.acc.add(input, pool, subject);
+  }
+
+  /** H = (2/N)·Σ AᵀA, formed once for the linears sharing it (they only read it). */
+  matrix(samples: number): Float64Array {
+    this.finished ??= this.acc.finish(samples);
+    return this.finished;
+  }
+
+  /** H with dead inputs, dampening and U = chol(H⁻¹)ᵀ, factored once for the linears sharing it. */
+  factored(samples: number): PreparedHessian {
+    this.prepared ??= prepareHessian(this.matrix(samples), this.acc.channels, this.acc.tensor);
+    return this.prepared;
+  }
+}
+
+export function hessians(linear: LinearInfo): AccumulatorSpec<Hessian> {
+  const n = linear.inDim;
+  // The Hessian, then its factor U and the dead-input flags.
+  const bytes = HessianAccumulator.bytes(n) + 8 * n * n + n;
+  return { key: `hessian:${linear.activation}`, bytes, create: () => new Hessian(linear.activation, n) };
+}

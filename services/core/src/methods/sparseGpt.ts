@@ -1,0 +1,65 @@
+/**
+ * SparseGPT (METHODS.md §1): a Hessian per linear over every attended token, then OBS pruning in
+ * 128-input-channel slabs that also updates the surviving weights. ATV-SparseGPT is the same
+ * compression over ATV's token pool (one pool for all linears of the block).
+ */
+import type { LinearInfo } from "../graph/linears.js";
+import { elementSize } from "../onnx/dtype.js";
+import { HessianAccumulator } from "../prune/hessian.js";
+import { sparseGptCompressPrepared } from "../prune/sparseGpt.js";
+import { atv } from "./atv.js";
+import { Hessian, hessians } from "./hessians.js";
+import { DEFAULT_ACCUMULATOR_BUDGET_BYTES, type CompressInput, type Compression, type Method, type MethodDefinition } from "./method.js";
+import { ATTENDED_TOKENS, atvTokens } from "./tokenPools.js";
+
+/** Compresses a copy of the dense weight: every linear of the block must see dense weights. */
+function compressWithHessian({ weight, stats, samples, target }: CompressInput<Hessian>): Compression {
+  const copy = { ...weight, bytes: weight.bytes.slice() };
+  const r = sparseGptCompressPrepared(copy, stats!.factored(samples), { sparsity: target.sparsity, pattern: target.pattern });
+  return { kind: "weights", bytes: copy.bytes, pruned: r.pruned, facts: { relativeError: r.relativeError } };
+}
+
+/**
+ * A block's peak: one float64 Hessian and its factor U per distinct input (kept until every
+ * linear is compressed), the Cholesky work of the widest input (two in×in), a linear's float64 copies
+ * (original, working, written back, difference), and the new bytes of every linear until they
+ * are applied.
+ */
+export function sparseGptWorkingBytes(linears: readonly LinearInfo[]): number {
+  const inputs = new Map(linears.map((l) => [l.activation, l.inDim]));
+  const perInput = [...inputs.values()].map((n) => HessianAccumulator.bytes(n) + 8 * n * n + n);
+  // Beyond the engine's budget the inputs are calibrated a group at a time.
+  let bytes = Math.min(perInput.reduce((a, b) => a + b, 0), Math.max(DEFAULT_ACCUMULATOR_BUDGET_BYTES, ...perInput));
+  let widest = 0;
+  for (const l of linears) {
+    widest = Math.max(widest, 2 * 8 * l.inDim * l.inDim + 4 * 8 * l.inDim * l.outDim);
+    bytes += l.inDim * l.outDim * elementSize(l.dataType, l.weight);
+  }
+  return bytes + widest;
+}
+
+export const sparseGpt: MethodDefinition = {
+  name: "sparsegpt",
+  needsCalibration: true,
+  shownOptions: [],
+  workingBytes: sparseGptWorkingBytes,
+  create(): Method<Hessian> {
+    return { name: "sparsegpt", calibration: { pool: ATTENDED_TOKENS, accumulator: hessians }, compress: compressWithHessian };
+  },
+};
+
+export const atvSparseGpt: MethodDefinition = {
+  name: "atv-sparsegpt",
+  needsCalibration: true,
+  shownOptions: ["alpha"],
+  workingBytes: sparseGptWorkingBytes,
+  create(options): Method<Hessian> {
+    return {
+      name: "atv-sparsegpt",
+      calibration: { pool: atvTokens(options.alpha), accumulator: hessians },
+      // The same pool as ATV, so the same samples are refused.
+      checkSample: atv.create(options).checkSample,
+      compress: compressWithHessian,
+    };
+  },
+};

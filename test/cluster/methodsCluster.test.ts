@@ -1,0 +1,121 @@
+// SparseGPT and ATV-SparseGPT (and, as they land, the profiles) in the cluster: every job must
+// write exactly the bytes and the per-linear facts `atvp prune` writes, also after a worker dies.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { JobState } from "../../services/gen/atvprune/v1/job_pb.js";
+import { generateModel } from "../../services/core/src/gen/genModel.js";
+import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
+import { startNatsServer, type NatsServerHandle } from "../../services/coordinator/src/state/natsServer.js";
+import { startCoordinator } from "../../services/coordinator/src/coordinator.js";
+import { tempDir } from "../support/fixtures.js";
+import { jobClient, killShardWorkerAfter, openBlockStarts, startLocalCluster, startChild, waitForJob, type ChildService } from "../support/cluster.js";
+
+const tmp = tempDir("methods-cluster");
+let model: { model: string; calib: string };
+const natsServers: NatsServerHandle[] = [];
+let counter = 0;
+
+/** Jobs by name: the spec fields beyond model/calib/out. */
+const JOBS: Record<string, Record<string, unknown>> = {
+  "sparsegpt": { method: "sparsegpt", sparsity: 0.5 },
+  "sparsegpt 2:4": { method: "sparsegpt", pattern: "2:4" },
+  "atv-sparsegpt": { method: "atv-sparsegpt", sparsity: 0.6, alpha: 4 },
+  "sparsegpt dense": { method: "sparsegpt", sparsity: 0.5, propagation: "dense" },
+  "wanda owl": { method: "wanda", sparsity: 0.5, sparsityProfile: "owl" },
+  "atv-sparsegpt owl": { method: "atv-sparsegpt", sparsity: 0.5, alpha: 4, sparsityProfile: "owl", owlLambda: 0.1, owlM: 3 },
+};
+/** Workers per job (2 unless listed): SparseGPT also on 1 and 3. */
+const WORKERS: Array<[string, number]> = [...Object.keys(JOBS).map((name): [string, number] => [name, 2]), ["sparsegpt", 1], ["sparsegpt", 3]];
+const reference = new Map<string, { data: Buffer; layers: unknown }>();
+
+before(async () => {
+  const g = await generateModel({ outDir: join(tmp.path, "model"), layers: 4, hidden: 64, samples: 8, seqLen: 40, imageTokens: 16, seed: 5 });
+  model = { model: g.modelPath, calib: g.calibPath };
+  for (const [name, extra] of Object.entries(JOBS)) {
+    const out = join(tmp.path, `ref-${++counter}`);
+    await pruneModel({ model: model.model, calib: model.calib, out, threads: 1, ...extra } as never);
+    reference.set(name, { data: readFileSync(join(out, "model.onnx.data")), layers: layersOf(out) });
+  }
+});
+after(async () => {
+  for (const n of natsServers) await n.stop();
+  tmp.cleanup();
+});
+
+function layersOf(out: string): unknown {
+  const r = JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as { layers: { weight: string; pruned: number; targetSparsity: number; facts?: unknown }[] };
+  return r.layers.map((l) => ({ weight: l.weight, pruned: l.pruned, target: l.targetSparsity, facts: l.facts }));
+}
+
+async function freshNats(): Promise<NatsServerHandle> {
+  const n = await startNatsServer({ dir: join(tmp.path, `nats-${++counter}`) });
+  natsServers.push(n);
+  return n;
+}
+
+test("SparseGPT's report carries its facts, and its survivors are updated, not only masked", () => {
+  const layers = reference.get("sparsegpt")!.layers as { facts?: { relativeError: number } }[];
+  assert.ok(layers.length > 0);
+  for (const l of layers) assert.ok(l.facts && l.facts.relativeError > 0 && l.facts.relativeError < 1, JSON.stringify(l));
+  const dense = readFileSync(model.model + ".data");
+  const pruned = reference.get("sparsegpt")!.data;
+  const a = new Float32Array(dense.buffer, dense.byteOffset, Math.floor(dense.length / 4));
+  const b = new Float32Array(pruned.buffer, pruned.byteOffset, Math.floor(pruned.length / 4));
+  let changedSurvivors = 0;
+  for (let i = 0; i < Math.min(a.length, b.length); i++) if (b[i] !== 0 && b[i] !== a[i]) changedSurvivors++;
+  assert.ok(changedSurvivors > 0, "SparseGPT must change surviving weights (OBS update)");
+});
+
+for (const [name, workers] of WORKERS) {
+  test(`${name}: ${workers} worker(s), bit-identical to atvp prune (weights and per-linear facts)`, async () => {
+    const nats = await freshNats();
+    const c = await startLocalCluster(nats.url, workers, tmp.path);
+    try {
+      const out = join(tmp.path, `out-${++counter}`);
+      const { job } = await c.client.submitJob({ spec: { model: model.model, calib: model.calib, out, ...JOBS[name] } });
+      const result = await waitForJob(c.client, job!.id);
+      const final = await c.client.getJob({ id: job!.id });
+      assert.equal(result.state, JobState.SUCCEEDED, final.reason);
+      assert.equal(final.shards.length, workers);
+      assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference.get(name)!.data));
+      assert.deepEqual(layersOf(out), reference.get(name)!.layers);
+    } finally {
+      await c.close();
+    }
+  });
+}
+
+for (const name of ["sparsegpt", "wanda owl"]) test(`${name}: a worker killed with SIGKILL mid-job, same bytes`, async () => {
+  const nats = await freshNats();
+  const children: ChildService[] = [];
+  for (let i = 0; i < 2; i++) children.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1", "--insecure", "--allow-root", tmp.path]));
+  const coordinator = await startCoordinator({ nats: nats.url, workers: children.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], log: () => {} });
+  const client = jobClient(coordinator.address);
+  try {
+    await coordinator.pool.waitForReady(2, 10_000);
+    const out = join(tmp.path, `out-${++counter}`);
+    const { job } = await client.submitJob({ spec: { model: model.model, calib: model.calib, out, ...JOBS[name] } });
+    const killer = killShardWorkerAfter(client, () => job!.id, 2, children);
+    const result = await waitForJob(client, job!.id, 120_000, killer.onEvent);
+    const final = await client.getJob({ id: job!.id });
+    assert.ok(killer.killed, "the test must kill a worker mid-job");
+    assert.deepEqual(openBlockStarts(result.events), []);
+    assert.equal(result.state, JobState.SUCCEEDED, final.reason);
+    assert.ok(final.shards.some((x) => x.attempts > 1), "a shard was rerun");
+    assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference.get(name)!.data));
+    assert.deepEqual(layersOf(out), reference.get(name)!.layers);
+  } finally {
+    client.close();
+    await coordinator.close();
+    for (const c of children) await c.kill();
+  }
+});
+
+test("the OWL pre-pass gives different targets per block (so the owl jobs above test something)", () => {
+  for (const name of ["wanda owl", "atv-sparsegpt owl"]) {
+    const targets = new Set((reference.get(name)!.layers as { target: number }[]).map((l) => l.target));
+    assert.ok(targets.size > 1, `${name}: ${[...targets]}`);
+  }
+});
