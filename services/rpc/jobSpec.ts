@@ -32,6 +32,7 @@ export function toPruneSpec(spec: JobSpec, worker?: { threads: number; device: "
     exclude: [...spec.exclude],
     magnitudeScope: (spec.magnitudeScope || undefined) as PruneSpec["magnitudeScope"],
     force: spec.force,
+    ...(spec.maskThreads !== undefined ? { maskThreads: spec.maskThreads } : {}),
     ...(worker ? { threads: worker.threads, device: worker.device } : {}),
   };
 }

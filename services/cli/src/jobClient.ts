@@ -139,6 +139,7 @@ export function toJobSpecMessage(spec: PruneSpec, workers: number, local: boolea
     exclude: spec.exclude ?? [],
     magnitudeScope: spec.magnitudeScope ?? "",
     force: spec.force ?? false,
+    maskThreads: spec.maskThreads,
     workers,
   });
 }

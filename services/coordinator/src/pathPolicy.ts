@@ -119,7 +119,7 @@ export function checkCalibrationPaths(calib: string, roots: readonly string[]): 
 }
 
 /** Engine field names that differ from the proto's. */
-const PROTO_FIELD: Record<string, string> = { magnitudeScope: "magnitude_scope" };
+const PROTO_FIELD: Record<string, string> = { magnitudeScope: "magnitude_scope", maskThreads: "mask_threads" };
 
 
 export { toPruneSpec };

@@ -23,6 +23,7 @@ import { openShardJob, type ShardJob } from "./shardJob.js";
 import { readStateFile, StateFileWriter, writeStateFile } from "./stateFile.js";
 import { UpstreamStates } from "./upstreamStates.js";
 import type { WorkerMetrics } from "./workerMetrics.js";
+import { MaskPool } from "../../core/src/prune/maskPool.js";
 
 export type Progress = MessageInitShape<typeof ShardProgressSchema>;
 
@@ -86,6 +87,7 @@ export class ShardRun {
       throw inShard(err, this.subject);
     }
     let host: InferenceHost | undefined;
+    let maskPool: MaskPool | undefined;
     let outbox: Outbox | undefined;
     let weights: FileHandle | undefined;
     try {
@@ -102,7 +104,8 @@ export class ShardRun {
         const needsStates = job.spec.method !== "magnitude";
         if (needsStates) outbox = this.deps.outboxes.open(this.jobId, this.endBlock, job.samples.length);
         host = InferenceHost.start({ threads: this.deps.threads, device: this.deps.device, warn: this.deps.log });
-        const engine = new BlockEngine({ ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds });
+        maskPool = MaskPool.start(job.spec.maskThreads);
+        const engine = new BlockEngine({ ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds, maskPool });
         const input = needsStates ? await this.inputStates(b, job, engine, wd) : { source: arraySource([]) };
         weights = await openOutput(job);
         let source = input.source;
@@ -133,6 +136,7 @@ export class ShardRun {
       if (!signal.aborted) this.abort.abort(new Error(`${this.subject} ended`));
       await weights?.close().catch(() => {});
       await host?.close().catch(() => {});
+      await maskPool?.close().catch(() => {});
       await job.data.close().catch(() => {});
     }
   }

@@ -24,6 +24,7 @@ export const JOB_OPTIONS: Options = {
   exclude: { type: "string", multiple: true },
   "magnitude-scope": { type: "string" },
   threads: { type: "string" },
+  "mask-threads": { type: "string" },
   device: { type: "string" },
   force: { type: "boolean", default: false },
 };
@@ -49,6 +50,7 @@ export function jobSpec(values: Record<string, unknown>): PruneSpec {
     exclude: list(values, "exclude"),
     magnitudeScope: scope as PruneSpec["magnitudeScope"],
     threads: int(values, "threads"),
+    maskThreads: int(values, "mask-threads"),
     device: str(values, "device") as PruneSpec["device"],
     force: values["force"] === true,
   };

@@ -22,7 +22,8 @@ import type { LoadedModel } from "../onnx/modelFile.js";
 import type { TensorData } from "../onnx/tensorData.js";
 import { ChannelStats } from "../prune/activationStats.js";
 import { cosineDistances } from "../prune/hiddenState.js";
-import { applyMask, computeMask, type WeightMatrix } from "../prune/maskSelect.js";
+import { applyMask, type WeightMatrix } from "../prune/maskSelect.js";
+import { MaskPool, type MaskJob } from "../prune/maskPool.js";
 import { attendedPool, selectAtvPools } from "../prune/poolSelect.js";
 import { BufferPool } from "../runtime/bufferPool.js";
 import type { InferenceHost, SessionHandle } from "../runtime/inferenceHost.js";
@@ -73,6 +74,8 @@ export interface EngineContext {
   feeds: readonly SampleFeeds[];
   /** element type of hidden states and activations */
   floatType: number;
+  /** threads for mask selection (started and closed by the caller); default: this thread only */
+  maskPool?: MaskPool;
 }
 
 export interface PrunedWeight {
@@ -187,7 +190,7 @@ export class BlockEngine {
         }
         scales = new Map([...stats].map(([a, s]) => [a, s.mean(N)]));
         takeBack(weights, await host.unbind(session));
-        this.maskBlock(toPrune, weights, scales);
+        await this.maskBlock(toPrune, weights, scales);
 
         // Step 7: the pruned block's outputs feed the next block.
         if (!dense) {
@@ -205,7 +208,7 @@ export class BlockEngine {
         takeBack(weights, await host.release(session));
       }
     } else {
-      this.maskBlock(toPrune, weights, scales);
+      await this.maskBlock(toPrune, weights, scales);
     }
 
     const layers = toPrune.map((l) => this.layerReport(b, l, weights.get(l.weight)!));
@@ -222,18 +225,18 @@ export class BlockEngine {
   private readonly pruneCounts = new Map<string, number>();
 
   /** Steps 4-6: every mask of the block is computed before any weight is zeroed. */
-  private maskBlock(toPrune: readonly LinearInfo[], weights: Map<string, WeightMatrix>, scales: Map<string, Float64Array>): void {
+  private async maskBlock(toPrune: readonly LinearInfo[], weights: Map<string, WeightMatrix>, scales: Map<string, Float64Array>): Promise<void> {
     const { spec } = this.ctx;
-    const masks = toPrune.map((l) => {
-      const w = weights.get(l.weight)!;
-      const scale = spec.method === "magnitude" ? null : scales.get(l.activation)!;
-      const scope = spec.method === "magnitude" ? spec.magnitudeScope : "column";
-      return { w, result: computeMask(w, scale, { sparsity: spec.sparsity, pattern: spec.pattern, scope }) };
+    const batch: MaskJob[] = toPrune.map((l) => ({
+      weight: weights.get(l.weight)!,
+      scale: spec.method === "magnitude" ? null : scales.get(l.activation)!,
+      options: { sparsity: spec.sparsity, pattern: spec.pattern, scope: spec.method === "magnitude" ? spec.magnitudeScope : "column" },
+    }));
+    const results = await (this.ctx.maskPool ?? INLINE_MASKS).computeMasks(batch);
+    batch.forEach(({ weight: w }, i) => {
+      applyMask(w, results[i]!.mask);
+      this.pruneCounts.set(w.name, results[i]!.pruned);
     });
-    for (const { w, result } of masks) {
-      applyMask(w, result.mask);
-      this.pruneCounts.set(w.name, result.pruned);
-    }
   }
 
   private layerReport(block: number, l: LinearInfo, w: WeightMatrix): LayerReport {
@@ -294,6 +297,9 @@ export class BlockEngine {
     return next;
   }
 }
+
+/** Masks on the calling thread: a one-thread pool starts nothing and needs no close. */
+const INLINE_MASKS = MaskPool.start(1);
 
 function isStateSource(input: readonly SampleState[] | StateSource): input is StateSource {
   return !Array.isArray(input);

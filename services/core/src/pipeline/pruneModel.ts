@@ -15,6 +15,7 @@ import { TensorData } from "../onnx/tensorData.js";
 import { tokenCounts } from "../calib/calibSet.js";
 import { InferenceHost } from "../runtime/inferenceHost.js";
 import { BlockEngine, type SampleState } from "./blockEngine.js";
+import { MaskPool } from "../prune/maskPool.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
 import { isSelected, resolveSpec, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
 import type { BlockReport, LayerReport, PruneReport } from "./report.js";
@@ -39,6 +40,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   const data = new TensorData(analysis.loaded);
   let writer: PrunedModelWriter | undefined;
   let host: InferenceHost | undefined;
+  let maskPool: MaskPool | undefined;
   let finalized = false;
   try {
     await data.validate();
@@ -58,7 +60,8 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     writer = await PrunedModelWriter.create(analysis.loaded, data, spec.out, new Set(toPrune.map((l) => l.weight)));
     host = InferenceHost.start({ threads: spec.threads, device: spec.device, warn: options.warn });
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
-    const engine = new BlockEngine({ ...analysis, data, spec, host, samples, feeds });
+    maskPool = MaskPool.start(spec.maskThreads);
+    const engine = new BlockEngine({ ...analysis, data, spec, host, samples, feeds, maskPool });
     emit({ type: "job_started", blocks: analysis.partition.numBlocks, samples: samples.length, method: spec.method, graphAnalysis: analysis.partition.method });
 
     let states: SampleState[] = spec.method === "magnitude" ? [] : await engine.initialStates();
@@ -100,6 +103,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     throw err;
   } finally {
     await host?.close();
+    await maskPool?.close();
     await data.close();
   }
 }

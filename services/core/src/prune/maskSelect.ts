@@ -61,21 +61,31 @@ export interface MaskResult {
 }
 
 export function computeMask(w: WeightMatrix, scale: Float64Array | null, opts: MaskOptions): MaskResult {
+  const total = w.inDim * w.outDim;
+  const mask = new Uint8Array(total);
+  if (checkMaskJob(w, scale, opts) === "matrix") {
+    const pruned = markMatrixSmallest(w, readView(w), Math.floor(total * opts.sparsity), mask);
+    return { mask, pruned, total };
+  }
+  return { mask, pruned: computeMaskColumns(w, scale, opts, 0, w.outDim, mask), total };
+}
+
+/**
+ * Validates a mask job as computeMask does, throwing the same typed errors (a NaN metric is only
+ * found while computing). Returns the scope, which decides whether columns can be split.
+ */
+export function checkMaskJob(w: WeightMatrix, scale: Float64Array | null, opts: MaskOptions): "column" | "matrix" {
   const sparsity = opts.sparsity;
   if (typeof sparsity !== "number" || !(sparsity >= 0 && sparsity < 1)) {
     throw new InvalidArgumentError("sparsity", `must be in [0, 1), got ${String(sparsity)}`);
   }
   const pattern = checkPattern(opts.pattern);
-  const view = readView(w);
-  const total = w.inDim * w.outDim;
-  const mask = new Uint8Array(total);
-
+  checkWeight(w);
   if ((opts.scope ?? "column") === "matrix") {
     if (scale !== null || pattern.kind !== "unstructured") {
       throw new InvalidArgumentError("scope", `"matrix" scope is the magnitude baseline: it needs no scale and the unstructured pattern (layer ${w.name})`);
     }
-    const pruned = markMatrixSmallest(w, view, Math.floor(total * sparsity), mask);
-    return { mask, pruned, total };
+    return "matrix";
   }
   if (opts.scope !== undefined && opts.scope !== "column") {
     throw new InvalidArgumentError("scope", `must be "column" or "matrix", got ${String(opts.scope)}`);
@@ -83,11 +93,30 @@ export function computeMask(w: WeightMatrix, scale: Float64Array | null, opts: M
   if (pattern.kind === "nm" && w.inDim % pattern.m !== 0) {
     throw new InvalidArgumentError(w.name, `input dimension ${w.inDim} is not a multiple of M=${pattern.m} for the ${pattern.n}:${pattern.m} pattern`);
   }
-  const reader = new MetricReader(w, view, sqrtOfScale(w, scale));
-  const pruned = pattern.kind === "nm"
-    ? markNMColumns(w, reader, pattern.n, pattern.m, mask)
-    : markSmallestColumns(w, reader, Math.floor(w.inDim * sparsity), mask);
-  return { mask, pruned, total };
+  if (scale !== null && scale.length !== w.inDim) {
+    throw new InvalidArgumentError(w.name, `scale has ${scale.length} entries, the layer has ${w.inDim} input channels`);
+  }
+  return "column";
+}
+
+/**
+ * The column-scope mask of output columns [begin, end) only, written into `mask` (the whole
+ * matrix's, in storage order; other columns' bytes are left alone). Returns how many it pruned.
+ * Columns are independent, so threads given disjoint ranges produce computeMask's bits.
+ */
+export function computeMaskColumns(
+  w: WeightMatrix, scale: Float64Array | null, opts: MaskOptions, begin: number, end: number, mask: Uint8Array,
+): number {
+  if (checkMaskJob(w, scale, opts) !== "column") throw new InvalidArgumentError("scope", `"matrix" scope cannot be split by columns (layer ${w.name})`);
+  if (!(Number.isSafeInteger(begin) && Number.isSafeInteger(end) && 0 <= begin && begin <= end && end <= w.outDim)) {
+    throw new InvalidArgumentError(w.name, `column range [${begin}, ${end}) is outside 0..${w.outDim}`);
+  }
+  if (mask.length !== w.inDim * w.outDim) throw new InvalidArgumentError(w.name, `a mask of ${mask.length} entries does not fit a ${w.inDim}x${w.outDim} weight`);
+  const pattern = opts.pattern;
+  const reader = new MetricReader(w, readView(w), sqrtOfScale(w, scale));
+  return pattern.kind === "nm"
+    ? markNMColumns(w, reader, pattern.n, pattern.m, begin, end, mask)
+    : markSmallestColumns(w, reader, Math.floor(w.inDim * opts.sparsity), begin, end, mask);
 }
 
 /** Zeroes (to +0 bits) every stored element whose mask byte is set; other bits are untouched. */
@@ -125,15 +154,21 @@ function elemSize(w: WeightMatrix): number {
   throw new UnsupportedTypeError(w.name, `weights of type ${typeName(w.dataType)} cannot be pruned (float32, float16 and bfloat16 can)`);
 }
 
-function readView(w: WeightMatrix): ReadView {
+/** Checks the weight's shape and byte length; returns its element size. */
+function checkWeight(w: WeightMatrix): number {
   const size = elemSize(w);
   if (!(Number.isSafeInteger(w.inDim) && Number.isSafeInteger(w.outDim) && w.inDim > 0 && w.outDim > 0)) {
     throw new InvalidArgumentError(w.name, `bad weight shape ${w.inDim}x${w.outDim}`);
   }
-  const total = w.inDim * w.outDim;
-  if (w.bytes.length !== total * size) {
+  if (w.bytes.length !== w.inDim * w.outDim * size) {
     throw new InvalidArgumentError(w.name, `${w.bytes.length} bytes do not hold a ${w.inDim}x${w.outDim} ${typeName(w.dataType)} weight`);
   }
+  return size;
+}
+
+function readView(w: WeightMatrix): ReadView {
+  const size = checkWeight(w);
+  const total = w.inDim * w.outDim;
   // Typed views need alignment; a misaligned slice of a model file is copied once.
   const bytes = w.bytes.byteOffset % size === 0 ? w.bytes : w.bytes.slice();
   if (size === 4) return { f32: new Float32Array(bytes.buffer, bytes.byteOffset, total), u16: null, absTable: null };
@@ -155,9 +190,7 @@ function bfloat16Table(): Float32Array {
 function sqrtOfScale(w: WeightMatrix, scale: Float64Array | null): Float64Array {
   const sq = new Float64Array(w.inDim);
   if (scale === null) return sq.fill(1); // |W| * 1 is exactly |W|: magnitude shares the column path
-  if (scale.length !== w.inDim) {
-    throw new InvalidArgumentError(w.name, `scale has ${scale.length} entries, the layer has ${w.inDim} input channels`);
-  }
+  // (its length was checked by checkMaskJob)
   // "+ 0" turns sqrt(-0) = -0 into +0: every M is then >= +0, whose float bits order like values.
   for (let c = 0; c < w.inDim; c++) sq[c] = Math.sqrt(scale[c]!) + 0;
   return sq;
@@ -257,12 +290,12 @@ function fillKeysFromBits16(
  * N:M: in every run of m consecutive inputs of a column, marks the n smallest (ties: lower c
  * first). Keys decide the order of two entries unless they are equal; then their exact M does.
  */
-function markNMColumns(w: WeightMatrix, reader: MetricReader, n: number, m: number, mask: Uint8Array): number {
+function markNMColumns(w: WeightMatrix, reader: MetricReader, n: number, m: number, begin: number, end: number, mask: Uint8Array): number {
   const inDim = w.inDim;
   const keys = new Float32Array(TILE * inDim);
   let pruned = 0;
-  for (let o0 = 0; o0 < w.outDim; o0 += TILE) {
-    const width = Math.min(TILE, w.outDim - o0);
+  for (let o0 = begin; o0 < end; o0 += TILE) {
+    const width = Math.min(TILE, end - o0);
     reader.fillKeys(o0, width, keys);
     for (let j = 0; j < width; j++) {
       const o = o0 + j;
@@ -306,7 +339,7 @@ const BINS2 = 1 << 8;
  * smallest key: lower buckets are pruned, higher ones kept, and only the bucket's members (a few
  * percent of the column) are ranked further, by level-2 digit and finally by exact M.
  */
-function markSmallestColumns(w: WeightMatrix, reader: MetricReader, k: number, mask: Uint8Array): number {
+function markSmallestColumns(w: WeightMatrix, reader: MetricReader, k: number, begin: number, end: number, mask: Uint8Array): number {
   const inDim = w.inDim;
   const keyTile = new Float32Array(TILE * inDim);
   const keyBits = new Uint32Array(keyTile.buffer);
@@ -319,8 +352,8 @@ function markSmallestColumns(w: WeightMatrix, reader: MetricReader, k: number, m
   const ws: BucketScratch = { hist: new Int32Array(BINS2), exactIdx: new Int32Array(inDim), exactVal: new Float64Array(inDim) };
   let pruned = 0;
 
-  for (let o0 = 0; o0 < w.outDim; o0 += TILE) {
-    const width = Math.min(TILE, w.outDim - o0);
+  for (let o0 = begin; o0 < end; o0 += TILE) {
+    const width = Math.min(TILE, end - o0);
     reader.fillKeys(o0, width, keyTile); // also when k = 0: NaN must still be reported
     if (k === 0) continue;
     for (let j = 0; j < width; j++) {

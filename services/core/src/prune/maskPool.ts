@@ -1,0 +1,186 @@
+/**
+ * Mask selection over several threads: a block's masks are split by output-column ranges of each
+ * linear (columns are independent, so any split gives computeMask's bits), one range per thread,
+ * the calling thread computing the first. Matrix-scope masks (one threshold over the whole
+ * matrix) cannot be split by columns and go whole to one thread each, round robin.
+ *
+ * The threads start once, with the pool, and live until close(). Weights are copied into a
+ * shared buffer the pool keeps between batches (every thread reads all of a linear, so a
+ * transfer, which bench/maskBench.ts measures as much cheaper, would serve only one thread), and
+ * the masks are written into a new shared buffer per batch, which the results view directly.
+ */
+import { Worker } from "node:worker_threads";
+import { InvalidArgumentError, RuntimeError } from "../errors.js";
+import type { MaskRequest, MaskResponse, MaskTask } from "./maskProtocol.js";
+import { checkMaskJob, computeMask, type MaskOptions, type MaskResult, type WeightMatrix } from "./maskSelect.js";
+import { runMaskTask } from "./maskTask.js";
+
+export interface MaskJob {
+  weight: WeightMatrix;
+  /** s[c] per input channel; null for magnitude */
+  scale: Float64Array | null;
+  options: MaskOptions;
+}
+
+/** Column ranges start at multiples of this, so no thread gets a sliver of a tile. */
+const COLUMN_ALIGN = 16;
+
+type Pending = { resolve: (pruned: number[]) => void; reject: (e: Error) => void };
+
+export class MaskPool {
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private closed = false;
+  private failure: Error | undefined;
+  /** the shared copy of the weights, reused by the next batch unless one is still running */
+  private scratch: SharedArrayBuffer | undefined;
+  private busy = false;
+
+  private constructor(readonly threads: number, private readonly workers: Worker[]) {
+    for (const worker of workers) {
+      worker.on("message", (res: MaskResponse) => {
+        const p = this.pending.get(res.id);
+        if (!p) return;
+        this.pending.delete(res.id);
+        if (res.ok) p.resolve(res.pruned);
+        else p.reject(new RuntimeError("mask thread", res.error));
+      });
+      worker.on("error", (err) => this.fail(err));
+      worker.on("exit", (code) => {
+        if (!this.closed) this.fail(new RuntimeError("mask thread", `exited with code ${code}`));
+      });
+      // Idle threads must not keep the process alive; a batch in flight refs them (see call).
+      worker.unref();
+    }
+  }
+
+  /** A pool of `threads` threads in all: this one plus threads-1 started here. */
+  static start(threads: number): MaskPool {
+    if (!Number.isSafeInteger(threads) || threads < 1) {
+      throw new InvalidArgumentError("maskThreads", `must be a positive integer, got ${threads}`);
+    }
+    const workers = Array.from({ length: threads - 1 }, () => new Worker(new URL("./maskThread.js", import.meta.url)));
+    return new MaskPool(threads, workers);
+  }
+
+  /**
+   * The masks of `jobs`, in order, as computeMask gives them. Errors are computeMask's too: on a
+   * failure the jobs are rerun here in order, so the first failing job's typed error is thrown
+   * whatever the thread count.
+   */
+  async computeMasks(jobs: readonly MaskJob[]): Promise<MaskResult[]> {
+    if (this.closed) throw new RuntimeError("mask pool", "is closed");
+    const scopes = jobs.map((j) => checkMaskJob(j.weight, j.scale, j.options));
+    if (this.workers.length === 0) return jobs.map((j) => computeMask(j.weight, j.scale, j.options));
+
+    const { weights, masks, tasks } = this.share(jobs, scopes);
+    const ownsScratch = !this.busy && weights === this.scratch;
+    if (ownsScratch) this.busy = true;
+    try {
+      return await this.run(jobs, weights, masks, tasks);
+    } finally {
+      if (ownsScratch) this.busy = false;
+    }
+  }
+
+  private async run(jobs: readonly MaskJob[], weights: SharedArrayBuffer, masks: SharedArrayBuffer, tasks: Array<Array<MaskTask | undefined>>): Promise<MaskResult[]> {
+    const shares = Array.from({ length: this.threads }, (): Array<{ job: number; task: MaskTask }> => []);
+    tasks.forEach((perThread, job) => perThread.forEach((task, t) => task && shares[t]!.push({ job, task })));
+    const remote = shares.slice(1).map((share, i) => this.call(i, { weights, masks, tasks: share.map((s) => s.task) }));
+    const pruned = new Array<number>(jobs.length).fill(0);
+    let failed = false;
+    try {
+      for (const { job, task } of shares[0]!) pruned[job]! += runMaskTask(task, weights, masks);
+    } catch {
+      failed = true;
+    }
+    const settled = await Promise.allSettled(remote);
+    settled.forEach((r, i) => {
+      if (r.status === "rejected") failed = true;
+      else r.value.forEach((n, k) => (pruned[shares[i + 1]![k]!.job]! += n));
+    });
+    if (failed) throw this.firstError(jobs, settled);
+    let offset = 0;
+    return jobs.map((j, i) => {
+      const total = j.weight.inDim * j.weight.outDim;
+      const mask = new Uint8Array(masks, offset, total);
+      offset += total;
+      return { mask, pruned: pruned[i]!, total };
+    });
+  }
+
+  /** Stops the threads; computeMasks fails afterwards. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.fail(new RuntimeError("mask pool", "was closed while computing"));
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+
+  /** Copies the weights into shared memory and cuts every job into one task per thread. */
+  private share(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): { weights: SharedArrayBuffer; masks: SharedArrayBuffer; tasks: Array<Array<MaskTask | undefined>> } {
+    const byteOffsets: number[] = [];
+    let bytes = 0;
+    for (const j of jobs) {
+      byteOffsets.push(bytes);
+      bytes += Math.ceil(j.weight.bytes.byteLength / 8) * 8; // keeps every typed view aligned
+    }
+    if (!this.busy && (this.scratch?.byteLength ?? -1) < bytes) this.scratch = new SharedArrayBuffer(bytes);
+    const weights = this.busy ? new SharedArrayBuffer(bytes) : this.scratch!;
+    const masks = new SharedArrayBuffer(jobs.reduce((a, j) => a + j.weight.inDim * j.weight.outDim, 0));
+    const view = new Uint8Array(weights);
+    let maskOffset = 0;
+    let nextWhole = 0;
+    const tasks = jobs.map((j, i) => {
+      view.set(j.weight.bytes, byteOffsets[i]);
+      const { bytes: _, ...weight } = j.weight;
+      const base = { weight, byteOffset: byteOffsets[i]!, scale: j.scale, options: j.options, maskOffset };
+      maskOffset += j.weight.inDim * j.weight.outDim;
+      const perThread = new Array<MaskTask | undefined>(this.threads).fill(undefined);
+      if (scopes[i] === "matrix") {
+        perThread[nextWhole++ % this.threads] = { ...base, range: "whole" };
+        return perThread;
+      }
+      const out = j.weight.outDim;
+      const cut = (t: number) => Math.min(out, Math.round((out * t) / this.threads / COLUMN_ALIGN) * COLUMN_ALIGN);
+      for (let t = 0; t < this.threads; t++) {
+        const begin = cut(t);
+        const end = t === this.threads - 1 ? out : cut(t + 1);
+        if (end > begin) perThread[t] = { ...base, range: { begin, end } };
+      }
+      return perThread;
+    });
+    return { weights, masks, tasks };
+  }
+
+  private call(worker: number, req: Omit<MaskRequest, "id">): Promise<number[]> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (req.tasks.length === 0) return Promise.resolve([]);
+    const id = this.nextId++;
+    const w = this.workers[worker]!;
+    w.ref();
+    return new Promise<number[]>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      w.postMessage({ ...req, id });
+    }).finally(() => w.unref());
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+
+  /** The error computeMask gives for the first failing job, else the threads' own. */
+  private firstError(jobs: readonly MaskJob[], settled: Array<PromiseSettledResult<number[]>>): Error {
+    for (const j of jobs) {
+      try {
+        computeMask(j.weight, j.scale, j.options);
+      } catch (err) {
+        return err as Error;
+      }
+    }
+    const rejected = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    return rejected?.reason instanceof Error ? rejected.reason : new RuntimeError("mask pool", "a mask thread failed");
+  }
+}

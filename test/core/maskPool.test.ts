@@ -1,0 +1,135 @@
+/**
+ * Same bits in every configuration: MaskPool at 1, 2 and 3 threads against the single-thread
+ * kernel as it was (test/support/maskSelectReference.ts) and against the stable-sort reference,
+ * on random matrices with many ties, every stored type and layout, unstructured and N:M, and a
+ * batch mixing column- and matrix-scope jobs. Errors are the same typed errors too.
+ */
+import { after, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
+import { MaskPool, type MaskJob } from "../../services/core/src/prune/maskPool.js";
+import { computeMask, computeMaskColumns, parsePattern, type MaskOptions } from "../../services/core/src/prune/maskSelect.js";
+import { OnnxDataType } from "../../services/core/src/onnx/dtype.js";
+import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
+import { computeMask as previousComputeMask } from "../support/maskSelectReference.js";
+import { referenceMask, rowsOf, weight } from "../support/maskContract.js";
+
+const TYPES = [OnnxDataType.FLOAT, OnnxDataType.FLOAT16, OnnxDataType.BFLOAT16];
+const pools = [1, 2, 3].map((n) => MaskPool.start(n));
+after(() => Promise.all(pools.map((p) => p.close())));
+
+/** Values from a tiny set (ties in |W| and, with the tiny scales, in M) or a continuous spread. */
+function randomRows(rand: () => number, inDim: number, outDim: number, ties: boolean): number[][] {
+  const tiny = [0, -0, 0.5, -0.5, 1, -1, 2, -2];
+  return Array.from({ length: inDim }, () =>
+    Array.from({ length: outDim }, () => (ties ? tiny[Math.floor(rand() * 8)]! : (rand() + rand() + rand() - 1.5) * 0.1)));
+}
+
+function randomScale(rand: () => number, inDim: number, ties: boolean): Float64Array {
+  return Float64Array.from({ length: inDim }, () => (ties ? [0, 0.25, 1, 4][Math.floor(rand() * 4)]! : 1e-4 + rand() * rand() * 4));
+}
+
+describe("MaskPool gives computeMask's bits at every thread count", () => {
+  const rand = mulberry32(99);
+  // Shapes whose column counts split unevenly, or not at all, across threads.
+  const shapes: Array<[number, number]> = [[8, 1], [16, 33], [64, 70], [96, 130], [520, 48]];
+  for (const ties of [true, false]) {
+    test(`random batches, ${ties ? "many ties" : "continuous values"}`, async () => {
+      for (const [inDim, outDim] of shapes) {
+        const rows = randomRows(rand, inDim, outDim, ties);
+        const scale = randomScale(rand, inDim, ties);
+        for (const dataType of TYPES) {
+          for (const layout of ["in_out", "out_in"] as const) {
+            const w = weight(rows, dataType, layout, `l${inDim}x${outDim}`);
+            const options: MaskOptions[] = [
+              { sparsity: 0.5, pattern: { kind: "unstructured" } },
+              { sparsity: rand(), pattern: { kind: "unstructured" } },
+              ...(inDim % 4 === 0 ? [{ sparsity: 0.5, pattern: parsePattern("2:4") }] : []),
+              ...(inDim % 8 === 0 ? [{ sparsity: 0.5, pattern: parsePattern("4:8") }] : []),
+            ];
+            const batch: MaskJob[] = [
+              ...options.map((o) => ({ weight: w, scale, options: o })),
+              { weight: w, scale: null, options: { sparsity: 0.5, pattern: { kind: "unstructured" }, scope: "matrix" } },
+              { weight: w, scale: null, options: { sparsity: 0.3, pattern: { kind: "unstructured" }, scope: "column" } },
+            ];
+            const expected = batch.map((j) => previousComputeMask(j.weight, j.scale, j.options));
+            batch.forEach((j, i) => {
+              const label = `${inDim}x${outDim} type ${dataType} ${layout} job ${i}`;
+              assert.deepEqual(rowsOf(w, expected[i]!.mask), referenceMask(w, j.scale, j.options), `previous kernel vs stable sort, ${label}`);
+            });
+            for (const pool of pools) {
+              const got = await pool.computeMasks(batch);
+              got.forEach((r, i) => {
+                const label = `${pool.threads} threads, ${inDim}x${outDim} type ${dataType} ${layout} job ${i}`;
+                assert.deepEqual(Buffer.from(r.mask), Buffer.from(expected[i]!.mask), label);
+                assert.equal(r.pruned, expected[i]!.pruned, label);
+                assert.equal(r.total, inDim * outDim, label);
+              });
+            }
+          }
+        }
+      }
+    });
+  }
+
+  test("any split of the columns into ranges gives the whole mask", () => {
+    const rand = mulberry32(5);
+    const rows = randomRows(rand, 64, 37, true);
+    const scale = randomScale(rand, 64, true);
+    for (const dataType of TYPES) {
+      for (const layout of ["in_out", "out_in"] as const) {
+        const w = weight(rows, dataType, layout);
+        for (const options of [{ sparsity: 0.4, pattern: { kind: "unstructured" } }, { sparsity: 0.5, pattern: parsePattern("4:8") }] as MaskOptions[]) {
+          const whole = computeMask(w, scale, options);
+          const mask = new Uint8Array(64 * 37);
+          let pruned = 0;
+          for (const [b, e] of [[0, 5], [5, 6], [6, 6], [6, 30], [30, 37]] as const) pruned += computeMaskColumns(w, scale, options, b, e, mask);
+          assert.deepEqual(mask, whole.mask);
+          assert.equal(pruned, whole.pruned);
+        }
+      }
+    }
+  });
+});
+
+describe("MaskPool errors", () => {
+  test("a NaN metric is the NumericError computeMask throws, naming the layer, at every thread count", async () => {
+    const rows = randomRows(mulberry32(3), 32, 40, false);
+    rows[20]![35] = NaN;
+    const good = weight(randomRows(mulberry32(4), 32, 40, false), OnnxDataType.FLOAT, "in_out", "good");
+    const bad = weight(rows, OnnxDataType.FLOAT, "in_out", "bad");
+    const options: MaskOptions = { sparsity: 0.5, pattern: { kind: "unstructured" } };
+    const batch: MaskJob[] = [{ weight: good, scale: null, options }, { weight: bad, scale: null, options }];
+    let single: unknown;
+    try {
+      computeMask(bad, null, options);
+    } catch (err) {
+      single = err;
+    }
+    assert.ok(single instanceof NumericError);
+    for (const pool of pools) {
+      await assert.rejects(pool.computeMasks(batch), (err: unknown) => err instanceof NumericError && err.subject === "bad" && err.message === (single as Error).message);
+      // The pool still works after a failed batch.
+      assert.equal((await pool.computeMasks(batch.slice(0, 1)))[0]!.pruned, 16 * 40);
+    }
+  });
+
+  test("bad options are computeMask's InvalidArgumentError", async () => {
+    const w = weight(randomRows(mulberry32(8), 6, 4, false));
+    for (const pool of pools) {
+      await assert.rejects(pool.computeMasks([{ weight: w, scale: null, options: { sparsity: 1, pattern: { kind: "unstructured" } } }]), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "sparsity");
+      await assert.rejects(pool.computeMasks([{ weight: w, scale: null, options: { sparsity: 0.5, pattern: parsePattern("2:4") } }]), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "layer");
+    }
+  });
+
+  test("a thread count below 1 is refused naming maskThreads; a closed pool refuses work", async () => {
+    for (const n of [0, -1, 1.5, NaN]) assert.throws(() => MaskPool.start(n), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "maskThreads");
+    const pool = MaskPool.start(2);
+    const w = weight([[1, 2], [3, 4]]);
+    const job: MaskJob = { weight: w, scale: null, options: { sparsity: 0.5, pattern: { kind: "unstructured" } } };
+    assert.equal((await pool.computeMasks([job]))[0]!.pruned, 2);
+    await pool.close();
+    await pool.close(); // idempotent
+    await assert.rejects(pool.computeMasks([job]), RuntimeError);
+  });
+});
