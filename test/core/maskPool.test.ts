@@ -12,20 +12,37 @@ import { computeMask, computeMaskColumns, parsePattern, type MaskOptions } from 
 import { OnnxDataType } from "../../services/core/src/onnx/dtype.js";
 import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
 import { computeMask as previousComputeMask } from "../support/maskSelectReference.js";
+import { maskKernel, maskKernelModule } from "../../services/core/src/prune/maskKernelWasm.js";
 import { referenceMask, rowsOf, weight } from "../support/maskContract.js";
 
 const TYPES = [OnnxDataType.FLOAT, OnnxDataType.FLOAT16, OnnxDataType.BFLOAT16];
 const pools = [1, 2, 3].map((n) => MaskPool.start(n));
 after(() => Promise.all(pools.map((p) => p.close())));
 
-/** Values from a tiny set (ties in |W| and, with the tiny scales, in M) or a continuous spread. */
-function randomRows(rand: () => number, inDim: number, outDim: number, ties: boolean): number[][] {
+type ValueKind = "ties" | "continuous" | "wide";
+
+/**
+ * "ties": a tiny set (ties in |W| and, with the tiny scales, in M); "continuous": a spread like a
+ * trained layer's; "wide": 2^-40 .. 2^15 with zeros and infinities, so float16 and bfloat16 hold
+ * subnormals and infinities, whose widening the WebAssembly kernel does without a table.
+ */
+function randomRows(rand: () => number, inDim: number, outDim: number, kind: ValueKind | boolean): number[][] {
   const tiny = [0, -0, 0.5, -0.5, 1, -1, 2, -2];
-  return Array.from({ length: inDim }, () =>
-    Array.from({ length: outDim }, () => (ties ? tiny[Math.floor(rand() * 8)]! : (rand() + rand() + rand() - 1.5) * 0.1)));
+  const k = kind === true ? "ties" : kind === false ? "continuous" : kind;
+  const value = (): number => {
+    if (k === "ties") return tiny[Math.floor(rand() * 8)]!;
+    if (k === "continuous") return (rand() + rand() + rand() - 1.5) * 0.1;
+    const u = rand();
+    if (u < 0.05) return u < 0.025 ? Infinity : -Infinity;
+    if (u < 0.15) return 0;
+    return (rand() - 0.5) * 2 ** Math.floor(rand() * 55 - 40);
+  };
+  return Array.from({ length: inDim }, () => Array.from({ length: outDim }, value));
 }
 
-function randomScale(rand: () => number, inDim: number, ties: boolean): Float64Array {
+/** Tiny scales include 0, which would make 0 * inf a NaN: "wide" values get positive scales. */
+function randomScale(rand: () => number, inDim: number, kind: ValueKind | boolean): Float64Array {
+  const ties = kind === true || kind === "ties";
   return Float64Array.from({ length: inDim }, () => (ties ? [0, 0.25, 1, 4][Math.floor(rand() * 4)]! : 1e-4 + rand() * rand() * 4));
 }
 
@@ -33,8 +50,8 @@ describe("MaskPool gives computeMask's bits at every thread count", () => {
   const rand = mulberry32(99);
   // Shapes whose column counts split unevenly, or not at all, across threads.
   const shapes: Array<[number, number]> = [[8, 1], [16, 33], [64, 70], [96, 130], [520, 48]];
-  for (const ties of [true, false]) {
-    test(`random batches, ${ties ? "many ties" : "continuous values"}`, async () => {
+  for (const ties of ["ties", "continuous", "wide"] as const) {
+    test(`random batches, ${ties} values`, async () => {
       for (const [inDim, outDim] of shapes) {
         const rows = randomRows(rand, inDim, outDim, ties);
         const scale = randomScale(rand, inDim, ties);
@@ -88,6 +105,35 @@ describe("MaskPool gives computeMask's bits at every thread count", () => {
           assert.equal(pruned, whole.pruned);
         }
       }
+    }
+  });
+});
+
+describe("the WebAssembly kernel", () => {
+  test("is available here, so the tests above ran it (16-column tiles of [in, out] weights)", () => {
+    assert.ok(maskKernel(), "WebAssembly SIMD is unavailable: only the JavaScript kernel was tested");
+  });
+
+  test("its module is assembled from source, the same bytes every time", () => {
+    assert.deepEqual(maskKernelModule(), maskKernelModule());
+    const wasm = (globalThis as unknown as { WebAssembly: { validate(bytes: Uint8Array): boolean } }).WebAssembly;
+    assert.ok(wasm.validate(maskKernelModule()));
+  });
+
+  test("a NaN metric found by the kernel is reported as the JavaScript kernel reports it", () => {
+    const rows = randomRows(mulberry32(12), 40, 48, false);
+    rows[33]![17] = NaN;
+    for (const dataType of TYPES) {
+      const w = weight(rows, dataType, "in_out", "nan-layer");
+      const options: MaskOptions = { sparsity: 0.5, pattern: { kind: "unstructured" } };
+      let expected = "";
+      try {
+        previousComputeMask(w, null, options);
+      } catch (err) {
+        expected = (err as Error).message;
+      }
+      assert.match(expected, /NaN at input 33, output 17/);
+      assert.throws(() => computeMask(w, null, options), (e: unknown) => e instanceof NumericError && e.message === expected);
     }
   });
 });

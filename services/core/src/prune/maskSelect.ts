@@ -20,6 +20,7 @@
  */
 import { InvalidArgumentError, NumericError, UnsupportedTypeError } from "../errors.js";
 import { OnnxDataType as DT, halfToFloatTable, typeName } from "../onnx/dtype.js";
+import { BINS as KERNEL_BINS, TILE_COLUMNS, maskKernel } from "./maskKernelWasm.js";
 
 export type Pattern = { kind: "unstructured" } | { kind: "nm"; n: number; m: number };
 
@@ -113,10 +114,14 @@ export function computeMaskColumns(
   }
   if (mask.length !== w.inDim * w.outDim) throw new InvalidArgumentError(w.name, `a mask of ${mask.length} entries does not fit a ${w.inDim}x${w.outDim} weight`);
   const pattern = opts.pattern;
-  const reader = new MetricReader(w, readView(w), sqrtOfScale(w, scale));
-  return pattern.kind === "nm"
-    ? markNMColumns(w, reader, pattern.n, pattern.m, begin, end, mask)
-    : markSmallestColumns(w, reader, Math.floor(w.inDim * opts.sparsity), begin, end, mask);
+  const sq = sqrtOfScale(w, scale);
+  const reader = new MetricReader(w, readView(w), sq);
+  if (pattern.kind === "nm") return markNMColumns(w, reader, pattern.n, pattern.m, begin, end, mask);
+  const k = Math.floor(w.inDim * opts.sparsity);
+  const fast = w.layout === "in_out" ? markSmallestTilesWasm(w, sq, reader, k, begin, end, mask) : null;
+  return fast
+    ? fast.pruned + markSmallestColumns(w, reader, k, begin + fast.done, end, mask)
+    : markSmallestColumns(w, reader, k, begin, end, mask);
 }
 
 /** Zeroes (to +0 bits) every stored element whose mask byte is set; other bits are untouched. */
@@ -381,7 +386,7 @@ function markSmallestColumns(w: WeightMatrix, reader: MetricReader, k: number, b
         members[n] = c;
         n += ((d ^ b) - 1) >>> 31;
       }
-      pruned += markInBucket(members.subarray(0, n), r, keys, (c) => reader.at(c, o0 + j), (c) => (cuts[at + c * step] = 1), ws);
+      pruned += markInBucket(members.subarray(0, n), r, keys, 1, (c) => reader.at(c, o0 + j), (c) => (cuts[at + c * step] = 1), ws);
     }
     if (cutTile) {
       for (let c = 0; c < inDim; c++) {
@@ -402,14 +407,14 @@ interface BucketScratch {
 
 /**
  * Marks (through cut) the r+1 smallest, in (M, c) order, of one column's level-1 bucket
- * (members: their c, increasing). Returns how many it marked.
+ * (members: their c, increasing; column c's key at keys[c * keyStride]). Returns how many it marked.
  */
 function markInBucket(
-  members: Int32Array, r: number, keys: Uint32Array, exact: (c: number) => number, cut: (c: number) => void, ws: BucketScratch,
+  members: Int32Array, r: number, keys: Uint32Array, keyStride: number, exact: (c: number) => number, cut: (c: number) => void, ws: BucketScratch,
 ): number {
   const { hist, exactIdx, exactVal } = ws;
   hist.fill(0);
-  for (let i = 0; i < members.length; i++) hist[(keys[members[i]!]! >>> SHIFT2) & (BINS2 - 1)]++;
+  for (let i = 0; i < members.length; i++) hist[(keys[members[i]! * keyStride]! >>> SHIFT2) & (BINS2 - 1)]++;
   let b = 0;
   while (r >= hist[b]!) r -= hist[b++]!;
 
@@ -417,7 +422,7 @@ function markInBucket(
   let n = 0; // members of the level-2 bucket, ranked by exact M below
   for (let i = 0; i < members.length; i++) {
     const c = members[i]!;
-    const d = (keys[c]! >>> SHIFT2) & (BINS2 - 1);
+    const d = (keys[c * keyStride]! >>> SHIFT2) & (BINS2 - 1);
     if (d < b) {
       cut(c);
       marked++;
@@ -443,6 +448,90 @@ function markInBucket(
     }
   }
   return marked + r + 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The WebAssembly kernel (maskKernelWasm.ts) for [in, out] storage
+
+/** Largest kernel memory used before falling back to the JavaScript kernel. */
+const MAX_KERNEL_BYTES = 2 ** 31;
+
+const align16 = (n: number) => Math.ceil(n / 16) * 16;
+
+/**
+ * Unstructured selection of whole 16-column tiles from `begin` by the WebAssembly kernel, with
+ * the same digits and the same exact ranking of the threshold's bucket as markSmallestColumns.
+ * The columns' panel of the weight is copied into the kernel's memory and its mask copied back.
+ * Returns how many columns it did and what it pruned, or null where it cannot run (no
+ * WebAssembly, not a whole tile, too large, or a NaN metric, which the JavaScript kernel then
+ * reports exactly).
+ */
+function markSmallestTilesWasm(
+  w: WeightMatrix, sq: Float64Array, reader: MetricReader, k: number, begin: number, end: number, mask: Uint8Array,
+): { done: number; pruned: number } | null {
+  const tiles = Math.floor((end - begin) / TILE_COLUMNS);
+  const kernel = tiles > 0 ? maskKernel() : null;
+  if (!kernel) return null;
+  const { inDim, outDim } = w;
+  const size = elemSize(w);
+  const width = tiles * TILE_COLUMNS;
+  const panelRow = width * size;
+  // Memory: histograms (at 0), keys [in, 16], member lists [16, in], counts, bounds, ranks,
+  // sqrt(s), the panel as given and tile-major, its mask.
+  const keysAt = TILE_COLUMNS * KERNEL_BINS * 4;
+  const listsAt = keysAt + TILE_COLUMNS * inDim * 4;
+  const countsAt = listsAt + TILE_COLUMNS * inDim * 4;
+  const boundsAt = countsAt + TILE_COLUMNS * 4;
+  const ranksAt = boundsAt + 2 * TILE_COLUMNS * 4;
+  const sqAt = ranksAt + TILE_COLUMNS * 4;
+  const rawAt = align16(sqAt + inDim * 8);
+  const srcAt = align16(rawAt + inDim * panelRow);
+  const maskTilesAt = align16(srcAt + inDim * panelRow);
+  const maskAt = align16(maskTilesAt + inDim * width);
+  const needed = maskAt + inDim * width;
+  if (needed > MAX_KERNEL_BYTES) return null;
+  let buffer: ArrayBuffer;
+  try {
+    buffer = kernel.reserve(needed);
+  } catch {
+    return null; // the memory could not grow: the JavaScript kernel needs none
+  }
+  const u8 = new Uint8Array(buffer);
+  const i32 = new Int32Array(buffer);
+  const u32 = new Uint32Array(buffer);
+  new Float64Array(buffer, sqAt, inDim).set(sq);
+  if (begin === 0 && width === outDim) u8.set(w.bytes, rawAt);
+  else for (let c = 0; c < inDim; c++) u8.set(w.bytes.subarray((c * outDim + begin) * size, (c * outDim + begin + width) * size), rawAt + c * panelRow);
+  const tileBytes = TILE_COLUMNS * size;
+  const tileStride = inDim * tileBytes;
+  (size === 4 ? kernel.fn.copy64 : kernel.fn.copy32)(rawAt, panelRow, tileBytes, srcAt, tileBytes, tileStride, inDim, tiles);
+  const keysOf = w.dataType === DT.FLOAT ? kernel.fn.keys_f32 : w.dataType === DT.FLOAT16 ? kernel.fn.keys_f16 : kernel.fn.keys_bf16;
+  const hist = i32.subarray(0, TILE_COLUMNS * KERNEL_BINS);
+  const ws: BucketScratch = { hist: new Int32Array(BINS2), exactIdx: new Int32Array(inDim), exactVal: new Float64Array(inDim) };
+  let pruned = 0;
+  for (let t = 0; t < tiles; t++) {
+    hist.fill(0);
+    const maxKey = keysOf(srcAt + t * inDim * tileBytes, tileBytes, inDim, sqAt, keysAt) >>> 0;
+    if (maxKey > 0x7f800000) return null; // a NaN metric
+    if (k === 0) continue;
+    kernel.fn.thresholds(k, boundsAt, ranksAt);
+    i32.fill(0, countsAt / 4, countsAt / 4 + TILE_COLUMNS);
+    const maskTile = maskTilesAt + t * inDim * TILE_COLUMNS;
+    kernel.fn.classify(keysAt, inDim, boundsAt, maskTile, TILE_COLUMNS, listsAt, countsAt);
+    for (let j = 0; j < TILE_COLUMNS; j++) {
+      const o = begin + t * TILE_COLUMNS + j;
+      const at = maskTile + j;
+      const members = i32.subarray(listsAt / 4 + j * inDim, listsAt / 4 + j * inDim + i32[countsAt / 4 + j]!);
+      markInBucket(members, i32[ranksAt / 4 + j]!, u32.subarray(keysAt / 4 + j), TILE_COLUMNS, (c) => reader.at(c, o), (c) => (u8[at + c * TILE_COLUMNS] = 1), ws);
+    }
+    pruned += k * TILE_COLUMNS;
+  }
+  if (k > 0) {
+    kernel.fn.copy16(maskTilesAt, TILE_COLUMNS, inDim * TILE_COLUMNS, maskAt, width, TILE_COLUMNS, inDim, tiles);
+    if (begin === 0 && width === outDim) mask.set(u8.subarray(maskAt, maskAt + inDim * width));
+    else for (let c = 0; c < inDim; c++) mask.set(u8.subarray(maskAt + c * width, maskAt + (c + 1) * width), c * outDim + begin);
+  }
+  return { done: width, pruned };
 }
 
 // ---------------------------------------------------------------------------------------------
