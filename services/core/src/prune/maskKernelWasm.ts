@@ -31,6 +31,7 @@ export interface MaskKernelExports {
   keys_f16(src: number, rowBytes: number, inDim: number, sq: number, keys: number): number;
   keys_bf16(src: number, rowBytes: number, inDim: number, sq: number, keys: number): number;
   thresholds(k: number, bounds: number, ranks: number): void;
+  level2(members: number, n: number, keys: number, r: number, mask: number, scratch: number, result: number): void;
   copy16(src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number, rows: number, tiles: number): void;
   copy32(src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number, rows: number, tiles: number): void;
   copy64(src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number, rows: number, tiles: number): void;
@@ -194,6 +195,67 @@ function thresholdsFunction(): Code {
 }
 
 /**
+ * One column's threshold bin, ranked by the next 8 key bits: members (n entries of c) whose digit
+ * is below that of the r-th smallest are marked pruned (mask + c * 16); those sharing its digit
+ * are listed at scratch + 1024 (after a 256-bin histogram at scratch) for exact ranking, with
+ * the remaining rank and their count written to result[0], result[1]. Keys at keys + c * 64.
+ */
+function level2Function(): Code {
+  const f = new Code([I32, I32, I32, I32, I32, I32, I32], []);
+  const [members, n, keys, r, mask, scratch, result] = [0, 1, 2, 3, 4, 5, 6];
+  const i = f.local(I32);
+  const c = f.local(I32);
+  const d = f.local(I32);
+  const b = f.local(I32);
+  const h = f.local(I32);
+  const n2 = f.local(I32);
+  const digit = () => {
+    f.get(keys).get(c).i32(6).op(OP.i32Shl).op(OP.i32Add).mem(OP.i32Load, 2).i32(KEY_SHIFT - 8).op(OP.i32ShrU).i32(255).op(OP.i32And);
+  };
+  const forEachMember = (body: () => void) => {
+    f.i32(0).set(i);
+    f.open(OP.block).open(OP.loop);
+    f.get(i).get(n).op(OP.i32GeU).br(OP.brIf, 1);
+    f.get(members).get(i).i32(2).op(OP.i32Shl).op(OP.i32Add).mem(OP.i32Load, 2).set(c);
+    body();
+    f.get(i).i32(1).op(OP.i32Add).set(i);
+    f.br(OP.br, 0);
+    f.op(OP.end).op(OP.end);
+  };
+  for (let q = 0; q < 64; q++) f.get(scratch).v128i32(0, 0, 0, 0).v128Mem(SIMD.store, 16 * q);
+  forEachMember(() => {
+    digit();
+    f.i32(2).op(OP.i32Shl).get(scratch).op(OP.i32Add).tee(d);
+    f.get(d).mem(OP.i32Load, 2).i32(1).op(OP.i32Add).mem(OP.i32Store, 2);
+  });
+  // The digit b holding rank r, and r's rank within it.
+  f.get(scratch).set(b);
+  f.open(OP.block).open(OP.loop);
+  f.get(b).mem(OP.i32Load, 2).set(h);
+  f.get(r).get(h).op(OP.i32LtU).br(OP.brIf, 1);
+  f.get(r).get(h).op(OP.i32Sub).set(r);
+  f.get(b).i32(4).op(OP.i32Add).set(b);
+  f.br(OP.br, 0);
+  f.op(OP.end).op(OP.end);
+  f.get(b).get(scratch).op(OP.i32Sub).i32(2).op(OP.i32ShrU).set(b);
+  forEachMember(() => {
+    digit();
+    f.tee(d).get(b).op(OP.i32LtU);
+    f.open(OP.if);
+    f.get(mask).get(c).i32(4).op(OP.i32Shl).op(OP.i32Add).i32(1).mem(OP.i32Store8, 0);
+    f.op(OP.end);
+    f.get(d).get(b).op(OP.i32Eq);
+    f.open(OP.if);
+    f.get(scratch).get(n2).i32(2).op(OP.i32Shl).op(OP.i32Add).get(c).mem(OP.i32Store, 2, 1024);
+    f.get(n2).i32(1).op(OP.i32Add).set(n2);
+    f.op(OP.end);
+  });
+  f.get(result).get(r).mem(OP.i32Store, 2);
+  f.get(result).get(n2).mem(OP.i32Store, 2, 4);
+  return f;
+}
+
+/**
  * Copies `rows` x `tiles` blocks of 16 * vectors bytes between two layouts, rows outer, tiles
  * inner: block (c, t) is at src + c * srcRow + t * srcTile and goes to dst + c * dstRow +
  * t * dstTile. It turns the row-major weight panel into tile-major order [tile][in][16 columns],
@@ -232,6 +294,7 @@ export function maskKernelModule(): Uint8Array {
     { name: "keys_bf16", code: keysFunction("bf16") },
     { name: "classify", code: classifyFunction() },
     { name: "thresholds", code: thresholdsFunction() },
+    { name: "level2", code: level2Function() },
     { name: "copy16", code: copyBlocksFunction(1) },
     { name: "copy32", code: copyBlocksFunction(2) },
     { name: "copy64", code: copyBlocksFunction(4) },

@@ -433,7 +433,17 @@ function markInBucket(
     }
   }
 
-  // Prune the r+1 smallest exact M; entries equal to the threshold go in increasing c.
+  markExact(exactIdx, exactVal, n, r, cut);
+  return marked + r + 1;
+}
+
+/**
+ * Marks the r+1 smallest of n entries (their c in idx, increasing, their exact M in vals) in
+ * (M, c) order: entries equal to the threshold go in increasing c.
+ */
+function markExact(idx: Int32Array, vals: Float64Array, n: number, r: number, cut: (c: number) => void): void {
+  const exactIdx = idx;
+  const exactVal = vals;
   const sorted = exactVal.slice(0, n).sort();
   const thr = sorted[r]!;
   let less = r;
@@ -447,7 +457,6 @@ function markInBucket(
       ties--;
     }
   }
-  return marked + r + 1;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -483,7 +492,9 @@ function markSmallestTilesWasm(
   const countsAt = listsAt + TILE_COLUMNS * inDim * 4;
   const boundsAt = countsAt + TILE_COLUMNS * 4;
   const ranksAt = boundsAt + 2 * TILE_COLUMNS * 4;
-  const sqAt = ranksAt + TILE_COLUMNS * 4;
+  const resultAt = ranksAt + TILE_COLUMNS * 4;
+  const level2At = resultAt + 16; // a 256-bin histogram, then a list of up to inDim entries
+  const sqAt = level2At + 256 * 4 + inDim * 4;
   const rawAt = align16(sqAt + inDim * 8);
   const srcAt = align16(rawAt + inDim * panelRow);
   const maskTilesAt = align16(srcAt + inDim * panelRow);
@@ -498,7 +509,6 @@ function markSmallestTilesWasm(
   }
   const u8 = new Uint8Array(buffer);
   const i32 = new Int32Array(buffer);
-  const u32 = new Uint32Array(buffer);
   new Float64Array(buffer, sqAt, inDim).set(sq);
   if (begin === 0 && width === outDim) u8.set(w.bytes, rawAt);
   else for (let c = 0; c < inDim; c++) u8.set(w.bytes.subarray((c * outDim + begin) * size, (c * outDim + begin + width) * size), rawAt + c * panelRow);
@@ -507,7 +517,8 @@ function markSmallestTilesWasm(
   (size === 4 ? kernel.fn.copy64 : kernel.fn.copy32)(rawAt, panelRow, tileBytes, srcAt, tileBytes, tileStride, inDim, tiles);
   const keysOf = w.dataType === DT.FLOAT ? kernel.fn.keys_f32 : w.dataType === DT.FLOAT16 ? kernel.fn.keys_f16 : kernel.fn.keys_bf16;
   const hist = i32.subarray(0, TILE_COLUMNS * KERNEL_BINS);
-  const ws: BucketScratch = { hist: new Int32Array(BINS2), exactIdx: new Int32Array(inDim), exactVal: new Float64Array(inDim) };
+  const exactIdx = new Int32Array(inDim);
+  const exactVal = new Float64Array(inDim);
   let pruned = 0;
   for (let t = 0; t < tiles; t++) {
     hist.fill(0);
@@ -521,8 +532,17 @@ function markSmallestTilesWasm(
     for (let j = 0; j < TILE_COLUMNS; j++) {
       const o = begin + t * TILE_COLUMNS + j;
       const at = maskTile + j;
-      const members = i32.subarray(listsAt / 4 + j * inDim, listsAt / 4 + j * inDim + i32[countsAt / 4 + j]!);
-      markInBucket(members, i32[ranksAt / 4 + j]!, u32.subarray(keysAt / 4 + j), TILE_COLUMNS, (c) => reader.at(c, o), (c) => (u8[at + c * TILE_COLUMNS] = 1), ws);
+      // The bin's members by their next 8 key bits in the kernel; the few sharing the
+      // threshold's key digits are ranked here by exact M.
+      kernel.fn.level2(listsAt + j * inDim * 4, i32[countsAt / 4 + j]!, keysAt + 4 * j, i32[ranksAt / 4 + j]!, at, level2At, resultAt);
+      const r = i32[resultAt / 4]!;
+      const n = i32[resultAt / 4 + 1]!;
+      for (let i = 0; i < n; i++) {
+        const c = i32[level2At / 4 + 256 + i]!;
+        exactIdx[i] = c;
+        exactVal[i] = reader.at(c, o);
+      }
+      markExact(exactIdx, exactVal, n, r, (c) => (u8[at + c * TILE_COLUMNS] = 1));
     }
     pruned += k * TILE_COLUMNS;
   }
