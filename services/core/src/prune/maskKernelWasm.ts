@@ -151,6 +151,17 @@ function classifyFunction(): Code {
   return f;
 }
 
+/** Walks int32 counts from address `at` until rank r falls in one; leaves its address in at, r within it. */
+function emitRankScan(f: Code, at: number, r: number, count: number): void {
+  f.open(OP.block).open(OP.loop);
+  f.get(at).mem(OP.i32Load, 2).set(count);
+  f.get(r).get(count).op(OP.i32LtU).br(OP.brIf, 1);
+  f.get(r).get(count).op(OP.i32Sub).set(r);
+  f.get(at).i32(4).op(OP.i32Add).set(at);
+  f.br(OP.br, 0);
+  f.op(OP.end).op(OP.end);
+}
+
 /**
  * Per column j of the tile, from its histogram (at address 0): the bucket b holding the k-th
  * smallest key and the rank r of that key within it. Writes lo[j] = b << 20, hi[j] = (b + 1) << 20
@@ -177,13 +188,7 @@ function thresholdsFunction(): Code {
   f.get(at).i32(32).op(OP.i32Add).set(at);
   f.br(OP.br, 0);
   f.op(OP.end).op(OP.end);
-  f.open(OP.block).open(OP.loop);
-  f.get(at).mem(OP.i32Load, 2).set(sum);
-  f.get(r).get(sum).op(OP.i32LtU).br(OP.brIf, 1);
-  f.get(r).get(sum).op(OP.i32Sub).set(r);
-  f.get(at).i32(4).op(OP.i32Add).set(at);
-  f.br(OP.br, 0);
-  f.op(OP.end).op(OP.end);
+  emitRankScan(f, at, r, sum);
   // at - j * BINS * 4 = b * 4, so b << KEY_SHIFT = (at - j * BINS * 4) << (KEY_SHIFT - 2).
   f.get(at).get(j).i32(BINS * 4).op(OP.i32Mul).op(OP.i32Sub).set(at);
   f.get(bounds).get(j).i32(2).op(OP.i32Shl).op(OP.i32Add).get(at).i32(KEY_SHIFT - 2).op(OP.i32Shl).mem(OP.i32Store, 2);
@@ -230,13 +235,7 @@ function level2Function(): Code {
   });
   // The digit b holding rank r, and r's rank within it.
   f.get(scratch).set(b);
-  f.open(OP.block).open(OP.loop);
-  f.get(b).mem(OP.i32Load, 2).set(h);
-  f.get(r).get(h).op(OP.i32LtU).br(OP.brIf, 1);
-  f.get(r).get(h).op(OP.i32Sub).set(r);
-  f.get(b).i32(4).op(OP.i32Add).set(b);
-  f.br(OP.br, 0);
-  f.op(OP.end).op(OP.end);
+  emitRankScan(f, b, r, h);
   f.get(b).get(scratch).op(OP.i32Sub).i32(2).op(OP.i32ShrU).set(b);
   forEachMember(() => {
     digit();
