@@ -8,7 +8,7 @@ import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
 import { MaskPool, type MaskJob } from "../../services/core/src/prune/maskPool.js";
-import { computeMask, computeMaskColumns, parsePattern, type MaskOptions } from "../../services/core/src/prune/maskSelect.js";
+import { computeMask, computeMaskColumns, kernelLimits, parsePattern, type MaskOptions } from "../../services/core/src/prune/maskSelect.js";
 import { OnnxDataType } from "../../services/core/src/onnx/dtype.js";
 import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
 import { computeMask as previousComputeMask } from "../support/maskSelectReference.js";
@@ -118,6 +118,33 @@ describe("the WebAssembly kernel", () => {
     assert.deepEqual(maskKernelModule(), maskKernelModule());
     const wasm = (globalThis as unknown as { WebAssembly: { validate(bytes: Uint8Array): boolean } }).WebAssembly;
     assert.ok(wasm.validate(maskKernelModule()));
+  });
+
+  test("a linear wider than the kernel's memory budget is done in panels, with the same bits", () => {
+    const rows = randomRows(mulberry32(21), 96, 200, "continuous");
+    const scale = randomScale(mulberry32(22), 96, "continuous");
+    const saved = kernelLimits.memoryBudget;
+    try {
+      for (const dataType of TYPES) {
+        const w = weight(rows, dataType, "in_out");
+        const options: MaskOptions = { sparsity: 0.45, pattern: { kind: "unstructured" } };
+        const expected = previousComputeMask(w, scale, options).mask;
+        // Room for the per-row scratch plus 1, 2 or 5 tiles of columns per panel.
+        const perRow = 16 * 4096 * 4 + 96 * (2 * 16 * 4 + 4 + 8) + 4096;
+        const perColumn = 96 * (2 * (dataType === OnnxDataType.FLOAT ? 4 : 2) + 2);
+        for (const panelTiles of [1, 2, 5]) {
+          kernelLimits.memoryBudget = perRow + perColumn * 16 * panelTiles;
+          assert.deepEqual(computeMask(w, scale, options).mask, expected, `type ${dataType}, ${panelTiles} tiles per panel`);
+          const part = new Uint8Array(96 * 200);
+          computeMaskColumns(w, scale, options, 37, 180, part);
+          for (let c = 0; c < 96; c++) {
+            assert.deepEqual(part.subarray(c * 200 + 37, c * 200 + 180), expected.subarray(c * 200 + 37, c * 200 + 180), `row ${c}, columns 37..180`);
+          }
+        }
+      }
+    } finally {
+      kernelLimits.memoryBudget = saved;
+    }
   });
 
   test("a NaN metric found by the kernel is reported as the JavaScript kernel reports it", () => {

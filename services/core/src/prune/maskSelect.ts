@@ -20,7 +20,7 @@
  */
 import { InvalidArgumentError, NumericError, UnsupportedTypeError } from "../errors.js";
 import { OnnxDataType as DT, halfToFloatTable, typeName } from "../onnx/dtype.js";
-import { BINS as KERNEL_BINS, TILE_COLUMNS, maskKernel } from "./maskKernelWasm.js";
+import { BINS as KERNEL_BINS, TILE_COLUMNS, maskKernel, type MaskKernel } from "./maskKernelWasm.js";
 
 export type Pattern = { kind: "unstructured" } | { kind: "nm"; n: number; m: number };
 
@@ -462,18 +462,21 @@ function markExact(idx: Int32Array, vals: Float64Array, n: number, r: number, cu
 // ---------------------------------------------------------------------------------------------
 // The WebAssembly kernel (maskKernelWasm.ts) for [in, out] storage
 
-/** Largest kernel memory used before falling back to the JavaScript kernel. */
-const MAX_KERNEL_BYTES = 2 ** 31;
+/**
+ * The kernel's memory per thread stays below memoryBudget bytes (it never shrinks): wider
+ * linears are done in panels of fewer columns. A 4096x4096 float16 linear fits in one panel.
+ * Tests lower it to run several panels.
+ */
+export const kernelLimits = { memoryBudget: 256 * 2 ** 20 };
 
 const align16 = (n: number) => Math.ceil(n / 16) * 16;
 
 /**
  * Unstructured selection of whole 16-column tiles from `begin` by the WebAssembly kernel, with
  * the same digits and the same exact ranking of the threshold's bucket as markSmallestColumns.
- * The columns' panel of the weight is copied into the kernel's memory and its mask copied back.
  * Returns how many columns it did and what it pruned, or null where it cannot run (no
- * WebAssembly, not a whole tile, too large, or a NaN metric, which the JavaScript kernel then
- * reports exactly).
+ * WebAssembly, not a whole tile, a very tall weight, or a NaN metric, which the JavaScript
+ * kernel then reports exactly).
  */
 function markSmallestTilesWasm(
   w: WeightMatrix, sq: Float64Array, reader: MetricReader, k: number, begin: number, end: number, mask: Uint8Array,
@@ -481,6 +484,28 @@ function markSmallestTilesWasm(
   const tiles = Math.floor((end - begin) / TILE_COLUMNS);
   const kernel = tiles > 0 ? maskKernel() : null;
   if (!kernel) return null;
+  // Per column: the panel twice (as given, tile-major) and its mask twice; the rest is per row.
+  const perColumn = w.inDim * (2 * elemSize(w) + 2);
+  const perRow = TILE_COLUMNS * KERNEL_BINS * 4 + w.inDim * (2 * TILE_COLUMNS * 4 + 4 + 8) + 4096;
+  const panelTiles = Math.min(tiles, Math.floor((kernelLimits.memoryBudget - perRow) / perColumn / TILE_COLUMNS));
+  if (panelTiles < 1) return null;
+  let pruned = 0;
+  for (let t = 0; t < tiles; t += panelTiles) {
+    const panelBegin = begin + t * TILE_COLUMNS;
+    const done = markPanelWasm(kernel, w, sq, reader, k, panelBegin, Math.min(panelTiles, tiles - t), mask);
+    if (done === null) return null;
+    pruned += done;
+  }
+  return { done: tiles * TILE_COLUMNS, pruned };
+}
+
+/**
+ * One panel of `tiles` tiles from `begin`: copied into the kernel's memory (then tile-major),
+ * selected, and its mask copied back. Returns what it pruned, or null for a NaN metric.
+ */
+function markPanelWasm(
+  kernel: MaskKernel, w: WeightMatrix, sq: Float64Array, reader: MetricReader, k: number, begin: number, tiles: number, mask: Uint8Array,
+): number | null {
   const { inDim, outDim } = w;
   const size = elemSize(w);
   const width = tiles * TILE_COLUMNS;
@@ -499,11 +524,9 @@ function markSmallestTilesWasm(
   const srcAt = align16(rawAt + inDim * panelRow);
   const maskTilesAt = align16(srcAt + inDim * panelRow);
   const maskAt = align16(maskTilesAt + inDim * width);
-  const needed = maskAt + inDim * width;
-  if (needed > MAX_KERNEL_BYTES) return null;
   let buffer: ArrayBuffer;
   try {
-    buffer = kernel.reserve(needed);
+    buffer = kernel.reserve(maskAt + inDim * width);
   } catch {
     return null; // the memory could not grow: the JavaScript kernel needs none
   }
@@ -551,7 +574,7 @@ function markSmallestTilesWasm(
     if (begin === 0 && width === outDim) mask.set(u8.subarray(maskAt, maskAt + inDim * width));
     else for (let c = 0; c < inDim; c++) mask.set(u8.subarray(maskAt + c * width, maskAt + (c + 1) * width), c * outDim + begin);
   }
-  return { done: width, pruned };
+  return pruned;
 }
 
 // ---------------------------------------------------------------------------------------------
