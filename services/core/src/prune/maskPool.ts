@@ -4,16 +4,16 @@
  * the calling thread computing the first. Matrix-scope masks (one threshold over the whole
  * matrix) cannot be split by columns and go whole to one thread each, round robin.
  *
- * The threads start once, with the pool, and live until close(). Weights are copied into a
- * shared buffer the pool keeps between batches (every thread reads all of a linear, so a
- * transfer, which bench/maskBench.ts measures as much cheaper, would serve only one thread), and
+ * The threads start once, with the pool, and live until close(). The columns the other threads
+ * read are copied into a shared buffer the pool keeps between batches (a transfer, which
+ * bench/maskBench.ts measures as much cheaper, cannot hand one buffer to several threads), and
  * the masks are written into a new shared buffer per batch, which the results view directly.
  */
 import { Worker } from "node:worker_threads";
 import { InvalidArgumentError, RuntimeError } from "../errors.js";
 import type { MaskRequest, MaskResponse, MaskTask } from "./maskProtocol.js";
 import { checkMaskJob, computeMask, type MaskOptions, type MaskResult, type WeightMatrix } from "./maskSelect.js";
-import { runMaskTask } from "./maskTask.js";
+import { elementBytes, runMaskTaskOn } from "./maskTask.js";
 
 export interface MaskJob {
   weight: WeightMatrix;
@@ -90,7 +90,7 @@ export class MaskPool {
     const pruned = new Array<number>(jobs.length).fill(0);
     let failed = false;
     try {
-      for (const { job, task } of shares[0]!) pruned[job]! += runMaskTask(task, weights, masks);
+      for (const { job, task } of shares[0]!) pruned[job]! += runMaskTaskOn(task, jobs[job]!.weight, masks);
     } catch {
       failed = true;
     }
@@ -128,11 +128,9 @@ export class MaskPool {
     if (!this.busy && (this.scratch?.byteLength ?? -1) < bytes) this.scratch = new SharedArrayBuffer(bytes);
     const weights = this.busy ? new SharedArrayBuffer(bytes) : this.scratch!;
     const masks = new SharedArrayBuffer(jobs.reduce((a, j) => a + j.weight.inDim * j.weight.outDim, 0));
-    const view = new Uint8Array(weights);
     let maskOffset = 0;
     let nextWhole = 0;
     const tasks = jobs.map((j, i) => {
-      view.set(j.weight.bytes, byteOffsets[i]);
       const { bytes: _, ...weight } = j.weight;
       const base = { weight, byteOffset: byteOffsets[i]!, scale: j.scale, options: j.options, maskOffset };
       maskOffset += j.weight.inDim * j.weight.outDim;
@@ -150,6 +148,8 @@ export class MaskPool {
       }
       return perThread;
     });
+    // Only what the other threads read is copied: this thread reads the weights where they are.
+    tasks.forEach((perThread, i) => perThread.forEach((task, t) => t > 0 && task && copyShare(jobs[i]!.weight, task, weights)));
     return { weights, masks, tasks };
   }
 
@@ -182,5 +182,24 @@ export class MaskPool {
     }
     const rejected = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
     return rejected?.reason instanceof Error ? rejected.reason : new RuntimeError("mask pool", "a mask thread failed");
+  }
+}
+
+/** Copies the part of a weight that a task reads (its columns, or all of it) to shared memory. */
+function copyShare(w: WeightMatrix, task: MaskTask, weights: SharedArrayBuffer): void {
+  const view = new Uint8Array(weights, task.byteOffset, w.bytes.byteLength);
+  if (task.range === "whole") {
+    view.set(w.bytes);
+    return;
+  }
+  const size = elementBytes(w.dataType);
+  const { begin, end } = task.range;
+  if (w.layout === "out_in") {
+    view.set(w.bytes.subarray(begin * w.inDim * size, end * w.inDim * size), begin * w.inDim * size);
+    return;
+  }
+  for (let c = 0; c < w.inDim; c++) {
+    const from = (c * w.outDim + begin) * size;
+    view.set(w.bytes.subarray(from, from + (end - begin) * size), from);
   }
 }

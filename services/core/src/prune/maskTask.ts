@@ -1,12 +1,16 @@
-/** Runs one MaskTask over shared memory: the same code on the pool's own thread and on mask threads. */
+/** Runs one MaskTask: on a mask thread over shared memory, on the pool's own thread over the caller's weights. */
 import type { MaskTask } from "./maskProtocol.js";
-import { computeMask, computeMaskColumns } from "./maskSelect.js";
+import { computeMask, computeMaskColumns, type WeightMatrix } from "./maskSelect.js";
 import { OnnxDataType } from "../onnx/dtype.js";
 
 export function runMaskTask(t: MaskTask, weights: SharedArrayBuffer, masks: SharedArrayBuffer): number {
   const total = t.weight.inDim * t.weight.outDim;
-  const w = { ...t.weight, bytes: new Uint8Array(weights, t.byteOffset, total * elementBytes(t.weight.dataType)) };
-  const mask = new Uint8Array(masks, t.maskOffset, total);
+  return runMaskTaskOn(t, { ...t.weight, bytes: new Uint8Array(weights, t.byteOffset, total * elementBytes(t.weight.dataType)) }, masks);
+}
+
+/** Runs a task on a weight given directly (the pool's own thread reads the caller's bytes). */
+export function runMaskTaskOn(t: MaskTask, w: WeightMatrix, masks: SharedArrayBuffer): number {
+  const mask = new Uint8Array(masks, t.maskOffset, w.inDim * w.outDim);
   if (t.range === "whole") {
     const result = computeMask(w, t.scale, t.options);
     mask.set(result.mask);
