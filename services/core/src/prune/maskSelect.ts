@@ -16,7 +16,11 @@
  * thread): columns are handled in small tiles so the row-major [in, out] storage is read along
  * rows, and each column's k-th smallest is found by histograms of key bits (a monotone float32
  * image of M) instead of a sort; only the handful of entries sharing the threshold's key bucket
- * are ranked by exact M, so the result is exactly the contract's.
+ * are ranked by exact M, so the result is exactly the contract's. Unstructured masks of [in, out]
+ * weights run the same selection as a WebAssembly SIMD kernel (maskKernelWasm.ts, ~2.5e8
+ * params/s on float16) over whole 16-column tiles; other columns, layouts and patterns, and
+ * hosts without WebAssembly, use the JavaScript kernel below. Columns are independent, so
+ * computeMaskColumns lets threads (maskPool.ts) share a linear.
  */
 import { InvalidArgumentError, NumericError, UnsupportedTypeError } from "../errors.js";
 import { OnnxDataType as DT, halfToFloatTable, typeName } from "../onnx/dtype.js";
