@@ -471,7 +471,7 @@ function markExact(idx: Int32Array, vals: Float64Array, n: number, r: number, cu
  * linears are done in panels of fewer columns. A 4096x4096 float16 linear fits in one panel.
  * Tests lower it to run several panels.
  */
-export const kernelLimits = { memoryBudget: 256 * 2 ** 20 };
+export const kernelLimits = { memoryBudget: 128 * 2 ** 20 };
 
 const align16 = (n: number) => Math.ceil(n / 16) * 16;
 
