@@ -6,6 +6,10 @@
  */
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { tempDir } from "../support/fixtures.js";
 import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
 import { MaskPool, type MaskJob } from "../../services/core/src/prune/maskPool.js";
 import { computeMask, computeMaskColumns, kernelLimits, parsePattern, type MaskOptions } from "../../services/core/src/prune/maskSelect.js";
@@ -192,6 +196,27 @@ describe("MaskPool errors", () => {
     for (const pool of pools) {
       await assert.rejects(pool.computeMasks([{ weight: w, scale: null, options: { sparsity: 1, pattern: { kind: "unstructured" } } }]), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "sparsity");
       await assert.rejects(pool.computeMasks([{ weight: w, scale: null, options: { sparsity: 0.5, pattern: parsePattern("2:4") } }]), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "layer");
+    }
+  });
+
+  test("a batch in flight keeps the process alive until its last piece is back (idle threads do not)", () => {
+    // A script whose only pending work is the batch: it must print its result and exit on its own.
+    const pool = new URL("../../services/core/src/prune/maskPool.js", import.meta.url).href;
+    const script = `
+      import { MaskPool } from ${JSON.stringify(pool)};
+      const w = { name: "w", dataType: 1, layout: "in_out", inDim: 64, outDim: 1024, bytes: new Uint8Array(new Float32Array(64 * 1024).map((_, i) => (i * 7919) % 1000).buffer) };
+      const p = MaskPool.start(3);
+      const [r] = await p.computeMasks([{ weight: w, scale: null, options: { sparsity: 0.5, pattern: { kind: "unstructured" } } }]);
+      console.log("pruned", r.pruned);`;
+    const dir = tempDir("mask-pool-exit");
+    try {
+      const file = join(dir.path, "batch.mjs");
+      writeFileSync(file, script);
+      const r = spawnSync(process.execPath, [file], { encoding: "utf8", timeout: 30_000 });
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stdout.trim(), `pruned ${32 * 1024}`);
+    } finally {
+      dir.cleanup();
     }
   });
 

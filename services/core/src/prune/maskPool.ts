@@ -24,6 +24,15 @@ export interface MaskJob {
 
 /** Column ranges start at multiples of this, so no thread gets a sliver of a tile. */
 const COLUMN_ALIGN = 16;
+/** Another thread's share of a linear goes in at most this many pieces (see run). */
+const REMOTE_PIECES = 4;
+
+/** A task and the thread it is for (0: the pool's own). */
+interface Placed {
+  job: number;
+  thread: number;
+  task: MaskTask;
+}
 
 type Pending = { resolve: (pruned: number[]) => void; reject: (e: Error) => void };
 
@@ -35,8 +44,11 @@ export class MaskPool {
   /** the shared copy of the weights, reused by the next batch unless one is still running */
   private scratch: SharedArrayBuffer | undefined;
   private busy = false;
+  /** requests pending per thread */
+  private readonly inFlight: number[];
 
   private constructor(readonly threads: number, private readonly workers: Worker[]) {
+    this.inFlight = workers.map(() => 0);
     for (const worker of workers) {
       worker.on("message", (res: MaskResponse) => {
         const p = this.pending.get(res.id);
@@ -83,21 +95,26 @@ export class MaskPool {
     }
   }
 
-  private async run(jobs: readonly MaskJob[], weights: SharedArrayBuffer, masks: SharedArrayBuffer, tasks: Array<Array<MaskTask | undefined>>): Promise<MaskResult[]> {
-    const shares = Array.from({ length: this.threads }, (): Array<{ job: number; task: MaskTask }> => []);
-    tasks.forEach((perThread, job) => perThread.forEach((task, t) => task && shares[t]!.push({ job, task })));
-    const remote = shares.slice(1).map((share, i) => this.call(i, { weights, masks, tasks: share.map((s) => s.task) }));
+  private async run(jobs: readonly MaskJob[], weights: SharedArrayBuffer, masks: SharedArrayBuffer, tasks: Placed[]): Promise<MaskResult[]> {
+    // Each other thread's share goes in pieces, each posted as soon as it is copied, so the
+    // threads start while the rest is still being copied; then this thread does its own.
+    const remote: Array<{ job: number; done: Promise<number[]> }> = [];
+    for (const { job, thread, task } of tasks) {
+      if (thread === 0) continue;
+      copyShare(jobs[job]!.weight, task, weights);
+      remote.push({ job, done: this.call(thread - 1, { weights, masks, tasks: [task] }) });
+    }
     const pruned = new Array<number>(jobs.length).fill(0);
     let failed = false;
     try {
-      for (const { job, task } of shares[0]!) pruned[job]! += runMaskTaskOn(task, jobs[job]!.weight, masks);
+      for (const { job, thread, task } of tasks) if (thread === 0) pruned[job]! += runMaskTaskOn(task, jobs[job]!.weight, masks);
     } catch {
       failed = true;
     }
-    const settled = await Promise.allSettled(remote);
+    const settled = await Promise.allSettled(remote.map((r) => r.done));
     settled.forEach((r, i) => {
       if (r.status === "rejected") failed = true;
-      else r.value.forEach((n, k) => (pruned[shares[i + 1]![k]!.job]! += n));
+      else pruned[remote[i]!.job]! += r.value[0]!;
     });
     if (failed) throw this.firstError(jobs, settled);
     let offset = 0;
@@ -117,8 +134,12 @@ export class MaskPool {
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
 
-  /** Copies the weights into shared memory and cuts every job into one task per thread. */
-  private share(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): { weights: SharedArrayBuffer; masks: SharedArrayBuffer; tasks: Array<Array<MaskTask | undefined>> } {
+  /**
+   * Cuts every job into tasks: column ranges, one per thread, those of the other threads in up to
+   * REMOTE_PIECES pieces, ordered piece by piece across threads; a matrix-scope job whole to one
+   * thread. Allocates the shared buffers (the weights are copied into them by run()).
+   */
+  private share(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): { weights: SharedArrayBuffer; masks: SharedArrayBuffer; tasks: Placed[] } {
     const byteOffsets: number[] = [];
     let bytes = 0;
     for (const j of jobs) {
@@ -128,29 +149,33 @@ export class MaskPool {
     if (!this.busy && (this.scratch?.byteLength ?? -1) < bytes) this.scratch = new SharedArrayBuffer(bytes);
     const weights = this.busy ? new SharedArrayBuffer(bytes) : this.scratch!;
     const masks = new SharedArrayBuffer(jobs.reduce((a, j) => a + j.weight.inDim * j.weight.outDim, 0));
+    const pieces: Array<Placed & { piece: number }> = [];
     let maskOffset = 0;
     let nextWhole = 0;
-    const tasks = jobs.map((j, i) => {
+    jobs.forEach((j, job) => {
       const { bytes: _, ...weight } = j.weight;
-      const base = { weight, byteOffset: byteOffsets[i]!, scale: j.scale, options: j.options, maskOffset };
+      const base = { weight, byteOffset: byteOffsets[job]!, scale: j.scale, options: j.options, maskOffset };
       maskOffset += j.weight.inDim * j.weight.outDim;
-      const perThread = new Array<MaskTask | undefined>(this.threads).fill(undefined);
-      if (scopes[i] === "matrix") {
-        perThread[nextWhole++ % this.threads] = { ...base, range: "whole" };
-        return perThread;
+      if (scopes[job] === "matrix") {
+        pieces.push({ job, thread: nextWhole++ % this.threads, piece: 0, task: { ...base, range: "whole" } });
+        return;
       }
       const out = j.weight.outDim;
       const cut = (t: number) => Math.min(out, Math.round((out * t) / this.threads / COLUMN_ALIGN) * COLUMN_ALIGN);
-      for (let t = 0; t < this.threads; t++) {
-        const begin = cut(t);
-        const end = t === this.threads - 1 ? out : cut(t + 1);
-        if (end > begin) perThread[t] = { ...base, range: { begin, end } };
+      for (let thread = 0; thread < this.threads; thread++) {
+        const begin = cut(thread);
+        const end = thread === this.threads - 1 ? out : cut(thread + 1);
+        const n = thread === 0 ? 1 : Math.max(1, Math.min(REMOTE_PIECES, Math.floor((end - begin) / (4 * COLUMN_ALIGN))));
+        for (let piece = 0; piece < n; piece++) {
+          const from = piece === 0 ? begin : begin + Math.round(((end - begin) * piece) / n / COLUMN_ALIGN) * COLUMN_ALIGN;
+          const to = piece === n - 1 ? end : begin + Math.round(((end - begin) * (piece + 1)) / n / COLUMN_ALIGN) * COLUMN_ALIGN;
+          if (to > from) pieces.push({ job, thread, piece, task: { ...base, range: { begin: from, end: to } } });
+        }
       }
-      return perThread;
     });
-    // Only what the other threads read is copied: this thread reads the weights where they are.
-    tasks.forEach((perThread, i) => perThread.forEach((task, t) => t > 0 && task && copyShare(jobs[i]!.weight, task, weights)));
-    return { weights, masks, tasks };
+    // Stable: jobs stay in order within a piece index, so the first pieces of all go out first.
+    pieces.sort((a, b) => a.piece - b.piece);
+    return { weights, masks, tasks: pieces };
   }
 
   private call(worker: number, req: Omit<MaskRequest, "id">): Promise<number[]> {
@@ -158,11 +183,14 @@ export class MaskPool {
     if (req.tasks.length === 0) return Promise.resolve([]);
     const id = this.nextId++;
     const w = this.workers[worker]!;
-    w.ref();
+    // ref() does not count: a thread is unreferenced only when none of its requests is pending.
+    if (this.inFlight[worker]!++ === 0) w.ref();
     return new Promise<number[]>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       w.postMessage({ ...req, id });
-    }).finally(() => w.unref());
+    }).finally(() => {
+      if (--this.inFlight[worker]! === 0) w.unref();
+    });
   }
 
   private fail(err: Error): void {
