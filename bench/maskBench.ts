@@ -1,10 +1,14 @@
 /**
- * Speed of mask selection on a float16 [4096, 4096] MatMul weight with a random positive scale,
- * one thread: absolute (params/s) and relative to a plain copy of the same bytes, which factors
- * out the machine's memory speed.
+ * Speed of mask selection on a float16 [4096, 4096] MatMul weight with a random positive scale:
+ * one thread, absolute (params/s) and relative to a plain copy of the same bytes, which factors
+ * out the machine's memory speed; two threads (MaskPool, shared-memory copy included) over one;
+ * and what sharing the weights with a thread costs: a copy into a SharedArrayBuffer against a
+ * transfer of the buffer to a thread and back.
  */
 import { performance } from "node:perf_hooks";
+import { Worker } from "node:worker_threads";
 import { computeMask, type WeightMatrix } from "../services/core/src/prune/maskSelect.js";
+import { MaskPool } from "../services/core/src/prune/maskPool.js";
 import { OnnxDataType, floatToHalf } from "../services/core/src/onnx/dtype.js";
 import type { BenchLine } from "./benchLine.js";
 import { mulberry32 } from "../services/core/src/calib/seededRandom.js";
@@ -15,14 +19,33 @@ const OUT = 4096;
 /** Deterministic PRNG (mulberry32) so runs are comparable. */
 const rng = mulberry32;
 
-function bestOf(runs: number, fn: () => void): number {
+async function bestOf(runs: number, fn: () => unknown): Promise<number> {
   let best = Infinity;
   for (let i = 0; i < runs; i++) {
     const t0 = performance.now();
-    fn();
+    await fn();
     best = Math.min(best, performance.now() - t0);
   }
   return best / 1000;
+}
+
+/** Seconds to move `bytes` to a thread and back by transfer (the buffer is detached, not copied). */
+async function transferRoundTrip(bytes: Uint8Array, runs: number): Promise<number> {
+  const echo = new Worker(`require("node:worker_threads").parentPort.on("message", (b) => require("node:worker_threads").parentPort.postMessage(b, [b]))`, { eval: true });
+  let buffer = bytes.slice().buffer;
+  const roundTrip = () => new Promise<void>((resolve) => {
+    echo.once("message", (b: ArrayBuffer) => {
+      buffer = b;
+      resolve();
+    });
+    echo.postMessage(buffer, [buffer]);
+  });
+  try {
+    await roundTrip();
+    return await bestOf(runs, roundTrip);
+  } finally {
+    await echo.terminate();
+  }
 }
 
 export async function benchMask(): Promise<BenchLine[]> {
@@ -37,12 +60,36 @@ export async function benchMask(): Promise<BenchLine[]> {
   const opts = { sparsity: 0.5, pattern: { kind: "unstructured" as const } };
 
   computeMask(w, scale, opts); // warm up the JIT
-  const maskS = bestOf(7, () => computeMask(w, scale, opts));
+  const maskS = await bestOf(7, () => computeMask(w, scale, opts));
   const dst = new Uint8Array(bytes.length);
-  const copyS = bestOf(20, () => dst.set(bytes));
+  const copyS = await bestOf(20, () => dst.set(bytes));
+
+  const job = [{ weight: w, scale, options: opts }];
+  const one = MaskPool.start(1);
+  const two = MaskPool.start(2);
+  let oneS: number;
+  let twoS: number;
+  try {
+    await two.computeMasks(job); // starts and warms the thread
+    // Interleaved, so both see the same share of a busy machine's cores.
+    oneS = Infinity;
+    twoS = Infinity;
+    for (let i = 0; i < 9; i++) {
+      oneS = Math.min(oneS, await bestOf(1, () => one.computeMasks(job)));
+      twoS = Math.min(twoS, await bestOf(1, () => two.computeMasks(job)));
+    }
+  } finally {
+    await two.close();
+    await one.close();
+  }
+  const shareCopyS = await bestOf(10, () => new Uint8Array(new SharedArrayBuffer(bytes.length)).set(bytes));
+  const transferS = await transferRoundTrip(bytes, 10);
+
   const shape = `${IN}x${OUT}`;
   return [
     { bench: "mask_params_per_s", value: (IN * OUT) / maskS, unit: "params/s", dtype: "float16", shape, seconds: maskS },
     { bench: "mask_vs_memcpy", value: maskS / copyS, unit: "ratio", dtype: "float16", shape, memcpy_seconds: copyS },
+    { bench: "mask_threads2_speedup", value: oneS / twoS, unit: "ratio", dtype: "float16", shape, one_thread_seconds: oneS, two_threads_seconds: twoS },
+    { bench: "mask_share_copy_over_transfer", value: shareCopyS / transferS, unit: "ratio", dtype: "float16", shape, copy_seconds: shareCopyS, transfer_round_trip_seconds: transferS },
   ];
 }

@@ -57,6 +57,7 @@ export function toPlanMessage(plan: JobPlan): JobPlanMessage {
     linears: plan.linears.map((l) => ({ weight: l.weight, block: l.block, target: l.target, offset: BigInt(l.region.offset), length: BigInt(l.region.length) })),
     dataBytes: BigInt(plan.dataBytes),
     activationCacheBytes: BigInt(plan.activationCacheBytes),
+    maskThreads: plan.maskThreads,
   });
 }
 
@@ -92,5 +93,6 @@ export function fromPlanMessage(m: JobPlanMessage | undefined): JobPlan {
       linears: m.linears.map((l) => ({ weight: l.weight, block: l.block, target: l.target, region: { offset: Number(l.offset), length: Number(l.length) } })),
       dataBytes: Number(m.dataBytes),
       activationCacheBytes: Number(m.activationCacheBytes),
+      maskThreads: m.maskThreads || 1,
     });
 }

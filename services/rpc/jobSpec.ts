@@ -35,6 +35,7 @@ export function toPruneSpec(spec: JobSpec, worker?: { threads: number; device: "
     owlLambda: spec.owlLambda,
     owlM: spec.owlM,
     force: spec.force,
+    ...(spec.maskThreads !== undefined ? { maskThreads: spec.maskThreads } : {}),
     ...(worker ? { threads: worker.threads, device: worker.device } : {}),
   };
 }

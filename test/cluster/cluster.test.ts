@@ -109,6 +109,21 @@ test("a gRPC client that omits sparsity gets the engine's default (0.5), as atvp
   }
 });
 
+test("2 workers selecting masks on 2 threads each (spec.mask_threads): bit-identical to atvp prune", async () => {
+  const c = await inProcessCluster(2);
+  try {
+    const s = spec("sequential", { maskThreads: 2 });
+    const { job } = await c.client.submitJob({ spec: s });
+    const result = await waitForJob(c.client, job!.id);
+    const final = await c.client.getJob({ id: job!.id });
+    assert.equal(result.state, JobState.SUCCEEDED, final.reason);
+    assert.equal(final.spec?.maskThreads, 2);
+    assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get("sequential")!));
+  } finally {
+    await c.close();
+  }
+});
+
 test("a worker killed with SIGKILL mid-job: its shard resumes elsewhere, same bytes", async () => {
   const nats = await freshNats();
   const children: ChildService[] = [];

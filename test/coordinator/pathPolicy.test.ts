@@ -160,6 +160,7 @@ describe("validateJobSpec", () => {
     ["nsamples", { nsamples: 0 }, /^spec\.nsamples: must be a positive integer/],
     ["sparsity_profile", { sparsityProfile: "flat" }, /^spec\.sparsity_profile: must be one of uniform/],
     ["magnitude_scope", { magnitudeScope: "row" }, /^spec\.magnitude_scope: must be matrix or column/],
+    ["mask_threads", { maskThreads: 0 }, /^spec\.mask_threads: must be a positive integer/],
     ["magnitude matrix with N:M", { method: "magnitude", calib: "", pattern: "2:4", sparsity: undefined }, /^spec\.pattern: /],
     ["model", { model: "" }, /^spec\.model: is required/],
     ["out", { out: "" }, /^spec\.out: is required/],

@@ -9,40 +9,13 @@ import assert from "node:assert/strict";
 import {
   applyMask, computeMask, parsePattern, type MaskOptions, type Pattern, type WeightMatrix,
 } from "../../services/core/src/prune/maskSelect.js";
-import {
-  OnnxDataType, bfloat16ToFloat, floatToBfloat16, floatToHalf, halfToFloatTable,
-} from "../../services/core/src/onnx/dtype.js";
+import { OnnxDataType, floatToBfloat16, floatToHalf } from "../../services/core/src/onnx/dtype.js";
+import { decode, referenceMask, rowsOf, weight, type Layout } from "../support/maskContract.js";
 import { InvalidArgumentError, NumericError } from "../../services/core/src/errors.js";
 
-type Layout = "in_out" | "out_in";
 const F32 = OnnxDataType.FLOAT;
 const F16 = OnnxDataType.FLOAT16;
 const BF16 = OnnxDataType.BFLOAT16;
-
-/** A weight from logical rows W[c][o], stored in the given type and layout. */
-function weight(rows: number[][], dataType: number = F32, layout: Layout = "in_out", name = "layer"): WeightMatrix {
-  const inDim = rows.length;
-  const outDim = rows[0]!.length;
-  const at = (c: number, o: number) => (layout === "in_out" ? c * outDim + o : o * inDim + c);
-  let bytes: Uint8Array;
-  if (dataType === F32) {
-    const v = new Float32Array(inDim * outDim);
-    rows.forEach((row, c) => row.forEach((x, o) => (v[at(c, o)] = x)));
-    bytes = new Uint8Array(v.buffer);
-  } else {
-    const encode = dataType === F16 ? floatToHalf : floatToBfloat16;
-    const v = new Uint16Array(inDim * outDim);
-    rows.forEach((row, c) => row.forEach((x, o) => (v[at(c, o)] = encode(x))));
-    bytes = new Uint8Array(v.buffer);
-  }
-  return { name, dataType, layout, inDim, outDim, bytes };
-}
-
-/** The mask as logical rows [c][o] of 0/1. */
-function rowsOf(w: WeightMatrix, mask: Uint8Array): number[][] {
-  return Array.from({ length: w.inDim }, (_, c) =>
-    Array.from({ length: w.outDim }, (_, o) => mask[w.layout === "in_out" ? c * w.outDim + o : o * w.inDim + c]!));
-}
 
 function maskRows(w: WeightMatrix, scale: number[] | null, opts: MaskOptions): number[][] {
   const result = computeMask(w, scale ? Float64Array.from(scale) : null, opts);
@@ -353,59 +326,6 @@ describe("errors", () => {
 // Random matrices against the contract read literally.
 
 const rng = mulberry32;
-
-function decode(dt: number, bits: number): number {
-  return dt === F16 ? halfToFloatTable()[bits]! : bfloat16ToFloat(bits);
-}
-
-/** The float32 value of every stored element, in logical [in, out] order. */
-function logicalValues(w: WeightMatrix): Float32Array {
-  const n = w.inDim * w.outDim;
-  const copy = w.bytes.slice();
-  const stored = w.dataType === F32
-    ? new Float32Array(copy.buffer, 0, n)
-    : Float32Array.from(new Uint16Array(copy.buffer, 0, n), (b) => decode(w.dataType, b));
-  const out = new Float32Array(n);
-  for (let c = 0; c < w.inDim; c++) {
-    for (let o = 0; o < w.outDim; o++) out[c * w.outDim + o] = stored[w.layout === "in_out" ? c * w.outDim + o : o * w.inDim + c]!;
-  }
-  return out;
-}
-
-/** Stable sort of entries by M; the first `count` are pruned. */
-function pruneFirst(entries: Array<{ m: number; at: number }>, count: number, into: number[][], place: (at: number) => [number, number]): void {
-  const sorted = [...entries].sort((a, b) => a.m - b.m); // Array.prototype.sort is stable
-  for (let i = 0; i < count; i++) {
-    const [c, o] = place(sorted[i]!.at);
-    into[c]![o] = 1;
-  }
-}
-
-function referenceMask(w: WeightMatrix, scale: Float64Array | null, opts: MaskOptions): number[][] {
-  const v = logicalValues(w);
-  const { inDim, outDim } = w;
-  const out = Array.from({ length: inDim }, () => new Array<number>(outDim).fill(0));
-  const metric = (c: number, o: number) => Math.abs(v[c * outDim + o]!) * (scale ? Math.sqrt(scale[c]!) : 1);
-  if (opts.scope === "matrix") {
-    const all = [];
-    for (let c = 0; c < inDim; c++) for (let o = 0; o < outDim; o++) all.push({ m: metric(c, o), at: c * outDim + o });
-    pruneFirst(all, Math.floor(inDim * outDim * opts.sparsity), out, (at) => [Math.floor(at / outDim), at % outDim]);
-    return out;
-  }
-  for (let o = 0; o < outDim; o++) {
-    if (opts.pattern.kind === "unstructured") {
-      const col = Array.from({ length: inDim }, (_, c) => ({ m: metric(c, o), at: c }));
-      pruneFirst(col, Math.floor(inDim * opts.sparsity), out, (c) => [c, o]);
-    } else {
-      const { n, m } = opts.pattern;
-      for (let g = 0; g < inDim; g += m) {
-        const group = Array.from({ length: m }, (_, i) => ({ m: metric(g + i, o), at: g + i }));
-        pruneFirst(group, n, out, (c) => [c, o]);
-      }
-    }
-  }
-  return out;
-}
 
 /** Value generators, from heavy ties to none. */
 const VALUE_KINDS: Record<string, (rand: () => number) => number> = {

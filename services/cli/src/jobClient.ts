@@ -142,6 +142,7 @@ export function toJobSpecMessage(spec: PruneSpec, workers: number, local: boolea
     owlLambda: spec.owlLambda,
     owlM: spec.owlM,
     force: spec.force ?? false,
+    maskThreads: spec.maskThreads,
     workers,
   });
 }

@@ -15,7 +15,7 @@ commands:
              [--pattern unstructured|2:4|4:8] [--alpha A] [--propagation sequential|dense]
              [--sparsity-profile uniform|owl [--owl-lambda L (0.08)] [--owl-m M (5)]]
              [--nsamples N] [--seed S] [--include RE]... [--exclude RE]... [--magnitude-scope matrix|column]
-             [--threads N] [--device cpu|cuda|auto] [--force]
+             [--threads N] [--mask-threads N] [--device cpu|cuda|auto] [--force]
              --model DIR: a genai or transformers.js model folder [--dtype fp32|fp16] [--layout genai|transformers-js];
              --out gets the whole folder, the decoder pruned under its own file names
   calib      --model-dir DIR (--prompts P.jsonl | --conversations C.json) --out CALDIR

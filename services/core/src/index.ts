@@ -33,3 +33,4 @@ export * from "./profiles/index.js";
 export * from "./runtime/inferenceHost.js";
 // Its TensorData (a typed array) is not onnx/tensorData's TensorData (the weights reader).
 export { elementCount, type WireTensor, type TensorData as WireTensorData } from "./runtime/wireTensor.js";
+export { MaskPool, type MaskJob } from "./prune/maskPool.js";

@@ -26,6 +26,7 @@ export const JOB_OPTIONS: Options = {
   "owl-lambda": { type: "string" },
   "owl-m": { type: "string" },
   threads: { type: "string" },
+  "mask-threads": { type: "string" },
   device: { type: "string" },
   force: { type: "boolean", default: false },
 };
@@ -54,6 +55,7 @@ export function jobSpec(values: Record<string, unknown>): PruneSpec {
     owlLambda: num(values, "owl-lambda"),
     owlM: num(values, "owl-m"),
     threads: int(values, "threads"),
+    maskThreads: int(values, "mask-threads"),
     device: str(values, "device") as PruneSpec["device"],
     force: values["force"] === true,
   };

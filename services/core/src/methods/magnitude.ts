@@ -3,7 +3,7 @@
  * matrix (Wanda's convention) or per output column.
  */
 import { InvalidArgumentError } from "../errors.js";
-import { computeMask } from "../prune/maskSelect.js";
+import type { MaskResult } from "../prune/maskSelect.js";
 import type { Method, MethodDefinition } from "./method.js";
 
 export const magnitude: MethodDefinition = {
@@ -19,8 +19,8 @@ export const magnitude: MethodDefinition = {
     return {
       name: "magnitude",
       calibration: undefined,
-      compress({ weight, target }) {
-        const { mask, pruned } = computeMask(weight, null, { sparsity: target.sparsity, pattern: target.pattern, scope: magnitudeScope });
+      async compress({ weight, target, masks }) {
+        const [{ mask, pruned }] = await masks.computeMasks([{ weight, scale: null, options: { sparsity: target.sparsity, pattern: target.pattern, scope: magnitudeScope } }]) as [MaskResult];
         return { kind: "mask", mask, pruned };
       },
     };

@@ -6,9 +6,10 @@
  * feeds the accumulators in sample order, calls compress for every linear of the block before
  * any weight changes, and propagates; it never asks which method it runs.
  */
+import type { MaskJob } from "../prune/maskPool.js";
 import type { CalibSample } from "../calib/calibSet.js";
 import type { LinearInfo } from "../graph/linears.js";
-import type { Pattern, WeightMatrix } from "../prune/maskSelect.js";
+import type { MaskResult, Pattern, WeightMatrix } from "../prune/maskSelect.js";
 import type { WireTensor } from "../runtime/wireTensor.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -119,6 +120,13 @@ export interface CompressInput<A extends Accumulator = Accumulator> {
   /** number of calibration samples N */
   samples: number;
   target: LinearTarget;
+  /** mask selection (DESIGN §2 steps 4-5), on the job's mask threads; same bits at any count */
+  masks: MaskSelector;
+}
+
+/** What selects masks: a MaskPool (prune/maskPool.ts), on one thread or several. */
+export interface MaskSelector {
+  computeMasks(jobs: readonly MaskJob[]): Promise<MaskResult[]>;
 }
 
 /**

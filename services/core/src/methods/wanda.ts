@@ -2,14 +2,14 @@
  * Wanda (DESIGN.md §2): every attended token counts; M[c, o] = |B[c, o]| * sqrt(s[c]); the
  * smallest of each output column are pruned.
  */
-import { computeMask } from "../prune/maskSelect.js";
+import type { MaskResult } from "../prune/maskSelect.js";
 import { ChannelSquares, channelSquares } from "./channelSquares.js";
 import type { CompressInput, Compression, Method, MethodDefinition } from "./method.js";
 import { ATTENDED_TOKENS } from "./tokenPools.js";
 
 /** Wanda's and ATV's compress step: one mask from the metric, per output column. */
-export function scaledMagnitudeMask({ weight, stats, samples, target }: CompressInput<ChannelSquares>): Compression {
-  const { mask, pruned } = computeMask(weight, stats!.mean(samples), { sparsity: target.sparsity, pattern: target.pattern, scope: "column" });
+export async function scaledMagnitudeMask({ weight, stats, samples, target, masks }: CompressInput<ChannelSquares>): Promise<Compression> {
+  const [{ mask, pruned }] = await masks.computeMasks([{ weight, scale: stats!.mean(samples), options: { sparsity: target.sparsity, pattern: target.pattern, scope: "column" } }]) as [MaskResult];
   return { kind: "mask", mask, pruned };
 }
 

@@ -28,6 +28,7 @@ import {
 } from "../methods/index.js";
 import type { LinearTargets, ProfilePrePass } from "../profiles/index.js";
 import { applyMask, type WeightMatrix } from "../prune/maskSelect.js";
+import { MaskPool } from "../prune/maskPool.js";
 import { BufferPool } from "../runtime/bufferPool.js";
 import type { InferenceHost, SessionHandle } from "../runtime/inferenceHost.js";
 import type { TensorData as TypedData, WireTensor } from "../runtime/wireTensor.js";
@@ -86,6 +87,8 @@ export interface EngineContext {
    * the block's linears are calibrated in groups, one forward each (same bits, less memory).
    */
   accumulatorBudgetBytes?: number;
+  /** threads for mask selection (started and closed by the caller); default: this thread only */
+  maskPool?: MaskPool;
 }
 
 
@@ -304,7 +307,7 @@ export class BlockEngine {
     return Promise.all(linears.map(async (linear) => {
       const weight = weights.get(linear.weight)!;
       const target = { sparsity: this.targetOf(linear), pattern: spec.pattern };
-      return { linear, weight, target: target.sparsity, result: await this.method.compress({ weight, linear, stats: stats.get(linear.weight), samples: samples.length, target }) };
+      return { linear, weight, target: target.sparsity, result: await this.method.compress({ weight, linear, stats: stats.get(linear.weight), samples: samples.length, target, masks: this.ctx.maskPool ?? INLINE_MASKS }) };
     }));
   }
 
@@ -433,6 +436,9 @@ export function accumulatorGroups(linears: readonly LinearInfo[], needs: Calibra
   if (current.length > 0) groups.push(current);
   return groups.length > 0 ? groups : [[]];
 }
+
+/** Masks on the calling thread: a one-thread pool starts nothing and needs no close. */
+const INLINE_MASKS = MaskPool.start(1);
 
 function isStateSource(input: readonly SampleState[] | StateSource): input is StateSource {
   return !Array.isArray(input);

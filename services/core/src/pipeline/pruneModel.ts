@@ -21,6 +21,7 @@ import { planJob, planTargets, selectPrunable } from "../plan/jobPlan.js";
 import { jobProfile } from "../profiles/index.js";
 import { profileTargets } from "./profilePhase.js";
 import { BlockEngine, type SampleState } from "./blockEngine.js";
+import { MaskPool } from "../prune/maskPool.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
 import { resolveSpec, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
 import { blockSparsity, type BlockReport, type LayerReport, type PruneReport } from "./report.js";
@@ -52,6 +53,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   let writer: PrunedModelWriter | undefined;
   let host: InferenceHost | undefined;
   let prepared: PreparedOutput | undefined;
+  let maskPool: MaskPool | undefined;
   let finalized = false;
   try {
     await data.validate();
@@ -62,8 +64,9 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     writer = await PrunedModelWriter.create(analysis.loaded, data, spec.out, new Set(plan.linears.map((l) => l.weight)));
     host = InferenceHost.start({ threads: spec.threads, device: spec.device, warn: options.warn });
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
+    maskPool = MaskPool.start(spec.maskThreads);
     // The plan's selection, with the profile's placeholder targets until the profile phase ran.
-    const context = { ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan), accumulatorBudgetBytes: options.accumulatorBudgetBytes };
+    const context = { ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan), accumulatorBudgetBytes: options.accumulatorBudgetBytes, maskPool };
     // The profile phase (OWL): a dense pass over every block before any block is pruned.
     const targets = plan.phases.includes("profile")
       ? await profileTargets(new BlockEngine(context), jobProfile(spec), { sparsity: spec.sparsity, linears: selection })
@@ -113,6 +116,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     throw fsErrorToTyped(err, spec.out);
   } finally {
     await host?.close();
+    await maskPool?.close();
     await data.close();
   }
 }

@@ -38,6 +38,8 @@ export interface PruneSpec {
   /** magnitude: one threshold per matrix (Wanda's baseline, default) or per column */
   magnitudeScope?: "matrix" | "column";
   threads?: number;
+  /** threads selecting masks (default 1: see MaskPool); any count gives the same bits */
+  maskThreads?: number;
   device?: "cpu" | "cuda" | "auto";
   force?: boolean;
   /** bytes of activations ATV may keep between its two passes instead of recomputing them */
@@ -63,6 +65,7 @@ export interface ResolvedSpec {
   owlLambda: number;
   owlM: number;
   threads: number;
+  maskThreads: number;
   device: "cpu" | "cuda" | "auto";
   force: boolean;
   activationCacheBytes: number;
@@ -118,6 +121,8 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
   }
   const threads = spec.threads ?? defaultThreads;
   if (!Number.isInteger(threads) || threads < 1) throw new InvalidArgumentError("threads", `must be a positive integer, got ${threads} (out of range)`);
+  const maskThreads = spec.maskThreads ?? 1;
+  if (!Number.isSafeInteger(maskThreads) || maskThreads < 1) throw new InvalidArgumentError("maskThreads", `must be a positive integer, got ${maskThreads} (out of range)`);
   const device = spec.device ?? "cpu";
   if (!["cpu", "cuda", "auto"].includes(device)) throw new InvalidArgumentError("device", `must be cpu, cuda or auto, got ${JSON.stringify(device)}`);
   return {
@@ -139,6 +144,7 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
     owlLambda,
     owlM,
     threads,
+    maskThreads,
     device,
     force: spec.force ?? false,
     activationCacheBytes: spec.activationCacheBytes ?? DEFAULT_ACTIVATION_CACHE_BYTES,

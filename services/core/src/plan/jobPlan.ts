@@ -50,6 +50,8 @@ export interface JobPlan {
   /** size of <out>/model.onnx.data */
   dataBytes: number;
   activationCacheBytes: number;
+  /** threads each worker selects masks with (same bits at any count) */
+  maskThreads: number;
 }
 
 /**
@@ -81,6 +83,7 @@ export function planJob(spec: ResolvedSpec, analysis: ModelAnalysis, data: Tenso
     linears,
     dataBytes: end,
     activationCacheBytes: spec.activationCacheBytes,
+    maskThreads: spec.maskThreads,
   };
 }
 
@@ -148,6 +151,7 @@ export function planSpec(plan: JobPlan, runtime: { threads: number; device: "cpu
     device: runtime.device,
     force: false,
     activationCacheBytes: plan.activationCacheBytes,
+    maskThreads: plan.maskThreads,
   };
 }
 

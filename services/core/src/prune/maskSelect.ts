@@ -16,10 +16,15 @@
  * thread): columns are handled in small tiles so the row-major [in, out] storage is read along
  * rows, and each column's k-th smallest is found by histograms of key bits (a monotone float32
  * image of M) instead of a sort; only the handful of entries sharing the threshold's key bucket
- * are ranked by exact M, so the result is exactly the contract's.
+ * are ranked by exact M, so the result is exactly the contract's. Unstructured masks of [in, out]
+ * weights run the same selection as a WebAssembly SIMD kernel (maskKernelWasm.ts, ~2.5e8
+ * params/s on float16) over whole 16-column tiles; other columns, layouts and patterns, and
+ * hosts without WebAssembly, use the JavaScript kernel below. Columns are independent, so
+ * computeMaskColumns lets threads (maskPool.ts) share a linear.
  */
 import { InvalidArgumentError, NumericError, UnsupportedTypeError } from "../errors.js";
 import { OnnxDataType as DT, halfToFloatTable, typeName } from "../onnx/dtype.js";
+import { BINS as KERNEL_BINS, TILE_COLUMNS, maskKernel, type MaskKernel } from "./maskKernelWasm.js";
 
 export type Pattern = { kind: "unstructured" } | { kind: "nm"; n: number; m: number };
 
@@ -61,21 +66,31 @@ export interface MaskResult {
 }
 
 export function computeMask(w: WeightMatrix, scale: Float64Array | null, opts: MaskOptions): MaskResult {
+  const total = w.inDim * w.outDim;
+  const mask = new Uint8Array(total);
+  if (checkMaskJob(w, scale, opts) === "matrix") {
+    const pruned = markMatrixSmallest(w, readView(w), Math.floor(total * opts.sparsity), mask);
+    return { mask, pruned, total };
+  }
+  return { mask, pruned: computeMaskColumns(w, scale, opts, 0, w.outDim, mask), total };
+}
+
+/**
+ * Validates a mask job as computeMask does, throwing the same typed errors (a NaN metric is only
+ * found while computing). Returns the scope, which decides whether columns can be split.
+ */
+export function checkMaskJob(w: WeightMatrix, scale: Float64Array | null, opts: MaskOptions): "column" | "matrix" {
   const sparsity = opts.sparsity;
   if (typeof sparsity !== "number" || !(sparsity >= 0 && sparsity < 1)) {
     throw new InvalidArgumentError("sparsity", `must be in [0, 1), got ${String(sparsity)}`);
   }
   const pattern = checkPattern(opts.pattern);
-  const view = readView(w);
-  const total = w.inDim * w.outDim;
-  const mask = new Uint8Array(total);
-
+  checkWeight(w);
   if ((opts.scope ?? "column") === "matrix") {
     if (scale !== null || pattern.kind !== "unstructured") {
       throw new InvalidArgumentError("scope", `"matrix" scope is the magnitude baseline: it needs no scale and the unstructured pattern (layer ${w.name})`);
     }
-    const pruned = markMatrixSmallest(w, view, Math.floor(total * sparsity), mask);
-    return { mask, pruned, total };
+    return "matrix";
   }
   if (opts.scope !== undefined && opts.scope !== "column") {
     throw new InvalidArgumentError("scope", `must be "column" or "matrix", got ${String(opts.scope)}`);
@@ -83,11 +98,34 @@ export function computeMask(w: WeightMatrix, scale: Float64Array | null, opts: M
   if (pattern.kind === "nm" && w.inDim % pattern.m !== 0) {
     throw new InvalidArgumentError(w.name, `input dimension ${w.inDim} is not a multiple of M=${pattern.m} for the ${pattern.n}:${pattern.m} pattern`);
   }
-  const reader = new MetricReader(w, view, sqrtOfScale(w, scale));
-  const pruned = pattern.kind === "nm"
-    ? markNMColumns(w, reader, pattern.n, pattern.m, mask)
-    : markSmallestColumns(w, reader, Math.floor(w.inDim * sparsity), mask);
-  return { mask, pruned, total };
+  if (scale !== null && scale.length !== w.inDim) {
+    throw new InvalidArgumentError(w.name, `scale has ${scale.length} entries, the layer has ${w.inDim} input channels`);
+  }
+  return "column";
+}
+
+/**
+ * The column-scope mask of output columns [begin, end) only, written into `mask` (the whole
+ * matrix's, in storage order; other columns' bytes are left alone). Returns how many it pruned.
+ * Columns are independent, so threads given disjoint ranges produce computeMask's bits.
+ */
+export function computeMaskColumns(
+  w: WeightMatrix, scale: Float64Array | null, opts: MaskOptions, begin: number, end: number, mask: Uint8Array,
+): number {
+  if (checkMaskJob(w, scale, opts) !== "column") throw new InvalidArgumentError("scope", `"matrix" scope cannot be split by columns (layer ${w.name})`);
+  if (!(Number.isSafeInteger(begin) && Number.isSafeInteger(end) && 0 <= begin && begin <= end && end <= w.outDim)) {
+    throw new InvalidArgumentError(w.name, `column range [${begin}, ${end}) is outside 0..${w.outDim}`);
+  }
+  if (mask.length !== w.inDim * w.outDim) throw new InvalidArgumentError(w.name, `a mask of ${mask.length} entries does not fit a ${w.inDim}x${w.outDim} weight`);
+  const pattern = opts.pattern;
+  const sq = sqrtOfScale(w, scale);
+  const reader = new MetricReader(w, readView(w), sq);
+  if (pattern.kind === "nm") return markNMColumns(w, reader, pattern.n, pattern.m, begin, end, mask);
+  const k = Math.floor(w.inDim * opts.sparsity);
+  const fast = w.layout === "in_out" ? markSmallestTilesWasm(w, sq, reader, k, begin, end, mask) : null;
+  return fast
+    ? fast.pruned + markSmallestColumns(w, reader, k, begin + fast.done, end, mask)
+    : markSmallestColumns(w, reader, k, begin, end, mask);
 }
 
 /** Zeroes (to +0 bits) every stored element whose mask byte is set; other bits are untouched. */
@@ -125,15 +163,21 @@ function elemSize(w: WeightMatrix): number {
   throw new UnsupportedTypeError(w.name, `weights of type ${typeName(w.dataType)} cannot be pruned (float32, float16 and bfloat16 can)`);
 }
 
-function readView(w: WeightMatrix): ReadView {
+/** Checks the weight's shape and byte length; returns its element size. */
+function checkWeight(w: WeightMatrix): number {
   const size = elemSize(w);
   if (!(Number.isSafeInteger(w.inDim) && Number.isSafeInteger(w.outDim) && w.inDim > 0 && w.outDim > 0)) {
     throw new InvalidArgumentError(w.name, `bad weight shape ${w.inDim}x${w.outDim}`);
   }
-  const total = w.inDim * w.outDim;
-  if (w.bytes.length !== total * size) {
+  if (w.bytes.length !== w.inDim * w.outDim * size) {
     throw new InvalidArgumentError(w.name, `${w.bytes.length} bytes do not hold a ${w.inDim}x${w.outDim} ${typeName(w.dataType)} weight`);
   }
+  return size;
+}
+
+function readView(w: WeightMatrix): ReadView {
+  const size = checkWeight(w);
+  const total = w.inDim * w.outDim;
   // Typed views need alignment; a misaligned slice of a model file is copied once.
   const bytes = w.bytes.byteOffset % size === 0 ? w.bytes : w.bytes.slice();
   if (size === 4) return { f32: new Float32Array(bytes.buffer, bytes.byteOffset, total), u16: null, absTable: null };
@@ -155,9 +199,7 @@ function bfloat16Table(): Float32Array {
 function sqrtOfScale(w: WeightMatrix, scale: Float64Array | null): Float64Array {
   const sq = new Float64Array(w.inDim);
   if (scale === null) return sq.fill(1); // |W| * 1 is exactly |W|: magnitude shares the column path
-  if (scale.length !== w.inDim) {
-    throw new InvalidArgumentError(w.name, `scale has ${scale.length} entries, the layer has ${w.inDim} input channels`);
-  }
+  // (its length was checked by checkMaskJob)
   // "+ 0" turns sqrt(-0) = -0 into +0: every M is then >= +0, whose float bits order like values.
   for (let c = 0; c < w.inDim; c++) sq[c] = Math.sqrt(scale[c]!) + 0;
   return sq;
@@ -257,12 +299,12 @@ function fillKeysFromBits16(
  * N:M: in every run of m consecutive inputs of a column, marks the n smallest (ties: lower c
  * first). Keys decide the order of two entries unless they are equal; then their exact M does.
  */
-function markNMColumns(w: WeightMatrix, reader: MetricReader, n: number, m: number, mask: Uint8Array): number {
+function markNMColumns(w: WeightMatrix, reader: MetricReader, n: number, m: number, begin: number, end: number, mask: Uint8Array): number {
   const inDim = w.inDim;
   const keys = new Float32Array(TILE * inDim);
   let pruned = 0;
-  for (let o0 = 0; o0 < w.outDim; o0 += TILE) {
-    const width = Math.min(TILE, w.outDim - o0);
+  for (let o0 = begin; o0 < end; o0 += TILE) {
+    const width = Math.min(TILE, end - o0);
     reader.fillKeys(o0, width, keys);
     for (let j = 0; j < width; j++) {
       const o = o0 + j;
@@ -306,7 +348,7 @@ const BINS2 = 1 << 8;
  * smallest key: lower buckets are pruned, higher ones kept, and only the bucket's members (a few
  * percent of the column) are ranked further, by level-2 digit and finally by exact M.
  */
-function markSmallestColumns(w: WeightMatrix, reader: MetricReader, k: number, mask: Uint8Array): number {
+function markSmallestColumns(w: WeightMatrix, reader: MetricReader, k: number, begin: number, end: number, mask: Uint8Array): number {
   const inDim = w.inDim;
   const keyTile = new Float32Array(TILE * inDim);
   const keyBits = new Uint32Array(keyTile.buffer);
@@ -319,8 +361,8 @@ function markSmallestColumns(w: WeightMatrix, reader: MetricReader, k: number, m
   const ws: BucketScratch = { hist: new Int32Array(BINS2), exactIdx: new Int32Array(inDim), exactVal: new Float64Array(inDim) };
   let pruned = 0;
 
-  for (let o0 = 0; o0 < w.outDim; o0 += TILE) {
-    const width = Math.min(TILE, w.outDim - o0);
+  for (let o0 = begin; o0 < end; o0 += TILE) {
+    const width = Math.min(TILE, end - o0);
     reader.fillKeys(o0, width, keyTile); // also when k = 0: NaN must still be reported
     if (k === 0) continue;
     for (let j = 0; j < width; j++) {
@@ -348,7 +390,7 @@ function markSmallestColumns(w: WeightMatrix, reader: MetricReader, k: number, m
         members[n] = c;
         n += ((d ^ b) - 1) >>> 31;
       }
-      pruned += markInBucket(members.subarray(0, n), r, keys, (c) => reader.at(c, o0 + j), (c) => (cuts[at + c * step] = 1), ws);
+      pruned += markInBucket(members.subarray(0, n), r, keys, 1, (c) => reader.at(c, o0 + j), (c) => (cuts[at + c * step] = 1), ws);
     }
     if (cutTile) {
       for (let c = 0; c < inDim; c++) {
@@ -369,14 +411,14 @@ interface BucketScratch {
 
 /**
  * Marks (through cut) the r+1 smallest, in (M, c) order, of one column's level-1 bucket
- * (members: their c, increasing). Returns how many it marked.
+ * (members: their c, increasing; column c's key at keys[c * keyStride]). Returns how many it marked.
  */
 function markInBucket(
-  members: Int32Array, r: number, keys: Uint32Array, exact: (c: number) => number, cut: (c: number) => void, ws: BucketScratch,
+  members: Int32Array, r: number, keys: Uint32Array, keyStride: number, exact: (c: number) => number, cut: (c: number) => void, ws: BucketScratch,
 ): number {
   const { hist, exactIdx, exactVal } = ws;
   hist.fill(0);
-  for (let i = 0; i < members.length; i++) hist[(keys[members[i]!]! >>> SHIFT2) & (BINS2 - 1)]++;
+  for (let i = 0; i < members.length; i++) hist[(keys[members[i]! * keyStride]! >>> SHIFT2) & (BINS2 - 1)]++;
   let b = 0;
   while (r >= hist[b]!) r -= hist[b++]!;
 
@@ -384,7 +426,7 @@ function markInBucket(
   let n = 0; // members of the level-2 bucket, ranked by exact M below
   for (let i = 0; i < members.length; i++) {
     const c = members[i]!;
-    const d = (keys[c]! >>> SHIFT2) & (BINS2 - 1);
+    const d = (keys[c * keyStride]! >>> SHIFT2) & (BINS2 - 1);
     if (d < b) {
       cut(c);
       marked++;
@@ -395,7 +437,17 @@ function markInBucket(
     }
   }
 
-  // Prune the r+1 smallest exact M; entries equal to the threshold go in increasing c.
+  markExact(exactIdx, exactVal, n, r, cut);
+  return marked + r + 1;
+}
+
+/**
+ * Marks the r+1 smallest of n entries (their c in idx, increasing, their exact M in vals) in
+ * (M, c) order: entries equal to the threshold go in increasing c.
+ */
+function markExact(idx: Int32Array, vals: Float64Array, n: number, r: number, cut: (c: number) => void): void {
+  const exactIdx = idx;
+  const exactVal = vals;
   const sorted = exactVal.slice(0, n).sort();
   const thr = sorted[r]!;
   let less = r;
@@ -409,7 +461,137 @@ function markInBucket(
       ties--;
     }
   }
-  return marked + r + 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The WebAssembly kernel (maskKernelWasm.ts) for [in, out] storage
+
+/**
+ * The kernel's memory per thread stays below memoryBudget bytes (it never shrinks): wider
+ * linears are done in panels of fewer columns. A 4096x4096 float16 linear fits in one panel.
+ * Tests lower it to run several panels.
+ */
+export const kernelLimits = { memoryBudget: 128 * 2 ** 20 };
+
+const align16 = (n: number) => Math.ceil(n / 16) * 16;
+
+/**
+ * Unstructured selection of whole 16-column tiles from `begin` by the WebAssembly kernel, with
+ * the same digits and the same exact ranking of the threshold's bucket as markSmallestColumns.
+ * Returns how many columns it did and what it pruned, or null where it cannot run (no
+ * WebAssembly, not a whole tile, a very tall weight, or a NaN metric, which the JavaScript
+ * kernel then reports exactly).
+ */
+function markSmallestTilesWasm(
+  w: WeightMatrix, sq: Float64Array, reader: MetricReader, k: number, begin: number, end: number, mask: Uint8Array,
+): { done: number; pruned: number } | null {
+  const tiles = Math.floor((end - begin) / TILE_COLUMNS);
+  const kernel = tiles > 0 ? maskKernel() : null;
+  if (!kernel) return null;
+  // Per column: the panel twice (as given, tile-major) and its mask twice; the rest is per row.
+  const perColumn = w.inDim * (2 * elemSize(w) + 2);
+  const perRow = TILE_COLUMNS * KERNEL_BINS * 4 + w.inDim * (2 * TILE_COLUMNS * 4 + 4 + 8) + 4096;
+  const panelTiles = Math.min(tiles, Math.floor((kernelLimits.memoryBudget - perRow) / perColumn / TILE_COLUMNS));
+  if (panelTiles < 1) return null;
+  let pruned = 0;
+  for (let t = 0; t < tiles; t += panelTiles) {
+    const panelBegin = begin + t * TILE_COLUMNS;
+    const done = markPanelWasm(kernel, w, sq, reader, k, panelBegin, Math.min(panelTiles, tiles - t), mask);
+    if (done === null) return null;
+    pruned += done;
+  }
+  return { done: tiles * TILE_COLUMNS, pruned };
+}
+
+/**
+ * Copies block (c, t) of every row c < rows and tile t < tiles from src + c * srcRow + t * srcTile
+ * to dst + c * dstRow + t * dstTile, 32 rows at a time with tiles outer: the blocks a group of
+ * rows shares a page with are copied together (measured 1.4x faster than row by row).
+ */
+function copyRowsByTiles(
+  copy: MaskKernel["fn"]["copy16"], rows: number, tiles: number, src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number,
+): void {
+  for (let c = 0; c < rows; c += 32) {
+    copy(src + c * srcRow, srcTile, srcRow, dst + c * dstRow, dstTile, dstRow, tiles, Math.min(32, rows - c));
+  }
+}
+
+/**
+ * One panel of `tiles` tiles from `begin`: copied into the kernel's memory (then tile-major),
+ * selected, and its mask copied back. Returns what it pruned, or null for a NaN metric.
+ */
+function markPanelWasm(
+  kernel: MaskKernel, w: WeightMatrix, sq: Float64Array, reader: MetricReader, k: number, begin: number, tiles: number, mask: Uint8Array,
+): number | null {
+  const { inDim, outDim } = w;
+  const size = elemSize(w);
+  const width = tiles * TILE_COLUMNS;
+  const panelRow = width * size;
+  // Memory: histograms (at 0), keys [in, 16], member lists [16, in], counts, bounds, ranks,
+  // sqrt(s), the panel as given and tile-major, its mask.
+  const keysAt = TILE_COLUMNS * KERNEL_BINS * 4;
+  const listsAt = keysAt + TILE_COLUMNS * inDim * 4;
+  const countsAt = listsAt + TILE_COLUMNS * inDim * 4;
+  const boundsAt = countsAt + TILE_COLUMNS * 4;
+  const ranksAt = boundsAt + 2 * TILE_COLUMNS * 4;
+  const resultAt = ranksAt + TILE_COLUMNS * 4;
+  const level2At = resultAt + 16; // a 256-bin histogram, then a list of up to inDim entries
+  const sqAt = level2At + 256 * 4 + inDim * 4;
+  const rawAt = align16(sqAt + inDim * 8);
+  const srcAt = align16(rawAt + inDim * panelRow);
+  const maskTilesAt = align16(srcAt + inDim * panelRow);
+  const maskAt = align16(maskTilesAt + inDim * width);
+  let buffer: ArrayBuffer;
+  try {
+    buffer = kernel.reserve(maskAt + inDim * width);
+  } catch {
+    return null; // the memory could not grow: the JavaScript kernel needs none
+  }
+  const u8 = new Uint8Array(buffer);
+  const i32 = new Int32Array(buffer);
+  new Float64Array(buffer, sqAt, inDim).set(sq);
+  if (begin === 0 && width === outDim) u8.set(w.bytes, rawAt);
+  else for (let c = 0; c < inDim; c++) u8.set(w.bytes.subarray((c * outDim + begin) * size, (c * outDim + begin + width) * size), rawAt + c * panelRow);
+  const tileBytes = TILE_COLUMNS * size;
+  const tileStride = inDim * tileBytes;
+  copyRowsByTiles(size === 4 ? kernel.fn.copy64 : kernel.fn.copy32, inDim, tiles, rawAt, panelRow, tileBytes, srcAt, tileBytes, tileStride);
+  const keysOf = w.dataType === DT.FLOAT ? kernel.fn.keys_f32 : w.dataType === DT.FLOAT16 ? kernel.fn.keys_f16 : kernel.fn.keys_bf16;
+  const hist = i32.subarray(0, TILE_COLUMNS * KERNEL_BINS);
+  const exactIdx = new Int32Array(inDim);
+  const exactVal = new Float64Array(inDim);
+  let pruned = 0;
+  for (let t = 0; t < tiles; t++) {
+    hist.fill(0);
+    const maxKey = keysOf(srcAt + t * inDim * tileBytes, tileBytes, inDim, sqAt, keysAt) >>> 0;
+    if (maxKey > 0x7f800000) return null; // a NaN metric
+    if (k === 0) continue;
+    kernel.fn.thresholds(k, boundsAt, ranksAt);
+    i32.fill(0, countsAt / 4, countsAt / 4 + TILE_COLUMNS);
+    const maskTile = maskTilesAt + t * inDim * TILE_COLUMNS;
+    kernel.fn.classify(keysAt, inDim, boundsAt, maskTile, TILE_COLUMNS, listsAt, countsAt);
+    for (let j = 0; j < TILE_COLUMNS; j++) {
+      const o = begin + t * TILE_COLUMNS + j;
+      const at = maskTile + j;
+      // The bin's members by their next 8 key bits in the kernel; the few sharing the
+      // threshold's key digits are ranked here by exact M.
+      kernel.fn.level2(listsAt + j * inDim * 4, i32[countsAt / 4 + j]!, keysAt + 4 * j, i32[ranksAt / 4 + j]!, at, level2At, resultAt);
+      const r = i32[resultAt / 4]!;
+      const n = i32[resultAt / 4 + 1]!;
+      for (let i = 0; i < n; i++) {
+        const c = i32[level2At / 4 + 256 + i]!;
+        exactIdx[i] = c;
+        exactVal[i] = reader.at(c, o);
+      }
+      markExact(exactIdx, exactVal, n, r, (c) => (u8[at + c * TILE_COLUMNS] = 1));
+    }
+    pruned += k * TILE_COLUMNS;
+  }
+  if (k > 0) {
+    copyRowsByTiles(kernel.fn.copy16, inDim, tiles, maskTilesAt, TILE_COLUMNS, inDim * TILE_COLUMNS, maskAt, width, TILE_COLUMNS);
+    if (begin === 0 && width === outDim) mask.set(u8.subarray(maskAt, maskAt + inDim * width));
+    else for (let c = 0; c < inDim; c++) mask.set(u8.subarray(maskAt + c * width, maskAt + (c + 1) * width), c * outDim + begin);
+  }
+  return pruned;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ShardAssignment, ShardProgressSchema } from "../../../gen/atvprune/v1/worker_pb.js";
 import {
   InvalidArgumentError, DATA_FILE, PARTIAL_SUFFIX, arraySource, BlockEngine, type PrunedWeight,
-  type SampleState, type StateSource, needsCalibration, InferenceHost,
+  type SampleState, type StateSource, needsCalibration, InferenceHost, MaskPool,
 } from "../../../core/src/index.js";
 import { RpcError, fromPlanMessage, toBlockFinished } from "../../../rpc/index.js";
 import { exists, WorkDir, type BlockRecord } from "../checkpoint/checkpoints.js";
@@ -108,6 +108,7 @@ export class ShardRun {
       throw inShard(err, this.subject);
     }
     let host: InferenceHost | undefined;
+    let maskPool: MaskPool | undefined;
     let outbox: Outbox | undefined;
     let weights: FileHandle | undefined;
     try {
@@ -125,7 +126,8 @@ export class ShardRun {
         const needsStates = needsCalibration(job.plan.method);
         if (needsStates) outbox = this.deps.outboxes.open(this.jobId, this.endBlock, job.samples.length);
         host = InferenceHost.start({ threads: this.deps.threads, device: this.deps.device, warn: this.deps.log });
-        const engine = new BlockEngine({ ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds, targets: job.targets });
+        maskPool = MaskPool.start(job.spec.maskThreads);
+        const engine = new BlockEngine({ ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds, targets: job.targets, maskPool });
         const input = needsStates ? await this.inputStates(b, job, engine, wd) : { source: arraySource([]) };
         weights = await openOutput(job);
         let source = input.source;
@@ -157,6 +159,7 @@ export class ShardRun {
       if (!signal.aborted) this.abort.abort(new Error(`${this.subject} ended`));
       await weights?.close().catch(() => {});
       await host?.close().catch(() => {});
+      await maskPool?.close().catch(() => {});
       await job.data.close().catch(() => {});
     }
   }

@@ -1,0 +1,63 @@
+// `atvp prune --mask-threads N`: masks selected on two threads give the same model.onnx.data,
+// byte for byte, as on one, for ATV (unstructured), Wanda 2:4 and magnitude (whole-matrix
+// threshold); a bad count is refused naming it.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { CLI, REPO, tempDir } from "../support/fixtures.js";
+import { toJobSpecMessage } from "../../services/cli/src/jobClient.js";
+import { toPruneSpec } from "../../services/rpc/jobSpec.js";
+
+const tmp = tempDir("mask-threads");
+after(() => tmp.cleanup());
+
+function atvp(...args: string[]): { status: number | null; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: REPO, encoding: "utf8", timeout: 60_000, stdio: ["ignore", "pipe", "pipe"] });
+  if (r.error) throw r.error;
+  assert.notEqual(r.signal, "SIGTERM", `atvp ${args.join(" ")} timed out`);
+  return { status: r.status, stderr: r.stderr };
+}
+
+const modelDir = join(tmp.path, "m");
+const model = join(modelDir, "model.onnx");
+const calib = join(modelDir, "calib.jsonl");
+
+before(() => {
+  const r = atvp("gen-model", "--layers", "2", "--hidden", "96", "--fp16", "--samples", "3", "--seq-len", "24", "--image-tokens", "10", "--out", modelDir);
+  assert.equal(r.status, 0, r.stderr);
+});
+
+describe("atvp prune --mask-threads", () => {
+  const cases: Array<[string, string[]]> = [
+    ["atv", ["--method", "atv", "--sparsity", "0.5"]],
+    ["wanda-2of4", ["--method", "wanda", "--pattern", "2:4"]],
+    ["magnitude", ["--method", "magnitude", "--sparsity", "0.6"]],
+  ];
+  for (const [name, flags] of cases) {
+    test(`${name}: 1 and 2 threads write byte-identical model.onnx.data`, () => {
+      const data: Buffer[] = [];
+      for (const threads of ["1", "2"]) {
+        const out = join(tmp.path, `${name}-${threads}`);
+        const r = atvp("prune", "--model", model, "--calib", calib, ...flags, "--mask-threads", threads, "--out", out);
+        assert.equal(r.status, 0, r.stderr);
+        data.push(readFileSync(join(out, "model.onnx.data")));
+      }
+      assert.ok(data[0]!.equals(data[1]!), `${name}: model.onnx.data differs between --mask-threads 1 and 2`);
+      assert.ok(!data[0]!.equals(readFileSync(join(modelDir, "model.onnx.data"))), "something was pruned");
+    });
+  }
+
+  test("the count travels in the job spec to cluster workers (unset stays unset: the default)", () => {
+    const spec = { model: "m.onnx", calib: "c.jsonl", out: "o", method: "atv" as const, sparsity: 0.5 };
+    assert.equal(toPruneSpec(toJobSpecMessage({ ...spec, maskThreads: 2 }, 0, false)).maskThreads, 2);
+    assert.equal(toPruneSpec(toJobSpecMessage(spec, 0, false)).maskThreads, undefined);
+  });
+
+  test("--mask-threads 0 is refused naming maskThreads", () => {
+    const r = atvp("prune", "--model", model, "--calib", calib, "--mask-threads", "0", "--out", join(tmp.path, "zero"));
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /INVALID_ARGUMENT\] maskThreads: must be a positive integer/);
+  });
+});

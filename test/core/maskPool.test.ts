@@ -1,0 +1,233 @@
+/**
+ * Same bits in every configuration: MaskPool at 1, 2 and 3 threads against the single-thread
+ * kernel as it was (test/support/maskSelectReference.ts) and against the stable-sort reference,
+ * on random matrices with many ties, every stored type and layout, unstructured and N:M, and a
+ * batch mixing column- and matrix-scope jobs. Errors are the same typed errors too.
+ */
+import { after, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { tempDir } from "../support/fixtures.js";
+import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
+import { MaskPool, type MaskJob } from "../../services/core/src/prune/maskPool.js";
+import { computeMask, computeMaskColumns, kernelLimits, parsePattern, type MaskOptions } from "../../services/core/src/prune/maskSelect.js";
+import { OnnxDataType } from "../../services/core/src/onnx/dtype.js";
+import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
+import { computeMask as previousComputeMask } from "../support/maskSelectReference.js";
+import { maskKernel, maskKernelModule } from "../../services/core/src/prune/maskKernelWasm.js";
+import { referenceMask, rowsOf, weight } from "../support/maskContract.js";
+
+const TYPES = [OnnxDataType.FLOAT, OnnxDataType.FLOAT16, OnnxDataType.BFLOAT16];
+const pools = [1, 2, 3].map((n) => MaskPool.start(n));
+after(() => Promise.all(pools.map((p) => p.close())));
+
+type ValueKind = "ties" | "continuous" | "wide";
+
+/**
+ * "ties": a tiny set (ties in |W| and, with the tiny scales, in M); "continuous": a spread like a
+ * trained layer's; "wide": 2^-40 .. 2^15 with zeros and infinities, so float16 and bfloat16 hold
+ * subnormals and infinities, whose widening the WebAssembly kernel does without a table.
+ */
+function randomRows(rand: () => number, inDim: number, outDim: number, kind: ValueKind | boolean): number[][] {
+  const tiny = [0, -0, 0.5, -0.5, 1, -1, 2, -2];
+  const k = kind === true ? "ties" : kind === false ? "continuous" : kind;
+  const value = (): number => {
+    if (k === "ties") return tiny[Math.floor(rand() * 8)]!;
+    if (k === "continuous") return (rand() + rand() + rand() - 1.5) * 0.1;
+    const u = rand();
+    if (u < 0.05) return u < 0.025 ? Infinity : -Infinity;
+    if (u < 0.15) return 0;
+    return (rand() - 0.5) * 2 ** Math.floor(rand() * 55 - 40);
+  };
+  return Array.from({ length: inDim }, () => Array.from({ length: outDim }, value));
+}
+
+/** Tiny scales include 0, which would make 0 * inf a NaN: "wide" values get positive scales. */
+function randomScale(rand: () => number, inDim: number, kind: ValueKind | boolean): Float64Array {
+  const ties = kind === true || kind === "ties";
+  return Float64Array.from({ length: inDim }, () => (ties ? [0, 0.25, 1, 4][Math.floor(rand() * 4)]! : 1e-4 + rand() * rand() * 4));
+}
+
+describe("MaskPool gives computeMask's bits at every thread count", () => {
+  const rand = mulberry32(99);
+  // Shapes whose column counts split unevenly, or not at all, across threads.
+  const shapes: Array<[number, number]> = [[8, 1], [16, 33], [64, 70], [96, 130], [520, 48]];
+  for (const ties of ["ties", "continuous", "wide"] as const) {
+    test(`random batches, ${ties} values`, async () => {
+      for (const [inDim, outDim] of shapes) {
+        const rows = randomRows(rand, inDim, outDim, ties);
+        const scale = randomScale(rand, inDim, ties);
+        for (const dataType of TYPES) {
+          for (const layout of ["in_out", "out_in"] as const) {
+            const w = weight(rows, dataType, layout, `l${inDim}x${outDim}`);
+            const options: MaskOptions[] = [
+              { sparsity: 0.5, pattern: { kind: "unstructured" } },
+              { sparsity: rand(), pattern: { kind: "unstructured" } },
+              ...(inDim % 4 === 0 ? [{ sparsity: 0.5, pattern: parsePattern("2:4") }] : []),
+              ...(inDim % 8 === 0 ? [{ sparsity: 0.5, pattern: parsePattern("4:8") }] : []),
+            ];
+            const batch: MaskJob[] = [
+              ...options.map((o) => ({ weight: w, scale, options: o })),
+              { weight: w, scale: null, options: { sparsity: 0.5, pattern: { kind: "unstructured" }, scope: "matrix" } },
+              { weight: w, scale: null, options: { sparsity: 0.3, pattern: { kind: "unstructured" }, scope: "column" } },
+            ];
+            const expected = batch.map((j) => previousComputeMask(j.weight, j.scale, j.options));
+            batch.forEach((j, i) => {
+              const label = `${inDim}x${outDim} type ${dataType} ${layout} job ${i}`;
+              assert.deepEqual(rowsOf(w, expected[i]!.mask), referenceMask(w, j.scale, j.options), `previous kernel vs stable sort, ${label}`);
+            });
+            for (const pool of pools) {
+              const got = await pool.computeMasks(batch);
+              got.forEach((r, i) => {
+                const label = `${pool.threads} threads, ${inDim}x${outDim} type ${dataType} ${layout} job ${i}`;
+                assert.deepEqual(Buffer.from(r.mask), Buffer.from(expected[i]!.mask), label);
+                assert.equal(r.pruned, expected[i]!.pruned, label);
+                assert.equal(r.total, inDim * outDim, label);
+              });
+            }
+          }
+        }
+      }
+    });
+  }
+
+  test("any split of the columns into ranges gives the whole mask", () => {
+    const rand = mulberry32(5);
+    const rows = randomRows(rand, 64, 37, true);
+    const scale = randomScale(rand, 64, true);
+    for (const dataType of TYPES) {
+      for (const layout of ["in_out", "out_in"] as const) {
+        const w = weight(rows, dataType, layout);
+        for (const options of [{ sparsity: 0.4, pattern: { kind: "unstructured" } }, { sparsity: 0.5, pattern: parsePattern("4:8") }] as MaskOptions[]) {
+          const whole = computeMask(w, scale, options);
+          const mask = new Uint8Array(64 * 37);
+          let pruned = 0;
+          for (const [b, e] of [[0, 5], [5, 6], [6, 6], [6, 30], [30, 37]] as const) pruned += computeMaskColumns(w, scale, options, b, e, mask);
+          assert.deepEqual(mask, whole.mask);
+          assert.equal(pruned, whole.pruned);
+        }
+      }
+    }
+  });
+});
+
+describe("the WebAssembly kernel", () => {
+  test("is available here, so the tests above ran it (16-column tiles of [in, out] weights)", () => {
+    assert.ok(maskKernel(), "WebAssembly SIMD is unavailable: only the JavaScript kernel was tested");
+  });
+
+  test("its module is assembled from source, the same bytes every time", () => {
+    assert.deepEqual(maskKernelModule(), maskKernelModule());
+    const wasm = (globalThis as unknown as { WebAssembly: { validate(bytes: Uint8Array): boolean } }).WebAssembly;
+    assert.ok(wasm.validate(maskKernelModule()));
+  });
+
+  test("a linear wider than the kernel's memory budget is done in panels, with the same bits", () => {
+    const rows = randomRows(mulberry32(21), 96, 200, "continuous");
+    const scale = randomScale(mulberry32(22), 96, "continuous");
+    const saved = kernelLimits.memoryBudget;
+    try {
+      for (const dataType of TYPES) {
+        const w = weight(rows, dataType, "in_out");
+        const options: MaskOptions = { sparsity: 0.45, pattern: { kind: "unstructured" } };
+        const expected = previousComputeMask(w, scale, options).mask;
+        // Room for the per-row scratch plus 1, 2 or 5 tiles of columns per panel.
+        const perRow = 16 * 4096 * 4 + 96 * (2 * 16 * 4 + 4 + 8) + 4096;
+        const perColumn = 96 * (2 * (dataType === OnnxDataType.FLOAT ? 4 : 2) + 2);
+        for (const panelTiles of [1, 2, 5]) {
+          kernelLimits.memoryBudget = perRow + perColumn * 16 * panelTiles;
+          assert.deepEqual(computeMask(w, scale, options).mask, expected, `type ${dataType}, ${panelTiles} tiles per panel`);
+          const part = new Uint8Array(96 * 200);
+          computeMaskColumns(w, scale, options, 37, 180, part);
+          for (let c = 0; c < 96; c++) {
+            assert.deepEqual(part.subarray(c * 200 + 37, c * 200 + 180), expected.subarray(c * 200 + 37, c * 200 + 180), `row ${c}, columns 37..180`);
+          }
+        }
+      }
+    } finally {
+      kernelLimits.memoryBudget = saved;
+    }
+  });
+
+  test("a NaN metric found by the kernel is reported as the JavaScript kernel reports it", () => {
+    const rows = randomRows(mulberry32(12), 40, 48, false);
+    rows[33]![17] = NaN;
+    for (const dataType of TYPES) {
+      const w = weight(rows, dataType, "in_out", "nan-layer");
+      const options: MaskOptions = { sparsity: 0.5, pattern: { kind: "unstructured" } };
+      let expected = "";
+      try {
+        previousComputeMask(w, null, options);
+      } catch (err) {
+        expected = (err as Error).message;
+      }
+      assert.match(expected, /NaN at input 33, output 17/);
+      assert.throws(() => computeMask(w, null, options), (e: unknown) => e instanceof NumericError && e.message === expected);
+    }
+  });
+});
+
+describe("MaskPool errors", () => {
+  test("a NaN metric is the NumericError computeMask throws, naming the layer, at every thread count", async () => {
+    const rows = randomRows(mulberry32(3), 32, 40, false);
+    rows[20]![35] = NaN;
+    const good = weight(randomRows(mulberry32(4), 32, 40, false), OnnxDataType.FLOAT, "in_out", "good");
+    const bad = weight(rows, OnnxDataType.FLOAT, "in_out", "bad");
+    const options: MaskOptions = { sparsity: 0.5, pattern: { kind: "unstructured" } };
+    const batch: MaskJob[] = [{ weight: good, scale: null, options }, { weight: bad, scale: null, options }];
+    let single: unknown;
+    try {
+      computeMask(bad, null, options);
+    } catch (err) {
+      single = err;
+    }
+    assert.ok(single instanceof NumericError);
+    for (const pool of pools) {
+      await assert.rejects(pool.computeMasks(batch), (err: unknown) => err instanceof NumericError && err.subject === "bad" && err.message === (single as Error).message);
+      // The pool still works after a failed batch.
+      assert.equal((await pool.computeMasks(batch.slice(0, 1)))[0]!.pruned, 16 * 40);
+    }
+  });
+
+  test("bad options are computeMask's InvalidArgumentError", async () => {
+    const w = weight(randomRows(mulberry32(8), 6, 4, false));
+    for (const pool of pools) {
+      await assert.rejects(pool.computeMasks([{ weight: w, scale: null, options: { sparsity: 1, pattern: { kind: "unstructured" } } }]), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "sparsity");
+      await assert.rejects(pool.computeMasks([{ weight: w, scale: null, options: { sparsity: 0.5, pattern: parsePattern("2:4") } }]), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "layer");
+    }
+  });
+
+  test("a batch in flight keeps the process alive until its last piece is back (idle threads do not)", () => {
+    // A script whose only pending work is the batch: it must print its result and exit on its own.
+    const pool = new URL("../../services/core/src/prune/maskPool.js", import.meta.url).href;
+    const script = `
+      import { MaskPool } from ${JSON.stringify(pool)};
+      const w = { name: "w", dataType: 1, layout: "in_out", inDim: 64, outDim: 1024, bytes: new Uint8Array(new Float32Array(64 * 1024).map((_, i) => (i * 7919) % 1000).buffer) };
+      const p = MaskPool.start(3);
+      const [r] = await p.computeMasks([{ weight: w, scale: null, options: { sparsity: 0.5, pattern: { kind: "unstructured" } } }]);
+      console.log("pruned", r.pruned);`;
+    const dir = tempDir("mask-pool-exit");
+    try {
+      const file = join(dir.path, "batch.mjs");
+      writeFileSync(file, script);
+      const r = spawnSync(process.execPath, [file], { encoding: "utf8", timeout: 30_000 });
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stdout.trim(), `pruned ${32 * 1024}`);
+    } finally {
+      dir.cleanup();
+    }
+  });
+
+  test("a thread count below 1 is refused naming maskThreads; a closed pool refuses work", async () => {
+    for (const n of [0, -1, 1.5, NaN]) assert.throws(() => MaskPool.start(n), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "maskThreads");
+    const pool = MaskPool.start(2);
+    const w = weight([[1, 2], [3, 4]]);
+    const job: MaskJob = { weight: w, scale: null, options: { sparsity: 0.5, pattern: { kind: "unstructured" } } };
+    assert.equal((await pool.computeMasks([job]))[0]!.pruned, 2);
+    await pool.close();
+    await pool.close(); // idempotent
+    await assert.rejects(pool.computeMasks([job]), RuntimeError);
+  });
+});
