@@ -33,7 +33,7 @@ cluster (coordinator + workers over gRPC, job state in NATS JetStream):
                 starts nats-server, N workers and the coordinator in the background; writes D/cluster.json;
                 mutual TLS + a token everywhere (CA, certificates, token in D), unless --insecure (debugging only)
   cluster down  [--dir D] [--timeout S]
-  submit        prune's job flags (not --threads/--device) [--workers K] [--keep-work] [--wait | --watch] [CONNECTION]
+  submit        prune's job flags (not --threads/--device) [--workers K] [--keep-work] [--layout L] [--dtype D] [--wait | --watch] [CONNECTION]
                 prints the job id; --wait/--watch follow it and exit 0 only if it SUCCEEDED
   status        JOB [--json] [CONNECTION]
   watch         JOB [CONNECTION]      the job's events so far, then live; exits like submit --wait

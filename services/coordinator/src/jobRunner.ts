@@ -23,6 +23,7 @@ import {
   type PreparedOutput, DATA_FILE, createPartialData, partialDataPath, removePartialData, planJob,
   selectPrunable, TensorData, fsErrorToTyped, analyzeModel, buildReport, jobInputs, loadSamples,
   resolveSpec, needsCalibration, methodDefinition, type BlockReport, type LayerReport, type JobPlan, jobProfile,
+  isModelFolder, openFolderJob, assembleFolder, DECODER_STAGE,
 } from "../../core/src/index.js";
 import { fromBlockFinished, type BlockRecord, toPlanMessage, toPruneSpec } from "../../rpc/index.js";
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
@@ -123,10 +124,21 @@ export class JobRunner {
     const workDir = join(this.deps.workRoot, this.jobId);
     let data: TensorData | undefined;
     let prepared: PreparedOutput | undefined;
+    let preparedFolder: PreparedOutput | undefined;
     /** set once the partial output is this job's: a failure removes it */
     let partialOut: string | undefined;
     try {
       const pruneSpec = toPruneSpec(this.spec);
+      // A model folder: its decoder is pruned into DECODER_STAGE inside the output folder, which
+      // then gets the folder's other files and the pruned decoder under its own names.
+      const folderJob = isModelFolder(this.spec.model)
+        ? openFolderJob(this.spec.model, { layout: this.spec.modelLayout || undefined, dtype: this.spec.modelDtype || undefined })
+        : undefined;
+      if (folderJob) {
+        if (!this.resume) preparedFolder = await prepareOutputDir(this.spec.out, pruneSpec.force ?? false, { inputs: [folderJob.decoderPath] });
+        pruneSpec.model = folderJob.decoderPath;
+        pruneSpec.out = join(this.spec.out, DECODER_STAGE);
+      }
       const resolved = resolveSpec(pruneSpec, 1);
       const analysis = analyzeModel(resolved.model);
       // Metadata only (sizes, external-data files and ranges): no weight is read here.
@@ -191,8 +203,14 @@ export class JobRunner {
       await this.finalizeOutput();
       partialOut = undefined; // the output is complete: nothing below may remove it
       const report = buildReport(resolved, pruneSpec, analysis, samples, blocks, layers, (performance.now() - started) / 1000);
-      const reportPath = join(resolved.out, REPORT_FILE);
-      await writeFile(reportPath + PARTIAL_SUFFIX, JSON.stringify({ ...report, jobId: this.jobId, workers: this.shards.length }, null, 2) + "\n");
+      let written: object = { ...report, jobId: this.jobId, workers: this.shards.length };
+      if (folderJob) {
+        await assembleFolder(folderJob, resolved.out, this.spec.out);
+        await rm(resolved.out, { recursive: true, force: true });
+        written = { ...written, spec: { ...report.spec, model: this.spec.model, out: this.spec.out, decoder: folderJob.folder.decoder, layout: folderJob.folder.layout } };
+      }
+      const reportPath = join(this.spec.out, REPORT_FILE);
+      await writeFile(reportPath + PARTIAL_SUFFIX, JSON.stringify(written, null, 2) + "\n");
       await rename(reportPath + PARTIAL_SUFFIX, reportPath);
       this.deps.metrics.calibrationTokens.inc(report.totals.tokens);
       await this.removeWork(workDir);
@@ -210,10 +228,12 @@ export class JobRunner {
         // The workers' runs must have stopped before their folders go (CancelShard waits for that).
         await this.cancelAcks;
         await releaseOutput(prepared);
+        await releaseOutput(preparedFolder);
         await this.removeWork(workDir);
         await this.finalState(JobState.CANCELLED, this.cancelReason);
       } else {
         await releaseOutput(prepared);
+        await releaseOutput(preparedFolder);
         this.deps.log(`job ${this.jobId} failed: ${reason}`);
         this.closeOpenBlocks(`job failed: ${reason}`);
         await this.finalState(JobState.FAILED, reason);

@@ -6,8 +6,9 @@ import { randomBytes } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import { clone, create } from "@bufbuild/protobuf";
 import { JobEventSchema, JobSchema, JobService, JobSpecSchema, JobState, type Job, type JobSpec } from "../../gen/atvprune/v1/job_pb.js";
-import { type ServerImpl, writeMessage, requireBearer, RpcError, checkJobFiles, validateJobSpec } from "../../rpc/index.js";
-import { describeHolder, liveLockHolder, lockPathOf } from "../../core/src/index.js";
+import { sep } from "node:path";
+import { type ServerImpl, writeMessage, requireBearer, RpcError, checkJobFiles, resolveAllowedPath, validateJobSpec } from "../../rpc/index.js";
+import { AtvpError, describeHolder, isModelFolder, liveLockHolder, lockPathOf, openFolderJob, type FolderJob } from "../../core/src/index.js";
 import { isTerminal } from "./jobRunner.js";
 import type { EventPort, JobStatePort, OutputLeasePort } from "./ports.js";
 import { stateName } from "./coordinatorMetrics.js";
@@ -43,8 +44,12 @@ export async function createJob(deps: Pick<JobServiceDeps, "store" | "events" | 
   const id = chosenId ?? newJobId();
   validateJobSpec(requested);
   const spec = clone(JobSpecSchema, requested);
-  const paths = checkJobFiles({ model: spec.model, calib: spec.calib || undefined, out: spec.out, method: spec.method }, deps.allowedRoots);
-  spec.model = paths.model;
+  const folder = modelFolderOf(spec, deps.allowedRoots);
+  const paths = checkJobFiles({ model: folder?.decoderPath ?? spec.model, calib: spec.calib || undefined, out: spec.out, method: spec.method }, deps.allowedRoots);
+  if (folder && (paths.out === folder.src || paths.out.startsWith(folder.src + sep) || folder.src.startsWith(paths.out + sep))) {
+    throw new RpcError(status.INVALID_ARGUMENT, `spec.out: ${paths.out} overlaps the model folder ${folder.src}; choose a folder outside it`);
+  }
+  spec.model = folder?.src ?? paths.model;
   spec.calib = paths.calib ?? "";
   spec.out = paths.out;
   // Before the job exists, and whatever --force says: a second writer corrupts the first's
@@ -60,6 +65,25 @@ export async function createJob(deps: Pick<JobServiceDeps, "store" | "events" | 
   }));
   deps.startJob(job);
   return job;
+}
+
+/**
+ * A model folder (onnxruntime-genai or transformers.js) as the job's model: the folder itself
+ * inside the roots, and its decoder (the file the job reads weights from) found and checked.
+ */
+function modelFolderOf(spec: JobSpec, roots: readonly string[]): (FolderJob & { decoderPath: string }) | undefined {
+  if (!spec.model) return undefined;
+  const dir = resolveAllowedPath(spec.model, roots, "spec.model", { mustExist: true });
+  if (!isModelFolder(dir)) {
+    if (spec.modelLayout || spec.modelDtype) throw new RpcError(status.INVALID_ARGUMENT, `spec.model_layout: ${spec.model} is not a model folder; model_layout and model_dtype are for folders`);
+    return undefined;
+  }
+  try {
+    return openFolderJob(dir, { layout: spec.modelLayout || undefined, dtype: spec.modelDtype || undefined });
+  } catch (err) {
+    if (err instanceof AtvpError) throw new RpcError(status.INVALID_ARGUMENT, `spec.model: ${err.message}`);
+    throw err;
+  }
 }
 
 export function jobServiceImpl(deps: JobServiceDeps): ServerImpl<typeof JobService> {

@@ -1,5 +1,5 @@
 /** `atvp submit`, `status`, `watch`, `cancel`: cluster jobs through the coordinator's JobService. */
-import { resolveSpec, InvalidArgumentError, isModelFolder } from "../../../core/src/index.js";
+import { resolveSpec, InvalidArgumentError } from "../../../core/src/index.js";
 import { int, parse, str, type Options } from "../args.js";
 import { CliError } from "../cliError.js";
 import { connect, CONNECTION_OPTIONS, isTerminal, resolveTarget, rpc, stateName, toJobSpecMessage, type JobConnection } from "../jobClient.js";
@@ -13,6 +13,8 @@ const SUBMIT_OPTIONS: Options = {
   wait: { type: "boolean", default: false },
   watch: { type: "boolean", default: false },
   "keep-work": { type: "boolean", default: false },
+  layout: { type: "string" },
+  dtype: { type: "string" },
 };
 
 /** How long `cancel` waits for the job to reach its final state. */
@@ -41,9 +43,6 @@ export async function submitCommand(argv: string[]): Promise<number> {
     if (values[flag] !== undefined) throw new InvalidArgumentError(`--${flag}`, "is a worker setting in a cluster, not a job field: give it to the workers (atvp cluster up --threads T)");
   }
   const spec = jobSpec(values);
-  if (isModelFolder(spec.model)) {
-    throw new InvalidArgumentError("--model", `${spec.model} is a model folder: not supported yet for submit (the cluster prunes one decoder .onnx); use atvp prune --model DIR, or submit the decoder .onnx inside it`);
-  }
   // The coordinator checks the spec too; checking here first fails fast, without a round trip.
   resolveSpec(spec, 1);
   const workers = int(values, "workers") ?? 0;
@@ -51,6 +50,10 @@ export async function submitCommand(argv: string[]): Promise<number> {
   const target = resolveTarget(values);
   const message = toJobSpecMessage(spec, workers, target.local);
   message.keepWork = values["keep-work"] === true;
+  // A model folder's layout and decoder dtype: the coordinator finds the decoder (the folder may
+  // be on the cluster's volume, not on this machine).
+  message.modelLayout = str(values, "layout") ?? "";
+  message.modelDtype = str(values, "dtype") ?? "";
   return withConnection(values, async (conn) => {
     const res = await rpc(conn, "SubmitJob", () => conn.client.submitJob({ spec: message }, conn.call()));
     const id = res.job?.id;

@@ -14,7 +14,7 @@ import { DATA_FILE, MODEL_FILE, REPORT_FILE } from "../onnx/outputDir.js";
 import { pruneModel, type PruneOptions } from "../pipeline/pruneModel.js";
 import type { PruneSpec } from "../pipeline/pruneSpec.js";
 import type { PruneReport } from "../pipeline/report.js";
-import { openModelFolder, refuseQuantized } from "./modelFolder.js";
+import { openModelFolder, refuseQuantized, type ModelFolder } from "./modelFolder.js";
 
 export interface FolderPruneOptions extends PruneOptions {
   layout?: string;
@@ -22,10 +22,7 @@ export interface FolderPruneOptions extends PruneOptions {
 }
 
 export async function pruneModelFolder(input: PruneSpec, options: FolderPruneOptions = {}): Promise<PruneReport> {
-  const src = resolve(input.model);
-  const folder = openModelFolder(src, { layout: options.layout, dtype: options.dtype });
-  const decoderPath = join(src, folder.decoder);
-  refuseQuantized(decoderPath);
+  const { src, folder, decoderPath } = openFolderJob(input.model, { layout: options.layout, dtype: options.dtype });
   const out = resolve(input.out);
   if (out === src || out.startsWith(src + sep) || src.startsWith(out + sep)) {
     throw new InvalidArgumentError("--out", `${out} overlaps the model folder ${src}; choose a folder outside it`);
@@ -40,19 +37,7 @@ export async function pruneModelFolder(input: PruneSpec, options: FolderPruneOpt
   await rm(decoderStage, { recursive: true, force: true });
   try {
     const report = await pruneModel({ ...input, model: decoderPath, out: decoderStage, force: false }, options);
-    const sourceData = externalDataFiles(decoderPath);
-    const skip = new Set([folder.decoder, ...sourceData.map((f) => posix.join(posix.dirname(folder.decoder), f))]);
-    await copyTree(src, staging, skip);
-    const decoderName = basename(folder.decoder);
-    const dataName = sourceData.length === 1 ? sourceData[0]! : folder.layout === "genai" ? `${decoderName}.data` : `${decoderName}_data`;
-    const decoderDir = join(staging, dirname(folder.decoder));
-    await mkdir(decoderDir, { recursive: true });
-    const pruned = readModel(join(decoderStage, MODEL_FILE)).model;
-    for (const t of pruned.graph?.initializer ?? []) {
-      for (const e of t.externalData) if (e.key === "location" && e.value === DATA_FILE) e.value = dataName;
-    }
-    await writeFile(join(decoderDir, decoderName), toBinary(ModelProtoSchema, pruned));
-    await rename(join(decoderStage, DATA_FILE), join(decoderDir, dataName));
+    await assembleFolder({ src, folder }, decoderStage, staging);
     const folderReport: PruneReport = { ...report, spec: { ...report.spec, model: input.model, decoder: folder.decoder, layout: folder.layout } };
     await writeFile(join(staging, REPORT_FILE), JSON.stringify(folderReport, null, 2) + "\n");
     await commit(staging, out, existing);
@@ -61,6 +46,48 @@ export async function pruneModelFolder(input: PruneSpec, options: FolderPruneOpt
     await rm(staging, { recursive: true, force: true });
     await rm(decoderStage, { recursive: true, force: true });
   }
+}
+
+/** Where a cluster job on a model folder has its decoder pruned, inside the output folder. */
+export const DECODER_STAGE = ".atvp-decoder";
+
+/** A model folder and the decoder in it that a job prunes. */
+export interface FolderJob {
+  /** the folder, resolved */
+  src: string;
+  folder: ModelFolder;
+}
+
+/** The folder's decoder, refused when quantized; `src` must be a model folder. */
+export function openFolderJob(src: string, options: { layout?: string; dtype?: string } = {}): FolderJob & { decoderPath: string } {
+  const dir = resolve(src);
+  const folder = openModelFolder(dir, options);
+  const decoderPath = join(dir, folder.decoder);
+  refuseQuantized(decoderPath);
+  return { src: dir, folder, decoderPath };
+}
+
+/**
+ * Writes the pruned folder into `dst`: every file of the source folder but the decoder and its
+ * external data copied byte for byte (symbolic links are not followed: they are left out), then
+ * the pruned decoder from `decoderStage` (an atvp prune output: model.onnx, model.onnx.data)
+ * under the decoder's own file names, its data file renamed to match.
+ */
+export async function assembleFolder({ src, folder }: FolderJob, decoderStage: string, dst: string): Promise<void> {
+  const decoderPath = join(src, folder.decoder);
+  const sourceData = externalDataFiles(decoderPath);
+  const skip = new Set([folder.decoder, ...sourceData.map((f) => posix.join(posix.dirname(folder.decoder), f))]);
+  await copyTree(src, dst, skip);
+  const decoderName = basename(folder.decoder);
+  const dataName = sourceData.length === 1 ? sourceData[0]! : folder.layout === "genai" ? `${decoderName}.data` : `${decoderName}_data`;
+  const decoderDir = join(dst, dirname(folder.decoder));
+  await mkdir(decoderDir, { recursive: true });
+  const pruned = readModel(join(decoderStage, MODEL_FILE)).model;
+  for (const t of pruned.graph?.initializer ?? []) {
+    for (const e of t.externalData) if (e.key === "location" && e.value === DATA_FILE) e.value = dataName;
+  }
+  await rename(join(decoderStage, DATA_FILE), join(decoderDir, dataName));
+  await writeFile(join(decoderDir, decoderName), toBinary(ModelProtoSchema, pruned));
 }
 
 async function entries(dir: string): Promise<string[] | undefined> {
