@@ -4,10 +4,7 @@
  * and a wall-time prediction from a measured per-block cost table. Only a model's shape is
  * needed, so it sizes models whose weights are not at hand.
  */
-import { InvalidArgumentError, methodDefinition } from "../../core/src/index.js";
-import type { MethodCost } from "../../core/src/plan/costTable.js";
-import { blockParams, blockWeightBytes, type ModelShape } from "../../core/src/plan/modelShape.js";
-import { elementSize } from "../../core/src/onnx/dtype.js";
+import { blockParams, blockWeightBytes, elementSize, InvalidArgumentError, methodDefinition, type MethodCost, type ModelShape } from "../../core/src/index.js";
 import { blockMemoryNeed, planShards } from "./shardPlanner.js";
 
 export interface GridOptions {

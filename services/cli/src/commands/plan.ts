@@ -6,11 +6,11 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, platform, tmpdir } from "node:os";
 import { join } from "node:path";
-import { generateModel, InvalidArgumentError, methodDefinition, methodNames, pruneModel } from "../../../core/src/index.js";
-import { methodCost, readCostTable, type CostTable, type MethodCost } from "../../../core/src/plan/costTable.js";
-import { DEFAULT_COST_TABLE } from "../../../core/src/plan/defaultCostTable.js";
-import { readHfConfig, shapeFromModel } from "../../../core/src/plan/modelShape.js";
-import { planGrid, type GridPlan } from "../../../coordinator/src/gridPlan.js";
+import {
+  DEFAULT_COST_TABLE, generateModel, InvalidArgumentError, methodCost, methodDefinition, methodNames, pruneModel, readCostTable, readHfConfig,
+  shapeFromModel, type CostTable, type MethodCost,
+} from "../../../core/src/index.js";
+import { planGrid, type GridPlan } from "../../../coordinator/src/index.js";
 import { int, num, parse, str } from "../args.js";
 import { parseByteSize } from "../byteSize.js";
 
