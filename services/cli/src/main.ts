@@ -26,6 +26,11 @@ commands:
   inspect    MODEL [--json]
   gen-model  --layers L --hidden H [--fused] [--fp16] [--attention mha|gqa] [--norm rms|layer] [--no-names] --out DIR
   gen-model  --layout genai-qwen2_5_vl|transformers-js-qwen2_5_vl|transformers-js-llava --out DIR [--layers L --hidden H --seed S]
+  plan       (--model M | --config config.json) --workers N --worker-memory 80GiB [--network-gbps G (10)] [--replicas 1]
+             [--method M (atv)] [--propagation sequential|dense] [--nsamples N (128)] [--tokens-per-sample T (1500)]
+             [--cost cost.json] [--json]
+             the stages the coordinator would cut, memory per worker, bytes per link, predicted wall time
+  plan       --calibrate [--method M] [--threads N] [--out cost.json]   measures the per-block cost table here
 
 cluster (coordinator + workers over gRPC, job state in NATS JetStream):
   cluster up    [--workers N (2)] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S] [--insecure]
@@ -61,6 +66,7 @@ async function main(argv: string[]): Promise<number> {
     case "prune": return pruneCommand(rest);
     case "inspect": return inspectCommand(rest);
     case "gen-model": return genModelCommand(rest);
+    case "plan": return (await import("./commands/plan.js")).planCommand(rest);
     // Loaded on demand: it brings @huggingface/transformers.
     case "calib": return (await import("./commands/calib.js")).calibCommand(rest);
     case "eval": return (await import("./commands/eval.js")).evalCommand(rest);

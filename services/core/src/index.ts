@@ -28,7 +28,10 @@ export * from "./pipeline/profilePhase.js";
 export * from "./pipeline/pruneSpec.js";
 export * from "./pipeline/report.js";
 export * from "./pipeline/sampleFeeds.js";
+export * from "./plan/costTable.js";
+export * from "./plan/defaultCostTable.js";
 export * from "./plan/jobPlan.js";
+export * from "./plan/modelShape.js";
 export * from "./profiles/index.js";
 export * from "./runtime/inferenceHost.js";
 // Its TensorData (a typed array) is not onnx/tensorData's TensorData (the weights reader).

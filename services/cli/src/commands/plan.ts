@@ -1,0 +1,122 @@
+/**
+ * `atvp plan`: the stage grid, memory per worker, bytes per link and predicted wall time of a job
+ * on N workers, from a model's graph or a Hugging Face config.json; `--calibrate` measures the
+ * per-block cost table the prediction uses, through the real engine on a generated model.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, platform, tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  DEFAULT_COST_TABLE, generateModel, InvalidArgumentError, methodCost, methodDefinition, methodNames, pruneModel, readCostTable, readHfConfig,
+  shapeFromModel, type CostTable, type MethodCost,
+} from "../../../core/src/index.js";
+import { planGrid, type GridPlan } from "../../../coordinator/src/index.js";
+import { int, num, parse, str } from "../args.js";
+import { parseByteSize } from "../byteSize.js";
+
+export async function planCommand(argv: string[]): Promise<number> {
+  const { values } = parse(argv, {
+    model: { type: "string" },
+    config: { type: "string" },
+    workers: { type: "string" },
+    "worker-memory": { type: "string" },
+    "network-gbps": { type: "string" },
+    replicas: { type: "string" },
+    method: { type: "string" },
+    propagation: { type: "string" },
+    nsamples: { type: "string" },
+    "tokens-per-sample": { type: "string" },
+    cost: { type: "string" },
+    json: { type: "boolean", default: false },
+    calibrate: { type: "boolean", default: false },
+    out: { type: "string" },
+    threads: { type: "string" },
+  });
+  if (values["calibrate"]) return calibrate(str(values, "method"), int(values, "threads"), str(values, "out"));
+
+  const model = str(values, "model");
+  const config = str(values, "config");
+  if ((model === undefined) === (config === undefined)) throw new InvalidArgumentError("--model/--config", "give exactly one: an ONNX decoder (--model) or a Hugging Face config.json (--config)");
+  const workers = positive(int(values, "workers"), "--workers");
+  const memory = str(values, "worker-memory");
+  if (memory === undefined) throw new InvalidArgumentError("--worker-memory", "is required (e.g. 80GiB)");
+  const propagation = str(values, "propagation") ?? "sequential";
+  if (propagation !== "sequential" && propagation !== "dense") throw new InvalidArgumentError("--propagation", `must be sequential or dense, got ${JSON.stringify(propagation)}`);
+  const method = str(values, "method") ?? "atv";
+  const costFile = str(values, "cost");
+  const table: CostTable = costFile === undefined ? DEFAULT_COST_TABLE : readCostTable(costFile);
+  const cost = methodCost(table, method, costFile ?? "the committed cost table");
+  const shape = model !== undefined ? shapeFromModel(model) : readHfConfig(config!);
+  const plan = planGrid(shape, {
+    workers,
+    workerMemoryBytes: parseByteSize(memory, "--worker-memory"),
+    networkGbps: positive(num(values, "network-gbps") ?? 10, "--network-gbps"),
+    replicas: positive(int(values, "replicas") ?? 1, "--replicas"),
+    method,
+    samples: positive(int(values, "nsamples") ?? 128, "--nsamples"),
+    tokensPerSample: positive(int(values, "tokens-per-sample") ?? 1500, "--tokens-per-sample"),
+    propagation,
+  }, cost);
+  if (values["json"]) process.stdout.write(JSON.stringify({ ...plan, costTable: { source: costFile ?? "default", machine: table.machine, measuredAt: table.measuredAt } }, null, 2) + "\n");
+  else process.stdout.write(formatPlan(plan, table, costFile) + "\n");
+  return 0;
+}
+
+function positive(n: number | undefined, flag: string): number {
+  if (n === undefined) throw new InvalidArgumentError(flag, "is required");
+  if (!(n > 0)) throw new InvalidArgumentError(flag, `must be more than 0, got ${n}`);
+  return n;
+}
+
+const gib = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(2)} MiB`);
+const secs = (s: number) => (s >= 3600 ? `${(s / 3600).toFixed(1)} h` : `${s.toFixed(1)} s`);
+
+function formatPlan(p: GridPlan, table: CostTable, costFile: string | undefined): string {
+  const out = [
+    `${p.source}: ${p.blocks} blocks, ${p.method} (${p.propagation}), ${p.samples} samples x ${p.tokensPerSample} tokens`,
+    `grid: ${p.stages.length} stages x ${p.replicas} replica on ${p.workers} workers of ${gib(p.workerMemoryBytes)}`,
+  ];
+  for (const s of p.stages) {
+    out.push(`  stage ${s.index} on ${s.worker}: blocks ${s.firstBlock}..${s.endBlock - 1} (${s.endBlock - s.firstBlock}), weights ${gib(s.weightBytes)}, peak memory ${gib(s.peakBytes)} (one block at a time), ${secs(s.seconds)}`);
+  }
+  for (const l of p.links) out.push(`  link ${l.from} -> ${l.to}: ${gib(l.bytes)} (${gib(p.boundaryBytesPerSample)} per sample), ${secs(l.seconds)}`);
+  out.push(`predicted wall time: ${secs(p.predicted.wallSeconds)} (compute ${secs(p.predicted.computeSeconds)}, transfer ${secs(p.predicted.transferSeconds)})`);
+  out.push(`cost table: ${costFile ?? "committed"}, measured ${table.measuredAt} on ${table.machine.cpu} (${table.machine.cores} cores, ${table.machine.device})`);
+  return out.join("\n");
+}
+
+/** Prunes a small generated model with each method and divides block seconds by tokens x parameters. */
+async function calibrate(method: string | undefined, threads: number | undefined, out: string | undefined): Promise<number> {
+  // The table is per calibration token: a method that reads none (magnitude) has no entry.
+  const methods = method !== undefined ? [method] : methodNames().filter((m) => m === "atv" || m === "wanda" || m === "sparsegpt");
+  for (const m of methods) {
+    if (!methodDefinition(m, "--method").needsCalibration) throw new InvalidArgumentError("--method", `${m} reads no calibration tokens, so it has no cost per token to measure`);
+  }
+  const dir = mkdtempSync(join(tmpdir(), "atvp-calibrate-"));
+  try {
+    const gen = await generateModel({ outDir: join(dir, "model"), layers: 4, hidden: 256, samples: 8, seqLen: 128, imageTokens: 48, seed: 1 });
+    const entries: Record<string, MethodCost> = {};
+    for (const m of methods) {
+      const report = await pruneModel({ model: gen.modelPath, calib: gen.calibPath, out: join(dir, m), method: m as never, sparsity: 0.5, threads });
+      const tokens = report.totals.tokens;
+      const perBlock = report.blocks.map((b) => {
+        const params = report.layers.filter((l) => l.block === b.index).reduce((a, l) => a + l.params, 0);
+        return { seconds: b.seconds, params };
+      });
+      const params = perBlock.reduce((a, b) => a + b.params, 0);
+      const seconds = perBlock.reduce((a, b) => a + b.seconds, 0);
+      entries[m] = { secondsPerTokenParam: seconds / (tokens * params), blocks: perBlock.length, tokens, paramsPerBlock: params / perBlock.length };
+    }
+    const table: CostTable = {
+      machine: { cpu: cpus()[0]?.model ?? "unknown", cores: cpus().length, platform: `${platform()}-${process.arch}`, node: process.version, device: "cpu", threads: threads ?? 0 },
+      measuredAt: new Date().toISOString(),
+      methods: entries,
+    };
+    const text = JSON.stringify(table, null, 2) + "\n";
+    if (out !== undefined) writeFileSync(out, text);
+    process.stdout.write(text);
+    return 0;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

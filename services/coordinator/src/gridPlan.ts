@@ -1,0 +1,105 @@
+/**
+ * The grid `atvp plan` shows: the stages the coordinator's shard planner would cut for N equal
+ * workers (the same planShards call the job runner makes), memory per worker, bytes per link,
+ * and a wall-time prediction from a measured per-block cost table. Only a model's shape is
+ * needed, so it sizes models whose weights are not at hand.
+ */
+import { blockParams, blockWeightBytes, elementSize, InvalidArgumentError, methodDefinition, type MethodCost, type ModelShape } from "../../core/src/index.js";
+import { blockMemoryNeed, planShards } from "./shardPlanner.js";
+
+export interface GridOptions {
+  workers: number;
+  workerMemoryBytes: number;
+  /** link bandwidth between workers, gigabits per second */
+  networkGbps: number;
+  replicas: number;
+  method: string;
+  samples: number;
+  tokensPerSample: number;
+  propagation: "sequential" | "dense";
+}
+
+export interface PlannedStage {
+  index: number;
+  worker: string;
+  firstBlock: number;
+  /** exclusive */
+  endBlock: number;
+  replicas: number;
+  params: number;
+  /** the stage's weights (what it reads and writes) */
+  weightBytes: number;
+  /** what its worker must hold at once: the largest block's need (the planner's check) */
+  peakBytes: number;
+  seconds: number;
+}
+
+export interface PlannedLink {
+  from: number;
+  to: number;
+  bytes: number;
+  seconds: number;
+}
+
+export interface GridPlan {
+  source: string;
+  method: string;
+  propagation: string;
+  blocks: number;
+  stages: PlannedStage[];
+  replicas: number;
+  workers: number;
+  workerMemoryBytes: number;
+  samples: number;
+  tokensPerSample: number;
+  /** the hidden state of one sample at a stage boundary */
+  boundaryBytesPerSample: number;
+  links: PlannedLink[];
+  predicted: { computeSeconds: number; transferSeconds: number; wallSeconds: number; secondsPerTokenParam: number };
+}
+
+export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCost): GridPlan {
+  if (options.replicas !== 1) {
+    throw new InvalidArgumentError("--replicas", `${options.replicas} replicas per stage is not supported yet: the cluster runs one replica per stage today (use --replicas 1)`);
+  }
+  const definition = methodDefinition(options.method, "--method");
+  const blocks = shape.blockLinears.map((linears) => ({
+    bytes: blockWeightBytes(linears),
+    flops: blockParams(linears),
+    workingBytes: definition.workingBytes?.(linears) ?? 0,
+  }));
+  const workers = Array.from({ length: options.workers }, (_, i) => ({ address: `worker-${i}`, memoryBytes: options.workerMemoryBytes }));
+  const need = Math.max(...blocks.map((b) => blockMemoryNeed(b.bytes, b.workingBytes)));
+  if (need > options.workerMemoryBytes) {
+    throw new InvalidArgumentError("--worker-memory", `${shape.source} does not fit: one block needs ${need} bytes (weights x2 + the method's working memory), a worker has ${options.workerMemoryBytes}; give workers more memory`);
+  }
+  const tokens = options.samples * options.tokensPerSample;
+  const blockSeconds = blocks.map((b) => cost.secondsPerTokenParam * tokens * b.flops);
+  const stages: PlannedStage[] = planShards(blocks, workers).map((s) => {
+    const mine = blocks.slice(s.firstBlock, s.endBlock);
+    return {
+      index: s.index, worker: s.worker, firstBlock: s.firstBlock, endBlock: s.endBlock, replicas: 1,
+      params: mine.reduce((a, b) => a + b.flops, 0),
+      weightBytes: mine.reduce((a, b) => a + b.bytes, 0),
+      peakBytes: Math.max(...mine.map((b) => blockMemoryNeed(b.bytes, b.workingBytes))),
+      seconds: blockSeconds.slice(s.firstBlock, s.endBlock).reduce((a, b) => a + b, 0),
+    };
+  });
+  const boundaryBytesPerSample = shape.hidden * options.tokensPerSample * elementSize(shape.dataType, shape.source);
+  const bytesPerSecond = (options.networkGbps * 1e9) / 8;
+  const links = stages.slice(1).map((s) => {
+    const bytes = boundaryBytesPerSample * options.samples;
+    return { from: s.index - 1, to: s.index, bytes, seconds: bytes / bytesPerSecond };
+  });
+  const computeSeconds = blockSeconds.reduce((a, b) => a + b, 0);
+  const transferSeconds = links.reduce((a, l) => a + l.seconds, 0);
+  // Sequential: block l+1 waits for block l's masks, so the stages run one after another.
+  // Dense: stages overlap, the slowest one bounds the job.
+  const busiest = options.propagation === "dense" ? Math.max(...stages.map((s) => s.seconds)) : computeSeconds;
+  return {
+    source: shape.source, method: options.method, propagation: options.propagation, blocks: blocks.length, stages,
+    replicas: 1, workers: options.workers, workerMemoryBytes: options.workerMemoryBytes,
+    samples: options.samples, tokensPerSample: options.tokensPerSample, boundaryBytesPerSample, links,
+    predicted: { computeSeconds, transferSeconds, wallSeconds: busiest + transferSeconds, secondsPerTokenParam: cost.secondsPerTokenParam },
+  };
+}

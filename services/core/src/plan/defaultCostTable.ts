@@ -1,0 +1,37 @@
+/**
+ * The committed cost table (`atvp plan` without --cost): measured with `atvp plan --calibrate`
+ * on the machine named below. Predictions for other machines need their own table.
+ */
+import type { CostTable } from "./costTable.js";
+
+export const DEFAULT_COST_TABLE: CostTable = {
+  "machine": {
+    "cpu": "Intel(R) Xeon(R) Processor",
+    "cores": 2,
+    "platform": "linux-x64",
+    "node": "v24.22.3",
+    "device": "cpu",
+    "threads": 0
+  },
+  "measuredAt": "2026-12-01T01:03:30.191Z",
+  "methods": {
+    "atv": {
+      "secondsPerTokenParam": 1.0444126901577934e-10,
+      "blocks": 4,
+      "tokens": 1024,
+      "paramsPerBlock": 802816
+    },
+    "wanda": {
+      "secondsPerTokenParam": 9.633499809673856e-11,
+      "blocks": 4,
+      "tokens": 1024,
+      "paramsPerBlock": 802816
+    },
+    "sparsegpt": {
+      "secondsPerTokenParam": 1.7060809910905603e-09,
+      "blocks": 4,
+      "tokens": 1024,
+      "paramsPerBlock": 802816
+    }
+  }
+};

@@ -1,0 +1,165 @@
+// `atvp plan`: the stage grid the coordinator's shard planner would cut, memory per worker,
+// bytes per link and the predicted wall time, from a Hugging Face config.json (no weights) or an
+// ONNX model; `--calibrate` measures the cost table through the real engine.
+import { after, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { CLI, REPO, tempDir } from "../support/fixtures.js";
+
+const tmp = tempDir("plan");
+after(() => tmp.cleanup());
+
+function atvp(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: REPO, encoding: "utf8", timeout: 120_000, stdio: ["ignore", "pipe", "pipe"] });
+  if (r.error) throw r.error;
+  assert.notEqual(r.signal, "SIGTERM", `atvp ${args.join(" ")} timed out`);
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function writeJson(name: string, value: unknown): string {
+  const path = join(tmp.path, name);
+  writeFileSync(path, JSON.stringify(value));
+  return path;
+}
+
+interface Plan {
+  blocks: number;
+  stages: Array<{ index: number; firstBlock: number; endBlock: number; replicas: number; params: number; weightBytes: number; peakBytes: number; seconds: number }>;
+  links: Array<{ from: number; to: number; bytes: number; seconds: number }>;
+  boundaryBytesPerSample: number;
+  predicted: { computeSeconds: number; transferSeconds: number; wallSeconds: number };
+}
+
+function plan(...args: string[]): Plan {
+  const r = atvp("plan", ...args, "--json");
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as Plan;
+}
+
+const cost = writeJson("cost.json", {
+  machine: { cpu: "test", cores: 1, platform: "test", node: "test", device: "cpu", threads: 1 },
+  measuredAt: "2026-11-30T00:00:00Z",
+  methods: { atv: { secondsPerTokenParam: 1e-9, blocks: 1, tokens: 1, paramsPerBlock: 1 } },
+});
+// hidden 64, 4 heads (head_dim 16), 2 kv heads: q, o 64x64; k, v 64x32; gate, up 64x128; down 128x64
+const small = writeJson("small.json", {
+  hidden_size: 64, intermediate_size: 128, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 2, torch_dtype: "float32",
+});
+const SMALL = ["--config", small, "--workers", "2", "--worker-memory", "1MiB", "--network-gbps", "1", "--nsamples", "10", "--tokens-per-sample", "100", "--cost", cost];
+
+describe("atvp plan --config (hand-checked)", () => {
+  test("4 blocks on 2 workers, sequential: two stages of two blocks, one link, chained time", () => {
+    const p = plan(...SMALL);
+    const params = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128; // 36,864
+    assert.equal(p.blocks, 4);
+    assert.deepEqual(p.stages.map((s) => [s.firstBlock, s.endBlock, s.replicas]), [[0, 2, 1], [2, 4, 1]]);
+    for (const s of p.stages) {
+      assert.equal(s.params, 2 * params);
+      assert.equal(s.weightBytes, 2 * params * 4);
+      assert.equal(s.peakBytes, 2 * params * 4); // one block's weights x2 (the planner's need), ATV holds nothing more
+      assert.ok(Math.abs(s.seconds - 2 * 1e-9 * 1000 * params) < 1e-12);
+    }
+    assert.equal(p.boundaryBytesPerSample, 64 * 100 * 4);
+    assert.deepEqual(p.links.map((l) => [l.from, l.to, l.bytes]), [[0, 1, 64 * 100 * 4 * 10]]);
+    assert.ok(Math.abs(p.links[0]!.seconds - 256_000 / 125e6) < 1e-12);
+    assert.ok(Math.abs(p.predicted.wallSeconds - (4 * 1e-9 * 1000 * params + 256_000 / 125e6)) < 1e-12);
+  });
+
+  test("dense propagation: the slowest stage bounds the job", () => {
+    const p = plan(...SMALL, "--propagation", "dense");
+    assert.ok(Math.abs(p.predicted.wallSeconds - (p.stages[0]!.seconds + p.links[0]!.seconds)) < 1e-12);
+  });
+
+  test("more workers than blocks: one block per stage; text_config and float16 of an LLaVA-style config", () => {
+    const llava = writeJson("llava.json", {
+      torch_dtype: "float16", vision_config: { hidden_size: 1024 },
+      text_config: { hidden_size: 64, intermediate_size: 128, num_hidden_layers: 3, num_attention_heads: 4 },
+    });
+    const p = plan("--config", llava, "--workers", "8", "--worker-memory", "1GiB", "--cost", cost);
+    assert.deepEqual(p.stages.map((s) => [s.firstBlock, s.endBlock]), [[0, 1], [1, 2], [2, 3]]);
+    // no num_key_value_heads: k, v as wide as q
+    assert.equal(p.stages[0]!.weightBytes, (4 * 64 * 64 + 3 * 64 * 128) * 2);
+    assert.equal(p.boundaryBytesPerSample, 64 * 1500 * 2);
+  });
+
+  test("the text output names stages, links and the prediction", () => {
+    const r = atvp("plan", ...SMALL);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /grid: 2 stages x 1 replica on 2 workers/);
+    assert.match(r.stdout, /stage 1 on worker-1: blocks 2\.\.3/);
+    assert.match(r.stdout, /link 0 -> 1/);
+    assert.match(r.stdout, /predicted wall time/);
+  });
+});
+
+describe("atvp plan: a 72B Qwen2.5-VL-shaped config", () => {
+  // The published Qwen2.5-VL-72B-Instruct text sizes (top-level fields, as in its config.json).
+  const qwen72b = writeJson("qwen2_5_vl_72b.json", {
+    architectures: ["Qwen2_5_VLForConditionalGeneration"], model_type: "qwen2_5_vl",
+    hidden_size: 8192, intermediate_size: 29568, num_hidden_layers: 80, num_attention_heads: 64, num_key_value_heads: 8,
+    torch_dtype: "bfloat16", vision_config: { hidden_size: 1280, depth: 32, out_hidden_size: 8192 },
+  });
+
+  test("4 workers of 80 GiB: four contiguous stages covering 80 blocks, each worker's memory fits", () => {
+    const p = plan("--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB");
+    assert.equal(p.blocks, 80);
+    assert.equal(p.stages.length, 4);
+    let next = 0;
+    for (const s of p.stages) {
+      assert.equal(s.firstBlock, next);
+      assert.ok(s.endBlock > s.firstBlock);
+      next = s.endBlock;
+      assert.ok(s.peakBytes <= 80 * 2 ** 30, `stage ${s.index} needs ${s.peakBytes}`);
+    }
+    assert.equal(next, 80);
+    const blockParams = 2 * 8192 * 8192 + 2 * 8192 * 1024 + 3 * 8192 * 29568;
+    assert.equal(p.stages.reduce((a, s) => a + s.params, 0), 80 * blockParams);
+    assert.equal(p.links.length, 3);
+    assert.ok(p.predicted.wallSeconds > p.predicted.computeSeconds, "transfers add to the chain");
+  });
+
+  test("a model too big for the workers is a clear error", () => {
+    const r = atvp("plan", "--config", qwen72b, "--workers", "4", "--worker-memory", "2GiB");
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /--worker-memory: .*does not fit: one block needs \d+ bytes/);
+  });
+
+  test("--replicas 1 is accepted, more is not supported yet", () => {
+    assert.equal(plan("--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB", "--replicas", "1").stages.length, 4);
+    const r = atvp("plan", "--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB", "--replicas", "2");
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /--replicas: 2 replicas per stage is not supported yet/);
+  });
+});
+
+describe("atvp plan: refusals", () => {
+  test("neither or both of --model/--config, a bad size, a method missing from the table", () => {
+    assert.match(atvp("plan", "--workers", "2", "--worker-memory", "1GiB").stderr, /--model\/--config: give exactly one/);
+    assert.match(atvp("plan", ...SMALL.slice(0, 4), "--worker-memory", "80 bananas").stderr, /--worker-memory: expects a size/);
+    const r = atvp("plan", ...SMALL, "--method", "wanda");
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /has no cost for method wanda .*atvp plan --calibrate --method wanda/);
+  });
+});
+
+describe("atvp plan --model and --calibrate", () => {
+  test("--calibrate measures a table --cost reads; --model plans a generated decoder", () => {
+    const out = join(tmp.path, "measured.json");
+    const c = atvp("plan", "--calibrate", "--method", "wanda", "--out", out);
+    assert.equal(c.status, 0, c.stderr);
+    const table = JSON.parse(readFileSync(out, "utf8")) as { methods: Record<string, { secondsPerTokenParam: number; tokens: number }> };
+    assert.deepEqual(Object.keys(table.methods), ["wanda"]);
+    assert.ok(table.methods["wanda"]!.secondsPerTokenParam > 0 && table.methods["wanda"]!.tokens > 0);
+
+    const modelDir = join(tmp.path, "m");
+    const g = atvp("gen-model", "--layers", "3", "--hidden", "64", "--out", modelDir);
+    assert.equal(g.status, 0, g.stderr);
+    const p = plan("--model", join(modelDir, "model.onnx"), "--workers", "2", "--worker-memory", "1GiB", "--method", "wanda", "--cost", out);
+    assert.equal(p.blocks, 3);
+    assert.deepEqual(p.stages.map((s) => [s.firstBlock, s.endBlock]), [[0, 1], [1, 3]]);
+    assert.equal(p.boundaryBytesPerSample, 64 * 1500 * 4);
+    assert.ok(p.predicted.computeSeconds > 0);
+  });
+});
