@@ -18,6 +18,11 @@ import { profileTargets } from "../../services/core/src/pipeline/profilePhase.js
 import { InvalidArgumentError } from "../../services/core/src/errors.js";
 import { planJob, planTargets } from "../../services/core/src/plan/jobPlan.js";
 import { tempDir } from "../support/fixtures.js";
+import { create } from "@bufbuild/protobuf";
+import { status } from "@grpc/grpc-js";
+import { JobSpecSchema } from "../../services/gen/atvprune/v1/job_pb.js";
+import { toPruneSpec } from "../../services/rpc/jobSpec.js";
+import { RpcError } from "../../services/rpc/status.js";
 
 const tmp = tempDir("method-seam");
 after(() => tmp.cleanup());
@@ -47,12 +52,12 @@ function sameStates(a: readonly SampleState[], b: readonly SampleState[]): boole
 }
 
 test("the registry names every method once and refuses an unknown one, listing the known ones", () => {
-  assert.deepEqual(methodNames(), ["atv", "wanda", "magnitude", "sparsegpt", "atv-sparsegpt"]);
+  assert.deepEqual(methodNames(), ["atv", "wanda", "magnitude", "sparsegpt", "atv-sparsegpt", "tamp"]);
   assert.equal(needsCalibration("magnitude"), false);
   assert.equal(needsCalibration("wanda"), true);
-  assert.throws(() => methodDefinition("sparsegtp"), (e: unknown) => e instanceof InvalidArgumentError && /must be atv, wanda, magnitude, sparsegpt or atv-sparsegpt, got "sparsegtp"/.test(e.message));
+  assert.throws(() => methodDefinition("sparsegtp"), (e: unknown) => e instanceof InvalidArgumentError && /must be atv, wanda, magnitude, sparsegpt, atv-sparsegpt or tamp, got "sparsegtp"/.test(e.message));
   assert.deepEqual(methodDefinition("atv").shownOptions, ["alpha"]);
-  assert.deepEqual(profileNames(), ["uniform", "owl"]);
+  assert.deepEqual(profileNames(), ["uniform", "owl", "das"]);
 });
 
 test("magnitude's option check lives in its own file and still refuses matrix scope with N:M", () => {
@@ -163,9 +168,11 @@ test("a profile's pre-pass runs the dense forward with its accumulators and prop
   }
 });
 
-test("tamp is refused as not supported yet, naming the field", () => {
-  assert.throws(() => methodDefinition("tamp"), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "method" && /tamp is not supported yet/.test(e.message));
-  assert.throws(() => resolveSpec({ model: "m", calib: "c", out: "o", method: "tamp" }, 1), /tamp is not supported yet/);
+test("tamp runs in one process with its own DAS profile, and is refused in the cluster as not supported yet", () => {
+  assert.equal(resolveSpec({ model: "m", calib: "c", out: "o", method: "tamp" }, 1).sparsityProfile, "das");
+  assert.throws(() => toPruneSpec(create(JobSpecSchema, { model: "m", calib: "c", out: "o", method: "tamp", sparsity: 0.5 })),
+    (e: unknown) => e instanceof RpcError && e.code === status.INVALID_ARGUMENT && /spec\.method: tamp is not supported yet in the cluster/.test(e.message));
+  assert.doesNotThrow(() => toPruneSpec(create(JobSpecSchema, { model: "m", calib: "c", out: "o", method: "wanda", sparsity: 0.5 })));
 });
 
 test("accumulators over the budget: one dense forward per group, each group compressed before the next is created", async () => {
