@@ -15,7 +15,7 @@ import { resolveSpec } from "../../services/core/src/pipeline/pruneSpec.js";
 import type { PruneReport } from "../../services/core/src/pipeline/report.js";
 import { loadCalibrationSet, type CalibSample } from "../../services/core/src/calib/calibSet.js";
 import { tampAllocate } from "../../services/core/src/prune/tampAllocation.js";
-import { GraphError, InvalidArgumentError } from "../../services/core/src/errors.js";
+import { CalibrationError, GraphError, InvalidArgumentError } from "../../services/core/src/errors.js";
 import { modelWeights, referenceMask, runExposed } from "../support/reference.js";
 import { tempDir } from "../support/fixtures.js";
 
@@ -189,4 +189,10 @@ test("tamp with 2:4: DAS ignored, every linear at 2:4 from the AMIA metric", asy
 test("tamp on fused attention is refused naming the op", async () => {
   await assert.rejects(pruneModel({ ...fused, out: join(tmp.path, "o-fused"), method: "tamp", threads: 1 }),
     (e: unknown) => e instanceof GraphError && /MultiHeadAttention/.test(e.message) && /not supported yet/.test(e.message));
+});
+
+test("tamp on a calibration set with no image token fails clearly (DAS has no sample with both modalities)", async () => {
+  const textOnly = await generateModel({ outDir: join(tmp.path, "text-only"), layers: 1, hidden: 32, samples: 2, seqLen: 16, imageTokens: 0, seed: 5 });
+  await assert.rejects(pruneModel({ model: textOnly.modelPath, calib: textOnly.calibPath, out: join(tmp.path, "o-text"), method: "tamp", threads: 1 }),
+    (e: unknown) => e instanceof CalibrationError && /both visual and text tokens/.test(e.message));
 });
