@@ -5,17 +5,8 @@
  */
 import { status } from "@grpc/grpc-js";
 import type { JobSpec } from "../gen/atvprune/v1/job_pb.js";
-import { methodDefinition, type MethodDefinition, type PruneSpec } from "../core/src/index.js";
+import type { PruneSpec } from "../core/src/index.js";
 import { RpcError } from "./status.js";
-
-/** The method's registry entry, or undefined for a name the spec's resolution will refuse. */
-function knownMethod(name: string): MethodDefinition | undefined {
-  try {
-    return methodDefinition(name);
-  } catch {
-    return undefined;
-  }
-}
 
 function seedOf(seed: bigint | undefined): number | undefined {
   if (seed === undefined) return undefined;
@@ -26,8 +17,6 @@ function seedOf(seed: bigint | undefined): number | undefined {
 }
 
 export function toPruneSpec(spec: JobSpec, worker?: { threads: number; device: "cpu" | "cuda" | "auto" }): PruneSpec {
-  const notYet = knownMethod(spec.method)?.notInClusterYet;
-  if (notYet) throw new RpcError(status.INVALID_ARGUMENT, `spec.method: ${spec.method} is not supported yet in the cluster: ${notYet}`);
   return {
     model: spec.model,
     calib: spec.calib || undefined,
@@ -45,6 +34,7 @@ export function toPruneSpec(spec: JobSpec, worker?: { threads: number; device: "
     sparsityProfile: spec.sparsityProfile || undefined,
     owlLambda: spec.owlLambda,
     owlM: spec.owlM,
+    tampMaxSparsity: spec.tampMaxSparsity,
     force: spec.force,
     ...(spec.maskThreads !== undefined ? { maskThreads: spec.maskThreads } : {}),
     ...(worker ? { threads: worker.threads, device: worker.device } : {}),

@@ -19,10 +19,8 @@ import { InvalidArgumentError } from "../../services/core/src/errors.js";
 import { planJob, planTargets } from "../../services/core/src/plan/jobPlan.js";
 import { tempDir } from "../support/fixtures.js";
 import { create } from "@bufbuild/protobuf";
-import { status } from "@grpc/grpc-js";
 import { JobSpecSchema } from "../../services/gen/atvprune/v1/job_pb.js";
 import { toPruneSpec } from "../../services/rpc/jobSpec.js";
-import { RpcError } from "../../services/rpc/status.js";
 
 const tmp = tempDir("method-seam");
 after(() => tmp.cleanup());
@@ -168,11 +166,10 @@ test("a profile's pre-pass runs the dense forward with its accumulators and prop
   }
 });
 
-test("tamp runs in one process with its own DAS profile, and is refused in the cluster as not supported yet", () => {
+test("tamp resolves its own DAS profile; the wire JobSpec carries --tamp-max-sparsity", () => {
   assert.equal(resolveSpec({ model: "m", calib: "c", out: "o", method: "tamp" }, 1).sparsityProfile, "das");
-  assert.throws(() => toPruneSpec(create(JobSpecSchema, { model: "m", calib: "c", out: "o", method: "tamp", sparsity: 0.5 })),
-    (e: unknown) => e instanceof RpcError && e.code === status.INVALID_ARGUMENT && /spec\.method: tamp is not supported yet in the cluster/.test(e.message));
-  assert.doesNotThrow(() => toPruneSpec(create(JobSpecSchema, { model: "m", calib: "c", out: "o", method: "wanda", sparsity: 0.5 })));
+  assert.equal(toPruneSpec(create(JobSpecSchema, { model: "m", calib: "c", out: "o", method: "tamp", sparsity: 0.5, tampMaxSparsity: 0.58 })).tampMaxSparsity, 0.58);
+  assert.equal(toPruneSpec(create(JobSpecSchema, { model: "m", calib: "c", out: "o", method: "tamp", sparsity: 0.5 })).tampMaxSparsity, undefined);
 });
 
 test("accumulators over the budget: one dense forward per group, each group compressed before the next is created", async () => {

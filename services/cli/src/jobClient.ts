@@ -123,8 +123,6 @@ export async function rpc<T>(conn: JobConnection, what: string, call: () => Prom
  * coordinator gets them as given (they name its filesystem, not this one).
  */
 export function toJobSpecMessage(spec: PruneSpec, workers: number, local: boolean): JobSpec {
-  // The wire JobSpec has no field for it, and the cluster refuses tamp (services/rpc/jobSpec.ts).
-  if (spec.tampMaxSparsity !== undefined) throw new CliError("ARGUMENTS", "--tamp-max-sparsity: not supported yet in the cluster (tamp runs in atvp prune only)");
   const path = (p: string | undefined) => (p && local ? resolve(p) : p);
   return create(JobSpecSchema, {
     model: path(spec.model) ?? "",
@@ -143,6 +141,7 @@ export function toJobSpecMessage(spec: PruneSpec, workers: number, local: boolea
     sparsityProfile: spec.sparsityProfile ?? "",
     owlLambda: spec.owlLambda,
     owlM: spec.owlM,
+    tampMaxSparsity: spec.tampMaxSparsity,
     force: spec.force ?? false,
     maskThreads: spec.maskThreads,
     workers,

@@ -177,8 +177,6 @@ export interface MethodDefinition {
    * absent: the job's --sparsity-profile.
    */
   ownProfile?(pattern: Pattern): string;
-  /** Why the cluster refuses the method (not supported there yet); absent: it runs there. */
-  readonly notInClusterYet?: string;
   /**
    * Bytes the method holds beyond the block's weights while it prunes one block (SparseGPT's
    * in×in Hessians), for the shard planner; absent: small next to the weights.

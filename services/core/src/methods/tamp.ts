@@ -17,7 +17,6 @@ export const tamp: MethodDefinition = {
   shownOptions: [],
   // The official code ignores DAS for N:M (T wanda_pruner.py:481-487).
   ownProfile: (pattern) => (pattern.kind === "nm" ? "uniform" : DAS_PROFILE),
-  notInClusterYet: "its DAS profile phase and AMIA accumulators run in atvp prune only; run `atvp prune --method tamp`",
   create(): Method<AmiaSquares> {
     return {
       name: "tamp",
