@@ -196,3 +196,13 @@ test("tamp on a calibration set with no image token fails clearly (DAS has no sa
   await assert.rejects(pruneModel({ model: textOnly.modelPath, calib: textOnly.calibPath, out: join(tmp.path, "o-text"), method: "tamp", threads: 1 }),
     (e: unknown) => e instanceof CalibrationError && /both visual and text tokens/.test(e.message));
 });
+
+test("tamp on a float16 unfused decoder with grouped KV heads (softmax in float32 behind a Cast)", async () => {
+  const g = await generateModel({ outDir: join(tmp.path, "fp16-gqa"), layers: 2, hidden: 32, heads: 4, kvHeads: 2, samples: 3, seqLen: 16, imageTokens: 6, seed: 9, fp16: true });
+  const r = await pruneModel({ model: g.modelPath, calib: g.calibPath, out: join(tmp.path, "o-fp16"), method: "tamp", sparsity: 0.5, threads: 1 });
+  assert.ok(new Set(r.layers.map((l) => l.targetSparsity)).size > 1);
+  for (const l of r.layers) {
+    assert.ok(l.targetSparsity <= 0.6 + 1e-6, l.weight);
+    assert.equal(l.pruned, Math.floor(l.shape[0]! * l.targetSparsity) * l.shape[1]!, l.weight);
+  }
+});
