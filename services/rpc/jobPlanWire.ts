@@ -18,6 +18,7 @@ const METHOD_WIRE: Record<string, { toWire(o: MethodOptions): MethodOneof; fromW
   atv: { toWire: (o) => ({ case: "atv", value: { alpha: o.alpha } }), fromWire: (m) => (m.case === "atv" ? { alpha: m.value.alpha } : {}) },
   wanda: { toWire: () => ({ case: "wanda", value: {} }), fromWire: () => ({}) },
   sparsegpt: { toWire: () => ({ case: "sparsegpt", value: {} }), fromWire: () => ({}) },
+  tamp: { toWire: () => ({ case: "tamp", value: {} }), fromWire: () => ({}) },
   "atv-sparsegpt": {
     toWire: (o) => ({ case: "atvSparsegpt", value: { alpha: o.alpha } }),
     fromWire: (m) => (m.case === "atvSparsegpt" ? { alpha: m.value.alpha } : {}),
@@ -52,6 +53,7 @@ export function toPlanMessage(plan: JobPlan): JobPlanMessage {
     sparsityProfile: plan.sparsityProfile,
     owlLambda: plan.profileOptions.owlLambda,
     owlM: plan.profileOptions.owlM,
+    tampMaxSparsity: plan.profileOptions.tampMaxSparsity,
     phases: plan.phases.map((p) => PHASES[p]),
     blocks: plan.blocks,
     linears: plan.linears.map((l) => ({ weight: l.weight, block: l.block, target: l.target, offset: BigInt(l.region.offset), length: BigInt(l.region.length) })),
@@ -83,7 +85,7 @@ export function fromPlanMessage(m: JobPlanMessage | undefined): JobPlan {
       nsamples: m.nsamples,
       seed: Number(m.seed),
       sparsityProfile: m.sparsityProfile,
-      profileOptions: { owlLambda: m.owlLambda, owlM: m.owlM },
+      profileOptions: { owlLambda: m.owlLambda, owlM: m.owlM, ...(m.tampMaxSparsity !== undefined ? { tampMaxSparsity: m.tampMaxSparsity } : {}) },
       phases: m.phases.map((p) => {
         const name = phaseNames.get(p);
         if (!name) throw new InvalidArgumentError("plan.phases", `unknown phase ${p}`);

@@ -34,6 +34,7 @@ export function toPruneSpec(spec: JobSpec, worker?: { threads: number; device: "
     sparsityProfile: spec.sparsityProfile || undefined,
     owlLambda: spec.owlLambda,
     owlM: spec.owlM,
+    ...(spec.tampMaxSparsity !== undefined ? { tampMaxSparsity: spec.tampMaxSparsity } : {}),
     force: spec.force,
     ...(spec.maskThreads !== undefined ? { maskThreads: spec.maskThreads } : {}),
     ...(worker ? { threads: worker.threads, device: worker.device } : {}),

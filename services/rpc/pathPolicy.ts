@@ -181,7 +181,7 @@ export function checkJobFiles(spec: { model: string; calib?: string; out: string
 }
 
 /** Engine field names that differ from the proto's. */
-const PROTO_FIELD: Record<string, string> = { magnitudeScope: "magnitude_scope", sparsityProfile: "sparsity_profile", owlLambda: "owl_lambda", owlM: "owl_m", maskThreads: "mask_threads" };
+const PROTO_FIELD: Record<string, string> = { magnitudeScope: "magnitude_scope", sparsityProfile: "sparsity_profile", owlLambda: "owl_lambda", owlM: "owl_m", tampMaxSparsity: "tamp_max_sparsity", maskThreads: "mask_threads" };
 
 
 

@@ -289,3 +289,17 @@ describe("commands", () => {
     assert.match(r.stderr, /usage: atvp <command>/);
   });
 });
+
+describe("prune --method tamp", () => {
+  test("runs in one process with --tamp-max-sparsity; report.json names the DAS profile and per-linear targets", () => {
+    const out = join(tmp.path, "pruned-tamp");
+    const r = atvp("prune", "--model", model, "--calib", calib, "--method", "tamp", "--sparsity", "0.5", "--tamp-max-sparsity", "0.58", "--threads", "1", "--out", out);
+    ok(r, "prune tamp");
+    const report = JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as { sparsityProfile: object; layers: { targetSparsity: number; pruned: number; shape: number[] }[] };
+    assert.deepEqual(report.sparsityProfile, { name: "das", tampMaxSparsity: 0.58 });
+    for (const l of report.layers) {
+      assert.ok(l.targetSparsity <= 0.58 + 1e-6);
+      assert.equal(l.pruned, Math.floor(l.shape[0]! * l.targetSparsity) * l.shape[1]!);
+    }
+  });
+});

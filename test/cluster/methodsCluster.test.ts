@@ -1,4 +1,4 @@
-// SparseGPT and ATV-SparseGPT (and, as they land, the profiles) in the cluster: every job must
+// SparseGPT, ATV-SparseGPT, the OWL profile and TAMP in the cluster: every job must
 // write exactly the bytes and the per-linear facts `atvp prune` writes, also after a worker dies.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -25,6 +25,7 @@ const JOBS: Record<string, Record<string, unknown>> = {
   "sparsegpt dense": { method: "sparsegpt", sparsity: 0.5, propagation: "dense" },
   "wanda owl": { method: "wanda", sparsity: 0.5, sparsityProfile: "owl" },
   "atv-sparsegpt owl": { method: "atv-sparsegpt", sparsity: 0.5, alpha: 4, sparsityProfile: "owl", owlLambda: 0.1, owlM: 3 },
+  "tamp": { method: "tamp", sparsity: 0.5, tampMaxSparsity: 0.58 },
 };
 /** Workers per job (2 unless listed): SparseGPT also on 1 and 3. */
 const WORKERS: Array<[string, number]> = [...Object.keys(JOBS).map((name): [string, number] => [name, 2]), ["sparsegpt", 1], ["sparsegpt", 3]];
@@ -87,7 +88,7 @@ for (const [name, workers] of WORKERS) {
   });
 }
 
-for (const name of ["sparsegpt", "wanda owl"]) test(`${name}: a worker killed with SIGKILL mid-job, same bytes`, async () => {
+for (const name of ["sparsegpt", "wanda owl", "tamp"]) test(`${name}: a worker killed with SIGKILL mid-job, same bytes`, async () => {
   const nats = await freshNats();
   const children: ChildService[] = [];
   for (let i = 0; i < 2; i++) children.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1", "--insecure", "--allow-root", tmp.path]));
@@ -113,8 +114,8 @@ for (const name of ["sparsegpt", "wanda owl"]) test(`${name}: a worker killed wi
   }
 });
 
-test("the OWL pre-pass gives different targets per block (so the owl jobs above test something)", () => {
-  for (const name of ["wanda owl", "atv-sparsegpt owl"]) {
+test("the OWL and DAS pre-passes give different targets (so the owl and tamp jobs above test something)", () => {
+  for (const name of ["wanda owl", "atv-sparsegpt owl", "tamp"]) {
     const targets = new Set((reference.get(name)!.layers as { target: number }[]).map((l) => l.target));
     assert.ok(targets.size > 1, `${name}: ${[...targets]}`);
   }

@@ -142,8 +142,9 @@ describe("validateJobSpec", () => {
   });
 
   const cases: [string, Partial<SpecInit>, RegExp][] = [
-    ["method", { method: "sparsegtp" }, /^spec\.method: must be atv, wanda, magnitude, sparsegpt or atv-sparsegpt/],
-    ["method not supported yet", { method: "tamp" }, /^spec\.method: tamp is not supported yet/],
+    ["method", { method: "sparsegtp" }, /^spec\.method: must be atv, wanda, magnitude, sparsegpt, atv-sparsegpt or tamp/],
+    ["tamp_max_sparsity below the sparsity", { method: "tamp", tampMaxSparsity: 0.4 }, /^spec\.tamp_max_sparsity: must be in \[sparsity, 1\]/],
+    ["tamp_max_sparsity without tamp", { method: "wanda", tampMaxSparsity: 0.6 }, /^spec\.tamp_max_sparsity: is TAMP's option/],
     ["owl_lambda", { sparsityProfile: "owl", owlLambda: -1 }, /^spec\.owl_lambda: must be a finite number >= 0/],
     ["owl_m", { sparsityProfile: "owl", owlM: 0 }, /^spec\.owl_m: must be a finite number > 0/],
     ["owl with N:M", { sparsityProfile: "owl", pattern: "2:4", sparsity: undefined }, /^spec\.sparsity_profile: owl is for unstructured pruning/],

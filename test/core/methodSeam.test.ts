@@ -18,6 +18,9 @@ import { profileTargets } from "../../services/core/src/pipeline/profilePhase.js
 import { InvalidArgumentError } from "../../services/core/src/errors.js";
 import { planJob, planTargets } from "../../services/core/src/plan/jobPlan.js";
 import { tempDir } from "../support/fixtures.js";
+import { create } from "@bufbuild/protobuf";
+import { JobSpecSchema } from "../../services/gen/atvprune/v1/job_pb.js";
+import { toPruneSpec } from "../../services/rpc/jobSpec.js";
 
 const tmp = tempDir("method-seam");
 after(() => tmp.cleanup());
@@ -47,12 +50,12 @@ function sameStates(a: readonly SampleState[], b: readonly SampleState[]): boole
 }
 
 test("the registry names every method once and refuses an unknown one, listing the known ones", () => {
-  assert.deepEqual(methodNames(), ["atv", "wanda", "magnitude", "sparsegpt", "atv-sparsegpt"]);
+  assert.deepEqual(methodNames(), ["atv", "wanda", "magnitude", "sparsegpt", "atv-sparsegpt", "tamp"]);
   assert.equal(needsCalibration("magnitude"), false);
   assert.equal(needsCalibration("wanda"), true);
-  assert.throws(() => methodDefinition("sparsegtp"), (e: unknown) => e instanceof InvalidArgumentError && /must be atv, wanda, magnitude, sparsegpt or atv-sparsegpt, got "sparsegtp"/.test(e.message));
+  assert.throws(() => methodDefinition("sparsegtp"), (e: unknown) => e instanceof InvalidArgumentError && /must be atv, wanda, magnitude, sparsegpt, atv-sparsegpt or tamp, got "sparsegtp"/.test(e.message));
   assert.deepEqual(methodDefinition("atv").shownOptions, ["alpha"]);
-  assert.deepEqual(profileNames(), ["uniform", "owl"]);
+  assert.deepEqual(profileNames(), ["uniform", "owl", "das"]);
 });
 
 test("magnitude's option check lives in its own file and still refuses matrix scope with N:M", () => {
@@ -163,9 +166,10 @@ test("a profile's pre-pass runs the dense forward with its accumulators and prop
   }
 });
 
-test("tamp is refused as not supported yet, naming the field", () => {
-  assert.throws(() => methodDefinition("tamp"), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "method" && /tamp is not supported yet/.test(e.message));
-  assert.throws(() => resolveSpec({ model: "m", calib: "c", out: "o", method: "tamp" }, 1), /tamp is not supported yet/);
+test("tamp resolves its own DAS profile; the wire JobSpec carries --tamp-max-sparsity", () => {
+  assert.equal(resolveSpec({ model: "m", calib: "c", out: "o", method: "tamp" }, 1).sparsityProfile, "das");
+  assert.equal(toPruneSpec(create(JobSpecSchema, { model: "m", calib: "c", out: "o", method: "tamp", sparsity: 0.5, tampMaxSparsity: 0.58 })).tampMaxSparsity, 0.58);
+  assert.equal(toPruneSpec(create(JobSpecSchema, { model: "m", calib: "c", out: "o", method: "tamp", sparsity: 0.5 })).tampMaxSparsity, undefined);
 });
 
 test("accumulators over the budget: one dense forward per group, each group compressed before the next is created", async () => {

@@ -16,12 +16,9 @@ import { readNpy, readNpyInt64, writeNpyInt64 } from "../../services/core/src/ca
 import { SampleFeeds } from "../../services/core/src/pipeline/sampleFeeds.js";
 import { valueInfo } from "../../services/core/src/onnx/valueInfo.js";
 import { OnnxDataType } from "../../services/core/src/onnx/dtype.js";
-import { readModel } from "../../services/core/src/onnx/modelFile.js";
-import { TensorData } from "../../services/core/src/onnx/tensorData.js";
-import { toFloat32 } from "../../services/core/src/onnx/dtype.js";
 import type { PruneSpec } from "../../services/core/src/pipeline/pruneSpec.js";
 import { tempDir } from "../support/fixtures.js";
-import { referenceMask, referenceScale, toFloats } from "../support/reference.js";
+import { modelWeights, referenceMask, referenceScale, toFloats } from "../support/reference.js";
 
 const tmp = tempDir("mrope");
 after(() => tmp.cleanup());
@@ -134,15 +131,6 @@ test("a 1-D decoder refuses a [3, T] calibration set before any work, naming the
   );
 });
 
-async function weights(model: string): Promise<Map<string, Float32Array>> {
-  const loaded = readModel(model);
-  const data = new TensorData(loaded);
-  const out = new Map<string, Float32Array>();
-  for (const t of loaded.model.graph!.initializer) if (t.dims.length === 2) out.set(t.name, toFloat32(await data.read(t), t.dataType, t.name));
-  await data.close();
-  return out;
-}
-
 /** The full decoder with `names` exposed, fed by hand (not through SampleFeeds). */
 async function fullRun(names: string[]): Promise<Float32Array[][]> {
   const model = fromBinary(ModelProtoSchema, readFileSync(gen.modelPath));
@@ -174,8 +162,8 @@ test("Wanda with dense propagation on the multimodal-RoPE decoder matches the fu
   await pruneModel({ model: gen.modelPath, calib: calibPos, method: "wanda", sparsity: 0.5, propagation: "dense", out, threads: 1 } as PruneSpec);
   const a = analyzeModel(gen.modelPath);
   const samples = loadCalibrationSet(calibPos, { seed: 1 });
-  const before = await weights(gen.modelPath);
-  const pruned = await weights(join(out, "model.onnx"));
+  const before = await modelWeights(gen.modelPath);
+  const pruned = await modelWeights(join(out, "model.onnx"));
   // Block 1's query projection sees positions through block 0's attention.
   const q = a.partition.blockLinears[1]![0]!;
   const acts = (await fullRun([q.activation])).map((r) => r[0]!);
@@ -189,7 +177,7 @@ test("Wanda with dense propagation on the multimodal-RoPE decoder matches the fu
   // The positions matter: the same set without them prunes block 1 differently.
   const out1d = join(tmp.path, "pruned-1d");
   await pruneModel({ model: gen.modelPath, calib: gen.calibPath, method: "wanda", sparsity: 0.5, propagation: "dense", out: out1d, threads: 1 } as PruneSpec);
-  assert.notDeepEqual((await weights(join(out1d, "model.onnx"))).get(q.weight), w);
+  assert.notDeepEqual((await modelWeights(join(out1d, "model.onnx"))).get(q.weight), w);
   // The pruned decoder keeps its inputs and runs.
   const session = await ort.InferenceSession.create(join(out, "model.onnx"));
   assert.ok(session.inputNames.includes("num_logits_to_keep"));

@@ -11,6 +11,9 @@ import { halfToFloatTable } from "../../services/core/src/onnx/dtype.js";
 import type { CalibSample } from "../../services/core/src/calib/calibSet.js";
 import { SampleFeeds } from "../../services/core/src/pipeline/sampleFeeds.js";
 import { indexGraph } from "../../services/core/src/graph/graphIndex.js";
+import { readModel } from "../../services/core/src/onnx/modelFile.js";
+import { TensorData } from "../../services/core/src/onnx/tensorData.js";
+import { toFloat32 } from "../../services/core/src/onnx/dtype.js";
 
 export function toFloats(t: ort.Tensor): Float32Array {
   if (t.type === "float16") {
@@ -82,4 +85,14 @@ export function referenceDistances(x: Float32Array[], y: Float32Array[], tokens:
     d[t] = 1 - dot / (Math.sqrt(nx) * Math.sqrt(ny));
   }
   return d;
+}
+
+/** Every 2-D initializer of a model file, as float32 values. */
+export async function modelWeights(model: string): Promise<Map<string, Float32Array>> {
+  const loaded = readModel(model);
+  const data = new TensorData(loaded);
+  const out = new Map<string, Float32Array>();
+  for (const t of loaded.model.graph!.initializer) if (t.dims.length === 2) out.set(t.name, toFloat32(await data.read(t), t.dataType, t.name));
+  await data.close();
+  return out;
 }

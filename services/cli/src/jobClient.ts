@@ -141,6 +141,7 @@ export function toJobSpecMessage(spec: PruneSpec, workers: number, local: boolea
     sparsityProfile: spec.sparsityProfile ?? "",
     owlLambda: spec.owlLambda,
     owlM: spec.owlM,
+    tampMaxSparsity: spec.tampMaxSparsity,
     force: spec.force ?? false,
     maskThreads: spec.maskThreads,
     workers,

@@ -11,9 +11,10 @@ import { pruneCommand } from "./commands/prune.js";
 const USAGE = `usage: atvp <command> [flags]
 
 commands:
-  prune      --model M --calib C --method atv|wanda|magnitude|sparsegpt|atv-sparsegpt --sparsity S --out DIR
+  prune      --model M --calib C --method atv|wanda|magnitude|sparsegpt|atv-sparsegpt|tamp --sparsity S --out DIR
              [--pattern unstructured|2:4|4:8] [--alpha A] [--propagation sequential|dense]
              [--sparsity-profile uniform|owl [--owl-lambda L (0.08)] [--owl-m M (5)]]
+             [--tamp-max-sparsity X (S+0.1): tamp only]
              [--nsamples N] [--seed S] [--include RE]... [--exclude RE]... [--magnitude-scope matrix|column]
              [--threads N] [--mask-threads N] [--device cpu|cuda|auto] [--force]
              --model DIR: a genai or transformers.js model folder [--dtype fp32|fp16] [--layout genai|transformers-js];

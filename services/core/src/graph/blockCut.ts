@@ -11,6 +11,7 @@ import { GraphError } from "../errors.js";
 import { PROLOGUE, SIDE, type BlockPartition } from "./blockPartition.js";
 import type { GraphIndex } from "./graphIndex.js";
 import type { LinearInfo } from "./linears.js";
+import type { ObservedTensor } from "./observedTensors.js";
 
 export interface StageCut {
   /** PROLOGUE or the block index */
@@ -134,10 +135,12 @@ export interface CutModelInput {
   initializerBytes: ReadonlyMap<string, Uint8Array>;
   /** element type of hidden-path tensors and activations (the model's compute type) */
   floatType: number;
+  /** inner tensors to expose as extra outputs (a linear's output, attention probabilities) */
+  observed?: readonly ObservedTensor[];
 }
 
 /** Serializes a cut as a standalone ONNX model (initializers inline, weights as inputs). */
-export function buildCutModel({ source, index, cut, initializerBytes, floatType }: CutModelInput): ModelProto {
+export function buildCutModel({ source, index, cut, initializerBytes, floatType, observed = [] }: CutModelInput): ModelProto {
   const known = new Map<string, ValueInfoProto>();
   for (const v of [...index.graph.valueInfo, ...index.graph.output, ...index.graph.input]) known.set(v.name, v);
   const infoOf = (name: string): ValueInfoProto => known.get(name) ?? valueInfo(name, floatType, undefined);
@@ -148,6 +151,11 @@ export function buildCutModel({ source, index, cut, initializerBytes, floatType 
   ];
   const inputNames = new Set(inputs.map((v) => v.name));
   const outputs = [...cut.stateOutputs, ...cut.activations.filter((a) => !inputNames.has(a))].map(infoOf);
+  const outputNames = new Set(outputs.map((v) => v.name));
+  for (const o of observed) {
+    if (!outputNames.has(o.name) && !inputNames.has(o.name)) outputs.push(known.get(o.name) ?? valueInfo(o.name, o.dataType, undefined));
+    outputNames.add(o.name);
+  }
   const initializers = cut.initializers.map((name) => {
     const t = index.initializers.get(name)!;
     return create(TensorProtoSchema, { name, dims: t.dims, dataType: t.dataType, rawData: initializerBytes.get(name)! });

@@ -7,17 +7,16 @@ import { atv } from "./atv.js";
 import { magnitude } from "./magnitude.js";
 import type { Method, MethodDefinition, MethodOptions } from "./method.js";
 import { atvSparseGpt, sparseGpt } from "./sparseGpt.js";
+import { tamp } from "./tamp.js";
 import { wanda } from "./wanda.js";
 
 export type * from "./method.js";
 export { DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS } from "./method.js";
 
-const METHODS: ReadonlyMap<string, MethodDefinition> = new Map([atv, wanda, magnitude, sparseGpt, atvSparseGpt].map((m) => [m.name, m]));
+const METHODS: ReadonlyMap<string, MethodDefinition> = new Map([atv, wanda, magnitude, sparseGpt, atvSparseGpt, tamp].map((m) => [m.name, m]));
 
 /** Methods the contract names (../shared/METHODS.md) that this build refuses, and why. */
-const NOT_SUPPORTED_YET: ReadonlyMap<string, string> = new Map([
-  ["tamp", "its DAS scores need every linear's output and AMIA the attention probabilities, which the block forward does not expose yet; use sparsegpt, atv-sparsegpt, wanda or atv"],
-]);
+const NOT_SUPPORTED_YET: ReadonlyMap<string, string> = new Map();
 
 export function methodNames(): string[] {
   return [...METHODS.keys()];

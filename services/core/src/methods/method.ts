@@ -63,6 +63,10 @@ export interface AccumulatorInput {
   input: WireTensor;
   /** the linear's output `[.., T, out]`, present only when the spec asked for it */
   output?: WireTensor;
+  /** the block's attention probabilities `[1, H, T, T]`, present only when the spec asked for them */
+  attention?: WireTensor;
+  /** the calibration sample (its attention and image masks) */
+  sample?: CalibSample;
   /** 1 for the tokens that count (the rule's pool of this sample) */
   pool: Uint8Array;
   /** names the block, sample and JSONL line in errors */
@@ -80,8 +84,13 @@ export interface Accumulator {
  */
 export interface AccumulatorSpec<A extends Accumulator = Accumulator> {
   key: string;
-  /** the linear's output is needed as well as its input (not supported by the block cut yet) */
+  /** the linear's output is needed as well as its input (the block cut exposes it) */
   needsOutput?: boolean;
+  /**
+   * the block's self-attention probabilities are needed (exposed from the graph's Softmax;
+   * blocks with fused attention ops are refused)
+   */
+  needsAttention?: boolean;
   /**
    * Bytes the accumulator holds (SparseGPT's in×in Hessian): the engine calibrates the keys of a
    * block in groups that fit its budget, one dense forward per group, when they do not all fit.
@@ -163,6 +172,11 @@ export interface MethodDefinition {
   /** Refuses option combinations the method cannot run, naming the field (InvalidArgumentError). */
   checkOptions?(options: MethodOptions): void;
   create(options: MethodOptions): Method;
+  /**
+   * The sparsity profile the method imposes for a pattern (TAMP: its DAS, or uniform for N:M);
+   * absent: the job's --sparsity-profile.
+   */
+  ownProfile?(pattern: Pattern): string;
   /**
    * Bytes the method holds beyond the block's weights while it prunes one block (SparseGPT's
    * in×in Hessians), for the shard planner; absent: small next to the weights.

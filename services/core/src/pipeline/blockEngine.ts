@@ -19,6 +19,7 @@ import type { BlockPartition } from "../graph/blockPartition.js";
 import { buildCutModel, type StageCut, type StagePlan } from "../graph/blockCut.js";
 import type { GraphIndex } from "../graph/graphIndex.js";
 import type { LinearInfo } from "../graph/linears.js";
+import { attentionProbs, linearOutput, type ObservedTensor } from "../graph/observedTensors.js";
 import { ortType, typeName } from "../onnx/dtype.js";
 import type { LoadedModel } from "../onnx/modelFile.js";
 import type { TensorData } from "../onnx/tensorData.js";
@@ -93,6 +94,14 @@ export interface EngineContext {
 
 
 /** One linear after the compress step, for report.json. */
+/** What a block's accumulators read beyond the linears' inputs (graph/observedTensors.ts). */
+interface Observed {
+  /** output tensor by weight name */
+  output: Map<string, string>;
+  attention: string | undefined;
+  tensors: ObservedTensor[];
+}
+
 interface Compressed {
   linear: LinearInfo;
   dataType: number;
@@ -160,7 +169,7 @@ export class BlockEngine {
     if (method.calibration) {
       checkCount(cut, source, samples.length);
       const dense = spec.propagation === "dense";
-      const session = await this.loadSession(cut, weights);
+      const session = await this.loadSession(cut, weights, this.observedFor(cut, toPrune, method.calibration).tensors);
       try {
         // Steps 1-3 (dense forward, token pools, statistics per linear) and the compress step of
         // 4-6, per group of accumulators that fits the budget; weights change only after all groups.
@@ -210,7 +219,7 @@ export class BlockEngine {
     checkCount(cut, source, samples.length);
     const weights = await this.readWeights(cut.weights);
     const linears = cut.weights.filter((l) => this.ctx.targets.has(l.weight));
-    const session = await this.loadSession(cut, weights);
+    const session = await this.loadSession(cut, weights, this.observedFor(cut, linears, prePass).tensors);
     try {
       const { stats, next } = await this.calibrate(b, session, weights, source, linears, prePass, { ...options, propagate: true });
       takeBack(weights, await host.unbind(session));
@@ -236,20 +245,28 @@ export class BlockEngine {
     const N = samples.length;
     const { onNext, signal } = options;
     // One accumulator per key (linears reading the same activation share one).
-    const accs = new Map<string, { acc: A; activation: string }>();
+    const observed = this.observedFor(cut, linears, needs);
+    const accs = new Map<string, { acc: A; activation: string; output?: string; attention: boolean }>();
     const stats = new Map<string, A>();
     for (const l of linears) {
       const accSpec = needs.accumulator(l);
-      if (accSpec.needsOutput) throw new GraphError(l.node, "accumulators over a linear's output are not supported yet");
       let entry = accs.get(accSpec.key);
-      if (!entry) accs.set(accSpec.key, (entry = { acc: accSpec.create(), activation: l.activation }));
+      if (!entry) {
+        accs.set(accSpec.key, (entry = { acc: accSpec.create(), activation: l.activation, output: observed.output.get(l.weight), attention: accSpec.needsAttention === true }));
+      }
       stats.set(l.weight, entry.acc);
     }
-    const acts = [...new Set([...accs.values()].map((e) => e.activation))];
+    const acts = [...new Set([...accs.values()].map((e) => e.activation)), ...observed.tensors.map((o) => o.name)];
     const fetchActs = acts.filter((a) => !cut.stateInputs.includes(a));
     const feed = (j: number, values: Record<string, WireTensor>, pool: Uint8Array) => {
       const subject = sampleSubject(samples[j]!, cut);
-      for (const { acc, activation } of accs.values()) acc.add({ index: j, input: values[activation]!, pool, subject });
+      for (const { acc, activation, output, attention } of accs.values()) {
+        acc.add({
+          index: j, input: values[activation]!, pool, subject, sample: samples[j]!,
+          ...(output !== undefined ? { output: values[output]! } : {}),
+          ...(attention ? { attention: values[observed.attention!]! } : {}),
+        });
+      }
     };
     const rule = needs.pool;
     const observer = rule.kind === "afterForward" ? rule.start(samples) : undefined;
@@ -358,11 +375,11 @@ export class BlockEngine {
     return out;
   }
 
-  private async loadSession(cut: StageCut, weights: Map<string, WeightMatrix>): Promise<SessionHandle> {
+  private async loadSession(cut: StageCut, weights: Map<string, WeightMatrix>, observed: readonly ObservedTensor[] = []): Promise<SessionHandle> {
     const { loaded, data, index, host, floatType } = this.ctx;
     const initializerBytes = new Map<string, Uint8Array>();
     for (const name of cut.initializers) initializerBytes.set(name, await data.read(index.initializers.get(name)!));
-    const model = buildCutModel({ source: loaded.model, index, cut, initializerBytes, floatType });
+    const model = buildCutModel({ source: loaded.model, index, cut, initializerBytes, floatType, observed });
     return host.load(cut.label, toBinary(ModelProtoSchema, model), boundTensors(cut, weights, index));
   }
 
@@ -375,6 +392,31 @@ export class BlockEngine {
       inputs[name] = t;
     }
     return inputs;
+  }
+
+  /**
+   * The inner tensors the accumulators of `linears` read (their outputs, the attention
+   * probabilities), by weight name, and the list the block's session must expose.
+   */
+  private observedFor(cut: StageCut, linears: readonly LinearInfo[], needs: CalibrationNeeds | undefined): Observed {
+    const { index, floatType } = this.ctx;
+    const output = new Map<string, string>();
+    const tensors: ObservedTensor[] = [];
+    let attention: string | undefined;
+    for (const l of needs ? linears : []) {
+      const s = needs!.accumulator(l);
+      if (s.needsOutput) {
+        const o = linearOutput(index, l, floatType);
+        output.set(l.weight, o.name);
+        tensors.push(o);
+      }
+      if (s.needsAttention && attention === undefined) {
+        const a = attentionProbs(index, cut, floatType, l.node);
+        attention = a.name;
+        tensors.push(a);
+      }
+    }
+    return { output, attention, tensors };
   }
 
   /** The state after stage `stage` (-1 = prologue): new outputs, else carried over, else graph input. */

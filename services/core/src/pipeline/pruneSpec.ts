@@ -4,7 +4,7 @@
  */
 import { InvalidArgumentError } from "../errors.js";
 import { methodDefinition } from "../methods/index.js";
-import { sparsityProfile } from "../profiles/index.js";
+import { DAS_PROFILE, sparsityProfile } from "../profiles/index.js";
 import { parsePattern, type Pattern } from "../prune/maskSelect.js";
 import { OWL_DEFAULT_LAMBDA, OWL_DEFAULT_M } from "../prune/owlRatios.js";
 
@@ -26,6 +26,8 @@ export interface PruneSpec {
   owlLambda?: number;
   /** OWL's M: a weight is an outlier above M times its block's mean metric (default 5) */
   owlM?: number;
+  /** TAMP's largest per-linear sparsity (default sparsity + 0.1, at most 1) */
+  tampMaxSparsity?: number;
   pattern?: string;
   alpha?: number;
   propagation?: Propagation;
@@ -64,6 +66,7 @@ export interface ResolvedSpec {
   sparsityProfile: string;
   owlLambda: number;
   owlM: number;
+  tampMaxSparsity: number;
   threads: number;
   maskThreads: number;
   device: "cpu" | "cuda" | "auto";
@@ -77,6 +80,10 @@ export const DEFAULT_SPARSITY = 0.5;
 export const DEFAULT_ALPHA = 1;
 export const DEFAULT_SPARSITY_PROFILE = "uniform";
 export const DEFAULT_ACTIVATION_CACHE_BYTES = 512 * 1024 * 1024;
+/** TAMP's --tamp-max-sparsity is the job's sparsity plus this (T scripts/prune/tamp.sh: S+0.1). */
+export const TAMP_MAX_SPARSITY_MARGIN = 0.1;
+/** Profiles that belong to one method, which imposes them (MethodDefinition.ownProfile). */
+const OWN_PROFILES: ReadonlyMap<string, string> = new Map([[DAS_PROFILE, "tamp"]]);
 
 export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSpec {
   const method = methodDefinition(spec.method);
@@ -115,7 +122,22 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
   method.checkOptions?.({ alpha, magnitudeScope, pattern, patternText });
   const owlLambda = spec.owlLambda ?? OWL_DEFAULT_LAMBDA;
   const owlM = spec.owlM ?? OWL_DEFAULT_M;
-  const profile = sparsityProfile(spec.sparsityProfile ?? DEFAULT_SPARSITY_PROFILE, { owlLambda, owlM, pattern });
+  const tampMaxSparsity = spec.tampMaxSparsity ?? Math.min(1, sparsity + TAMP_MAX_SPARSITY_MARGIN);
+  if (spec.tampMaxSparsity !== undefined) {
+    if (!method.ownProfile) throw new InvalidArgumentError("tampMaxSparsity", `is TAMP's option; ${spec.method} does not read it (use --method tamp)`);
+    if (!(Number.isFinite(tampMaxSparsity) && tampMaxSparsity >= sparsity && tampMaxSparsity <= 1)) {
+      throw new InvalidArgumentError("tampMaxSparsity", `must be in [sparsity, 1] = [${sparsity}, 1], got ${spec.tampMaxSparsity} (out of range)`);
+    }
+  }
+  // A method with its own profile (TAMP's DAS) takes no other; the others may not take it.
+  const own = method.ownProfile?.(pattern);
+  if (own !== undefined && spec.sparsityProfile !== undefined && spec.sparsityProfile !== own) {
+    throw new InvalidArgumentError("sparsityProfile", `${spec.method} sets its own profile (${own} here); leave --sparsity-profile out`);
+  }
+  if (own === undefined && spec.sparsityProfile !== undefined && OWN_PROFILES.has(spec.sparsityProfile)) {
+    throw new InvalidArgumentError("sparsityProfile", `${spec.sparsityProfile} is the profile of ${OWN_PROFILES.get(spec.sparsityProfile)}; use that method instead`);
+  }
+  const profile = sparsityProfile(own ?? spec.sparsityProfile ?? DEFAULT_SPARSITY_PROFILE, { owlLambda, owlM, pattern, tampMaxSparsity });
   if (profile.prePass && !method.needsCalibration) {
     throw new InvalidArgumentError("sparsityProfile", `${profile.name} needs a calibration forward; ${spec.method} has none (use wanda, atv, sparsegpt or atv-sparsegpt)`);
   }
@@ -143,6 +165,7 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
     sparsityProfile: profile.name,
     owlLambda,
     owlM,
+    tampMaxSparsity,
     threads,
     maskThreads,
     device,

@@ -12,7 +12,7 @@ import { FLOAT_WEIGHT_TYPES, typeName } from "../onnx/dtype.js";
 import { planLayout, type Region } from "../onnx/modelWriter.js";
 import type { TensorData } from "../onnx/tensorData.js";
 import type { ModelAnalysis } from "../pipeline/modelAnalysis.js";
-import { isSelected, selectLinears, type Propagation, type ResolvedSpec } from "../pipeline/pruneSpec.js";
+import { isSelected, selectLinears, TAMP_MAX_SPARSITY_MARGIN, type Propagation, type ResolvedSpec } from "../pipeline/pruneSpec.js";
 import { jobProfile, type LinearTargets } from "../profiles/index.js";
 import { parsePattern } from "../prune/maskSelect.js";
 
@@ -41,8 +41,8 @@ export interface JobPlan {
   nsamples: number | undefined;
   seed: number;
   sparsityProfile: string;
-  /** the profile's options (OWL's λ and M) */
-  profileOptions: { owlLambda: number; owlM: number };
+  /** the profile's options (OWL's λ and M; TAMP's s_max, absent from the cluster's wire plan) */
+  profileOptions: { owlLambda: number; owlM: number; tampMaxSparsity?: number };
   phases: PlanPhase[];
   blocks: number;
   /** every linear the job prunes, in block order */
@@ -77,7 +77,7 @@ export function planJob(spec: ResolvedSpec, analysis: ModelAnalysis, data: Tenso
     nsamples: spec.nsamples,
     seed: spec.seed,
     sparsityProfile: profile.name,
-    profileOptions: { owlLambda: spec.owlLambda, owlM: spec.owlM },
+    profileOptions: { owlLambda: spec.owlLambda, owlM: spec.owlM, ...(profile.options?.["tampMaxSparsity"] !== undefined ? { tampMaxSparsity: spec.tampMaxSparsity } : {}) },
     phases: profile.prePass ? ["profile", "prune"] : ["prune"],
     blocks: analysis.partition.numBlocks,
     linears,
@@ -147,6 +147,7 @@ export function planSpec(plan: JobPlan, runtime: { threads: number; device: "cpu
     sparsityProfile: plan.sparsityProfile,
     owlLambda: plan.profileOptions.owlLambda,
     owlM: plan.profileOptions.owlM,
+    tampMaxSparsity: plan.profileOptions.tampMaxSparsity ?? Math.min(1, plan.sparsity + TAMP_MAX_SPARSITY_MARGIN),
     threads: runtime.threads,
     device: runtime.device,
     force: false,

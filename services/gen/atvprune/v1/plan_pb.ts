@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file atvprune/v1/plan.proto.
  */
 export const file_atvprune_v1_plan: GenFile = /*@__PURE__*/
-  fileDesc("ChZhdHZwcnVuZS92MS9wbGFuLnByb3RvEgthdHZwcnVuZS52MSIaCglBdHZQYXJhbXMSDQoFYWxwaGEYASABKAEiDQoLV2FuZGFQYXJhbXMiEQoPU3BhcnNlR3B0UGFyYW1zIiMKEkF0dlNwYXJzZUdwdFBhcmFtcxINCgVhbHBoYRgBIAEoASIgCg9NYWduaXR1ZGVQYXJhbXMSDQoFc2NvcGUYASABKAkiXgoNUGxhbm5lZExpbmVhchIOCgZ3ZWlnaHQYASABKAkSDQoFYmxvY2sYAiABKA0SDgoGdGFyZ2V0GAMgASgBEg4KBm9mZnNldBgEIAEoBBIOCgZsZW5ndGgYBSABKAQihgUKB0pvYlBsYW4SDQoFbW9kZWwYASABKAkSDQoFY2FsaWIYAiABKAkSCwoDb3V0GAMgASgJEiUKA2F0dhgKIAEoCzIWLmF0dnBydW5lLnYxLkF0dlBhcmFtc0gAEikKBXdhbmRhGAsgASgLMhguYXR2cHJ1bmUudjEuV2FuZGFQYXJhbXNIABIxCgltYWduaXR1ZGUYDCABKAsyHC5hdHZwcnVuZS52MS5NYWduaXR1ZGVQYXJhbXNIABIxCglzcGFyc2VncHQYDSABKAsyHC5hdHZwcnVuZS52MS5TcGFyc2VHcHRQYXJhbXNIABI4Cg1hdHZfc3BhcnNlZ3B0GA4gASgLMh8uYXR2cHJ1bmUudjEuQXR2U3BhcnNlR3B0UGFyYW1zSAASEAoIc3BhcnNpdHkYBCABKAESDwoHcGF0dGVybhgFIAEoCRITCgtwcm9wYWdhdGlvbhgGIAEoCRIVCghuc2FtcGxlcxgHIAEoDUgBiAEBEgwKBHNlZWQYCCABKAMSGAoQc3BhcnNpdHlfcHJvZmlsZRgJIAEoCRImCgZwaGFzZXMYFCADKA4yFi5hdHZwcnVuZS52MS5QbGFuUGhhc2USDgoGYmxvY2tzGBUgASgNEisKB2xpbmVhcnMYFiADKAsyGi5hdHZwcnVuZS52MS5QbGFubmVkTGluZWFyEhIKCmRhdGFfYnl0ZXMYFyABKAQSHgoWYWN0aXZhdGlvbl9jYWNoZV9ieXRlcxgYIAEoBBISCgpvd2xfbGFtYmRhGBkgASgBEg0KBW93bF9tGBogASgBEhQKDG1hc2tfdGhyZWFkcxgbIAEoDUIICgZtZXRob2RCCwoJX25zYW1wbGVzKlUKCVBsYW5QaGFzZRIaChZQTEFOX1BIQVNFX1VOU1BFQ0lGSUVEEAASFgoSUExBTl9QSEFTRV9QUk9GSUxFEAESFAoQUExBTl9QSEFTRV9QUlVORRACYgZwcm90bzM");
+  fileDesc("ChZhdHZwcnVuZS92MS9wbGFuLnByb3RvEgthdHZwcnVuZS52MSIaCglBdHZQYXJhbXMSDQoFYWxwaGEYASABKAEiDQoLV2FuZGFQYXJhbXMiEQoPU3BhcnNlR3B0UGFyYW1zIgwKClRhbXBQYXJhbXMiIwoSQXR2U3BhcnNlR3B0UGFyYW1zEg0KBWFscGhhGAEgASgBIiAKD01hZ25pdHVkZVBhcmFtcxINCgVzY29wZRgBIAEoCSJeCg1QbGFubmVkTGluZWFyEg4KBndlaWdodBgBIAEoCRINCgVibG9jaxgCIAEoDRIOCgZ0YXJnZXQYAyABKAESDgoGb2Zmc2V0GAQgASgEEg4KBmxlbmd0aBgFIAEoBCLlBQoHSm9iUGxhbhINCgVtb2RlbBgBIAEoCRINCgVjYWxpYhgCIAEoCRILCgNvdXQYAyABKAkSJQoDYXR2GAogASgLMhYuYXR2cHJ1bmUudjEuQXR2UGFyYW1zSAASKQoFd2FuZGEYCyABKAsyGC5hdHZwcnVuZS52MS5XYW5kYVBhcmFtc0gAEjEKCW1hZ25pdHVkZRgMIAEoCzIcLmF0dnBydW5lLnYxLk1hZ25pdHVkZVBhcmFtc0gAEjEKCXNwYXJzZWdwdBgNIAEoCzIcLmF0dnBydW5lLnYxLlNwYXJzZUdwdFBhcmFtc0gAEjgKDWF0dl9zcGFyc2VncHQYDiABKAsyHy5hdHZwcnVuZS52MS5BdHZTcGFyc2VHcHRQYXJhbXNIABInCgR0YW1wGA8gASgLMhcuYXR2cHJ1bmUudjEuVGFtcFBhcmFtc0gAEhAKCHNwYXJzaXR5GAQgASgBEg8KB3BhdHRlcm4YBSABKAkSEwoLcHJvcGFnYXRpb24YBiABKAkSFQoIbnNhbXBsZXMYByABKA1IAYgBARIMCgRzZWVkGAggASgDEhgKEHNwYXJzaXR5X3Byb2ZpbGUYCSABKAkSJgoGcGhhc2VzGBQgAygOMhYuYXR2cHJ1bmUudjEuUGxhblBoYXNlEg4KBmJsb2NrcxgVIAEoDRIrCgdsaW5lYXJzGBYgAygLMhouYXR2cHJ1bmUudjEuUGxhbm5lZExpbmVhchISCgpkYXRhX2J5dGVzGBcgASgEEh4KFmFjdGl2YXRpb25fY2FjaGVfYnl0ZXMYGCABKAQSEgoKb3dsX2xhbWJkYRgZIAEoARINCgVvd2xfbRgaIAEoARIUCgxtYXNrX3RocmVhZHMYGyABKA0SHgoRdGFtcF9tYXhfc3BhcnNpdHkYHCABKAFIAogBAUIICgZtZXRob2RCCwoJX25zYW1wbGVzQhQKEl90YW1wX21heF9zcGFyc2l0eSpVCglQbGFuUGhhc2USGgoWUExBTl9QSEFTRV9VTlNQRUNJRklFRBAAEhYKElBMQU5fUEhBU0VfUFJPRklMRRABEhQKEFBMQU5fUEhBU0VfUFJVTkUQAmIGcHJvdG8z");
 
 /**
  * @generated from message atvprune.v1.AtvParams
@@ -62,6 +62,21 @@ export const SparseGptParamsSchema: GenMessage<SparseGptParams> = /*@__PURE__*/
   messageDesc(file_atvprune_v1_plan, 2);
 
 /**
+ * TAMP's s_max is the DAS profile's option (tamp_max_sparsity below), not the method's.
+ *
+ * @generated from message atvprune.v1.TampParams
+ */
+export type TampParams = Message<"atvprune.v1.TampParams"> & {
+};
+
+/**
+ * Describes the message atvprune.v1.TampParams.
+ * Use `create(TampParamsSchema)` to create a new message.
+ */
+export const TampParamsSchema: GenMessage<TampParams> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_plan, 3);
+
+/**
  * SparseGPT over ATV's token pool
  *
  * @generated from message atvprune.v1.AtvSparseGptParams
@@ -78,7 +93,7 @@ export type AtvSparseGptParams = Message<"atvprune.v1.AtvSparseGptParams"> & {
  * Use `create(AtvSparseGptParamsSchema)` to create a new message.
  */
 export const AtvSparseGptParamsSchema: GenMessage<AtvSparseGptParams> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_plan, 3);
+  messageDesc(file_atvprune_v1_plan, 4);
 
 /**
  * @generated from message atvprune.v1.MagnitudeParams
@@ -97,7 +112,7 @@ export type MagnitudeParams = Message<"atvprune.v1.MagnitudeParams"> & {
  * Use `create(MagnitudeParamsSchema)` to create a new message.
  */
 export const MagnitudeParamsSchema: GenMessage<MagnitudeParams> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_plan, 4);
+  messageDesc(file_atvprune_v1_plan, 5);
 
 /**
  * One linear the job prunes.
@@ -142,7 +157,7 @@ export type PlannedLinear = Message<"atvprune.v1.PlannedLinear"> & {
  * Use `create(PlannedLinearSchema)` to create a new message.
  */
 export const PlannedLinearSchema: GenMessage<PlannedLinear> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_plan, 5);
+  messageDesc(file_atvprune_v1_plan, 6);
 
 /**
  * @generated from message atvprune.v1.JobPlan
@@ -198,6 +213,12 @@ export type JobPlan = Message<"atvprune.v1.JobPlan"> & {
      */
     value: AtvSparseGptParams;
     case: "atvSparsegpt";
+  } | {
+    /**
+     * @generated from field: atvprune.v1.TampParams tamp = 15;
+     */
+    value: TampParams;
+    case: "tamp";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -281,6 +302,13 @@ export type JobPlan = Message<"atvprune.v1.JobPlan"> & {
    * @generated from field: uint32 mask_threads = 27;
    */
   maskThreads: number;
+
+  /**
+   * TAMP's DAS profile: the largest per-linear sparsity (absent for other profiles)
+   *
+   * @generated from field: optional double tamp_max_sparsity = 28;
+   */
+  tampMaxSparsity?: number | undefined;
 };
 
 /**
@@ -288,7 +316,7 @@ export type JobPlan = Message<"atvprune.v1.JobPlan"> & {
  * Use `create(JobPlanSchema)` to create a new message.
  */
 export const JobPlanSchema: GenMessage<JobPlan> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_plan, 6);
+  messageDesc(file_atvprune_v1_plan, 7);
 
 /**
  * @generated from enum atvprune.v1.PlanPhase
