@@ -117,11 +117,17 @@ test("the CRD's defaults are the engine's (what SubmitJob uses for an unset fiel
   assert.equal(spec["propagation"], resolved.propagation);
   assert.equal(spec["seed"], resolved.seed);
   assert.equal(spec["magnitudeScope"], resolved.magnitudeScope);
-  assert.equal(spec["sparsityProfile"], resolved.sparsityProfile);
+  // Unset: uniform, or the method's own profile (tamp's DAS), as for SubmitJob.
+  assert.equal(spec["sparsityProfile"], undefined);
+  assert.equal(resolved.sparsityProfile, "uniform");
   assert.equal(spec["force"], resolved.force);
   assert.equal(spec["workers"], 0);
-  // With the defaults filled in, the API resolves the same spec.
+  // With the defaults filled in, the API resolves the same spec, for every method.
   assert.deepEqual(resolveSpec(toPruneSpec(fromJson(JobSpecSchema, spec as JsonValue)), 1), resolved);
+  const tamp: Record<string, unknown> = { ...BASE, method: "tamp" };
+  assert.ok(validateSpec(tamp), JSON.stringify(validateSpec.errors));
+  assert.deepEqual(resolveSpec(toPruneSpec(fromJson(JobSpecSchema, tamp as JsonValue)), 1), resolveSpec(toPruneSpec(fromJson(JobSpecSchema, { ...BASE, method: "tamp" })), 1));
+  assert.equal(resolveSpec(toPruneSpec(fromJson(JobSpecSchema, tamp as JsonValue)), 1).sparsityProfile, "das");
 });
 
 test("every spec the gRPC API refuses for a field, the CRD refuses too (and both accept the valid ones)", () => {
