@@ -114,6 +114,40 @@ for (const name of ["sparsegpt", "wanda owl", "tamp"]) test(`${name}: a worker k
   }
 });
 
+for (const name of ["wanda owl", "tamp"]) test(`${name}: the worker running the pre-pass killed mid-pass: another runs it, same bytes`, async () => {
+  const nats = await freshNats();
+  const children: ChildService[] = [];
+  for (let i = 0; i < 2; i++) children.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1", "--insecure", "--allow-root", tmp.path]));
+  const logs: string[] = [];
+  const coordinator = await startCoordinator({ nats: nats.url, workers: children.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], log: (m) => logs.push(m) });
+  const client = jobClient(coordinator.address);
+  try {
+    await coordinator.pool.waitForReady(2, 10_000);
+    const out = join(tmp.path, `out-${++counter}`);
+    // The worker that announces the pre-pass (the only job here) is killed at once, while the call is in progress.
+    const victim = new Promise<ChildService>((resolve) => {
+      for (const c of children) {
+        c.child.stderr!.on("data", (d: Buffer) => {
+          if (d.toString().includes("pre-pass over")) resolve(c);
+        });
+      }
+    });
+    const { job } = await client.submitJob({ spec: { model: model.model, calib: model.calib, out, ...JOBS[name] } });
+    const killed = await victim;
+    await killed.kill();
+    const result = await waitForJob(client, job!.id, 120_000);
+    const final = await client.getJob({ id: job!.id });
+    assert.equal(result.state, JobState.SUCCEEDED, final.reason);
+    assert.ok(logs.some((l) => l.includes(`pre-pass on ${killed.address} failed`) && l.includes("trying another worker")), `the pre-pass was not retried elsewhere: ${logs.join("\n")}`);
+    assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference.get(name)!.data));
+    assert.deepEqual(layersOf(out), reference.get(name)!.layers);
+  } finally {
+    client.close();
+    await coordinator.close();
+    for (const c of children) await c.kill();
+  }
+});
+
 test("the OWL and DAS pre-passes give different targets (so the owl and tamp jobs above test something)", () => {
   for (const name of ["wanda owl", "atv-sparsegpt owl", "tamp"]) {
     const targets = new Set((reference.get(name)!.layers as { target: number }[]).map((l) => l.target));

@@ -95,6 +95,7 @@ export function controlServiceImpl(me: WorkerIdentity, shards: ShardTable, deps:
     async runProfile(req, call) {
       auth(call);
       const plan = access.policy ? confinePlan(req.plan, access.policy) : req.plan;
+      deps.log(`job ${req.jobId}: ${plan?.sparsityProfile || "profile"} pre-pass over ${plan?.blocks ?? 0} blocks`);
       try {
         const blocks = await runProfile(fromPlanMessage(plan), { threads: deps.threads, device: deps.device, warn: deps.log });
         return { blocks: blocks.map((facts) => ({ facts })) };
