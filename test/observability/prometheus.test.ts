@@ -97,8 +97,14 @@ test("rate(atvp_blocks_pruned_total[1m]) is positive and consistent with the blo
   const expected = extrapolatedRate(samples, settled - 60, settled);
   assert.ok(Math.abs(rate - expected) <= 1e-6 * rate, `rate ${rate}, from the samples ${expected} (at ${settled}: ${JSON.stringify(samples)})`);
   assert.ok(samples[samples.length - 1]![1] - samples[0]![1] <= blocks, `more than ${blocks} blocks counted in 1m: ${JSON.stringify(samples)}`);
+  // increase() is rate() × the window: the same extrapolation, over 5 minutes whose samples
+  // cover the whole job (from 0 to every block of report.json).
   const increase = await prom.scalar(`increase(atvp_blocks_pruned_total{job="coordinator"}[5m])`, settled);
-  assert.ok(Math.abs(increase - blocks) <= blocks * 0.25, `increase ${increase}, report.json ${blocks} blocks`);
+  const samples5m = await prom.rangeSamples(`atvp_blocks_pruned_total{job="coordinator"}[5m]`, settled);
+  assert.equal(samples5m[0]![1], 0);
+  assert.equal(samples5m[samples5m.length - 1]![1], blocks);
+  const expectedIncrease = extrapolatedRate(samples5m, settled - 300, settled) * 300;
+  assert.ok(Math.abs(increase - expectedIncrease) <= 1e-6 * increase, `increase ${increase}, from the samples ${expectedIncrease}`);
   // Each worker counts its own shard's blocks; together, every block once.
   const perWorker = await prom.query(`rate(atvp_blocks_pruned_total{job="atvp-workers"}[1m])`, settled);
   assert.deepEqual(perWorker.map((s) => s.metric["worker"]).sort(), ["w0", "w1"]);
