@@ -88,14 +88,26 @@ for (const [name, workers] of WORKERS) {
   });
 }
 
-for (const name of ["sparsegpt", "wanda owl", "tamp"]) test(`${name}: a worker killed with SIGKILL mid-job, same bytes`, async () => {
+/** Two worker processes (which a test may kill) and an in-process coordinator; all closed after `fn`. */
+async function withWorkerProcesses(fn: (c: { children: ChildService[]; client: ReturnType<typeof jobClient>; logs: string[] }) => Promise<void>): Promise<void> {
   const nats = await freshNats();
   const children: ChildService[] = [];
   for (let i = 0; i < 2; i++) children.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1", "--insecure", "--allow-root", tmp.path]));
-  const coordinator = await startCoordinator({ nats: nats.url, workers: children.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], log: () => {} });
+  const logs: string[] = [];
+  const coordinator = await startCoordinator({ nats: nats.url, workers: children.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], log: (m) => logs.push(m) });
   const client = jobClient(coordinator.address);
   try {
     await coordinator.pool.waitForReady(2, 10_000);
+    await fn({ children, client, logs });
+  } finally {
+    client.close();
+    await coordinator.close();
+    for (const c of children) await c.kill();
+  }
+}
+
+for (const name of ["sparsegpt", "wanda owl", "tamp"]) test(`${name}: a worker killed with SIGKILL mid-job, same bytes`, async () => {
+  await withWorkerProcesses(async ({ children, client }) => {
     const out = join(tmp.path, `out-${++counter}`);
     const { job } = await client.submitJob({ spec: { model: model.model, calib: model.calib, out, ...JOBS[name] } });
     const killer = killShardWorkerAfter(client, () => job!.id, 2, children);
@@ -107,22 +119,11 @@ for (const name of ["sparsegpt", "wanda owl", "tamp"]) test(`${name}: a worker k
     assert.ok(final.shards.some((x) => x.attempts > 1), "a shard was rerun");
     assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference.get(name)!.data));
     assert.deepEqual(layersOf(out), reference.get(name)!.layers);
-  } finally {
-    client.close();
-    await coordinator.close();
-    for (const c of children) await c.kill();
-  }
+  });
 });
 
 for (const name of ["wanda owl", "tamp"]) test(`${name}: the worker running the pre-pass killed mid-pass: another runs it, same bytes`, async () => {
-  const nats = await freshNats();
-  const children: ChildService[] = [];
-  for (let i = 0; i < 2; i++) children.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1", "--insecure", "--allow-root", tmp.path]));
-  const logs: string[] = [];
-  const coordinator = await startCoordinator({ nats: nats.url, workers: children.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], log: (m) => logs.push(m) });
-  const client = jobClient(coordinator.address);
-  try {
-    await coordinator.pool.waitForReady(2, 10_000);
+  await withWorkerProcesses(async ({ children, client, logs }) => {
     const out = join(tmp.path, `out-${++counter}`);
     // The worker that announces the pre-pass (the only job here) is killed at once, while the call is in progress.
     const victim = new Promise<ChildService>((resolve) => {
@@ -141,11 +142,7 @@ for (const name of ["wanda owl", "tamp"]) test(`${name}: the worker running the 
     assert.ok(logs.some((l) => l.includes(`pre-pass on ${killed.address} failed`) && l.includes("trying another worker")), `the pre-pass was not retried elsewhere: ${logs.join("\n")}`);
     assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference.get(name)!.data));
     assert.deepEqual(layersOf(out), reference.get(name)!.layers);
-  } finally {
-    client.close();
-    await coordinator.close();
-    for (const c of children) await c.kill();
-  }
+  });
 });
 
 test("the OWL and DAS pre-passes give different targets (so the owl and tamp jobs above test something)", () => {
