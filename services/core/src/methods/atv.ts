@@ -14,6 +14,7 @@ export const atv: MethodDefinition = {
   name: "atv",
   needsCalibration: true,
   shownOptions: ["alpha"],
+  replicable: true,
   create({ alpha }): Method<ChannelSquares> {
     return {
       name: "atv",

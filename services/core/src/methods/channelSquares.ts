@@ -1,22 +1,37 @@
 /**
  * Wanda's and ATV's statistic as an accumulator: per input channel, the sum over the pooled
  * tokens of A[t, c]^2 (prune/activationStats.ts), one per activation tensor so the linears that
- * read it share it.
+ * read it share it. Replicas of a stage exchange each sample's own sums (its record) and reduce
+ * them in sample order (pipeline/sampleExchange.ts).
  */
 import type { LinearInfo } from "../graph/linears.js";
 import { ChannelStats } from "../prune/activationStats.js";
-import type { Accumulator, AccumulatorInput, AccumulatorSpec } from "./method.js";
+import type { AccumulatorInput, AccumulatorSpec, ExchangeableAccumulator } from "./method.js";
 
-export class ChannelSquares implements Accumulator {
+export class ChannelSquares implements ExchangeableAccumulator {
   private readonly stats: ChannelStats;
   private meanOf: { samples: number; mean: Float64Array } | undefined;
+  private last: { index: number; sums: Float64Array } | undefined;
 
   constructor(tensor: string, channels: number) {
     this.stats = new ChannelStats(tensor, channels);
   }
 
-  add({ input, pool, subject }: AccumulatorInput): void {
-    this.stats.add(input, pool, subject);
+  add({ index, input, pool, subject }: AccumulatorInput): void {
+    this.last = { index, sums: this.stats.add(input, pool, subject) };
+    this.meanOf = undefined;
+  }
+
+  record(j: number): Float64Array {
+    if (this.last?.index !== j) throw new RangeError(`${this.stats.tensor}: the last sample added is ${this.last?.index ?? "none"}, not ${j}`);
+    return this.last.sums;
+  }
+
+  reduce(records: readonly Float64Array[]): void {
+    this.stats.reset();
+    records.forEach((p, j) => this.stats.addSums(p, `${this.stats.tensor}, sample ${j}`));
+    this.meanOf = undefined;
+    this.last = undefined;
   }
 
   /** s[c] = (1/N) sum_j sum_{t in pool_j} A_j[t, c]^2, computed once for the linears sharing it. */

@@ -40,6 +40,12 @@ export interface ForwardObservation {
 export interface PoolObserver {
   observe(j: number, seen: ForwardObservation): void;
   select(): { pools: Uint8Array[]; facts: PoolFacts };
+  /**
+   * What observe(j) recorded, and its counterpart that takes a record made by another replica:
+   * both present when replicas of a stage can share the observations (data-parallel calibration).
+   */
+  record?(j: number): Float64Array;
+  accept?(j: number, record: Float64Array): void;
 }
 
 /**
@@ -75,6 +81,22 @@ export interface AccumulatorInput {
 
 export interface Accumulator {
   add(sample: AccumulatorInput): void;
+}
+
+/**
+ * An accumulator whose state is a sum of per-sample records, added in sample order: replicas
+ * that each fed a share of the samples exchange the records and reduce them to the bits one
+ * process gets (pipeline/sampleExchange.ts).
+ */
+export interface ExchangeableAccumulator extends Accumulator {
+  /** what add() contributed for sample j, which must be the sample added last */
+  record(j: number): Float64Array;
+  /** replaces the state by every sample's record (index = sample), added in sample order */
+  reduce(records: readonly Float64Array[]): void;
+}
+
+export function isExchangeable(acc: Accumulator): acc is ExchangeableAccumulator {
+  return typeof (acc as Partial<ExchangeableAccumulator>).record === "function" && typeof (acc as Partial<ExchangeableAccumulator>).reduce === "function";
 }
 
 /**
@@ -177,6 +199,11 @@ export interface MethodDefinition {
    * absent: the job's --sparsity-profile.
    */
   ownProfile?(pattern: Pattern): string;
+  /**
+   * Whether the method's calibration can be split over replicas of a stage (its pool
+   * observations and accumulators are exchangeable); absent: one replica per stage.
+   */
+  readonly replicable?: boolean;
   /**
    * Bytes the method holds beyond the block's weights while it prunes one block (SparseGPT's
    * in×in Hessians), for the shard planner; absent: small next to the weights.

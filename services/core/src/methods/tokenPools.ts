@@ -14,16 +14,26 @@ export function atvTokens(alpha: number): PoolRule {
   return {
     kind: "afterForward",
     start(samples: readonly CalibSample[]) {
-      const distances: Float64Array[] = [];
+      // By sample: a replica observes its own samples and accepts the others' distances.
+      const distances: (Float64Array | undefined)[] = new Array(samples.length);
+      const known = (j: number) => {
+        const d = distances[j];
+        if (!d) throw new RangeError(`sample ${j} was not observed`);
+        return d;
+      };
       return {
         observe(j, { sample: s, x, y, subject }) {
-          if (j !== distances.length) throw new RangeError(`sample ${j} observed out of order (expected ${distances.length})`);
           // d_t = 1 - cos(X[t], Y[t]) for the visual tokens.
           const visual = s.attentionMask.map((m, t) => (m && s.imageMask[t] ? 1 : 0));
-          distances.push(cosineDistances(x, y, s.tokens, visual, subject));
+          distances[j] = cosineDistances(x, y, s.tokens, visual, subject);
+        },
+        record: known,
+        accept(j, record) {
+          if (record.length !== samples[j]!.tokens) throw new RangeError(`sample ${j}: got ${record.length} distances for ${samples[j]!.tokens} tokens`);
+          distances[j] = record;
         },
         select() {
-          const { pools, ...facts } = selectAtvPools(samples, distances, alpha);
+          const { pools, ...facts } = selectAtvPools(samples, samples.map((_, j) => known(j)), alpha);
           return { pools, facts };
         },
       };

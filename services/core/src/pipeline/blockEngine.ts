@@ -24,8 +24,8 @@ import { ortType, typeName } from "../onnx/dtype.js";
 import type { LoadedModel } from "../onnx/modelFile.js";
 import type { TensorData } from "../onnx/tensorData.js";
 import {
-  createMethod, DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, type Accumulator, type CalibrationNeeds, type Compression, type Method,
-  type PoolFacts,
+  createMethod, DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, isExchangeable, type Accumulator, type CalibrationNeeds, type Compression,
+  type ExchangeableAccumulator, type Method, type PoolFacts, type PoolObserver,
 } from "../methods/index.js";
 import type { LinearTargets, ProfilePrePass } from "../profiles/index.js";
 import { applyMask, type WeightMatrix } from "../prune/maskSelect.js";
@@ -36,25 +36,37 @@ import type { TensorData as TypedData, WireTensor } from "../runtime/wireTensor.
 import type { BlockReport, LayerReport } from "./report.js";
 import type { ResolvedSpec } from "./pruneSpec.js";
 import type { SampleFeeds } from "./sampleFeeds.js";
+import { replicaSamples, type SampleExchange } from "./sampleExchange.js";
 
 /** The hidden-path tensors of one sample at a block boundary. */
 export type SampleState = Map<string, WireTensor>;
 
-/** The states entering a block, possibly still arriving; get(j) may be called more than once. */
+/**
+ * The states entering a block, possibly still arriving; get(j) may be called more than once.
+ * It holds samples [first, first + count) (a replica's share; first defaults to 0).
+ */
 export interface StateSource {
   readonly count: number;
+  readonly first?: number;
   get(sample: number): Promise<SampleState>;
 }
 
-/** A StateSource over states already in memory. */
-export function arraySource(states: readonly SampleState[]): StateSource {
+/** A StateSource over states already in memory, of samples first, first + 1, ... */
+export function arraySource(states: readonly SampleState[], first = 0): StateSource {
   return {
     count: states.length,
+    first,
     get: (j) => {
-      const s = states[j];
-      return s ? Promise.resolve(s) : Promise.reject(new RangeError(`no state for sample ${j} (have ${states.length})`));
+      const s = states[j - first];
+      return s ? Promise.resolve(s) : Promise.reject(new RangeError(`no state for sample ${j} (have ${first}..${first + states.length - 1})`));
     },
   };
+}
+
+/** A source whose samples are numbered from 0 (a replica's own data plane) seen as samples first, first + 1, ... */
+export function offsetSource(source: StateSource, first: number): StateSource {
+  if (first === 0) return source;
+  return { count: source.count, first, get: (j) => source.get(j - first) };
 }
 
 export interface RunBlockOptions {
@@ -90,6 +102,11 @@ export interface EngineContext {
   accumulatorBudgetBytes?: number;
   /** threads for mask selection (started and closed by the caller); default: this thread only */
   maskPool?: MaskPool;
+  /**
+   * This run is one replica of its stage: it calibrates and propagates its own share of the
+   * samples and exchanges per-sample records with the other replicas (data-parallel calibration).
+   */
+  exchange?: SampleExchange;
 }
 
 
@@ -116,7 +133,7 @@ export interface PrunedWeight {
 }
 
 export interface BlockResult {
-  /** state after this block for every sample (empty for magnitude, which needs no forward) */
+  /** state after this block for every sample of this run's share (empty for magnitude, which needs no forward) */
   next: SampleState[];
   report: BlockReport;
   layers: LayerReport[];
@@ -128,8 +145,14 @@ export class BlockEngine {
   private readonly pool = new BufferPool();
   private readonly method: Method;
 
+  /** the samples this run calibrates and propagates: all, or its replica's share */
+  readonly first: number;
+  readonly end: number;
+
   constructor(private readonly ctx: EngineContext) {
     this.method = ctx.method ?? createMethod(ctx.spec);
+    const N = ctx.samples.length;
+    ({ first: this.first, end: this.end } = ctx.exchange ? replicaSamples(N, ctx.exchange.slice.replicas, ctx.exchange.slice.replica) : { first: 0, end: N });
   }
 
   /** Gives a finished block's weight buffers back for the next block (after they are written). */
@@ -144,7 +167,7 @@ export class BlockEngine {
     const session = prologue ? await this.loadSession(prologue, new Map()) : undefined;
     try {
       const states: SampleState[] = [];
-      for (const f of feeds) {
+      for (const f of feeds.slice(this.first, this.end)) {
         const out = session && prologue ? await host.run(session, this.feedsFor(prologue, new Map(), f), prologue.stateOutputs) : {};
         states.push(this.stateAfter(-1, out, new Map(), f));
       }
@@ -167,7 +190,7 @@ export class BlockEngine {
     let compressed: Compressed[];
 
     if (method.calibration) {
-      checkCount(cut, source, samples.length);
+      this.checkSource(cut, source);
       const dense = spec.propagation === "dense";
       const session = await this.loadSession(cut, weights, this.observedFor(cut, toPrune, method.calibration).tensors);
       try {
@@ -177,7 +200,7 @@ export class BlockEngine {
         const done: CompressedLinear[] = [];
         for (let g = 0; g < groups.length; g++) {
           if (g > 0) await host.bind(session, boundTensors(cut, weights, this.ctx.index));
-          const calibrated = await this.calibrate(b, session, weights, source, groups[g]!, method.calibration, g === 0 ? { ...options, propagate: dense } : { signal: options.signal, propagate: false });
+          const calibrated = await this.calibrate(b, session, weights, source, groups[g]!, method.calibration, g === 0 ? { ...options, propagate: dense, topic: "0" } : { signal: options.signal, propagate: false, topic: String(g) });
           if (g === 0) ({ facts, next } = calibrated);
           takeBack(weights, await host.unbind(session));
           done.push(...await this.compressLinears(groups[g]!, weights, calibrated.stats));
@@ -216,7 +239,8 @@ export class BlockEngine {
     const { plan, samples, host } = this.ctx;
     const cut = plan.blocks[b]!;
     const source = isStateSource(input) ? input : arraySource(input);
-    checkCount(cut, source, samples.length);
+    if (this.ctx.exchange) throw new GraphError(cut.label, "a profile pre-pass runs on one worker over every sample, not on a replica");
+    this.checkSource(cut, source);
     const weights = await this.readWeights(cut.weights);
     const linears = cut.weights.filter((l) => this.ctx.targets.has(l.weight));
     const session = await this.loadSession(cut, weights, this.observedFor(cut, linears, prePass).tensors);
@@ -238,11 +262,11 @@ export class BlockEngine {
    */
   private async calibrate<A extends Accumulator>(
     b: number, session: SessionHandle, weights: Map<string, WeightMatrix>, source: StateSource,
-    linears: readonly LinearInfo[], needs: CalibrationNeeds<A>, options: RunBlockOptions & { propagate: boolean },
+    linears: readonly LinearInfo[], needs: CalibrationNeeds<A>, options: RunBlockOptions & { propagate: boolean; topic?: string },
   ): Promise<{ stats: Map<string, A>; facts: PoolFacts; next: SampleState[] }> {
-    const { plan, samples, host, spec } = this.ctx;
+    const { plan, samples, host, spec, exchange } = this.ctx;
     const cut = plan.blocks[b]!;
-    const N = samples.length;
+    const { first, end } = this;
     const { onNext, signal } = options;
     // One accumulator per key (linears reading the same activation share one).
     const observed = this.observedFor(cut, linears, needs);
@@ -268,6 +292,12 @@ export class BlockEngine {
         });
       }
     };
+    // A replica keeps what each of its samples added, for the exchange.
+    const records = new Map<number, Float64Array[]>();
+    const exchangeable = exchange ? exchangeableAccumulators(cut.label, [...accs.values()].map((e) => e.acc)) : [];
+    const keep = (j: number) => {
+      if (exchange) records.set(j, exchangeable.map((a) => a.record(j)));
+    };
     const rule = needs.pool;
     const observer = rule.kind === "afterForward" ? rule.start(samples) : undefined;
     // Activations kept between the two passes of an afterForward rule, when they fit.
@@ -276,7 +306,7 @@ export class BlockEngine {
     const cached: (Record<string, WireTensor> | undefined)[] = [];
     const next: SampleState[] = [];
 
-    for (let j = 0; j < N; j++) {
+    for (let j = first; j < end; j++) {
       signal?.throwIfAborted();
       const state = await source.get(j);
       const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, state);
@@ -284,21 +314,23 @@ export class BlockEngine {
       const values = withActs ? Object.fromEntries(acts.map((a) => [a, out[a] ?? inputs[a]!])) : undefined;
       if (rule.kind === "fixed") {
         feed(j, values!, rule.pool(samples[j]!));
+        keep(j);
       } else {
         const x = plan.stateAfter[b]!.map((t) => state.get(t)!);
         const y = plan.stateAfter[b + 1]!.map((t) => out[t] ?? state.get(t)!);
         observer!.observe(j, { sample: samples[j]!, x, y, subject: sampleSubject(samples[j]!, cut) });
-        if (cacheActs) cached.push(values);
+        if (cacheActs) cached[j] = values;
       }
-      if (options.propagate) emitNext(next, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
+      if (options.propagate) emitNext(next, j, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
     }
 
     let facts = NO_POOL_FACTS;
     if (observer) {
+      if (exchange) await this.gatherObservations(b, observer, signal);
       const selection = observer.select();
       facts = selection.facts;
       // The accumulators over the chosen pools, samples in order (recomputing activations if not kept).
-      for (let j = 0; j < N; j++) {
+      for (let j = first; j < end; j++) {
         signal?.throwIfAborted();
         let values = cached[j];
         if (!values) {
@@ -308,9 +340,34 @@ export class BlockEngine {
         }
         cached[j] = undefined;
         feed(j, values, selection.pools[j]!);
+        keep(j);
       }
     }
+    if (exchange) {
+      // Every sample's record, from every replica, reduced in sample order: the one-process bits.
+      const all = await exchange.allGather(b, `stats.${options.topic ?? "0"}`, records, signal);
+      exchangeable.forEach((acc, i) => acc.reduce(all.map((r, j) => recordPart(r, i, cut.label, j))));
+    }
     return { stats, facts, next };
+  }
+
+  /** A replica's pool observer gets the other replicas' observations before it selects. */
+  private async gatherObservations(b: number, observer: PoolObserver, signal: AbortSignal | undefined): Promise<void> {
+    const cut = this.ctx.plan.blocks[b]!;
+    if (!observer.record || !observer.accept) throw new GraphError(cut.label, "the method's token-pool rule cannot be shared between replicas; run it with one replica per stage");
+    const own = new Map<number, Float64Array[]>();
+    for (let j = this.first; j < this.end; j++) own.set(j, [observer.record(j)]);
+    const all = await this.ctx.exchange!.allGather(b, "pool", own, signal);
+    all.forEach((r, j) => {
+      if (j < this.first || j >= this.end) observer.accept!(j, recordPart(r, 0, cut.label, j));
+    });
+  }
+
+  private checkSource(cut: StageCut, source: StateSource): void {
+    const first = source.first ?? 0;
+    if (source.count !== this.end - this.first || first !== this.first) {
+      throw new GraphError(cut.label, `got input states for samples ${first}..${first + source.count - 1}, expected ${this.first}..${this.end - 1}`);
+    }
   }
 
   /** Steps 4-6: every linear of the block is compressed from dense weights before any changes. */
@@ -332,12 +389,12 @@ export class BlockEngine {
   private async propagate(b: number, session: SessionHandle, weights: Map<string, WeightMatrix>, source: StateSource, { onNext, signal }: RunBlockOptions): Promise<SampleState[]> {
     const cut = this.ctx.plan.blocks[b]!;
     const next: SampleState[] = [];
-    for (let j = 0; j < this.ctx.samples.length; j++) {
+    for (let j = this.first; j < this.end; j++) {
       signal?.throwIfAborted();
       const state = await source.get(j);
       const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, state);
       const out = await this.ctx.host.run(session, inputs, cut.stateOutputs);
-      emitNext(next, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
+      emitNext(next, j, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
     }
     return next;
   }
@@ -360,7 +417,7 @@ export class BlockEngine {
     const seen = new Map<string, number>();
     for (const l of linears) seen.set(l.activation, l.inDim);
     const perToken = [...seen.values()].reduce((a, b) => a + b, 0) * 4;
-    return this.ctx.samples.reduce((a, s) => a + s.tokens, 0) * perToken;
+    return this.ctx.samples.slice(this.first, this.end).reduce((a, s) => a + s.tokens, 0) * perToken;
   }
 
   private async readWeights(linears: readonly LinearInfo[]): Promise<Map<string, WeightMatrix>> {
@@ -431,8 +488,18 @@ export class BlockEngine {
   }
 }
 
-function checkCount(cut: StageCut, source: StateSource, N: number): void {
-  if (source.count !== N) throw new GraphError(cut.label, `got input states for ${source.count} samples, expected ${N}`);
+/** The accumulators a replica exchanges, in a fixed order (the block's linears'). */
+function exchangeableAccumulators(label: string, accs: readonly Accumulator[]): ExchangeableAccumulator[] {
+  return accs.map((a) => {
+    if (!isExchangeable(a)) throw new GraphError(label, "the method's statistics cannot be reduced across replicas; run it with one replica per stage");
+    return a;
+  });
+}
+
+function recordPart(record: readonly Float64Array[] | undefined, i: number, label: string, j: number): Float64Array {
+  const part = record?.[i];
+  if (!part) throw new GraphError(label, `the exchange gave no record part ${i} for sample ${j}`);
+  return part;
 }
 
 interface CompressedLinear {
@@ -486,9 +553,9 @@ function isStateSource(input: readonly SampleState[] | StateSource): input is St
   return !Array.isArray(input);
 }
 
-function emitNext(next: SampleState[], state: SampleState, onNext: RunBlockOptions["onNext"]): void {
+function emitNext(next: SampleState[], sample: number, state: SampleState, onNext: RunBlockOptions["onNext"]): void {
   next.push(state);
-  onNext?.(next.length - 1, state);
+  onNext?.(sample, state);
 }
 
 function sampleSubject(s: CalibSample, cut: StageCut): string {

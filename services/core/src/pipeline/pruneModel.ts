@@ -7,7 +7,7 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { writeFile, rename, rm } from "node:fs/promises";
 import { loadCalibrationSet, type CalibSample } from "../calib/calibSet.js";
-import { CalibrationError } from "../errors.js";
+import { CalibrationError, InvalidArgumentError } from "../errors.js";
 import { typeName } from "../onnx/dtype.js";
 import { PrunedModelWriter } from "../onnx/modelWriter.js";
 import { checkOutputLocation, prepareOutputDir, releaseOutput, REPORT_FILE, PARTIAL_SUFFIX, type PreparedOutput } from "../onnx/outputDir.js";
@@ -20,7 +20,8 @@ import { createMethod, methodDefinition } from "../methods/index.js";
 import { planJob, planTargets, selectPrunable } from "../plan/jobPlan.js";
 import { jobProfile } from "../profiles/index.js";
 import { profileTargets } from "./profilePhase.js";
-import { BlockEngine, type SampleState } from "./blockEngine.js";
+import { arraySource, BlockEngine, type SampleState } from "./blockEngine.js";
+import { LocalExchangeHub } from "./localExchange.js";
 import { MaskPool } from "../prune/maskPool.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
 import { resolveSpec, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
@@ -38,6 +39,12 @@ export interface PruneOptions {
   warn?: (message: string) => void;
   /** bytes of accumulators one dense forward may feed (EngineContext.accumulatorBudgetBytes) */
   accumulatorBudgetBytes?: number;
+  /**
+   * Runs the blocks as this many data-parallel replicas in this process (each its own share of
+   * the samples, exchanging records in memory): the cluster's reduction, checked without a
+   * network. The output is the same bits at every count.
+   */
+  replicas?: number;
 }
 
 export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): Promise<PruneReport> {
@@ -71,18 +78,22 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     const targets = plan.phases.includes("profile")
       ? await profileTargets(new BlockEngine(context), jobProfile(spec), { sparsity: spec.sparsity, linears: selection })
       : planTargets(plan);
-    const engine = new BlockEngine({ ...context, targets });
+    const replicas = options.replicas ?? 1;
+    if (replicas > 1 && !methodDefinition(spec.method).replicable) throw new InvalidArgumentError("replicas", `method ${spec.method} cannot be split over replicas yet (its statistics are not reduced across them); use 1`);
+    const hub = replicas > 1 ? new LocalExchangeHub(samples.length, replicas) : undefined;
+    const engines = Array.from({ length: replicas }, (_, r) => new BlockEngine({ ...context, targets, ...(hub ? { exchange: hub.member(r) } : {}) }));
     emit({ type: "job_started", blocks: analysis.partition.numBlocks, samples: samples.length, method: spec.method, graphAnalysis: analysis.partition.method });
 
-    let states: SampleState[] = samples.length === 0 ? [] : await engine.initialStates();
+    let states: SampleState[][] = await Promise.all(engines.map((e) => (samples.length === 0 ? [] : e.initialStates())));
     const blocks: BlockReport[] = [];
     const layers: LayerReport[] = [];
     for (let b = 0; b < analysis.partition.numBlocks; b++) {
       emit({ type: "block_started", block: b, label: analysis.plan.blocks[b]!.label });
-      const result = await engine.runBlock(b, states);
+      const results = await Promise.all(engines.map((e, r) => e.runBlock(b, arraySource(states[r]!, e.first))));
+      const result = results[0]!;
       for (const w of result.weights) await writer.writeTensor(w.name, w.bytes);
-      engine.recycle(result.weights);
-      states = result.next;
+      engines.forEach((e, r) => e.recycle(results[r]!.weights));
+      states = results.map((r) => r.next);
       blocks.push(result.report);
       layers.push(...result.layers);
       emit({
