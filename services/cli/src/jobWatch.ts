@@ -24,7 +24,9 @@ export function jobJson(job: Job): Record<string, unknown> {
     reason: job.reason,
     blocksDone: job.blocksDone,
     blocksTotal: job.blocksTotal,
-    shards: job.shards.map((s) => ({ index: s.index, firstBlock: s.firstBlock, endBlock: s.endBlock, worker: s.worker, blocksDone: s.blocksDone, attempts: s.attempts })),
+    stages: job.stages,
+    replicas: job.replicas,
+    shards: job.shards.map((s) => ({ index: s.index, stage: s.stage, replica: s.replica, firstBlock: s.firstBlock, endBlock: s.endBlock, worker: s.worker, blocksDone: s.blocksDone, attempts: s.attempts })),
     spec: job.spec ? toJson(JobSpecSchema, job.spec) : null,
     createdUnixMs: Number(job.createdUnixMs),
     updatedUnixMs: Number(job.updatedUnixMs),
@@ -34,8 +36,10 @@ export function jobJson(job: Job): Record<string, unknown> {
 export function formatJob(job: Job): string {
   const lines = [`${job.id} ${stateName(job.state)} ${job.blocksDone}/${job.blocksTotal} blocks`];
   if (job.reason) lines.push(`  reason: ${job.reason}`);
+  if (job.stages > 0) lines.push(`  grid: ${job.stages} stage(s) x ${job.replicas} replica(s)`);
   for (const s of job.shards) {
-    lines.push(`  shard ${s.index}: blocks [${s.firstBlock}, ${s.endBlock}) on ${s.worker || "(unassigned)"}, ${s.blocksDone} done, ${s.attempts} attempt(s)`);
+    const replica = job.replicas > 1 ? `, replica ${s.replica} of stage ${s.stage}` : "";
+    lines.push(`  shard ${s.index}: blocks [${s.firstBlock}, ${s.endBlock})${replica} on ${s.worker || "(unassigned)"}, ${s.blocksDone} done, ${s.attempts} attempt(s)`);
   }
   return lines.join("\n");
 }
@@ -48,7 +52,11 @@ export function eventJson(e: JobEvent): Record<string, unknown> {
       return { type: "state_changed", ...base, state: stateName(e.event.value.state), reason: e.event.value.reason };
     case "shardAssigned": {
       const v = e.event.value;
-      return { type: "shard_assigned", ...base, shard: v.shard, firstBlock: v.firstBlock, endBlock: v.endBlock, worker: v.worker, attempt: v.attempt };
+      return { type: "shard_assigned", ...base, shard: v.shard, stage: v.stage, replica: v.replica, firstBlock: v.firstBlock, endBlock: v.endBlock, worker: v.worker, attempt: v.attempt };
+    }
+    case "gridPlanned": {
+      const v = e.event.value;
+      return { type: "grid_planned", ...base, stages: v.stages, replicas: v.replicas, samples: v.samples };
     }
     case "blockStarted": {
       const v = e.event.value;

@@ -39,8 +39,10 @@ cluster (coordinator + workers over gRPC, job state in NATS JetStream):
                 starts nats-server, N workers and the coordinator in the background; writes D/cluster.json;
                 mutual TLS + a token everywhere (CA, certificates, token in D), unless --insecure (debugging only)
   cluster down  [--dir D] [--timeout S]
-  submit        prune's job flags (not --threads/--device) [--workers K] [--keep-work] [--layout L] [--dtype D] [--wait | --watch] [CONNECTION]
+  submit        prune's job flags (not --threads/--device) [--workers K] [--replicas R] [--keep-work] [--layout L] [--dtype D] [--wait | --watch] [CONNECTION]
                 prints the job id; --wait/--watch follow it and exit 0 only if it SUCCEEDED
+                --replicas R: data-parallel replicas per stage, each calibrating a share of the samples, same bits at
+                any R (atv, wanda; default: the planner chooses, status --json shows stages and replicas)
   status        JOB [--json] [CONNECTION]
   watch         JOB [CONNECTION]      the job's events so far, then live; exits like submit --wait
   cancel        JOB [--reason R] [--json] [CONNECTION]

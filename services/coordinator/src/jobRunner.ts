@@ -29,7 +29,7 @@ import { fromBlockFinished, type BlockRecord, toPlanMessage, toPruneSpec } from 
 import type { CoordinatorMetrics } from "./coordinatorMetrics.js";
 import type { EventPort, JobStatePort } from "./ports.js";
 import { openBlockStarts } from "./openBlocks.js";
-import { planShards, type PlannedShard } from "./shardPlanner.js";
+import { planGrid, type PlannedShard } from "./shardPlanner.js";
 import { DEFAULT_STALL_TIMEOUT_S, heartbeatMs, StallWatchdog } from "./stallWatchdog.js";
 import type { WorkerClient, WorkerPool } from "./workerPool.js";
 
@@ -69,6 +69,8 @@ export class JobRunner {
   private readonly done = new Set<number>();
   private readonly abort = new AbortController();
   private shards: PlannedShard[] = [];
+  /** replicas per stage of the planned grid */
+  private replicas = 1;
   private tokensPerBlock = 0;
   private plan: JobPlanMessage | undefined;
   /** block reports as the workers stream them (a rerun shard reports its done blocks again) */
@@ -182,11 +184,21 @@ export class JobRunner {
       this.throwIfCancelled();
       const ready = await this.deps.pool.waitForReady(1, this.deps.reassignTimeoutMs ?? 60_000, this.abort.signal);
       this.throwIfCancelled();
-      this.shards = planShards(costs, ready.map((w) => ({ address: w.address, memoryBytes: Number(w.memoryBytes) })), this.spec.workers);
-      await this.deps.store.update(this.jobId, (job) => {
-        job.shards = this.shards.map((s) => create(ShardStatusSchema, { index: s.index, firstBlock: s.firstBlock, endBlock: s.endBlock, worker: s.worker }));
+      // A resumed job keeps its replicas: each replica's checkpoints hold its share of the samples.
+      const before = this.resume ? await this.deps.store.get(this.jobId) : undefined;
+      const grid = planGrid(costs, ready.map((w) => ({ address: w.address, memoryBytes: Number(w.memoryBytes) })), {
+        maxWorkers: this.spec.workers, replicas: before?.replicas || this.spec.replicas, samples: samples.length,
+        replicable: methodDefinition(resolved.method).replicable === true, sequential: resolved.propagation === "sequential", method: resolved.method,
       });
-      this.deps.log(`job ${this.jobId}: ${numBlocks} blocks in ${this.shards.length} shards`);
+      this.shards = grid.shards;
+      this.replicas = grid.replicas;
+      await this.deps.store.update(this.jobId, (job) => {
+        job.stages = grid.stages;
+        job.replicas = grid.replicas;
+        job.shards = this.shards.map((s) => create(ShardStatusSchema, { index: s.index, firstBlock: s.firstBlock, endBlock: s.endBlock, worker: s.worker, stage: s.stage, replica: s.replica }));
+      });
+      this.emit({ event: { case: "gridPlanned", value: { stages: grid.stages, replicas: grid.replicas, samples: samples.length } } });
+      this.deps.log(`job ${this.jobId}: ${numBlocks} blocks in ${grid.stages} stages x ${grid.replicas} replicas`);
       const results = await Promise.allSettled(this.shards.map((s) => this.runShard(s, workDir)));
       this.throwIfCancelled();
       const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
@@ -203,7 +215,7 @@ export class JobRunner {
       await this.finalizeOutput();
       partialOut = undefined; // the output is complete: nothing below may remove it
       const report = buildReport(resolved, pruneSpec, analysis, samples, blocks, layers, (performance.now() - started) / 1000);
-      let written: object = { ...report, jobId: this.jobId, workers: this.shards.length };
+      let written: object = { ...report, jobId: this.jobId, workers: this.shards.length, grid: { stages: this.shards.length / this.replicas, replicas: this.replicas } };
       if (folderJob) {
         await assembleFolder(folderJob, resolved.out, this.spec.out);
         await rm(resolved.out, { recursive: true, force: true });
@@ -313,11 +325,19 @@ export class JobRunner {
         const s = job.shards.find((x) => x.index === shard.index);
         if (s) { s.worker = address; s.attempts = attempt; }
       });
-      this.emit({ event: { case: "shardAssigned", value: { shard: shard.index, firstBlock: shard.firstBlock, endBlock: shard.endBlock, worker: address, attempt } } });
-      // The next shard pulls its input from this one: tell it where this shard runs now.
-      const next = this.running.get(shard.index + 1);
+      this.emit({ event: { case: "shardAssigned", value: { shard: shard.index, firstBlock: shard.firstBlock, endBlock: shard.endBlock, worker: address, attempt, stage: shard.stage, replica: shard.replica } } });
+      // The same replica of the next stage pulls its input from this one, and the other replicas
+      // of this stage exchange records with it: tell them where this shard runs now.
+      const R = this.replicas;
+      const next = this.running.get(shard.index + R);
       if (attempt > 1 && next) {
-        void this.deps.pool.client(next).updateUpstream({ jobId: this.jobId, shard: shard.index + 1, upstream: address }, { deadlineMs: 5000 }).catch(() => {});
+        void this.deps.pool.client(next).updateUpstream({ jobId: this.jobId, shard: shard.index + R, upstream: address }, { deadlineMs: 5000 }).catch(() => {});
+      }
+      for (let r = 0; attempt > 1 && r < R; r++) {
+        const peerShard = shard.stage * R + r;
+        const at = this.running.get(peerShard);
+        if (r === shard.replica || !at) continue;
+        void this.deps.pool.client(at).updatePeer({ jobId: this.jobId, shard: peerShard, replica: shard.replica, address }, { deadlineMs: 5000 }).catch(() => {});
       }
       // Set when we end the stream ourselves because the worker is gone.
       let gone: { cause: FailureCause; reason: string } | undefined;
@@ -326,8 +346,9 @@ export class JobRunner {
       try {
         const stream = this.deps.pool.client(address).runShard({
           jobId: this.jobId, plan: this.plan, shard: shard.index, firstBlock: shard.firstBlock, endBlock: shard.endBlock,
-          upstream: this.running.get(shard.index - 1) ?? (shard.index > 0 ? this.shards[shard.index - 1]!.worker : ""),
+          upstream: this.running.get(shard.index - R) ?? (shard.stage > 0 ? this.shards[shard.index - R]!.worker : ""),
           workDir, attempt, heartbeatMs: heartbeatMs(stallTimeoutMs), stallTimeoutMs,
+          stage: shard.stage, replica: shard.replica, replicas: R, peers: this.stagePeers(shard),
         });
         const onAbort = () => stream.cancel();
         this.abort.signal.addEventListener("abort", onAbort);
@@ -348,7 +369,7 @@ export class JobRunner {
           for await (const progress of stream) {
             watchdog.alive();
             if (progress.progress.case === "heartbeat") continue;
-            recorded = recorded.then(() => this.onProgress(progress, address));
+            recorded = recorded.then(() => this.onProgress(progress, address, shard.index));
             recorded.catch(() => {});
           }
         } finally {
@@ -365,7 +386,8 @@ export class JobRunner {
         lastError = gone?.reason ?? ((err as { details?: string }).details || (err as Error).message);
         const cause: FailureCause = gone?.cause ?? (code === status.UNAVAILABLE || code === status.CANCELLED ? "lost" : "crashed");
         this.emit({ event: { case: "shardFailed", value: { shard: shard.index, worker: address, attempt, cause, reason: lastError } } });
-        this.closeOpenBlocks(`shard ${shard.index} failed on ${address} (${cause})`, { address, first: shard.firstBlock, end: shard.endBlock });
+        // Only replica 0 of a stage reports its blocks.
+        if (shard.replica === 0) this.closeOpenBlocks(`shard ${shard.index} failed on ${address} (${cause})`, { address, first: shard.firstBlock, end: shard.endBlock });
         if (gone === undefined && code !== undefined && DETERMINISTIC.has(code)) throw new Error(lastError);
         this.deps.log(`job ${this.jobId}: shard ${shard.index} on ${address} failed (${cause}: ${lastError}); rerunning it`);
         this.deps.pool.markDead(address);
@@ -432,7 +454,15 @@ export class JobRunner {
     }
   }
 
-  private async onProgress(p: ShardProgress, address: string): Promise<void> {
+  /** Where each replica of `shard`'s stage runs now (index = replica). */
+  private stagePeers(shard: PlannedShard): string[] {
+    return Array.from({ length: this.replicas }, (_, r) => {
+      const i = shard.stage * this.replicas + r;
+      return this.running.get(i) ?? this.shards[i]!.worker;
+    });
+  }
+
+  private async onProgress(p: ShardProgress, address: string, shardIndex: number): Promise<void> {
     const v = p.progress;
     if (v.case === "blockStarted") {
       this.openBlocks.set(v.value.block, { label: v.value.label, worker: v.value.worker, address });
@@ -451,7 +481,7 @@ export class JobRunner {
       await this.deps.store.update(this.jobId, (job) => {
         job.blocksDone = Math.max(job.blocksDone, doneCount);
         job.updatedUnixMs = BigInt(Date.now());
-        const s = job.shards.find((x) => b >= x.firstBlock && b < x.endBlock);
+        const s = job.shards.find((x) => x.index === shardIndex);
         if (s) { s.blocksDone += 1; s.worker = address; }
       });
       this.emit({ event: { case: "blockFinished", value: v.value } });

@@ -25,6 +25,64 @@ export interface PlannedShard {
   /** exclusive */
   endBlock: number;
   worker: string;
+  /** its stage (contiguous blocks) and its replica of that stage (a share of the samples) */
+  stage: number;
+  replica: number;
+}
+
+/** A grid of stages x replicas; shard index = stage * replicas + replica. */
+export interface PlannedGrid {
+  stages: number;
+  replicas: number;
+  shards: PlannedShard[];
+}
+
+export interface GridRequest {
+  /** at most this many workers (0 or absent: every eligible one) */
+  maxWorkers?: number;
+  /** replicas per stage; 0 or absent: the planner chooses */
+  replicas?: number;
+  /** calibration samples (a replica needs at least one) */
+  samples: number;
+  /** whether the method's calibration can be split over replicas (MethodDefinition.replicable) */
+  replicable: boolean;
+  /** sequential propagation waits for each block's masks, so stages cannot overlap: replicas pay */
+  sequential: boolean;
+  /** names the method in the error when replicas are asked of one that cannot have them */
+  method: string;
+}
+
+/**
+ * The stages x replicas grid over the eligible workers. Replicas split the calibration samples
+ * of every block, so R replicas run a block about R times faster whatever the propagation, while
+ * stages only overlap when propagation is dense; a worker streams one block at a time, so memory
+ * never asks for more stages than the blocks' need allows. Chosen by default: with sequential
+ * propagation and a method that can be split, one stage of as many replicas as there are workers
+ * (and samples); otherwise one replica per stage, a stage per worker.
+ */
+export function planGrid(blocks: readonly BlockCost[], workers: readonly WorkerCapacity[], r: GridRequest): PlannedGrid {
+  const requested = r.replicas ?? 0;
+  if (requested > 1 && !r.replicable) {
+    throw new InvalidArgumentError("replicas", `method ${r.method} cannot be split over replicas yet (its statistics are not reduced across them); use 1`);
+  }
+  if (requested > 1 && requested > r.samples) {
+    throw new InvalidArgumentError("replicas", `${requested} replicas for ${r.samples} calibration samples: every replica needs at least one sample`);
+  }
+  const eligible = eligibleWorkers(blocks, workers);
+  const w = Math.max(1, Math.min(eligible.length, r.maxWorkers && r.maxWorkers > 0 ? r.maxWorkers : Infinity));
+  const replicas = requested > 0 ? requested : r.replicable && r.sequential && r.samples > 1 ? Math.max(1, Math.min(w, r.samples)) : 1;
+  if (replicas === 1) {
+    const shards = planShards(blocks, workers, r.maxWorkers);
+    return { stages: shards.length, replicas: 1, shards };
+  }
+  // Replicas first: S stages of R replicas on S * R workers; with fewer workers than R a worker runs more than one.
+  const stages = Math.max(1, Math.min(blocks.length, Math.floor(w / replicas)));
+  const bounds = balancedPartition(stageCosts(blocks), stages);
+  const shards = bounds.flatMap(([firstBlock, endBlock], stage) => Array.from({ length: replicas }, (_, replica) => {
+    const index = stage * replicas + replica;
+    return { index, firstBlock, endBlock, worker: eligible[index % w]!.address, stage, replica };
+  }));
+  return { stages, replicas, shards };
 }
 
 /**
@@ -36,18 +94,28 @@ export function blockMemoryNeed(blockBytes: number, workingBytes = 0): number {
 }
 
 export function planShards(blocks: readonly BlockCost[], workers: readonly WorkerCapacity[], maxShards?: number): PlannedShard[] {
+  const eligible = eligibleWorkers(blocks, workers);
+  const k = Math.max(1, Math.min(eligible.length, blocks.length, maxShards && maxShards > 0 ? maxShards : Infinity));
+  const bounds = balancedPartition(stageCosts(blocks), k);
+  return bounds.map(([firstBlock, endBlock], index) => ({ index, firstBlock, endBlock, worker: eligible[index]!.address, stage: index, replica: 0 }));
+}
+
+/** The workers whose memory holds the largest block's need (the blocks stream one at a time). */
+function eligibleWorkers(blocks: readonly BlockCost[], workers: readonly WorkerCapacity[]): WorkerCapacity[] {
   if (blocks.length === 0) throw new InvalidArgumentError("model", "has no blocks to shard");
   const need = Math.max(...blocks.map((b) => blockMemoryNeed(b.bytes, b.workingBytes)));
   const eligible = workers.filter((w) => w.memoryBytes >= need);
   if (eligible.length === 0) {
     throw new InvalidArgumentError("workers", `no ready worker has the ${need} bytes of memory one block needs (workers: ${workers.map((w) => `${w.address}=${w.memoryBytes}`).join(", ") || "none"})`);
   }
-  const k = Math.max(1, Math.min(eligible.length, blocks.length, maxShards && maxShards > 0 ? maxShards : Infinity));
+  return eligible;
+}
+
+/** Each block's share of the bytes plus its share of the FLOPs: what a stage balances. */
+function stageCosts(blocks: readonly BlockCost[]): number[] {
   const totalBytes = blocks.reduce((a, b) => a + b.bytes, 0) || 1;
   const totalFlops = blocks.reduce((a, b) => a + b.flops, 0) || 1;
-  const cost = blocks.map((b) => b.bytes / totalBytes + b.flops / totalFlops);
-  const bounds = balancedPartition(cost, k);
-  return bounds.map(([firstBlock, endBlock], index) => ({ index, firstBlock, endBlock, worker: eligible[index]!.address }));
+  return blocks.map((b) => b.bytes / totalBytes + b.flops / totalFlops);
 }
 
 /** Contiguous partition of `cost` into k non-empty parts minimizing the largest part (exact DP). */

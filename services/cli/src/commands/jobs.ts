@@ -10,6 +10,7 @@ const SUBMIT_OPTIONS: Options = {
   ...JOB_OPTIONS,
   ...CONNECTION_OPTIONS,
   workers: { type: "string" },
+  replicas: { type: "string" },
   wait: { type: "boolean", default: false },
   watch: { type: "boolean", default: false },
   "keep-work": { type: "boolean", default: false },
@@ -47,9 +48,12 @@ export async function submitCommand(argv: string[]): Promise<number> {
   resolveSpec(spec, 1);
   const workers = int(values, "workers") ?? 0;
   if (workers < 0) throw new InvalidArgumentError("--workers", `must be >= 0 (0 = every ready worker), got ${workers}`);
+  const replicas = int(values, "replicas") ?? 0;
+  if (replicas < 0) throw new InvalidArgumentError("--replicas", `must be >= 0 (0 = the coordinator's planner chooses), got ${replicas}`);
   const target = resolveTarget(values);
   const message = toJobSpecMessage(spec, workers, target.local);
   message.keepWork = values["keep-work"] === true;
+  message.replicas = replicas;
   // A model folder's layout and decoder dtype: the coordinator finds the decoder (the folder may
   // be on the cluster's volume, not on this machine).
   message.modelLayout = str(values, "layout") ?? "";

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file atvprune/v1/job.proto.
  */
 export const file_atvprune_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChVhdHZwcnVuZS92MS9qb2IucHJvdG8SC2F0dnBydW5lLnYxIscECgdKb2JTcGVjEg0KBW1vZGVsGAEgASgJEg0KBWNhbGliGAIgASgJEgsKA291dBgDIAEoCRIOCgZtZXRob2QYBCABKAkSFQoIc3BhcnNpdHkYBSABKAFIAIgBARIPCgdwYXR0ZXJuGAYgASgJEhIKBWFscGhhGAcgASgBSAGIAQESEwoLcHJvcGFnYXRpb24YCCABKAkSFQoIbnNhbXBsZXMYCSABKA1IAogBARIRCgRzZWVkGAogASgDSAOIAQESDwoHaW5jbHVkZRgLIAMoCRIPCgdleGNsdWRlGAwgAygJEhcKD21hZ25pdHVkZV9zY29wZRgNIAEoCRINCgVmb3JjZRgOIAEoCBIPCgd3b3JrZXJzGA8gASgNEhgKEHNwYXJzaXR5X3Byb2ZpbGUYECABKAkSFwoKb3dsX2xhbWJkYRgRIAEoAUgEiAEBEhIKBW93bF9tGBIgASgBSAWIAQESEQoJa2VlcF93b3JrGBQgASgIEhkKDG1hc2tfdGhyZWFkcxgVIAEoDUgGiAEBEhQKDG1vZGVsX2xheW91dBgWIAEoCRITCgttb2RlbF9kdHlwZRgXIAEoCRIeChF0YW1wX21heF9zcGFyc2l0eRgYIAEoAUgHiAEBQgsKCV9zcGFyc2l0eUIICgZfYWxwaGFCCwoJX25zYW1wbGVzQgcKBV9zZWVkQg0KC19vd2xfbGFtYmRhQggKBl9vd2xfbUIPCg1fbWFza190aHJlYWRzQhQKEl90YW1wX21heF9zcGFyc2l0eSJ7CgtTaGFyZFN0YXR1cxINCgVpbmRleBgBIAEoDRITCgtmaXJzdF9ibG9jaxgCIAEoDRIRCgllbmRfYmxvY2sYAyABKA0SDgoGd29ya2VyGAQgASgJEhMKC2Jsb2Nrc19kb25lGAUgASgNEhAKCGF0dGVtcHRzGAYgASgNIvIBCgNKb2ISCgoCaWQYASABKAkSIgoEc3BlYxgCIAEoCzIULmF0dnBydW5lLnYxLkpvYlNwZWMSJAoFc3RhdGUYAyABKA4yFS5hdHZwcnVuZS52MS5Kb2JTdGF0ZRIOCgZyZWFzb24YBCABKAkSFAoMYmxvY2tzX3RvdGFsGAUgASgNEhMKC2Jsb2Nrc19kb25lGAYgASgNEigKBnNoYXJkcxgHIAMoCzIYLmF0dnBydW5lLnYxLlNoYXJkU3RhdHVzEhcKD2NyZWF0ZWRfdW5peF9tcxgIIAEoAxIXCg91cGRhdGVkX3VuaXhfbXMYCSABKAMiRwoPSm9iU3RhdGVDaGFuZ2VkEiQKBXN0YXRlGAEgASgOMhUuYXR2cHJ1bmUudjEuSm9iU3RhdGUSDgoGcmVhc29uGAIgASgJIjwKDEJsb2NrU3RhcnRlZBINCgVibG9jaxgBIAEoDRINCgVsYWJlbBgCIAEoCRIOCgZ3b3JrZXIYAyABKAkijAIKDUJsb2NrRmluaXNoZWQSDQoFYmxvY2sYASABKA0SDQoFbGFiZWwYAiABKAkSDgoGd29ya2VyGAMgASgJEg8KB3NlY29uZHMYBCABKAESGQoRdG9rZW5zX3Blcl9zZWNvbmQYBSABKAESGQoMY29zX2Rpc3RfYXZnGAYgASgBSACIAQESCQoBaxgHIAMoDRIOCgZwcnVuZWQYCCABKAQSDgoGcGFyYW1zGAkgASgEEg4KBm5fdGV4dBgKIAMoDRIQCghuX3Zpc3VhbBgLIAMoDRIoCgZsYXllcnMYDCADKAsyGC5hdHZwcnVuZS52MS5MYXllclJlc3VsdEIPCg1fY29zX2Rpc3RfYXZnIokCCgtMYXllclJlc3VsdBIOCgZ3ZWlnaHQYASABKAkSDAoEbm9kZRgCIAEoCRINCgVibG9jaxgDIAEoDRIOCgZpbl9kaW0YBCABKA0SDwoHb3V0X2RpbRgFIAEoDRIRCglkYXRhX3R5cGUYBiABKAkSFwoPdGFyZ2V0X3NwYXJzaXR5GAcgASgBEg4KBnBydW5lZBgIIAEoBBIOCgZwYXJhbXMYCSABKAQSMgoFZmFjdHMYCiADKAsyIy5hdHZwcnVuZS52MS5MYXllclJlc3VsdC5GYWN0c0VudHJ5GiwKCkZhY3RzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ASJnCg1TaGFyZEFzc2lnbmVkEg0KBXNoYXJkGAEgASgNEhMKC2ZpcnN0X2Jsb2NrGAIgASgNEhEKCWVuZF9ibG9jaxgDIAEoDRIOCgZ3b3JrZXIYBCABKAkSDwoHYXR0ZW1wdBgFIAEoDSJcCgtTaGFyZEZhaWxlZBINCgVzaGFyZBgBIAEoDRIOCgZ3b3JrZXIYAiABKAkSDwoHYXR0ZW1wdBgDIAEoDRINCgVjYXVzZRgEIAEoCRIOCgZyZWFzb24YBSABKAkiaAoPU2hhcmRSZWFzc2lnbmVkEg0KBXNoYXJkGAEgASgNEhMKC2Zyb21fd29ya2VyGAIgASgJEhEKCXRvX3dvcmtlchgDIAEoCRIPCgdhdHRlbXB0GAQgASgNEg0KBWNhdXNlGAUgASgJIkwKDEJsb2NrQWJvcnRlZBINCgVibG9jaxgBIAEoDRINCgVsYWJlbBgCIAEoCRIOCgZ3b3JrZXIYAyABKAkSDgoGcmVhc29uGAQgASgJIrADCghKb2JFdmVudBIOCgZqb2JfaWQYASABKAkSFAoMdGltZV91bml4X21zGAIgASgDEjUKDXN0YXRlX2NoYW5nZWQYCiABKAsyHC5hdHZwcnVuZS52MS5Kb2JTdGF0ZUNoYW5nZWRIABIyCg1ibG9ja19zdGFydGVkGAsgASgLMhkuYXR2cHJ1bmUudjEuQmxvY2tTdGFydGVkSAASNAoOYmxvY2tfZmluaXNoZWQYDCABKAsyGi5hdHZwcnVuZS52MS5CbG9ja0ZpbmlzaGVkSAASNAoOc2hhcmRfYXNzaWduZWQYDSABKAsyGi5hdHZwcnVuZS52MS5TaGFyZEFzc2lnbmVkSAASMAoMc2hhcmRfZmFpbGVkGBQgASgLMhguYXR2cHJ1bmUudjEuU2hhcmRGYWlsZWRIABI4ChBzaGFyZF9yZWFzc2lnbmVkGBUgASgLMhwuYXR2cHJ1bmUudjEuU2hhcmRSZWFzc2lnbmVkSAASMgoNYmxvY2tfYWJvcnRlZBgWIAEoCzIZLmF0dnBydW5lLnYxLkJsb2NrQWJvcnRlZEgAQgcKBWV2ZW50IjYKEFN1Ym1pdEpvYlJlcXVlc3QSIgoEc3BlYxgBIAEoCzIULmF0dnBydW5lLnYxLkpvYlNwZWMiMgoRU3VibWl0Sm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuYXR2cHJ1bmUudjEuSm9iIhsKDUdldEpvYlJlcXVlc3QSCgoCaWQYASABKAkiEQoPTGlzdEpvYnNSZXF1ZXN0IjIKEExpc3RKb2JzUmVzcG9uc2USHgoEam9icxgBIAMoCzIQLmF0dnBydW5lLnYxLkpvYiIuChBDYW5jZWxKb2JSZXF1ZXN0EgoKAmlkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIdCg9XYXRjaEpvYlJlcXVlc3QSCgoCaWQYASABKAkqmwEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9QRU5ESU5HEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBTLaAgoKSm9iU2VydmljZRJKCglTdWJtaXRKb2ISHS5hdHZwcnVuZS52MS5TdWJtaXRKb2JSZXF1ZXN0Gh4uYXR2cHJ1bmUudjEuU3VibWl0Sm9iUmVzcG9uc2USNgoGR2V0Sm9iEhouYXR2cHJ1bmUudjEuR2V0Sm9iUmVxdWVzdBoQLmF0dnBydW5lLnYxLkpvYhJHCghMaXN0Sm9icxIcLmF0dnBydW5lLnYxLkxpc3RKb2JzUmVxdWVzdBodLmF0dnBydW5lLnYxLkxpc3RKb2JzUmVzcG9uc2USPAoJQ2FuY2VsSm9iEh0uYXR2cHJ1bmUudjEuQ2FuY2VsSm9iUmVxdWVzdBoQLmF0dnBydW5lLnYxLkpvYhJBCghXYXRjaEpvYhIcLmF0dnBydW5lLnYxLldhdGNoSm9iUmVxdWVzdBoVLmF0dnBydW5lLnYxLkpvYkV2ZW50MAFiBnByb3RvMw");
+  fileDesc("ChVhdHZwcnVuZS92MS9qb2IucHJvdG8SC2F0dnBydW5lLnYxItkECgdKb2JTcGVjEg0KBW1vZGVsGAEgASgJEg0KBWNhbGliGAIgASgJEgsKA291dBgDIAEoCRIOCgZtZXRob2QYBCABKAkSFQoIc3BhcnNpdHkYBSABKAFIAIgBARIPCgdwYXR0ZXJuGAYgASgJEhIKBWFscGhhGAcgASgBSAGIAQESEwoLcHJvcGFnYXRpb24YCCABKAkSFQoIbnNhbXBsZXMYCSABKA1IAogBARIRCgRzZWVkGAogASgDSAOIAQESDwoHaW5jbHVkZRgLIAMoCRIPCgdleGNsdWRlGAwgAygJEhcKD21hZ25pdHVkZV9zY29wZRgNIAEoCRINCgVmb3JjZRgOIAEoCBIPCgd3b3JrZXJzGA8gASgNEhgKEHNwYXJzaXR5X3Byb2ZpbGUYECABKAkSFwoKb3dsX2xhbWJkYRgRIAEoAUgEiAEBEhIKBW93bF9tGBIgASgBSAWIAQESEQoJa2VlcF93b3JrGBQgASgIEhkKDG1hc2tfdGhyZWFkcxgVIAEoDUgGiAEBEhQKDG1vZGVsX2xheW91dBgWIAEoCRITCgttb2RlbF9kdHlwZRgXIAEoCRIeChF0YW1wX21heF9zcGFyc2l0eRgYIAEoAUgHiAEBEhAKCHJlcGxpY2FzGB4gASgNQgsKCV9zcGFyc2l0eUIICgZfYWxwaGFCCwoJX25zYW1wbGVzQgcKBV9zZWVkQg0KC19vd2xfbGFtYmRhQggKBl9vd2xfbUIPCg1fbWFza190aHJlYWRzQhQKEl90YW1wX21heF9zcGFyc2l0eSKbAQoLU2hhcmRTdGF0dXMSDQoFaW5kZXgYASABKA0SEwoLZmlyc3RfYmxvY2sYAiABKA0SEQoJZW5kX2Jsb2NrGAMgASgNEg4KBndvcmtlchgEIAEoCRITCgtibG9ja3NfZG9uZRgFIAEoDRIQCghhdHRlbXB0cxgGIAEoDRINCgVzdGFnZRgHIAEoDRIPCgdyZXBsaWNhGAggASgNIpQCCgNKb2ISCgoCaWQYASABKAkSIgoEc3BlYxgCIAEoCzIULmF0dnBydW5lLnYxLkpvYlNwZWMSJAoFc3RhdGUYAyABKA4yFS5hdHZwcnVuZS52MS5Kb2JTdGF0ZRIOCgZyZWFzb24YBCABKAkSFAoMYmxvY2tzX3RvdGFsGAUgASgNEhMKC2Jsb2Nrc19kb25lGAYgASgNEigKBnNoYXJkcxgHIAMoCzIYLmF0dnBydW5lLnYxLlNoYXJkU3RhdHVzEhcKD2NyZWF0ZWRfdW5peF9tcxgIIAEoAxIXCg91cGRhdGVkX3VuaXhfbXMYCSABKAMSDgoGc3RhZ2VzGAogASgNEhAKCHJlcGxpY2FzGAsgASgNIkcKD0pvYlN0YXRlQ2hhbmdlZBIkCgVzdGF0ZRgBIAEoDjIVLmF0dnBydW5lLnYxLkpvYlN0YXRlEg4KBnJlYXNvbhgCIAEoCSI8CgxCbG9ja1N0YXJ0ZWQSDQoFYmxvY2sYASABKA0SDQoFbGFiZWwYAiABKAkSDgoGd29ya2VyGAMgASgJIowCCg1CbG9ja0ZpbmlzaGVkEg0KBWJsb2NrGAEgASgNEg0KBWxhYmVsGAIgASgJEg4KBndvcmtlchgDIAEoCRIPCgdzZWNvbmRzGAQgASgBEhkKEXRva2Vuc19wZXJfc2Vjb25kGAUgASgBEhkKDGNvc19kaXN0X2F2ZxgGIAEoAUgAiAEBEgkKAWsYByADKA0SDgoGcHJ1bmVkGAggASgEEg4KBnBhcmFtcxgJIAEoBBIOCgZuX3RleHQYCiADKA0SEAoIbl92aXN1YWwYCyADKA0SKAoGbGF5ZXJzGAwgAygLMhguYXR2cHJ1bmUudjEuTGF5ZXJSZXN1bHRCDwoNX2Nvc19kaXN0X2F2ZyKJAgoLTGF5ZXJSZXN1bHQSDgoGd2VpZ2h0GAEgASgJEgwKBG5vZGUYAiABKAkSDQoFYmxvY2sYAyABKA0SDgoGaW5fZGltGAQgASgNEg8KB291dF9kaW0YBSABKA0SEQoJZGF0YV90eXBlGAYgASgJEhcKD3RhcmdldF9zcGFyc2l0eRgHIAEoARIOCgZwcnVuZWQYCCABKAQSDgoGcGFyYW1zGAkgASgEEjIKBWZhY3RzGAogAygLMiMuYXR2cHJ1bmUudjEuTGF5ZXJSZXN1bHQuRmFjdHNFbnRyeRosCgpGYWN0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEihwEKDVNoYXJkQXNzaWduZWQSDQoFc2hhcmQYASABKA0SEwoLZmlyc3RfYmxvY2sYAiABKA0SEQoJZW5kX2Jsb2NrGAMgASgNEg4KBndvcmtlchgEIAEoCRIPCgdhdHRlbXB0GAUgASgNEg0KBXN0YWdlGAYgASgNEg8KB3JlcGxpY2EYByABKA0iQAoLR3JpZFBsYW5uZWQSDgoGc3RhZ2VzGAEgASgNEhAKCHJlcGxpY2FzGAIgASgNEg8KB3NhbXBsZXMYAyABKA0iXAoLU2hhcmRGYWlsZWQSDQoFc2hhcmQYASABKA0SDgoGd29ya2VyGAIgASgJEg8KB2F0dGVtcHQYAyABKA0SDQoFY2F1c2UYBCABKAkSDgoGcmVhc29uGAUgASgJImgKD1NoYXJkUmVhc3NpZ25lZBINCgVzaGFyZBgBIAEoDRITCgtmcm9tX3dvcmtlchgCIAEoCRIRCgl0b193b3JrZXIYAyABKAkSDwoHYXR0ZW1wdBgEIAEoDRINCgVjYXVzZRgFIAEoCSJMCgxCbG9ja0Fib3J0ZWQSDQoFYmxvY2sYASABKA0SDQoFbGFiZWwYAiABKAkSDgoGd29ya2VyGAMgASgJEg4KBnJlYXNvbhgEIAEoCSLiAwoISm9iRXZlbnQSDgoGam9iX2lkGAEgASgJEhQKDHRpbWVfdW5peF9tcxgCIAEoAxI1Cg1zdGF0ZV9jaGFuZ2VkGAogASgLMhwuYXR2cHJ1bmUudjEuSm9iU3RhdGVDaGFuZ2VkSAASMgoNYmxvY2tfc3RhcnRlZBgLIAEoCzIZLmF0dnBydW5lLnYxLkJsb2NrU3RhcnRlZEgAEjQKDmJsb2NrX2ZpbmlzaGVkGAwgASgLMhouYXR2cHJ1bmUudjEuQmxvY2tGaW5pc2hlZEgAEjQKDnNoYXJkX2Fzc2lnbmVkGA0gASgLMhouYXR2cHJ1bmUudjEuU2hhcmRBc3NpZ25lZEgAEjAKDHNoYXJkX2ZhaWxlZBgUIAEoCzIYLmF0dnBydW5lLnYxLlNoYXJkRmFpbGVkSAASOAoQc2hhcmRfcmVhc3NpZ25lZBgVIAEoCzIcLmF0dnBydW5lLnYxLlNoYXJkUmVhc3NpZ25lZEgAEjIKDWJsb2NrX2Fib3J0ZWQYFiABKAsyGS5hdHZwcnVuZS52MS5CbG9ja0Fib3J0ZWRIABIwCgxncmlkX3BsYW5uZWQYFyABKAsyGC5hdHZwcnVuZS52MS5HcmlkUGxhbm5lZEgAQgcKBWV2ZW50IjYKEFN1Ym1pdEpvYlJlcXVlc3QSIgoEc3BlYxgBIAEoCzIULmF0dnBydW5lLnYxLkpvYlNwZWMiMgoRU3VibWl0Sm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuYXR2cHJ1bmUudjEuSm9iIhsKDUdldEpvYlJlcXVlc3QSCgoCaWQYASABKAkiEQoPTGlzdEpvYnNSZXF1ZXN0IjIKEExpc3RKb2JzUmVzcG9uc2USHgoEam9icxgBIAMoCzIQLmF0dnBydW5lLnYxLkpvYiIuChBDYW5jZWxKb2JSZXF1ZXN0EgoKAmlkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIdCg9XYXRjaEpvYlJlcXVlc3QSCgoCaWQYASABKAkqmwEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9QRU5ESU5HEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBTLaAgoKSm9iU2VydmljZRJKCglTdWJtaXRKb2ISHS5hdHZwcnVuZS52MS5TdWJtaXRKb2JSZXF1ZXN0Gh4uYXR2cHJ1bmUudjEuU3VibWl0Sm9iUmVzcG9uc2USNgoGR2V0Sm9iEhouYXR2cHJ1bmUudjEuR2V0Sm9iUmVxdWVzdBoQLmF0dnBydW5lLnYxLkpvYhJHCghMaXN0Sm9icxIcLmF0dnBydW5lLnYxLkxpc3RKb2JzUmVxdWVzdBodLmF0dnBydW5lLnYxLkxpc3RKb2JzUmVzcG9uc2USPAoJQ2FuY2VsSm9iEh0uYXR2cHJ1bmUudjEuQ2FuY2VsSm9iUmVxdWVzdBoQLmF0dnBydW5lLnYxLkpvYhJBCghXYXRjaEpvYhIcLmF0dnBydW5lLnYxLldhdGNoSm9iUmVxdWVzdBoVLmF0dnBydW5lLnYxLkpvYkV2ZW50MAFiBnByb3RvMw");
 
 /**
  * The same fields as `atvp prune` takes. Paths must resolve inside the coordinator's allowed roots.
@@ -159,6 +159,14 @@ export type JobSpec = Message<"atvprune.v1.JobSpec"> & {
    * @generated from field: optional double tamp_max_sparsity = 24;
    */
   tampMaxSparsity?: number | undefined;
+
+  /**
+   * data-parallel replicas per stage: each calibrates a share of the samples, and the per-sample
+   * statistics are reduced so the bits never depend on it (atv, wanda); 0 = the planner chooses
+   *
+   * @generated from field: uint32 replicas = 30;
+   */
+  replicas: number;
 };
 
 /**
@@ -203,6 +211,18 @@ export type ShardStatus = Message<"atvprune.v1.ShardStatus"> & {
    * @generated from field: uint32 attempts = 6;
    */
   attempts: number;
+
+  /**
+   * the stage (contiguous blocks) and the replica of it (its share of the samples) this shard runs
+   *
+   * @generated from field: uint32 stage = 7;
+   */
+  stage: number;
+
+  /**
+   * @generated from field: uint32 replica = 8;
+   */
+  replica: number;
 };
 
 /**
@@ -262,6 +282,18 @@ export type Job = Message<"atvprune.v1.Job"> & {
    * @generated from field: int64 updated_unix_ms = 9;
    */
   updatedUnixMs: bigint;
+
+  /**
+   * the grid the coordinator planned: stages x replicas (0 until planned)
+   *
+   * @generated from field: uint32 stages = 10;
+   */
+  stages: number;
+
+  /**
+   * @generated from field: uint32 replicas = 11;
+   */
+  replicas: number;
 };
 
 /**
@@ -487,6 +519,16 @@ export type ShardAssigned = Message<"atvprune.v1.ShardAssigned"> & {
    * @generated from field: uint32 attempt = 5;
    */
   attempt: number;
+
+  /**
+   * @generated from field: uint32 stage = 6;
+   */
+  stage: number;
+
+  /**
+   * @generated from field: uint32 replica = 7;
+   */
+  replica: number;
 };
 
 /**
@@ -495,6 +537,36 @@ export type ShardAssigned = Message<"atvprune.v1.ShardAssigned"> & {
  */
 export const ShardAssignedSchema: GenMessage<ShardAssigned> = /*@__PURE__*/
   messageDesc(file_atvprune_v1_job, 7);
+
+/**
+ * The grid a job runs on: its blocks in `stages` contiguous stages, each run by `replicas`
+ * replicas that share the calibration samples.
+ *
+ * @generated from message atvprune.v1.GridPlanned
+ */
+export type GridPlanned = Message<"atvprune.v1.GridPlanned"> & {
+  /**
+   * @generated from field: uint32 stages = 1;
+   */
+  stages: number;
+
+  /**
+   * @generated from field: uint32 replicas = 2;
+   */
+  replicas: number;
+
+  /**
+   * @generated from field: uint32 samples = 3;
+   */
+  samples: number;
+};
+
+/**
+ * Describes the message atvprune.v1.GridPlanned.
+ * Use `create(GridPlannedSchema)` to create a new message.
+ */
+export const GridPlannedSchema: GenMessage<GridPlanned> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_job, 8);
 
 /**
  * A shard attempt ended without finishing its blocks; the shard is rerun (shard_reassigned) or the job fails.
@@ -536,7 +608,7 @@ export type ShardFailed = Message<"atvprune.v1.ShardFailed"> & {
  * Use `create(ShardFailedSchema)` to create a new message.
  */
 export const ShardFailedSchema: GenMessage<ShardFailed> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 8);
+  messageDesc(file_atvprune_v1_job, 9);
 
 /**
  * A failed shard moves to another worker (or the same one, when no other is ready).
@@ -577,7 +649,7 @@ export type ShardReassigned = Message<"atvprune.v1.ShardReassigned"> & {
  * Use `create(ShardReassignedSchema)` to create a new message.
  */
 export const ShardReassignedSchema: GenMessage<ShardReassigned> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 9);
+  messageDesc(file_atvprune_v1_job, 10);
 
 /**
  * Closes a block_started whose block will not finish on that worker (its shard failed, or the job ended).
@@ -611,7 +683,7 @@ export type BlockAborted = Message<"atvprune.v1.BlockAborted"> & {
  * Use `create(BlockAbortedSchema)` to create a new message.
  */
 export const BlockAbortedSchema: GenMessage<BlockAborted> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 10);
+  messageDesc(file_atvprune_v1_job, 11);
 
 /**
  * @generated from message atvprune.v1.JobEvent
@@ -672,6 +744,12 @@ export type JobEvent = Message<"atvprune.v1.JobEvent"> & {
      */
     value: BlockAborted;
     case: "blockAborted";
+  } | {
+    /**
+     * @generated from field: atvprune.v1.GridPlanned grid_planned = 23;
+     */
+    value: GridPlanned;
+    case: "gridPlanned";
   } | { case: undefined; value?: undefined };
 };
 
@@ -680,7 +758,7 @@ export type JobEvent = Message<"atvprune.v1.JobEvent"> & {
  * Use `create(JobEventSchema)` to create a new message.
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 11);
+  messageDesc(file_atvprune_v1_job, 12);
 
 /**
  * @generated from message atvprune.v1.SubmitJobRequest
@@ -697,7 +775,7 @@ export type SubmitJobRequest = Message<"atvprune.v1.SubmitJobRequest"> & {
  * Use `create(SubmitJobRequestSchema)` to create a new message.
  */
 export const SubmitJobRequestSchema: GenMessage<SubmitJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 12);
+  messageDesc(file_atvprune_v1_job, 13);
 
 /**
  * @generated from message atvprune.v1.SubmitJobResponse
@@ -714,7 +792,7 @@ export type SubmitJobResponse = Message<"atvprune.v1.SubmitJobResponse"> & {
  * Use `create(SubmitJobResponseSchema)` to create a new message.
  */
 export const SubmitJobResponseSchema: GenMessage<SubmitJobResponse> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 13);
+  messageDesc(file_atvprune_v1_job, 14);
 
 /**
  * @generated from message atvprune.v1.GetJobRequest
@@ -731,7 +809,7 @@ export type GetJobRequest = Message<"atvprune.v1.GetJobRequest"> & {
  * Use `create(GetJobRequestSchema)` to create a new message.
  */
 export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 14);
+  messageDesc(file_atvprune_v1_job, 15);
 
 /**
  * @generated from message atvprune.v1.ListJobsRequest
@@ -744,7 +822,7 @@ export type ListJobsRequest = Message<"atvprune.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 15);
+  messageDesc(file_atvprune_v1_job, 16);
 
 /**
  * @generated from message atvprune.v1.ListJobsResponse
@@ -761,7 +839,7 @@ export type ListJobsResponse = Message<"atvprune.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 16);
+  messageDesc(file_atvprune_v1_job, 17);
 
 /**
  * @generated from message atvprune.v1.CancelJobRequest
@@ -783,7 +861,7 @@ export type CancelJobRequest = Message<"atvprune.v1.CancelJobRequest"> & {
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 17);
+  messageDesc(file_atvprune_v1_job, 18);
 
 /**
  * @generated from message atvprune.v1.WatchJobRequest
@@ -800,7 +878,7 @@ export type WatchJobRequest = Message<"atvprune.v1.WatchJobRequest"> & {
  * Use `create(WatchJobRequestSchema)` to create a new message.
  */
 export const WatchJobRequestSchema: GenMessage<WatchJobRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_job, 18);
+  messageDesc(file_atvprune_v1_job, 19);
 
 /**
  * @generated from enum atvprune.v1.JobState

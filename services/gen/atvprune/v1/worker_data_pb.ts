@@ -15,10 +15,12 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file atvprune/v1/worker_data.proto.
  */
 export const file_atvprune_v1_worker_data: GenFile = /*@__PURE__*/
-  fileDesc("Ch1hdHZwcnVuZS92MS93b3JrZXJfZGF0YS5wcm90bxILYXR2cHJ1bmUudjEiRwoRUHVsbFN0YXRlc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBWJsb2NrGAIgASgNEhMKC2Zyb21fc2FtcGxlGAMgASgNIpYBCgpTdGF0ZUNodW5rEg4KBnNhbXBsZRgBIAEoDRIOCgZ0ZW5zb3IYAiABKAkSDAoEdHlwZRgDIAEoCRIMCgRkaW1zGAQgAygNEhMKC3RvdGFsX2J5dGVzGAUgASgEEg4KBm9mZnNldBgGIAEoBBIMCgRkYXRhGAcgASgMEhkKEXRlbnNvcnNfaW5fc2FtcGxlGAggASgNMlwKEVdvcmtlckRhdGFTZXJ2aWNlEkcKClB1bGxTdGF0ZXMSHi5hdHZwcnVuZS52MS5QdWxsU3RhdGVzUmVxdWVzdBoXLmF0dnBydW5lLnYxLlN0YXRlQ2h1bmswAWIGcHJvdG8z");
+  fileDesc("Ch1hdHZwcnVuZS92MS93b3JrZXJfZGF0YS5wcm90bxILYXR2cHJ1bmUudjEiagoRUHVsbFN0YXRlc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBWJsb2NrGAIgASgNEhMKC2Zyb21fc2FtcGxlGAMgASgNEg8KB3JlcGxpY2EYBCABKA0SEAoIcmVwbGljYXMYBSABKA0ilgEKClN0YXRlQ2h1bmsSDgoGc2FtcGxlGAEgASgNEg4KBnRlbnNvchgCIAEoCRIMCgR0eXBlGAMgASgJEgwKBGRpbXMYBCADKA0SEwoLdG90YWxfYnl0ZXMYBSABKAQSDgoGb2Zmc2V0GAYgASgEEgwKBGRhdGEYByABKAwSGQoRdGVuc29yc19pbl9zYW1wbGUYCCABKA0yXAoRV29ya2VyRGF0YVNlcnZpY2USRwoKUHVsbFN0YXRlcxIeLmF0dnBydW5lLnYxLlB1bGxTdGF0ZXNSZXF1ZXN0GhcuYXR2cHJ1bmUudjEuU3RhdGVDaHVuazABYgZwcm90bzM");
 
 /**
  * The boundary state entering block `block` (the output of block - 1), from sample `from_sample`.
+ * With data-parallel replicas, the states of replica `replica` of `replicas` (its share of the
+ * samples, numbered from 0 within the share).
  *
  * @generated from message atvprune.v1.PullStatesRequest
  */
@@ -37,6 +39,16 @@ export type PullStatesRequest = Message<"atvprune.v1.PullStatesRequest"> & {
    * @generated from field: uint32 from_sample = 3;
    */
   fromSample: number;
+
+  /**
+   * @generated from field: uint32 replica = 4;
+   */
+  replica: number;
+
+  /**
+   * @generated from field: uint32 replicas = 5;
+   */
+  replicas: number;
 };
 
 /**

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file atvprune/v1/worker.proto.
  */
 export const file_atvprune_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChhhdHZwcnVuZS92MS93b3JrZXIucHJvdG8SC2F0dnBydW5lLnYxIhAKDkdldEluZm9SZXF1ZXN0InYKCldvcmtlckluZm8SCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIOCgZkZXZpY2UYAyABKAkSFAoMbWVtb3J5X2J5dGVzGAQgASgEEg8KB3RocmVhZHMYBSABKA0SFAoMcnVubmluZ19qb2JzGAYgAygJIucBCg9TaGFyZEFzc2lnbm1lbnQSDgoGam9iX2lkGAEgASgJEiIKBHBsYW4YCSABKAsyFC5hdHZwcnVuZS52MS5Kb2JQbGFuEg0KBXNoYXJkGAMgASgNEhMKC2ZpcnN0X2Jsb2NrGAQgASgNEhEKCWVuZF9ibG9jaxgFIAEoDRIQCgh1cHN0cmVhbRgGIAEoCRIQCgh3b3JrX2RpchgHIAEoCRIPCgdhdHRlbXB0GAggASgNEhQKDGhlYXJ0YmVhdF9tcxgUIAEoDRIYChBzdGFsbF90aW1lb3V0X21zGBUgASgNSgQIAhADIhoKCVNoYXJkRG9uZRINCgVzaGFyZBgBIAEoDSIfCg5TaGFyZEhlYXJ0YmVhdBINCgVzaGFyZBgBIAEoDSLfAQoNU2hhcmRQcm9ncmVzcxIyCg1ibG9ja19zdGFydGVkGAEgASgLMhkuYXR2cHJ1bmUudjEuQmxvY2tTdGFydGVkSAASNAoOYmxvY2tfZmluaXNoZWQYAiABKAsyGi5hdHZwcnVuZS52MS5CbG9ja0ZpbmlzaGVkSAASJgoEZG9uZRgDIAEoCzIWLmF0dnBydW5lLnYxLlNoYXJkRG9uZUgAEjAKCWhlYXJ0YmVhdBgKIAEoCzIbLmF0dnBydW5lLnYxLlNoYXJkSGVhcnRiZWF0SABCCgoIcHJvZ3Jlc3MiMwoSQ2FuY2VsU2hhcmRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVzaGFyZBgCIAEoDSIoChNDYW5jZWxTaGFyZFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCJIChVVcGRhdGVVcHN0cmVhbVJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBXNoYXJkGAIgASgNEhAKCHVwc3RyZWFtGAMgASgJIhgKFlVwZGF0ZVVwc3RyZWFtUmVzcG9uc2UiSwoVRmluYWxpemVPdXRwdXRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIiCgRwbGFuGAIgASgLMhQuYXR2cHJ1bmUudjEuSm9iUGxhbiIYChZGaW5hbGl6ZU91dHB1dFJlc3BvbnNlIkcKEVJ1blByb2ZpbGVSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIiCgRwbGFuGAIgASgLMhQuYXR2cHJ1bmUudjEuSm9iUGxhbiIbCgpCbG9ja0ZhY3RzEg0KBWZhY3RzGAEgAygBIj0KElJ1blByb2ZpbGVSZXNwb25zZRInCgZibG9ja3MYASADKAsyFy5hdHZwcnVuZS52MS5CbG9ja0ZhY3RzMu8DCg1Xb3JrZXJTZXJ2aWNlEj8KB0dldEluZm8SGy5hdHZwcnVuZS52MS5HZXRJbmZvUmVxdWVzdBoXLmF0dnBydW5lLnYxLldvcmtlckluZm8SRgoIUnVuU2hhcmQSHC5hdHZwcnVuZS52MS5TaGFyZEFzc2lnbm1lbnQaGi5hdHZwcnVuZS52MS5TaGFyZFByb2dyZXNzMAESUAoLQ2FuY2VsU2hhcmQSHy5hdHZwcnVuZS52MS5DYW5jZWxTaGFyZFJlcXVlc3QaIC5hdHZwcnVuZS52MS5DYW5jZWxTaGFyZFJlc3BvbnNlElkKDlVwZGF0ZVVwc3RyZWFtEiIuYXR2cHJ1bmUudjEuVXBkYXRlVXBzdHJlYW1SZXF1ZXN0GiMuYXR2cHJ1bmUudjEuVXBkYXRlVXBzdHJlYW1SZXNwb25zZRJZCg5GaW5hbGl6ZU91dHB1dBIiLmF0dnBydW5lLnYxLkZpbmFsaXplT3V0cHV0UmVxdWVzdBojLmF0dnBydW5lLnYxLkZpbmFsaXplT3V0cHV0UmVzcG9uc2USTQoKUnVuUHJvZmlsZRIeLmF0dnBydW5lLnYxLlJ1blByb2ZpbGVSZXF1ZXN0Gh8uYXR2cHJ1bmUudjEuUnVuUHJvZmlsZVJlc3BvbnNlYgZwcm90bzM", [file_atvprune_v1_job, file_atvprune_v1_plan]);
+  fileDesc("ChhhdHZwcnVuZS92MS93b3JrZXIucHJvdG8SC2F0dnBydW5lLnYxIhAKDkdldEluZm9SZXF1ZXN0InYKCldvcmtlckluZm8SCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIOCgZkZXZpY2UYAyABKAkSFAoMbWVtb3J5X2J5dGVzGAQgASgEEg8KB3RocmVhZHMYBSABKA0SFAoMcnVubmluZ19qb2JzGAYgAygJIqgCCg9TaGFyZEFzc2lnbm1lbnQSDgoGam9iX2lkGAEgASgJEiIKBHBsYW4YCSABKAsyFC5hdHZwcnVuZS52MS5Kb2JQbGFuEg0KBXNoYXJkGAMgASgNEhMKC2ZpcnN0X2Jsb2NrGAQgASgNEhEKCWVuZF9ibG9jaxgFIAEoDRIQCgh1cHN0cmVhbRgGIAEoCRIQCgh3b3JrX2RpchgHIAEoCRIPCgdhdHRlbXB0GAggASgNEhQKDGhlYXJ0YmVhdF9tcxgUIAEoDRIYChBzdGFsbF90aW1lb3V0X21zGBUgASgNEg0KBXN0YWdlGBYgASgNEg8KB3JlcGxpY2EYFyABKA0SEAoIcmVwbGljYXMYGCABKA0SDQoFcGVlcnMYGSADKAlKBAgCEAMiGgoJU2hhcmREb25lEg0KBXNoYXJkGAEgASgNIh8KDlNoYXJkSGVhcnRiZWF0Eg0KBXNoYXJkGAEgASgNIt8BCg1TaGFyZFByb2dyZXNzEjIKDWJsb2NrX3N0YXJ0ZWQYASABKAsyGS5hdHZwcnVuZS52MS5CbG9ja1N0YXJ0ZWRIABI0Cg5ibG9ja19maW5pc2hlZBgCIAEoCzIaLmF0dnBydW5lLnYxLkJsb2NrRmluaXNoZWRIABImCgRkb25lGAMgASgLMhYuYXR2cHJ1bmUudjEuU2hhcmREb25lSAASMAoJaGVhcnRiZWF0GAogASgLMhsuYXR2cHJ1bmUudjEuU2hhcmRIZWFydGJlYXRIAEIKCghwcm9ncmVzcyIzChJDYW5jZWxTaGFyZFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBXNoYXJkGAIgASgNIigKE0NhbmNlbFNoYXJkUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgIIkgKFVVwZGF0ZVVwc3RyZWFtUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDQoFc2hhcmQYAiABKA0SEAoIdXBzdHJlYW0YAyABKAkiGAoWVXBkYXRlVXBzdHJlYW1SZXNwb25zZSJUChFVcGRhdGVQZWVyUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDQoFc2hhcmQYAiABKA0SDwoHcmVwbGljYRgDIAEoDRIPCgdhZGRyZXNzGAQgASgJIhQKElVwZGF0ZVBlZXJSZXNwb25zZSJLChVGaW5hbGl6ZU91dHB1dFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEiIKBHBsYW4YAiABKAsyFC5hdHZwcnVuZS52MS5Kb2JQbGFuIhgKFkZpbmFsaXplT3V0cHV0UmVzcG9uc2UiRwoRUnVuUHJvZmlsZVJlcXVlc3QSDgoGam9iX2lkGAEgASgJEiIKBHBsYW4YAiABKAsyFC5hdHZwcnVuZS52MS5Kb2JQbGFuIhsKCkJsb2NrRmFjdHMSDQoFZmFjdHMYASADKAEiPQoSUnVuUHJvZmlsZVJlc3BvbnNlEicKBmJsb2NrcxgBIAMoCzIXLmF0dnBydW5lLnYxLkJsb2NrRmFjdHMyvgQKDVdvcmtlclNlcnZpY2USPwoHR2V0SW5mbxIbLmF0dnBydW5lLnYxLkdldEluZm9SZXF1ZXN0GhcuYXR2cHJ1bmUudjEuV29ya2VySW5mbxJGCghSdW5TaGFyZBIcLmF0dnBydW5lLnYxLlNoYXJkQXNzaWdubWVudBoaLmF0dnBydW5lLnYxLlNoYXJkUHJvZ3Jlc3MwARJQCgtDYW5jZWxTaGFyZBIfLmF0dnBydW5lLnYxLkNhbmNlbFNoYXJkUmVxdWVzdBogLmF0dnBydW5lLnYxLkNhbmNlbFNoYXJkUmVzcG9uc2USWQoOVXBkYXRlVXBzdHJlYW0SIi5hdHZwcnVuZS52MS5VcGRhdGVVcHN0cmVhbVJlcXVlc3QaIy5hdHZwcnVuZS52MS5VcGRhdGVVcHN0cmVhbVJlc3BvbnNlEk0KClVwZGF0ZVBlZXISHi5hdHZwcnVuZS52MS5VcGRhdGVQZWVyUmVxdWVzdBofLmF0dnBydW5lLnYxLlVwZGF0ZVBlZXJSZXNwb25zZRJZCg5GaW5hbGl6ZU91dHB1dBIiLmF0dnBydW5lLnYxLkZpbmFsaXplT3V0cHV0UmVxdWVzdBojLmF0dnBydW5lLnYxLkZpbmFsaXplT3V0cHV0UmVzcG9uc2USTQoKUnVuUHJvZmlsZRIeLmF0dnBydW5lLnYxLlJ1blByb2ZpbGVSZXF1ZXN0Gh8uYXR2cHJ1bmUudjEuUnVuUHJvZmlsZVJlc3BvbnNlYgZwcm90bzM", [file_atvprune_v1_job, file_atvprune_v1_plan]);
 
 /**
  * @generated from message atvprune.v1.GetInfoRequest
@@ -149,6 +149,31 @@ export type ShardAssignment = Message<"atvprune.v1.ShardAssignment"> & {
    * @generated from field: uint32 stall_timeout_ms = 21;
    */
   stallTimeoutMs: number;
+
+  /**
+   * Data-parallel calibration: the shard is replica `replica` of `replicas` (0 or 1: the only one)
+   * of stage `stage`; it calibrates and propagates its share of the samples, and exchanges
+   * per-sample records with the other replicas of its stage, whose addresses are `peers`
+   * (index = replica). Its upstream is the same replica of the previous stage.
+   *
+   * @generated from field: uint32 stage = 22;
+   */
+  stage: number;
+
+  /**
+   * @generated from field: uint32 replica = 23;
+   */
+  replica: number;
+
+  /**
+   * @generated from field: uint32 replicas = 24;
+   */
+  replicas: number;
+
+  /**
+   * @generated from field: repeated string peers = 25;
+   */
+  peers: string[];
 };
 
 /**
@@ -315,6 +340,53 @@ export const UpdateUpstreamResponseSchema: GenMessage<UpdateUpstreamResponse> = 
   messageDesc(file_atvprune_v1_worker, 9);
 
 /**
+ * A replica of the same stage moved to another worker: the exchange pulls its records from there.
+ *
+ * @generated from message atvprune.v1.UpdatePeerRequest
+ */
+export type UpdatePeerRequest = Message<"atvprune.v1.UpdatePeerRequest"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: uint32 shard = 2;
+   */
+  shard: number;
+
+  /**
+   * @generated from field: uint32 replica = 3;
+   */
+  replica: number;
+
+  /**
+   * @generated from field: string address = 4;
+   */
+  address: string;
+};
+
+/**
+ * Describes the message atvprune.v1.UpdatePeerRequest.
+ * Use `create(UpdatePeerRequestSchema)` to create a new message.
+ */
+export const UpdatePeerRequestSchema: GenMessage<UpdatePeerRequest> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_worker, 10);
+
+/**
+ * @generated from message atvprune.v1.UpdatePeerResponse
+ */
+export type UpdatePeerResponse = Message<"atvprune.v1.UpdatePeerResponse"> & {
+};
+
+/**
+ * Describes the message atvprune.v1.UpdatePeerResponse.
+ * Use `create(UpdatePeerResponseSchema)` to create a new message.
+ */
+export const UpdatePeerResponseSchema: GenMessage<UpdatePeerResponse> = /*@__PURE__*/
+  messageDesc(file_atvprune_v1_worker, 11);
+
+/**
  * After every shard of the job is done: the worker copies the untouched weights into
  * <out>/model.onnx.data.partial, renames it and writes model.onnx (the coordinator never opens
  * weights). Idempotent once the output is complete.
@@ -338,7 +410,7 @@ export type FinalizeOutputRequest = Message<"atvprune.v1.FinalizeOutputRequest">
  * Use `create(FinalizeOutputRequestSchema)` to create a new message.
  */
 export const FinalizeOutputRequestSchema: GenMessage<FinalizeOutputRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 10);
+  messageDesc(file_atvprune_v1_worker, 12);
 
 /**
  * @generated from message atvprune.v1.FinalizeOutputResponse
@@ -351,7 +423,7 @@ export type FinalizeOutputResponse = Message<"atvprune.v1.FinalizeOutputResponse
  * Use `create(FinalizeOutputResponseSchema)` to create a new message.
  */
 export const FinalizeOutputResponseSchema: GenMessage<FinalizeOutputResponse> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 11);
+  messageDesc(file_atvprune_v1_worker, 13);
 
 /**
  * The sparsity profile's pre-pass (OWL): a dense forward of every block with dense propagation on
@@ -376,7 +448,7 @@ export type RunProfileRequest = Message<"atvprune.v1.RunProfileRequest"> & {
  * Use `create(RunProfileRequestSchema)` to create a new message.
  */
 export const RunProfileRequestSchema: GenMessage<RunProfileRequest> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 12);
+  messageDesc(file_atvprune_v1_worker, 14);
 
 /**
  * @generated from message atvprune.v1.BlockFacts
@@ -393,7 +465,7 @@ export type BlockFacts = Message<"atvprune.v1.BlockFacts"> & {
  * Use `create(BlockFactsSchema)` to create a new message.
  */
 export const BlockFactsSchema: GenMessage<BlockFacts> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 13);
+  messageDesc(file_atvprune_v1_worker, 15);
 
 /**
  * @generated from message atvprune.v1.RunProfileResponse
@@ -412,7 +484,7 @@ export type RunProfileResponse = Message<"atvprune.v1.RunProfileResponse"> & {
  * Use `create(RunProfileResponseSchema)` to create a new message.
  */
 export const RunProfileResponseSchema: GenMessage<RunProfileResponse> = /*@__PURE__*/
-  messageDesc(file_atvprune_v1_worker, 14);
+  messageDesc(file_atvprune_v1_worker, 16);
 
 /**
  * @generated from service atvprune.v1.WorkerService
@@ -451,6 +523,14 @@ export const WorkerService: GenService<{
     methodKind: "unary";
     input: typeof UpdateUpstreamRequestSchema;
     output: typeof UpdateUpstreamResponseSchema;
+  },
+  /**
+   * @generated from rpc atvprune.v1.WorkerService.UpdatePeer
+   */
+  updatePeer: {
+    methodKind: "unary";
+    input: typeof UpdatePeerRequestSchema;
+    output: typeof UpdatePeerResponseSchema;
   },
   /**
    * @generated from rpc atvprune.v1.WorkerService.FinalizeOutput

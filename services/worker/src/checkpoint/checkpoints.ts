@@ -2,7 +2,9 @@
  * The job's work dir, on storage every worker shares: what makes a shard resumable by any worker.
  *
  *   states/input-<b>.bin   the boundary states of all samples entering block b (stateFile.ts)
+ *   states/input-<b>.r<r>of<R>.bin   with R data-parallel replicas: replica r's share of them
  *   blocks/<b>.json        {"report": BlockReport, "layers": LayerReport[]}
+ *   exchange/<b>/...       the replicas' per-sample records of block b (dataplane/replicaExchange.ts)
  *
  * A block is done iff blocks/<b>.json exists. It is written last (tmp + fsync + rename), after
  * the block's pruned weights are synced into the output and states/input-<b+1>.bin is complete,
@@ -19,11 +21,27 @@ export interface BlockRecord {
   layers: LayerReport[];
 }
 
+/** Which replica's view of the work dir (its own share of the states); absent or R = 1: the only one. */
+export interface ReplicaView {
+  replica: number;
+  replicas: number;
+}
+
 export class WorkDir {
-  constructor(readonly root: string) {}
+  constructor(readonly root: string, readonly view?: ReplicaView) {}
 
   statesPath(block: number): string {
-    return join(this.root, "states", `input-${block}.bin`);
+    const v = this.view;
+    return join(this.root, "states", v && v.replicas > 1 ? `input-${block}.r${v.replica}of${v.replicas}.bin` : `input-${block}.bin`);
+  }
+
+  /**
+   * Whether this replica is done with block b: replica 0 writes the block's record (after its
+   * weights and states); another replica only owes its share of the states entering b + 1.
+   */
+  isDoneHere(block: number): Promise<boolean> {
+    const v = this.view;
+    return v && v.replica > 0 ? exists(this.statesPath(block + 1)) : this.isDone(block);
   }
 
   blockPath(block: number): string {

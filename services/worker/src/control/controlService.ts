@@ -81,6 +81,14 @@ export function controlServiceImpl(me: WorkerIdentity, shards: ShardTable, deps:
       return {};
     },
 
+    async updatePeer(req, call) {
+      auth(call);
+      const r = shards.get(req.jobId, req.shard);
+      if (!r) throw new RpcError(status.NOT_FOUND, `job ${req.jobId} shard ${req.shard} is not running on worker ${me.id}`);
+      r.run.setPeer(req.replica, req.address);
+      return {};
+    },
+
     async finalizeOutput(req, call) {
       auth(call);
       const plan = access.policy ? confinePlan(req.plan, access.policy) : req.plan;

@@ -12,8 +12,8 @@ import { status } from "@grpc/grpc-js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ShardAssignment, ShardProgressSchema } from "../../../gen/atvprune/v1/worker_pb.js";
 import {
-  InvalidArgumentError, DATA_FILE, PARTIAL_SUFFIX, arraySource, BlockEngine, type PrunedWeight,
-  type SampleState, type StateSource, needsCalibration, InferenceHost, MaskPool,
+  InvalidArgumentError, DATA_FILE, PARTIAL_SUFFIX, arraySource, offsetSource, BlockEngine, type PrunedWeight,
+  type SampleState, type StateSource, needsCalibration, InferenceHost, MaskPool, type ReplicaSlice, type SampleExchange,
 } from "../../../core/src/index.js";
 import { RpcError, fromPlanMessage, toBlockFinished } from "../../../rpc/index.js";
 import { exists, WorkDir, type BlockRecord } from "../checkpoint/checkpoints.js";
@@ -33,10 +33,21 @@ export interface ShardRunDeps {
   device: "cpu" | "cuda" | "auto";
   outboxes: OutboxRegistry;
   metrics: WorkerMetrics;
-  /** how this worker reaches its upstream */
+  /** how this worker reaches its upstream (and the other replicas of its stage) */
   credentials: grpc.ChannelCredentials;
+  /** the all-gather between the replicas of a stage (only needed by shards with replicas > 1) */
+  exchanges?: ReplicaExchanges;
   channelOptions: grpc.ChannelOptions;
   log: (message: string) => void;
+}
+
+/** Opens the exchange of one replica run (dataplane/replicaExchange.ts over gRPC). */
+export interface ReplicaExchanges {
+  open(o: { jobId: string; samples: number; slice: ReplicaSlice; peers: readonly string[]; workDir: string; signal: AbortSignal }): ReplicaExchange;
+}
+
+export interface ReplicaExchange extends SampleExchange {
+  setPeer(replica: number, address: string): void;
 }
 
 export class ShardRun {
@@ -45,6 +56,11 @@ export class ShardRun {
   readonly firstBlock: number;
   readonly endBlock: number;
   readonly workDir: string;
+  /** which replica of its stage this shard is (its share of the samples) */
+  readonly slice: ReplicaSlice;
+  private exchange: ReplicaExchange | undefined;
+  /** the other replicas of this stage, by replica (UpdatePeer moves them) */
+  private readonly peers: string[];
   private readonly abort = new AbortController();
   private upstream: string;
   private puller: UpstreamStates | undefined;
@@ -57,10 +73,25 @@ export class ShardRun {
     this.endBlock = a.endBlock;
     this.workDir = a.workDir;
     this.upstream = a.upstream;
+    this.slice = { replica: a.replica, replicas: Math.max(1, a.replicas) };
+    this.peers = [...a.peers];
   }
 
+  /** Replica 0 writes the stage's weights and block records, and reports its blocks. */
+  private get writes(): boolean {
+    return this.slice.replica === 0;
+  }
+
+  /** A replica of this stage moved: the exchange pulls its records from `address` from now on. */
+  setPeer(replica: number, address: string): void {
+    this.peers[replica] = address;
+    this.exchange?.setPeer(replica, address);
+  }
+
+
   get subject(): string {
-    return `job ${this.jobId} shard ${this.shard} (blocks ${this.firstBlock}-${this.endBlock - 1})`;
+    const replica = this.slice.replicas > 1 ? `, replica ${this.slice.replica} of ${this.slice.replicas}` : "";
+    return `job ${this.jobId} shard ${this.shard} (blocks ${this.firstBlock}-${this.endBlock - 1}${replica})`;
   }
 
   /** Stops the run at the next sample; run() then rejects with `reason`. */
@@ -116,33 +147,40 @@ export class ShardRun {
       if (!(this.firstBlock < this.endBlock && this.endBlock <= numBlocks)) {
         throw new InvalidArgumentError(this.subject, `blocks [${this.firstBlock}, ${this.endBlock}) are not a range of the model's ${numBlocks} blocks`);
       }
-      const wd = new WorkDir(this.workDir);
+      const wd = new WorkDir(this.workDir, this.slice);
       this.guard();
       await wd.prepare();
       let b = this.firstBlock;
-      for (; b < this.endBlock && (await wd.isDone(b)); b++) await emit(finishedEvent(await wd.readBlock(b), this.deps.workerId));
+      for (; b < this.endBlock && (await wd.isDoneHere(b)); b++) if (this.writes) await emit(finishedEvent(await wd.readBlock(b), this.deps.workerId));
       if (b < this.endBlock) {
         signal.throwIfAborted();
         const needsStates = needsCalibration(job.plan.method);
-        if (needsStates) outbox = this.deps.outboxes.open(this.jobId, this.endBlock, job.samples.length);
+        if (this.slice.replicas > 1) {
+          if (!this.deps.exchanges) throw new InvalidArgumentError(this.subject, "this worker cannot run data-parallel replicas (no exchange)");
+          this.exchange = this.deps.exchanges.open({ jobId: this.jobId, samples: job.samples.length, slice: this.slice, peers: this.peers, workDir: this.workDir, signal });
+        }
         host = InferenceHost.start({ threads: this.deps.threads, device: this.deps.device, warn: this.deps.log });
         maskPool = MaskPool.start(job.spec.maskThreads);
-        const engine = new BlockEngine({ ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds, targets: job.targets, maskPool });
+        const engine = new BlockEngine({
+          ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds, targets: job.targets, maskPool,
+          ...(this.exchange ? { exchange: this.exchange } : {}),
+        });
+        if (needsStates) outbox = this.deps.outboxes.open(this.jobId, this.endBlock, engine.end - engine.first, this.slice.replica);
         const input = needsStates ? await this.inputStates(b, job, engine, wd) : { source: arraySource([]) };
         weights = await openOutput(job);
         let source = input.source;
         for (; b < this.endBlock; b++) {
           signal.throwIfAborted();
           const label = job.analysis.plan.blocks[b]!.label;
-          await emit({ progress: { case: "blockStarted", value: { block: b, label, worker: this.deps.workerId } } });
+          if (this.writes) await emit({ progress: { case: "blockStarted", value: { block: b, label, worker: this.deps.workerId } } });
           let record: BlockRecord;
           try {
             ({ record, source } = await this.runBlock(b, source, { job, engine, wd, weights, outbox, edge: b === this.firstBlock ? input.edge : undefined }));
           } catch (err) {
             throw signal.aborted ? signal.reason : inBlock(err, this.jobId, b, label);
           }
-          this.count(record, job);
-          await emit(finishedEvent(record, this.deps.workerId));
+          this.count(record, job, engine);
+          if (this.writes) await emit(finishedEvent(record, this.deps.workerId));
         }
         // states/input-<end>.bin is complete: late pullers read it from now on.
         if (outbox) this.deps.outboxes.remove(outbox);
@@ -167,20 +205,21 @@ export class ShardRun {
   /** The states entering block b (the first block not done), and the write of their checkpoint. */
   private async inputStates(b: number, job: ShardJob, engine: BlockEngine, wd: WorkDir): Promise<{ source: StateSource; edge?: Promise<void> }> {
     const path = wd.statesPath(b);
-    const n = job.samples.length;
-    if (await exists(path)) return { source: arraySource(await readStateFile(path, n)) };
+    const first = engine.first;
+    const n = engine.end - first;
+    if (await exists(path)) return { source: arraySource(await readStateFile(path, n), first) };
     if (b === 0) {
       const states = await engine.initialStates();
       this.guard();
       await writeStateFile(path, states);
-      return { source: arraySource(states) };
+      return { source: arraySource(states, first) };
     }
     if (b !== this.firstBlock) {
       throw new CheckpointError(path, `block ${b - 1} is done but the states entering block ${b} are missing; delete ${wd.blockPath(b - 1)} to recompute it`);
     }
     if (!this.upstream) throw new InvalidArgumentError(this.subject, `needs the states entering block ${b} but has no upstream worker and no ${path}`);
     const puller = new UpstreamStates({
-      jobId: this.jobId, block: b, count: n, upstream: this.upstream, statesFile: path,
+      jobId: this.jobId, block: b, count: n, upstream: this.upstream, statesFile: path, ...(this.slice.replicas > 1 ? { replica: this.slice } : {}),
       credentials: this.deps.credentials, channelOptions: this.deps.channelOptions, signal: this.abort.signal,
       onBytes: (bytes) => this.deps.metrics.activationBytes.inc({ direction: "received" }, bytes),
       log: this.deps.log,
@@ -193,7 +232,7 @@ export class ShardRun {
       return writeStateFile(path, states);
     });
     edge.catch(() => {});
-    return { source: puller, edge };
+    return { source: offsetSource(puller, first), edge };
   }
 
   private async runBlock(
@@ -203,18 +242,19 @@ export class ShardRun {
     const { job, engine, wd, weights, outbox } = ctx;
     const needsStates = needsCalibration(job.plan.method);
     this.guard();
-    const states = needsStates ? await StateFileWriter.create(wd.statesPath(b + 1), job.samples.length) : undefined;
+    const first = engine.first;
+    const states = needsStates ? await StateFileWriter.create(wd.statesPath(b + 1), engine.end - first) : undefined;
     try {
       // Samples are appended to the checkpoint while later ones are computed; errors wait for the end.
       let appended = Promise.resolve();
       let appendError: unknown;
       const serve = b === this.endBlock - 1 ? outbox : undefined;
       const onNext = (j: number, state: SampleState) => {
-        serve?.put(j, state);
+        serve?.put(j - first, state);
         appended = appended.then(() => { this.guard(); return states!.append(state); }).catch((err: unknown) => { appendError ??= err; });
       };
       const result = await engine.runBlock(b, source, { onNext: needsStates ? onNext : undefined, signal: this.abort.signal });
-      await writeWeights(weights, result.weights, job, () => this.guard());
+      if (this.writes) await writeWeights(weights, result.weights, job, () => this.guard());
       engine.recycle(result.weights);
       await appended;
       if (appendError) throw appendError;
@@ -223,19 +263,22 @@ export class ShardRun {
       await ctx.edge;
       const record: BlockRecord = { report: result.report, layers: result.layers };
       this.guard();
-      await wd.writeBlock(b, record, () => this.guard());
-      return { record, source: arraySource(result.next) };
+      if (this.writes) await wd.writeBlock(b, record, () => this.guard());
+      return { record, source: arraySource(result.next, first) };
     } catch (err) {
       await states?.abort();
       throw err;
     }
   }
 
-  private count(record: BlockRecord, job: ShardJob): void {
+  /** Replica 0 counts the block and its pruned weights; every replica counts the tokens it passed. */
+  private count(record: BlockRecord, job: ShardJob, engine: BlockEngine): void {
     const m = this.deps.metrics;
-    m.blocksPruned.inc();
-    m.paramsPruned.inc(record.layers.reduce((a, l) => a + l.pruned, 0));
-    if (needsCalibration(job.plan.method)) m.calibrationTokenPasses.inc(job.samples.reduce((a, s) => a + s.tokens, 0));
+    if (this.writes) {
+      m.blocksPruned.inc();
+      m.paramsPruned.inc(record.layers.reduce((a, l) => a + l.pruned, 0));
+    }
+    if (needsCalibration(job.plan.method)) m.calibrationTokenPasses.inc(job.samples.slice(engine.first, engine.end).reduce((a, s) => a + s.tokens, 0));
     m.blockDuration.observe(record.report.seconds);
   }
 }

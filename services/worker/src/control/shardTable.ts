@@ -52,9 +52,9 @@ export class ShardTable implements ShardDirectory {
     return this.workDirs.get(jobId);
   }
 
-  /** The running shard whose last block produces the states entering `block`. */
-  producer(jobId: string, block: number): { run: ShardRun; finished: Promise<void> } | undefined {
-    return [...this.runs.values()].find((r) => r.run.jobId === jobId && r.run.endBlock === block);
+  /** The running shard (of replica `replica`) whose last block produces the states entering `block`. */
+  producer(jobId: string, block: number, replica = 0): { run: ShardRun; finished: Promise<void> } | undefined {
+    return [...this.runs.values()].find((r) => r.run.jobId === jobId && r.run.endBlock === block && r.run.slice.replica === replica);
   }
 }
 

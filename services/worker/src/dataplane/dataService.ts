@@ -6,7 +6,7 @@
 import { status } from "@grpc/grpc-js";
 import type { WorkerDataService } from "../../../gen/atvprune/v1/worker_data_pb.js";
 import { type ServerImpl, RpcError } from "../../../rpc/index.js";
-import { exists, WorkDir } from "../checkpoint/checkpoints.js";
+import { exists, WorkDir, type ReplicaView } from "../checkpoint/checkpoints.js";
 import { StateFileReader } from "../checkpoint/stateFile.js";
 import { checkCaller, type CallerPolicy } from "../callerCheck.js";
 import type { OutboxRegistry } from "./outbox.js";
@@ -16,8 +16,8 @@ import { sendStates, type SampleFeed } from "./stateStream.js";
 export interface ShardDirectory {
   /** the work dir of a job that ran (or runs) a shard here */
   workDir(jobId: string): string | undefined;
-  /** a running shard whose last block produces the states entering `block`, and when it ends */
-  producer(jobId: string, block: number): { finished: Promise<void> } | undefined;
+  /** a running shard (of replica `replica`) whose last block produces the states entering `block`, and when it ends */
+  producer(jobId: string, block: number, replica: number): { finished: Promise<void> } | undefined;
   /** resolves when the next shard is added, or when the signal aborts */
   nextAdd(signal: AbortSignal): Promise<void>;
 }
@@ -30,7 +30,7 @@ export function dataServiceImpl(
       checkCaller(call, access);
       const stop = new AbortController();
       call.on("cancelled", () => stop.abort());
-      const feed = await feedFor(req.jobId, req.block, shards, outboxes, stop.signal, producerWaitMs);
+      const feed = await feedFor(req.jobId, req.block, { replica: req.replica, replicas: Math.max(1, req.replicas) }, shards, outboxes, stop.signal, producerWaitMs);
       try {
         if (req.fromSample > feed.count) throw new RpcError(status.OUT_OF_RANGE, `job ${req.jobId} block ${req.block} has ${feed.count} samples; asked from ${req.fromSample}`);
         await sendStates(call, feed, req.fromSample, onServed);
@@ -53,7 +53,7 @@ export const PRODUCER_WAIT_MS = 3000;
  * and the puller retries.
  */
 async function feedFor(
-  jobId: string, block: number, shards: ShardDirectory, outboxes: OutboxRegistry, signal: AbortSignal, producerWaitMs: number,
+  jobId: string, block: number, view: ReplicaView, shards: ShardDirectory, outboxes: OutboxRegistry, signal: AbortSignal, producerWaitMs: number,
 ): Promise<SampleFeed & { close?: () => Promise<void> }> {
   const deadline = Date.now() + producerWaitMs;
   for (;;) {
@@ -62,15 +62,15 @@ async function feedFor(
     signal.addEventListener("abort", onAbort, { once: true });
     const changed = Promise.race([outboxes.nextChange(listen.signal), shards.nextAdd(listen.signal)]);
     try {
-      const box = outboxes.find(jobId, block);
+      const box = outboxes.find(jobId, block, view.replica);
       if (box) return box;
       const dir = shards.workDir(jobId);
-      const path = dir ? new WorkDir(dir).statesPath(block) : undefined;
+      const path = dir ? new WorkDir(dir, view).statesPath(block) : undefined;
       if (path && (await exists(path))) {
         const reader = await StateFileReader.open(path);
         return { count: reader.count, samples: (from) => reader.samples(from), close: () => reader.close() };
       }
-      const producer = shards.producer(jobId, block);
+      const producer = shards.producer(jobId, block, view.replica);
       const wait = deadline - Date.now();
       if (!producer && wait <= 0) throw new RpcError(status.UNAVAILABLE, `job ${jobId}: the states entering block ${block} are not on this worker (not produced here, or not yet)`);
       let timer: NodeJS.Timeout | undefined;

@@ -13,7 +13,7 @@ export class Outbox implements StateSource, SampleFeed {
   private readonly waiters = new Map<number, Waiter[]>();
   private failure: unknown;
 
-  constructor(readonly jobId: string, readonly block: number, readonly count: number) {}
+  constructor(readonly jobId: string, readonly block: number, readonly count: number, readonly replica = 0) {}
 
   /** Samples must be put in order 0..count-1. */
   put(sample: number, state: SampleState): void {
@@ -57,22 +57,22 @@ export class OutboxRegistry {
   private readonly boxes = new Map<string, Outbox>();
   private readonly listeners = new Set<() => void>();
 
-  open(jobId: string, block: number, count: number): Outbox {
-    const key = keyOf(jobId, block);
+  open(jobId: string, block: number, count: number, replica = 0): Outbox {
+    const key = keyOf(jobId, block, replica);
     this.boxes.get(key)?.fail(new Error(`job ${jobId} block ${block}: superseded by a newer run`));
-    const box = new Outbox(jobId, block, count);
+    const box = new Outbox(jobId, block, count, replica);
     this.boxes.set(key, box);
     this.changed();
     return box;
   }
 
-  find(jobId: string, block: number): Outbox | undefined {
-    return this.boxes.get(keyOf(jobId, block));
+  find(jobId: string, block: number, replica = 0): Outbox | undefined {
+    return this.boxes.get(keyOf(jobId, block, replica));
   }
 
   /** Removes the outbox if it is still the registered one (streams already serving it go on). */
   remove(box: Outbox): void {
-    const key = keyOf(box.jobId, box.block);
+    const key = keyOf(box.jobId, box.block, box.replica);
     if (this.boxes.get(key) === box) this.boxes.delete(key);
     this.changed();
   }
@@ -95,6 +95,6 @@ export class OutboxRegistry {
   }
 }
 
-function keyOf(jobId: string, block: number): string {
-  return `${jobId}\u0000${block}`;
+function keyOf(jobId: string, block: number, replica: number): string {
+  return `${jobId}\u0000${block}\u0000${replica}`;
 }

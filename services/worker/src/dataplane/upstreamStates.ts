@@ -31,8 +31,10 @@ export interface UpstreamOptions {
   block: number;
   count: number;
   upstream: string;
-  /** states/input-<block>.bin in the job's work dir */
+  /** states/input-<block>.bin in the job's work dir (this replica's share of it) */
   statesFile: string;
+  /** with data-parallel replicas: the replica whose share is pulled (the same replica upstream) */
+  replica?: { replica: number; replicas: number };
   credentials: grpc.ChannelCredentials;
   channelOptions: grpc.ChannelOptions;
   signal: AbortSignal;
@@ -145,7 +147,7 @@ export class UpstreamStates implements StateSource {
   private async pullOnce(address: string): Promise<string> {
     const client = createClient(WorkerDataService, address, this.o.credentials, this.o.channelOptions);
     const from = this.states.length;
-    const stream = client.pullStates({ jobId: this.o.jobId, block: this.o.block, fromSample: from });
+    const stream = client.pullStates({ jobId: this.o.jobId, block: this.o.block, fromSample: from, replica: this.o.replica?.replica ?? 0, replicas: this.o.replica?.replicas ?? 1 });
     let why = "the stream ended early";
     const stop = (reason: string) => {
       why = reason;
