@@ -4,6 +4,8 @@
  *   `atvp prune` on the same machine with the same onnxruntime threads;
  * - worker_peak_rss_over_shard_bytes: the larger peak RSS of the 2 workers pruning the large
  *   generated model, over the weight bytes of that worker's shard.
+ * - dp2_speedup: `atvp prune` on one thread over a local cluster of 2 data-parallel replicas with
+ *   one thread each (sequential ATV, the medium model): what splitting the samples buys.
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -42,7 +44,7 @@ function peakRss(pid: number): number {
   return Number(kb) * 1024;
 }
 
-async function clusterRun(workDir: string, name: string, model: { modelPath: string; calibPath: string }, threads: number) {
+async function clusterRun(workDir: string, name: string, model: { modelPath: string; calibPath: string }, threads: number, replicas = 1) {
   const nats = await startNatsServer({ dir: join(workDir, `nats-${name}`) });
   const workers = [await startWorkerProcess(threads, workDir), await startWorkerProcess(threads, workDir)];
   const coordinator = await startCoordinator({
@@ -52,7 +54,7 @@ async function clusterRun(workDir: string, name: string, model: { modelPath: str
   try {
     await coordinator.pool.waitForReady(2, 20_000);
     const t0 = performance.now();
-    const { job } = await client.submitJob({ spec: { model: model.modelPath, calib: model.calibPath, out: join(workDir, `${name}-cluster-out`), method: "atv", sparsity: 0.5, force: true } });
+    const { job } = await client.submitJob({ spec: { model: model.modelPath, calib: model.calibPath, out: join(workDir, `${name}-cluster-out`), method: "atv", sparsity: 0.5, force: true, replicas } });
     for await (const e of client.watchJob({ id: job!.id })) {
       if (e.event.case === "stateChanged" && e.event.value.state >= JobState.SUCCEEDED) break;
     }
@@ -60,6 +62,7 @@ async function clusterRun(workDir: string, name: string, model: { modelPath: str
     const final = await client.getJob({ id: job!.id });
     if (final.state !== JobState.SUCCEEDED) throw new Error(`cluster job ${final.state}: ${final.reason}`);
     const rss = new Map(workers.map((w) => [w.address, peakRss(w.pid)]));
+    if (final.replicas !== replicas) throw new Error(`the cluster ran ${final.replicas} replicas, the bench asked ${replicas}`);
     return { seconds, shards: final.shards.map((s) => ({ first: s.firstBlock, end: s.endBlock, rss: rss.get(s.worker) ?? 0 })) };
   } finally {
     client.close();
@@ -82,6 +85,11 @@ export async function benchCluster(workDir: string): Promise<BenchLine[]> {
   lines.push({ bench: "cluster2_over_local", value: remote.seconds / local.seconds, unit: "ratio", clusterSeconds: remote.seconds, localSeconds: local.seconds, threadsPerWorker: threads, ...medium });
   const narrow = await clusterRun(workDir, "medium-1t", m, 1);
   lines.push({ bench: "cluster2_1thread_over_local", value: narrow.seconds / local.seconds, unit: "ratio", clusterSeconds: narrow.seconds, note: "each worker 1 thread (the machine's cores split between them)" });
+  // Data-parallel: the two replicas each calibrate half of the samples on one thread.
+  const single = pruneInChild({ model: m.modelPath, calib: m.calibPath, method: "atv", sparsity: 0.5, out: join(workDir, "cluster-medium-local-1t"), force: true, threads: 1 });
+  const dp = await clusterRun(workDir, "medium-dp2", m, 1, 2);
+  lines.push({ bench: "dp2_speedup", value: single.seconds / dp.seconds, unit: "ratio", localSeconds: single.seconds, clusterSeconds: dp.seconds, replicas: 2, threadsPerWorker: 1, goal: 1.6 });
+  lines.push({ bench: "cluster2_dp_over_local", value: dp.seconds / local.seconds, unit: "ratio", clusterSeconds: dp.seconds, localSeconds: local.seconds, note: "2 replicas x 1 thread vs atvp prune on every core" });
 
   const big = await generateModel({ outDir: join(workDir, "cluster-large"), force: true, layers: 10, hidden: 1536, samples: 16, seqLen: 128, imageTokens: 64 });
   const run = await clusterRun(workDir, "large", big, 1);

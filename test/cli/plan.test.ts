@@ -27,6 +27,8 @@ function writeJson(name: string, value: unknown): string {
 interface Plan {
   blocks: number;
   stages: Array<{ index: number; firstBlock: number; endBlock: number; replicas: number; params: number; weightBytes: number; peakBytes: number; seconds: number }>;
+  replicas: number;
+  exchange: { bytesPerReplicaPerBlock: number; seconds: number };
   links: Array<{ from: number; to: number; bytes: number; seconds: number }>;
   boundaryBytesPerSample: number;
   predicted: { computeSeconds: number; transferSeconds: number; wallSeconds: number };
@@ -47,7 +49,7 @@ const cost = writeJson("cost.json", {
 const small = writeJson("small.json", {
   hidden_size: 64, intermediate_size: 128, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 2, torch_dtype: "float32",
 });
-const SMALL = ["--config", small, "--workers", "2", "--worker-memory", "1MiB", "--network-gbps", "1", "--nsamples", "10", "--tokens-per-sample", "100", "--cost", cost];
+const SMALL = ["--config", small, "--workers", "2", "--worker-memory", "1MiB", "--network-gbps", "1", "--nsamples", "10", "--tokens-per-sample", "100", "--cost", cost, "--replicas", "1"];
 
 describe("atvp plan --config (hand-checked)", () => {
   test("4 blocks on 2 workers, sequential: two stages of two blocks, one link, chained time", () => {
@@ -67,6 +69,18 @@ describe("atvp plan --config (hand-checked)", () => {
     assert.ok(Math.abs(p.predicted.wallSeconds - (4 * 1e-9 * 1000 * params + 256_000 / 125e6)) < 1e-12);
   });
 
+  test("2 replicas on 2 workers: one stage, half the compute, plus the exchanged records", () => {
+    const p = plan(...SMALL.slice(0, -2), "--replicas", "2");
+    const params = 36_864;
+    assert.deepEqual([p.stages.length, p.replicas, p.links.length], [1, 2, 0]);
+    assert.ok(Math.abs(p.stages[0]!.seconds - (4 * 1e-9 * 1000 * params) / 2) < 1e-12);
+    // Per block a replica pulls the other's 5 samples: 100 distances + sums over the inputs of
+    // q/k/v (64), o (64), gate/up (64) and down (128), as float64.
+    assert.equal(p.exchange.bytesPerReplicaPerBlock, 5 * 8 * (100 + 64 + 64 + 64 + 128));
+    const exchange = (4 * 5 * 8 * 420) / 125e6;
+    assert.ok(Math.abs(p.predicted.wallSeconds - ((4 * 1e-9 * 1000 * params) / 2 + exchange)) < 1e-12);
+  });
+
   test("dense propagation: the slowest stage bounds the job", () => {
     const p = plan(...SMALL, "--propagation", "dense");
     assert.ok(Math.abs(p.predicted.wallSeconds - (p.stages[0]!.seconds + p.links[0]!.seconds)) < 1e-12);
@@ -77,7 +91,7 @@ describe("atvp plan --config (hand-checked)", () => {
       torch_dtype: "float16", vision_config: { hidden_size: 1024 },
       text_config: { hidden_size: 64, intermediate_size: 128, num_hidden_layers: 3, num_attention_heads: 4 },
     });
-    const p = plan("--config", llava, "--workers", "8", "--worker-memory", "1GiB", "--cost", cost);
+    const p = plan("--config", llava, "--workers", "8", "--worker-memory", "1GiB", "--cost", cost, "--replicas", "1");
     assert.deepEqual(p.stages.map((s) => [s.firstBlock, s.endBlock]), [[0, 1], [1, 2], [2, 3]]);
     // no num_key_value_heads: k, v as wide as q
     assert.equal(p.stages[0]!.weightBytes, (4 * 64 * 64 + 3 * 64 * 128) * 2);
@@ -87,7 +101,7 @@ describe("atvp plan --config (hand-checked)", () => {
   test("the text output names stages, links and the prediction", () => {
     const r = atvp("plan", ...SMALL);
     assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /grid: 2 stages x 1 replica on 2 workers/);
+    assert.match(r.stdout, /grid: 2 stages x 1 replica\(s\) on 2 workers/);
     assert.match(r.stdout, /stage 1 on worker-1: blocks 2\.\.3/);
     assert.match(r.stdout, /link 0 -> 1/);
     assert.match(r.stdout, /predicted wall time/);
@@ -103,7 +117,7 @@ describe("atvp plan: a 72B Qwen2.5-VL-shaped config", () => {
   });
 
   test("4 workers of 80 GiB: four contiguous stages covering 80 blocks, each worker's memory fits", () => {
-    const p = plan("--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB");
+    const p = plan("--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB", "--replicas", "1");
     assert.equal(p.blocks, 80);
     assert.equal(p.stages.length, 4);
     let next = 0;
@@ -126,11 +140,14 @@ describe("atvp plan: a 72B Qwen2.5-VL-shaped config", () => {
     assert.match(r.stderr, /--worker-memory: .*does not fit: one block needs \d+ bytes/);
   });
 
-  test("--replicas 1 is accepted, more is not supported yet", () => {
-    assert.equal(plan("--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB", "--replicas", "1").stages.length, 4);
-    const r = atvp("plan", "--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB", "--replicas", "2");
-    assert.equal(r.status, 1);
-    assert.match(r.stderr, /--replicas: 2 replicas per stage is not supported yet/);
+  test("--replicas 2 on 4 workers: two stages of two replicas; by default (ATV, sequential) one stage of four", () => {
+    const p = plan("--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB", "--replicas", "2");
+    assert.deepEqual([p.stages.length, p.replicas, p.stages[0]!.replicas], [2, 2, 2]);
+    const auto = plan("--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB");
+    assert.deepEqual([auto.stages.length, auto.replicas], [1, 4]);
+    const sparsegpt = atvp("plan", "--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB", "--replicas", "2", "--method", "sparsegpt");
+    assert.equal(sparsegpt.status, 1);
+    assert.match(sparsegpt.stderr, /replicas: method sparsegpt cannot be split over replicas yet/);
   });
 });
 
@@ -156,7 +173,7 @@ describe("atvp plan --model and --calibrate", () => {
     const modelDir = join(tmp.path, "m");
     const g = atvp("gen-model", "--layers", "3", "--hidden", "64", "--out", modelDir);
     assert.equal(g.status, 0, g.stderr);
-    const p = plan("--model", join(modelDir, "model.onnx"), "--workers", "2", "--worker-memory", "1GiB", "--method", "wanda", "--cost", out);
+    const p = plan("--model", join(modelDir, "model.onnx"), "--workers", "2", "--worker-memory", "1GiB", "--method", "wanda", "--cost", out, "--replicas", "1");
     assert.equal(p.blocks, 3);
     assert.deepEqual(p.stages.map((s) => [s.firstBlock, s.endBlock]), [[0, 1], [1, 3]]);
     assert.equal(p.boundaryBytesPerSample, 64 * 1500 * 4);

@@ -5,13 +5,14 @@
  * needed, so it sizes models whose weights are not at hand.
  */
 import { blockParams, blockWeightBytes, elementSize, InvalidArgumentError, methodDefinition, type MethodCost, type ModelShape } from "../../core/src/index.js";
-import { blockMemoryNeed, planShards } from "./shardPlanner.js";
+import { blockMemoryNeed, planGrid as planWorkerGrid } from "./shardPlanner.js";
 
 export interface GridOptions {
   workers: number;
   workerMemoryBytes: number;
   /** link bandwidth between workers, gigabits per second */
   networkGbps: number;
+  /** replicas per stage; 0: the coordinator's planner chooses */
   replicas: number;
   method: string;
   samples: number;
@@ -55,13 +56,12 @@ export interface GridPlan {
   /** the hidden state of one sample at a stage boundary */
   boundaryBytesPerSample: number;
   links: PlannedLink[];
+  /** the replicas' per-sample records (ATV's distances, sums of squares) each replica pulls per block */
+  exchange: { bytesPerReplicaPerBlock: number; seconds: number };
   predicted: { computeSeconds: number; transferSeconds: number; wallSeconds: number; secondsPerTokenParam: number };
 }
 
 export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCost): GridPlan {
-  if (options.replicas !== 1) {
-    throw new InvalidArgumentError("--replicas", `${options.replicas} replicas per stage is not supported yet: the cluster runs one replica per stage today (use --replicas 1)`);
-  }
   const definition = methodDefinition(options.method, "--method");
   const blocks = shape.blockLinears.map((linears) => ({
     bytes: blockWeightBytes(linears),
@@ -75,31 +75,47 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
   }
   const tokens = options.samples * options.tokensPerSample;
   const blockSeconds = blocks.map((b) => cost.secondsPerTokenParam * tokens * b.flops);
-  const stages: PlannedStage[] = planShards(blocks, workers).map((s) => {
+  // The coordinator's own planner: the grid a job would get on these workers.
+  const grid = planWorkerGrid(blocks, workers, {
+    replicas: options.replicas, samples: options.samples, replicable: definition.replicable === true,
+    sequential: options.propagation === "sequential", method: options.method,
+  });
+  const R = grid.replicas;
+  // Each replica runs its stage's blocks over 1/R of the samples.
+  const stages: PlannedStage[] = grid.shards.filter((s) => s.replica === 0).map((s) => {
     const mine = blocks.slice(s.firstBlock, s.endBlock);
     return {
-      index: s.index, worker: s.worker, firstBlock: s.firstBlock, endBlock: s.endBlock, replicas: 1,
+      index: s.stage, worker: s.worker, firstBlock: s.firstBlock, endBlock: s.endBlock, replicas: R,
       params: mine.reduce((a, b) => a + b.flops, 0),
       weightBytes: mine.reduce((a, b) => a + b.bytes, 0),
       peakBytes: Math.max(...mine.map((b) => blockMemoryNeed(b.bytes, b.workingBytes))),
-      seconds: blockSeconds.slice(s.firstBlock, s.endBlock).reduce((a, b) => a + b, 0),
+      seconds: blockSeconds.slice(s.firstBlock, s.endBlock).reduce((a, b) => a + b, 0) / R,
     };
   });
   const boundaryBytesPerSample = shape.hidden * options.tokensPerSample * elementSize(shape.dataType, shape.source);
   const bytesPerSecond = (options.networkGbps * 1e9) / 8;
+  // R replica-to-replica links in parallel at each stage boundary, each carrying 1/R of the samples.
   const links = stages.slice(1).map((s) => {
     const bytes = boundaryBytesPerSample * options.samples;
-    return { from: s.index - 1, to: s.index, bytes, seconds: bytes / bytesPerSecond };
+    return { from: s.index - 1, to: s.index, bytes, seconds: bytes / R / bytesPerSecond };
   });
-  const computeSeconds = blockSeconds.reduce((a, b) => a + b, 0);
-  const transferSeconds = links.reduce((a, l) => a + l.seconds, 0);
+  // Per block a replica pulls the other replicas' records: per sample ATV's distances (one per
+  // token) and a sum of squares per distinct input activation, as float64.
+  const recordBytes = (linears: (typeof shape.blockLinears)[number]) =>
+    8 * (options.tokensPerSample + [...new Map(linears.map((l) => [l.activation, l.inDim])).values()].reduce((a, b) => a + b, 0));
+  const othersSamples = options.samples - Math.floor(options.samples / R);
+  const exchangeBytes = R > 1 ? shape.blockLinears.map((ls) => othersSamples * recordBytes(ls)) : shape.blockLinears.map(() => 0);
+  const exchangeSeconds = exchangeBytes.reduce((a, b) => a + b, 0) / bytesPerSecond;
+  const computeSeconds = blockSeconds.reduce((a, b) => a + b, 0) / R;
+  const transferSeconds = links.reduce((a, l) => a + l.seconds, 0) + exchangeSeconds;
   // Sequential: block l+1 waits for block l's masks, so the stages run one after another.
   // Dense: stages overlap, the slowest one bounds the job.
   const busiest = options.propagation === "dense" ? Math.max(...stages.map((s) => s.seconds)) : computeSeconds;
   return {
     source: shape.source, method: options.method, propagation: options.propagation, blocks: blocks.length, stages,
-    replicas: 1, workers: options.workers, workerMemoryBytes: options.workerMemoryBytes,
+    replicas: R, workers: options.workers, workerMemoryBytes: options.workerMemoryBytes,
     samples: options.samples, tokensPerSample: options.tokensPerSample, boundaryBytesPerSample, links,
+    exchange: { bytesPerReplicaPerBlock: Math.max(...exchangeBytes), seconds: exchangeSeconds },
     predicted: { computeSeconds, transferSeconds, wallSeconds: busiest + transferSeconds, secondsPerTokenParam: cost.secondsPerTokenParam },
   };
 }

@@ -51,7 +51,7 @@ export async function planCommand(argv: string[]): Promise<number> {
     workers,
     workerMemoryBytes: parseByteSize(memory, "--worker-memory"),
     networkGbps: positive(num(values, "network-gbps") ?? 10, "--network-gbps"),
-    replicas: positive(int(values, "replicas") ?? 1, "--replicas"),
+    replicas: nonNegative(int(values, "replicas") ?? 0, "--replicas"),
     method,
     samples: positive(int(values, "nsamples") ?? 128, "--nsamples"),
     tokensPerSample: positive(int(values, "tokens-per-sample") ?? 1500, "--tokens-per-sample"),
@@ -68,13 +68,18 @@ function positive(n: number | undefined, flag: string): number {
   return n;
 }
 
+function nonNegative(n: number, flag: string): number {
+  if (!(Number.isInteger(n) && n >= 0)) throw new InvalidArgumentError(flag, `must be 0 (the planner chooses) or more, got ${n}`);
+  return n;
+}
+
 const gib = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(2)} MiB`);
 const secs = (s: number) => (s >= 3600 ? `${(s / 3600).toFixed(1)} h` : `${s.toFixed(1)} s`);
 
 function formatPlan(p: GridPlan, table: CostTable, costFile: string | undefined): string {
   const out = [
     `${p.source}: ${p.blocks} blocks, ${p.method} (${p.propagation}), ${p.samples} samples x ${p.tokensPerSample} tokens`,
-    `grid: ${p.stages.length} stages x ${p.replicas} replica on ${p.workers} workers of ${gib(p.workerMemoryBytes)}`,
+    `grid: ${p.stages.length} stages x ${p.replicas} replica(s) on ${p.workers} workers of ${gib(p.workerMemoryBytes)}`,
   ];
   for (const s of p.stages) {
     out.push(`  stage ${s.index} on ${s.worker}: blocks ${s.firstBlock}..${s.endBlock - 1} (${s.endBlock - s.firstBlock}), weights ${gib(s.weightBytes)}, peak memory ${gib(s.peakBytes)} (one block at a time), ${secs(s.seconds)}`);
