@@ -345,7 +345,7 @@ export class BlockEngine {
     }
     if (exchange) {
       // Every sample's record, from every replica, reduced in sample order: the one-process bits.
-      const all = await exchange.allGather(b, `stats.${options.topic ?? "0"}`, records, signal);
+      const all = await exchange.allGather(b, `stats-${options.topic ?? "0"}`, records, signal);
       exchangeable.forEach((acc, i) => acc.reduce(all.map((r, j) => recordPart(r, i, cut.label, j))));
     }
     return { stats, facts, next };
