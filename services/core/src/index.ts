@@ -28,6 +28,7 @@ export * from "./pipeline/profilePhase.js";
 export * from "./pipeline/pruneSpec.js";
 export * from "./pipeline/report.js";
 export * from "./pipeline/sampleFeeds.js";
+export * from "./pipeline/sampleExchange.js";
 export * from "./plan/costTable.js";
 export * from "./plan/defaultCostTable.js";
 export * from "./plan/jobPlan.js";
