@@ -69,7 +69,7 @@ export function tempPath(path: string): string {
 }
 
 /** `beforeRename` may throw to leave `path` as it was (a run that lost its shard meanwhile). */
-export async function writeFileAtomic(path: string, text: string, beforeRename?: () => void): Promise<void> {
+export async function writeFileAtomic(path: string, text: string | Uint8Array, beforeRename?: () => void): Promise<void> {
   const tmp = tempPath(path);
   try {
     const h = await open(tmp, "w");

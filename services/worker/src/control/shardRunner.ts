@@ -19,6 +19,7 @@ import { RpcError, fromPlanMessage, toBlockFinished } from "../../../rpc/index.j
 import { exists, WorkDir, type BlockRecord } from "../checkpoint/checkpoints.js";
 import { CheckpointError, inBlock, inShard, ShardError } from "../errors.js";
 import type { Outbox, OutboxRegistry } from "../dataplane/outbox.js";
+import type { ExchangeRegistry } from "../dataplane/exchangeRegistry.js";
 import { openShardJob, type ShardJob } from "./shardJob.js";
 import { DEFAULT_HEARTBEAT_MS, RunLiveness } from "./runLiveness.js";
 import { readStateFile, StateFileWriter, writeStateFile } from "../checkpoint/stateFile.js";
@@ -32,6 +33,8 @@ export interface ShardRunDeps {
   threads: number;
   device: "cpu" | "cuda" | "auto";
   outboxes: OutboxRegistry;
+  /** where this worker's replicas publish their exchange records (GrpcReplicaExchange) */
+  exchanges: ExchangeRegistry;
   metrics: WorkerMetrics;
   /** how this worker reaches its upstream */
   credentials: grpc.ChannelCredentials;
