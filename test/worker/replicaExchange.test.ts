@@ -28,7 +28,13 @@ const TOPICS = ["pool", "stats"];
 const GUARD_MS = 30_000;
 
 const tmp = tempDir("exchange");
-after(() => tmp.cleanup());
+// Stops every gather still retrying when a test failed, so the file ends.
+const ending = new AbortController();
+const done = ending.signal;
+after(() => {
+  ending.abort();
+  tmp.cleanup();
+});
 let dirs = 0;
 const newDir = () => join(tmp.path, `d${dirs++}`);
 
@@ -116,11 +122,11 @@ describe("three replicas on three workers", () => {
     // A work dir per replica: nothing can come from a peer's file, all of it travels over PullExchange.
     const ex = workers.map((w, r) => exchange(r, peers, newDir(), w.exchanges));
     for (let block = 0; block < 3; block++) {
-      const results = await withTimeout(Promise.all(ex.flatMap((e, r) => TOPICS.map((topic) => e.allGather(block, topic, ownRecords(block, topic, r))))), GUARD_MS, `block ${block}`);
+      const results = await withTimeout(Promise.all(ex.flatMap((e, r) => TOPICS.map((topic) => e.allGather(block, topic, ownRecords(block, topic, r), done)))), GUARD_MS, `block ${block}`);
       results.forEach((got, i) => assertAllRecords(got, block, TOPICS[i % 2]!, `replica ${Math.floor(i / 2)}`));
     }
     // The same call again gives the same bits (a rerun gathers again).
-    const again = await withTimeout(Promise.all(ex.map((e, r) => e.allGather(1, "stats", ownRecords(1, "stats", r)))), GUARD_MS, "again");
+    const again = await withTimeout(Promise.all(ex.map((e, r) => e.allGather(1, "stats", ownRecords(1, "stats", r), done))), GUARD_MS, "again");
     again.forEach((got, r) => assertAllRecords(got, 1, "stats", `replica ${r} again`));
   });
 
@@ -128,11 +134,11 @@ describe("three replicas on three workers", () => {
     const peers = workers.map((w) => w.address);
     const log = new Logs();
     const early = [0, 1].map((r) => exchange(r, peers, newDir(), workers[r]!.exchanges, { jobId: "job-late", logs: log }));
-    const gathering = early.map((e, r) => e.allGather(0, "pool", ownRecords(0, "pool", r)));
+    const gathering = early.map((e, r) => e.allGather(0, "pool", ownRecords(0, "pool", r), done));
     // Both have asked replica 2 and been told to come back: they wait, they do not fail.
     await withTimeout(log.waitFor(/replica 2: pulling from .* failed \(.*job-late.*\); retrying/), GUARD_MS, "retry logged");
     const late = exchange(2, peers, newDir(), workers[2]!.exchanges, { jobId: "job-late" });
-    const all = await withTimeout(Promise.all([...gathering, late.allGather(0, "pool", ownRecords(0, "pool", 2))]), GUARD_MS, "late join");
+    const all = await withTimeout(Promise.all([...gathering, late.allGather(0, "pool", ownRecords(0, "pool", 2), done)]), GUARD_MS, "late join");
     all.forEach((got, r) => assertAllRecords(got, 0, "pool", `replica ${r}`));
   });
 
@@ -170,17 +176,17 @@ describe("three replicas on three workers", () => {
     stop.abort();
     await assert.rejects(waiting);
     await workers[2]!.close();
-    const got = await withTimeout(Promise.all([0, 1].map((r) => ex[r]!.allGather(0, "stats", ownRecords(0, "stats", r)))), GUARD_MS, "block 0");
+    const got = await withTimeout(Promise.all([0, 1].map((r) => ex[r]!.allGather(0, "stats", ownRecords(0, "stats", r), done))), GUARD_MS, "block 0");
     got.forEach((g, r) => assertAllRecords(g, 0, "stats", `replica ${r}`));
 
     // Block 1: the others start while replica 2's worker is down and retry it; replica 2 reruns
     // where nobody can reach it, and its file is what they find.
     const log = new Logs();
     const retrying = [0, 1].map((r) => exchange(r, peers, dir, workers[r]!.exchanges, { jobId: "job-gone", logs: log }));
-    const gathering = retrying.map((e, r) => e.allGather(1, "stats", ownRecords(1, "stats", r)));
+    const gathering = retrying.map((e, r) => e.allGather(1, "stats", ownRecords(1, "stats", r), done));
     await withTimeout(log.waitFor(/replica 2: pulling from .* failed .*retrying/), GUARD_MS, "retry logged");
     const rerun = exchange(2, peers, dir, new ExchangeRegistry(), { jobId: "job-gone" });
-    const all = await withTimeout(Promise.all([...gathering, rerun.allGather(1, "stats", ownRecords(1, "stats", 2))]), GUARD_MS, "block 1");
+    const all = await withTimeout(Promise.all([...gathering, rerun.allGather(1, "stats", ownRecords(1, "stats", 2), done)]), GUARD_MS, "block 1");
     all.forEach((g, r) => assertAllRecords(g, 1, "stats", `replica ${r}`));
   });
 
@@ -194,11 +200,11 @@ describe("three replicas on three workers", () => {
     // A minute of backoff and of file checks: only setPeer can get them going again in time.
     const slow = { logs: log, backoffMs: { initial: 60_000, max: 60_000 }, fileCheckMs: 60_000, jobId: "job-moved" };
     const ex = [0, 1].map((r) => exchange(r, peers, newDir(), workers[r]!.exchanges, slow));
-    const gathering = ex.map((e, r) => e.allGather(2, "pool", ownRecords(2, "pool", r)));
+    const gathering = ex.map((e, r) => e.allGather(2, "pool", ownRecords(2, "pool", r), done));
     await withTimeout(log.waitFor(/replica 2: pulling from .* failed/), GUARD_MS, "retry logged");
     const replica2 = exchange(2, [...peers.slice(0, 2), moved.address], newDir(), moved.exchanges, { jobId: "job-moved" });
     for (const e of ex) e.setPeer(2, moved.address);
-    const all = await withTimeout(Promise.all([...gathering, replica2.allGather(2, "pool", ownRecords(2, "pool", 2))]), GUARD_MS, "after the move");
+    const all = await withTimeout(Promise.all([...gathering, replica2.allGather(2, "pool", ownRecords(2, "pool", 2), done)]), GUARD_MS, "after the move");
     all.forEach((g, r) => assertAllRecords(g, 2, "pool", `replica ${r}`));
   });
 
@@ -210,19 +216,19 @@ describe("three replicas on three workers", () => {
     const wrong = exchangePath(dir, 0, "pool", 2);
     await writeExchangeFile(wrong, { first: 6, records: [6, 7, 8, 9].map((j) => recordOf(0, "pool", j)) });
     await writeExchangeFile(exchangePath(dir, 0, "pool", 1), { first: 4, records: [4, 5, 6].map((j) => recordOf(0, "pool", j)) });
-    await withTimeout(assert.rejects(e0.allGather(0, "pool", ownRecords(0, "pool", 0)),
+    await withTimeout(assert.rejects(e0.allGather(0, "pool", ownRecords(0, "pool", 0), done),
       (e) => e instanceof ExchangeError && e.message.includes(wrong) && /\[6, 10\).*\[7, 10\)/.test(e.message)), GUARD_MS, "wrong range");
 
     const damaged = exchangePath(dir, 0, "stats", 1);
     const good = encodeExchangeFile({ first: 4, records: [4, 5, 6].map((j) => recordOf(0, "stats", j)) });
     await writeExchangeFile(exchangePath(dir, 0, "stats", 2), { first: 7, records: [7, 8, 9].map((j) => recordOf(0, "stats", j)) });
     await writeFile(damaged, good.subarray(0, good.length - 9));
-    await withTimeout(assert.rejects(e0.allGather(0, "stats", ownRecords(0, "stats", 0)),
+    await withTimeout(assert.rejects(e0.allGather(0, "stats", ownRecords(0, "stats", 0), done),
       (e) => e instanceof ExchangeError && e.message.includes(damaged) && /checksum/.test(e.message)), GUARD_MS, "damaged");
     // Vector counts must agree across replicas.
     await writeExchangeFile(exchangePath(dir, 1, "stats", 1), { first: 4, records: [4, 5, 6].map((j) => recordOf(1, "stats", j).slice(1)) });
     await writeExchangeFile(exchangePath(dir, 1, "stats", 2), { first: 7, records: [7, 8, 9].map((j) => recordOf(1, "stats", j)) });
-    await withTimeout(assert.rejects(e0.allGather(1, "stats", ownRecords(1, "stats", 0)),
+    await withTimeout(assert.rejects(e0.allGather(1, "stats", ownRecords(1, "stats", 0), done),
       (e) => e instanceof ExchangeError && /replica 1/.test(e.message) && /sample 4 has 2 vectors; the other samples have 3/.test(e.message)), GUARD_MS, "vector counts");
   });
 
@@ -306,13 +312,38 @@ describe("formats", () => {
     assert.throws(() => new RecordAssembler("peer", 4, 7).push(messages[0]!), /expected sample 4/);
   });
 
+  test("a replica rerun finds its own file and gathers from it: everybody keeps the same bits; a bad own file is written again", async () => {
+    const dir = newDir();
+    for (const r of [1, 2]) {
+      const { first, end } = replicaSamples(N, R, r);
+      await writeExchangeFile(exchangePath(dir, 0, "pool", r), { first, records: Array.from({ length: end - first }, (_, i) => recordOf(0, "pool", first + i)) });
+    }
+    const unreachable = ["127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:1"];
+    const first = await exchange(0, unreachable, dir, new ExchangeRegistry(), { jobId: "job-rerun" }).allGather(0, "pool", ownRecords(0, "pool", 0), done);
+    assertAllRecords(first, 0, "pool", "first run");
+    // The rerun computes other values (say, nondeterminism somewhere): the file wins.
+    const rerun = await exchange(0, unreachable, dir, new ExchangeRegistry(), { jobId: "job-rerun" }).allGather(0, "pool", ownRecords(1, "pool", 0), done);
+    assertAllRecords(rerun, 0, "pool", "rerun");
+
+    // A file of replica 0 holding other samples (a plan with other replicas) is replaced.
+    await writeExchangeFile(exchangePath(dir, 1, "pool", 0), { first: 0, records: [recordOf(9, "pool", 0)] });
+    for (const r of [1, 2]) {
+      const { first: f, end } = replicaSamples(N, R, r);
+      await writeExchangeFile(exchangePath(dir, 1, "pool", r), { first: f, records: Array.from({ length: end - f }, (_, i) => recordOf(1, "pool", f + i)) });
+    }
+    const log = new Logs();
+    const fixed = await exchange(0, unreachable, dir, new ExchangeRegistry(), { jobId: "job-rerun", logs: log }).allGather(1, "pool", ownRecords(1, "pool", 0), done);
+    assertAllRecords(fixed, 1, "pool", "after a bad own file");
+    assert.ok(log.lines.some((l) => /holds samples \[0, 1\).*writing it again/.test(l)), log.lines.join("\n"));
+  });
+
   test("allGather refuses records that are not exactly this replica's samples, and topics that cannot name a file", async () => {
     const dir = newDir();
     const e = exchange(1, ["a:1", "b:1", "c:1"], dir, new ExchangeRegistry(), { jobId: "job-own" });
     const own = ownRecords(0, "pool", 1);
     own.delete(5);
     await assert.rejects(e.allGather(0, "pool", own), (err) => err instanceof InvalidArgumentError && /sample 5/.test(err.message));
-    await assert.rejects(e.allGather(0, "a/b", ownRecords(0, "pool", 1)), (err) => err instanceof InvalidArgumentError && err.subject === "topic");
+    await assert.rejects(e.allGather(0, "a/b", ownRecords(0, "pool", 1), done), (err) => err instanceof InvalidArgumentError && err.subject === "topic");
     assert.throws(() => exchange(1, ["a:1", "b:1"], dir, new ExchangeRegistry()), (err) => err instanceof InvalidArgumentError && err.subject === "peers");
     assert.equal(existsSync(join(dir, "exchange")), false, "nothing written");
   });

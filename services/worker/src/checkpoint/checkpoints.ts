@@ -3,6 +3,7 @@
  *
  *   states/input-<b>.bin   the boundary states of all samples entering block b (stateFile.ts)
  *   blocks/<b>.json        {"report": BlockReport, "layers": LayerReport[]}
+ *   exchange/<b>/<topic>.r<replica>.bin   a replica's per-sample records (dataplane/exchangeFile.ts)
  *
  * A block is done iff blocks/<b>.json exists. It is written last (tmp + fsync + rename), after
  * the block's pruned weights are synced into the output and states/input-<b+1>.bin is complete,
