@@ -14,7 +14,7 @@ import { WorkerDataService } from "../../services/gen/atvprune/v1/worker_data_pb
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ShardAssignmentSchema } from "../../services/gen/atvprune/v1/worker_pb.js";
 import { createClient, type Client } from "../../services/rpc/grpcAdapter.js";
-import { channelCredentials, channelOptions, type TlsConfig } from "../../services/rpc/credentials.js";
+import { channelCredentials, channelOptions, GRPC_OPTIONS, type TlsConfig } from "../../services/rpc/credentials.js";
 import { bearerClientOptions, UNAUTHENTICATED_MESSAGE } from "../../services/rpc/bearerAuth.js";
 import { generateModel } from "../../services/core/src/gen/genModel.js";
 import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
@@ -22,6 +22,11 @@ import { parseWorkerArgs } from "../../services/worker/src/workerArgs.js";
 import { InvalidArgumentError } from "../../services/core/src/errors.js";
 import { tempDir } from "../support/fixtures.js";
 import { TestPki } from "../support/certs.js";
+import { ExchangeError } from "../../services/worker/src/errors.js";
+import { GrpcReplicaExchange } from "../../services/worker/src/dataplane/replicaExchange.js";
+import { ExchangeRegistry } from "../../services/worker/src/dataplane/exchangeRegistry.js";
+import { exchangePath, writeExchangeFile } from "../../services/worker/src/dataplane/exchangeFile.js";
+import { DATA_PLANE_CHANNEL_OPTIONS } from "../../services/worker/src/dataplane/upstreamStates.js";
 
 const tmp = tempDir("worker-security");
 const root = join(tmp.path, "root");
@@ -122,6 +127,8 @@ describe("who may call WorkerService", () => {
       clients.push(data);
       const pull = async () => { for await (const _ of data.pullStates({ jobId: "j", block: 1 }, { deadlineMs: 5000 })) { /* states */ } };
       await assert.rejects(pull(), unauthenticated);
+      const exchange = async () => { for await (const _ of data.pullExchange({ jobId: "j", block: 1, topic: "pool" }, { deadlineMs: 5000 })) { /* records */ } };
+      await assert.rejects(exchange(), unauthenticated);
       await assert.rejects(c.finalizeOutput({ jobId: "j", plan: intrusion().plan }, { deadlineMs: 5000 }), unauthenticated);
     }
     assert.equal(existsSync(join(outside, "work")), false);
@@ -130,6 +137,25 @@ describe("who may call WorkerService", () => {
   test("the cluster certificate and the token → served", async () => {
     const info = await client(nodeTls(), TOKEN).getInfo({}, { deadlineMs: 5000 });
     assert.equal(info.address, worker.address);
+  });
+
+  test("replicas all-gather over mutual TLS with the token; a replica with the wrong token is refused for good", async () => {
+    const records = (j: number) => [Float64Array.of(j, -0, j / 3)];
+    const own = (js: number[]) => new Map(js.map((j) => [j, records(j)]));
+    const dirA = join(jobs, "exchange-a");
+    const dirB = join(jobs, "exchange-b");
+    // Replica 1's records are in replica 0's work dir already: replica 0 needs no peer.
+    await writeExchangeFile(exchangePath(dirA, 0, "pool", 1), { first: 2, records: [records(2), records(3)] });
+    const replica = (r: number, workDir: string, registry: ExchangeRegistry, token: string) => new GrpcReplicaExchange({
+      jobId: "job-tls", samples: 4, slice: { replica: r, replicas: 2 }, peers: [worker.address, "127.0.0.1:1"], workDir, registry,
+      credentials: channelCredentials(nodeTls()), channelOptions: { ...GRPC_OPTIONS, ...DATA_PLANE_CHANNEL_OPTIONS, ...channelOptions(nodeTls()), ...bearerClientOptions(token) },
+      log: () => {}, backoffMs: { initial: 20, max: 100 },
+    });
+    const intruder = replica(1, join(jobs, "exchange-c"), new ExchangeRegistry(), "cluster-token-2");
+    const zero = replica(0, dirA, worker.exchanges, TOKEN);
+    const [a, b] = await Promise.all([zero.allGather(0, "pool", own([0, 1])), replica(1, dirB, new ExchangeRegistry(), TOKEN).allGather(0, "pool", own([2, 3]))]);
+    for (const got of [a, b]) assert.deepEqual(got.map((r) => [...r[0]!]), [0, 1, 2, 3].map((j) => [...records(j)[0]!]));
+    await assert.rejects(intruder.allGather(0, "pool", own([2, 3])), (e) => e instanceof ExchangeError && /refused PullExchange/.test(e.message));
   });
 
   test("with client names set, a certificate from the CA that names someone else → PERMISSION_DENIED", async () => {

@@ -28,6 +28,17 @@ export class StateStreamError extends AtvpError {
 }
 
 /**
+ * Records exchanged between the replicas of a stage (a peer's stream or its file in the work
+ * dir) that are not what the exchange needs: the wrong samples, a malformed file, vectors that
+ * do not fit (for instance a file left by a run of the job planned with another replica count).
+ */
+export class ExchangeError extends AtvpError {
+  constructor(subject: string, message: string, options?: { cause?: unknown }) {
+    super("EXTERNAL_DATA", subject, message, options);
+  }
+}
+
+/**
  * Prefixes the job and block to an error raised inside a block, keeping its code; errors that
  * are not ours (file system, bugs) become RUNTIME (gRPC INTERNAL), which the coordinator retries.
  */

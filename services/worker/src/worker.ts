@@ -15,6 +15,7 @@ import {
 } from "../../rpc/index.js";
 import { withFastStateChunks } from "./dataplane/chunkCodec.js";
 import { OutboxRegistry } from "./dataplane/outbox.js";
+import { ExchangeRegistry } from "./dataplane/exchangeRegistry.js";
 import { deviceMemoryBytes, gpuMemoryBytes } from "./gpuMemory.js";
 import { watchDevice, type DeviceProbeOptions } from "./deviceHealth.js";
 import { DATA_PLANE_CHANNEL_OPTIONS } from "./dataplane/upstreamStates.js";
@@ -65,6 +66,8 @@ export interface WorkerHandle {
   metricsPort?: number;
   /** the states this worker serves (lets benchmarks feed the data plane directly) */
   outboxes: OutboxRegistry;
+  /** the records this worker's replicas publish to their peers (PullExchange) */
+  exchanges: ExchangeRegistry;
   metrics: WorkerMetrics;
   /** Cancels running shards, stops serving and closes the endpoints. */
   close(): Promise<void>;
@@ -87,16 +90,17 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
   const address = opts.advertise ?? `${hostPart(advertisedHost(host))}:${boundPort}`;
   const metrics = new WorkerMetrics(id);
   const outboxes = new OutboxRegistry();
+  const exchanges = new ExchangeRegistry();
   const shards = new ShardTable();
   const me = { id, address, device, memoryBytes, threads };
   const callers = { token: opts.token, clientNames: opts.clientNames };
   addService(server, WorkerService, controlServiceImpl(me, shards, {
-    workerId: id, threads, device, outboxes, metrics, log,
+    workerId: id, threads, device, outboxes, exchanges, metrics, log,
     credentials: channelCredentials(opts.tls),
     channelOptions: { ...GRPC_OPTIONS, ...DATA_PLANE_CHANNEL_OPTIONS, ...channelOptions(opts.tls), ...bearerClientOptions(opts.token) },
   }, { ...callers, policy: opts.allowedRoots && { allowedRoots: opts.allowedRoots, workRoots: opts.workRoots ?? [] } }));
   const served = (n: number) => metrics.activationBytes.inc({ direction: "served" }, n);
-  addService(withFastStateChunks(server), WorkerDataService, dataServiceImpl(shards, outboxes, served, opts.pullWaitMs, callers));
+  addService(withFastStateChunks(server), WorkerDataService, dataServiceImpl(shards, outboxes, served, opts.pullWaitMs, callers, exchanges));
   const health = addHealthAndReflection(server, [WorkerService, WorkerDataService]);
   const hadGpu = device !== "cpu" && (await gpuMemoryBytes(opts.deviceProbe)) !== undefined;
   const deviceWatch = watchDevice(hadGpu, (present) => health.setServing(present && !closing), log, opts.deviceProbe);
@@ -114,7 +118,7 @@ export async function startWorker(opts: WorkerOptions = {}): Promise<WorkerHandl
   health.setServing(true);
 
   return {
-    id, address, metricsPort: http?.port, outboxes, metrics,
+    id, address, metricsPort: http?.port, outboxes, exchanges, metrics,
     async close() {
       if (closing) return;
       closing = true;

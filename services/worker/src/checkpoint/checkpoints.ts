@@ -4,7 +4,7 @@
  *   states/input-<b>.bin   the boundary states of all samples entering block b (stateFile.ts)
  *   states/input-<b>.r<r>of<R>.bin   with R data-parallel replicas: replica r's share of them
  *   blocks/<b>.json        {"report": BlockReport, "layers": LayerReport[]}
- *   exchange/<b>/...       the replicas' per-sample records of block b (dataplane/replicaExchange.ts)
+ *   exchange/<b>/<topic>.r<replica>.bin   a replica's per-sample records (dataplane/exchangeFile.ts)
  *
  * A block is done iff blocks/<b>.json exists. It is written last (tmp + fsync + rename), after
  * the block's pruned weights are synced into the output and states/input-<b+1>.bin is complete,
@@ -87,7 +87,7 @@ export function tempPath(path: string): string {
 }
 
 /** `beforeRename` may throw to leave `path` as it was (a run that lost its shard meanwhile). */
-export async function writeFileAtomic(path: string, text: string, beforeRename?: () => void): Promise<void> {
+export async function writeFileAtomic(path: string, text: string | Uint8Array, beforeRename?: () => void): Promise<void> {
   const tmp = tempPath(path);
   try {
     const h = await open(tmp, "w");

@@ -13,16 +13,18 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ShardAssignment, ShardProgressSchema } from "../../../gen/atvprune/v1/worker_pb.js";
 import {
   InvalidArgumentError, DATA_FILE, PARTIAL_SUFFIX, arraySource, offsetSource, BlockEngine, type PrunedWeight,
-  type SampleState, type StateSource, needsCalibration, InferenceHost, MaskPool, type ReplicaSlice, type SampleExchange,
+  type SampleState, type StateSource, needsCalibration, InferenceHost, MaskPool, type ReplicaSlice,
 } from "../../../core/src/index.js";
 import { RpcError, fromPlanMessage, toBlockFinished } from "../../../rpc/index.js";
 import { exists, WorkDir, type BlockRecord } from "../checkpoint/checkpoints.js";
 import { CheckpointError, inBlock, inShard, ShardError } from "../errors.js";
 import type { Outbox, OutboxRegistry } from "../dataplane/outbox.js";
+import type { ExchangeRegistry } from "../dataplane/exchangeRegistry.js";
 import { openShardJob, type ShardJob } from "./shardJob.js";
 import { DEFAULT_HEARTBEAT_MS, RunLiveness } from "./runLiveness.js";
 import { readStateFile, StateFileWriter, writeStateFile } from "../checkpoint/stateFile.js";
 import { UpstreamStates } from "../dataplane/upstreamStates.js";
+import { GrpcReplicaExchange } from "../dataplane/replicaExchange.js";
 import type { WorkerMetrics } from "../workerMetrics.js";
 
 export type Progress = MessageInitShape<typeof ShardProgressSchema>;
@@ -32,22 +34,13 @@ export interface ShardRunDeps {
   threads: number;
   device: "cpu" | "cuda" | "auto";
   outboxes: OutboxRegistry;
+  /** where this worker's replicas publish their exchange records (GrpcReplicaExchange) */
+  exchanges: ExchangeRegistry;
   metrics: WorkerMetrics;
   /** how this worker reaches its upstream (and the other replicas of its stage) */
   credentials: grpc.ChannelCredentials;
-  /** the all-gather between the replicas of a stage (only needed by shards with replicas > 1) */
-  exchanges?: ReplicaExchanges;
   channelOptions: grpc.ChannelOptions;
   log: (message: string) => void;
-}
-
-/** Opens the exchange of one replica run (dataplane/replicaExchange.ts over gRPC). */
-export interface ReplicaExchanges {
-  open(o: { jobId: string; samples: number; slice: ReplicaSlice; peers: readonly string[]; workDir: string; signal: AbortSignal }): ReplicaExchange;
-}
-
-export interface ReplicaExchange extends SampleExchange {
-  setPeer(replica: number, address: string): void;
 }
 
 export class ShardRun {
@@ -58,7 +51,7 @@ export class ShardRun {
   readonly workDir: string;
   /** which replica of its stage this shard is (its share of the samples) */
   readonly slice: ReplicaSlice;
-  private exchange: ReplicaExchange | undefined;
+  private exchange: GrpcReplicaExchange | undefined;
   /** the other replicas of this stage, by replica (UpdatePeer moves them) */
   private readonly peers: string[];
   private readonly abort = new AbortController();
@@ -156,8 +149,10 @@ export class ShardRun {
         signal.throwIfAborted();
         const needsStates = needsCalibration(job.plan.method);
         if (this.slice.replicas > 1) {
-          if (!this.deps.exchanges) throw new InvalidArgumentError(this.subject, "this worker cannot run data-parallel replicas (no exchange)");
-          this.exchange = this.deps.exchanges.open({ jobId: this.jobId, samples: job.samples.length, slice: this.slice, peers: this.peers, workDir: this.workDir, signal });
+          this.exchange = new GrpcReplicaExchange({
+            jobId: this.jobId, samples: job.samples.length, slice: this.slice, peers: this.peers, workDir: this.workDir,
+            registry: this.deps.exchanges, credentials: this.deps.credentials, channelOptions: this.deps.channelOptions, log: this.deps.log,
+          });
         }
         host = InferenceHost.start({ threads: this.deps.threads, device: this.deps.device, warn: this.deps.log });
         maskPool = MaskPool.start(job.spec.maskThreads);
@@ -199,6 +194,8 @@ export class ShardRun {
       await host?.close().catch(() => {});
       await maskPool?.close().catch(() => {});
       await job.data.close().catch(() => {});
+      // Peers that still need this replica's records read them from the work dir.
+      if (this.exchange) this.deps.exchanges.forgetJob(this.jobId);
     }
   }
 

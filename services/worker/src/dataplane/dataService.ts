@@ -2,6 +2,7 @@
  * The gRPC handler of the worker's data plane (WorkerDataService): PullStates serves the
  * boundary states entering a block, from the outbox of the shard producing them (while it runs)
  * or from the job's work dir. It knows the control plane's runs only through ShardDirectory.
+ * PullExchange serves the records the replicas running here published (exchangeRegistry.ts).
  */
 import { status } from "@grpc/grpc-js";
 import type { WorkerDataService } from "../../../gen/atvprune/v1/worker_data_pb.js";
@@ -10,6 +11,7 @@ import { exists, WorkDir, type ReplicaView } from "../checkpoint/checkpoints.js"
 import { StateFileReader } from "../checkpoint/stateFile.js";
 import { checkCaller, type CallerPolicy } from "../callerCheck.js";
 import type { OutboxRegistry } from "./outbox.js";
+import { ExchangeRegistry, serveExchange } from "./exchangeRegistry.js";
 import { sendStates, type SampleFeed } from "./stateStream.js";
 
 /** What the data plane needs to know of the shards running here. */
@@ -24,6 +26,7 @@ export interface ShardDirectory {
 
 export function dataServiceImpl(
   shards: ShardDirectory, outboxes: OutboxRegistry, onServed: (bytes: number) => void, producerWaitMs = PRODUCER_WAIT_MS, access: CallerPolicy = {},
+  exchanges = new ExchangeRegistry(),
 ): ServerImpl<typeof WorkerDataService> {
   return {
     async pullStates(req, call) {
@@ -36,6 +39,17 @@ export function dataServiceImpl(
         await sendStates(call, feed, req.fromSample, onServed);
       } finally {
         await feed.close?.();
+        stop.abort();
+      }
+    },
+
+    async pullExchange(req, call) {
+      checkCaller(call, access);
+      const stop = new AbortController();
+      call.on("cancelled", () => stop.abort());
+      try {
+        await serveExchange(req, call, exchanges, stop.signal);
+      } finally {
         stop.abort();
       }
     },

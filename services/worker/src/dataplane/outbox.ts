@@ -5,6 +5,7 @@
  */
 import type { SampleState, StateSource } from "../../../core/src/index.js";
 import type { SampleFeed } from "./stateStream.js";
+import { ChangeSignal } from "./changeSignal.js";
 
 type Waiter = { resolve: (s: SampleState) => void; reject: (e: unknown) => void };
 
@@ -55,14 +56,14 @@ export class Outbox implements StateSource, SampleFeed {
 /** This worker's outboxes by (job, block). One per worker instance, never global. */
 export class OutboxRegistry {
   private readonly boxes = new Map<string, Outbox>();
-  private readonly listeners = new Set<() => void>();
+  private readonly changes = new ChangeSignal();
 
   open(jobId: string, block: number, count: number, replica = 0): Outbox {
     const key = keyOf(jobId, block, replica);
     this.boxes.get(key)?.fail(new Error(`job ${jobId} block ${block}: superseded by a newer run`));
     const box = new Outbox(jobId, block, count, replica);
     this.boxes.set(key, box);
-    this.changed();
+    this.changes.notify();
     return box;
   }
 
@@ -74,24 +75,12 @@ export class OutboxRegistry {
   remove(box: Outbox): void {
     const key = keyOf(box.jobId, box.block, box.replica);
     if (this.boxes.get(key) === box) this.boxes.delete(key);
-    this.changed();
+    this.changes.notify();
   }
 
   /** Resolves at the next open or remove, or when the signal aborts. */
   nextChange(signal?: AbortSignal): Promise<void> {
-    return new Promise((resolve) => {
-      const done = () => {
-        this.listeners.delete(done);
-        signal?.removeEventListener("abort", done);
-        resolve();
-      };
-      this.listeners.add(done);
-      signal?.addEventListener("abort", done, { once: true });
-    });
-  }
-
-  private changed(): void {
-    for (const l of [...this.listeners]) l();
+    return this.changes.next(signal);
   }
 }
 
