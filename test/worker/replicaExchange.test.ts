@@ -163,6 +163,13 @@ describe("three replicas on three workers", () => {
     await withTimeout(log.waitFor(/retrying/), GUARD_MS, "retry logged");
     stop2.abort();
     await withTimeout(assert.rejects(g2, (e) => (e as Error).name === "AbortError"), GUARD_MS, "abort while retrying");
+
+    // Aborted while it writes its own file, before it listens: the abort still stops the pulls.
+    const early = exchange(0, [peers[0]!, "127.0.0.1:1", "127.0.0.1:1"], newDir(), workers[0]!.exchanges, { jobId: "job-abort-3" });
+    const stop3 = new AbortController();
+    const g3 = early.allGather(0, "stats", ownRecords(0, "stats", 0), stop3.signal);
+    stop3.abort();
+    await withTimeout(assert.rejects(g3, (e) => (e as Error).name === "AbortError"), GUARD_MS, "abort before listening");
   });
 
   test("a peer whose server stopped after publishing: the others read its file, also when they were retrying it", async () => {

@@ -89,6 +89,8 @@ export class GrpcReplicaExchange implements SampleExchange {
     const stop = new AbortController();
     const onAbort = () => stop.abort(signal!.reason);
     signal?.addEventListener("abort", onAbort, { once: true });
+    // An abort during the awaits above fired no listener.
+    if (signal?.aborted) onAbort();
     try {
       const pulls = [];
       for (let r = 0; r < replicas; r++) {
