@@ -132,7 +132,8 @@ test("a worker killed with SIGKILL mid-job: its shard resumes elsewhere, same by
   const client = jobClient(coordinator.address);
   try {
     await coordinator.pool.waitForReady(2, 10_000);
-    const s = spec("sequential");
+    // One replica per stage: two stages chained (a lost replica: replicaCluster.test.ts).
+    const s = spec("sequential", { replicas: 1 });
     const { job } = await client.submitJob({ spec: s });
     // Kill the worker of the second shard once it has finished its first block.
     const killer = killShardWorkerAfter(client, () => job!.id, 3, children);

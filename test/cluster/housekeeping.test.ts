@@ -49,7 +49,7 @@ async function cluster(workers: number, extra: Partial<Parameters<typeof startCo
 }
 
 function checkpoints(id: string): string[] {
-  return readdirSync(join(workRoot(), id), { recursive: true }).map(String).filter((f) => /^(blocks\/\d+\.json|states\/input-\d+\.bin)$/.test(f));
+  return readdirSync(join(workRoot(), id), { recursive: true }).map(String).filter((f) => /^(blocks\/\d+\.json|states\/input-\d+(\.r\d+of\d+)?\.bin|exchange\/\d+\/[\w-]+\.r\d+\.bin)$/.test(f));
 }
 
 test("SUCCEEDED removes the work folder; --keep-work on the job keeps it", async () => {
@@ -59,7 +59,9 @@ test("SUCCEEDED removes the work folder; --keep-work on the job keeps it", async
     const kept = (await c.client.submitJob({ spec: spec({ keepWork: true }) })).job!.id;
     for (const id of [plain, kept]) assert.equal((await waitForJob(c.client, id)).state, JobState.SUCCEEDED);
     assert.ok(!existsSync(join(workRoot(), plain)), "removed after SUCCEEDED");
-    assert.ok(checkpoints(kept).includes("blocks/3.json") && checkpoints(kept).includes("states/input-4.bin"), String(checkpoints(kept)));
+    // Two workers: one stage of two replicas, each keeping its share of the states and its records.
+    const kept4 = ["blocks/3.json", "states/input-4.r0of2.bin", "states/input-4.r1of2.bin", "exchange/3/pool.r0.bin", "exchange/3/stats-0.r1.bin"];
+    for (const f of kept4) assert.ok(checkpoints(kept).includes(f), `${f} in ${String(checkpoints(kept))}`);
   } finally {
     await c.close();
   }

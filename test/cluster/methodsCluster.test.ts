@@ -109,7 +109,8 @@ async function withWorkerProcesses(fn: (c: { children: ChildService[]; client: R
 for (const name of ["sparsegpt", "wanda owl", "tamp"]) test(`${name}: a worker killed with SIGKILL mid-job, same bytes`, async () => {
   await withWorkerProcesses(async ({ children, client }) => {
     const out = join(tmp.path, `out-${++counter}`);
-    const { job } = await client.submitJob({ spec: { model: model.model, calib: model.calib, out, ...JOBS[name] } });
+    // One replica per stage: the kill hits the second stage of the chain (replicas: replicaCluster.test.ts).
+    const { job } = await client.submitJob({ spec: { model: model.model, calib: model.calib, out, ...JOBS[name], replicas: 1 } });
     const killer = killShardWorkerAfter(client, () => job!.id, 2, children);
     const result = await waitForJob(client, job!.id, 120_000, killer.onEvent);
     const final = await client.getJob({ id: job!.id });
