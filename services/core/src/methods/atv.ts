@@ -14,6 +14,7 @@ export const atv: MethodDefinition = {
   name: "atv",
   needsCalibration: true,
   shownOptions: ["alpha"],
+  statsInGraph: true,
   create({ alpha }): Method<ChannelSquares> {
     return {
       name: "atv",

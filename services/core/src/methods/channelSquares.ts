@@ -5,9 +5,9 @@
  */
 import type { LinearInfo } from "../graph/linears.js";
 import { ChannelStats } from "../prune/activationStats.js";
-import type { Accumulator, AccumulatorInput, AccumulatorSpec } from "./method.js";
+import type { AccumulatorInput, AccumulatorSpec, SampleSumsAccumulator } from "./method.js";
 
-export class ChannelSquares implements Accumulator {
+export class ChannelSquares implements SampleSumsAccumulator {
   private readonly stats: ChannelStats;
   private meanOf: { samples: number; mean: Float64Array } | undefined;
 
@@ -17,6 +17,10 @@ export class ChannelSquares implements Accumulator {
 
   add({ input, pool, subject }: AccumulatorInput): void {
     this.stats.add(input, pool, subject);
+  }
+
+  addSampleSums(sums: Float32Array | Float64Array, subject: string): void {
+    this.stats.addSampleSums(sums, subject);
   }
 
   /** s[c] = (1/N) sum_j sum_{t in pool_j} A_j[t, c]^2, computed once for the linears sharing it. */

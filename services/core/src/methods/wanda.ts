@@ -17,6 +17,7 @@ export const wanda: MethodDefinition = {
   name: "wanda",
   needsCalibration: true,
   shownOptions: [],
+  statsInGraph: true,
   create(): Method<ChannelSquares> {
     return { name: "wanda", calibration: { pool: ATTENDED_TOKENS, accumulator: channelSquares }, compress: scaledMagnitudeMask };
   },

@@ -20,6 +20,7 @@ import { buildCutModel, type StageCut, type StagePlan } from "../graph/blockCut.
 import type { GraphIndex } from "../graph/graphIndex.js";
 import type { LinearInfo } from "../graph/linears.js";
 import { attentionProbs, linearOutput, type ObservedTensor } from "../graph/observedTensors.js";
+import { addStatsOutputs, NO_POOL, planStatsGraph, STATS_POOL_INPUT, type StatsGraph } from "../graph/statsOutputs.js";
 import { ortType, typeName } from "../onnx/dtype.js";
 import type { LoadedModel } from "../onnx/modelFile.js";
 import type { TensorData } from "../onnx/tensorData.js";
@@ -36,6 +37,7 @@ import type { TensorData as TypedData, WireTensor } from "../runtime/wireTensor.
 import type { BlockReport, LayerReport } from "./report.js";
 import type { ResolvedSpec } from "./pruneSpec.js";
 import type { SampleFeeds } from "./sampleFeeds.js";
+import { statsInGraph } from "./graphStatsPass.js";
 
 /** The hidden-path tensors of one sample at a block boundary. */
 export type SampleState = Map<string, WireTensor>;
@@ -127,6 +129,8 @@ export interface BlockResult {
 export class BlockEngine {
   private readonly pool = new BufferPool();
   private readonly method: Method;
+  /** sessions whose graph computes the statistics (--stats graph) */
+  private readonly statsGraphs = new WeakMap<SessionHandle, StatsGraph>();
 
   constructor(private readonly ctx: EngineContext) {
     this.method = ctx.method ?? createMethod(ctx.spec);
@@ -169,7 +173,7 @@ export class BlockEngine {
     if (method.calibration) {
       checkCount(cut, source, samples.length);
       const dense = spec.propagation === "dense";
-      const session = await this.loadSession(cut, weights, this.observedFor(cut, toPrune, method.calibration).tensors);
+      const session = await this.loadSession(cut, weights, this.observedFor(cut, toPrune, method.calibration).tensors, this.statsGraphFor(b, toPrune, method.calibration));
       try {
         // Steps 1-3 (dense forward, token pools, statistics per linear) and the compress step of
         // 4-6, per group of accumulators that fits the budget; weights change only after all groups.
@@ -240,6 +244,8 @@ export class BlockEngine {
     b: number, session: SessionHandle, weights: Map<string, WeightMatrix>, source: StateSource,
     linears: readonly LinearInfo[], needs: CalibrationNeeds<A>, options: RunBlockOptions & { propagate: boolean },
   ): Promise<{ stats: Map<string, A>; facts: PoolFacts; next: SampleState[] }> {
+    const inGraph = this.statsGraphs.get(session);
+    if (inGraph) return this.calibrateInGraph(b, session, weights, source, linears, needs, options, inGraph);
     const { plan, samples, host, spec } = this.ctx;
     const cut = plan.blocks[b]!;
     const N = samples.length;
@@ -313,6 +319,44 @@ export class BlockEngine {
     return { stats, facts, next };
   }
 
+  /** calibrate() with --stats graph: the session's graph computes the statistics (graphStatsPass.ts). */
+  private async calibrateInGraph<A extends Accumulator>(
+    b: number, session: SessionHandle, weights: Map<string, WeightMatrix>, source: StateSource,
+    linears: readonly LinearInfo[], needs: CalibrationNeeds<A>, options: RunBlockOptions & { propagate: boolean }, graph: StatsGraph,
+  ): Promise<{ stats: Map<string, A>; facts: PoolFacts; next: SampleState[] }> {
+    const { plan, samples, host, feeds } = this.ctx;
+    const cut = plan.blocks[b]!;
+    const next: SampleState[] = [];
+    const { stats, facts } = await statsInGraph({
+      samples, graph, signal: options.signal,
+      subject: (j) => sampleSubject(samples[j]!, cut),
+      run: async (j, pool, fetches) => {
+        const state = await source.get(j);
+        const inputs = this.feedsFor(cut, weights, feeds[j]!, state);
+        inputs[STATS_POOL_INPUT] = pool ? { type: "float32", dims: [pool.length], data: Float32Array.from(pool) } : NO_POOL;
+        return { state, out: await host.run(session, inputs, fetches) };
+      },
+      stateOutputs: options.propagate ? cut.stateOutputs : [],
+      ...(options.propagate ? { emit: (j: number, state: SampleState, out: Record<string, WireTensor>) => emitNext(next, this.stateAfter(b, out, state, feeds[j]!), options.onNext) } : {}),
+    }, linears, needs);
+    return { stats, facts, next };
+  }
+
+  /**
+   * The statistics outputs of block b's graph with --stats graph (undefined: host statistics):
+   * each activation's pooled sums of squares, and for a pool chosen after the forward (ATV)
+   * the block's per-token cosine distances.
+   */
+  private statsGraphFor(b: number, linears: readonly LinearInfo[], needs: CalibrationNeeds): StatsGraph | undefined {
+    if (this.ctx.spec.stats !== "graph") return undefined;
+    const { stateAfter } = this.ctx.plan;
+    const channels = new Map(linears.map((l) => [l.activation, l.inDim]));
+    return planStatsGraph(
+      [...channels].map(([name, n]) => ({ name, channels: n })),
+      needs.pool.kind === "afterForward" ? { x: stateAfter[b]!, y: stateAfter[b + 1]! } : undefined,
+    );
+  }
+
   /** Steps 4-6: every linear of the block is compressed from dense weights before any changes. */
   private async compress(linears: readonly LinearInfo[], weights: Map<string, WeightMatrix>, stats: ReadonlyMap<string, Accumulator>): Promise<Compressed[]> {
     return applyCompressions(await this.compressLinears(linears, weights, stats));
@@ -336,6 +380,7 @@ export class BlockEngine {
       signal?.throwIfAborted();
       const state = await source.get(j);
       const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, state);
+      if (this.statsGraphs.has(session)) inputs[STATS_POOL_INPUT] = NO_POOL;
       const out = await this.ctx.host.run(session, inputs, cut.stateOutputs);
       emitNext(next, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
     }
@@ -375,12 +420,15 @@ export class BlockEngine {
     return out;
   }
 
-  private async loadSession(cut: StageCut, weights: Map<string, WeightMatrix>, observed: readonly ObservedTensor[] = []): Promise<SessionHandle> {
+  private async loadSession(cut: StageCut, weights: Map<string, WeightMatrix>, observed: readonly ObservedTensor[] = [], stats?: StatsGraph): Promise<SessionHandle> {
     const { loaded, data, index, host, floatType } = this.ctx;
     const initializerBytes = new Map<string, Uint8Array>();
     for (const name of cut.initializers) initializerBytes.set(name, await data.read(index.initializers.get(name)!));
     const model = buildCutModel({ source: loaded.model, index, cut, initializerBytes, floatType, observed });
-    return host.load(cut.label, toBinary(ModelProtoSchema, model), boundTensors(cut, weights, index));
+    if (stats) addStatsOutputs(model, stats, cut.label);
+    const session = await host.load(cut.label, toBinary(ModelProtoSchema, model), boundTensors(cut, weights, index));
+    if (stats) this.statsGraphs.set(session, stats);
+    return session;
   }
 
   private feedsFor(cut: StageCut, _weights: Map<string, WeightMatrix>, feeds: SampleFeeds, state?: SampleState): Record<string, WireTensor> {

@@ -53,6 +53,21 @@ export class ChannelStats {
     }
   }
 
+  /**
+   * Adds one sample's own sums over its pooled tokens, computed elsewhere (inside the block's
+   * graph with --stats graph): sum[c] += v[c], samples in order.
+   */
+  addSampleSums(v: Float32Array | Float64Array, sampleSubject: string): void {
+    if (v.length !== this.channels) throw new NumericError(`${this.tensor} (${sampleSubject})`, `got ${v.length} channel sums, expected ${this.channels}`);
+    const sum = this.sum;
+    for (let c = 0; c < v.length; c++) sum[c]! += v[c]!;
+    for (let c = 0; c < v.length; c++) {
+      if (!Number.isFinite(sum[c]!)) {
+        throw new NumericError(`${this.tensor} (${sampleSubject})`, `NaN or Inf in the activations (channel ${c})`);
+      }
+    }
+  }
+
   /** The mean over the N samples. */
   mean(samples: number): Float64Array {
     return this.sum.map((v) => v / samples);
