@@ -3,22 +3,15 @@
 // the setting in the JobSpec (unset stays unset: the engine's default, host).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { CLI, REPO, tempDir } from "../support/fixtures.js";
+import { tempDir } from "../support/fixtures.js";
+import { runAtvp as atvp } from "../support/atvpCli.js";
 import { toJobSpecMessage } from "../../services/cli/src/jobClient.js";
 import { toPruneSpec } from "../../services/rpc/jobSpec.js";
 
 const tmp = tempDir("stats-flag");
 after(() => tmp.cleanup());
-
-function atvp(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: REPO, encoding: "utf8", timeout: 60_000, stdio: ["ignore", "pipe", "pipe"] });
-  if (r.error) throw r.error;
-  assert.notEqual(r.signal, "SIGTERM", `atvp ${args.join(" ")} timed out`);
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 const modelDir = join(tmp.path, "m");
 const model = join(modelDir, "model.onnx");
