@@ -11,9 +11,10 @@
  *   Y the block's input and output hidden states (the sum of the parts of a (residual, delta)
  *   pair), as prune/hiddenState.ts computes them.
  *
- * Everything runs in float64: the square of a float32 or float16 value is exact there, and
- * onnxruntime's ReduceSum over the leading axis adds the tokens in order per channel, so a
- * sample's vector is what the host computes for it up to the order of float64 additions.
+ * Everything runs in float64: the square of a float32 or float16 value is exact there, so a
+ * sample's vector is what the host computes for it up to the order of float64 additions
+ * (onnxruntime's CPU ReduceSum over the leading axis is a product with a ones vector, whose
+ * order is fixed by the kernel's blocking, not by the data or the thread count).
  */
 import { create } from "@bufbuild/protobuf";
 import {
