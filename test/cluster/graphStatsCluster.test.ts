@@ -1,5 +1,5 @@
 // --stats graph in the cluster (spec.stats travels in the JobSpec and the JobPlan): 2 workers,
-// ATV sequential and Wanda dense, write exactly the bytes and block facts of
+// ATV sequential, Wanda dense and Wanda with OWL's profile phase, write exactly the bytes and block facts of
 // `atvp prune --stats graph`. ATV's cosDistAvg differs between host and graph statistics in its
 // last bits (the order of float64 sums), so equal facts show the workers computed them in the graph.
 import { after, before, test } from "node:test";
@@ -22,6 +22,7 @@ type Report = { blocks: { cosDistAvg: number | null; k: number[] }[] };
 const JOBS: Record<string, Record<string, unknown>> = {
   "atv sequential": { method: "atv", sparsity: 0.5, alpha: 4, propagation: "sequential" },
   "wanda dense": { method: "wanda", sparsity: 0.5, propagation: "dense" },
+  "wanda owl": { method: "wanda", sparsity: 0.5, sparsityProfile: "owl" },
 };
 const reference = new Map<string, { data: Buffer; report: Report }>();
 

@@ -147,6 +147,14 @@ describe("--stats graph against --stats host", () => {
     });
   }
 
+  test("wanda with the OWL profile (its pre-pass also in the graph) and ATV 2:4, on a small fused float16 model: the masks agree", async () => {
+    const g = await generateModel({ outDir: join(tmp.path, "small"), layers: 3, hidden: 96, fused: true, fp16: true, samples: 6, seqLen: 40, imageTokens: 16, seed: 9 });
+    for (const [name, spec] of [["owl", { method: "wanda", sparsity: 0.5, sparsityProfile: "owl" }], ["atv-2of4", { method: "atv", pattern: "2:4", alpha: 4 }]] as const) {
+      const { host, graph } = await pruneBoth(`small-${name}`, { model: g.modelPath, calib: g.calibPath, ...spec });
+      assert.ok(maskAgreement(host.data, graph.data, host.report.totals.params, 2) >= 0.999, name);
+    }
+  });
+
   test("the builder-exported fixture (fp16, fused ops, image tokens marked): ATV masks agree", async () => {
     const calib = join(tmp.path, "fixture-calib.jsonl");
     const lines = [];

@@ -223,7 +223,7 @@ export class BlockEngine {
     checkCount(cut, source, samples.length);
     const weights = await this.readWeights(cut.weights);
     const linears = cut.weights.filter((l) => this.ctx.targets.has(l.weight));
-    const session = await this.loadSession(cut, weights, this.observedFor(cut, linears, prePass).tensors);
+    const session = await this.loadSession(cut, weights, this.observedFor(cut, linears, prePass).tensors, this.statsGraphFor(b, linears, prePass));
     try {
       const { stats, next } = await this.calibrate(b, session, weights, source, linears, prePass, { ...options, propagate: true });
       takeBack(weights, await host.unbind(session));
