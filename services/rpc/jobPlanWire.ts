@@ -7,7 +7,7 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { JobPlanSchema, PlanPhase, type JobPlan as JobPlanMessage } from "../gen/atvprune/v1/plan_pb.js";
 import {
   InvalidArgumentError, type MethodOptions, checkPlan, type JobPlan, type PlanPhase as Phase,
-  type Propagation,
+  type Propagation, type StatsMode,
 } from "../core/src/index.js";
 
 type MethodOneof = MessageInitShape<typeof JobPlanSchema>["method"];
@@ -60,6 +60,7 @@ export function toPlanMessage(plan: JobPlan): JobPlanMessage {
     dataBytes: BigInt(plan.dataBytes),
     activationCacheBytes: BigInt(plan.activationCacheBytes),
     maskThreads: plan.maskThreads,
+    stats: plan.stats,
   });
 }
 
@@ -96,5 +97,6 @@ export function fromPlanMessage(m: JobPlanMessage | undefined): JobPlan {
       dataBytes: Number(m.dataBytes),
       activationCacheBytes: Number(m.activationCacheBytes),
       maskThreads: m.maskThreads || 1,
+      stats: (m.stats || "host") as StatsMode,
     });
 }

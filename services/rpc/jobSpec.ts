@@ -37,6 +37,7 @@ export function toPruneSpec(spec: JobSpec, worker?: { threads: number; device: "
     ...(spec.tampMaxSparsity !== undefined ? { tampMaxSparsity: spec.tampMaxSparsity } : {}),
     force: spec.force,
     ...(spec.maskThreads !== undefined ? { maskThreads: spec.maskThreads } : {}),
+    ...(spec.stats ? { stats: spec.stats as PruneSpec["stats"] } : {}),
     ...(worker ? { threads: worker.threads, device: worker.device } : {}),
   };
 }

@@ -31,6 +31,9 @@ before(async () => {
     await pruneModel({ ...model, method, sparsity: 0.5, alpha: 4, propagation, out, threads: 1 });
     reference.set(method, { data: readFileSync(join(out, "model.onnx.data")), report: JSON.parse(readFileSync(join(out, "report.json"), "utf8")) });
   }
+  const out = join(tmp.path, "ref-atv-graph");
+  await pruneModel({ ...model, method: "atv", sparsity: 0.5, alpha: 4, propagation: "sequential", out, threads: 1, stats: "graph" });
+  reference.set("atv-graph", { data: readFileSync(join(out, "model.onnx.data")), report: JSON.parse(readFileSync(join(out, "report.json"), "utf8")) });
 });
 after(async () => {
   for (const n of natsServers) await n.stop();
@@ -47,7 +50,7 @@ function spec(method: keyof typeof METHODS, extra: Record<string, unknown> = {})
   return { ...model, out: join(tmp.path, `out-${++counter}`), method, sparsity: 0.5, alpha: 4, propagation: METHODS[method], ...extra };
 }
 
-function assertSameAsPrune(method: keyof typeof METHODS, out: string): void {
+function assertSameAsPrune(method: keyof typeof METHODS | "atv-graph", out: string): void {
   const ref = reference.get(method)!;
   assert.ok(readFileSync(join(out, "model.onnx.data")).equals(ref.data), "weights differ from atvp prune's");
   const report = JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as { layers: unknown[]; blocks: Record<string, unknown>[] };
@@ -99,6 +102,19 @@ for (const [workers, replicas, stages] of [[2, 2, 1], [3, 3, 1], [4, 2, 2]] as c
     });
   }
 }
+
+test("atv with --stats graph: 2 replicas, bit-identical to atvp prune --stats graph", async () => {
+  const c = await inProcessCluster(2);
+  try {
+    const s = spec("atv", { replicas: 2, stats: "graph" });
+    const { job } = await c.client.submitJob({ spec: s });
+    const result = await waitForJob(c.client, job!.id);
+    assert.equal(result.state, JobState.SUCCEEDED, (await c.client.getJob({ id: job!.id })).reason);
+    assertSameAsPrune("atv-graph", s.out);
+  } finally {
+    await c.close();
+  }
+});
 
 test("by default the planner gives a splittable method with sequential propagation one stage of a replica per worker", async () => {
   const c = await inProcessCluster(2);

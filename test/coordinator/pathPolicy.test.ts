@@ -162,6 +162,8 @@ describe("validateJobSpec", () => {
     ["sparsity_profile", { sparsityProfile: "flat" }, /^spec\.sparsity_profile: must be one of uniform/],
     ["magnitude_scope", { magnitudeScope: "row" }, /^spec\.magnitude_scope: must be matrix or column/],
     ["mask_threads", { maskThreads: 0 }, /^spec\.mask_threads: must be a positive integer/],
+    ["stats", { stats: "gpu" }, /^spec\.stats: must be host or graph/],
+    ["stats graph with sparsegpt", { method: "sparsegpt", stats: "graph" }, /^spec\.stats: graph is not supported yet for method sparsegpt/],
     ["magnitude matrix with N:M", { method: "magnitude", calib: "", pattern: "2:4", sparsity: undefined }, /^spec\.pattern: /],
     ["model", { model: "" }, /^spec\.model: is required/],
     ["out", { out: "" }, /^spec\.out: is required/],

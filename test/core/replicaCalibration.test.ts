@@ -23,9 +23,9 @@ before(async () => {
 });
 after(() => tmp.cleanup());
 
-async function run(method: string, propagation: "sequential" | "dense", replicas: number) {
+async function run(method: string, propagation: "sequential" | "dense", replicas: number, stats: "host" | "graph" = "host") {
   const out = join(tmp.path, `o${++counter}`);
-  const report = await pruneModel({ ...model, out, method, propagation, sparsity: 0.5, alpha: 2, threads: 1 }, { replicas });
+  const report = await pruneModel({ ...model, out, method, propagation, sparsity: 0.5, alpha: 2, threads: 1, stats }, { replicas });
   return { data: readFileSync(join(out, "model.onnx.data")), layers: report.layers, blocks: report.blocks.map((b) => ({ ...b, seconds: 0, tokensPerSecond: 0 })) };
 }
 
@@ -42,6 +42,15 @@ for (const method of ["atv", "wanda"]) {
       if (method === "atv") assert.ok(one.blocks.some((b) => b.k.some((k) => k > 0)), "the pools hold visual tokens");
     });
   }
+  test(`${method}, --stats graph: 2 and 3 replicas give the bits of one`, async () => {
+    const one = await run(method, "sequential", 1, "graph");
+    for (const replicas of [2, 3]) {
+      const many = await run(method, "sequential", replicas, "graph");
+      assert.ok(many.data.equals(one.data), `${replicas} replicas: weights differ`);
+      assert.deepEqual(many.layers, one.layers);
+      assert.deepEqual(many.blocks, one.blocks);
+    }
+  });
 }
 
 test("a method whose statistics are not reduced across replicas is refused, naming replicas", async () => {

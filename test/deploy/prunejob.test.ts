@@ -117,6 +117,7 @@ test("the CRD's defaults are the engine's (what SubmitJob uses for an unset fiel
   assert.equal(spec["propagation"], resolved.propagation);
   assert.equal(spec["seed"], resolved.seed);
   assert.equal(spec["magnitudeScope"], resolved.magnitudeScope);
+  assert.equal(spec["stats"], resolved.stats);
   // Unset: uniform, or the method's own profile (tamp's DAS), as for SubmitJob.
   assert.equal(spec["sparsityProfile"], undefined);
   assert.equal(resolved.sparsityProfile, "uniform");
@@ -146,6 +147,7 @@ test("every spec the gRPC API refuses for a field, the CRD refuses too (and both
     ["no model", { ...BASE, model: undefined }],
     ["no out", { ...BASE, out: undefined }],
     ["seed beyond 2^53", { ...BASE, seed: 2 ** 53 }],
+    ["unknown stats", { ...BASE, stats: "gpu" }],
   ];
   for (const [what, raw] of bad) {
     const spec = JSON.parse(JSON.stringify(raw)) as Record<string, unknown>;
@@ -157,7 +159,7 @@ test("every spec the gRPC API refuses for a field, the CRD refuses too (and both
     ["N:M without sparsity", { ...BASE, method: "wanda", sparsity: undefined, pattern: "2:4" }],
     ["no sparsity (the API's default 0.5)", { ...BASE, sparsity: undefined }],
     ["magnitude without calib", { ...BASE, method: "magnitude", calib: undefined }],
-    ["every field", { ...BASE, pattern: "unstructured", alpha: 4, propagation: "dense", nsamples: 8, seed: 7, include: ["mlp"], exclude: ["q_proj"], magnitudeScope: "matrix", force: true, workers: 2 }],
+    ["every field", { ...BASE, pattern: "unstructured", alpha: 4, propagation: "dense", nsamples: 8, seed: 7, include: ["mlp"], exclude: ["q_proj"], magnitudeScope: "matrix", force: true, workers: 2, stats: "graph" }],
   ];
   for (const [what, raw] of good) {
     const spec = JSON.parse(JSON.stringify(raw)) as Record<string, unknown>;

@@ -144,6 +144,7 @@ export function toJobSpecMessage(spec: PruneSpec, workers: number, local: boolea
     tampMaxSparsity: spec.tampMaxSparsity,
     force: spec.force ?? false,
     maskThreads: spec.maskThreads,
+    stats: spec.stats ?? "",
     workers,
   });
 }

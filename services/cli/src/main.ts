@@ -16,7 +16,7 @@ commands:
              [--sparsity-profile uniform|owl [--owl-lambda L (0.08)] [--owl-m M (5)]]
              [--tamp-max-sparsity X (S+0.1): tamp only]
              [--nsamples N] [--seed S] [--include RE]... [--exclude RE]... [--magnitude-scope matrix|column]
-             [--threads N] [--mask-threads N] [--device cpu|cuda|auto] [--force]
+             [--threads N] [--mask-threads N] [--stats host|graph (host)] [--device cpu|cuda|auto] [--force]
              --model DIR: a genai or transformers.js model folder [--dtype fp32|fp16] [--layout genai|transformers-js];
              --out gets the whole folder, the decoder pruned under its own file names
   calib      --model-dir DIR (--prompts P.jsonl | --conversations C.json) --out CALDIR

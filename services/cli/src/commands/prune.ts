@@ -28,6 +28,7 @@ export const JOB_OPTIONS: Options = {
   "tamp-max-sparsity": { type: "string" },
   threads: { type: "string" },
   "mask-threads": { type: "string" },
+  stats: { type: "string" },
   device: { type: "string" },
   force: { type: "boolean", default: false },
 };
@@ -58,6 +59,7 @@ export function jobSpec(values: Record<string, unknown>): PruneSpec {
     tampMaxSparsity: num(values, "tamp-max-sparsity"),
     threads: int(values, "threads"),
     maskThreads: int(values, "mask-threads"),
+    stats: str(values, "stats") as PruneSpec["stats"],
     device: str(values, "device") as PruneSpec["device"],
     force: values["force"] === true,
   };

@@ -15,6 +15,7 @@ export const atv: MethodDefinition = {
   needsCalibration: true,
   shownOptions: ["alpha"],
   replicable: true,
+  statsInGraph: true,
   create({ alpha }): Method<ChannelSquares> {
     return {
       name: "atv",

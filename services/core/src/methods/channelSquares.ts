@@ -6,9 +6,9 @@
  */
 import type { LinearInfo } from "../graph/linears.js";
 import { ChannelStats } from "../prune/activationStats.js";
-import type { AccumulatorInput, AccumulatorSpec, ExchangeableAccumulator } from "./method.js";
+import type { AccumulatorInput, AccumulatorSpec, ExchangeableAccumulator, SampleSumsAccumulator } from "./method.js";
 
-export class ChannelSquares implements ExchangeableAccumulator {
+export class ChannelSquares implements ExchangeableAccumulator, SampleSumsAccumulator {
   private readonly stats: ChannelStats;
   private meanOf: { samples: number; mean: Float64Array } | undefined;
   private last: { index: number; sums: Float64Array } | undefined;
@@ -32,6 +32,14 @@ export class ChannelSquares implements ExchangeableAccumulator {
     records.forEach((p, j) => this.stats.addSums(p, `${this.stats.tensor}, sample ${j}`));
     this.meanOf = undefined;
     this.last = undefined;
+  }
+
+  /** One sample's sums from the block's graph (--stats graph): its record, as add()'s. */
+  addSampleSums(sums: Float32Array | Float64Array, subject: string, index?: number): void {
+    const own = Float64Array.from(sums);
+    this.stats.addSums(own, subject);
+    this.last = index === undefined ? undefined : { index, sums: own };
+    this.meanOf = undefined;
   }
 
   /** s[c] = (1/N) sum_j sum_{t in pool_j} A_j[t, c]^2, computed once for the linears sharing it. */

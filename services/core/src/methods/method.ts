@@ -29,10 +29,12 @@ export const NO_POOL_FACTS: PoolFacts = { cosDistAvg: null, k: [], nText: [], nV
 /** What the dense forward of sample j showed: the block's input and output hidden-state parts. */
 export interface ForwardObservation {
   sample: CalibSample;
-  /** boundary tensors before the block (one, or a (residual, delta) pair) */
+  /** boundary tensors before the block (one, or a (residual, delta) pair); empty with --stats graph */
   x: readonly WireTensor[];
-  /** boundary tensors after the block, from the dense forward */
+  /** boundary tensors after the block, from the dense forward; empty with --stats graph */
   y: readonly WireTensor[];
+  /** --stats graph: d_t = 1 - cos(X[t], Y[t]) for every token, computed inside the block's graph */
+  distances?: Float64Array;
   subject: string;
 }
 
@@ -97,6 +99,16 @@ export interface ExchangeableAccumulator extends Accumulator {
 
 export function isExchangeable(acc: Accumulator): acc is ExchangeableAccumulator {
   return typeof (acc as Partial<ExchangeableAccumulator>).record === "function" && typeof (acc as Partial<ExchangeableAccumulator>).reduce === "function";
+}
+
+/**
+ * An accumulator that is a per-channel sum over pooled tokens of the linear's input squared
+ * (Wanda's and ATV's s[c]): with --stats graph the block's graph computes each sample's sums
+ * and only that `[in]` vector reaches the accumulator, samples in order (sample j's index makes
+ * it the record a replica exchanges).
+ */
+export interface SampleSumsAccumulator extends Accumulator {
+  addSampleSums(sums: Float32Array | Float64Array, subject: string, index?: number): void;
 }
 
 /**
@@ -191,6 +203,12 @@ export interface MethodDefinition {
   readonly needsCalibration: boolean;
   /** options the report's summary shows beside the method (e.g. ATV's alpha) */
   readonly shownOptions: readonly (keyof MethodOptions)[];
+  /**
+   * Whether --stats graph can compute its statistics inside the block's graph: its
+   * accumulators are SampleSumsAccumulators (channel sums of squares) and its pool rule is
+   * fixed or ATV's (cosine distances). Absent: they need whole activations (host only).
+   */
+  readonly statsInGraph?: boolean;
   /** Refuses option combinations the method cannot run, naming the field (InvalidArgumentError). */
   checkOptions?(options: MethodOptions): void;
   create(options: MethodOptions): Method;

@@ -4,7 +4,7 @@
  * most (ATV, ATV-SparseGPT). The selection itself lives in prune/poolSelect.ts.
  */
 import type { CalibSample } from "../calib/calibSet.js";
-import { cosineDistances } from "../prune/hiddenState.js";
+import { checkedDistances, cosineDistances } from "../prune/hiddenState.js";
 import { attendedPool, selectAtvPools } from "../prune/poolSelect.js";
 import type { PoolRule } from "./method.js";
 
@@ -22,10 +22,10 @@ export function atvTokens(alpha: number): PoolRule {
         return d;
       };
       return {
-        observe(j, { sample: s, x, y, subject }) {
-          // d_t = 1 - cos(X[t], Y[t]) for the visual tokens.
+        observe(j, { sample: s, x, y, distances: inGraph, subject }) {
+          // d_t = 1 - cos(X[t], Y[t]) for the visual tokens (measured by the graph with --stats graph).
           const visual = s.attentionMask.map((m, t) => (m && s.imageMask[t] ? 1 : 0));
-          distances[j] = cosineDistances(x, y, s.tokens, visual, subject);
+          distances[j] = inGraph ? checkedDistances(inGraph, s.tokens, visual, subject) : cosineDistances(x, y, s.tokens, visual, subject);
         },
         record: known,
         accept(j, record) {

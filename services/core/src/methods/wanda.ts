@@ -18,6 +18,7 @@ export const wanda: MethodDefinition = {
   needsCalibration: true,
   shownOptions: [],
   replicable: true,
+  statsInGraph: true,
   create(): Method<ChannelSquares> {
     return { name: "wanda", calibration: { pool: ATTENDED_TOKENS, accumulator: channelSquares }, compress: scaledMagnitudeMask };
   },

@@ -20,6 +20,7 @@ import { buildCutModel, type StageCut, type StagePlan } from "../graph/blockCut.
 import type { GraphIndex } from "../graph/graphIndex.js";
 import type { LinearInfo } from "../graph/linears.js";
 import { attentionProbs, linearOutput, type ObservedTensor } from "../graph/observedTensors.js";
+import { addStatsOutputs, NO_POOL, planStatsGraph, STATS_POOL_INPUT, type StatsGraph } from "../graph/statsOutputs.js";
 import { ortType, typeName } from "../onnx/dtype.js";
 import type { LoadedModel } from "../onnx/modelFile.js";
 import type { TensorData } from "../onnx/tensorData.js";
@@ -37,6 +38,7 @@ import type { BlockReport, LayerReport } from "./report.js";
 import type { ResolvedSpec } from "./pruneSpec.js";
 import type { SampleFeeds } from "./sampleFeeds.js";
 import { replicaSamples, type SampleExchange } from "./sampleExchange.js";
+import { statsInGraph } from "./graphStatsPass.js";
 
 /** The hidden-path tensors of one sample at a block boundary. */
 export type SampleState = Map<string, WireTensor>;
@@ -144,6 +146,8 @@ export interface BlockResult {
 export class BlockEngine {
   private readonly pool = new BufferPool();
   private readonly method: Method;
+  /** sessions whose graph computes the statistics (--stats graph) */
+  private readonly statsGraphs = new WeakMap<SessionHandle, StatsGraph>();
 
   /** the samples this run calibrates and propagates: all, or its replica's share */
   readonly first: number;
@@ -192,7 +196,7 @@ export class BlockEngine {
     if (method.calibration) {
       this.checkSource(cut, source);
       const dense = spec.propagation === "dense";
-      const session = await this.loadSession(cut, weights, this.observedFor(cut, toPrune, method.calibration).tensors);
+      const session = await this.loadSession(cut, weights, this.observedFor(cut, toPrune, method.calibration).tensors, this.statsGraphFor(b, toPrune, method.calibration));
       try {
         // Steps 1-3 (dense forward, token pools, statistics per linear) and the compress step of
         // 4-6, per group of accumulators that fits the budget; weights change only after all groups.
@@ -243,7 +247,7 @@ export class BlockEngine {
     this.checkSource(cut, source);
     const weights = await this.readWeights(cut.weights);
     const linears = cut.weights.filter((l) => this.ctx.targets.has(l.weight));
-    const session = await this.loadSession(cut, weights, this.observedFor(cut, linears, prePass).tensors);
+    const session = await this.loadSession(cut, weights, this.observedFor(cut, linears, prePass).tensors, this.statsGraphFor(b, linears, prePass));
     try {
       const { stats, next } = await this.calibrate(b, session, weights, source, linears, prePass, { ...options, propagate: true });
       takeBack(weights, await host.unbind(session));
@@ -264,6 +268,8 @@ export class BlockEngine {
     b: number, session: SessionHandle, weights: Map<string, WeightMatrix>, source: StateSource,
     linears: readonly LinearInfo[], needs: CalibrationNeeds<A>, options: RunBlockOptions & { propagate: boolean; topic?: string },
   ): Promise<{ stats: Map<string, A>; facts: PoolFacts; next: SampleState[] }> {
+    const inGraph = this.statsGraphs.get(session);
+    if (inGraph) return this.calibrateInGraph(b, session, weights, source, linears, needs, options, inGraph);
     const { plan, samples, host, spec, exchange } = this.ctx;
     const cut = plan.blocks[b]!;
     const { first, end } = this;
@@ -343,12 +349,15 @@ export class BlockEngine {
         keep(j);
       }
     }
-    if (exchange) {
-      // Every sample's record, from every replica, reduced in sample order: the one-process bits.
-      const all = await exchange.allGather(b, `stats-${options.topic ?? "0"}`, records, signal);
-      exchangeable.forEach((acc, i) => acc.reduce(all.map((r, j) => recordPart(r, i, cut.label, j))));
-    }
+    if (exchange) await this.reduceRecords(b, exchangeable, records, options.topic, signal);
     return { stats, facts, next };
+  }
+
+  /** Every sample's record, from every replica, reduced in sample order: the one-process bits. */
+  private async reduceRecords(b: number, accs: readonly ExchangeableAccumulator[], own: ReadonlyMap<number, Float64Array[]>, topic: string | undefined, signal: AbortSignal | undefined): Promise<void> {
+    const label = this.ctx.plan.blocks[b]!.label;
+    const all = await this.ctx.exchange!.allGather(b, `stats-${topic ?? "0"}`, own, signal);
+    accs.forEach((acc, i) => acc.reduce(all.map((r, j) => recordPart(r, i, label, j))));
   }
 
   /** A replica's pool observer gets the other replicas' observations before it selects. */
@@ -368,6 +377,56 @@ export class BlockEngine {
     if (source.count !== this.end - this.first || first !== this.first) {
       throw new GraphError(cut.label, `got input states for samples ${first}..${first + source.count - 1}, expected ${this.first}..${this.end - 1}`);
     }
+  }
+
+  /** calibrate() with --stats graph: the session's graph computes the statistics (graphStatsPass.ts). */
+  private async calibrateInGraph<A extends Accumulator>(
+    b: number, session: SessionHandle, weights: Map<string, WeightMatrix>, source: StateSource,
+    linears: readonly LinearInfo[], needs: CalibrationNeeds<A>, options: RunBlockOptions & { propagate: boolean; topic?: string }, graph: StatsGraph,
+  ): Promise<{ stats: Map<string, A>; facts: PoolFacts; next: SampleState[] }> {
+    const { plan, samples, host, feeds, exchange } = this.ctx;
+    const cut = plan.blocks[b]!;
+    const next: SampleState[] = [];
+    // A replica keeps each of its samples' sums (the accumulators' records) for the exchange.
+    const records = new Map<number, Float64Array[]>();
+    let accs: ExchangeableAccumulator[] = [];
+    const replica = exchange ? {
+      first: this.first, end: this.end,
+      observed: (observer: PoolObserver) => this.gatherObservations(b, observer, options.signal),
+      fed: (j: number, fed: readonly Accumulator[]) => {
+        if (accs.length === 0) accs = exchangeableAccumulators(cut.label, fed);
+        records.set(j, accs.map((a) => a.record(j)));
+      },
+    } : {};
+    const { stats, facts } = await statsInGraph({
+      samples, graph, signal: options.signal, ...replica,
+      subject: (j) => sampleSubject(samples[j]!, cut),
+      run: async (j, pool, fetches) => {
+        const state = await source.get(j);
+        const inputs = this.feedsFor(cut, weights, feeds[j]!, state);
+        inputs[STATS_POOL_INPUT] = pool ? { type: "float32", dims: [pool.length], data: Float32Array.from(pool) } : NO_POOL;
+        return { state, out: await host.run(session, inputs, fetches) };
+      },
+      stateOutputs: options.propagate ? cut.stateOutputs : [],
+      ...(options.propagate ? { emit: (j: number, state: SampleState, out: Record<string, WireTensor>) => emitNext(next, j, this.stateAfter(b, out, state, feeds[j]!), options.onNext) } : {}),
+    }, linears, needs);
+    if (exchange) await this.reduceRecords(b, accs, records, options.topic, options.signal);
+    return { stats, facts, next };
+  }
+
+  /**
+   * The statistics outputs of block b's graph with --stats graph (undefined: host statistics):
+   * each activation's pooled sums of squares, and for a pool chosen after the forward (ATV)
+   * the block's per-token cosine distances.
+   */
+  private statsGraphFor(b: number, linears: readonly LinearInfo[], needs: CalibrationNeeds): StatsGraph | undefined {
+    if (this.ctx.spec.stats !== "graph") return undefined;
+    const { stateAfter } = this.ctx.plan;
+    const channels = new Map(linears.map((l) => [l.activation, l.inDim]));
+    return planStatsGraph(
+      [...channels].map(([name, n]) => ({ name, channels: n })),
+      needs.pool.kind === "afterForward" ? { x: stateAfter[b]!, y: stateAfter[b + 1]! } : undefined,
+    );
   }
 
   /** Steps 4-6: every linear of the block is compressed from dense weights before any changes. */
@@ -393,6 +452,7 @@ export class BlockEngine {
       signal?.throwIfAborted();
       const state = await source.get(j);
       const inputs = this.feedsFor(cut, weights, this.ctx.feeds[j]!, state);
+      if (this.statsGraphs.has(session)) inputs[STATS_POOL_INPUT] = NO_POOL;
       const out = await this.ctx.host.run(session, inputs, cut.stateOutputs);
       emitNext(next, j, this.stateAfter(b, out, state, this.ctx.feeds[j]!), onNext);
     }
@@ -432,12 +492,15 @@ export class BlockEngine {
     return out;
   }
 
-  private async loadSession(cut: StageCut, weights: Map<string, WeightMatrix>, observed: readonly ObservedTensor[] = []): Promise<SessionHandle> {
+  private async loadSession(cut: StageCut, weights: Map<string, WeightMatrix>, observed: readonly ObservedTensor[] = [], stats?: StatsGraph): Promise<SessionHandle> {
     const { loaded, data, index, host, floatType } = this.ctx;
     const initializerBytes = new Map<string, Uint8Array>();
     for (const name of cut.initializers) initializerBytes.set(name, await data.read(index.initializers.get(name)!));
     const model = buildCutModel({ source: loaded.model, index, cut, initializerBytes, floatType, observed });
-    return host.load(cut.label, toBinary(ModelProtoSchema, model), boundTensors(cut, weights, index));
+    if (stats) addStatsOutputs(model, stats, cut.label);
+    const session = await host.load(cut.label, toBinary(ModelProtoSchema, model), boundTensors(cut, weights, index));
+    if (stats) this.statsGraphs.set(session, stats);
+    return session;
   }
 
   private feedsFor(cut: StageCut, _weights: Map<string, WeightMatrix>, feeds: SampleFeeds, state?: SampleState): Record<string, WireTensor> {

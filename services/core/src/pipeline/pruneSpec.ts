@@ -11,6 +11,8 @@ import { OWL_DEFAULT_LAMBDA, OWL_DEFAULT_M } from "../prune/owlRatios.js";
 /** A name from the methods registry (methods/index.ts). */
 export type MethodName = string;
 export type Propagation = "sequential" | "dense";
+/** Where Wanda's and ATV's statistics are computed: on the host from whole activations, or inside the block's graph. */
+export type StatsMode = "host" | "graph";
 
 export interface PruneSpec {
   model: string;
@@ -43,6 +45,8 @@ export interface PruneSpec {
   /** threads selecting masks (default 1: see MaskPool); any count gives the same bits */
   maskThreads?: number;
   device?: "cpu" | "cuda" | "auto";
+  /** where the statistics are computed (default host); graph: only [in]-sized vectors leave onnxruntime */
+  stats?: StatsMode;
   force?: boolean;
   /** bytes of activations ATV may keep between its two passes instead of recomputing them */
   activationCacheBytes?: number;
@@ -70,6 +74,7 @@ export interface ResolvedSpec {
   threads: number;
   maskThreads: number;
   device: "cpu" | "cuda" | "auto";
+  stats: StatsMode;
   force: boolean;
   activationCacheBytes: number;
 }
@@ -80,6 +85,8 @@ export const DEFAULT_SPARSITY = 0.5;
 export const DEFAULT_ALPHA = 1;
 export const DEFAULT_SPARSITY_PROFILE = "uniform";
 export const DEFAULT_ACTIVATION_CACHE_BYTES = 512 * 1024 * 1024;
+/** host keeps the bits of earlier releases; graph differs only in the order of float64 sums. */
+export const DEFAULT_STATS: StatsMode = "host";
 /** TAMP's --tamp-max-sparsity is the job's sparsity plus this (T scripts/prune/tamp.sh: S+0.1). */
 export const TAMP_MAX_SPARSITY_MARGIN = 0.1;
 /** Profiles that belong to one method, which imposes them (MethodDefinition.ownProfile). */
@@ -145,6 +152,7 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
   if (!Number.isInteger(threads) || threads < 1) throw new InvalidArgumentError("threads", `must be a positive integer, got ${threads} (out of range)`);
   const maskThreads = spec.maskThreads ?? 1;
   if (!Number.isSafeInteger(maskThreads) || maskThreads < 1) throw new InvalidArgumentError("maskThreads", `must be a positive integer, got ${maskThreads} (out of range)`);
+  const stats = checkStats(spec.stats ?? DEFAULT_STATS, spec.method, "stats");
   const device = spec.device ?? "cpu";
   if (!["cpu", "cuda", "auto"].includes(device)) throw new InvalidArgumentError("device", `must be cpu, cuda or auto, got ${JSON.stringify(device)}`);
   return {
@@ -169,9 +177,20 @@ export function resolveSpec(spec: PruneSpec, defaultThreads: number): ResolvedSp
     threads,
     maskThreads,
     device,
+    stats,
     force: spec.force ?? false,
     activationCacheBytes: spec.activationCacheBytes ?? DEFAULT_ACTIVATION_CACHE_BYTES,
   };
+}
+
+/** The stats mode, refused for a method whose accumulators need whole activations (`field` named). */
+export function checkStats(stats: string, methodName: string, field: string): StatsMode {
+  if (stats !== "host" && stats !== "graph") throw new InvalidArgumentError(field, `must be host or graph, got ${JSON.stringify(stats)}`);
+  const method = methodDefinition(methodName);
+  if (stats === "graph" && method.needsCalibration && !method.statsInGraph) {
+    throw new InvalidArgumentError(field, `graph is not supported yet for method ${methodName}: its statistics need whole activations (use --stats host, or a method whose statistic is the channel sum of squares: atv, wanda)`);
+  }
+  return stats;
 }
 
 function compile(patterns: readonly string[], field: string): RegExp[] {

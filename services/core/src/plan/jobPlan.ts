@@ -12,7 +12,7 @@ import { FLOAT_WEIGHT_TYPES, typeName } from "../onnx/dtype.js";
 import { planLayout, type Region } from "../onnx/modelWriter.js";
 import type { TensorData } from "../onnx/tensorData.js";
 import type { ModelAnalysis } from "../pipeline/modelAnalysis.js";
-import { isSelected, selectLinears, TAMP_MAX_SPARSITY_MARGIN, type Propagation, type ResolvedSpec } from "../pipeline/pruneSpec.js";
+import { checkStats, isSelected, selectLinears, TAMP_MAX_SPARSITY_MARGIN, type Propagation, type ResolvedSpec, type StatsMode } from "../pipeline/pruneSpec.js";
 import { jobProfile, type LinearTargets } from "../profiles/index.js";
 import { parsePattern } from "../prune/maskSelect.js";
 
@@ -52,6 +52,8 @@ export interface JobPlan {
   activationCacheBytes: number;
   /** threads each worker selects masks with (same bits at any count) */
   maskThreads: number;
+  /** where the statistics are computed (host: from whole activations; graph: inside the block's graph) */
+  stats: StatsMode;
 }
 
 /**
@@ -84,6 +86,7 @@ export function planJob(spec: ResolvedSpec, analysis: ModelAnalysis, data: Tenso
     dataBytes: end,
     activationCacheBytes: spec.activationCacheBytes,
     maskThreads: spec.maskThreads,
+    stats: spec.stats,
   };
 }
 
@@ -153,6 +156,7 @@ export function planSpec(plan: JobPlan, runtime: { threads: number; device: "cpu
     force: false,
     activationCacheBytes: plan.activationCacheBytes,
     maskThreads: plan.maskThreads,
+    stats: plan.stats,
   };
 }
 
@@ -171,5 +175,6 @@ export function checkPlan(plan: JobPlan): JobPlan {
     if (!(l.target >= 0 && l.target < 1)) throw new InvalidArgumentError("plan.linears", `target ${l.target} of ${l.weight} is not in [0, 1)`);
   }
   if (plan.propagation !== "sequential" && plan.propagation !== "dense") throw new InvalidArgumentError("plan.propagation", `must be sequential or dense, got ${JSON.stringify(plan.propagation)}`);
+  checkStats(plan.stats, plan.method, "plan.stats");
   return { ...plan, methodOptions: { ...plan.methodOptions, pattern } };
 }

@@ -60,7 +60,7 @@ export class ChannelStats {
   }
 
   /** Adds one sample's sums p (from sampleSums, here or on another replica). */
-  addSums(p: Float64Array, sampleSubject: string): void {
+  addSums(p: Float32Array | Float64Array, sampleSubject: string): void {
     if (p.length !== this.channels) throw new NumericError(`${this.tensor} (${sampleSubject})`, `got ${p.length} channel sums, expected ${this.channels}`);
     const sum = this.sum;
     for (let c = 0; c < p.length; c++) sum[c]! += p[c]!;

@@ -64,3 +64,18 @@ export function cosineDistances(
   }
   return d;
 }
+
+/**
+ * The distances the block's graph measured for every token (--stats graph), kept for the tokens
+ * flagged in `which` (others 0), with the same checks as cosineDistances.
+ */
+export function checkedDistances(measured: Float64Array, tokens: number, which: Uint8Array, subject: string): Float64Array {
+  if (measured.length !== tokens) throw new NumericError(subject, `the graph measured ${measured.length} token distances, the sample has ${tokens} tokens`);
+  const d = new Float64Array(tokens);
+  for (let t = 0; t < tokens; t++) {
+    if (!which[t]) continue;
+    d[t] = measured[t]!;
+    if (!Number.isFinite(d[t]!)) throw new NumericError(`${subject}, token ${t}`, "NaN or Inf in the hidden states");
+  }
+  return d;
+}
