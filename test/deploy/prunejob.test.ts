@@ -123,6 +123,7 @@ test("the CRD's defaults are the engine's (what SubmitJob uses for an unset fiel
   assert.equal(resolved.sparsityProfile, "uniform");
   assert.equal(spec["force"], resolved.force);
   assert.equal(spec["workers"], 0);
+  assert.equal(spec["replicas"], 0);
   // With the defaults filled in, the API resolves the same spec, for every method.
   assert.deepEqual(resolveSpec(toPruneSpec(fromJson(JobSpecSchema, spec as JsonValue)), 1), resolved);
   const tamp: Record<string, unknown> = { ...BASE, method: "tamp" };
@@ -148,6 +149,7 @@ test("every spec the gRPC API refuses for a field, the CRD refuses too (and both
     ["no out", { ...BASE, out: undefined }],
     ["seed beyond 2^53", { ...BASE, seed: 2 ** 53 }],
     ["unknown stats", { ...BASE, stats: "gpu" }],
+    ["replicas for sparsegpt", { ...BASE, method: "sparsegpt", replicas: 2 }],
   ];
   for (const [what, raw] of bad) {
     const spec = JSON.parse(JSON.stringify(raw)) as Record<string, unknown>;
@@ -159,7 +161,7 @@ test("every spec the gRPC API refuses for a field, the CRD refuses too (and both
     ["N:M without sparsity", { ...BASE, method: "wanda", sparsity: undefined, pattern: "2:4" }],
     ["no sparsity (the API's default 0.5)", { ...BASE, sparsity: undefined }],
     ["magnitude without calib", { ...BASE, method: "magnitude", calib: undefined }],
-    ["every field", { ...BASE, pattern: "unstructured", alpha: 4, propagation: "dense", nsamples: 8, seed: 7, include: ["mlp"], exclude: ["q_proj"], magnitudeScope: "matrix", force: true, workers: 2, stats: "graph" }],
+    ["every field", { ...BASE, pattern: "unstructured", alpha: 4, propagation: "dense", nsamples: 8, seed: 7, include: ["mlp"], exclude: ["q_proj"], magnitudeScope: "matrix", force: true, workers: 2, stats: "graph", replicas: 2 }],
   ];
   for (const [what, raw] of good) {
     const spec = JSON.parse(JSON.stringify(raw)) as Record<string, unknown>;
