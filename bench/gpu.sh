@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
-# bench/gpu.sh: prune an 8B-shaped model slice on CUDA and print its figures as JSON lines.
+# bench/gpu.sh: run an 8B-shaped model slice on CUDA and print its per-block figures as JSON lines.
 #
 # Run it by hand on a machine with an NVIDIA GPU, CUDA 12 and cuDNN 9; CI never runs it (CI has
 # no GPU). From the repository root:
-#     bash bench/gpu.sh                 # build, install the CUDA provider, generate, prune, report
+#     bash bench/gpu.sh                 # build, install the CUDA provider, generate, measure, prune
 # Steps:
 #   1. npm ci + tsc (ONNXRUNTIME_NODE_INSTALL=skip), then the CUDA build of onnxruntime-node:
 #      ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install.js
 #      (downloads the CUDA binaries: the GPU host needs network for this step only);
-#   2. checks that the CUDA provider library is there, and stops with exit 3 if it is not;
+#   2. checks that the CUDA provider library and nvidia-smi are there, and stops with exit 3 if not;
 #   3. `atvp gen-model`: GPU_LAYERS (3) blocks at Llama-3-8B width (hidden 4096, intermediate
 #      14336, 32 heads, 8 kv heads, GQA), a small vocabulary (the embedding is not pruned);
-#   4. `atvp prune --device cuda` (ATV, sequential propagation) on the generated calibration set;
-#   5. one JSON line per block, then one for the job, from report.json and the prune events:
-#        {"bench":"gpu","block":i,"seconds":..,"tokensPerSecond":..,"maskSeconds":..,"hostBytes":..,"weightBytes":..}
-#      maskSeconds / hostBytes are null where the engine does not report them (yet).
-# Environment: GPU_LAYERS, GPU_SAMPLES (8), GPU_SEQ_LEN (256), GPU_METHOD (atv), GPU_WORK (.work/gpu),
+#   4. bench/blockFigures.ts on CUDA, once per statistics setting (GPU_STATS: host, then graph):
+#      every block through the engine (sequential propagation, nothing written), one JSON line
+#      per block, then one summing the blocks:
+#        {"bench":"gpu","block":i,"label":..,"device":"cuda","stats":"host"|"graph","seconds":..,
+#         "tokensPerSecond":..,"maskSeconds":..,"hostBytes":..,"weightBytes":..}
+#        {"bench":"gpu","device":"cuda","stats":..,"method":..,"threads":..,"blocks":..,"samples":..,
+#         "tokens":..,"seconds":..,"tokensPerSecond":..,"maskSeconds":..,"hostBytes":..,"weightBytes":..}
+#      Every figure is measured (no nulls): seconds and tokensPerSecond are the engine's own (as in
+#      report.json), maskSeconds the wall time of the block's mask selection, hostBytes the bytes
+#      the block's onnxruntime runs copy back to the host beside the hidden states (whole
+#      activations with host statistics, [in]-sized sums with graph), weightBytes the block's
+#      prunable weights;
+#   5. `atvp prune --device cuda` (the CLI path, writing a pruned model; GPU_PRUNE=0 skips it), and
+#      one line from its report.json:
+#        {"bench":"gpu_prune","device":"cuda","method":..,"blocks":..,"samples":..,"tokens":..,"seconds":..,"sparsity":..}
+# Environment: GPU_LAYERS, GPU_SAMPLES (8), GPU_SEQ_LEN (256), GPU_METHOD (atv), GPU_STATS ("host graph"),
+# GPU_THREADS (onnxruntime threads; default: the machine's cores), GPU_PRUNE (1), GPU_WORK (.work/gpu),
 # GPU_SKIP_SETUP=1 (no npm ci / tsc / provider install: use what is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +37,8 @@ layers=${GPU_LAYERS:-3}
 samples=${GPU_SAMPLES:-8}
 seq_len=${GPU_SEQ_LEN:-256}
 method=${GPU_METHOD:-atv}
+stats_settings=${GPU_STATS:-host graph}
+threads=${GPU_THREADS:-}
 work=${GPU_WORK:-.work/gpu}
 
 if [ "${GPU_SKIP_SETUP:-0}" != 1 ]; then
@@ -53,22 +67,21 @@ node dist/services/cli/src/main.js gen-model --layers "$layers" --hidden 4096 --
   --out "$work/model" >"$work/gen.json"
 model=$(node -e 'console.log(JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8")).modelPath)' "$work/gen.json")
 calib=$(node -e 'console.log(JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8")).calibPath)' "$work/gen.json")
-node dist/services/cli/src/main.js prune --model "$model" --calib "$calib" \
-  --method "$method" --sparsity 0.5 --device cuda --out "$work/pruned" 2>"$work/prune.log" \
-  || { cat "$work/prune.log" >&2; echo "bench/gpu.sh: prune --device cuda failed (see above)" >&2; exit 1; }
+threads_flag=()
+if [ -n "$threads" ]; then threads_flag=(--threads "$threads"); fi
+for stats in $stats_settings; do
+  node dist/bench/blockFigures.js --model "$model" --calib "$calib" --device cuda --stats "$stats" \
+    --method "$method" ${threads_flag[@]+"${threads_flag[@]}"} 2>"$work/figures-$stats.log" \
+    || { cat "$work/figures-$stats.log" >&2; echo "bench/gpu.sh: blockFigures --device cuda --stats $stats failed (see above)" >&2; exit 1; }
+done
 
-node - "$work/pruned/report.json" <<'EOF'
-const fs = require("node:fs");
-const report = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
-const bytesOf = { float: 4, float32: 4, float16: 2, fp16: 2, fp32: 4 };
-for (const b of report.blocks) {
-  const layers = report.layers.filter((l) => l.block === b.index);
-  const weightBytes = layers.reduce((a, l) => a + l.params * (bytesOf[String(l.dataType).toLowerCase()] ?? 4), 0);
-  console.log(JSON.stringify({
-    bench: "gpu", block: b.index, label: b.label, seconds: b.seconds, tokensPerSecond: b.tokensPerSecond,
-    maskSeconds: b.maskSeconds ?? null, hostBytes: b.hostBytes ?? null, weightBytes,
-  }));
-}
-const t = report.totals;
-console.log(JSON.stringify({ bench: "gpu", device: t.device, blocks: t.blocks, samples: t.samples, tokens: t.tokens, seconds: t.seconds, method: report.method }));
-EOF
+if [ "${GPU_PRUNE:-1}" != 0 ]; then
+  node dist/services/cli/src/main.js prune --model "$model" --calib "$calib" \
+    --method "$method" --sparsity 0.5 --device cuda ${threads_flag[@]+"${threads_flag[@]}"} --out "$work/pruned" >"$work/prune.events" 2>"$work/prune.log" \
+    || { cat "$work/prune.log" >&2; echo "bench/gpu.sh: prune --device cuda failed (see above)" >&2; exit 1; }
+  node -e '
+const t = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
+console.log(JSON.stringify({ bench: "gpu_prune", device: t.totals.device, method: t.method, blocks: t.totals.blocks, samples: t.totals.samples,
+  tokens: t.totals.tokens, seconds: t.totals.seconds, sparsity: t.totals.sparsity }));
+' "$work/pruned/report.json"
+fi
