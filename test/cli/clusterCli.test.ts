@@ -428,7 +428,7 @@ describe("submit, status, watch, cancel (fake coordinator)", () => {
   });
 
   test("status --json has state, blocksDone, blocksTotal and reason; plain status is one readable line", async () => {
-    fake.jobs.set("job-st", { job: create(JobSchema, { id: "job-st", state: JobState.RUNNING, blocksDone: 1, blocksTotal: 4, shards: [{ index: 0, firstBlock: 0, endBlock: 4, worker: "w0", blocksDone: 1, attempts: 1 }] }), events: [] });
+    fake.jobs.set("job-st", { job: create(JobSchema, { id: "job-st", state: JobState.RUNNING, blocksDone: 1, blocksTotal: 4, stages: 1, replicas: 1, shards: [{ index: 0, firstBlock: 0, endBlock: 4, worker: "w0", blocksDone: 1, attempts: 1 }] }), events: [] });
     const r = await atvp(["status", "job-st", "--coordinator", fake.address, "--json"]);
     exited(r, 0, "status --json");
     const s = JSON.parse(r.stdout) as Record<string, unknown>;
@@ -436,10 +436,11 @@ describe("submit, status, watch, cancel (fake coordinator)", () => {
     assert.equal(s["blocksDone"], 1);
     assert.equal(s["blocksTotal"], 4);
     assert.equal(s["reason"], "");
-    assert.deepEqual(s["shards"], [{ index: 0, firstBlock: 0, endBlock: 4, worker: "w0", blocksDone: 1, attempts: 1 }]);
+    assert.deepEqual([s["stages"], s["replicas"]], [1, 1]);
+    assert.deepEqual(s["shards"], [{ index: 0, stage: 0, replica: 0, firstBlock: 0, endBlock: 4, worker: "w0", blocksDone: 1, attempts: 1 }]);
     const plain = await atvp(["status", "job-st", "--coordinator", fake.address]);
     exited(plain, 0, "status");
-    assert.match(plain.stdout, /^job-st RUNNING 1\/4 blocks\n  shard 0: blocks \[0, 4\) on w0, 1 done, 1 attempt\(s\)\n$/);
+    assert.match(plain.stdout, /^job-st RUNNING 1\/4 blocks\n  grid: 1 stage\(s\) x 1 replica\(s\)\n  shard 0: blocks \[0, 4\) on w0, 1 done, 1 attempt\(s\)\n$/);
   });
 
   test("status of an unknown job → NOT_FOUND naming it, exit 1", async () => {
