@@ -180,3 +180,44 @@ for (const victimReplica of [1, 0]) {
     }
   });
 }
+
+test("the coordinator restarted mid-job with one worker left: the job keeps its 2 replicas, both on that worker, same bytes", async () => {
+  const nats = await freshNats();
+  const [a, b] = [await startWorker({ threads: 1, log: () => {} }), await startWorker({ threads: 1, log: () => {} })];
+  const common = { nats: nats.url, workRoot: join(tmp.path, "jobs-resume"), allowedRoots: [tmp.path], log: () => {} };
+  let first: Awaited<ReturnType<typeof startCoordinator>> | undefined = await startCoordinator({ ...common, workers: [a.address, b.address] });
+  let second: Awaited<ReturnType<typeof startCoordinator>> | undefined;
+  try {
+    await first.pool.waitForReady(2, 10_000);
+    let client = jobClient(first.address);
+    const s = spec("atv", { replicas: 2 });
+    const { job } = await client.submitJob({ spec: s });
+    const watch = client.watchJob({ id: job!.id }, { deadlineMs: 60_000 });
+    try {
+      for await (const e of watch) if (e.event.case === "blockFinished") break;
+    } finally {
+      watch.cancel();
+    }
+    client.close();
+    await first.close();
+    first = undefined;
+    second = await startCoordinator({ ...common, workers: [a.address] });
+    client = jobClient(second.address);
+    try {
+      const result = await waitForJob(client, job!.id);
+      const final = await client.getJob({ id: job!.id });
+      assert.equal(result.state, JobState.SUCCEEDED, final.reason);
+      assert.deepEqual([final.stages, final.replicas], [1, 2]);
+      assert.deepEqual(final.shards.map((x) => x.worker), [a.address, a.address]);
+      assert.deepEqual(openBlockStarts(result.events), []);
+      assertSameAsPrune("atv", s.out);
+    } finally {
+      client.close();
+    }
+  } finally {
+    await first?.close();
+    await second?.close();
+    await a.close();
+    await b.close();
+  }
+});

@@ -121,7 +121,8 @@ test("a coordinator that resumes a job closes the block_started its predecessor 
     await first.pool.waitForReady(2, 10_000);
     let client = jobClient(first.address);
     const out = join(tmp.path, "out-resume");
-    const { job } = await client.submitJob({ spec: { ...model, out, method: "atv", sparsity: 0.5, alpha: 4, propagation: "sequential" } });
+    // One replica per stage: both workers report blocks (a stage each).
+    const { job } = await client.submitJob({ spec: { ...model, out, method: "atv", sparsity: 0.5, alpha: 4, propagation: "sequential", replicas: 1 } });
     const id = job!.id;
     // Until both workers have a block in progress (B's is left open when the first coordinator goes).
     const startedBy = new Set<string>();

@@ -62,7 +62,8 @@ before(async () => {
   await prom.waitFor("min(count_over_time(up[1m])) >= 3 and on() count(up == 1) == 3", (r) => r.length === 1);
 
   const out = join(tmp.path, "out");
-  const { job } = await client.submitJob({ spec: { model: g.modelPath, calib: g.calibPath, out, method: "atv", sparsity: 0.5, alpha: 4 } });
+  // One replica per stage: each worker prunes (and counts) a shard of the chain.
+  const { job } = await client.submitJob({ spec: { model: g.modelPath, calib: g.calibPath, out, method: "atv", sparsity: 0.5, alpha: 4, replicas: 1 } });
   const result = await waitForJob(client, job!.id);
   assert.equal(result.state, JobState.SUCCEEDED);
   report = JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as PruneReport;
