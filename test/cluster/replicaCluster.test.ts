@@ -11,9 +11,9 @@ import { generateModel } from "../../services/core/src/gen/genModel.js";
 import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
 import { startNatsServer, type NatsServerHandle } from "../../services/coordinator/src/state/natsServer.js";
 import { startCoordinator } from "../../services/coordinator/src/coordinator.js";
-import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
+import { startWorker } from "../../services/worker/src/worker.js";
 import { tempDir } from "../support/fixtures.js";
-import { jobClient, openBlockStarts, startChild, waitForJob, type ChildService } from "../support/cluster.js";
+import { jobClient, openBlockStarts, startChild, startLocalCluster, waitForJob, type ChildService } from "../support/cluster.js";
 
 const tmp = tempDir("replica-cluster");
 let model: { model: string; calib: string };
@@ -60,20 +60,7 @@ function assertSameAsPrune(method: keyof typeof METHODS | "atv-graph", out: stri
 }
 
 async function inProcessCluster(workers: number) {
-  const nats = await freshNats();
-  const ws: WorkerHandle[] = [];
-  for (let i = 0; i < workers; i++) ws.push(await startWorker({ threads: 1, log: () => {} }));
-  const coordinator = await startCoordinator({ nats: nats.url, workers: ws.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], metricsPort: 0, log: () => {} });
-  await coordinator.pool.waitForReady(workers, 10_000);
-  const client = jobClient(coordinator.address);
-  return {
-    client,
-    async close() {
-      client.close();
-      await coordinator.close();
-      for (const w of ws) await w.close();
-    },
-  };
+  return startLocalCluster((await freshNats()).url, workers, tmp.path);
 }
 
 for (const [workers, replicas, stages] of [[2, 2, 1], [3, 3, 1], [4, 2, 2]] as const) {
