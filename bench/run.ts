@@ -12,6 +12,7 @@ import { benchPrune } from "./pruneBench.js";
 import { benchStream } from "./streamBench.js";
 import { benchCluster } from "./clusterBench.js";
 import { benchMethods } from "./methodsBench.js";
+import { benchPlanScale } from "./planScaleBench.js";
 
 const workDir = resolve(process.env.ATVP_BENCH_DIR ?? ".work/bench");
 mkdirSync(workDir, { recursive: true });
@@ -23,6 +24,7 @@ const BENCHES: Array<[string, () => Promise<BenchLine[]>]> = [
   ["stream", () => benchStream()],
   ["cluster", () => benchCluster(workDir)],
   ["methods", () => benchMethods(workDir)],
+  ["planscale", () => benchPlanScale()],
 ];
 
 for (const [name, bench] of BENCHES) {
