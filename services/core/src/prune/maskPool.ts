@@ -8,6 +8,9 @@
  * read are copied into a shared buffer the pool keeps between batches (a transfer, which
  * bench/maskBench.ts measures as much cheaper, cannot hand one buffer to several threads), and
  * the masks are written into a new shared buffer per batch, which the results view directly.
+ * The copy overlaps the threads' work: they get their tasks first and read each weight's rows as
+ * this thread copies them (counted in a shared Int32Array), and map the new mask buffer's pages
+ * meanwhile; this thread, which copies, keeps a smaller share (COPY_COST).
  */
 import { Worker } from "node:worker_threads";
 import { InvalidArgumentError, RuntimeError } from "../errors.js";
@@ -24,8 +27,12 @@ export interface MaskJob {
 
 /** Column ranges start at multiples of this, so no thread gets a sliver of a tile. */
 const COLUMN_ALIGN = 16;
-/** Another thread's share of a linear goes in at most this many pieces (see run). */
-const REMOTE_PIECES = 4;
+/**
+ * What copying a column for another thread costs this thread, relative to selecting its mask
+ * (4096x4096 float16 on 2 cores: ~0.12). The pool's own thread, which copies the others'
+ * columns, keeps that much less, so that all end together.
+ */
+const COPY_COST = 0.12;
 
 /** A task and the thread it is for (0: the pool's own). */
 interface Placed {
@@ -47,8 +54,14 @@ export class MaskPool {
   /** requests pending per thread */
   private readonly inFlight: number[];
 
+  /** the fraction of each column-scope linear this thread keeps (the others share the rest) */
+  private readonly ownShare: number;
+
   private constructor(readonly threads: number, private readonly workers: Worker[]) {
     this.inFlight = workers.map(() => 0);
+    // Own share s0 plus copying the others' (1 - s0) ends with their share (1 - s0) / (n - 1).
+    const others = threads - 1;
+    this.ownShare = others === 0 ? 1 : Math.max(0, (1 - COPY_COST * others) / (1 + others - COPY_COST * others));
     for (const worker of workers) {
       worker.on("message", (res: MaskResponse) => {
         const p = this.pending.get(res.id);
@@ -96,14 +109,20 @@ export class MaskPool {
   }
 
   private async run(jobs: readonly MaskJob[], weights: SharedArrayBuffer, masks: SharedArrayBuffer, tasks: Placed[]): Promise<MaskResult[]> {
-    // Each other thread's share goes in pieces, each posted as soon as it is copied, so the
-    // threads start while the rest is still being copied; then this thread does its own.
-    const remote: Array<{ job: number; done: Promise<number[]> }> = [];
-    for (const { job, thread, task } of tasks) {
-      if (thread === 0) continue;
-      copyShare(jobs[job]!.weight, task, weights);
-      remote.push({ job, done: this.call(thread - 1, { weights, masks, tasks: [task] }) });
-    }
+    // The other threads get their tasks at once and map the new mask buffer's pages (a slice
+    // each) while this thread copies their weights, job by job and row by row; each thread reads
+    // the rows as they come (rows counts them per job). Then this thread does its own shares.
+    const rows = new SharedArrayBuffer(4 * Math.max(1, jobs.length));
+    const others = this.workers.length;
+    const touched = this.workers.map((_, i) => {
+      const slice = (t: number) => Math.floor((masks.byteLength * t) / others);
+      return this.call(i, { weights, masks, rows, tasks: [], touch: { begin: slice(i), end: slice(i + 1) } });
+    });
+    const remote = tasks.filter((t) => t.thread !== 0).map(({ job, thread, task }) => ({ job, done: this.call(thread - 1, { weights, masks, rows, tasks: [task] }) }));
+    jobs.forEach((j, job) => {
+      const theirs = tasks.filter((t) => t.job === job && t.thread !== 0).map((t) => t.task);
+      if (theirs.length > 0) copyShare(j.weight, theirs, weights, new Int32Array(rows), job);
+    });
     const pruned = new Array<number>(jobs.length).fill(0);
     let failed = false;
     try {
@@ -111,10 +130,10 @@ export class MaskPool {
     } catch {
       failed = true;
     }
-    const settled = await Promise.allSettled(remote.map((r) => r.done));
+    const settled = await Promise.allSettled([...remote.map((r) => r.done), ...touched]);
     settled.forEach((r, i) => {
       if (r.status === "rejected") failed = true;
-      else pruned[remote[i]!.job]! += r.value[0]!;
+      else if (i < remote.length) pruned[remote[i]!.job]! += r.value[0]!;
     });
     if (failed) throw this.firstError(jobs, settled);
     let offset = 0;
@@ -135,8 +154,7 @@ export class MaskPool {
   }
 
   /**
-   * Cuts every job into tasks: column ranges, one per thread, those of the other threads in up to
-   * REMOTE_PIECES pieces, ordered piece by piece across threads; a matrix-scope job whole to one
+   * Cuts every job into tasks: column ranges, one per thread; a matrix-scope job whole to one
    * thread. Allocates the shared buffers (the weights are copied into them by run()).
    */
   private share(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): { weights: SharedArrayBuffer; masks: SharedArrayBuffer; tasks: Placed[] } {
@@ -149,38 +167,32 @@ export class MaskPool {
     if (!this.busy && (this.scratch?.byteLength ?? -1) < bytes) this.scratch = new SharedArrayBuffer(bytes);
     const weights = this.busy ? new SharedArrayBuffer(bytes) : this.scratch!;
     const masks = new SharedArrayBuffer(jobs.reduce((a, j) => a + j.weight.inDim * j.weight.outDim, 0));
-    const pieces: Array<Placed & { piece: number }> = [];
+    const tasks: Placed[] = [];
+    const otherShare = (1 - this.ownShare) / (this.threads - 1);
     let maskOffset = 0;
     let nextWhole = 0;
     jobs.forEach((j, job) => {
       const { bytes: _, ...weight } = j.weight;
-      const base = { weight, byteOffset: byteOffsets[job]!, scale: j.scale, options: j.options, maskOffset };
+      const base = { weight, byteOffset: byteOffsets[job]!, scale: j.scale, options: j.options, maskOffset, rowsSlot: job };
       maskOffset += j.weight.inDim * j.weight.outDim;
       if (scopes[job] === "matrix") {
-        pieces.push({ job, thread: nextWhole++ % this.threads, piece: 0, task: { ...base, range: "whole" } });
+        tasks.push({ job, thread: nextWhole++ % this.threads, task: { ...base, range: "whole" } });
         return;
       }
       const out = j.weight.outDim;
-      const cut = (t: number) => Math.min(out, Math.round((out * t) / this.threads / COLUMN_ALIGN) * COLUMN_ALIGN);
+      const cut = (t: number) => Math.min(out, Math.round((out * (t === 0 ? 0 : this.ownShare + (t - 1) * otherShare)) / COLUMN_ALIGN) * COLUMN_ALIGN);
       for (let thread = 0; thread < this.threads; thread++) {
         const begin = cut(thread);
         const end = thread === this.threads - 1 ? out : cut(thread + 1);
-        const n = thread === 0 ? 1 : Math.max(1, Math.min(REMOTE_PIECES, Math.floor((end - begin) / (4 * COLUMN_ALIGN))));
-        for (let piece = 0; piece < n; piece++) {
-          const from = piece === 0 ? begin : begin + Math.round(((end - begin) * piece) / n / COLUMN_ALIGN) * COLUMN_ALIGN;
-          const to = piece === n - 1 ? end : begin + Math.round(((end - begin) * (piece + 1)) / n / COLUMN_ALIGN) * COLUMN_ALIGN;
-          if (to > from) pieces.push({ job, thread, piece, task: { ...base, range: { begin: from, end: to } } });
-        }
+        if (end > begin) tasks.push({ job, thread, task: { ...base, range: { begin, end } } });
       }
     });
-    // Stable: jobs stay in order within a piece index, so the first pieces of all go out first.
-    pieces.sort((a, b) => a.piece - b.piece);
-    return { weights, masks, tasks: pieces };
+    return { weights, masks, tasks };
   }
 
   private call(worker: number, req: Omit<MaskRequest, "id">): Promise<number[]> {
     if (this.failure) return Promise.reject(this.failure);
-    if (req.tasks.length === 0) return Promise.resolve([]);
+    if (req.tasks.length === 0 && !req.touch) return Promise.resolve([]);
     const id = this.nextId++;
     const w = this.workers[worker]!;
     // ref() does not count: a thread is unreferenced only when none of its requests is pending.
@@ -213,21 +225,40 @@ export class MaskPool {
   }
 }
 
-/** Copies the part of a weight that a task reads (its columns, or all of it) to shared memory. */
-function copyShare(w: WeightMatrix, task: MaskTask, weights: SharedArrayBuffer): void {
-  const view = new Uint8Array(weights, task.byteOffset, w.bytes.byteLength);
-  if (task.range === "whole") {
-    view.set(w.bytes);
-    return;
-  }
-  const size = elementBytes(w.dataType);
-  const { begin, end } = task.range;
-  if (w.layout === "out_in") {
-    view.set(w.bytes.subarray(begin * w.inDim * size, end * w.inDim * size), begin * w.inDim * size);
-    return;
-  }
-  for (let c = 0; c < w.inDim; c++) {
-    const from = (c * w.outDim + begin) * size;
-    view.set(w.bytes.subarray(from, from + (end - begin) * size), from);
+/** Rows copied between two notices to the threads waiting for them. */
+const ROWS_PER_NOTICE = 128;
+
+/**
+ * Copies the columns that tasks of one weight read (all of them for a whole task) to shared
+ * memory, counting the input rows done in copied[slot] for the threads reading them: row by row
+ * for a column range of [in, out] storage, else in one run.
+ */
+function copyShare(w: WeightMatrix, tasks: readonly MaskTask[], weights: SharedArrayBuffer, copied: Int32Array, slot: number): void {
+  const done = (r: number) => {
+    Atomics.store(copied, slot, r);
+    Atomics.notify(copied, slot);
+  };
+  try {
+    const size = elementBytes(w.dataType);
+    let begin = w.outDim;
+    let end = 0;
+    for (const t of tasks) {
+      begin = Math.min(begin, t.range === "whole" ? 0 : t.range.begin);
+      end = Math.max(end, t.range === "whole" ? w.outDim : t.range.end);
+    }
+    const view = new Uint8Array(weights, tasks[0]!.byteOffset, w.bytes.byteLength);
+    if (w.layout === "out_in" || (begin === 0 && end === w.outDim)) {
+      const [from, to] = w.layout === "in_out" ? [0, w.inDim * w.outDim] : [begin * w.inDim, end * w.inDim];
+      view.set(w.bytes.subarray(from * size, to * size), from * size);
+      return;
+    }
+    for (let c = 0; c < w.inDim; c++) {
+      const from = (c * w.outDim + begin) * size;
+      view.set(w.bytes.subarray(from, from + (end - begin) * size), from);
+      if ((c + 1) % ROWS_PER_NOTICE === 0) done(c + 1);
+    }
+  } finally {
+    // (also if the copy failed: no thread may wait forever; the batch fails anyway)
+    done(w.inDim);
   }
 }

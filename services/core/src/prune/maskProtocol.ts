@@ -11,13 +11,25 @@ export interface MaskTask {
   /** where this linear's mask starts in MaskRequest.masks */
   maskOffset: number;
   range: { begin: number; end: number } | "whole";
+  /** the slot of MaskRequest.rows that counts this weight's input rows copied so far */
+  rowsSlot: number;
 }
 
 export interface MaskRequest {
   id: number;
   weights: SharedArrayBuffer;
   masks: SharedArrayBuffer;
+  /**
+   * Int32 per weight of the batch: how many of its input rows the pool has copied into weights
+   * (it copies while the threads run; each waits for the rows it reads next).
+   */
+  rows: SharedArrayBuffer;
   tasks: MaskTask[];
+  /**
+   * Bytes [begin, end) of masks whose pages this thread touches (without changing a value) before
+   * its tasks, so the fresh buffer's page faults happen while the pool's thread copies weights.
+   */
+  touch?: { begin: number; end: number };
 }
 
 export type MaskResponse = { id: number; ok: true; pruned: number[] } | { id: number; ok: false; error: string };
