@@ -84,10 +84,23 @@ export function sparseGptCompressPrepared(w: WeightMatrix, prepared: PreparedHes
     throw new InvalidArgumentError(w.name, `input dimension ${n} is not a multiple of M=${opts.pattern.m} for the ${opts.pattern.n}:${opts.pattern.m} pattern`);
   }
   const original = readWeights(w);
+  const { weights: W, pruned } = obsUpdate(original, prepared, opts, out);
+  writeWeights(w, W);
+  const written = readWeights(w);
+  return { pruned, total: n * out, relativeError: relativeError(prepared.hessian, original, written, n, out) };
+}
+
+/**
+ * Step 6 on the weights as float64 B[in, out] (`original` is not modified): the updated weights,
+ * pruned entries exact zeros, and how many were pruned.
+ */
+export function obsUpdate(original: Float64Array, prepared: PreparedHessian, opts: SparseGptOptions, out: number): { weights: Float64Array; pruned: number } {
+  const n = prepared.n;
+  const blockSize = opts.blockSize ?? SPARSEGPT_BLOCK_SIZE;
+  const s = opts.sparsity;
   const W = original.slice();
   for (let i = 0; i < n; i++) if (prepared.dead[i]) W.fill(0, i * out, (i + 1) * out);
   const U = prepared.u;
-  const hessian = prepared.hessian;
 
   // Step 6: slabs of input channels.
   let pruned = 0;
@@ -122,23 +135,102 @@ export function sparseGptCompressPrepared(w: WeightMatrix, prepared: PreparedHes
       for (let o = 0; o < out; o++) if (mask[k * out + o]) pruned++;
     }
     W.set(Q, i1 * out);
-    // Lazy update: W[:, i2:] -= E1·U[i1:i2, i2:], each entry's sum formed before it is subtracted.
-    for (let cc = i2; cc < n; cc++) {
-      acc.fill(0);
-      for (let k = 0; k < count; k++) {
-        const u = U[(i1 + k) * n + cc]!;
-        if (u === 0) continue;
-        const eBase = k * out;
-        for (let o = 0; o < out; o++) acc[o]! += E[eBase + o]! * u;
-      }
-      const rowC = cc * out;
-      for (let o = 0; o < out; o++) W[rowC + o]! -= acc[o]!;
-    }
+    lazyUpdate(W, E, U, n, out, i1, count, acc);
   }
 
-  writeWeights(w, W);
-  const written = readWeights(w);
-  return { pruned, total: n * out, relativeError: relativeError(hessian, original, written, n, out) };
+  return { weights: W, pruned };
+}
+
+/**
+ * Lazy update: W[:, i2:] -= E1·U[i1:i2, i2:], each entry's sum (over k in order, terms with
+ * U = 0 left out) formed before it is subtracted. The sums are dot products of E's columns with
+ * U's slab columns, four rows cc at a time (dot4), over E transposed so that each runs over
+ * contiguous memory. Slab rows k whose U is zero for every cc
+ * (dead inputs) are left out of those copies; a row cc with another zero term keeps the
+ * row-by-row form, which leaves it out.
+ */
+function lazyUpdate(W: Float64Array, E: Float64Array, U: Float64Array, n: number, out: number, i1: number, count: number, acc: Float64Array): void {
+  const i2 = i1 + count;
+  const rows = n - i2;
+  if (rows <= 0) return;
+  const live: number[] = [];
+  for (let k = 0; k < count; k++) {
+    const uRow = (i1 + k) * n + i2;
+    for (let r = 0; r < rows; r++) {
+      if (U[uRow + r] !== 0) {
+        live.push(k);
+        break;
+      }
+    }
+  }
+  const m = live.length;
+  const et = new Float64Array(out * m);
+  live.forEach((k, q) => {
+    for (let o = 0; o < out; o++) et[o * m + q] = E[k * out + o]!;
+  });
+  // U's slab column of row cc over the live k, contiguous: ut[(cc - i2) * m + q] = U[i1 + live[q], cc].
+  const ut = new Float64Array(rows * m);
+  const dense = new Uint8Array(rows).fill(1);
+  live.forEach((k, q) => {
+    const uRow = (i1 + k) * n + i2;
+    for (let r = 0; r < rows; r++) {
+      const u = U[uRow + r]!;
+      ut[r * m + q] = u;
+      if (u === 0) dense[r] = 0;
+    }
+  });
+  const sums = new Float64Array(4);
+  let r = 0;
+  while (r < rows) {
+    if (r + 3 < rows && dense[r] && dense[r + 1] && dense[r + 2] && dense[r + 3]) {
+      const u0 = r * m;
+      const w0 = (i2 + r) * out;
+      for (let o = 0; o < out; o++) {
+        dot4(et, o * m, ut, u0, m, m, sums);
+        W[w0 + o]! -= sums[0]!;
+        W[w0 + out + o]! -= sums[1]!;
+        W[w0 + 2 * out + o]! -= sums[2]!;
+        W[w0 + 3 * out + o]! -= sums[3]!;
+      }
+      r += 4;
+      continue;
+    }
+    acc.fill(0);
+    for (let k = 0; k < count; k++) {
+      const u = U[(i1 + k) * n + i2 + r]!;
+      if (u === 0) continue;
+      const eBase = k * out;
+      for (let o = 0; o < out; o++) acc[o]! += E[eBase + o]! * u;
+    }
+    const rowC = (i2 + r) * out;
+    for (let o = 0; o < out; o++) W[rowC + o]! -= acc[o]!;
+    r++;
+  }
+}
+
+/**
+ * sums[t] = Σ_q x[xAt + q]·y[y0 + t·stride + q] over q < len in order, for t < 4: four
+ * independent chains sharing x's loads (a single chain waits on each addition).
+ */
+function dot4(x: Float64Array, xAt: number, y: Float64Array, y0: number, stride: number, len: number, sums: Float64Array): void {
+  const y1 = y0 + stride;
+  const y2 = y1 + stride;
+  const y3 = y2 + stride;
+  let s0 = 0;
+  let s1 = 0;
+  let s2 = 0;
+  let s3 = 0;
+  for (let q = 0; q < len; q++) {
+    const v = x[xAt + q]!;
+    s0 += v * y[y0 + q]!;
+    s1 += v * y[y1 + q]!;
+    s2 += v * y[y2 + q]!;
+    s3 += v * y[y3 + q]!;
+  }
+  sums[0] = s0;
+  sums[1] = s1;
+  sums[2] = s2;
+  sums[3] = s3;
 }
 
 /** Step 6.2: one threshold θ at sorted position int(numel·s) of the slab's scores; t ≤ θ is pruned. */
@@ -180,37 +272,96 @@ function nmMask(W: Float64Array, U: Float64Array, n: number, out: number, c: num
  */
 export function upperCholeskyOfInverse(a: Float64Array, n: number, subject: string): Float64Array {
   choleskyLowerInPlace(a, n, subject, "the dampened Hessian");
-  // Rows of L⁻¹: row_i = (e_i − Σ_{k<i} L[i,k]·row_k) / L[i,i].
+  // Rows of L⁻¹: row_i = (e_i − Σ_{k<i} L[i,k]·row_k) / L[i,i]. Four rows k at a time: each
+  // entry takes their terms in k order, as one row at a time would, read and written once.
   const inv = new Float64Array(n * n);
   for (let i = 0; i < n; i++) {
     const ri = i * n;
-    for (let k = 0; k < i; k++) {
-      const l = a[ri + k]!;
-      if (l === 0) continue;
-      const rk = k * n;
-      for (let j = 0; j <= k; j++) inv[ri + j]! -= l * inv[rk + j]!;
+    let k = 0;
+    for (; k + 3 < i; k += 4) {
+      const l0 = a[ri + k]!;
+      const l1 = a[ri + k + 1]!;
+      const l2 = a[ri + k + 2]!;
+      const l3 = a[ri + k + 3]!;
+      if (l0 === 0 || l1 === 0 || l2 === 0 || l3 === 0) {
+        for (let q = k; q < k + 4; q++) subtractRow(inv, ri, q * n, a[ri + q]!, q);
+        continue;
+      }
+      const r0 = k * n;
+      const r1 = r0 + n;
+      const r2 = r1 + n;
+      const r3 = r2 + n;
+      for (let j = 0; j <= k; j++) {
+        let x = inv[ri + j]!;
+        x -= l0 * inv[r0 + j]!;
+        x -= l1 * inv[r1 + j]!;
+        x -= l2 * inv[r2 + j]!;
+        x -= l3 * inv[r3 + j]!;
+        inv[ri + j] = x;
+      }
+      // Entries past row k's diagonal take only the later rows' terms.
+      inv[ri + k + 1] = inv[ri + k + 1]! - l1 * inv[r1 + k + 1]! - l2 * inv[r2 + k + 1]! - l3 * inv[r3 + k + 1]!;
+      inv[ri + k + 2] = inv[ri + k + 2]! - l2 * inv[r2 + k + 2]! - l3 * inv[r3 + k + 2]!;
+      inv[ri + k + 3] = inv[ri + k + 3]! - l3 * inv[r3 + k + 3]!;
     }
+    for (; k < i; k++) subtractRow(inv, ri, k * n, a[ri + k]!, k);
     const lii = a[ri + i]!;
     for (let j = 0; j < i; j++) inv[ri + j] = inv[ri + j]! / lii;
     inv[ri + i] = 1 / lii;
   }
-  // H⁻¹[i,j] = Σ_{k ≥ max(i,j)} L⁻¹[k,i]·L⁻¹[k,j], upper half accumulated, then mirrored.
+  // H⁻¹[i,j] = Σ_{k ≥ max(i,j)} L⁻¹[k,i]·L⁻¹[k,j], upper half accumulated, then mirrored. Four
+  // rows k at a time, each entry taking their terms in k order.
   const hinv = a.fill(0);
-  for (let k = 0; k < n; k++) {
-    const rk = k * n;
+  let k = 0;
+  for (; k + 3 < n; k += 4) {
+    const r0 = k * n;
+    const r1 = r0 + n;
+    const r2 = r1 + n;
+    const r3 = r2 + n;
     for (let i = 0; i <= k; i++) {
-      const v = inv[rk + i]!;
-      if (v === 0) continue;
+      const v0 = inv[r0 + i]!;
+      const v1 = inv[r1 + i]!;
+      const v2 = inv[r2 + i]!;
+      const v3 = inv[r3 + i]!;
       const ri = i * n;
-      for (let j = i; j <= k; j++) hinv[ri + j]! += v * inv[rk + j]!;
+      if (v0 === 0 || v1 === 0 || v2 === 0 || v3 === 0) {
+        for (let q = k; q < k + 4; q++) addRow(hinv, inv, ri, q * n, inv[q * n + i]!, i, q);
+        continue;
+      }
+      for (let j = i; j <= k; j++) {
+        let x = hinv[ri + j]!;
+        x += v0 * inv[r0 + j]!;
+        x += v1 * inv[r1 + j]!;
+        x += v2 * inv[r2 + j]!;
+        x += v3 * inv[r3 + j]!;
+        hinv[ri + j] = x;
+      }
+      hinv[ri + k + 1] = hinv[ri + k + 1]! + v1 * inv[r1 + k + 1]! + v2 * inv[r2 + k + 1]! + v3 * inv[r3 + k + 1]!;
+      hinv[ri + k + 2] = hinv[ri + k + 2]! + v2 * inv[r2 + k + 2]! + v3 * inv[r3 + k + 2]!;
+      hinv[ri + k + 3] = hinv[ri + k + 3]! + v3 * inv[r3 + k + 3]!;
     }
+    // Rows i past k: only the later rows k reach them.
+    for (let i = k + 1; i <= k + 3; i++) for (let q = i; q < k + 4; q++) addRow(hinv, inv, i * n, q * n, inv[q * n + i]!, i, q);
   }
+  for (; k < n; k++) for (let i = 0; i <= k; i++) addRow(hinv, inv, i * n, k * n, inv[k * n + i]!, i, k);
   for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) hinv[j * n + i] = hinv[i * n + j]!;
   choleskyLowerInPlace(hinv, n, subject, "the inverse Hessian");
   // U = Lᵀ, reusing inv's storage.
   const u = inv.fill(0);
   for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) u[j * n + i] = hinv[i * n + j]!;
   return u;
+}
+
+/** inv[ri + j] -= l·inv[rk + j] for j ≤ k (a row of L⁻¹ less l times an earlier one; none for l = 0). */
+function subtractRow(inv: Float64Array, ri: number, rk: number, l: number, k: number): void {
+  if (l === 0) return;
+  for (let j = 0; j <= k; j++) inv[ri + j]! -= l * inv[rk + j]!;
+}
+
+/** hinv[ri + j] += v·inv[rk + j] for i ≤ j ≤ k (none for v = 0). */
+function addRow(hinv: Float64Array, inv: Float64Array, ri: number, rk: number, v: number, i: number, k: number): void {
+  if (v === 0) return;
+  for (let j = i; j <= k; j++) hinv[ri + j]! += v * inv[rk + j]!;
 }
 
 /** Lower Cholesky factor in place (the upper half is left as zeros). */
@@ -222,7 +373,31 @@ function choleskyLowerInPlace(a: Float64Array, n: number, subject: string, what:
     if (!(d > 0)) throw new NumericError(subject, `${what} is not positive definite (pivot ${j} is ${d}); the calibration activations may be degenerate`);
     const ljj = Math.sqrt(d);
     a[rj + j] = ljj;
-    for (let i = j + 1; i < n; i++) {
+    let i = j + 1;
+    // Four rows at a time: four independent chains (one alone waits on each subtraction) sharing
+    // row j's loads, each summed in k order.
+    for (; i + 3 < n; i += 4) {
+      const r0 = i * n;
+      const r1 = r0 + n;
+      const r2 = r1 + n;
+      const r3 = r2 + n;
+      let v0 = a[r0 + j]!;
+      let v1 = a[r1 + j]!;
+      let v2 = a[r2 + j]!;
+      let v3 = a[r3 + j]!;
+      for (let k = 0; k < j; k++) {
+        const x = a[rj + k]!;
+        v0 -= a[r0 + k]! * x;
+        v1 -= a[r1 + k]! * x;
+        v2 -= a[r2 + k]! * x;
+        v3 -= a[r3 + k]! * x;
+      }
+      a[r0 + j] = v0 / ljj;
+      a[r1 + j] = v1 / ljj;
+      a[r2 + j] = v2 / ljj;
+      a[r3 + j] = v3 / ljj;
+    }
+    for (; i < n; i++) {
       const ri = i * n;
       let v = a[ri + j]!;
       for (let k = 0; k < j; k++) v -= a[ri + k]! * a[rj + k]!;
@@ -242,11 +417,26 @@ function relativeError(h: Float64Array, before: Float64Array, after: Float64Arra
 }
 
 function quadratic(h: Float64Array, b: Float64Array, n: number, out: number): number {
+  const sums = new Float64Array(4);
   let total = 0;
   for (let i = 0; i < n; i++) {
     const ri = i * out;
-    for (let j = i; j < n; j++) {
-      const hij = h[i * n + j]!;
+    const hi = i * n;
+    let j = i;
+    // Four dot products at once (dot4), added to the total in j order as one at a time would be.
+    for (; j + 3 < n; j += 4) {
+      dot4(b, ri, b, j * out, out, out, sums);
+      const h0 = h[hi + j]!;
+      const h1 = h[hi + j + 1]!;
+      const h2 = h[hi + j + 2]!;
+      const h3 = h[hi + j + 3]!;
+      if (h0 !== 0) total += (i === j ? 1 : 2) * h0 * sums[0]!;
+      if (h1 !== 0) total += 2 * h1 * sums[1]!;
+      if (h2 !== 0) total += 2 * h2 * sums[2]!;
+      if (h3 !== 0) total += 2 * h3 * sums[3]!;
+    }
+    for (; j < n; j++) {
+      const hij = h[hi + j]!;
       if (hij === 0) continue;
       const rj = j * out;
       let dot = 0;
