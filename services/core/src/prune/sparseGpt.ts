@@ -233,6 +233,48 @@ function dot4(x: Float64Array, xAt: number, y: Float64Array, y0: number, stride:
   sums[3] = s3;
 }
 
+/**
+ * sums[4p + t] = Σ_q x[xp + q]·x[y0 + t·stride + q] over q < len in order, for rows p < 2 at x0
+ * and x1 and t < 4: eight independent chains, each load shared by two or four of them.
+ */
+function dot2x4(x: Float64Array, x0: number, x1: number, y0: number, stride: number, len: number, sums: Float64Array): void {
+  const y1 = y0 + stride;
+  const y2 = y1 + stride;
+  const y3 = y2 + stride;
+  let a0 = 0;
+  let a1 = 0;
+  let a2 = 0;
+  let a3 = 0;
+  let b0 = 0;
+  let b1 = 0;
+  let b2 = 0;
+  let b3 = 0;
+  for (let q = 0; q < len; q++) {
+    const u = x[x0 + q]!;
+    const v = x[x1 + q]!;
+    const w0 = x[y0 + q]!;
+    const w1 = x[y1 + q]!;
+    const w2 = x[y2 + q]!;
+    const w3 = x[y3 + q]!;
+    a0 += u * w0;
+    a1 += u * w1;
+    a2 += u * w2;
+    a3 += u * w3;
+    b0 += v * w0;
+    b1 += v * w1;
+    b2 += v * w2;
+    b3 += v * w3;
+  }
+  sums[0] = a0;
+  sums[1] = a1;
+  sums[2] = a2;
+  sums[3] = a3;
+  sums[4] = b0;
+  sums[5] = b1;
+  sums[6] = b2;
+  sums[7] = b3;
+}
+
 /** Step 6.2: one threshold θ at sorted position int(numel·s) of the slab's scores; t ≤ θ is pruned. */
 function slabMask(W: Float64Array, U: Float64Array, n: number, out: number, i1: number, count: number, s: number, mask: Uint8Array): void {
   const numel = count * out;
@@ -417,31 +459,44 @@ function relativeError(h: Float64Array, before: Float64Array, after: Float64Arra
 }
 
 function quadratic(h: Float64Array, b: Float64Array, n: number, out: number): number {
-  const sums = new Float64Array(4);
+  // Rows i and i+1 at once: their dot products with the rows j after them (each summed over o in
+  // order, eight chains sharing loads), then their terms added to the total in (i, j) order, as
+  // one at a time would (terms with h = 0 left out).
+  const dots = [new Float64Array(n), new Float64Array(n)] as const;
+  const sums = new Float64Array(8);
+  const rowDot = (x: number, y: number): number => {
+    let d = 0;
+    for (let o = 0; o < out; o++) d += b[x + o]! * b[y + o]!;
+    return d;
+  };
   let total = 0;
-  for (let i = 0; i < n; i++) {
-    const ri = i * out;
-    const hi = i * n;
-    let j = i;
-    // Four dot products at once (dot4), added to the total in j order as one at a time would be.
-    for (; j + 3 < n; j += 4) {
-      dot4(b, ri, b, j * out, out, out, sums);
-      const h0 = h[hi + j]!;
-      const h1 = h[hi + j + 1]!;
-      const h2 = h[hi + j + 2]!;
-      const h3 = h[hi + j + 3]!;
-      if (h0 !== 0) total += (i === j ? 1 : 2) * h0 * sums[0]!;
-      if (h1 !== 0) total += 2 * h1 * sums[1]!;
-      if (h2 !== 0) total += 2 * h2 * sums[2]!;
-      if (h3 !== 0) total += 2 * h3 * sums[3]!;
+  for (let i = 0; i < n; i += 2) {
+    const pair = i + 1 < n;
+    const r0 = i * out;
+    const r1 = r0 + out;
+    dots[0][i] = rowDot(r0, r0);
+    let j = i + 1;
+    if (pair) {
+      for (; j + 3 < n; j += 4) {
+        dot2x4(b, r0, r1, j * out, out, out, sums);
+        for (let t = 0; t < 4; t++) {
+          dots[0][j + t] = sums[t]!;
+          dots[1][j + t] = sums[4 + t]!;
+        }
+      }
     }
     for (; j < n; j++) {
-      const hij = h[hi + j]!;
-      if (hij === 0) continue;
-      const rj = j * out;
-      let dot = 0;
-      for (let o = 0; o < out; o++) dot += b[ri + o]! * b[rj + o]!;
-      total += (i === j ? 1 : 2) * hij * dot;
+      dots[0][j] = rowDot(r0, j * out);
+      if (pair) dots[1][j] = rowDot(r1, j * out);
+    }
+    for (let q = 0; q < (pair ? 2 : 1); q++) {
+      const row = i + q;
+      const hi = row * n;
+      const d = dots[q];
+      for (let jj = row; jj < n; jj++) {
+        const hij = h[hi + jj]!;
+        if (hij !== 0) total += (row === jj ? 1 : 2) * hij * d[jj]!;
+      }
     }
   }
   return total;
