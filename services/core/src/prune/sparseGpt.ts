@@ -144,8 +144,8 @@ export function obsUpdate(original: Float64Array, prepared: PreparedHessian, opt
 /**
  * Lazy update: W[:, i2:] -= E1·U[i1:i2, i2:], each entry's sum (over k in order, terms with
  * U = 0 left out) formed before it is subtracted. The sums are dot products of E's columns with
- * U's slab columns, four rows cc at a time (dot4), over E transposed so that each runs over
- * contiguous memory. Slab rows k whose U is zero for every cc
+ * U's slab columns, four rows cc and two outputs at a time (dot2x4), over E transposed so that
+ * each runs over contiguous memory. Slab rows k whose U is zero for every cc
  * (dead inputs) are left out of those copies; a row cc with another zero term keeps the
  * row-by-row form, which leaves it out.
  */
@@ -179,18 +179,20 @@ function lazyUpdate(W: Float64Array, E: Float64Array, U: Float64Array, n: number
       if (u === 0) dense[r] = 0;
     }
   });
-  const sums = new Float64Array(4);
+  const sums = new Float64Array(8);
   let r = 0;
   while (r < rows) {
     if (r + 3 < rows && dense[r] && dense[r + 1] && dense[r + 2] && dense[r + 3]) {
       const u0 = r * m;
       const w0 = (i2 + r) * out;
-      for (let o = 0; o < out; o++) {
-        dot4(et, o * m, ut, u0, m, m, sums);
-        W[w0 + o]! -= sums[0]!;
-        W[w0 + out + o]! -= sums[1]!;
-        W[w0 + 2 * out + o]! -= sums[2]!;
-        W[w0 + 3 * out + o]! -= sums[3]!;
+      for (let o = 0; o < out; o += 2) {
+        // Outputs o and o+1 (the last alone: its row given twice).
+        const o1 = Math.min(o + 1, out - 1);
+        dot2x4(et, o * m, o1 * m, ut, u0, m, m, sums);
+        for (let t = 0; t < 4; t++) {
+          W[w0 + t * out + o]! -= sums[t]!;
+          if (o1 > o) W[w0 + t * out + o1]! -= sums[4 + t]!;
+        }
       }
       r += 4;
       continue;
@@ -209,35 +211,11 @@ function lazyUpdate(W: Float64Array, E: Float64Array, U: Float64Array, n: number
 }
 
 /**
- * sums[t] = Σ_q x[xAt + q]·y[y0 + t·stride + q] over q < len in order, for t < 4: four
- * independent chains sharing x's loads (a single chain waits on each addition).
+ * sums[4p + t] = Σ_q x[xp + q]·y[y0 + t·stride + q] over q < len in order, for rows p < 2 at x0
+ * and x1 and t < 4: eight independent chains (a single one waits on each addition), each load
+ * shared by two or four of them.
  */
-function dot4(x: Float64Array, xAt: number, y: Float64Array, y0: number, stride: number, len: number, sums: Float64Array): void {
-  const y1 = y0 + stride;
-  const y2 = y1 + stride;
-  const y3 = y2 + stride;
-  let s0 = 0;
-  let s1 = 0;
-  let s2 = 0;
-  let s3 = 0;
-  for (let q = 0; q < len; q++) {
-    const v = x[xAt + q]!;
-    s0 += v * y[y0 + q]!;
-    s1 += v * y[y1 + q]!;
-    s2 += v * y[y2 + q]!;
-    s3 += v * y[y3 + q]!;
-  }
-  sums[0] = s0;
-  sums[1] = s1;
-  sums[2] = s2;
-  sums[3] = s3;
-}
-
-/**
- * sums[4p + t] = Σ_q x[xp + q]·x[y0 + t·stride + q] over q < len in order, for rows p < 2 at x0
- * and x1 and t < 4: eight independent chains, each load shared by two or four of them.
- */
-function dot2x4(x: Float64Array, x0: number, x1: number, y0: number, stride: number, len: number, sums: Float64Array): void {
+function dot2x4(x: Float64Array, x0: number, x1: number, y: Float64Array, y0: number, stride: number, len: number, sums: Float64Array): void {
   const y1 = y0 + stride;
   const y2 = y1 + stride;
   const y3 = y2 + stride;
@@ -252,10 +230,10 @@ function dot2x4(x: Float64Array, x0: number, x1: number, y0: number, stride: num
   for (let q = 0; q < len; q++) {
     const u = x[x0 + q]!;
     const v = x[x1 + q]!;
-    const w0 = x[y0 + q]!;
-    const w1 = x[y1 + q]!;
-    const w2 = x[y2 + q]!;
-    const w3 = x[y3 + q]!;
+    const w0 = y[y0 + q]!;
+    const w1 = y[y1 + q]!;
+    const w2 = y[y2 + q]!;
+    const w3 = y[y3 + q]!;
     a0 += u * w0;
     a1 += u * w1;
     a2 += u * w2;
@@ -478,7 +456,7 @@ function quadratic(h: Float64Array, b: Float64Array, n: number, out: number): nu
     let j = i + 1;
     if (pair) {
       for (; j + 3 < n; j += 4) {
-        dot2x4(b, r0, r1, j * out, out, out, sums);
+        dot2x4(b, r0, r1, b, j * out, out, out, sums);
         for (let t = 0; t < 4; t++) {
           dots[0][j + t] = sums[t]!;
           dots[1][j + t] = sums[4 + t]!;
