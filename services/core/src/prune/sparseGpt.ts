@@ -384,47 +384,84 @@ function addRow(hinv: Float64Array, inv: Float64Array, ri: number, rk: number, v
   for (let j = i; j <= k; j++) hinv[ri + j]! += v * inv[rk + j]!;
 }
 
-/** Lower Cholesky factor in place (the upper half is left as zeros). */
+/**
+ * Lower Cholesky factor in place (the upper half is left as zeros). Columns j and j+1 together,
+ * rows four at a time: eight chains sharing loads, each entry's sum taken over k in order (the
+ * k = j term of column j+1 last, once column j is done), so the bits are one column's at a time.
+ */
 function choleskyLowerInPlace(a: Float64Array, n: number, subject: string, what: string): void {
-  for (let j = 0; j < n; j++) {
+  const pivot = (j: number): number => {
     const rj = j * n;
     let d = a[rj + j]!;
     for (let k = 0; k < j; k++) d -= a[rj + k]! * a[rj + k]!;
     if (!(d > 0)) throw new NumericError(subject, `${what} is not positive definite (pivot ${j} is ${d}); the calibration activations may be degenerate`);
-    const ljj = Math.sqrt(d);
-    a[rj + j] = ljj;
-    let i = j + 1;
-    // Four rows at a time: four independent chains (one alone waits on each subtraction) sharing
-    // row j's loads, each summed in k order.
+    const l = Math.sqrt(d);
+    a[rj + j] = l;
+    return l;
+  };
+  for (let j = 0; j < n; j += 2) {
+    const rj = j * n;
+    const ljj = pivot(j);
+    if (j + 1 === n) break;
+    const rj1 = rj + n;
+    let v = a[rj1 + j]!;
+    for (let k = 0; k < j; k++) v -= a[rj1 + k]! * a[rj + k]!;
+    a[rj1 + j] = v / ljj;
+    const lj1 = pivot(j + 1);
+    const sj = a[rj1 + j]!;
+    let i = j + 2;
     for (; i + 3 < n; i += 4) {
       const r0 = i * n;
       const r1 = r0 + n;
       const r2 = r1 + n;
       const r3 = r2 + n;
-      let v0 = a[r0 + j]!;
-      let v1 = a[r1 + j]!;
-      let v2 = a[r2 + j]!;
-      let v3 = a[r3 + j]!;
+      let p0 = a[r0 + j]!;
+      let p1 = a[r1 + j]!;
+      let p2 = a[r2 + j]!;
+      let p3 = a[r3 + j]!;
+      let q0 = a[r0 + j + 1]!;
+      let q1 = a[r1 + j + 1]!;
+      let q2 = a[r2 + j + 1]!;
+      let q3 = a[r3 + j + 1]!;
       for (let k = 0; k < j; k++) {
         const x = a[rj + k]!;
-        v0 -= a[r0 + k]! * x;
-        v1 -= a[r1 + k]! * x;
-        v2 -= a[r2 + k]! * x;
-        v3 -= a[r3 + k]! * x;
+        const y = a[rj1 + k]!;
+        const w0 = a[r0 + k]!;
+        const w1 = a[r1 + k]!;
+        const w2 = a[r2 + k]!;
+        const w3 = a[r3 + k]!;
+        p0 -= w0 * x;
+        p1 -= w1 * x;
+        p2 -= w2 * x;
+        p3 -= w3 * x;
+        q0 -= w0 * y;
+        q1 -= w1 * y;
+        q2 -= w2 * y;
+        q3 -= w3 * y;
       }
-      a[r0 + j] = v0 / ljj;
-      a[r1 + j] = v1 / ljj;
-      a[r2 + j] = v2 / ljj;
-      a[r3 + j] = v3 / ljj;
+      a[r0 + j] = p0 / ljj;
+      a[r1 + j] = p1 / ljj;
+      a[r2 + j] = p2 / ljj;
+      a[r3 + j] = p3 / ljj;
+      a[r0 + j + 1] = (q0 - a[r0 + j]! * sj) / lj1;
+      a[r1 + j + 1] = (q1 - a[r1 + j]! * sj) / lj1;
+      a[r2 + j + 1] = (q2 - a[r2 + j]! * sj) / lj1;
+      a[r3 + j + 1] = (q3 - a[r3 + j]! * sj) / lj1;
     }
     for (; i < n; i++) {
       const ri = i * n;
-      let v = a[ri + j]!;
-      for (let k = 0; k < j; k++) v -= a[ri + k]! * a[rj + k]!;
-      a[ri + j] = v / ljj;
+      let p = a[ri + j]!;
+      let q = a[ri + j + 1]!;
+      for (let k = 0; k < j; k++) {
+        const w = a[ri + k]!;
+        p -= w * a[rj + k]!;
+        q -= w * a[rj1 + k]!;
+      }
+      a[ri + j] = p / ljj;
+      a[ri + j + 1] = (q - a[ri + j]! * sj) / lj1;
     }
-    for (let k = j + 1; k < n; k++) a[rj + k] = 0;
   }
+  for (let j = 0; j < n; j++) a.fill(0, j * n + j + 1, (j + 1) * n);
 }
 
 /** tr(ΔBᵀHΔB) / tr(BᵀHB): the output error the calibration tokens see, relative to the output. */
