@@ -11,7 +11,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../support/fixtures.js";
 import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
-import { MaskPool, type MaskJob } from "../../services/core/src/prune/maskPool.js";
+import { MaskPool, maskPoolLimits, type MaskJob } from "../../services/core/src/prune/maskPool.js";
 import { computeMask, computeMaskColumns, kernelLimits, parsePattern, type MaskOptions } from "../../services/core/src/prune/maskSelect.js";
 import { OnnxDataType } from "../../services/core/src/onnx/dtype.js";
 import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
@@ -139,6 +139,28 @@ describe("weights copied to the threads while they run", () => {
           }
         }
       }
+    }
+  });
+
+  test("a batch larger than the threads' memories goes in groups, a larger linear on the pool's thread: the same masks", async () => {
+    const small = weight(randomRows(mulberry32(31), 64, 48, "continuous"), OnnxDataType.FLOAT16, "in_out", "small");
+    const large = weight(rows, OnnxDataType.FLOAT, "in_out", "large");
+    const options: MaskOptions = { sparsity: 0.5, pattern: { kind: "unstructured" } };
+    const batch: MaskJob[] = [small, small, large, small].map((w) => ({ weight: w, scale: null, options }));
+    const saved = maskPoolLimits.sharedBytes;
+    // Two small weights fit together; the large one fits nowhere.
+    maskPoolLimits.sharedBytes = 2 * small.bytes.byteLength;
+    try {
+      for (const pool of pools) {
+        const got = await pool.computeMasks(batch);
+        got.forEach((r, i) => {
+          const expected = computeMask(batch[i]!.weight, null, options);
+          assert.ok(Buffer.from(r.mask).equals(Buffer.from(expected.mask)), `${pool.threads} threads, job ${i}`);
+          assert.equal(r.pruned, expected.pruned);
+        });
+      }
+    } finally {
+      maskPoolLimits.sharedBytes = saved;
     }
   });
 

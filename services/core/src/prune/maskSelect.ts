@@ -24,7 +24,7 @@
  */
 import { InvalidArgumentError, NumericError, UnsupportedTypeError } from "../errors.js";
 import { OnnxDataType as DT, halfToFloatTable, typeName } from "../onnx/dtype.js";
-import { BINS as KERNEL_BINS, TILE_COLUMNS, maskKernel, type MaskKernel } from "./maskKernelWasm.js";
+import { BINS as KERNEL_BINS, KERNEL_INPUT_AT, TILE_COLUMNS, maskKernel, type MaskKernel } from "./maskKernelWasm.js";
 
 export type Pattern = { kind: "unstructured" } | { kind: "nm"; n: number; m: number };
 
@@ -500,7 +500,9 @@ function markSmallestTilesWasm(
   // Per column: the panel twice (as given, tile-major) and its mask twice; the rest is per row.
   const perColumn = w.inDim * (2 * elemSize(w) + 2);
   const perRow = TILE_COLUMNS * KERNEL_BINS * 4 + w.inDim * (2 * TILE_COLUMNS * 4 + 4 + 8) + 4096;
-  const panelTiles = Math.min(tiles, Math.floor((kernelLimits.memoryBudget - perRow) / perColumn / TILE_COLUMNS));
+  // Weights in the kernel's memory (a mask thread's) lie above KERNEL_INPUT_AT: panels stay below.
+  const budget = kernel.addressOf(w.bytes) === null ? kernelLimits.memoryBudget : Math.min(kernelLimits.memoryBudget, KERNEL_INPUT_AT);
+  const panelTiles = Math.min(tiles, Math.floor((budget - perRow) / perColumn / TILE_COLUMNS));
   if (panelTiles < 1) return null;
   let pruned = 0;
   for (let t = 0; t < tiles; t += panelTiles) {
@@ -519,9 +521,12 @@ function markSmallestTilesWasm(
  */
 function copyRowsByTiles(
   copy: MaskKernel["fn"]["copy16"], rows: number, tiles: number, src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number,
+  awaitRows: (rows: number) => void = () => {},
 ): void {
   for (let c = 0; c < rows; c += 32) {
-    copy(src + c * srcRow, srcTile, srcRow, dst + c * dstRow, dstTile, dstRow, tiles, Math.min(32, rows - c));
+    const n = Math.min(32, rows - c);
+    awaitRows(c + n);
+    copy(src + c * srcRow, srcTile, srcRow, dst + c * dstRow, dstTile, dstRow, tiles, n);
   }
 }
 
@@ -551,7 +556,7 @@ function markPanelWasm(
   const srcAt = align16(rawAt + inDim * panelRow);
   const maskTilesAt = align16(srcAt + inDim * panelRow);
   const maskAt = align16(maskTilesAt + inDim * width);
-  let buffer: ArrayBuffer;
+  let buffer: ArrayBuffer | SharedArrayBuffer;
   try {
     buffer = kernel.reserve(maskAt + inDim * width);
   } catch {
@@ -560,7 +565,15 @@ function markPanelWasm(
   const u8 = new Uint8Array(buffer);
   const i32 = new Int32Array(buffer);
   new Float64Array(buffer, sqAt, inDim).set(sq);
-  if (begin === 0 && width === outDim) {
+  // Weights already in the kernel's memory (a mask thread's, written by the pool) are read in
+  // place, each group of rows once it is there; others are copied in row by row first.
+  const at = kernel.addressOf(w.bytes);
+  let src = rawAt;
+  let srcRow = panelRow;
+  if (at !== null) {
+    src = at + begin * size;
+    srcRow = outDim * size;
+  } else if (begin === 0 && width === outDim) {
     awaitRows(inDim);
     u8.set(w.bytes, rawAt);
   } else {
@@ -571,14 +584,14 @@ function markPanelWasm(
   }
   const tileBytes = TILE_COLUMNS * size;
   const tileStride = inDim * tileBytes;
-  copyRowsByTiles(size === 4 ? kernel.fn.copy64 : kernel.fn.copy32, inDim, tiles, rawAt, panelRow, tileBytes, srcAt, tileBytes, tileStride);
+  copyRowsByTiles(size === 4 ? kernel.fn.copy64 : kernel.fn.copy32, inDim, tiles, src, srcRow, tileBytes, srcAt, tileBytes, tileStride, at === null ? undefined : awaitRows);
   const keysOf = w.dataType === DT.FLOAT ? kernel.fn.keys_f32 : w.dataType === DT.FLOAT16 ? kernel.fn.keys_f16 : kernel.fn.keys_bf16;
   const hist = i32.subarray(0, TILE_COLUMNS * KERNEL_BINS);
   const exactIdx = new Int32Array(inDim);
   const exactVal = new Float64Array(inDim);
   let pruned = 0;
   for (let t = 0; t < tiles; t++) {
-    hist.fill(0);
+    kernel.fn.zero(0, hist.byteLength);
     const maxKey = keysOf(srcAt + t * inDim * tileBytes, tileBytes, inDim, sqAt, keysAt) >>> 0;
     if (maxKey > 0x7f800000) return null; // a NaN metric
     if (k === 0) continue;
