@@ -16,7 +16,7 @@ import { computeMask, computeMaskColumns, kernelLimits, parsePattern, type MaskO
 import { OnnxDataType } from "../../services/core/src/onnx/dtype.js";
 import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
 import { computeMask as previousComputeMask } from "../support/maskSelectReference.js";
-import { maskKernel, maskKernelModule } from "../../services/core/src/prune/maskKernelWasm.js";
+import { KERNEL_INPUT_AT, MaskKernel, maskKernel, maskKernelModule, sharedKernelMemory } from "../../services/core/src/prune/maskKernelWasm.js";
 import { referenceMask, rowsOf, weight } from "../support/maskContract.js";
 
 const TYPES = [OnnxDataType.FLOAT, OnnxDataType.FLOAT16, OnnxDataType.BFLOAT16];
@@ -206,12 +206,18 @@ describe("weights copied to the threads while they run", () => {
 describe("the WebAssembly kernel", () => {
   test("is available here, so the tests above ran it (16-column tiles of [in, out] weights)", () => {
     assert.ok(maskKernel(), "WebAssembly SIMD is unavailable: only the JavaScript kernel was tested");
+    // The mask threads' kernels import a shared memory (a module of their own).
+    const shared = MaskKernel.create(sharedKernelMemory(KERNEL_INPUT_AT + 65536));
+    const inside = new Uint8Array(shared.memory.buffer, KERNEL_INPUT_AT, 64);
+    assert.equal(shared.addressOf(inside), KERNEL_INPUT_AT);
+    assert.equal(shared.addressOf(new Uint8Array(64)), null);
   });
 
   test("its module is assembled from source, the same bytes every time", () => {
     assert.deepEqual(maskKernelModule(), maskKernelModule());
     const wasm = (globalThis as unknown as { WebAssembly: { validate(bytes: Uint8Array): boolean } }).WebAssembly;
     assert.ok(wasm.validate(maskKernelModule()));
+    assert.ok(wasm.validate(maskKernelModule(true)));
   });
 
   test("a linear wider than the kernel's memory budget is done in panels, with the same bits", () => {
