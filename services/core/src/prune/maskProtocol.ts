@@ -19,8 +19,8 @@ export interface MaskRequest {
   id: number;
   masks: SharedArrayBuffer;
   /**
-   * Int32 per weight of the batch: how many of its input rows the pool has copied into the thread's memory
-   * (it copies while the threads run; each waits for the rows it reads next).
+   * Int32 per weight of the batch: how many of its input rows the pool has copied into the
+   * thread's memory (it copies while the threads run; each waits for the rows it reads next).
    */
   rows: SharedArrayBuffer;
   tasks: MaskTask[];
