@@ -292,45 +292,44 @@ function nmMask(W: Float64Array, U: Float64Array, n: number, out: number, c: num
  */
 export function upperCholeskyOfInverse(a: Float64Array, n: number, subject: string): Float64Array {
   choleskyLowerInPlace(a, n, subject, "the dampened Hessian");
-  // Rows of L⁻¹: row_i = (e_i − Σ_{k<i} L[i,k]·row_k) / L[i,i]. Four rows k at a time: each
-  // entry takes their terms in k order, as one row at a time would, read and written once.
+  // Rows of L⁻¹: row_i = (e_i − Σ_{k<i} L[i,k]·row_k) / L[i,i]. Two rows i and four rows k at a
+  // time (addFourRows; x − l·y is x + (−l)·y exactly), each entry taking its terms in k order,
+  // row i+1 its k = i term once row i is done.
   const inv = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
+  const finishRow = (i: number) => {
     const ri = i * n;
-    let k = 0;
-    for (; k + 3 < i; k += 4) {
-      const l0 = a[ri + k]!;
-      const l1 = a[ri + k + 1]!;
-      const l2 = a[ri + k + 2]!;
-      const l3 = a[ri + k + 3]!;
-      if (l0 === 0 || l1 === 0 || l2 === 0 || l3 === 0) {
-        for (let q = k; q < k + 4; q++) subtractRow(inv, ri, q * n, a[ri + q]!, q);
-        continue;
-      }
-      const r0 = k * n;
-      const r1 = r0 + n;
-      const r2 = r1 + n;
-      const r3 = r2 + n;
-      for (let j = 0; j <= k; j++) {
-        let x = inv[ri + j]!;
-        x -= l0 * inv[r0 + j]!;
-        x -= l1 * inv[r1 + j]!;
-        x -= l2 * inv[r2 + j]!;
-        x -= l3 * inv[r3 + j]!;
-        inv[ri + j] = x;
-      }
-      // Entries past row k's diagonal take only the later rows' terms.
-      inv[ri + k + 1] = inv[ri + k + 1]! - l1 * inv[r1 + k + 1]! - l2 * inv[r2 + k + 1]! - l3 * inv[r3 + k + 1]!;
-      inv[ri + k + 2] = inv[ri + k + 2]! - l2 * inv[r2 + k + 2]! - l3 * inv[r3 + k + 2]!;
-      inv[ri + k + 3] = inv[ri + k + 3]! - l3 * inv[r3 + k + 3]!;
-    }
-    for (; k < i; k++) subtractRow(inv, ri, k * n, a[ri + k]!, k);
     const lii = a[ri + i]!;
     for (let j = 0; j < i; j++) inv[ri + j] = inv[ri + j]! / lii;
     inv[ri + i] = 1 / lii;
+  };
+  for (let i = 0; i < n; i += 2) {
+    const two = i + 1 < n;
+    const ri = i * n;
+    const ri1 = ri + n;
+    let k = 0;
+    for (; k + 3 < i; k += 4) {
+      const [l0, l1, l2, l3] = [a[ri + k]!, a[ri + k + 1]!, a[ri + k + 2]!, a[ri + k + 3]!];
+      const [m0, m1, m2, m3] = two ? [a[ri1 + k]!, a[ri1 + k + 1]!, a[ri1 + k + 2]!, a[ri1 + k + 3]!] : [1, 1, 1, 1];
+      if (l0 === 0 || l1 === 0 || l2 === 0 || l3 === 0 || m0 === 0 || m1 === 0 || m2 === 0 || m3 === 0) {
+        for (let q = k; q < k + 4; q++) {
+          subtractRow(inv, ri, q * n, a[ri + q]!, q);
+          if (two) subtractRow(inv, ri1, q * n, a[ri1 + q]!, q);
+        }
+        continue;
+      }
+      addFourRows(inv, inv, n, k, 0, i, -l0, -l1, -l2, -l3, two ? i + 1 : -1, -m0, -m1, -m2, -m3);
+    }
+    for (; k < i; k++) {
+      subtractRow(inv, ri, k * n, a[ri + k]!, k);
+      if (two) subtractRow(inv, ri1, k * n, a[ri1 + k]!, k);
+    }
+    finishRow(i);
+    if (!two) break;
+    subtractRow(inv, ri1, ri, a[ri1 + i]!, i);
+    finishRow(i + 1);
   }
   // H⁻¹[i,j] = Σ_{k ≥ max(i,j)} L⁻¹[k,i]·L⁻¹[k,j], upper half accumulated, then mirrored. Four
-  // rows k at a time, each entry taking their terms in k order.
+  // rows k and two rows i at a time, each entry taking its terms in k order.
   const hinv = a.fill(0);
   let k = 0;
   for (; k + 3 < n; k += 4) {
@@ -338,27 +337,23 @@ export function upperCholeskyOfInverse(a: Float64Array, n: number, subject: stri
     const r1 = r0 + n;
     const r2 = r1 + n;
     const r3 = r2 + n;
-    for (let i = 0; i <= k; i++) {
-      const v0 = inv[r0 + i]!;
-      const v1 = inv[r1 + i]!;
-      const v2 = inv[r2 + i]!;
-      const v3 = inv[r3 + i]!;
+    const zeroIn = (i: number) => inv[r0 + i] === 0 || inv[r1 + i] === 0 || inv[r2 + i] === 0 || inv[r3 + i] === 0;
+    let i = 0;
+    for (; i <= k; i += 2) {
+      const two = i + 1 <= k;
       const ri = i * n;
-      if (v0 === 0 || v1 === 0 || v2 === 0 || v3 === 0) {
-        for (let q = k; q < k + 4; q++) addRow(hinv, inv, ri, q * n, inv[q * n + i]!, i, q);
+      if (zeroIn(i) || (two && zeroIn(i + 1))) {
+        for (let t = i; t <= (two ? i + 1 : i); t++) for (let q = k; q < k + 4; q++) addRow(hinv, inv, t * n, q * n, inv[q * n + t]!, t, q);
         continue;
       }
-      for (let j = i; j <= k; j++) {
-        let x = hinv[ri + j]!;
-        x += v0 * inv[r0 + j]!;
-        x += v1 * inv[r1 + j]!;
-        x += v2 * inv[r2 + j]!;
-        x += v3 * inv[r3 + j]!;
-        hinv[ri + j] = x;
+      const [v0, v1, v2, v3] = [inv[r0 + i]!, inv[r1 + i]!, inv[r2 + i]!, inv[r3 + i]!];
+      if (!two) {
+        addFourRows(hinv, inv, n, k, i, i, v0, v1, v2, v3, -1, 0, 0, 0, 0);
+        continue;
       }
-      hinv[ri + k + 1] = hinv[ri + k + 1]! + v1 * inv[r1 + k + 1]! + v2 * inv[r2 + k + 1]! + v3 * inv[r3 + k + 1]!;
-      hinv[ri + k + 2] = hinv[ri + k + 2]! + v2 * inv[r2 + k + 2]! + v3 * inv[r3 + k + 2]!;
-      hinv[ri + k + 3] = hinv[ri + k + 3]! + v3 * inv[r3 + k + 3]!;
+      // Entry (i, i) first: row i+1 starts at j = i+1.
+      hinv[ri + i] = hinv[ri + i]! + v0 * inv[r0 + i]! + v1 * inv[r1 + i]! + v2 * inv[r2 + i]! + v3 * inv[r3 + i]!;
+      addFourRows(hinv, inv, n, k, i + 1, i, v0, v1, v2, v3, i + 1, inv[r0 + i + 1]!, inv[r1 + i + 1]!, inv[r2 + i + 1]!, inv[r3 + i + 1]!);
     }
     // Rows i past k: only the later rows k reach them.
     for (let i = k + 1; i <= k + 3; i++) for (let q = i; q < k + 4; q++) addRow(hinv, inv, i * n, q * n, inv[q * n + i]!, i, q);
@@ -370,6 +365,42 @@ export function upperCholeskyOfInverse(a: Float64Array, n: number, subject: stri
   const u = inv.fill(0);
   for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) u[j * n + i] = hinv[i * n + j]!;
   return u;
+}
+
+/**
+ * dst row t0 (and t1, unless negative) takes c_m·src row k+m (d_m for t1), m < 4, for every entry
+ * j from `from` that source row k+m reaches (j ≤ k+m), added one after another in m order: the
+ * four rows' terms as four row-at-a-time passes would add them, each entry read and written
+ * once, the source loads shared by the two rows.
+ */
+function addFourRows(
+  dst: Float64Array, src: Float64Array, n: number, k: number, from: number,
+  t0: number, c0: number, c1: number, c2: number, c3: number,
+  t1: number, d0: number, d1: number, d2: number, d3: number,
+): void {
+  const r0 = k * n;
+  const r1 = r0 + n;
+  const r2 = r1 + n;
+  const r3 = r2 + n;
+  const a = t0 * n;
+  const b = t1 * n;
+  if (t1 < 0) {
+    for (let j = from; j <= k; j++) dst[a + j] = dst[a + j]! + c0 * src[r0 + j]! + c1 * src[r1 + j]! + c2 * src[r2 + j]! + c3 * src[r3 + j]!;
+  } else {
+    for (let j = from; j <= k; j++) {
+      const s0 = src[r0 + j]!;
+      const s1 = src[r1 + j]!;
+      const s2 = src[r2 + j]!;
+      const s3 = src[r3 + j]!;
+      dst[a + j] = dst[a + j]! + c0 * s0 + c1 * s1 + c2 * s2 + c3 * s3;
+      dst[b + j] = dst[b + j]! + d0 * s0 + d1 * s1 + d2 * s2 + d3 * s3;
+    }
+  }
+  for (const [t, e1, e2, e3] of t1 < 0 ? [[a, c1, c2, c3]] : [[a, c1, c2, c3], [b, d1, d2, d3]]) {
+    dst[t! + k + 1] = dst[t! + k + 1]! + e1! * src[r1 + k + 1]! + e2! * src[r2 + k + 1]! + e3! * src[r3 + k + 1]!;
+    dst[t! + k + 2] = dst[t! + k + 2]! + e2! * src[r2 + k + 2]! + e3! * src[r3 + k + 2]!;
+    dst[t! + k + 3] = dst[t! + k + 3]! + e3! * src[r3 + k + 3]!;
+  }
 }
 
 /** inv[ri + j] -= l·inv[rk + j] for j ≤ k (a row of L⁻¹ less l times an earlier one; none for l = 0). */
