@@ -68,29 +68,38 @@ export class HessianAccumulator {
     const n = this.channels;
     const rows = this.rows;
     const sum = this.sum;
-    if (count === TOKENS_AT_ONCE) {
-      for (let i = 0; i < n; i++) {
-        const a0 = rows[i]!;
-        const a1 = rows[n + i]!;
-        const a2 = rows[2 * n + i]!;
-        const a3 = rows[3 * n + i]!;
-        if (a0 === 0 || a1 === 0 || a2 === 0 || a3 === 0) {
-          for (let r = 0; r < count; r++) this.addRow(r, i);
-          continue;
-        }
-        const off = i * n;
-        for (let j = i; j < n; j++) {
-          let x = sum[off + j]!;
-          x += a0 * rows[j]!;
-          x += a1 * rows[n + j]!;
-          x += a2 * rows[2 * n + j]!;
-          x += a3 * rows[3 * n + j]!;
-          sum[off + j] = x;
-        }
-      }
+    if (count !== TOKENS_AT_ONCE) {
+      for (let i = 0; i < n; i++) for (let r = 0; r < count; r++) this.addRow(r, i);
       return;
     }
-    for (let i = 0; i < n; i++) for (let r = 0; r < count; r++) this.addRow(r, i);
+    // Rows i and i+1 of the sum together (the held rows' loads shared), each entry taking the
+    // four terms in token order. Terms with a_i = 0 are added here: the rows were checked finite,
+    // so such a term is ±0, and adding ±0 changes no entry (a sum that starts at +0 never
+    // becomes −0), as leaving it out does not.
+    const [b1, b2, b3] = [n, 2 * n, 3 * n];
+    let i = 0;
+    for (; i + 1 < n; i += 2) {
+      const a0 = rows[i]!;
+      const a1 = rows[b1 + i]!;
+      const a2 = rows[b2 + i]!;
+      const a3 = rows[b3 + i]!;
+      const c0 = rows[i + 1]!;
+      const c1 = rows[b1 + i + 1]!;
+      const c2 = rows[b2 + i + 1]!;
+      const c3 = rows[b3 + i + 1]!;
+      const off = i * n;
+      const next = off + n;
+      sum[off + i] = sum[off + i]! + a0 * a0 + a1 * rows[b1 + i]! + a2 * rows[b2 + i]! + a3 * rows[b3 + i]!;
+      for (let j = i + 1; j < n; j++) {
+        const s0 = rows[j]!;
+        const s1 = rows[b1 + j]!;
+        const s2 = rows[b2 + j]!;
+        const s3 = rows[b3 + j]!;
+        sum[off + j] = sum[off + j]! + a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3;
+        sum[next + j] = sum[next + j]! + c0 * s0 + c1 * s1 + c2 * s2 + c3 * s3;
+      }
+    }
+    if (i < n) sum[i * n + i] = sum[i * n + i]! + rows[i]! * rows[i]! + rows[b1 + i]! * rows[b1 + i]! + rows[b2 + i]! * rows[b2 + i]! + rows[b3 + i]! * rows[b3 + i]!;
   }
 
   /** Row i of held row r's term: Σ[i, j≥i] += a_i·a_j (nothing for a_i = 0). */
