@@ -32,9 +32,9 @@ export class HessianAccumulator {
 
   /**
    * Adds the pooled tokens of one sample's activation ([.., T, channels]): Σ[i,j] += a_i·a_j per
-   * token, in token order, a term with a_i = 0 left out. Four tokens at a time, so each entry is
-   * read and written once per four terms (the sum matrix does not fit a cache) with the same
-   * additions in the same order.
+   * token, in token order (a term with a_i = 0 changes nothing). Four tokens at a time, so each
+   * entry is read and written once per four terms (the sum matrix does not fit a cache) with the
+   * same additions in the same order.
    */
   add(act: WireTensor, pool: Uint8Array, sampleSubject: string): void {
     const n = this.channels;
