@@ -13,6 +13,7 @@ import { benchStream } from "./streamBench.js";
 import { benchCluster } from "./clusterBench.js";
 import { benchMethods } from "./methodsBench.js";
 import { benchStats } from "./statsBench.js";
+import { benchPlanScale } from "./planScaleBench.js";
 
 const workDir = resolve(process.env.ATVP_BENCH_DIR ?? ".work/bench");
 mkdirSync(workDir, { recursive: true });
@@ -25,6 +26,7 @@ const BENCHES: Array<[string, () => Promise<BenchLine[]>]> = [
   ["cluster", () => benchCluster(workDir)],
   ["methods", () => benchMethods(workDir)],
   ["stats", () => benchStats(workDir)],
+  ["planscale", () => benchPlanScale()],
 ];
 
 for (const [name, bench] of BENCHES) {

@@ -11,12 +11,12 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../support/fixtures.js";
 import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
-import { MaskPool, type MaskJob } from "../../services/core/src/prune/maskPool.js";
+import { MaskPool, maskPoolLimits, type MaskJob } from "../../services/core/src/prune/maskPool.js";
 import { computeMask, computeMaskColumns, kernelLimits, parsePattern, type MaskOptions } from "../../services/core/src/prune/maskSelect.js";
 import { OnnxDataType } from "../../services/core/src/onnx/dtype.js";
 import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
 import { computeMask as previousComputeMask } from "../support/maskSelectReference.js";
-import { maskKernel, maskKernelModule } from "../../services/core/src/prune/maskKernelWasm.js";
+import { KERNEL_INPUT_AT, MaskKernel, maskKernel, maskKernelModule, sharedKernelMemory } from "../../services/core/src/prune/maskKernelWasm.js";
 import { referenceMask, rowsOf, weight } from "../support/maskContract.js";
 
 const TYPES = [OnnxDataType.FLOAT, OnnxDataType.FLOAT16, OnnxDataType.BFLOAT16];
@@ -113,15 +113,111 @@ describe("MaskPool gives computeMask's bits at every thread count", () => {
   });
 });
 
+describe("weights copied to the threads while they run", () => {
+  // Taller than a notice of copied rows (128) and not a multiple of it, wide enough for several
+  // 16-column tiles per thread: the threads' WebAssembly kernels read rows as they arrive.
+  const rand = mulberry32(77);
+  const rows = randomRows(rand, 1000, 200, "continuous");
+  const scale = randomScale(rand, 1000, "continuous");
+
+  test("one linear split by column ranges gives the same masks at 1, 2 and 3 threads (unstructured, 2:4, magnitude matrix scope)", async () => {
+    for (const dataType of TYPES) {
+      for (const layout of ["in_out", "out_in"] as const) {
+        const w = weight(rows, dataType, layout, "tall");
+        const jobs: MaskJob[] = [
+          { weight: w, scale, options: { sparsity: 0.5, pattern: { kind: "unstructured" } } },
+          { weight: w, scale, options: { sparsity: 0.5, pattern: parsePattern("2:4") } },
+          { weight: w, scale: null, options: { sparsity: 0.5, pattern: { kind: "unstructured" }, scope: "matrix" } },
+        ];
+        for (const job of jobs) {
+          const expected = previousComputeMask(job.weight, job.scale, job.options);
+          for (const pool of pools) {
+            const [got] = await pool.computeMasks([job]);
+            const label = `${pool.threads} threads, type ${dataType} ${layout} ${job.options.scope ?? "column"} ${job.options.pattern.kind}`;
+            assert.ok(Buffer.from(got!.mask).equals(Buffer.from(expected.mask)), label);
+            assert.equal(got!.pruned, expected.pruned, label);
+          }
+        }
+      }
+    }
+  });
+
+  test("a batch larger than the threads' memories goes in groups, a larger linear on the pool's thread: the same masks", async () => {
+    const small = weight(randomRows(mulberry32(31), 64, 48, "continuous"), OnnxDataType.FLOAT16, "in_out", "small");
+    const large = weight(rows, OnnxDataType.FLOAT, "in_out", "large");
+    const options: MaskOptions = { sparsity: 0.5, pattern: { kind: "unstructured" } };
+    const batch: MaskJob[] = [small, small, large, small].map((w) => ({ weight: w, scale: null, options }));
+    const saved = maskPoolLimits.sharedBytes;
+    // Two small weights fit together; the large one fits nowhere.
+    maskPoolLimits.sharedBytes = 2 * small.bytes.byteLength;
+    try {
+      for (const pool of pools) {
+        const got = await pool.computeMasks(batch);
+        got.forEach((r, i) => {
+          const expected = computeMask(batch[i]!.weight, null, options);
+          assert.ok(Buffer.from(r.mask).equals(Buffer.from(expected.mask)), `${pool.threads} threads, job ${i}`);
+          assert.equal(r.pruned, expected.pruned);
+        });
+      }
+    } finally {
+      maskPoolLimits.sharedBytes = saved;
+    }
+  });
+
+  test("computeMaskColumns asks for every row before it reads it", () => {
+    // The weight starts as zeros and each row's bytes arrive only when asked for: a row read
+    // before it was asked for would be read as zeros and change the mask.
+    for (const dataType of TYPES) {
+      for (const layout of ["in_out", "out_in"] as const) {
+        const full = weight(rows, dataType, layout, "arriving");
+        const rowBytes = full.bytes.byteLength / full.inDim;
+        for (const options of [{ sparsity: 0.4, pattern: { kind: "unstructured" } }, { sparsity: 0.5, pattern: parsePattern("2:4") }] as MaskOptions[]) {
+          const whole = computeMask(full, scale, options);
+          const arriving = { ...full, bytes: new Uint8Array(full.bytes.byteLength) };
+          let arrived = 0;
+          const asked: number[] = [];
+          const awaitRows = (r: number): void => {
+            asked.push(r);
+            if (r <= arrived) return;
+            // [in, out] storage holds input row c at c * rowBytes; [out, in] needs every row at once.
+            if (layout === "in_out") arriving.bytes.set(full.bytes.subarray(arrived * rowBytes, r * rowBytes), arrived * rowBytes);
+            else if (r === full.inDim) arriving.bytes.set(full.bytes);
+            else return;
+            arrived = r;
+          };
+          const mask = new Uint8Array(full.inDim * full.outDim);
+          const pruned = computeMaskColumns(arriving, scale, options, 48, 176, mask, awaitRows);
+          const label = `type ${dataType} ${layout} ${options.pattern.kind}`;
+          for (let c = 0; c < full.inDim; c++) {
+            for (let o = 48; o < 176; o++) {
+              const i = layout === "in_out" ? c * full.outDim + o : o * full.inDim + c;
+              if (mask[i] !== whole.mask[i]) assert.fail(`${label}: input ${c}, output ${o} differs`);
+            }
+          }
+          assert.ok(pruned > 0, label);
+          assert.equal(arrived, full.inDim, label);
+          assert.ok(asked.every((r, i) => i === 0 || r >= asked[i - 1]! || r === full.inDim), `${label}: rows asked in order`);
+        }
+      }
+    }
+  });
+});
+
 describe("the WebAssembly kernel", () => {
   test("is available here, so the tests above ran it (16-column tiles of [in, out] weights)", () => {
     assert.ok(maskKernel(), "WebAssembly SIMD is unavailable: only the JavaScript kernel was tested");
+    // The mask threads' kernels import a shared memory (a module of their own).
+    const shared = MaskKernel.create(sharedKernelMemory(KERNEL_INPUT_AT + 65536));
+    const inside = new Uint8Array(shared.memory.buffer, KERNEL_INPUT_AT, 64);
+    assert.equal(shared.addressOf(inside), KERNEL_INPUT_AT);
+    assert.equal(shared.addressOf(new Uint8Array(64)), null);
   });
 
   test("its module is assembled from source, the same bytes every time", () => {
     assert.deepEqual(maskKernelModule(), maskKernelModule());
     const wasm = (globalThis as unknown as { WebAssembly: { validate(bytes: Uint8Array): boolean } }).WebAssembly;
     assert.ok(wasm.validate(maskKernelModule()));
+    assert.ok(wasm.validate(maskKernelModule(true)));
   });
 
   test("a linear wider than the kernel's memory budget is done in panels, with the same bits", () => {

@@ -8,22 +8,34 @@ import { halfToFloatTable } from "../onnx/dtype.js";
 import { NumericError } from "../errors.js";
 import type { WireTensor } from "../runtime/wireTensor.js";
 
+/** Tokens whose rank-1 terms are added together (each entry still takes them in token order). */
+const TOKENS_AT_ONCE = 4;
+
 export class HessianAccumulator {
   /** Upper triangle (row-major, i <= j) of Σ AᵀA; the lower half is filled by finish(). */
   private readonly sum: Float64Array;
-  private readonly row: Float64Array;
+  /** up to TOKENS_AT_ONCE pooled tokens' activations, as float64, row after row */
+  private readonly rows: Float64Array;
 
   constructor(readonly tensor: string, readonly channels: number) {
     this.sum = new Float64Array(channels * channels);
-    this.row = new Float64Array(channels);
+    this.rows = new Float64Array(TOKENS_AT_ONCE * channels);
   }
 
-  /** Bytes this accumulator holds (for the shard planner's memory estimate). */
+  /**
+   * Bytes this accumulator holds (for the shard planner's memory estimate): the sum and a row;
+   * the other held rows (3n float64) are left out, as the slab copies of the compression are.
+   */
   static bytes(channels: number): number {
     return channels * channels * 8 + channels * 8;
   }
 
-  /** Adds the pooled tokens of one sample's activation ([.., T, channels]). */
+  /**
+   * Adds the pooled tokens of one sample's activation ([.., T, channels]): Σ[i,j] += a_i·a_j per
+   * token, in token order (a term with a_i = 0 changes nothing). Four tokens at a time, so each
+   * entry is read and written once per four terms (the sum matrix does not fit a cache) with the
+   * same additions in the same order.
+   */
   add(act: WireTensor, pool: Uint8Array, sampleSubject: string): void {
     const n = this.channels;
     const channels = act.dims[act.dims.length - 1]!;
@@ -32,21 +44,73 @@ export class HessianAccumulator {
     if (tokens !== pool.length) throw new NumericError(`${this.tensor} (${sampleSubject})`, `activation has ${tokens} tokens, the sample ${pool.length}`);
     if (act.type !== "float32" && act.type !== "float16") throw new NumericError(this.tensor, `activations of type ${act.type} are not supported`);
     const table = act.type === "float16" ? halfToFloatTable() : null;
-    const row = this.row;
-    const sum = this.sum;
+    const rows = this.rows;
+    let held = 0;
     for (let t = 0; t < tokens; t++) {
       if (!pool[t]) continue;
       const base = t * n;
-      if (table) for (let c = 0; c < n; c++) row[c] = table[(act.data as Uint16Array)[base + c]!]!;
-      else for (let c = 0; c < n; c++) row[c] = (act.data as Float32Array)[base + c]!;
+      const at = held * n;
+      if (table) for (let c = 0; c < n; c++) rows[at + c] = table[(act.data as Uint16Array)[base + c]!]!;
+      else for (let c = 0; c < n; c++) rows[at + c] = (act.data as Float32Array)[base + c]!;
       for (let i = 0; i < n; i++) {
-        const a = row[i]!;
-        if (!Number.isFinite(a)) throw new NumericError(`${this.tensor} (${sampleSubject})`, `NaN or Inf in the activations (token ${t}, channel ${i})`);
-        if (a === 0) continue;
-        const off = i * n;
-        for (let j = i; j < n; j++) sum[off + j]! += a * row[j]!;
+        if (!Number.isFinite(rows[at + i]!)) throw new NumericError(`${this.tensor} (${sampleSubject})`, `NaN or Inf in the activations (token ${t}, channel ${i})`);
+      }
+      if (++held === TOKENS_AT_ONCE) {
+        this.addRows(held);
+        held = 0;
       }
     }
+    this.addRows(held);
+  }
+
+  /** Adds the first `count` held rows' terms, row 0 first. */
+  private addRows(count: number): void {
+    const n = this.channels;
+    const rows = this.rows;
+    const sum = this.sum;
+    if (count !== TOKENS_AT_ONCE) {
+      for (let i = 0; i < n; i++) for (let r = 0; r < count; r++) this.addRow(r, i);
+      return;
+    }
+    // Rows i and i+1 of the sum together (the held rows' loads shared), each entry taking the
+    // four terms in token order. Terms with a_i = 0 are added here: the rows were checked finite,
+    // so such a term is ±0, and adding ±0 changes no entry (a sum that starts at +0 never
+    // becomes −0), as leaving it out does not.
+    const [b1, b2, b3] = [n, 2 * n, 3 * n];
+    let i = 0;
+    for (; i + 1 < n; i += 2) {
+      const a0 = rows[i]!;
+      const a1 = rows[b1 + i]!;
+      const a2 = rows[b2 + i]!;
+      const a3 = rows[b3 + i]!;
+      const c0 = rows[i + 1]!;
+      const c1 = rows[b1 + i + 1]!;
+      const c2 = rows[b2 + i + 1]!;
+      const c3 = rows[b3 + i + 1]!;
+      const off = i * n;
+      const next = off + n;
+      sum[off + i] = sum[off + i]! + a0 * a0 + a1 * rows[b1 + i]! + a2 * rows[b2 + i]! + a3 * rows[b3 + i]!;
+      for (let j = i + 1; j < n; j++) {
+        const s0 = rows[j]!;
+        const s1 = rows[b1 + j]!;
+        const s2 = rows[b2 + j]!;
+        const s3 = rows[b3 + j]!;
+        sum[off + j] = sum[off + j]! + a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3;
+        sum[next + j] = sum[next + j]! + c0 * s0 + c1 * s1 + c2 * s2 + c3 * s3;
+      }
+    }
+    if (i < n) sum[i * n + i] = sum[i * n + i]! + rows[i]! * rows[i]! + rows[b1 + i]! * rows[b1 + i]! + rows[b2 + i]! * rows[b2 + i]! + rows[b3 + i]! * rows[b3 + i]!;
+  }
+
+  /** Row i of held row r's term: Σ[i, j≥i] += a_i·a_j (nothing for a_i = 0). */
+  private addRow(r: number, i: number): void {
+    const n = this.channels;
+    const at = r * n;
+    const a = this.rows[at + i]!;
+    if (a === 0) return;
+    const sum = this.sum;
+    const off = i * n;
+    for (let j = i; j < n; j++) sum[off + j]! += a * this.rows[at + j]!;
   }
 
   /** H = (2/N)·Σ, full symmetric, row-major [in, in]. The accumulator must not be used after. */

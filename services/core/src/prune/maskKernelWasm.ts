@@ -26,6 +26,7 @@ export const KEY_SHIFT = 19;
 export type KernelType = "f32" | "f16" | "bf16";
 
 export interface MaskKernelExports {
+  zero(at: number, bytes: number): void;
   /** Histograms go to address 0: 16 columns x BINS int32 counts. */
   keys_f32(src: number, rowBytes: number, inDim: number, sq: number, keys: number): number;
   keys_f16(src: number, rowBytes: number, inDim: number, sq: number, keys: number): number;
@@ -286,8 +287,29 @@ function copyBlocksFunction(vectors: number): Code {
 }
 
 /** The kernel's module bytes (deterministic: the same source gives the same bytes). */
-export function maskKernelModule(): Uint8Array {
+/**
+ * Zeroes `bytes` (a multiple of 64) from `at`: the histograms before every tile (a TypedArray
+ * fill is slower, on a shared memory twice as slow).
+ */
+function zeroFunction(): Code {
+  const f = new Code([I32, I32], []);
+  const [at, bytes] = [0, 1];
+  const end = f.local(I32);
+  f.get(at).get(bytes).op(OP.i32Add).set(end);
+  f.open(OP.loop);
+  for (let v = 0; v < 4; v++) f.get(at).v128i32(0, 0, 0, 0).v128Mem(SIMD.store, 16 * v);
+  f.get(at).i32(64).op(OP.i32Add).tee(at).get(end).op(OP.i32LtU).br(OP.brIf, 0);
+  f.op(OP.end);
+  return f;
+}
+
+/** The largest memory (64 KiB pages) of a mask thread's shared kernel memory: 4 GiB, wasm32's limit. */
+export const SHARED_MAX_PAGES = 65536;
+
+/** The kernel's module; `shared`: importing a shared memory (sharedKernelMemory). */
+export function maskKernelModule(shared = false): Uint8Array {
   return assembleModule([
+    { name: "zero", code: zeroFunction() },
     { name: "keys_f32", code: keysFunction("f32") },
     { name: "keys_f16", code: keysFunction("f16") },
     { name: "keys_bf16", code: keysFunction("bf16") },
@@ -297,46 +319,74 @@ export function maskKernelModule(): Uint8Array {
     { name: "copy16", code: copyBlocksFunction(1) },
     { name: "copy32", code: copyBlocksFunction(2) },
     { name: "copy64", code: copyBlocksFunction(4) },
-  ]);
+  ], shared ? SHARED_MAX_PAGES : undefined);
 }
 
 // WebAssembly's types come with the DOM library, which this Node-only project does not load.
-interface WasmMemory {
-  readonly buffer: ArrayBuffer;
+export interface WasmMemory {
+  readonly buffer: ArrayBuffer | SharedArrayBuffer;
   grow(pages: number): number;
 }
 interface WasmApi {
-  Memory: new (descriptor: { initial: number }) => WasmMemory;
+  Memory: new (descriptor: { initial: number; maximum?: number; shared?: boolean }) => WasmMemory;
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: object) => { exports: object };
 }
 const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
+/**
+ * Where a mask thread's kernel memory holds the weights another thread copies in (maskPool.ts):
+ * above every panel's working memory (kernelLimits.memoryBudget, 128 MiB, is the most a panel
+ * takes; maskSelect.ts keeps panels below this when the weights are in the memory).
+ */
+export const KERNEL_INPUT_AT = 128 * 2 ** 20;
+
+/**
+ * A shared memory for a mask thread's kernel, `bytes` long at first: the pool's thread writes
+ * weights into it (from KERNEL_INPUT_AT) while the mask thread's kernel works in it.
+ */
+export function sharedKernelMemory(bytes: number): WasmMemory {
+  return new wasm.Memory({ initial: Math.ceil(bytes / 65536), maximum: SHARED_MAX_PAGES, shared: true });
+}
+
 /** One instance per thread, with memory that grows to the largest panel seen. */
 export class MaskKernel {
   private constructor(readonly memory: WasmMemory, readonly fn: MaskKernelExports) {}
 
-  static create(): MaskKernel {
-    const memory = new wasm.Memory({ initial: 1 });
-    const instance = new wasm.Instance(new wasm.Module(maskKernelModule()), { env: { memory } });
+  /** A kernel in its own memory, or in `shared` (a sharedKernelMemory). */
+  static create(shared?: WasmMemory): MaskKernel {
+    const memory = shared ?? new wasm.Memory({ initial: 1 });
+    const instance = new wasm.Instance(new wasm.Module(maskKernelModule(shared !== undefined)), { env: { memory } });
     return new MaskKernel(memory, instance.exports as unknown as MaskKernelExports);
   }
 
   /** Makes the memory at least `bytes` long; its buffer changes when it grows. */
-  reserve(bytes: number): ArrayBuffer {
+  reserve(bytes: number): ArrayBuffer | SharedArrayBuffer {
     const have = this.memory.buffer.byteLength;
     if (bytes > have) this.memory.grow(Math.ceil((bytes - have) / 65536));
     return this.memory.buffer;
   }
+
+  /** The address of `bytes` in this kernel's memory, or null when they lie elsewhere. */
+  addressOf(bytes: Uint8Array): number | null {
+    return bytes.buffer === this.memory.buffer ? bytes.byteOffset : null;
+  }
 }
 
 let kernel: MaskKernel | null | undefined;
+let kernelMemory: WasmMemory | undefined;
+
+/** Makes this thread's kernel (not made yet) work in `memory`, a sharedKernelMemory. */
+export function useKernelMemory(memory: WasmMemory): void {
+  if (kernel !== undefined) throw new Error("the mask kernel of this thread already exists");
+  kernelMemory = memory;
+}
 
 /** This thread's kernel, or null where WebAssembly SIMD is unavailable (the JavaScript kernel runs). */
 export function maskKernel(): MaskKernel | null {
   if (kernel === undefined) {
     try {
-      kernel = MaskKernel.create();
+      kernel = MaskKernel.create(kernelMemory);
     } catch {
       kernel = null;
     }

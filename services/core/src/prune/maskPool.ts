@@ -4,16 +4,22 @@
  * the calling thread computing the first. Matrix-scope masks (one threshold over the whole
  * matrix) cannot be split by columns and go whole to one thread each, round robin.
  *
- * The threads start once, with the pool, and live until close(). The columns the other threads
- * read are copied into a shared buffer the pool keeps between batches (a transfer, which
- * bench/maskBench.ts measures as much cheaper, cannot hand one buffer to several threads), and
- * the masks are written into a new shared buffer per batch, which the results view directly.
+ * The threads start once, with the pool, and live until close(). Each thread's WebAssembly kernel
+ * works in a shared memory the pool holds too: this thread copies the columns a thread reads
+ * straight into that memory (above KERNEL_INPUT_AT), where the kernel reads them in place (a
+ * transfer, which bench/maskBench.ts measures as much cheaper, cannot hand one buffer to several
+ * threads). The copy overlaps the threads' work: they get their tasks first and read each
+ * weight's rows as this thread copies them (counted in a shared Int32Array), and map the new
+ * mask buffer's pages meanwhile; this thread, which copies, keeps a smaller share (COPY_COST).
+ * The masks are written into a new shared buffer per batch, which the results view directly.
+ * Batches run one after another.
  */
 import { Worker } from "node:worker_threads";
 import { InvalidArgumentError, RuntimeError } from "../errors.js";
 import type { MaskRequest, MaskResponse, MaskTask } from "./maskProtocol.js";
 import { checkMaskJob, computeMask, type MaskOptions, type MaskResult, type WeightMatrix } from "./maskSelect.js";
 import { elementBytes, runMaskTaskOn } from "./maskTask.js";
+import { KERNEL_INPUT_AT, SHARED_MAX_PAGES, sharedKernelMemory, type WasmMemory } from "./maskKernelWasm.js";
 
 export interface MaskJob {
   weight: WeightMatrix;
@@ -24,8 +30,20 @@ export interface MaskJob {
 
 /** Column ranges start at multiples of this, so no thread gets a sliver of a tile. */
 const COLUMN_ALIGN = 16;
-/** Another thread's share of a linear goes in at most this many pieces (see run). */
-const REMOTE_PIECES = 4;
+/**
+ * What copying a column for another thread costs this thread, relative to selecting its mask
+ * (4096x4096 float16 on 2 cores: ~0.15). The pool's own thread, which copies the others'
+ * columns, keeps that much less, so that all end together.
+ */
+const COPY_COST = 0.15;
+
+/**
+ * The most weight bytes one batch puts in each thread's memory (wasm32 memories end at 4 GiB):
+ * larger batches go in groups, and a single larger linear is done on this thread. Tests lower it.
+ */
+export const maskPoolLimits = { sharedBytes: SHARED_MAX_PAGES * 65536 - KERNEL_INPUT_AT };
+
+const aligned8 = (n: number) => Math.ceil(n / 8) * 8; // keeps every typed view aligned
 
 /** A task and the thread it is for (0: the pool's own). */
 interface Placed {
@@ -41,21 +59,30 @@ export class MaskPool {
   private nextId = 1;
   private closed = false;
   private failure: Error | undefined;
-  /** the shared copy of the weights, reused by the next batch unless one is still running */
-  private scratch: SharedArrayBuffer | undefined;
-  private busy = false;
+  /** a new buffer a thread allocated for the next batch's masks (see MaskRequest.spare) */
+  private spare: SharedArrayBuffer | undefined;
+  /** the batch running now (batches run one after another: they share the threads' memories) */
+  private queue: Promise<unknown> = Promise.resolve();
   /** requests pending per thread */
   private readonly inFlight: number[];
 
-  private constructor(readonly threads: number, private readonly workers: Worker[]) {
+  /** the fraction of each column-scope linear this thread keeps (the others share the rest) */
+  private readonly ownShare: number;
+
+  private constructor(readonly threads: number, private readonly workers: Worker[], private readonly memories: WasmMemory[]) {
     this.inFlight = workers.map(() => 0);
+    // Own share s0 plus copying the others' (1 - s0) ends with their share (1 - s0) / (n - 1).
+    const others = threads - 1;
+    this.ownShare = others === 0 ? 1 : Math.max(0, (1 - COPY_COST * others) / (1 + others - COPY_COST * others));
     for (const worker of workers) {
       worker.on("message", (res: MaskResponse) => {
         const p = this.pending.get(res.id);
         if (!p) return;
         this.pending.delete(res.id);
-        if (res.ok) p.resolve(res.pruned);
-        else p.reject(new RuntimeError("mask thread", res.error));
+        if (res.ok) {
+          if (res.spare) this.spare = res.spare;
+          p.resolve(res.pruned);
+        } else p.reject(new RuntimeError("mask thread", res.error));
       });
       worker.on("error", (err) => this.fail(err));
       worker.on("exit", (code) => {
@@ -71,8 +98,9 @@ export class MaskPool {
     if (!Number.isSafeInteger(threads) || threads < 1) {
       throw new InvalidArgumentError("maskThreads", `must be a positive integer, got ${threads}`);
     }
-    const workers = Array.from({ length: threads - 1 }, () => new Worker(new URL("./maskThread.js", import.meta.url)));
-    return new MaskPool(threads, workers);
+    const memories = Array.from({ length: threads - 1 }, () => sharedKernelMemory(KERNEL_INPUT_AT));
+    const workers = memories.map((memory) => new Worker(new URL("./maskThread.js", import.meta.url), { workerData: { memory } }));
+    return new MaskPool(threads, workers, memories);
   }
 
   /**
@@ -84,26 +112,55 @@ export class MaskPool {
     if (this.closed) throw new RuntimeError("mask pool", "is closed");
     const scopes = jobs.map((j) => checkMaskJob(j.weight, j.scale, j.options));
     if (this.workers.length === 0) return jobs.map((j) => computeMask(j.weight, j.scale, j.options));
-
-    const { weights, masks, tasks } = this.share(jobs, scopes);
-    const ownsScratch = !this.busy && weights === this.scratch;
-    if (ownsScratch) this.busy = true;
-    try {
-      return await this.run(jobs, weights, masks, tasks);
-    } finally {
-      if (ownsScratch) this.busy = false;
-    }
+    const batch = this.queue.then(() => this.runInGroups(jobs, scopes));
+    this.queue = batch.catch(() => {});
+    return batch;
   }
 
-  private async run(jobs: readonly MaskJob[], weights: SharedArrayBuffer, masks: SharedArrayBuffer, tasks: Placed[]): Promise<MaskResult[]> {
-    // Each other thread's share goes in pieces, each posted as soon as it is copied, so the
-    // threads start while the rest is still being copied; then this thread does its own.
-    const remote: Array<{ job: number; done: Promise<number[]> }> = [];
-    for (const { job, thread, task } of tasks) {
-      if (thread === 0) continue;
-      copyShare(jobs[job]!.weight, task, weights);
-      remote.push({ job, done: this.call(thread - 1, { weights, masks, tasks: [task] }) });
+  /** Groups of jobs whose weights fit the threads' memories, in order; a linear larger than that here. */
+  private async runInGroups(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): Promise<MaskResult[]> {
+    if (this.closed) throw new RuntimeError("mask pool", "is closed");
+    const results: MaskResult[] = [];
+    let group: number[] = [];
+    let bytes = 0;
+    const flush = async () => {
+      if (group.length > 0) results.push(...(await this.run(group.map((i) => jobs[i]!), group.map((i) => scopes[i]!))));
+      group = [];
+      bytes = 0;
+    };
+    for (let i = 0; i < jobs.length; i++) {
+      const size = aligned8(jobs[i]!.weight.bytes.byteLength);
+      if (bytes + size > maskPoolLimits.sharedBytes) await flush();
+      if (size > maskPoolLimits.sharedBytes) {
+        results.push(computeMask(jobs[i]!.weight, jobs[i]!.scale, jobs[i]!.options));
+        continue;
+      }
+      group.push(i);
+      bytes += size;
     }
+    await flush();
+    return results;
+  }
+
+  private async run(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): Promise<MaskResult[]> {
+    const { masks, tasks } = this.share(jobs, scopes);
+    // The other threads get their tasks at once and map the new mask buffer's pages (a slice
+    // each) while this thread copies their weights into their memories, job by job and row by
+    // row; each thread reads the rows as they come (rows counts them per job). Then this thread
+    // does its own shares.
+    const rows = new SharedArrayBuffer(4 * Math.max(1, jobs.length));
+    const others = this.workers.length;
+    const slice = (t: number) => Math.floor((masks.byteLength * t) / others);
+    const touches: Array<Omit<MaskRequest, "id">> = this.workers.map((_, i) => ({ masks, rows, tasks: [], touch: { begin: slice(i), end: slice(i + 1) } }));
+    const theirs = tasks.filter((t) => t.thread !== 0).map((t) => ({ ...t, req: { masks, rows, tasks: [t.task] } as Omit<MaskRequest, "id"> }));
+    // The first thread's last request allocates the next batch's mask buffer.
+    ([...theirs].reverse().find((t) => t.thread === 1)?.req ?? touches[0]!).spare = masks.byteLength;
+    const touched = touches.map((req, i) => this.call(i, req));
+    const remote = theirs.map(({ job, thread, req }) => ({ job, done: this.call(thread - 1, req) }));
+    jobs.forEach((j, job) => {
+      const theirs = tasks.filter((t) => t.job === job && t.thread !== 0).map((t) => ({ task: t.task, into: new Uint8Array(this.memories[t.thread - 1]!.buffer) }));
+      if (theirs.length > 0) copyShare(j.weight, theirs, new Int32Array(rows), job);
+    });
     const pruned = new Array<number>(jobs.length).fill(0);
     let failed = false;
     try {
@@ -111,10 +168,10 @@ export class MaskPool {
     } catch {
       failed = true;
     }
-    const settled = await Promise.allSettled(remote.map((r) => r.done));
+    const settled = await Promise.allSettled([...remote.map((r) => r.done), ...touched]);
     settled.forEach((r, i) => {
       if (r.status === "rejected") failed = true;
-      else pruned[remote[i]!.job]! += r.value[0]!;
+      else if (i < remote.length) pruned[remote[i]!.job]! += r.value[0]!;
     });
     if (failed) throw this.firstError(jobs, settled);
     let offset = 0;
@@ -135,52 +192,50 @@ export class MaskPool {
   }
 
   /**
-   * Cuts every job into tasks: column ranges, one per thread, those of the other threads in up to
-   * REMOTE_PIECES pieces, ordered piece by piece across threads; a matrix-scope job whole to one
-   * thread. Allocates the shared buffers (the weights are copied into them by run()).
+   * Cuts every job into tasks: column ranges, one per thread; a matrix-scope job whole to one
+   * thread. Places the weights in the threads' memories (copied there by run()), growing them
+   * as needed, and allocates the masks.
    */
-  private share(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): { weights: SharedArrayBuffer; masks: SharedArrayBuffer; tasks: Placed[] } {
+  private share(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): { masks: SharedArrayBuffer; tasks: Placed[] } {
     const byteOffsets: number[] = [];
-    let bytes = 0;
+    let bytes = KERNEL_INPUT_AT;
     for (const j of jobs) {
       byteOffsets.push(bytes);
-      bytes += Math.ceil(j.weight.bytes.byteLength / 8) * 8; // keeps every typed view aligned
+      bytes += aligned8(j.weight.bytes.byteLength);
     }
-    if (!this.busy && (this.scratch?.byteLength ?? -1) < bytes) this.scratch = new SharedArrayBuffer(bytes);
-    const weights = this.busy ? new SharedArrayBuffer(bytes) : this.scratch!;
-    const masks = new SharedArrayBuffer(jobs.reduce((a, j) => a + j.weight.inDim * j.weight.outDim, 0));
-    const pieces: Array<Placed & { piece: number }> = [];
+    for (const memory of this.memories) {
+      const have = memory.buffer.byteLength;
+      if (bytes > have) memory.grow(Math.ceil((bytes - have) / 65536));
+    }
+    const maskBytes = jobs.reduce((a, j) => a + j.weight.inDim * j.weight.outDim, 0);
+    const masks = this.spare?.byteLength === maskBytes ? this.spare : new SharedArrayBuffer(maskBytes);
+    this.spare = undefined;
+    const tasks: Placed[] = [];
+    const otherShare = (1 - this.ownShare) / (this.threads - 1);
     let maskOffset = 0;
     let nextWhole = 0;
     jobs.forEach((j, job) => {
       const { bytes: _, ...weight } = j.weight;
-      const base = { weight, byteOffset: byteOffsets[job]!, scale: j.scale, options: j.options, maskOffset };
+      const base = { weight, byteOffset: byteOffsets[job]!, scale: j.scale, options: j.options, maskOffset, rowsSlot: job };
       maskOffset += j.weight.inDim * j.weight.outDim;
       if (scopes[job] === "matrix") {
-        pieces.push({ job, thread: nextWhole++ % this.threads, piece: 0, task: { ...base, range: "whole" } });
+        tasks.push({ job, thread: nextWhole++ % this.threads, task: { ...base, range: "whole" } });
         return;
       }
       const out = j.weight.outDim;
-      const cut = (t: number) => Math.min(out, Math.round((out * t) / this.threads / COLUMN_ALIGN) * COLUMN_ALIGN);
+      const cut = (t: number) => Math.min(out, Math.round((out * (t === 0 ? 0 : this.ownShare + (t - 1) * otherShare)) / COLUMN_ALIGN) * COLUMN_ALIGN);
       for (let thread = 0; thread < this.threads; thread++) {
         const begin = cut(thread);
         const end = thread === this.threads - 1 ? out : cut(thread + 1);
-        const n = thread === 0 ? 1 : Math.max(1, Math.min(REMOTE_PIECES, Math.floor((end - begin) / (4 * COLUMN_ALIGN))));
-        for (let piece = 0; piece < n; piece++) {
-          const from = piece === 0 ? begin : begin + Math.round(((end - begin) * piece) / n / COLUMN_ALIGN) * COLUMN_ALIGN;
-          const to = piece === n - 1 ? end : begin + Math.round(((end - begin) * (piece + 1)) / n / COLUMN_ALIGN) * COLUMN_ALIGN;
-          if (to > from) pieces.push({ job, thread, piece, task: { ...base, range: { begin: from, end: to } } });
-        }
+        if (end > begin) tasks.push({ job, thread, task: { ...base, range: { begin, end } } });
       }
     });
-    // Stable: jobs stay in order within a piece index, so the first pieces of all go out first.
-    pieces.sort((a, b) => a.piece - b.piece);
-    return { weights, masks, tasks: pieces };
+    return { masks, tasks };
   }
 
   private call(worker: number, req: Omit<MaskRequest, "id">): Promise<number[]> {
     if (this.failure) return Promise.reject(this.failure);
-    if (req.tasks.length === 0) return Promise.resolve([]);
+    if (req.tasks.length === 0 && !req.touch) return Promise.resolve([]);
     const id = this.nextId++;
     const w = this.workers[worker]!;
     // ref() does not count: a thread is unreferenced only when none of its requests is pending.
@@ -213,21 +268,41 @@ export class MaskPool {
   }
 }
 
-/** Copies the part of a weight that a task reads (its columns, or all of it) to shared memory. */
-function copyShare(w: WeightMatrix, task: MaskTask, weights: SharedArrayBuffer): void {
-  const view = new Uint8Array(weights, task.byteOffset, w.bytes.byteLength);
-  if (task.range === "whole") {
-    view.set(w.bytes);
-    return;
-  }
-  const size = elementBytes(w.dataType);
-  const { begin, end } = task.range;
-  if (w.layout === "out_in") {
-    view.set(w.bytes.subarray(begin * w.inDim * size, end * w.inDim * size), begin * w.inDim * size);
-    return;
-  }
-  for (let c = 0; c < w.inDim; c++) {
-    const from = (c * w.outDim + begin) * size;
-    view.set(w.bytes.subarray(from, from + (end - begin) * size), from);
+/** Rows copied between two notices to the threads waiting for them. */
+const ROWS_PER_NOTICE = 128;
+
+/**
+ * Copies the columns that each thread's tasks of one weight read (all of them for a whole task)
+ * into that thread's memory, counting the input rows done in copied[slot] for the threads reading
+ * them: row by row for column ranges of [in, out] storage, else in one run per thread.
+ */
+function copyShare(w: WeightMatrix, shares: ReadonlyArray<{ task: MaskTask; into: Uint8Array }>, copied: Int32Array, slot: number): void {
+  const done = (r: number) => {
+    Atomics.store(copied, slot, r);
+    Atomics.notify(copied, slot);
+  };
+  try {
+    const size = elementBytes(w.dataType);
+    const parts = shares.map(({ task, into }) => {
+      const [begin, end] = task.range === "whole" ? [0, w.outDim] : [task.range.begin, task.range.end];
+      return { view: into.subarray(task.byteOffset, task.byteOffset + w.bytes.byteLength), begin, end };
+    });
+    if (w.layout === "out_in" || parts.some((p) => p.begin === 0 && p.end === w.outDim)) {
+      for (const { view, begin, end } of parts) {
+        const [from, to] = w.layout === "in_out" ? [0, w.inDim * w.outDim] : [begin * w.inDim, end * w.inDim];
+        view.set(w.bytes.subarray(from * size, to * size), from * size);
+      }
+      return;
+    }
+    for (let c = 0; c < w.inDim; c++) {
+      for (const { view, begin, end } of parts) {
+        const from = (c * w.outDim + begin) * size;
+        view.set(w.bytes.subarray(from, from + (end - begin) * size), from);
+      }
+      if ((c + 1) % ROWS_PER_NOTICE === 0) done(c + 1);
+    }
+  } finally {
+    // (also if the copy failed: no thread may wait forever; the batch fails anyway)
+    done(w.inDim);
   }
 }

@@ -24,7 +24,7 @@
  */
 import { InvalidArgumentError, NumericError, UnsupportedTypeError } from "../errors.js";
 import { OnnxDataType as DT, halfToFloatTable, typeName } from "../onnx/dtype.js";
-import { BINS as KERNEL_BINS, TILE_COLUMNS, maskKernel, type MaskKernel } from "./maskKernelWasm.js";
+import { BINS as KERNEL_BINS, KERNEL_INPUT_AT, TILE_COLUMNS, maskKernel, type MaskKernel } from "./maskKernelWasm.js";
 
 export type Pattern = { kind: "unstructured" } | { kind: "nm"; n: number; m: number };
 
@@ -108,9 +108,15 @@ export function checkMaskJob(w: WeightMatrix, scale: Float64Array | null, opts: 
  * The column-scope mask of output columns [begin, end) only, written into `mask` (the whole
  * matrix's, in storage order; other columns' bytes are left alone). Returns how many it pruned.
  * Columns are independent, so threads given disjoint ranges produce computeMask's bits.
+ *
+ * `awaitRows(r)`, where given, is called before the columns' bytes of input rows below r are
+ * read, and returns once they are in place: a mask thread starts while its weights are still
+ * being copied to it (maskPool.ts). The WebAssembly kernel reads row by row; other paths ask
+ * for every row first.
  */
 export function computeMaskColumns(
   w: WeightMatrix, scale: Float64Array | null, opts: MaskOptions, begin: number, end: number, mask: Uint8Array,
+  awaitRows: (rows: number) => void = () => {},
 ): number {
   if (checkMaskJob(w, scale, opts) !== "column") throw new InvalidArgumentError("scope", `"matrix" scope cannot be split by columns (layer ${w.name})`);
   if (!(Number.isSafeInteger(begin) && Number.isSafeInteger(end) && 0 <= begin && begin <= end && end <= w.outDim)) {
@@ -119,10 +125,13 @@ export function computeMaskColumns(
   if (mask.length !== w.inDim * w.outDim) throw new InvalidArgumentError(w.name, `a mask of ${mask.length} entries does not fit a ${w.inDim}x${w.outDim} weight`);
   const pattern = opts.pattern;
   const sq = sqrtOfScale(w, scale);
+  // A misaligned weight is copied whole by readView.
+  if (w.bytes.byteOffset % elemSize(w) !== 0) awaitRows(w.inDim);
   const reader = new MetricReader(w, readView(w), sq);
-  if (pattern.kind === "nm") return markNMColumns(w, reader, pattern.n, pattern.m, begin, end, mask);
   const k = Math.floor(w.inDim * opts.sparsity);
-  const fast = w.layout === "in_out" ? markSmallestTilesWasm(w, sq, reader, k, begin, end, mask) : null;
+  const fast = pattern.kind === "unstructured" && w.layout === "in_out" ? markSmallestTilesWasm(w, sq, reader, k, begin, end, mask, awaitRows) : null;
+  awaitRows(w.inDim);
+  if (pattern.kind === "nm") return markNMColumns(w, reader, pattern.n, pattern.m, begin, end, mask);
   return fast
     ? fast.pruned + markSmallestColumns(w, reader, k, begin + fast.done, end, mask)
     : markSmallestColumns(w, reader, k, begin, end, mask);
@@ -483,7 +492,7 @@ const align16 = (n: number) => Math.ceil(n / 16) * 16;
  * kernel then reports exactly).
  */
 function markSmallestTilesWasm(
-  w: WeightMatrix, sq: Float64Array, reader: MetricReader, k: number, begin: number, end: number, mask: Uint8Array,
+  w: WeightMatrix, sq: Float64Array, reader: MetricReader, k: number, begin: number, end: number, mask: Uint8Array, awaitRows: (rows: number) => void,
 ): { done: number; pruned: number } | null {
   const tiles = Math.floor((end - begin) / TILE_COLUMNS);
   const kernel = tiles > 0 ? maskKernel() : null;
@@ -491,12 +500,14 @@ function markSmallestTilesWasm(
   // Per column: the panel twice (as given, tile-major) and its mask twice; the rest is per row.
   const perColumn = w.inDim * (2 * elemSize(w) + 2);
   const perRow = TILE_COLUMNS * KERNEL_BINS * 4 + w.inDim * (2 * TILE_COLUMNS * 4 + 4 + 8) + 4096;
-  const panelTiles = Math.min(tiles, Math.floor((kernelLimits.memoryBudget - perRow) / perColumn / TILE_COLUMNS));
+  // Weights in the kernel's memory (a mask thread's) lie above KERNEL_INPUT_AT: panels stay below.
+  const budget = kernel.addressOf(w.bytes) === null ? kernelLimits.memoryBudget : Math.min(kernelLimits.memoryBudget, KERNEL_INPUT_AT);
+  const panelTiles = Math.min(tiles, Math.floor((budget - perRow) / perColumn / TILE_COLUMNS));
   if (panelTiles < 1) return null;
   let pruned = 0;
   for (let t = 0; t < tiles; t += panelTiles) {
     const panelBegin = begin + t * TILE_COLUMNS;
-    const done = markPanelWasm(kernel, w, sq, reader, k, panelBegin, Math.min(panelTiles, tiles - t), mask);
+    const done = markPanelWasm(kernel, w, sq, reader, k, panelBegin, Math.min(panelTiles, tiles - t), mask, awaitRows);
     if (done === null) return null;
     pruned += done;
   }
@@ -510,9 +521,12 @@ function markSmallestTilesWasm(
  */
 function copyRowsByTiles(
   copy: MaskKernel["fn"]["copy16"], rows: number, tiles: number, src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number,
+  awaitRows: (rows: number) => void = () => {},
 ): void {
   for (let c = 0; c < rows; c += 32) {
-    copy(src + c * srcRow, srcTile, srcRow, dst + c * dstRow, dstTile, dstRow, tiles, Math.min(32, rows - c));
+    const n = Math.min(32, rows - c);
+    awaitRows(c + n);
+    copy(src + c * srcRow, srcTile, srcRow, dst + c * dstRow, dstTile, dstRow, tiles, n);
   }
 }
 
@@ -522,6 +536,7 @@ function copyRowsByTiles(
  */
 function markPanelWasm(
   kernel: MaskKernel, w: WeightMatrix, sq: Float64Array, reader: MetricReader, k: number, begin: number, tiles: number, mask: Uint8Array,
+  awaitRows: (rows: number) => void,
 ): number | null {
   const { inDim, outDim } = w;
   const size = elemSize(w);
@@ -541,7 +556,7 @@ function markPanelWasm(
   const srcAt = align16(rawAt + inDim * panelRow);
   const maskTilesAt = align16(srcAt + inDim * panelRow);
   const maskAt = align16(maskTilesAt + inDim * width);
-  let buffer: ArrayBuffer;
+  let buffer: ArrayBuffer | SharedArrayBuffer;
   try {
     buffer = kernel.reserve(maskAt + inDim * width);
   } catch {
@@ -550,18 +565,33 @@ function markPanelWasm(
   const u8 = new Uint8Array(buffer);
   const i32 = new Int32Array(buffer);
   new Float64Array(buffer, sqAt, inDim).set(sq);
-  if (begin === 0 && width === outDim) u8.set(w.bytes, rawAt);
-  else for (let c = 0; c < inDim; c++) u8.set(w.bytes.subarray((c * outDim + begin) * size, (c * outDim + begin + width) * size), rawAt + c * panelRow);
+  // Weights already in the kernel's memory (a mask thread's, written by the pool) are read in
+  // place, each group of rows once it is there; others are copied in row by row first.
+  const at = kernel.addressOf(w.bytes);
+  let src = rawAt;
+  let srcRow = panelRow;
+  if (at !== null) {
+    src = at + begin * size;
+    srcRow = outDim * size;
+  } else if (begin === 0 && width === outDim) {
+    awaitRows(inDim);
+    u8.set(w.bytes, rawAt);
+  } else {
+    for (let c = 0; c < inDim; c++) {
+      awaitRows(c + 1);
+      u8.set(w.bytes.subarray((c * outDim + begin) * size, (c * outDim + begin + width) * size), rawAt + c * panelRow);
+    }
+  }
   const tileBytes = TILE_COLUMNS * size;
   const tileStride = inDim * tileBytes;
-  copyRowsByTiles(size === 4 ? kernel.fn.copy64 : kernel.fn.copy32, inDim, tiles, rawAt, panelRow, tileBytes, srcAt, tileBytes, tileStride);
+  copyRowsByTiles(size === 4 ? kernel.fn.copy64 : kernel.fn.copy32, inDim, tiles, src, srcRow, tileBytes, srcAt, tileBytes, tileStride, at === null ? undefined : awaitRows);
   const keysOf = w.dataType === DT.FLOAT ? kernel.fn.keys_f32 : w.dataType === DT.FLOAT16 ? kernel.fn.keys_f16 : kernel.fn.keys_bf16;
   const hist = i32.subarray(0, TILE_COLUMNS * KERNEL_BINS);
   const exactIdx = new Int32Array(inDim);
   const exactVal = new Float64Array(inDim);
   let pruned = 0;
   for (let t = 0; t < tiles; t++) {
-    hist.fill(0);
+    kernel.fn.zero(0, hist.byteLength);
     const maxKey = keysOf(srcAt + t * inDim * tileBytes, tileBytes, inDim, sqAt, keysAt) >>> 0;
     if (maxKey > 0x7f800000) return null; // a NaN metric
     if (k === 0) continue;

@@ -84,10 +84,23 @@ export function sparseGptCompressPrepared(w: WeightMatrix, prepared: PreparedHes
     throw new InvalidArgumentError(w.name, `input dimension ${n} is not a multiple of M=${opts.pattern.m} for the ${opts.pattern.n}:${opts.pattern.m} pattern`);
   }
   const original = readWeights(w);
+  const { weights: W, pruned } = obsUpdate(original, prepared, opts, out);
+  writeWeights(w, W);
+  const written = readWeights(w);
+  return { pruned, total: n * out, relativeError: relativeError(prepared.hessian, original, written, n, out) };
+}
+
+/**
+ * Step 6 on the weights as float64 B[in, out] (`original` is not modified): the updated weights,
+ * pruned entries exact zeros, and how many were pruned.
+ */
+export function obsUpdate(original: Float64Array, prepared: PreparedHessian, opts: SparseGptOptions, out: number): { weights: Float64Array; pruned: number } {
+  const n = prepared.n;
+  const blockSize = opts.blockSize ?? SPARSEGPT_BLOCK_SIZE;
+  const s = opts.sparsity;
   const W = original.slice();
   for (let i = 0; i < n; i++) if (prepared.dead[i]) W.fill(0, i * out, (i + 1) * out);
   const U = prepared.u;
-  const hessian = prepared.hessian;
 
   // Step 6: slabs of input channels.
   let pruned = 0;
@@ -122,23 +135,122 @@ export function sparseGptCompressPrepared(w: WeightMatrix, prepared: PreparedHes
       for (let o = 0; o < out; o++) if (mask[k * out + o]) pruned++;
     }
     W.set(Q, i1 * out);
-    // Lazy update: W[:, i2:] -= E1·U[i1:i2, i2:], each entry's sum formed before it is subtracted.
-    for (let cc = i2; cc < n; cc++) {
-      acc.fill(0);
-      for (let k = 0; k < count; k++) {
-        const u = U[(i1 + k) * n + cc]!;
-        if (u === 0) continue;
-        const eBase = k * out;
-        for (let o = 0; o < out; o++) acc[o]! += E[eBase + o]! * u;
-      }
-      const rowC = cc * out;
-      for (let o = 0; o < out; o++) W[rowC + o]! -= acc[o]!;
-    }
+    lazyUpdate(W, E, U, n, out, i1, count, acc);
   }
 
-  writeWeights(w, W);
-  const written = readWeights(w);
-  return { pruned, total: n * out, relativeError: relativeError(hessian, original, written, n, out) };
+  return { weights: W, pruned };
+}
+
+/**
+ * Lazy update: W[:, i2:] -= E1·U[i1:i2, i2:], each entry's sum (over k in order, terms with
+ * U = 0 left out) formed before it is subtracted. The sums are dot products of E's columns with
+ * U's slab columns, four rows cc and two outputs at a time (dot2x4), over E transposed so that
+ * each runs over contiguous memory. Slab rows k whose U is zero for every cc
+ * (dead inputs) are left out of those copies; a row cc with another zero term keeps the
+ * row-by-row form, which leaves it out.
+ */
+function lazyUpdate(W: Float64Array, E: Float64Array, U: Float64Array, n: number, out: number, i1: number, count: number, acc: Float64Array): void {
+  const i2 = i1 + count;
+  const rows = n - i2;
+  if (rows <= 0) return;
+  const live: number[] = [];
+  for (let k = 0; k < count; k++) {
+    const uRow = (i1 + k) * n + i2;
+    for (let r = 0; r < rows; r++) {
+      if (U[uRow + r] !== 0) {
+        live.push(k);
+        break;
+      }
+    }
+  }
+  const m = live.length;
+  const et = new Float64Array(out * m);
+  live.forEach((k, q) => {
+    for (let o = 0; o < out; o++) et[o * m + q] = E[k * out + o]!;
+  });
+  // U's slab column of row cc over the live k, contiguous: ut[(cc - i2) * m + q] = U[i1 + live[q], cc].
+  const ut = new Float64Array(rows * m);
+  const dense = new Uint8Array(rows).fill(1);
+  live.forEach((k, q) => {
+    const uRow = (i1 + k) * n + i2;
+    for (let r = 0; r < rows; r++) {
+      const u = U[uRow + r]!;
+      ut[r * m + q] = u;
+      if (u === 0) dense[r] = 0;
+    }
+  });
+  const sums = new Float64Array(8);
+  let r = 0;
+  while (r < rows) {
+    if (r + 3 < rows && dense[r] && dense[r + 1] && dense[r + 2] && dense[r + 3]) {
+      const u0 = r * m;
+      const w0 = (i2 + r) * out;
+      for (let o = 0; o < out; o += 2) {
+        // Outputs o and o+1 (the last alone: its row given twice).
+        const o1 = Math.min(o + 1, out - 1);
+        dot2x4(et, o * m, o1 * m, ut, u0, m, m, sums);
+        for (let t = 0; t < 4; t++) {
+          W[w0 + t * out + o]! -= sums[t]!;
+          if (o1 > o) W[w0 + t * out + o1]! -= sums[4 + t]!;
+        }
+      }
+      r += 4;
+      continue;
+    }
+    acc.fill(0);
+    for (let k = 0; k < count; k++) {
+      const u = U[(i1 + k) * n + i2 + r]!;
+      if (u === 0) continue;
+      const eBase = k * out;
+      for (let o = 0; o < out; o++) acc[o]! += E[eBase + o]! * u;
+    }
+    const rowC = (i2 + r) * out;
+    for (let o = 0; o < out; o++) W[rowC + o]! -= acc[o]!;
+    r++;
+  }
+}
+
+/**
+ * sums[4p + t] = Σ_q x[xp + q]·y[y0 + t·stride + q] over q < len in order, for rows p < 2 at x0
+ * and x1 and t < 4: eight independent chains (a single one waits on each addition), each load
+ * shared by two or four of them.
+ */
+function dot2x4(x: Float64Array, x0: number, x1: number, y: Float64Array, y0: number, stride: number, len: number, sums: Float64Array): void {
+  const y1 = y0 + stride;
+  const y2 = y1 + stride;
+  const y3 = y2 + stride;
+  let a0 = 0;
+  let a1 = 0;
+  let a2 = 0;
+  let a3 = 0;
+  let b0 = 0;
+  let b1 = 0;
+  let b2 = 0;
+  let b3 = 0;
+  for (let q = 0; q < len; q++) {
+    const u = x[x0 + q]!;
+    const v = x[x1 + q]!;
+    const w0 = y[y0 + q]!;
+    const w1 = y[y1 + q]!;
+    const w2 = y[y2 + q]!;
+    const w3 = y[y3 + q]!;
+    a0 += u * w0;
+    a1 += u * w1;
+    a2 += u * w2;
+    a3 += u * w3;
+    b0 += v * w0;
+    b1 += v * w1;
+    b2 += v * w2;
+    b3 += v * w3;
+  }
+  sums[0] = a0;
+  sums[1] = a1;
+  sums[2] = a2;
+  sums[3] = a3;
+  sums[4] = b0;
+  sums[5] = b1;
+  sums[6] = b2;
+  sums[7] = b3;
 }
 
 /** Step 6.2: one threshold θ at sorted position int(numel·s) of the slab's scores; t ≤ θ is pruned. */
@@ -180,31 +292,73 @@ function nmMask(W: Float64Array, U: Float64Array, n: number, out: number, c: num
  */
 export function upperCholeskyOfInverse(a: Float64Array, n: number, subject: string): Float64Array {
   choleskyLowerInPlace(a, n, subject, "the dampened Hessian");
-  // Rows of L⁻¹: row_i = (e_i − Σ_{k<i} L[i,k]·row_k) / L[i,i].
+  // Rows of L⁻¹: row_i = (e_i − Σ_{k<i} L[i,k]·row_k) / L[i,i]. Two rows i and four rows k at a
+  // time (addFourRows; x − l·y is x + (−l)·y exactly), each entry taking its terms in k order,
+  // row i+1 its k = i term once row i is done.
   const inv = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
+  const finishRow = (i: number) => {
     const ri = i * n;
-    for (let k = 0; k < i; k++) {
-      const l = a[ri + k]!;
-      if (l === 0) continue;
-      const rk = k * n;
-      for (let j = 0; j <= k; j++) inv[ri + j]! -= l * inv[rk + j]!;
-    }
     const lii = a[ri + i]!;
     for (let j = 0; j < i; j++) inv[ri + j] = inv[ri + j]! / lii;
     inv[ri + i] = 1 / lii;
-  }
-  // H⁻¹[i,j] = Σ_{k ≥ max(i,j)} L⁻¹[k,i]·L⁻¹[k,j], upper half accumulated, then mirrored.
-  const hinv = a.fill(0);
-  for (let k = 0; k < n; k++) {
-    const rk = k * n;
-    for (let i = 0; i <= k; i++) {
-      const v = inv[rk + i]!;
-      if (v === 0) continue;
-      const ri = i * n;
-      for (let j = i; j <= k; j++) hinv[ri + j]! += v * inv[rk + j]!;
+  };
+  for (let i = 0; i < n; i += 2) {
+    const two = i + 1 < n;
+    const ri = i * n;
+    const ri1 = ri + n;
+    let k = 0;
+    for (; k + 3 < i; k += 4) {
+      const [l0, l1, l2, l3] = [a[ri + k]!, a[ri + k + 1]!, a[ri + k + 2]!, a[ri + k + 3]!];
+      const [m0, m1, m2, m3] = two ? [a[ri1 + k]!, a[ri1 + k + 1]!, a[ri1 + k + 2]!, a[ri1 + k + 3]!] : [1, 1, 1, 1];
+      if (l0 === 0 || l1 === 0 || l2 === 0 || l3 === 0 || m0 === 0 || m1 === 0 || m2 === 0 || m3 === 0) {
+        for (let q = k; q < k + 4; q++) {
+          subtractRow(inv, ri, q * n, a[ri + q]!, q);
+          if (two) subtractRow(inv, ri1, q * n, a[ri1 + q]!, q);
+        }
+        continue;
+      }
+      addFourRows(inv, inv, n, k, 0, i, -l0, -l1, -l2, -l3, two ? i + 1 : -1, -m0, -m1, -m2, -m3);
     }
+    for (; k < i; k++) {
+      subtractRow(inv, ri, k * n, a[ri + k]!, k);
+      if (two) subtractRow(inv, ri1, k * n, a[ri1 + k]!, k);
+    }
+    finishRow(i);
+    if (!two) break;
+    subtractRow(inv, ri1, ri, a[ri1 + i]!, i);
+    finishRow(i + 1);
   }
+  // H⁻¹[i,j] = Σ_{k ≥ max(i,j)} L⁻¹[k,i]·L⁻¹[k,j], upper half accumulated, then mirrored. Four
+  // rows k and two rows i at a time, each entry taking its terms in k order.
+  const hinv = a.fill(0);
+  let k = 0;
+  for (; k + 3 < n; k += 4) {
+    const r0 = k * n;
+    const r1 = r0 + n;
+    const r2 = r1 + n;
+    const r3 = r2 + n;
+    const zeroIn = (i: number) => inv[r0 + i] === 0 || inv[r1 + i] === 0 || inv[r2 + i] === 0 || inv[r3 + i] === 0;
+    let i = 0;
+    for (; i <= k; i += 2) {
+      const two = i + 1 <= k;
+      const ri = i * n;
+      if (zeroIn(i) || (two && zeroIn(i + 1))) {
+        for (let t = i; t <= (two ? i + 1 : i); t++) for (let q = k; q < k + 4; q++) addRow(hinv, inv, t * n, q * n, inv[q * n + t]!, t, q);
+        continue;
+      }
+      const [v0, v1, v2, v3] = [inv[r0 + i]!, inv[r1 + i]!, inv[r2 + i]!, inv[r3 + i]!];
+      if (!two) {
+        addFourRows(hinv, inv, n, k, i, i, v0, v1, v2, v3, -1, 0, 0, 0, 0);
+        continue;
+      }
+      // Entry (i, i) first: row i+1 starts at j = i+1.
+      hinv[ri + i] = hinv[ri + i]! + v0 * inv[r0 + i]! + v1 * inv[r1 + i]! + v2 * inv[r2 + i]! + v3 * inv[r3 + i]!;
+      addFourRows(hinv, inv, n, k, i + 1, i, v0, v1, v2, v3, i + 1, inv[r0 + i + 1]!, inv[r1 + i + 1]!, inv[r2 + i + 1]!, inv[r3 + i + 1]!);
+    }
+    // Rows i past k: only the later rows k reach them.
+    for (let i = k + 1; i <= k + 3; i++) for (let q = i; q < k + 4; q++) addRow(hinv, inv, i * n, q * n, inv[q * n + i]!, i, q);
+  }
+  for (; k < n; k++) for (let i = 0; i <= k; i++) addRow(hinv, inv, i * n, k * n, inv[k * n + i]!, i, k);
   for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) hinv[j * n + i] = hinv[i * n + j]!;
   choleskyLowerInPlace(hinv, n, subject, "the inverse Hessian");
   // U = Lᵀ, reusing inv's storage.
@@ -213,23 +367,132 @@ export function upperCholeskyOfInverse(a: Float64Array, n: number, subject: stri
   return u;
 }
 
-/** Lower Cholesky factor in place (the upper half is left as zeros). */
+/**
+ * dst row t0 (and t1, unless negative) takes c_m·src row k+m (d_m for t1), m < 4, for every entry
+ * j from `from` that source row k+m reaches (j ≤ k+m), added one after another in m order: the
+ * four rows' terms as four row-at-a-time passes would add them, each entry read and written
+ * once, the source loads shared by the two rows.
+ */
+function addFourRows(
+  dst: Float64Array, src: Float64Array, n: number, k: number, from: number,
+  t0: number, c0: number, c1: number, c2: number, c3: number,
+  t1: number, d0: number, d1: number, d2: number, d3: number,
+): void {
+  const r0 = k * n;
+  const r1 = r0 + n;
+  const r2 = r1 + n;
+  const r3 = r2 + n;
+  const a = t0 * n;
+  const b = t1 * n;
+  if (t1 < 0) {
+    for (let j = from; j <= k; j++) dst[a + j] = dst[a + j]! + c0 * src[r0 + j]! + c1 * src[r1 + j]! + c2 * src[r2 + j]! + c3 * src[r3 + j]!;
+  } else {
+    for (let j = from; j <= k; j++) {
+      const s0 = src[r0 + j]!;
+      const s1 = src[r1 + j]!;
+      const s2 = src[r2 + j]!;
+      const s3 = src[r3 + j]!;
+      dst[a + j] = dst[a + j]! + c0 * s0 + c1 * s1 + c2 * s2 + c3 * s3;
+      dst[b + j] = dst[b + j]! + d0 * s0 + d1 * s1 + d2 * s2 + d3 * s3;
+    }
+  }
+  for (const [t, e1, e2, e3] of t1 < 0 ? [[a, c1, c2, c3]] : [[a, c1, c2, c3], [b, d1, d2, d3]]) {
+    dst[t! + k + 1] = dst[t! + k + 1]! + e1! * src[r1 + k + 1]! + e2! * src[r2 + k + 1]! + e3! * src[r3 + k + 1]!;
+    dst[t! + k + 2] = dst[t! + k + 2]! + e2! * src[r2 + k + 2]! + e3! * src[r3 + k + 2]!;
+    dst[t! + k + 3] = dst[t! + k + 3]! + e3! * src[r3 + k + 3]!;
+  }
+}
+
+/** inv[ri + j] -= l·inv[rk + j] for j ≤ k (a row of L⁻¹ less l times an earlier one; none for l = 0). */
+function subtractRow(inv: Float64Array, ri: number, rk: number, l: number, k: number): void {
+  if (l === 0) return;
+  for (let j = 0; j <= k; j++) inv[ri + j]! -= l * inv[rk + j]!;
+}
+
+/** hinv[ri + j] += v·inv[rk + j] for i ≤ j ≤ k (none for v = 0). */
+function addRow(hinv: Float64Array, inv: Float64Array, ri: number, rk: number, v: number, i: number, k: number): void {
+  if (v === 0) return;
+  for (let j = i; j <= k; j++) hinv[ri + j]! += v * inv[rk + j]!;
+}
+
+/**
+ * Lower Cholesky factor in place (the upper half is left as zeros). Columns j and j+1 together,
+ * rows four at a time: eight chains sharing loads, each entry's sum taken over k in order (the
+ * k = j term of column j+1 last, once column j is done), so the bits are one column's at a time.
+ */
 function choleskyLowerInPlace(a: Float64Array, n: number, subject: string, what: string): void {
-  for (let j = 0; j < n; j++) {
+  const pivot = (j: number): number => {
     const rj = j * n;
     let d = a[rj + j]!;
     for (let k = 0; k < j; k++) d -= a[rj + k]! * a[rj + k]!;
     if (!(d > 0)) throw new NumericError(subject, `${what} is not positive definite (pivot ${j} is ${d}); the calibration activations may be degenerate`);
-    const ljj = Math.sqrt(d);
-    a[rj + j] = ljj;
-    for (let i = j + 1; i < n; i++) {
-      const ri = i * n;
-      let v = a[ri + j]!;
-      for (let k = 0; k < j; k++) v -= a[ri + k]! * a[rj + k]!;
-      a[ri + j] = v / ljj;
+    const l = Math.sqrt(d);
+    a[rj + j] = l;
+    return l;
+  };
+  for (let j = 0; j < n; j += 2) {
+    const rj = j * n;
+    const ljj = pivot(j);
+    if (j + 1 === n) break;
+    const rj1 = rj + n;
+    let v = a[rj1 + j]!;
+    for (let k = 0; k < j; k++) v -= a[rj1 + k]! * a[rj + k]!;
+    a[rj1 + j] = v / ljj;
+    const lj1 = pivot(j + 1);
+    const sj = a[rj1 + j]!;
+    let i = j + 2;
+    for (; i + 3 < n; i += 4) {
+      const r0 = i * n;
+      const r1 = r0 + n;
+      const r2 = r1 + n;
+      const r3 = r2 + n;
+      let p0 = a[r0 + j]!;
+      let p1 = a[r1 + j]!;
+      let p2 = a[r2 + j]!;
+      let p3 = a[r3 + j]!;
+      let q0 = a[r0 + j + 1]!;
+      let q1 = a[r1 + j + 1]!;
+      let q2 = a[r2 + j + 1]!;
+      let q3 = a[r3 + j + 1]!;
+      for (let k = 0; k < j; k++) {
+        const x = a[rj + k]!;
+        const y = a[rj1 + k]!;
+        const w0 = a[r0 + k]!;
+        const w1 = a[r1 + k]!;
+        const w2 = a[r2 + k]!;
+        const w3 = a[r3 + k]!;
+        p0 -= w0 * x;
+        p1 -= w1 * x;
+        p2 -= w2 * x;
+        p3 -= w3 * x;
+        q0 -= w0 * y;
+        q1 -= w1 * y;
+        q2 -= w2 * y;
+        q3 -= w3 * y;
+      }
+      a[r0 + j] = p0 / ljj;
+      a[r1 + j] = p1 / ljj;
+      a[r2 + j] = p2 / ljj;
+      a[r3 + j] = p3 / ljj;
+      a[r0 + j + 1] = (q0 - a[r0 + j]! * sj) / lj1;
+      a[r1 + j + 1] = (q1 - a[r1 + j]! * sj) / lj1;
+      a[r2 + j + 1] = (q2 - a[r2 + j]! * sj) / lj1;
+      a[r3 + j + 1] = (q3 - a[r3 + j]! * sj) / lj1;
     }
-    for (let k = j + 1; k < n; k++) a[rj + k] = 0;
+    for (; i < n; i++) {
+      const ri = i * n;
+      let p = a[ri + j]!;
+      let q = a[ri + j + 1]!;
+      for (let k = 0; k < j; k++) {
+        const w = a[ri + k]!;
+        p -= w * a[rj + k]!;
+        q -= w * a[rj1 + k]!;
+      }
+      a[ri + j] = p / ljj;
+      a[ri + j + 1] = (q - a[ri + j]! * sj) / lj1;
+    }
   }
+  for (let j = 0; j < n; j++) a.fill(0, j * n + j + 1, (j + 1) * n);
 }
 
 /** tr(ΔBᵀHΔB) / tr(BᵀHB): the output error the calibration tokens see, relative to the output. */
@@ -242,16 +505,44 @@ function relativeError(h: Float64Array, before: Float64Array, after: Float64Arra
 }
 
 function quadratic(h: Float64Array, b: Float64Array, n: number, out: number): number {
+  // Rows i and i+1 at once: their dot products with the rows j after them (each summed over o in
+  // order, eight chains sharing loads), then their terms added to the total in (i, j) order, as
+  // one at a time would (terms with h = 0 left out).
+  const dots = [new Float64Array(n), new Float64Array(n)] as const;
+  const sums = new Float64Array(8);
+  const rowDot = (x: number, y: number): number => {
+    let d = 0;
+    for (let o = 0; o < out; o++) d += b[x + o]! * b[y + o]!;
+    return d;
+  };
   let total = 0;
-  for (let i = 0; i < n; i++) {
-    const ri = i * out;
-    for (let j = i; j < n; j++) {
-      const hij = h[i * n + j]!;
-      if (hij === 0) continue;
-      const rj = j * out;
-      let dot = 0;
-      for (let o = 0; o < out; o++) dot += b[ri + o]! * b[rj + o]!;
-      total += (i === j ? 1 : 2) * hij * dot;
+  for (let i = 0; i < n; i += 2) {
+    const pair = i + 1 < n;
+    const r0 = i * out;
+    const r1 = r0 + out;
+    dots[0][i] = rowDot(r0, r0);
+    let j = i + 1;
+    if (pair) {
+      for (; j + 3 < n; j += 4) {
+        dot2x4(b, r0, r1, b, j * out, out, out, sums);
+        for (let t = 0; t < 4; t++) {
+          dots[0][j + t] = sums[t]!;
+          dots[1][j + t] = sums[4 + t]!;
+        }
+      }
+    }
+    for (; j < n; j++) {
+      dots[0][j] = rowDot(r0, j * out);
+      if (pair) dots[1][j] = rowDot(r1, j * out);
+    }
+    for (let q = 0; q < (pair ? 2 : 1); q++) {
+      const row = i + q;
+      const hi = row * n;
+      const d = dots[q];
+      for (let jj = row; jj < n; jj++) {
+        const hij = h[hi + jj]!;
+        if (hij !== 0) total += (row === jj ? 1 : 2) * hij * d[jj]!;
+      }
     }
   }
   return total;

@@ -170,10 +170,19 @@ function name(s: string): number[] {
   return [...out, ...b];
 }
 
-/** A module importing memory env.memory and exporting the given functions by name. */
-export function assembleModule(functions: ReadonlyArray<{ name: string; code: Code }>): Uint8Array {
+/**
+ * A module importing memory env.memory (at least one page; with `sharedMaxPages`, a shared memory
+ * of at most that many pages, which threads can hand to each other) and exporting the given
+ * functions by name.
+ */
+export function assembleModule(functions: ReadonlyArray<{ name: string; code: Code }>, sharedMaxPages?: number): Uint8Array {
   const types = functions.map(({ code }) => [0x60, ...vector(code.params.map((t) => [t])), ...vector(code.results.map((t) => [t]))]);
-  const imports = vector([[...name("env"), ...name("memory"), 0x02, 0x00, 0x01]]);
+  const limits = [0x00, 0x01];
+  if (sharedMaxPages !== undefined) {
+    limits.splice(0, 2, 0x03, 0x01);
+    uleb(sharedMaxPages, limits);
+  }
+  const imports = vector([[...name("env"), ...name("memory"), 0x02, ...limits]]);
   const funcs = vector(functions.map((_, i) => { const o: number[] = []; uleb(i, o); return o; }));
   const exports = vector(functions.map((f, i) => { const o = [...name(f.name), 0x00]; uleb(i, o); return o; }));
   const bodies = vector(functions.map((f) => f.code.encode()));
