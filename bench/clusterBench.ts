@@ -90,6 +90,13 @@ export async function benchCluster(workDir: string): Promise<BenchLine[]> {
   const dp = await clusterRun(workDir, "medium-dp2", m, 1, 2);
   lines.push({ bench: "dp2_speedup", value: single.seconds / dp.seconds, unit: "ratio", localSeconds: single.seconds, clusterSeconds: dp.seconds, replicas: 2, threadsPerWorker: 1, goal: 1.6 });
   lines.push({ bench: "cluster2_dp_over_local", value: dp.seconds / local.seconds, unit: "ratio", clusterSeconds: dp.seconds, localSeconds: local.seconds, note: "2 replicas x 1 thread vs atvp prune on every core" });
+  // The same with 4x the calibration tokens (32 samples x 256): the per-block costs every replica
+  // pays whole (reading weights, masks, applying them) weigh less, as in the reference setup
+  // (128 samples x ~1,500 tokens).
+  const long = await generateModel({ outDir: join(workDir, "cluster-medium-long"), force: true, ...medium, samples: 32, seqLen: 256, imageTokens: 128 });
+  const longSingle = pruneInChild({ model: long.modelPath, calib: long.calibPath, method: "atv", sparsity: 0.5, out: join(workDir, "cluster-medium-long-local-1t"), force: true, threads: 1 });
+  const longDp = await clusterRun(workDir, "medium-long-dp2", long, 1, 2);
+  lines.push({ bench: "dp2_speedup_4x_tokens", value: longSingle.seconds / longDp.seconds, unit: "ratio", localSeconds: longSingle.seconds, clusterSeconds: longDp.seconds, replicas: 2, threadsPerWorker: 1, samples: 32, seqLen: 256 });
 
   const big = await generateModel({ outDir: join(workDir, "cluster-large"), force: true, layers: 10, hidden: 1536, samples: 16, seqLen: 128, imageTokens: 64 });
   const run = await clusterRun(workDir, "large", big, 1);
