@@ -13,22 +13,22 @@ export const DEFAULT_COST_TABLE: CostTable = {
     "device": "cpu",
     "threads": 0
   },
-  "measuredAt": "2026-12-01T01:03:30.191Z",
+  "measuredAt": "2026-12-01T03:15:55.836Z",
   "methods": {
     "atv": {
-      "secondsPerTokenParam": 1.0444126901577934e-10,
+      "secondsPerTokenParam": 1.2010441081864491e-10,
       "blocks": 4,
       "tokens": 1024,
       "paramsPerBlock": 802816
     },
     "wanda": {
-      "secondsPerTokenParam": 9.633499809673856e-11,
+      "secondsPerTokenParam": 1.1399660274690511e-10,
       "blocks": 4,
       "tokens": 1024,
       "paramsPerBlock": 802816
     },
     "sparsegpt": {
-      "secondsPerTokenParam": 1.7060809910905603e-09,
+      "secondsPerTokenParam": 9.438905363180198e-10,
       "blocks": 4,
       "tokens": 1024,
       "paramsPerBlock": 802816
