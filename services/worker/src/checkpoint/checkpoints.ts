@@ -9,6 +9,8 @@
  * A block is done iff blocks/<b>.json exists. It is written last (tmp + fsync + rename), after
  * the block's pruned weights are synced into the output and states/input-<b+1>.bin is complete,
  * so a worker killed at any point leaves either a done block or one to rerun, never half of one.
+ * With R replicas each writes a share of the block's weights before its states entering b+1, and
+ * replica 0 writes blocks/<b>.json once every replica's states entering b+1 exist.
  */
 import { syncDir, type BlockReport, type LayerReport } from "../../../core/src/index.js";
 import { randomBytes } from "node:crypto";
@@ -31,13 +33,19 @@ export class WorkDir {
   constructor(readonly root: string, readonly view?: ReplicaView) {}
 
   statesPath(block: number): string {
+    return this.statesPathOf(block, this.view?.replica ?? 0);
+  }
+
+  /** The states entering `block` that replica `replica` of this view's stage writes. */
+  statesPathOf(block: number, replica: number): string {
     const v = this.view;
-    return join(this.root, "states", v && v.replicas > 1 ? `input-${block}.r${v.replica}of${v.replicas}.bin` : `input-${block}.bin`);
+    return join(this.root, "states", v && v.replicas > 1 ? `input-${block}.r${replica}of${v.replicas}.bin` : `input-${block}.bin`);
   }
 
   /**
    * Whether this replica is done with block b: replica 0 writes the block's record (after its
-   * weights and states); another replica only owes its share of the states entering b + 1.
+   * share of the weights, its states, and every other replica's states); another replica owes
+   * its share of the weights and then of the states entering b + 1.
    */
   isDoneHere(block: number): Promise<boolean> {
     const v = this.view;

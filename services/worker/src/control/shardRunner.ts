@@ -6,24 +6,26 @@
  * last block's outputs to the downstream worker as each sample is computed.
  */
 import { open, stat, type FileHandle } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import { join, resolve } from "node:path";
 import type * as grpc from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ShardAssignment, ShardProgressSchema } from "../../../gen/atvprune/v1/worker_pb.js";
 import {
-  InvalidArgumentError, DATA_FILE, PARTIAL_SUFFIX, arraySource, offsetSource, BlockEngine, type PrunedWeight,
+  InvalidArgumentError, DATA_FILE, PARTIAL_SUFFIX, arraySource, offsetSource, BlockEngine,
   type SampleState, type StateSource, needsCalibration, InferenceHost, MaskPool, type ReplicaSlice,
 } from "../../../core/src/index.js";
 import { RpcError, fromPlanMessage, toBlockFinished } from "../../../rpc/index.js";
 import { exists, WorkDir, type BlockRecord } from "../checkpoint/checkpoints.js";
-import { CheckpointError, inBlock, inShard, ShardError } from "../errors.js";
+import { CheckpointError, inBlock, inShard } from "../errors.js";
 import type { Outbox, OutboxRegistry } from "../dataplane/outbox.js";
 import type { ExchangeRegistry } from "../dataplane/exchangeRegistry.js";
 import { openShardJob, type ShardJob } from "./shardJob.js";
 import { DEFAULT_HEARTBEAT_MS, RunLiveness } from "./runLiveness.js";
 import { readStateFile, StateFileWriter, writeStateFile } from "../checkpoint/stateFile.js";
 import { UpstreamStates } from "../dataplane/upstreamStates.js";
+import { writeWeights } from "./weightWrites.js";
 import { GrpcReplicaExchange } from "../dataplane/replicaExchange.js";
 import type { WorkerMetrics } from "../workerMetrics.js";
 
@@ -70,7 +72,7 @@ export class ShardRun {
     this.peers = [...a.peers];
   }
 
-  /** Replica 0 writes the stage's weights and block records, and reports its blocks. */
+  /** Replica 0 writes the stage's block records (once every replica's share of the weights is durable) and reports its blocks. */
   private get writes(): boolean {
     return this.slice.replica === 0;
   }
@@ -251,7 +253,10 @@ export class ShardRun {
         appended = appended.then(() => { this.guard(); return states!.append(state); }).catch((err: unknown) => { appendError ??= err; });
       };
       const result = await engine.runBlock(b, source, { onNext: needsStates ? onNext : undefined, signal: this.abort.signal });
-      if (this.writes) await writeWeights(weights, result.weights, job, () => this.guard());
+      // The replicas of a stage write a share of the weights each; a replica's share is durable
+      // once its states entering b + 1 are (they are committed after it).
+      const share = needsStates && this.slice.replicas > 1 ? this.slice : undefined;
+      if (this.writes || share) await writeWeights(weights, result.weights, job.regions, () => this.guard(), share);
       engine.recycle(result.weights);
       await appended;
       if (appendError) throw appendError;
@@ -260,12 +265,30 @@ export class ShardRun {
       await ctx.edge;
       const record: BlockRecord = { report: result.report, layers: result.layers };
       this.guard();
+      if (this.writes && share) await this.awaitShares(wd, b);
       if (this.writes) await wd.writeBlock(b, record, () => this.guard());
       return { record, source: arraySource(result.next, first) };
     } catch (err) {
       await states?.abort();
       throw err;
     }
+  }
+
+  /**
+   * Replica 0 marks block b done only once every replica's share of its weights is durable: when
+   * each replica's states entering b + 1 exist (a replica commits them after its share). A file,
+   * not a message: a replica that committed and then died, and skips the block when rerun, still
+   * counts.
+   */
+  private async awaitShares(wd: WorkDir, b: number): Promise<void> {
+    for (let r = 1; r < this.slice.replicas; r++) {
+      const path = wd.statesPathOf(b + 1, r);
+      for (let wait = 1; !(await exists(path)); wait = Math.min(50, wait * 2)) {
+        this.guard();
+        await sleep(wait, undefined, { signal: this.abort.signal }).catch(() => {});
+      }
+    }
+    this.guard();
   }
 
   /** Replica 0 counts the block and its pruned weights; every replica counts the tokens it passed. */
@@ -298,20 +321,3 @@ async function openOutput(job: ShardJob): Promise<FileHandle> {
   return open(path, "r+");
 }
 
-/** Positional writes into each weight's region, then fsync: the block's weights are durable. */
-async function writeWeights(handle: FileHandle, weights: readonly PrunedWeight[], job: ShardJob, guard: () => void): Promise<void> {
-  for (const w of weights) {
-    const region = job.regions.get(w.name);
-    if (!region) throw new ShardError("INVALID_ARGUMENT", `tensor "${w.name}"`, "has no region in the output layout (was it selected?)");
-    if (w.bytes.byteLength !== region.length) {
-      throw new ShardError("INVALID_ARGUMENT", `tensor "${w.name}"`, `has ${w.bytes.byteLength} bytes; its region holds ${region.length}`);
-    }
-    let done = 0;
-    while (done < w.bytes.byteLength) {
-      guard();
-      const { bytesWritten } = await handle.write(w.bytes, done, w.bytes.byteLength - done, region.offset + done);
-      done += bytesWritten;
-    }
-  }
-  await handle.datasync();
-}

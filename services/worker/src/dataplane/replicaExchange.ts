@@ -41,9 +41,19 @@ export interface ReplicaExchangeOptions {
   channelOptions: grpc.ChannelOptions;
   log?: (message: string) => void;
   backoffMs?: { initial: number; max: number };
-  /** how often the work dir is checked while a pull waits on a peer */
+  /**
+   * How often the work dir is checked while a pull waits on a peer (default 10 ms): a peer that
+   * is done with the exchange and computing again answers late, but its file is complete.
+   */
   fileCheckMs?: number;
 }
+
+/**
+ * The HTTP/2 window a pull advertises: a peer sends all its records of a topic (a block's masks:
+ * ~1 MB here, ~14 MB for an 8B-class block) without waiting for window updates, which its event
+ * loop, busy computing once the exchange is over, would answer late.
+ */
+const EXCHANGE_WINDOW_BYTES = 16 << 20;
 
 /** Statuses no retry can fix: the call is wrong, or this worker is not let in. */
 const PERMANENT = new Set<number>([
@@ -78,11 +88,17 @@ export class GrpcReplicaExchange implements SampleExchange {
     checkTopic(topic);
     signal?.throwIfAborted();
     const { replica, replicas } = this.slice;
-    const mine = await this.settleOwn(block, topic, this.ownRecords(block, topic, own));
+    const { mine, written } = await this.settleOwn(block, topic, this.ownRecords(block, topic, own));
     const vectors = mine.records[0]!.length;
     const all: SampleRecord[] = new Array<SampleRecord>(this.o.samples);
     mine.records.forEach((r, i) => (all[mine.first + i] = r));
-    if (replicas === 1) return all;
+    if (replicas === 1) {
+      await written;
+      return all;
+    }
+    // Peers get the records at once; the file (for peers that ask after this replica is gone)
+    // is written meanwhile. Records are a function of the replica's inputs, so a rerun after a
+    // crash before the file was written publishes the same bits.
     this.o.registry.publish(this.o.jobId, block, topic, replica, mine);
 
     // The first peer that fails for good stops the others.
@@ -102,7 +118,10 @@ export class GrpcReplicaExchange implements SampleExchange {
           throw err;
         }));
       }
+      pulls.push(written);
       const results = await Promise.allSettled(pulls);
+      // Lets the records served to peers meanwhile leave before the caller computes again.
+      await new Promise((resolve) => setImmediate(resolve));
       // The caller's abort wins over the errors it caused in the pulls.
       signal?.throwIfAborted();
       const failed = results.find((x) => x.status === "rejected");
@@ -133,21 +152,25 @@ export class GrpcReplicaExchange implements SampleExchange {
     return data;
   }
 
-  /** Writes this replica's file, or, when an earlier run already wrote a valid one, takes that. */
-  private async settleOwn(block: number, topic: string, mine: ReplicaRecords): Promise<ReplicaRecords> {
+  /**
+   * This replica's records: those of its file when an earlier run already wrote a valid one,
+   * else `mine`, with the write of its file (`written`, under way).
+   */
+  private async settleOwn(block: number, topic: string, mine: ReplicaRecords): Promise<{ mine: ReplicaRecords; written: Promise<void> }> {
     const path = exchangePath(this.o.workDir, block, topic, this.slice.replica);
     if (await exists(path)) {
       try {
         const earlier = await readExchangeFile(path);
         expectRecords(earlier, mine.first, mine.first + mine.records.length, path, mine.records[0]!.length);
-        return earlier;
+        return { mine: earlier, written: Promise.resolve() };
       } catch (err) {
         if (!(err instanceof ExchangeError)) throw err;
         this.o.log?.(`${path}: ${err.message}; writing it again`);
       }
     }
-    if (this.slice.replicas > 1) await writeExchangeFile(path, mine);
-    return mine;
+    const written = this.slice.replicas > 1 ? writeExchangeFile(path, mine) : Promise.resolve();
+    written.catch(() => {}); // awaited by allGather; a throw before that must not leave it unhandled
+    return { mine, written };
   }
 
   /**
@@ -207,7 +230,7 @@ export class GrpcReplicaExchange implements SampleExchange {
   private async pullOnce(block: number, topic: string, r: number, address: string, path: string, signal: AbortSignal): Promise<ReplicaRecords | string> {
     signal.throwIfAborted(); // an abort before the listener below is added would go unheard
     const { first, end } = replicaSamples(this.o.samples, this.slice.replicas, r);
-    const client = createClient(WorkerDataService, address, this.o.credentials, this.o.channelOptions);
+    const client = createClient(WorkerDataService, address, this.o.credentials, { ...this.o.channelOptions, "grpc-node.flow_control_window": EXCHANGE_WINDOW_BYTES });
     const stream = client.pullExchange({ jobId: this.o.jobId, block, topic, replica: r });
     let why: string | undefined;
     const stop = (reason: string) => {
@@ -219,7 +242,7 @@ export class GrpcReplicaExchange implements SampleExchange {
     signal.addEventListener("abort", onAbort, { once: true });
     const fileCheck = setInterval(() => {
       exists(path).then((yes) => yes && stop("its file appeared"), () => {});
-    }, this.o.fileCheckMs ?? 500);
+    }, this.o.fileCheckMs ?? 10);
     const assembler = new RecordAssembler(`${this.subject(block, topic, r)} from ${address}`, first, end);
     try {
       for await (const m of stream) assembler.push(m);
