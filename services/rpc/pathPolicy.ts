@@ -11,7 +11,7 @@ import { status } from "@grpc/grpc-js";
 import type { JobSpec } from "../gen/atvprune/v1/job_pb.js";
 import {
   AtvpError, InvalidArgumentError, readModel, checkCalibKeys, checkNotInput, TensorData,
-  resolveSpec, needsCalibration, methodDefinition,
+  resolveSpec, needsCalibration, checkReplicas,
 } from "../core/src/index.js";
 import { RpcError } from "./status.js";
 
@@ -196,9 +196,7 @@ export function validateJobSpec(spec: JobSpec | undefined): void {
   if (!spec) throw new RpcError(status.INVALID_ARGUMENT, "spec: is required");
   try {
     const resolved = resolveSpec(toPruneSpec(spec), 1);
-    if (spec.replicas > 1 && !methodDefinition(resolved.method).replicable) {
-      throw new InvalidArgumentError("replicas", `method ${resolved.method} cannot be split over replicas yet (its statistics are not reduced across them); use 1 or 0`);
-    }
+    checkReplicas(resolved.method, spec.replicas);
   } catch (err) {
     if (!(err instanceof InvalidArgumentError)) throw err;
     const field = PROTO_FIELD[err.subject] ?? err.subject;

@@ -81,6 +81,30 @@ describe("atvp plan --config (hand-checked)", () => {
     assert.ok(Math.abs(p.predicted.wallSeconds - ((4 * 1e-9 * 1000 * params) / 2 + exchange)) < 1e-12);
   });
 
+  test("sparsegpt: a replica also holds every sample's per-sample Hessians, so only roomy workers get replicas", () => {
+    const sgCost = writeJson("cost-sparsegpt.json", {
+      machine: { cpu: "test", cores: 1, platform: "test", node: "test", device: "cpu", threads: 1 },
+      measuredAt: "2026-11-30T00:00:00Z",
+      methods: { sparsegpt: { secondsPerTokenParam: 1e-9, blocks: 1, tokens: 1, paramsPerBlock: 1 } },
+    });
+    const args = ["--config", small, "--workers", "2", "--network-gbps", "1", "--nsamples", "10", "--tokens-per-sample", "100", "--cost", sgCost, "--method", "sparsegpt"];
+    const p = plan(...args, "--worker-memory", "3MiB", "--replicas", "2");
+    assert.deepEqual([p.stages.length, p.replicas], [1, 2]);
+    // A sample's record: the upper triangles of its AᵀA for the inputs of q/k/v, o, gate/up (64)
+    // and down (128): 3 x 2,080 + 8,256 = 14,496 float64. The other replica's 5 samples per block.
+    assert.equal(p.exchange.bytesPerReplicaPerBlock, 5 * 8 * 14_496);
+    // A block's need: weights x2 (294,912) + SparseGPT's working bytes (three 64-wide inputs'
+    // Hessian, sample matrix, row and factor: 3 x 98,880; the 128-wide one's: 394,368; the
+    // block's new weights 147,456; down's Cholesky work and copies 524,288) = 1,657,664; then
+    // every sample's record (10 x 115,968).
+    assert.equal(p.stages[0]!.peakBytes, 1_657_664 + 10 * 8 * 14_496);
+    const tight = atvp("plan", ...args, "--worker-memory", "2MiB", "--replicas", "2");
+    assert.equal(tight.status, 1);
+    assert.match(tight.stderr, /replicas: a replica of sparsegpt holds every sample's exchanged records beside a block: 2817344 bytes/);
+    assert.equal(plan(...args, "--worker-memory", "2MiB").replicas, 1);
+    assert.equal(plan(...args, "--worker-memory", "3MiB").replicas, 2);
+  });
+
   test("dense propagation: the slowest stage bounds the job", () => {
     const p = plan(...SMALL, "--propagation", "dense");
     assert.ok(Math.abs(p.predicted.wallSeconds - (p.stages[0]!.seconds + p.links[0]!.seconds)) < 1e-12);
@@ -145,9 +169,12 @@ describe("atvp plan: a 72B Qwen2.5-VL-shaped config", () => {
     assert.deepEqual([p.stages.length, p.replicas, p.stages[0]!.replicas], [2, 2, 2]);
     const auto = plan("--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB");
     assert.deepEqual([auto.stages.length, auto.replicas], [1, 4]);
+    // A SparseGPT replica holds every sample's per-sample Hessians (128 x ~4.3 GB here): refused,
+    // and by default one replica per stage.
     const sparsegpt = atvp("plan", "--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB", "--replicas", "2", "--method", "sparsegpt");
     assert.equal(sparsegpt.status, 1);
-    assert.match(sparsegpt.stderr, /replicas: method sparsegpt cannot be split over replicas yet/);
+    assert.match(sparsegpt.stderr, /replicas: a replica of sparsegpt holds every sample's exchanged records beside a block: \d+ bytes, more than any worker has/);
+    assert.equal(plan("--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB", "--method", "sparsegpt").replicas, 1);
   });
 });
 

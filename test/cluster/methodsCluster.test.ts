@@ -20,6 +20,7 @@ let counter = 0;
 /** Jobs by name: the spec fields beyond model/calib/out. */
 const JOBS: Record<string, Record<string, unknown>> = {
   "sparsegpt": { method: "sparsegpt", sparsity: 0.5 },
+  "sparsegpt stages": { method: "sparsegpt", sparsity: 0.5, replicas: 1 },
   "sparsegpt 2:4": { method: "sparsegpt", pattern: "2:4" },
   "atv-sparsegpt": { method: "atv-sparsegpt", sparsity: 0.6, alpha: 4 },
   "sparsegpt dense": { method: "sparsegpt", sparsity: 0.5, propagation: "dense" },
@@ -28,7 +29,17 @@ const JOBS: Record<string, Record<string, unknown>> = {
   "tamp": { method: "tamp", sparsity: 0.5, tampMaxSparsity: 0.58 },
 };
 /** Workers per job (2 unless listed): SparseGPT also on 1 and 3. */
-const WORKERS: Array<[string, number]> = [...Object.keys(JOBS).map((name): [string, number] => [name, 2]), ["sparsegpt", 1], ["sparsegpt", 3]];
+const WORKERS: Array<[string, number]> = [...Object.keys(JOBS).map((name): [string, number] => [name, 2]), ["sparsegpt", 1], ["sparsegpt", 3], ["sparsegpt stages", 3]];
+
+/**
+ * The grid the planner chooses: sequential jobs of splittable methods (all of these) get one
+ * stage of a replica per worker, whose per-sample records (Hessians, AMIA sums) are reduced in
+ * sample order; dense jobs and those asking for one replica get a stage per worker.
+ */
+function replicasOf(name: string, workers: number): number {
+  const job = JOBS[name]!;
+  return job["propagation"] === "dense" || job["replicas"] === 1 ? 1 : workers;
+}
 const reference = new Map<string, { data: Buffer; layers: unknown }>();
 
 before(async () => {
@@ -36,7 +47,8 @@ before(async () => {
   model = { model: g.modelPath, calib: g.calibPath };
   for (const [name, extra] of Object.entries(JOBS)) {
     const out = join(tmp.path, `ref-${++counter}`);
-    await pruneModel({ model: model.model, calib: model.calib, out, threads: 1, ...extra } as never);
+    const { replicas: _grid, ...prune } = extra;
+    await pruneModel({ model: model.model, calib: model.calib, out, threads: 1, ...prune } as never);
     reference.set(name, { data: readFileSync(join(out, "model.onnx.data")), layers: layersOf(out) });
   }
 });
@@ -80,10 +92,12 @@ for (const [name, workers] of WORKERS) {
       const final = await c.client.getJob({ id: job!.id });
       assert.equal(result.state, JobState.SUCCEEDED, final.reason);
       assert.equal(final.shards.length, workers);
+      assert.deepEqual([final.replicas, final.stages], [replicasOf(name, workers), workers / replicasOf(name, workers)]);
       assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference.get(name)!.data));
       assert.deepEqual(layersOf(out), reference.get(name)!.layers);
     } finally {
       await c.close();
+      await nats.stop();
     }
   });
 }
@@ -150,5 +164,27 @@ test("the OWL and DAS pre-passes give different targets (so the owl and tamp job
   for (const name of ["wanda owl", "atv-sparsegpt owl", "tamp"]) {
     const targets = new Set((reference.get(name)!.layers as { target: number }[]).map((l) => l.target));
     assert.ok(targets.size > 1, `${name}: ${[...targets]}`);
+  }
+});
+
+test("sparsegpt on 2 replicas with a 528-wide MLP: each sample's down-projection Hessian (1.1 MB) crosses in pieces, same bytes", async () => {
+  const g = await generateModel({ outDir: join(tmp.path, "wide"), layers: 2, hidden: 32, intermediate: 528, samples: 4, seqLen: 24, imageTokens: 8, seed: 9 });
+  const refOut = join(tmp.path, `ref-${++counter}`);
+  await pruneModel({ model: g.modelPath, calib: g.calibPath, out: refOut, threads: 1, method: "sparsegpt", sparsity: 0.5 } as never);
+  // Its own NATS, stopped at the end: the file's other servers live until after().
+  const nats = await startNatsServer({ dir: join(tmp.path, `nats-${++counter}`) });
+  const c = await startLocalCluster(nats.url, 2, tmp.path);
+  try {
+    const out = join(tmp.path, `out-${++counter}`);
+    const { job } = await c.client.submitJob({ spec: { model: g.modelPath, calib: g.calibPath, out, method: "sparsegpt", sparsity: 0.5, replicas: 2 } });
+    const result = await waitForJob(c.client, job!.id);
+    const final = await c.client.getJob({ id: job!.id });
+    assert.equal(result.state, JobState.SUCCEEDED, final.reason);
+    assert.equal(final.replicas, 2);
+    assert.ok(readFileSync(join(out, "model.onnx.data")).equals(readFileSync(join(refOut, "model.onnx.data"))));
+    assert.deepEqual(layersOf(out), layersOf(refOut));
+  } finally {
+    await c.close();
+    await nats.stop();
   }
 });

@@ -124,11 +124,11 @@ test("by default the planner gives a splittable method with sequential propagati
   }
 });
 
-test("replicas for a method whose statistics are not reduced across them: INVALID_ARGUMENT naming spec.replicas", async () => {
+test("replicas for a method that reads no samples (magnitude): INVALID_ARGUMENT naming spec.replicas", async () => {
   const c = await inProcessCluster(1);
   try {
-    await assert.rejects(c.client.submitJob({ spec: { ...spec("atv"), method: "sparsegpt", replicas: 2 } }),
-      (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && /spec\.replicas: method sparsegpt cannot be split over replicas yet/.test(e.details));
+    await assert.rejects(c.client.submitJob({ spec: { ...spec("atv"), method: "magnitude", calib: "", replicas: 2 } }),
+      (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && /spec\.replicas: method magnitude cannot be split over replicas \(it reads no calibration samples/.test(e.details));
   } finally {
     await c.close();
   }

@@ -1,7 +1,7 @@
 // Shard planning: contiguous, balanced by bytes and FLOPs, within each worker's memory.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { balancedPartition, planShards } from "../../services/coordinator/src/shardPlanner.js";
+import { balancedPartition, planGrid, planShards } from "../../services/coordinator/src/shardPlanner.js";
 import { InvalidArgumentError } from "../../services/core/src/errors.js";
 import { methodDefinition } from "../../services/core/src/methods/index.js";
 
@@ -36,10 +36,10 @@ test("SparseGPT's Hessians count: a worker that holds the weights but not the in
     ({ weight, node: weight, activation, inDim, outDim, dataType: 1, layout: "in_out" }) as never;
   const linears = [l("q", "x", 64, 64), l("k", "x", 64, 64), l("v", "x", 64, 64), l("o", "attn", 64, 64), l("up", "y", 64, 176), l("down", "z", 176, 64)];
   const working = methodDefinition("sparsegpt").workingBytes!(linears);
-  // Hessians and their factors U: 3 of 64² and one of 176² (float64 each, plus a row and the dead
-  // flags per input); widest: 2·176² + 4·176·64 float64;
+  // Hessians, the sample's own AᵀA and their factors U: 3 of 64² and one of 176² (float64 each,
+  // plus a row and the dead flags per input); widest: 2·176² + 4·176·64 float64;
   // the new weights: 4·(4·64² + 2·64·176) bytes.
-  const expected = 3 * (2 * 64 * 64 * 8 + 64 * 9) + (2 * 176 * 176 * 8 + 176 * 9) + 8 * (2 * 176 * 176 + 4 * 176 * 64) + 4 * (4 * 64 * 64 + 2 * 64 * 176);
+  const expected = 3 * (3 * 64 * 64 * 8 + 64 * 9) + (3 * 176 * 176 * 8 + 176 * 9) + 8 * (2 * 176 * 176 + 4 * 176 * 64) + 4 * (4 * 64 * 64 + 2 * 64 * 176);
   assert.equal(working, expected);
   assert.equal(methodDefinition("wanda").workingBytes, undefined);
   const weights = 4 * (4 * 64 * 64 + 2 * 64 * 176);
@@ -48,4 +48,17 @@ test("SparseGPT's Hessians count: a worker that holds the weights but not the in
   const shards = planShards([block], [{ address: "small", memoryBytes: roomForWeightsOnly }, { address: "big", memoryBytes: 2 * weights + working }]);
   assert.deepEqual(shards.map((s) => s.worker), ["big"]);
   assert.throws(() => planShards([block], [{ address: "small", memoryBytes: roomForWeightsOnly }]), (e: unknown) => e instanceof InvalidArgumentError && /small=/.test(e.message));
+});
+
+test("replicas hold every sample's records: only workers with room for them run replicas", () => {
+  const block = { bytes: 1000, flops: 1, workingBytes: 500, replicaBytes: 4000 };
+  const request = { samples: 8, replicable: true, sequential: true, method: "sparsegpt" };
+  // Each needs 2·1000 + 500 = 2,500 for the block; a replica 6,500.
+  const workers = [{ address: "a", memoryBytes: 6500 }, { address: "b", memoryBytes: 3000 }, { address: "c", memoryBytes: 7000 }];
+  const auto = planGrid([block, block], workers, request);
+  assert.deepEqual([auto.stages, auto.replicas, auto.shards.map((s) => s.worker)], [1, 2, ["a", "c"]]);
+  const oneRoomy = planGrid([block, block], workers.slice(0, 2), request);
+  assert.deepEqual([oneRoomy.stages, oneRoomy.replicas], [2, 1]);
+  assert.throws(() => planGrid([block], [{ address: "b", memoryBytes: 3000 }], { ...request, replicas: 2 }),
+    (e: unknown) => e instanceof InvalidArgumentError && e.subject === "replicas" && /6500 bytes, more than any worker has \(workers: b=3000\)/.test(e.message));
 });

@@ -53,8 +53,30 @@ for (const method of ["atv", "wanda"]) {
   });
 }
 
-test("a method whose statistics are not reduced across replicas is refused, naming replicas", async () => {
-  await assert.rejects(pruneModel({ ...model, out: join(tmp.path, `o${++counter}`), method: "sparsegpt", sparsity: 0.5, threads: 1 }, { replicas: 2 }), /replicas.*sparsegpt cannot be split over replicas yet/);
+for (const method of ["sparsegpt", "atv-sparsegpt", "tamp"]) {
+  test(`${method}, sequential: 2 and 3 replicas give the bits of one (per-sample Hessians / AMIA sums exchanged)`, async () => {
+    const one = await run(method, "sequential", 1);
+    for (const replicas of [2, 3]) {
+      const many = await run(method, "sequential", replicas);
+      assert.ok(many.data.equals(one.data), `${replicas} replicas: weights differ`);
+      assert.deepEqual(many.layers, one.layers);
+      assert.deepEqual(many.blocks, one.blocks);
+    }
+  });
+}
+
+test("sparsegpt in Hessian groups (a small accumulator budget): 2 replicas give the bits of one", async () => {
+  const at = async (replicas: number) => {
+    const out = join(tmp.path, `o${++counter}`);
+    // Budget 1 byte: one input's Hessian per dense forward, each group exchanged under its own topic.
+    await pruneModel({ ...model, out, method: "sparsegpt", sparsity: 0.5, threads: 1 }, { replicas, accumulatorBudgetBytes: 1 });
+    return readFileSync(join(out, "model.onnx.data"));
+  };
+  assert.ok((await at(2)).equals(await at(1)));
+});
+
+test("magnitude reads no samples: more than one replica is refused, naming replicas", async () => {
+  await assert.rejects(pruneModel({ ...model, out: join(tmp.path, `o${++counter}`), method: "magnitude", sparsity: 0.5, threads: 1 }, { replicas: 2 }), /replicas: method magnitude cannot be split over replicas \(it reads no calibration samples/);
 });
 
 test("samples split into contiguous shares that differ by at most one, in replica order", () => {

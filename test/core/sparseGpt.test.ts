@@ -173,3 +173,39 @@ describe("Hessian accumulation", () => {
     assert.deepEqual([...acc.finish(2)], [1, 2, 2, 5]);
   });
 });
+
+describe("Hessian records (replicas)", () => {
+  const act = (v: number[]) => ({ type: "float32" as const, dims: [1, v.length / 2, 2], data: Float32Array.from(v) });
+  test("each sample's own AᵀA (upper triangle) is its record; reduce adds the records in sample order", () => {
+    const acc = new HessianAccumulator("x", 2);
+    // Sample 0: tokens (1,2) and (3,4), both pooled: [[1+9, 2+12], [., 4+16]].
+    acc.add(act([1, 2, 3, 4]), Uint8Array.from([1, 1]), "s0");
+    assert.deepEqual([...acc.record()], [10, 14, 20]);
+    // Sample 1: token (0.5, 0) pooled, (7, 7) not: [[0.25, 0], [., 0]].
+    acc.add(act([0.5, 0, 7, 7]), Uint8Array.from([1, 0]), "s1");
+    assert.deepEqual([...acc.record()], [0.25, 0, 0]);
+    // A replica that saw only sample 1 reduces both records: the bits of one process.
+    const other = new HessianAccumulator("x", 2);
+    other.add(act([0.5, 0, 7, 7]), Uint8Array.from([1, 0]), "s1");
+    other.reduce([Float64Array.from([10, 14, 20]), other.record()]);
+    assert.deepEqual([...other.finish(2)], [10.25, 14, 14, 20]);
+    assert.deepEqual([...acc.finish(2)], [10.25, 14, 14, 20]);
+  });
+
+  test("the sample's sum is formed before it joins the total (an order one process and replicas share)", () => {
+    // Total 1 after sample 0; sample 1 has four tokens of 2^-27, so four terms of 2^-54. Formed
+    // first they are 2^-52, which 1 keeps (1 + 2^-52 is a float64); added to 1 one at a time,
+    // each 2^-54 would round away and leave 1.
+    const tiny = 2 ** -27;
+    const acc = new HessianAccumulator("x", 1);
+    acc.add({ type: "float32", dims: [1, 1, 1], data: Float32Array.from([1]) }, Uint8Array.from([1]), "s0");
+    acc.add({ type: "float32", dims: [1, 4, 1], data: Float32Array.from([tiny, tiny, tiny, tiny]) }, Uint8Array.from([1, 1, 1, 1]), "s1");
+    assert.deepEqual([...acc.record()], [2 ** -52]);
+    assert.equal(acc.finish(2)[0], 1 + 2 ** -52);
+  });
+
+  test("a record of the wrong size is refused, naming the tensor", () => {
+    const acc = new HessianAccumulator("model.layers.0.mlp", 3);
+    assert.throws(() => acc.reduce([new Float64Array(5)]), /model\.layers\.0\.mlp.*sample 0's Hessian record has 5 entries, expected 6/);
+  });
+});

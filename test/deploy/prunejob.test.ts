@@ -149,7 +149,7 @@ test("every spec the gRPC API refuses for a field, the CRD refuses too (and both
     ["no out", { ...BASE, out: undefined }],
     ["seed beyond 2^53", { ...BASE, seed: 2 ** 53 }],
     ["unknown stats", { ...BASE, stats: "gpu" }],
-    ["replicas for sparsegpt", { ...BASE, method: "sparsegpt", replicas: 2 }],
+    ["replicas for magnitude", { ...BASE, method: "magnitude", calib: undefined, replicas: 2 }],
   ];
   for (const [what, raw] of bad) {
     const spec = JSON.parse(JSON.stringify(raw)) as Record<string, unknown>;
@@ -161,6 +161,9 @@ test("every spec the gRPC API refuses for a field, the CRD refuses too (and both
     ["N:M without sparsity", { ...BASE, method: "wanda", sparsity: undefined, pattern: "2:4" }],
     ["no sparsity (the API's default 0.5)", { ...BASE, sparsity: undefined }],
     ["magnitude without calib", { ...BASE, method: "magnitude", calib: undefined }],
+    ["replicas for sparsegpt", { ...BASE, method: "sparsegpt", replicas: 2 }],
+    ["replicas for atv-sparsegpt", { ...BASE, method: "atv-sparsegpt", replicas: 3 }],
+    ["replicas for tamp", { ...BASE, method: "tamp", replicas: 2 }],
     ["every field", { ...BASE, pattern: "unstructured", alpha: 4, propagation: "dense", nsamples: 8, seed: 7, include: ["mlp"], exclude: ["q_proj"], magnitudeScope: "matrix", force: true, workers: 2, stats: "graph", replicas: 2 }],
   ];
   for (const [what, raw] of good) {

@@ -325,6 +325,9 @@ function writeWeights(w: WeightMatrix, b: Float64Array): void {
  * same activation (q/k/v, gate/up) share one accumulator: the Hessian depends only on the input.
  */
 
+// Since issue 10 each sample's own AᵀA is formed first (tokens in order) and then added to the
+// sum, samples in order, so that replicas can exchange it: the loop below is the unblocked one,
+// with that order.
 export class HessianAccumulator {
   /** Upper triangle (row-major, i <= j) of Σ AᵀA; the lower half is filled by finish(). */
   private readonly sum: Float64Array;
@@ -350,7 +353,7 @@ export class HessianAccumulator {
     if (act.type !== "float32" && act.type !== "float16") throw new NumericError(this.tensor, `activations of type ${act.type} are not supported`);
     const table = act.type === "float16" ? halfToFloatTable() : null;
     const row = this.row;
-    const sum = this.sum;
+    const sum = new Float64Array(n * n);
     for (let t = 0; t < tokens; t++) {
       if (!pool[t]) continue;
       const base = t * n;
@@ -364,6 +367,7 @@ export class HessianAccumulator {
         for (let j = i; j < n; j++) sum[off + j]! += a * row[j]!;
       }
     }
+    for (let i = 0; i < n; i++) for (let j = i; j < n; j++) this.sum[i * n + j]! += sum[i * n + j]!;
   }
 
   /** H = (2/N)·Σ, full symmetric, row-major [in, in]. The accumulator must not be used after. */

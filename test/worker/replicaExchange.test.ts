@@ -16,7 +16,7 @@ import { ExchangeError } from "../../services/worker/src/errors.js";
 import { GrpcReplicaExchange, type ReplicaExchangeOptions } from "../../services/worker/src/dataplane/replicaExchange.js";
 import { ExchangeRegistry } from "../../services/worker/src/dataplane/exchangeRegistry.js";
 import { decodeExchangeFile, encodeExchangeFile, exchangePath, writeExchangeFile } from "../../services/worker/src/dataplane/exchangeFile.js";
-import { RecordAssembler, recordMessages, checkVectorSizes } from "../../services/worker/src/dataplane/exchangeWire.js";
+import { RecordAssembler, recordMessages } from "../../services/worker/src/dataplane/exchangeWire.js";
 import { DATA_PLANE_CHANNEL_OPTIONS } from "../../services/worker/src/dataplane/upstreamStates.js";
 import { startWorker, type WorkerHandle } from "../../services/worker/src/worker.js";
 import { tempDir } from "../support/fixtures.js";
@@ -310,13 +310,35 @@ describe("formats", () => {
     const got = a.finish().records[0]!;
     got.forEach((v, k) => assert.ok(bytes(v).equals(bytes(big[k]!))));
 
-    assert.throws(() => checkVectorSizes([new Float64Array(200_000)], "s"), (e) => e instanceof ExchangeError && /200000 float64/.test(e.message));
     const skip = new RecordAssembler("peer", 5, 7);
     assert.throws(() => skip.push(messages[1]!), /expected vectors from 0/);
     const early = new RecordAssembler("peer", 5, 7);
     for (const m of messages) early.push(m);
     assert.throws(() => early.finish(), (e) => e instanceof ExchangeError && /ended at sample 6.*\[5, 7\)/.test(e.message));
     assert.throws(() => new RecordAssembler("peer", 4, 7).push(messages[0]!), /expected sample 4/);
+  });
+
+  test("a vector larger than a message (a per-sample Hessian) travels in pieces and comes back whole", () => {
+    // 300,000 float64 = 2,400,000 bytes: pieces of 1 MiB, 1 MiB and the 302,848 bytes left.
+    const huge = Float64Array.from({ length: 300_000 }, (_, i) => Math.sin(i) * 1e-300);
+    const record: SampleRecord = [new Float64Array([1, 2]), huge, new Float64Array([3])];
+    const messages = [...recordMessages(2, record)];
+    assert.deepEqual(messages.map((m) => [m.firstVector, m.vectors.length, Number(m.vectorBytes), Number(m.vectorOffset), m.vectors[0]!.byteLength]),
+      [[0, 1, 0, 0, 16], [1, 1, 2_400_000, 0, 1 << 20], [1, 1, 2_400_000, 1 << 20, 1 << 20], [1, 1, 2_400_000, 2 << 20, 2_400_000 - (2 << 20)], [2, 1, 0, 0, 8]]);
+    const a = new RecordAssembler("test", 2, 3);
+    for (const m of messages) a.push(m);
+    const got = a.finish().records[0]!;
+    got.forEach((v, k) => assert.ok(bytes(v).equals(bytes(record[k]!)), `vector ${k}`));
+
+    // A piece out of place (the third before the second) names where it was expected.
+    const swapped = new RecordAssembler("peer", 2, 3);
+    swapped.push(messages[0]!);
+    swapped.push(messages[1]!);
+    assert.throws(() => swapped.push(messages[3]!), (e) => e instanceof ExchangeError && /expected the piece of vector 1 at byte 1048576 of 2400000, got 1 vector\(s\) at byte 2097152/.test(e.message));
+    // A stream that ends inside a vector is incomplete.
+    const cut = new RecordAssembler("peer", 2, 3);
+    for (const m of messages.slice(0, 3)) cut.push(m);
+    assert.throws(() => cut.finish(), (e) => e instanceof ExchangeError && /inside its record/.test(e.message));
   });
 
   test("a replica rerun finds its own file and gathers from it: everybody keeps the same bits; a bad own file is written again", async () => {

@@ -42,7 +42,7 @@ cluster (coordinator + workers over gRPC, job state in NATS JetStream):
   submit        prune's job flags (not --threads/--device) [--workers K] [--replicas R] [--keep-work] [--layout L] [--dtype D] [--wait | --watch] [CONNECTION]
                 prints the job id; --wait/--watch follow it and exit 0 only if it SUCCEEDED
                 --replicas R: data-parallel replicas per stage, each calibrating a share of the samples, same bits at
-                any R (atv, wanda; default: the planner chooses, status --json shows stages and replicas)
+                any R (every method but magnitude; default: the planner chooses, status --json shows stages and replicas)
   status        JOB [--json] [CONNECTION]
   watch         JOB [CONNECTION]      the job's events so far, then live; exits like submit --wait
   cancel        JOB [--reason R] [--json] [CONNECTION]

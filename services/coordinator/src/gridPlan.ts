@@ -67,6 +67,7 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
     bytes: blockWeightBytes(linears),
     flops: blockParams(linears),
     workingBytes: definition.workingBytes?.(linears) ?? 0,
+    replicaBytes: options.samples * (definition.recordBytes?.(linears, options.tokensPerSample) ?? 0),
   }));
   const workers = Array.from({ length: options.workers }, (_, i) => ({ address: `worker-${i}`, memoryBytes: options.workerMemoryBytes }));
   const need = Math.max(...blocks.map((b) => blockMemoryNeed(b.bytes, b.workingBytes)));
@@ -88,7 +89,7 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
       index: s.stage, worker: s.worker, firstBlock: s.firstBlock, endBlock: s.endBlock, replicas: R,
       params: mine.reduce((a, b) => a + b.flops, 0),
       weightBytes: mine.reduce((a, b) => a + b.bytes, 0),
-      peakBytes: Math.max(...mine.map((b) => blockMemoryNeed(b.bytes, b.workingBytes))),
+      peakBytes: Math.max(...mine.map((b) => blockMemoryNeed(b.bytes, b.workingBytes) + (R > 1 ? b.replicaBytes : 0))),
       seconds: blockSeconds.slice(s.firstBlock, s.endBlock).reduce((a, b) => a + b, 0) / R,
     };
   });
@@ -99,10 +100,9 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
     const bytes = boundaryBytesPerSample * options.samples;
     return { from: s.index - 1, to: s.index, bytes, seconds: bytes / R / bytesPerSecond };
   });
-  // Per block a replica pulls the other replicas' records: per sample ATV's distances (one per
-  // token) and a sum of squares per distinct input activation, as float64.
-  const recordBytes = (linears: (typeof shape.blockLinears)[number]) =>
-    8 * (options.tokensPerSample + [...new Map(linears.map((l) => [l.activation, l.inDim])).values()].reduce((a, b) => a + b, 0));
+  // Per block a replica pulls the other replicas' records (the method's: ATV's distances, sums
+  // of squares, SparseGPT's per-sample Hessians), as float64.
+  const recordBytes = (linears: (typeof shape.blockLinears)[number]) => definition.recordBytes?.(linears, options.tokensPerSample) ?? 0;
   const othersSamples = options.samples - Math.floor(options.samples / R);
   const exchangeBytes = R > 1 ? shape.blockLinears.map((ls) => othersSamples * recordBytes(ls)) : shape.blockLinears.map(() => 0);
   const exchangeSeconds = exchangeBytes.reduce((a, b) => a + b, 0) / bytesPerSecond;

@@ -175,10 +175,13 @@ export class JobRunner {
 
       await mkdir(workDir, { recursive: true });
       if (this.resume) await this.closeStartsOfPredecessor();
+      const definition = methodDefinition(resolved.method);
+      const longest = samples.reduce((a, s) => Math.max(a, s.tokens), 0);
       const costs = analysis.partition.blockLinears.map((linears) => ({
         bytes: linears.reduce((a, l) => a + data!.byteLength(analysis.index.initializers.get(l.weight)!), 0),
         flops: linears.reduce((a, l) => a + l.inDim * l.outDim, 0),
-        workingBytes: methodDefinition(resolved.method).workingBytes?.(linears) ?? 0,
+        workingBytes: definition.workingBytes?.(linears) ?? 0,
+        replicaBytes: samples.length * (definition.recordBytes?.(linears, longest) ?? 0),
       }));
       await this.deps.acquireWorkers?.(this.spec.workers, this.abort.signal);
       this.throwIfCancelled();
@@ -188,7 +191,7 @@ export class JobRunner {
       const before = this.resume ? await this.deps.store.get(this.jobId) : undefined;
       const grid = planGrid(costs, ready.map((w) => ({ address: w.address, memoryBytes: Number(w.memoryBytes) })), {
         maxWorkers: this.spec.workers, replicas: before?.replicas || this.spec.replicas, samples: samples.length,
-        replicable: methodDefinition(resolved.method).replicable === true, sequential: resolved.propagation === "sequential", method: resolved.method,
+        replicable: definition.replicable === true, sequential: resolved.propagation === "sequential", method: resolved.method,
       });
       this.shards = grid.shards;
       this.replicas = grid.replicas;

@@ -3,7 +3,7 @@
  * compute (FLOPs grow with parameters) and skipping workers whose memory cannot hold a block.
  * Contiguous shards keep the data plane a chain: shard k only talks to shard k-1.
  */
-import { InvalidArgumentError } from "../../core/src/index.js";
+import { checkReplicas, InvalidArgumentError } from "../../core/src/index.js";
 
 export interface BlockCost {
   /** weight bytes of the block (what a worker must hold) */
@@ -12,6 +12,11 @@ export interface BlockCost {
   flops: number;
   /** what the method holds beyond the weights while pruning the block (SparseGPT's Hessians) */
   workingBytes?: number;
+  /**
+   * what a replica of the block's stage also holds: every sample's exchanged records (per-sample
+   * SparseGPT Hessians, sums of squares) when it reduces them; only with more than one replica
+   */
+  replicaBytes?: number;
 }
 
 export interface WorkerCapacity {
@@ -62,19 +67,24 @@ export interface GridRequest {
  */
 export function planGrid(blocks: readonly BlockCost[], workers: readonly WorkerCapacity[], r: GridRequest): PlannedGrid {
   const requested = r.replicas ?? 0;
-  if (requested > 1 && !r.replicable) {
-    throw new InvalidArgumentError("replicas", `method ${r.method} cannot be split over replicas yet (its statistics are not reduced across them); use 1`);
-  }
+  if (requested > 1 && !r.replicable) checkReplicas(r.method, requested);
   if (requested > 1 && requested > r.samples) {
     throw new InvalidArgumentError("replicas", `${requested} replicas for ${r.samples} calibration samples: every replica needs at least one sample`);
   }
-  const eligible = eligibleWorkers(blocks, workers);
-  const w = Math.max(1, Math.min(eligible.length, r.maxWorkers && r.maxWorkers > 0 ? r.maxWorkers : Infinity));
-  const replicas = requested > 0 ? requested : r.replicable && r.sequential && r.samples > 1 ? Math.max(1, Math.min(w, r.samples)) : 1;
+  eligibleWorkers(blocks, workers);
+  // A replica holds every sample's records beside the block: fewer workers may have room for that.
+  const roomy = workers.filter((wk) => wk.memoryBytes >= replicaMemoryNeed(blocks));
+  const w = Math.max(1, Math.min(roomy.length, r.maxWorkers && r.maxWorkers > 0 ? r.maxWorkers : Infinity));
+  const replicas = requested > 0 ? requested : r.replicable && r.sequential && r.samples > 1 && roomy.length > 1 ? Math.max(1, Math.min(w, r.samples)) : 1;
   if (replicas === 1) {
     const shards = planShards(blocks, workers, r.maxWorkers);
     return { stages: shards.length, replicas: 1, shards };
   }
+  if (roomy.length === 0) {
+    const need = replicaMemoryNeed(blocks);
+    throw new InvalidArgumentError("replicas", `a replica of ${r.method} holds every sample's exchanged records beside a block: ${need} bytes, more than any worker has (workers: ${workers.map((wk) => `${wk.address}=${wk.memoryBytes}`).join(", ")}); use 1`);
+  }
+  const eligible = roomy;
   // Replicas first: S stages of R replicas on S * R workers; with fewer workers than R a worker runs more than one.
   const stages = Math.max(1, Math.min(blocks.length, Math.floor(w / replicas)));
   const bounds = balancedPartition(stageCosts(blocks), stages);
@@ -91,6 +101,11 @@ export function planGrid(blocks: readonly BlockCost[], workers: readonly WorkerC
  */
 export function blockMemoryNeed(blockBytes: number, workingBytes = 0): number {
   return Math.ceil(blockBytes * 2) + workingBytes;
+}
+
+/** What a worker running a replica (of a stage with more than one) needs for its largest block. */
+export function replicaMemoryNeed(blocks: readonly BlockCost[]): number {
+  return Math.max(...blocks.map((b) => blockMemoryNeed(b.bytes, b.workingBytes) + (b.replicaBytes ?? 0)));
 }
 
 export function planShards(blocks: readonly BlockCost[], workers: readonly WorkerCapacity[], maxShards?: number): PlannedShard[] {

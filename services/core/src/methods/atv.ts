@@ -6,6 +6,7 @@
 import { CalibrationError } from "../errors.js";
 import { tokenCounts } from "../calib/calibSet.js";
 import { ChannelSquares, channelSquares } from "./channelSquares.js";
+import { channelRecordBytes, distanceRecordBytes } from "./recordBytes.js";
 import type { Method, MethodDefinition } from "./method.js";
 import { atvTokens } from "./tokenPools.js";
 import { scaledMagnitudeMask } from "./wanda.js";
@@ -15,6 +16,7 @@ export const atv: MethodDefinition = {
   needsCalibration: true,
   shownOptions: ["alpha"],
   replicable: true,
+  recordBytes: (linears, tokens) => distanceRecordBytes(tokens) + channelRecordBytes(linears),
   statsInGraph: true,
   create({ alpha }): Method<ChannelSquares> {
     return {

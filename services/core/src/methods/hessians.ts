@@ -1,24 +1,39 @@
 /**
  * SparseGPT's statistic as an accumulator: the Hessian of a linear's input over the pooled tokens
  * (prune/hessian.ts), one per activation tensor so q/k/v (and gate/up) share one in×in matrix.
+ * Replicas of a stage exchange each sample's own A_jᵀA_j (its record) and reduce them in sample
+ * order (pipeline/sampleExchange.ts).
  */
 import type { LinearInfo } from "../graph/linears.js";
 import { HessianAccumulator } from "../prune/hessian.js";
 import { prepareHessian, type PreparedHessian } from "../prune/sparseGpt.js";
-import type { Accumulator, AccumulatorInput, AccumulatorSpec } from "./method.js";
+import type { AccumulatorInput, AccumulatorSpec, ExchangeableAccumulator } from "./method.js";
 
-export class Hessian implements Accumulator {
+export class Hessian implements ExchangeableAccumulator {
   private readonly acc: HessianAccumulator;
   private finished: Float64Array | undefined;
   private prepared: PreparedHessian | undefined;
+  private last: number | undefined;
 
   constructor(tensor: string, channels: number) {
     this.acc = new HessianAccumulator(tensor, channels);
   }
 
-  add({ input, pool, subject }: AccumulatorInput): void {
+  add({ index, input, pool, subject }: AccumulatorInput): void {
     if (this.finished) throw new RangeError(`Hessian of ${this.acc.tensor} was already finished`);
     this.acc.add(input, pool, subject);
+    this.last = index;
+  }
+
+  record(j: number): Float64Array {
+    if (this.last !== j) throw new RangeError(`Hessian of ${this.acc.tensor}: the last sample added is ${this.last ?? "none"}, not ${j}`);
+    return this.acc.record();
+  }
+
+  reduce(records: readonly Float64Array[]): void {
+    if (this.finished) throw new RangeError(`Hessian of ${this.acc.tensor} was already finished`);
+    this.acc.reduce(records);
+    this.last = undefined;
   }
 
   /** H = (2/N)·Σ AᵀA, formed once for the linears sharing it (they only read it). */

@@ -34,6 +34,15 @@ export function methodDefinition(name: string, field = "method"): MethodDefiniti
   return m;
 }
 
+/** Refuses more than one replica per stage for a method whose calibration cannot be split. */
+export function checkReplicas(name: string, replicas: number, field = "replicas"): void {
+  if (replicas <= 1) return;
+  const m = methodDefinition(name);
+  if (m.replicable) return;
+  const why = m.needsCalibration ? "its statistics are not reduced across replicas yet" : "it reads no calibration samples, so there is nothing to split";
+  throw new InvalidArgumentError(field, `method ${name} cannot be split over replicas (${why}); use 1`);
+}
+
 /** The method a resolved job runs, with its options. */
 export function createMethod(spec: { method: string } & MethodOptions): Method {
   return methodDefinition(spec.method).create(spec);

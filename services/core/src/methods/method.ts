@@ -223,6 +223,12 @@ export interface MethodDefinition {
    */
   readonly replicable?: boolean;
   /**
+   * Bytes of one sample's records for a block (what a replica sends its peers per sample, and
+   * holds for every sample when it reduces them), for samples of `tokensPerSample` tokens;
+   * present when `replicable`.
+   */
+  recordBytes?(linears: readonly LinearInfo[], tokensPerSample: number): number;
+  /**
    * Bytes the method holds beyond the block's weights while it prunes one block (SparseGPT's
    * in×in Hessians), for the shard planner; absent: small next to the weights.
    */

@@ -10,6 +10,7 @@ import { sparseGptCompressPrepared } from "../prune/sparseGpt.js";
 import { atv } from "./atv.js";
 import { Hessian, hessians } from "./hessians.js";
 import { DEFAULT_ACCUMULATOR_BUDGET_BYTES, type CompressInput, type Compression, type Method, type MethodDefinition } from "./method.js";
+import { distanceRecordBytes, hessianRecordBytes } from "./recordBytes.js";
 import { ATTENDED_TOKENS, atvTokens } from "./tokenPools.js";
 
 /** Compresses a copy of the dense weight: every linear of the block must see dense weights. */
@@ -43,6 +44,8 @@ export const sparseGpt: MethodDefinition = {
   needsCalibration: true,
   shownOptions: [],
   workingBytes: sparseGptWorkingBytes,
+  replicable: true,
+  recordBytes: hessianRecordBytes,
   create(): Method<Hessian> {
     return { name: "sparsegpt", calibration: { pool: ATTENDED_TOKENS, accumulator: hessians }, compress: compressWithHessian };
   },
@@ -53,6 +56,8 @@ export const atvSparseGpt: MethodDefinition = {
   needsCalibration: true,
   shownOptions: ["alpha"],
   workingBytes: sparseGptWorkingBytes,
+  replicable: true,
+  recordBytes: (linears, tokens) => distanceRecordBytes(tokens) + hessianRecordBytes(linears),
   create(options): Method<Hessian> {
     return {
       name: "atv-sparsegpt",

@@ -7,6 +7,7 @@ import { CalibrationError } from "../errors.js";
 import { tokenCounts } from "../calib/calibSet.js";
 import { DAS_PROFILE } from "../profiles/das.js";
 import type { Method, MethodDefinition } from "./method.js";
+import { perLinearRecordBytes } from "./recordBytes.js";
 import { AmiaSquares, amiaSquares } from "./tampStats.js";
 import { ATTENDED_TOKENS } from "./tokenPools.js";
 import { scaledMagnitudeMask } from "./wanda.js";
@@ -15,6 +16,9 @@ export const tamp: MethodDefinition = {
   name: "tamp",
   needsCalibration: true,
   shownOptions: [],
+  // AMIA's sums of squares reduce like Wanda's; the DAS profile's dense pre-pass runs on one worker.
+  replicable: true,
+  recordBytes: perLinearRecordBytes,
   // The official code ignores DAS for N:M (T wanda_pruner.py:481-487).
   ownProfile: (pattern) => (pattern.kind === "nm" ? "uniform" : DAS_PROFILE),
   create(): Method<AmiaSquares> {

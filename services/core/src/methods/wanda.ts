@@ -4,6 +4,7 @@
  */
 import type { MaskResult } from "../prune/maskSelect.js";
 import { ChannelSquares, channelSquares } from "./channelSquares.js";
+import { channelRecordBytes } from "./recordBytes.js";
 import type { CompressInput, Compression, Method, MethodDefinition } from "./method.js";
 import { ATTENDED_TOKENS } from "./tokenPools.js";
 
@@ -18,6 +19,7 @@ export const wanda: MethodDefinition = {
   needsCalibration: true,
   shownOptions: [],
   replicable: true,
+  recordBytes: channelRecordBytes,
   statsInGraph: true,
   create(): Method<ChannelSquares> {
     return { name: "wanda", calibration: { pool: ATTENDED_TOKENS, accumulator: channelSquares }, compress: scaledMagnitudeMask };

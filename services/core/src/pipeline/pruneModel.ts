@@ -16,7 +16,7 @@ import { TensorData } from "../onnx/tensorData.js";
 import { tokenCounts } from "../calib/calibSet.js";
 import { InferenceHost } from "../runtime/inferenceHost.js";
 import { clampThreads } from "../runtime/threadLimit.js";
-import { createMethod, methodDefinition } from "../methods/index.js";
+import { checkReplicas, createMethod, methodDefinition } from "../methods/index.js";
 import { planJob, planTargets, selectPrunable } from "../plan/jobPlan.js";
 import { jobProfile } from "../profiles/index.js";
 import { profileTargets } from "./profilePhase.js";
@@ -79,7 +79,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
       ? await profileTargets(new BlockEngine(context), jobProfile(spec), { sparsity: spec.sparsity, linears: selection })
       : planTargets(plan);
     const replicas = options.replicas ?? 1;
-    if (replicas > 1 && !methodDefinition(spec.method).replicable) throw new InvalidArgumentError("replicas", `method ${spec.method} cannot be split over replicas yet (its statistics are not reduced across them); use 1`);
+    checkReplicas(spec.method, replicas);
     const hub = replicas > 1 ? new LocalExchangeHub(samples.length, replicas) : undefined;
     const engines = Array.from({ length: replicas }, (_, r) => new BlockEngine({ ...context, targets, ...(hub ? { exchange: hub.member(r) } : {}) }));
     emit({ type: "job_started", blocks: analysis.partition.numBlocks, samples: samples.length, method: spec.method, graphAnalysis: analysis.partition.method });

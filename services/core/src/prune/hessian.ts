@@ -1,8 +1,10 @@
 /**
  * SparseGPT's Hessian of one linear's input (METHODS.md §1 step 2): H = (2/N) Σ_j A_jᵀA_j over
- * the pooled tokens of every sample, N the number of samples. Accumulated in float64, samples in
- * order, tokens in order, so every mode of the system gets the same bits. Linears that read the
- * same activation (q/k/v, gate/up) share one accumulator: the Hessian depends only on the input.
+ * the pooled tokens of every sample, N the number of samples. Accumulated in float64: each
+ * sample's own A_jᵀA_j first (tokens in order), then the samples' matrices added in sample order,
+ * so replicas that each formed a share of the samples' matrices and exchanged them get the bits
+ * of one process (pipeline/sampleExchange.ts). Linears that read the same activation (q/k/v,
+ * gate/up) share one accumulator: the Hessian depends only on the input.
  */
 import { halfToFloatTable } from "../onnx/dtype.js";
 import { NumericError } from "../errors.js";
@@ -12,29 +14,38 @@ import type { WireTensor } from "../runtime/wireTensor.js";
 const TOKENS_AT_ONCE = 4;
 
 export class HessianAccumulator {
-  /** Upper triangle (row-major, i <= j) of Σ AᵀA; the lower half is filled by finish(). */
+  /** Upper triangle (row-major, i <= j) of Σ_j A_jᵀA_j; the lower half is filled by finish(). */
   private readonly sum: Float64Array;
+  /** Upper triangle of the last sample's own A_jᵀA_j (its record), before it joined the sum. */
+  private readonly sample: Float64Array;
   /** up to TOKENS_AT_ONCE pooled tokens' activations, as float64, row after row */
   private readonly rows: Float64Array;
 
   constructor(readonly tensor: string, readonly channels: number) {
     this.sum = new Float64Array(channels * channels);
+    this.sample = new Float64Array(channels * channels);
     this.rows = new Float64Array(TOKENS_AT_ONCE * channels);
   }
 
   /**
-   * Bytes this accumulator holds (for the shard planner's memory estimate): the sum and a row;
-   * the other held rows (3n float64) are left out, as the slab copies of the compression are.
+   * Bytes this accumulator holds (for the shard planner's memory estimate): the sum, the
+   * sample's matrix and a row; the other held rows (3n float64) are left out, as the slab copies
+   * of the compression are.
    */
   static bytes(channels: number): number {
-    return channels * channels * 8 + channels * 8;
+    return 2 * channels * channels * 8 + channels * 8;
+  }
+
+  /** Float64 entries of one sample's record: the upper triangle of A_jᵀA_j, row by row. */
+  static recordLength(channels: number): number {
+    return (channels * (channels + 1)) / 2;
   }
 
   /**
-   * Adds the pooled tokens of one sample's activation ([.., T, channels]): Σ[i,j] += a_i·a_j per
-   * token, in token order (a term with a_i = 0 changes nothing). Four tokens at a time, so each
-   * entry is read and written once per four terms (the sum matrix does not fit a cache) with the
-   * same additions in the same order.
+   * Adds the pooled tokens of one sample's activation ([.., T, channels]): the sample's own
+   * P[i,j] = Σ_t a_i·a_j, in token order (a term with a_i = 0 changes nothing), four tokens at a
+   * time so each entry is read and written once per four terms (the matrix does not fit a cache)
+   * with the same additions in the same order; then Σ += P.
    */
   add(act: WireTensor, pool: Uint8Array, sampleSubject: string): void {
     const n = this.channels;
@@ -45,6 +56,7 @@ export class HessianAccumulator {
     if (act.type !== "float32" && act.type !== "float16") throw new NumericError(this.tensor, `activations of type ${act.type} are not supported`);
     const table = act.type === "float16" ? halfToFloatTable() : null;
     const rows = this.rows;
+    this.sample.fill(0);
     let held = 0;
     for (let t = 0; t < tokens; t++) {
       if (!pool[t]) continue;
@@ -61,13 +73,49 @@ export class HessianAccumulator {
       }
     }
     this.addRows(held);
+    this.addToSum(this.sample, (i, j) => i * n + j);
+  }
+
+  /** The last added sample's A_jᵀA_j (upper triangle, row by row): what a replica exchanges. */
+  record(): Float64Array {
+    const n = this.channels;
+    const out = new Float64Array(HessianAccumulator.recordLength(n));
+    let k = 0;
+    for (let i = 0; i < n; i++) {
+      out.set(this.sample.subarray(i * n + i, i * n + n), k);
+      k += n - i;
+    }
+    return out;
+  }
+
+  /** Replaces the sum by every sample's record (index = sample) added in sample order. */
+  reduce(records: readonly Float64Array[]): void {
+    const n = this.channels;
+    const length = HessianAccumulator.recordLength(n);
+    this.sum.fill(0);
+    records.forEach((p, j) => {
+      if (p.length !== length) throw new NumericError(this.tensor, `sample ${j}'s Hessian record has ${p.length} entries, expected ${length}`);
+      // Packed row i starts at i·n − i(i−1)/2; entry (i, j) is j − i further.
+      this.addToSum(p, (i, c) => i * n - (i * (i - 1)) / 2 + (c - i));
+    });
+  }
+
+  /** Σ[i,j] += p[at(i, j)] over the upper triangle. */
+  private addToSum(p: Float64Array, at: (i: number, j: number) => number): void {
+    const n = this.channels;
+    const sum = this.sum;
+    for (let i = 0; i < n; i++) {
+      const from = at(i, i) - i;
+      const off = i * n;
+      for (let j = i; j < n; j++) sum[off + j] = sum[off + j]! + p[from + j]!;
+    }
   }
 
   /** Adds the first `count` held rows' terms, row 0 first. */
   private addRows(count: number): void {
     const n = this.channels;
     const rows = this.rows;
-    const sum = this.sum;
+    const sum = this.sample;
     if (count !== TOKENS_AT_ONCE) {
       for (let i = 0; i < n; i++) for (let r = 0; r < count; r++) this.addRow(r, i);
       return;
@@ -108,7 +156,7 @@ export class HessianAccumulator {
     const at = r * n;
     const a = this.rows[at + i]!;
     if (a === 0) return;
-    const sum = this.sum;
+    const sum = this.sample;
     const off = i * n;
     for (let j = i; j < n; j++) sum[off + j]! += a * this.rows[at + j]!;
   }

@@ -162,7 +162,7 @@ export type JobSpec = Message<"atvprune.v1.JobSpec"> & {
 
   /**
    * data-parallel replicas per stage: each calibrates a share of the samples, and the per-sample
-   * statistics are reduced so the bits never depend on it (atv, wanda); 0 = the planner chooses
+   * statistics are reduced so the bits never depend on it (every method but magnitude); 0 = the planner chooses
    *
    * @generated from field: uint32 replicas = 30;
    */

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file atvprune/v1/worker_data.proto.
  */
 export const file_atvprune_v1_worker_data: GenFile = /*@__PURE__*/
-  fileDesc("Ch1hdHZwcnVuZS92MS93b3JrZXJfZGF0YS5wcm90bxILYXR2cHJ1bmUudjEiagoRUHVsbFN0YXRlc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBWJsb2NrGAIgASgNEhMKC2Zyb21fc2FtcGxlGAMgASgNEg8KB3JlcGxpY2EYBCABKA0SEAoIcmVwbGljYXMYBSABKA0ilgEKClN0YXRlQ2h1bmsSDgoGc2FtcGxlGAEgASgNEg4KBnRlbnNvchgCIAEoCRIMCgR0eXBlGAMgASgJEgwKBGRpbXMYBCADKA0SEwoLdG90YWxfYnl0ZXMYBSABKAQSDgoGb2Zmc2V0GAYgASgEEgwKBGRhdGEYByABKAwSGQoRdGVuc29yc19pbl9zYW1wbGUYCCABKA0iVAoTUHVsbEV4Y2hhbmdlUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDQoFYmxvY2sYAiABKA0SDQoFdG9waWMYAyABKAkSDwoHcmVwbGljYRgEIAEoDSJiCg5FeGNoYW5nZVJlY29yZBIOCgZzYW1wbGUYASABKA0SDwoHdmVjdG9ycxgCIAMoDBIUCgxmaXJzdF92ZWN0b3IYAyABKA0SGQoRdmVjdG9yc19pbl9yZWNvcmQYBCABKA0yrQEKEVdvcmtlckRhdGFTZXJ2aWNlEkcKClB1bGxTdGF0ZXMSHi5hdHZwcnVuZS52MS5QdWxsU3RhdGVzUmVxdWVzdBoXLmF0dnBydW5lLnYxLlN0YXRlQ2h1bmswARJPCgxQdWxsRXhjaGFuZ2USIC5hdHZwcnVuZS52MS5QdWxsRXhjaGFuZ2VSZXF1ZXN0GhsuYXR2cHJ1bmUudjEuRXhjaGFuZ2VSZWNvcmQwAWIGcHJvdG8z");
+  fileDesc("Ch1hdHZwcnVuZS92MS93b3JrZXJfZGF0YS5wcm90bxILYXR2cHJ1bmUudjEiagoRUHVsbFN0YXRlc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBWJsb2NrGAIgASgNEhMKC2Zyb21fc2FtcGxlGAMgASgNEg8KB3JlcGxpY2EYBCABKA0SEAoIcmVwbGljYXMYBSABKA0ilgEKClN0YXRlQ2h1bmsSDgoGc2FtcGxlGAEgASgNEg4KBnRlbnNvchgCIAEoCRIMCgR0eXBlGAMgASgJEgwKBGRpbXMYBCADKA0SEwoLdG90YWxfYnl0ZXMYBSABKAQSDgoGb2Zmc2V0GAYgASgEEgwKBGRhdGEYByABKAwSGQoRdGVuc29yc19pbl9zYW1wbGUYCCABKA0iVAoTUHVsbEV4Y2hhbmdlUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDQoFYmxvY2sYAiABKA0SDQoFdG9waWMYAyABKAkSDwoHcmVwbGljYRgEIAEoDSKPAQoORXhjaGFuZ2VSZWNvcmQSDgoGc2FtcGxlGAEgASgNEg8KB3ZlY3RvcnMYAiADKAwSFAoMZmlyc3RfdmVjdG9yGAMgASgNEhkKEXZlY3RvcnNfaW5fcmVjb3JkGAQgASgNEhQKDHZlY3Rvcl9ieXRlcxgFIAEoBBIVCg12ZWN0b3Jfb2Zmc2V0GAYgASgEMq0BChFXb3JrZXJEYXRhU2VydmljZRJHCgpQdWxsU3RhdGVzEh4uYXR2cHJ1bmUudjEuUHVsbFN0YXRlc1JlcXVlc3QaFy5hdHZwcnVuZS52MS5TdGF0ZUNodW5rMAESTwoMUHVsbEV4Y2hhbmdlEiAuYXR2cHJ1bmUudjEuUHVsbEV4Y2hhbmdlUmVxdWVzdBobLmF0dnBydW5lLnYxLkV4Y2hhbmdlUmVjb3JkMAFiBnByb3RvMw");
 
 /**
  * The boundary state entering block `block` (the output of block - 1), from sample `from_sample`.
@@ -153,7 +153,9 @@ export const PullExchangeRequestSchema: GenMessage<PullExchangeRequest> = /*@__P
 
 /**
  * One sample's record, or part of it: a large record spans consecutive messages, split between
- * vectors (first_vector is the index of vectors[0] in the record).
+ * vectors (first_vector is the index of vectors[0] in the record). A vector larger than a
+ * message (a per-sample SparseGPT Hessian) travels in pieces: a message with vector_bytes > 0
+ * carries one piece of vector first_vector, vector_offset bytes into it, in vectors[0].
  *
  * @generated from message atvprune.v1.ExchangeRecord
  */
@@ -181,6 +183,18 @@ export type ExchangeRecord = Message<"atvprune.v1.ExchangeRecord"> & {
    * @generated from field: uint32 vectors_in_record = 4;
    */
   vectorsInRecord: number;
+
+  /**
+   * the whole vector's size when this message carries a piece of it; 0: whole vectors
+   *
+   * @generated from field: uint64 vector_bytes = 5;
+   */
+  vectorBytes: bigint;
+
+  /**
+   * @generated from field: uint64 vector_offset = 6;
+   */
+  vectorOffset: bigint;
 };
 
 /**

@@ -24,7 +24,7 @@ import { exists } from "../checkpoint/checkpoints.js";
 import { ExchangeError } from "../errors.js";
 import { checkTopic, exchangePath, readExchangeFile, writeExchangeFile } from "./exchangeFile.js";
 import type { ExchangeRegistry } from "./exchangeRegistry.js";
-import { checkVectorSizes, expectRecords, RecordAssembler, type ReplicaRecords } from "./exchangeWire.js";
+import { checkVectors, expectRecords, RecordAssembler, type ReplicaRecords } from "./exchangeWire.js";
 
 export interface ReplicaExchangeOptions {
   jobId: string;
@@ -139,7 +139,7 @@ export class GrpcReplicaExchange implements SampleExchange {
     for (let j = first; j < end; j++) {
       const r = own.get(j);
       if (!r) throw new InvalidArgumentError("own", `block ${block} topic ${topic}: no record of sample ${j}; replica ${this.slice.replica} owns samples [${first}, ${end})`);
-      checkVectorSizes(r, `${this.subject(block, topic, this.slice.replica)}, sample ${j}`);
+      checkVectors(r, `${this.subject(block, topic, this.slice.replica)}, sample ${j}`);
       records.push(r);
     }
     if (own.size !== end - first) throw new InvalidArgumentError("own", `block ${block} topic ${topic}: ${own.size} records; replica ${this.slice.replica} owns the ${end - first} samples [${first}, ${end})`);
