@@ -23,11 +23,13 @@ import { startNatsServer } from "../services/coordinator/src/state/natsServer.js
 import { startCoordinator } from "../services/coordinator/src/coordinator.js";
 import type { BenchLine } from "./benchLine.js";
 import { pruneInChild } from "./pruneBench.js";
+import { WORKER_NODE_FLAGS } from "../services/worker/src/nodeFlags.js";
 
 const WORKER_MAIN = fileURLToPath(new URL("../services/worker/src/main.js", import.meta.url));
 
 async function startWorkerProcess(threads: number, allowRoot: string): Promise<{ address: string; pid: number; stop(): Promise<void> }> {
-  const child = spawn(process.execPath, [WORKER_MAIN, "--listen", "127.0.0.1:0", "--threads", String(threads), "--insecure", "--allow-root", allowRoot], { stdio: ["ignore", "pipe", "inherit"] });
+  // As the worker image and `atvp cluster up` run it.
+  const child = spawn(process.execPath, [...WORKER_NODE_FLAGS, WORKER_MAIN, "--listen", "127.0.0.1:0", "--threads", String(threads), "--insecure", "--allow-root", allowRoot], { stdio: ["ignore", "pipe", "inherit"] });
   const line = await new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).once("line", resolve);
     child.once("exit", (code) => reject(new Error(`worker exited ${code}`)));

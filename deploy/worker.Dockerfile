@@ -48,5 +48,6 @@ COPY --from=build /src/dist/services ./dist/services
 COPY package.json ./
 USER 10001:10001
 EXPOSE 50051 9090
-ENTRYPOINT ["node", "dist/services/worker/src/main.js"]
+# Node options: services/worker/src/nodeFlags.ts (V8 reads heap sizes only at start).
+ENTRYPOINT ["node", "--initial-old-space-size=256", "dist/services/worker/src/main.js"]
 CMD ["--listen", "0.0.0.0:50051", "--device", "auto", "--metrics-port", "9090"]

@@ -14,6 +14,7 @@ import { createClient } from "../../services/rpc/grpcAdapter.js";
 import { channelCredentials, channelOptions, type TlsConfig } from "../../services/rpc/credentials.js";
 import { bearerClientOptions } from "../../services/rpc/bearerAuth.js";
 import { CLI, tempDir } from "../support/fixtures.js";
+import { WORKER_NODE_FLAGS } from "../../services/worker/src/nodeFlags.js";
 
 const tmp = tempDir("cluster-cli");
 const clusterDir = join(tmp.path, "cluster");
@@ -100,6 +101,13 @@ test("secure by default: cluster up, submit --wait, status, watch, a coordinator
   const cluster = JSON.parse(readFileSync(join(clusterDir, "cluster.json"), "utf8")) as ClusterJson;
   assert.match(cluster.coordinator, /^127\.0\.0\.1:\d+$/);
   assert.equal(cluster.workers.length, 2);
+  // The workers run with their node options (services/worker/src/nodeFlags.ts), as in the image.
+  for (const w of cluster.workers) {
+    const argv = readFileSync(`/proc/${w.pid}/cmdline`, "utf8").split("\0");
+    const main = argv.findIndex((a) => a.endsWith("services/worker/src/main.js"));
+    assert.ok(main > 0, argv.join(" "));
+    assert.deepEqual(argv.slice(1, main), [...WORKER_NODE_FLAGS], `worker ${w.pid}: ${argv.join(" ")}`);
+  }
 
   // The cluster's credentials: in the cluster folder, keys and token readable by their owner only.
   assert.equal(cluster.insecure, false);

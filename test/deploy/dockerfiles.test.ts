@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join, posix } from "node:path";
 import { test } from "node:test";
 import { CHART_DIR, REPO, readYamlFile } from "./deployFiles.js";
+import { WORKER_NODE_FLAGS } from "../../services/worker/src/nodeFlags.js";
 
 interface Instruction {
   op: string;
@@ -176,10 +177,10 @@ function checkCopies(df: Dockerfile): void {
   }
 }
 
-function checkEntrypoint(df: Dockerfile, entry: string): void {
+function checkEntrypoint(df: Dockerfile, entry: string, nodeFlags: readonly string[] = []): void {
   const final = df.stages[df.stages.length - 1]!;
   const ep = exec(final, "ENTRYPOINT");
-  assert.deepEqual(ep, ["node", entry], `${df.path}: ENTRYPOINT`);
+  assert.deepEqual(ep, ["node", ...nodeFlags, entry], `${df.path}: ENTRYPOINT`);
   // It exists in the build output of `npx tsc` (which these tests run from) and in the image.
   assert.ok(existsSync(join(REPO, entry)), `${entry} is not in the build output (run npx tsc -p tsconfig.json)`);
   const rel = posix.relative(final.workdir, posix.resolve(final.workdir, entry));
@@ -225,7 +226,8 @@ test("both images compile on node:24-bookworm and run a compiled entry point as 
   const coordinator = parseDockerfile("deploy/coordinator.Dockerfile");
   checkBuildStage(worker);
   checkBuildStage(coordinator);
-  checkEntrypoint(worker, "dist/services/worker/src/main.js");
+  // The worker's node options (services/worker/src/nodeFlags.ts), as `atvp cluster up` passes them.
+  checkEntrypoint(worker, "dist/services/worker/src/main.js", WORKER_NODE_FLAGS);
   checkEntrypoint(coordinator, "dist/services/coordinator/src/main.js");
   checkDocumentedTag("deploy/worker.Dockerfile", "worker");
   checkDocumentedTag("deploy/coordinator.Dockerfile", "coordinator");

@@ -15,6 +15,7 @@ import { availableParallelism } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { InvalidArgumentError } from "../../../core/src/index.js";
+import { WORKER_NODE_FLAGS } from "../../../worker/src/nodeFlags.js";
 import { int, list, num, parse, str, type Options } from "../args.js";
 import { CliError } from "../cliError.js";
 import { clusterFilePath, DEFAULT_CLUSTER_DIR, hasClusterFile, readClusterFile, removeClusterFile, writeClusterFile, type ClusterFile } from "../clusterFile.js";
@@ -177,13 +178,13 @@ function startNats(bin: string, dir: string, readyMs: number, ports: PortPicker,
     (s, [port]) => waitForNats(s, port!, HOST, readyMs, signal));
 }
 
-/** A service listening on a fixed gRPC port and a fixed metrics port. */
+/** A service listening on a fixed gRPC port and a fixed metrics port, run by node with `nodeFlags`. */
 function startService(
   name: string, main: string, args: (grpcPort: number, metricsPort: number) => string[], log: string, readyMs: number,
-  ports: PortPicker, started: Started[], signal: AbortSignal,
+  ports: PortPicker, started: Started[], signal: AbortSignal, nodeFlags: readonly string[] = [],
 ): Promise<{ s: Started; ready: ReadyLine }> {
   return startOnFreePorts(name, 2, ports, started, signal,
-    ([grpcPort, metricsPort]) => startDetached(name, process.execPath, [main, ...args(grpcPort!, metricsPort!)], log),
+    ([grpcPort, metricsPort]) => startDetached(name, process.execPath, [...nodeFlags, main, ...args(grpcPort!, metricsPort!)], log),
     (s) => waitForReadyLine(s, readyMs, signal));
 }
 
@@ -246,7 +247,7 @@ async function clusterUp(argv: string[]): Promise<number> {
       startService(`worker ${i}`, WORKER_MAIN, (port, metrics) => [
         "--listen", `${HOST}:${port}`, "--threads", String(settings.threads), "--metrics-port", String(metrics),
         ...security.worker, ...allowRoots, "--work-root", jobs,
-      ], join(logs, `worker-${i}.log`), settings.readyTimeoutMs, ports, started, interrupt.signal)));
+      ], join(logs, `worker-${i}.log`), settings.readyTimeoutMs, ports, started, interrupt.signal, WORKER_NODE_FLAGS)));
     const coordinator = await startService("coordinator", COORDINATOR_MAIN, (port, metrics) => [
       "--listen", `${HOST}:${port}`, "--nats", natsUrl,
       ...workers.flatMap((w) => ["--worker", w.ready.address]),
