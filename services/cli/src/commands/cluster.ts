@@ -15,7 +15,7 @@ import { availableParallelism } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { InvalidArgumentError } from "../../../core/src/index.js";
-import { WORKER_NODE_FLAGS } from "../../../worker/src/nodeFlags.js";
+import { WORKER_NODE_FLAGS } from "../../../worker/src/index.js";
 import { int, list, num, parse, str, type Options } from "../args.js";
 import { CliError } from "../cliError.js";
 import { clusterFilePath, DEFAULT_CLUSTER_DIR, hasClusterFile, readClusterFile, removeClusterFile, writeClusterFile, type ClusterFile } from "../clusterFile.js";
