@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { tempDir } from "../support/fixtures.js";
 import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
 import { MaskPool, maskPoolLimits, type MaskJob } from "../../services/core/src/prune/maskPool.js";
+import { MaskBuffers } from "../../services/core/src/prune/maskBuffers.js";
 import { computeMask, computeMaskColumns, kernelLimits, parsePattern, type MaskOptions } from "../../services/core/src/prune/maskSelect.js";
 import { OnnxDataType } from "../../services/core/src/onnx/dtype.js";
 import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
@@ -325,5 +326,46 @@ describe("MaskPool errors", () => {
     await pool.close();
     await pool.close(); // idempotent
     await assert.rejects(pool.computeMasks([job]), RuntimeError);
+  });
+});
+
+describe("mask buffers reused from block to block", () => {
+  test("computeMask into a dirty buffer of the right size gives the bits of a new one; the wrong size names the weight", () => {
+    const rand = mulberry32(7);
+    for (const kind of ["ties", "wide"] as const) {
+      const rows = randomRows(rand, 48, 40, kind);
+      const scale = randomScale(rand, 48, kind);
+      for (const dataType of TYPES) {
+        for (const options of [{ sparsity: 0.5, pattern: { kind: "unstructured" as const } }, { sparsity: 0.5, pattern: parsePattern("2:4") }]) {
+          const w = weight(rows, dataType, "in_out", "reused");
+          const fresh = computeMask(w, scale, options);
+          const dirty = new Uint8Array(48 * 40).fill(1);
+          const reused = computeMask(w, scale, options, dirty);
+          assert.equal(reused.mask, dirty, "written into the given buffer");
+          assert.deepEqual([...reused.mask], [...fresh.mask]);
+          assert.equal(reused.pruned, fresh.pruned);
+        }
+      }
+    }
+    const w = weight(randomRows(rand, 8, 4, "continuous"), OnnxDataType.FLOAT, "in_out", "model.layers.3.mlp.up_proj");
+    assert.throws(() => computeMask(w, null, { sparsity: 0.5, pattern: { kind: "unstructured" } }, new Uint8Array(31)), /model\.layers\.3\.mlp\.up_proj.*31 bytes does not fit a 8x4 weight/);
+  });
+
+  test("MaskBuffers: a given-back mask serves the next job of its size; shared and partial views are not kept", async () => {
+    const buffers = new MaskBuffers();
+    const mask = new Uint8Array(32);
+    buffers.give(mask);
+    buffers.give(mask);
+    buffers.give(new Uint8Array(new SharedArrayBuffer(32)));
+    buffers.give(new Uint8Array(new ArrayBuffer(64), 0, 32));
+    assert.equal(buffers.take(16), undefined);
+    assert.equal(buffers.take(32), mask);
+    assert.equal(buffers.take(32), undefined, "each buffer once");
+    // Through the selector: the job gets the recycled buffer, and the pool writes its mask there.
+    const w = weight(randomRows(mulberry32(3), 8, 4, "continuous"), OnnxDataType.FLOAT, "in_out", "w");
+    buffers.give(mask);
+    const [r] = await buffers.selector(pools[0]!).computeMasks([{ weight: w, scale: new Float64Array(8).fill(1), options: { sparsity: 0.5, pattern: { kind: "unstructured" } } }]);
+    assert.equal(r!.mask, mask);
+    assert.equal(r!.pruned, 16);
   });
 });

@@ -30,6 +30,7 @@ import {
 } from "../methods/index.js";
 import type { LinearTargets, ProfilePrePass } from "../profiles/index.js";
 import { applyMask, type WeightMatrix } from "../prune/maskSelect.js";
+import { MaskBuffers } from "../prune/maskBuffers.js";
 import { MaskPool } from "../prune/maskPool.js";
 import { BufferPool } from "../runtime/bufferPool.js";
 import type { InferenceHost, SessionHandle } from "../runtime/inferenceHost.js";
@@ -145,6 +146,7 @@ export interface BlockResult {
 
 export class BlockEngine {
   private readonly pool = new BufferPool();
+  private readonly maskBuffers = new MaskBuffers();
   private readonly method: Method;
   /** sessions whose graph computes the statistics (--stats graph) */
   private readonly statsGraphs = new WeakMap<SessionHandle, StatsGraph>();
@@ -210,7 +212,7 @@ export class BlockEngine {
           done.push(...await this.compressLinears(groups[g]!, weights, calibrated.stats));
         }
         done.sort((x, y) => toPrune.indexOf(x.linear) - toPrune.indexOf(y.linear));
-        compressed = applyCompressions(done);
+        compressed = applyCompressions(done, this.maskBuffers);
         // Step 7: the pruned block's outputs feed the next block.
         if (!dense) {
           await host.bind(session, boundTensors(cut, weights, this.ctx.index));
@@ -431,7 +433,7 @@ export class BlockEngine {
 
   /** Steps 4-6: every linear of the block is compressed from dense weights before any changes. */
   private async compress(linears: readonly LinearInfo[], weights: Map<string, WeightMatrix>, stats: ReadonlyMap<string, Accumulator>): Promise<Compressed[]> {
-    return applyCompressions(await this.compressLinears(linears, weights, stats));
+    return applyCompressions(await this.compressLinears(linears, weights, stats), this.maskBuffers);
   }
 
   /** The compress step of every linear, from the dense weights; nothing is applied yet. */
@@ -440,7 +442,7 @@ export class BlockEngine {
     return Promise.all(linears.map(async (linear) => {
       const weight = weights.get(linear.weight)!;
       const target = { sparsity: this.targetOf(linear), pattern: spec.pattern };
-      return { linear, weight, target: target.sparsity, result: await this.method.compress({ weight, linear, stats: stats.get(linear.weight), samples: samples.length, target, masks: this.ctx.maskPool ?? INLINE_MASKS }) };
+      return { linear, weight, target: target.sparsity, result: await this.method.compress({ weight, linear, stats: stats.get(linear.weight), samples: samples.length, target, masks: this.maskBuffers.selector(this.ctx.maskPool ?? INLINE_MASKS) }) };
     }));
   }
 
@@ -573,10 +575,13 @@ interface CompressedLinear {
 }
 
 /** Masks zero their entries, new weights replace the old: only once every linear of the block was compressed. */
-function applyCompressions(done: readonly CompressedLinear[]): Compressed[] {
+/** Applies every compression; the masks, read for the last time, go back to `masks` for the next block. */
+function applyCompressions(done: readonly CompressedLinear[], masks: MaskBuffers): Compressed[] {
   for (const { weight, result } of done) {
-    if (result.kind === "mask") applyMask(weight, result.mask);
-    else replaceWeight(weight, result.bytes);
+    if (result.kind === "mask") {
+      applyMask(weight, result.mask);
+      masks.give(result.mask);
+    } else replaceWeight(weight, result.bytes);
   }
   return done.map(({ linear, weight, target, result }) => ({ linear, dataType: weight.dataType, target, pruned: result.pruned, facts: result.facts }));
 }

@@ -26,6 +26,11 @@ export interface MaskJob {
   /** s[c] per input channel; null for magnitude */
   scale: Float64Array | null;
   options: MaskOptions;
+  /**
+   * in·out bytes to write the mask into (an earlier block's, recycled: no new pages to map);
+   * absent: a new buffer. Used where the mask is computed on the calling thread.
+   */
+  into?: Uint8Array;
 }
 
 /** Column ranges start at multiples of this, so no thread gets a sliver of a tile. */
@@ -111,7 +116,7 @@ export class MaskPool {
   async computeMasks(jobs: readonly MaskJob[]): Promise<MaskResult[]> {
     if (this.closed) throw new RuntimeError("mask pool", "is closed");
     const scopes = jobs.map((j) => checkMaskJob(j.weight, j.scale, j.options));
-    if (this.workers.length === 0) return jobs.map((j) => computeMask(j.weight, j.scale, j.options));
+    if (this.workers.length === 0) return jobs.map((j) => computeMask(j.weight, j.scale, j.options, j.into));
     const batch = this.queue.then(() => this.runInGroups(jobs, scopes));
     this.queue = batch.catch(() => {});
     return batch;
@@ -132,7 +137,7 @@ export class MaskPool {
       const size = aligned8(jobs[i]!.weight.bytes.byteLength);
       if (bytes + size > maskPoolLimits.sharedBytes) await flush();
       if (size > maskPoolLimits.sharedBytes) {
-        results.push(computeMask(jobs[i]!.weight, jobs[i]!.scale, jobs[i]!.options));
+        results.push(computeMask(jobs[i]!.weight, jobs[i]!.scale, jobs[i]!.options, jobs[i]!.into));
         continue;
       }
       group.push(i);

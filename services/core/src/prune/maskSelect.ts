@@ -65,10 +65,14 @@ export interface MaskResult {
   total: number;
 }
 
-export function computeMask(w: WeightMatrix, scale: Float64Array | null, opts: MaskOptions): MaskResult {
+/** The mask of `w`; written into `into` (cleared first) when given, else into a new buffer. */
+export function computeMask(w: WeightMatrix, scale: Float64Array | null, opts: MaskOptions, into?: Uint8Array): MaskResult {
   const total = w.inDim * w.outDim;
-  const mask = new Uint8Array(total);
-  if (checkMaskJob(w, scale, opts) === "matrix") {
+  const scope = checkMaskJob(w, scale, opts);
+  if (into && into.length !== total) throw new InvalidArgumentError(w.name, `a mask buffer of ${into.length} bytes does not fit a ${w.inDim}x${w.outDim} weight`);
+  // A recycled buffer (an earlier block's mask) is cleared; its pages are already mapped.
+  const mask = into ? into.fill(0) : new Uint8Array(total);
+  if (scope === "matrix") {
     const pruned = markMatrixSmallest(w, readView(w), Math.floor(total * opts.sparsity), mask);
     return { mask, pruned, total };
   }

@@ -21,9 +21,7 @@ export function runMaskTaskOn(t: MaskTask, w: WeightMatrix, masks: SharedArrayBu
   const mask = new Uint8Array(masks, t.maskOffset, w.inDim * w.outDim);
   if (t.range === "whole") {
     awaitRows?.(w.inDim);
-    const result = computeMask(w, t.scale, t.options);
-    mask.set(result.mask);
-    return result.pruned;
+    return computeMask(w, t.scale, t.options, mask).pruned;
   }
   return computeMaskColumns(w, t.scale, t.options, t.range.begin, t.range.end, mask, awaitRows);
 }
