@@ -71,9 +71,11 @@ export function planGrid(blocks: readonly BlockCost[], workers: readonly WorkerC
   if (requested > 1 && requested > r.samples) {
     throw new InvalidArgumentError("replicas", `${requested} replicas for ${r.samples} calibration samples: every replica needs at least one sample`);
   }
+  // Refuses, naming the workers, when none holds even one block.
   eligibleWorkers(blocks, workers);
   // A replica holds every sample's records beside the block: fewer workers may have room for that.
-  const roomy = workers.filter((wk) => wk.memoryBytes >= replicaMemoryNeed(blocks));
+  const replicaNeed = replicaMemoryNeed(blocks);
+  const roomy = workers.filter((wk) => wk.memoryBytes >= replicaNeed);
   const w = Math.max(1, Math.min(roomy.length, r.maxWorkers && r.maxWorkers > 0 ? r.maxWorkers : Infinity));
   const replicas = requested > 0 ? requested : r.replicable && r.sequential && r.samples > 1 && roomy.length > 1 ? Math.max(1, Math.min(w, r.samples)) : 1;
   if (replicas === 1) {
@@ -81,16 +83,14 @@ export function planGrid(blocks: readonly BlockCost[], workers: readonly WorkerC
     return { stages: shards.length, replicas: 1, shards };
   }
   if (roomy.length === 0) {
-    const need = replicaMemoryNeed(blocks);
-    throw new InvalidArgumentError("replicas", `a replica of ${r.method} holds every sample's exchanged records beside a block: ${need} bytes, more than any worker has (workers: ${workers.map((wk) => `${wk.address}=${wk.memoryBytes}`).join(", ")}); use 1`);
+    throw new InvalidArgumentError("replicas", `a replica of ${r.method} holds every sample's exchanged records beside a block: ${replicaNeed} bytes, more than any worker has (workers: ${workers.map((wk) => `${wk.address}=${wk.memoryBytes}`).join(", ")}); use 1`);
   }
-  const eligible = roomy;
   // Replicas first: S stages of R replicas on S * R workers; with fewer workers than R a worker runs more than one.
   const stages = Math.max(1, Math.min(blocks.length, Math.floor(w / replicas)));
   const bounds = balancedPartition(stageCosts(blocks), stages);
   const shards = bounds.flatMap(([firstBlock, endBlock], stage) => Array.from({ length: replicas }, (_, replica) => {
     const index = stage * replicas + replica;
-    return { index, firstBlock, endBlock, worker: eligible[index % w]!.address, stage, replica };
+    return { index, firstBlock, endBlock, worker: roomy[index % w]!.address, stage, replica };
   }));
   return { stages, replicas, shards };
 }
