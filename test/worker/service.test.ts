@@ -3,7 +3,7 @@
 // name the job, block or file, and the /metrics endpoint.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, rmSync, truncateSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, truncateSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { generateModel } from "../../services/core/src/gen/genModel.js";
@@ -104,6 +104,21 @@ test("errors end the stream with the mapped status and name the job, block or fi
     await c.close();
   } finally {
     client.close();
+  }
+});
+
+test("a block's commit that fails behind the next block's compute ends the run naming that block; later blocks stay undone", async () => {
+  const c = await MiniCoordinator.start("commit-fails", spec("commit-fails"), join(tmp.path, "work-commit-fails"));
+  try {
+    // Block 1's output states cannot be renamed into place: a folder holds their name.
+    mkdirSync(join(c.workDir, "states", "input-2.bin", "in-the-way"), { recursive: true });
+    await assert.rejects(withTimeout(c.runShard(a.address, 0, 0, 4, "").done, 20_000, "commit fails"),
+      (e: { code: number; details: string }) => e.code === status.INTERNAL && /job commit-fails, block 1 /.test(e.details));
+    assert.ok(existsSync(join(c.workDir, "blocks", "0.json")), "block 0 committed before the failure");
+    for (const b of [1, 2, 3]) assert.ok(!existsSync(join(c.workDir, "blocks", `${b}.json`)), `block ${b} is marked done after block 1's commit failed`);
+    assert.deepEqual(readdirSync(join(c.workDir, "states")).filter((f) => f.includes(".tmp")), [], "a states file was left half written");
+  } finally {
+    await c.close();
   }
 });
 

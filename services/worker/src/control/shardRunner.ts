@@ -26,6 +26,7 @@ import { DEFAULT_HEARTBEAT_MS, RunLiveness } from "./runLiveness.js";
 import { readStateFile, StateFileWriter, writeStateFile } from "../checkpoint/stateFile.js";
 import { UpstreamStates } from "../dataplane/upstreamStates.js";
 import { writeWeights } from "./weightWrites.js";
+import { CommitQueue } from "./commitQueue.js";
 import { GrpcReplicaExchange } from "../dataplane/replicaExchange.js";
 import type { WorkerMetrics } from "../workerMetrics.js";
 
@@ -137,6 +138,7 @@ export class ShardRun {
     let maskPool: MaskPool | undefined;
     let outbox: Outbox | undefined;
     let weights: FileHandle | undefined;
+    let commits: CommitQueue | undefined;
     try {
       const numBlocks = job.analysis.partition.numBlocks;
       if (!(this.firstBlock < this.endBlock && this.endBlock <= numBlocks)) {
@@ -165,20 +167,35 @@ export class ShardRun {
         if (needsStates) outbox = this.deps.outboxes.open(this.jobId, this.endBlock, engine.end - engine.first, this.slice.replica);
         const input = needsStates ? await this.inputStates(b, job, engine, wd) : { source: arraySource([]) };
         weights = await openOutput(job);
+        commits = new CommitQueue((reason) => this.cancel(reason as Error));
         let source = input.source;
+        // At most one block's commit runs behind the compute: two blocks' weights in memory, as
+        // the planner counts them.
+        const behind: Promise<void>[] = [];
         for (; b < this.endBlock; b++) {
+          if (behind.length > 1) await behind.shift();
           signal.throwIfAborted();
+          const block = b;
           const label = job.analysis.plan.blocks[b]!.label;
-          if (this.writes) await emit({ progress: { case: "blockStarted", value: { block: b, label, worker: this.deps.workerId } } });
-          let record: BlockRecord;
+          if (this.writes) commits.push(() => emit({ progress: { case: "blockStarted", value: { block, label, worker: this.deps.workerId } } }));
+          let commit: () => Promise<BlockRecord>;
           try {
-            ({ record, source } = await this.runBlock(b, source, { job, engine, wd, weights, outbox, edge: b === this.firstBlock ? input.edge : undefined }));
+            ({ commit, source } = await this.runBlock(b, source, { job, engine, wd, weights, outbox, edge: b === this.firstBlock ? input.edge : undefined }));
           } catch (err) {
             throw signal.aborted ? signal.reason : inBlock(err, this.jobId, b, label);
           }
-          this.count(record, job, engine);
-          if (this.writes) await emit(finishedEvent(record, this.deps.workerId));
+          behind.push(commits.push(async () => {
+            let record: BlockRecord;
+            try {
+              record = await commit();
+            } catch (err) {
+              throw signal.aborted ? signal.reason : inBlock(err, this.jobId, block, label);
+            }
+            this.count(record, job, engine);
+            if (this.writes) await emit(finishedEvent(record, this.deps.workerId));
+          }));
         }
+        await commits.drain();
         // states/input-<end>.bin is complete: late pullers read it from now on.
         if (outbox) this.deps.outboxes.remove(outbox);
       }
@@ -192,6 +209,8 @@ export class ShardRun {
     } finally {
       liveness.stop();
       if (!signal.aborted) this.abort.abort(new Error(`${this.subject} ended`));
+      // A commit still writing stops at its next guard; the files close after it.
+      await commits?.settled();
       await weights?.close().catch(() => {});
       await host?.close().catch(() => {});
       await maskPool?.close().catch(() => {});
@@ -234,44 +253,60 @@ export class ShardRun {
     return { source: offsetSource(puller, first), edge };
   }
 
+  /**
+   * Computes block b (its output states appended to their checkpoint as they come) and returns
+   * them with the block's commit, which the caller runs behind the next block's compute: the
+   * weights (fsynced), the states file, then, on replica 0, blocks/<b>.json.
+   */
   private async runBlock(
     b: number, source: StateSource,
     ctx: { job: ShardJob; engine: BlockEngine; wd: WorkDir; weights: FileHandle; outbox: Outbox | undefined; edge: Promise<void> | undefined },
-  ): Promise<{ record: BlockRecord; source: StateSource }> {
+  ): Promise<{ commit: () => Promise<BlockRecord>; source: StateSource }> {
     const { job, engine, wd, weights, outbox } = ctx;
     const needsStates = needsCalibration(job.plan.method);
     this.guard();
     const first = engine.first;
     const states = needsStates ? await StateFileWriter.create(wd.statesPath(b + 1), engine.end - first) : undefined;
+    // Samples are appended to the checkpoint while later ones are computed; errors wait for the commit.
+    let appended = Promise.resolve();
+    let appendError: unknown;
+    const serve = b === this.endBlock - 1 ? outbox : undefined;
+    const onNext = (j: number, state: SampleState) => {
+      serve?.put(j - first, state);
+      appended = appended.then(() => { this.guard(); return states!.append(state); }).catch((err: unknown) => { appendError ??= err; });
+    };
+    let result: Awaited<ReturnType<BlockEngine["runBlock"]>>;
     try {
-      // Samples are appended to the checkpoint while later ones are computed; errors wait for the end.
-      let appended = Promise.resolve();
-      let appendError: unknown;
-      const serve = b === this.endBlock - 1 ? outbox : undefined;
-      const onNext = (j: number, state: SampleState) => {
-        serve?.put(j - first, state);
-        appended = appended.then(() => { this.guard(); return states!.append(state); }).catch((err: unknown) => { appendError ??= err; });
-      };
-      const result = await engine.runBlock(b, source, { onNext: needsStates ? onNext : undefined, signal: this.abort.signal });
-      // The replicas of a stage write a share of the weights each; a replica's share is durable
-      // once its states entering b + 1 are (they are committed after it).
-      const share = needsStates && this.slice.replicas > 1 ? this.slice : undefined;
-      if (this.writes || share) await writeWeights(weights, result.weights, job.regions, () => this.guard(), share);
-      engine.recycle(result.weights);
-      await appended;
-      if (appendError) throw appendError;
-      this.guard();
-      await states?.commit();
-      await ctx.edge;
-      const record: BlockRecord = { report: result.report, layers: result.layers };
-      this.guard();
-      if (this.writes && share) await this.awaitShares(wd, b);
-      if (this.writes) await wd.writeBlock(b, record, () => this.guard());
-      return { record, source: arraySource(result.next, first) };
+      result = await engine.runBlock(b, source, { onNext: needsStates ? onNext : undefined, signal: this.abort.signal });
     } catch (err) {
+      await appended;
       await states?.abort();
       throw err;
     }
+    const commit = async (): Promise<BlockRecord> => {
+      try {
+        // The replicas of a stage write a share of the weights each; a replica's share is durable
+        // once its states entering b + 1 are (they are committed after it).
+        const share = needsStates && this.slice.replicas > 1 ? this.slice : undefined;
+        if (this.writes || share) await writeWeights(weights, result.weights, job.regions, () => this.guard(), share);
+        engine.recycle(result.weights);
+        await appended;
+        if (appendError) throw appendError;
+        this.guard();
+        await states?.commit();
+        await ctx.edge;
+        const record: BlockRecord = { report: result.report, layers: result.layers };
+        this.guard();
+        if (this.writes && share) await this.awaitShares(wd, b);
+        if (this.writes) await wd.writeBlock(b, record, () => this.guard());
+        return record;
+      } catch (err) {
+        await appended;
+        await states?.abort();
+        throw err;
+      }
+    };
+    return { commit, source: arraySource(result.next, first) };
   }
 
   /**
