@@ -2,7 +2,8 @@
  * End-to-end prune timings on generated models (small, medium) and the peak memory of pruning a
  * model of over 1 GB of weights, as a fraction of its weight bytes (blocks stream from disk).
  */
-import { spawnSync } from "node:child_process";
+import { execFile, spawnSync } from "node:child_process";
+import { promisify } from "node:util";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { generateModel, type GenModelOptions } from "../services/core/src/gen/genModel.js";
@@ -14,6 +15,12 @@ export function pruneInChild(spec: object): { seconds: number; peakRssBytes: num
   const r = spawnSync(process.execPath, [CHILD, JSON.stringify(spec)], { encoding: "utf8", maxBuffer: 1 << 24 });
   if (r.status !== 0) throw new Error(`prune failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split("\n").pop()!);
+}
+
+/** pruneInChild without blocking this process, so that several can run at once. */
+export async function pruneInChildAsync(spec: object): Promise<{ seconds: number; peakRssBytes: number }> {
+  const { stdout } = await promisify(execFile)(process.execPath, [CHILD, JSON.stringify(spec)], { encoding: "utf8", maxBuffer: 1 << 24 });
+  return JSON.parse(stdout.trim().split("\n").pop()!);
 }
 
 export async function benchPrune(workDir: string): Promise<BenchLine[]> {
