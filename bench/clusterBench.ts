@@ -9,6 +9,8 @@
  * - dp2_ceiling: the same `atvp prune` over two of them run at once, each on half the samples
  *   and no exchange: what this machine's two cores give the same work split in two, measured in
  *   the same rounds; dp2_efficiency is dp2_speedup over it (what the cluster itself costs).
+ * - dp2_cpu_over_single: the CPU seconds the two replicas burn together over the single
+ *   process's, main thread and the rest apart: the work splitting adds, wherever it waits.
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -25,7 +27,8 @@ import { TensorData } from "../services/core/src/onnx/tensorData.js";
 import { startNatsServer } from "../services/coordinator/src/state/natsServer.js";
 import { startCoordinator } from "../services/coordinator/src/coordinator.js";
 import type { BenchLine } from "./benchLine.js";
-import { pruneInChild, pruneInChildAsync } from "./pruneBench.js";
+import { pruneInChild, pruneInChildAsync, type ChildPrune } from "./pruneBench.js";
+import { cpuDelta, cpuSecondsOf, type CpuSeconds } from "./cpuTime.js";
 import { WORKER_NODE_FLAGS } from "../services/worker/src/nodeFlags.js";
 
 const WORKER_MAIN = fileURLToPath(new URL("../services/worker/src/main.js", import.meta.url));
@@ -58,17 +61,19 @@ async function clusterRun(workDir: string, name: string, model: { modelPath: str
   const client = createClient(JobService, coordinator.address, grpc.credentials.createInsecure());
   try {
     await coordinator.pool.waitForReady(2, 20_000);
+    const cpu0 = workers.map((w) => cpuSecondsOf(w.pid));
     const t0 = performance.now();
     const { job } = await client.submitJob({ spec: { model: model.modelPath, calib: model.calibPath, out: join(workDir, `${name}-cluster-out`), method: "atv", sparsity: 0.5, force: true, replicas } });
     for await (const e of client.watchJob({ id: job!.id })) {
       if (e.event.case === "stateChanged" && e.event.value.state >= JobState.SUCCEEDED) break;
     }
     const seconds = (performance.now() - t0) / 1000;
+    const cpu = workers.map((w, i) => cpuDelta(cpuSecondsOf(w.pid), cpu0[i]!)).reduce(sumCpu);
     const final = await client.getJob({ id: job!.id });
     if (final.state !== JobState.SUCCEEDED) throw new Error(`cluster job ${final.state}: ${final.reason}`);
     const rss = new Map(workers.map((w) => [w.address, peakRss(w.pid)]));
     if (final.replicas !== replicas) throw new Error(`the cluster ran ${final.replicas} replicas, the bench asked ${replicas}`);
-    return { seconds, shards: final.shards.map((s) => ({ first: s.firstBlock, end: s.endBlock, rss: rss.get(s.worker) ?? 0 })) };
+    return { seconds, cpu, shards: final.shards.map((s) => ({ first: s.firstBlock, end: s.endBlock, rss: rss.get(s.worker) ?? 0 })) };
   } finally {
     client.close();
     await coordinator.close();
@@ -79,6 +84,14 @@ async function clusterRun(workDir: string, name: string, model: { modelPath: str
 
 /** Alternating single and cluster runs behind dp2_speedup. */
 const DP2_ROUNDS = 3;
+
+function sumCpu(a: CpuSeconds, b: CpuSeconds): CpuSeconds {
+  return { process: a.process + b.process, mainThread: a.mainThread + b.mainThread };
+}
+
+function childCpu(r: ChildPrune): CpuSeconds {
+  return { process: r.cpuSeconds, mainThread: r.mainThreadCpuSeconds };
+}
 
 function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -105,22 +118,38 @@ export async function benchCluster(workDir: string): Promise<BenchLine[]> {
   const singles: number[] = [];
   const clusters: number[] = [];
   const pairs: number[] = [];
+  // Per round, CPU seconds over the single's: the replicas' (all, main thread, the rest) and the pair's.
+  const cpuRatios: { all: number; main: number; rest: number; pair: number }[] = [];
   const oneThread = { model: m.modelPath, calib: m.calibPath, method: "atv", sparsity: 0.5, force: true, threads: 1 };
-  let dp = { seconds: 0 };
   for (let i = 0; i < DP2_ROUNDS; i++) {
-    singles.push(pruneInChild({ ...oneThread, out: join(workDir, "cluster-medium-local-1t") }).seconds);
-    dp = await clusterRun(workDir, `medium-dp2-${i}`, m, 1, 2);
-    clusters.push(dp.seconds);
+    const one = pruneInChild({ ...oneThread, out: join(workDir, "cluster-medium-local-1t") });
+    singles.push(one.seconds);
+    const replicated = await clusterRun(workDir, `medium-dp2-${i}`, m, 1, 2);
+    clusters.push(replicated.seconds);
     const halves = await Promise.all([0, 1].map((h) => pruneInChildAsync({ ...oneThread, nsamples: medium.samples! / 2, out: join(workDir, `cluster-medium-half-${h}`) })));
     pairs.push(Math.max(...halves.map((r) => r.seconds)));
+    const base = childCpu(one);
+    const pairCpu = halves.map(childCpu).reduce(sumCpu);
+    cpuRatios.push({
+      all: replicated.cpu.process / base.process,
+      main: replicated.cpu.mainThread / base.mainThread,
+      rest: (replicated.cpu.process - replicated.cpu.mainThread) / (base.process - base.mainThread),
+      pair: pairCpu.process / base.process,
+    });
   }
   const single = { seconds: median(singles) };
-  dp = { seconds: median(clusters) };
+  const dp = { seconds: median(clusters) };
   const dp2 = single.seconds / dp.seconds;
   const ceiling = single.seconds / median(pairs);
   lines.push({ bench: "dp2_speedup", value: dp2, unit: "ratio", localSeconds: single.seconds, clusterSeconds: dp.seconds, localRuns: singles, clusterRuns: clusters, replicas: 2, threadsPerWorker: 1, goal: 1.6 });
   lines.push({ bench: "dp2_ceiling", value: ceiling, unit: "ratio", localSeconds: single.seconds, pairSeconds: median(pairs), pairRuns: pairs, note: "two atvp prune --threads 1 at once, each on half the samples, no exchange: this machine's two cores on the same work split in two" });
   lines.push({ bench: "dp2_efficiency", value: dp2 / ceiling, unit: "ratio", note: "dp2_speedup over dp2_ceiling: what the cluster (exchange, checkpoints, coordination) keeps of what the two cores give" });
+  lines.push({
+    bench: "dp2_cpu_over_single", value: median(cpuRatios.map((r) => r.all)), unit: "ratio",
+    mainThreadOverSingle: median(cpuRatios.map((r) => r.main)), restOverSingle: median(cpuRatios.map((r) => r.rest)),
+    pairOverSingle: median(cpuRatios.map((r) => r.pair)), rounds: cpuRatios,
+    note: "CPU seconds of the 2 replicas together over atvp prune --threads 1's (1 = splitting adds no work); main thread: statistics, masks, exchange, gRPC; rest: onnxruntime, file I/O, GC; pair: the two half-sample prunes of dp2_ceiling",
+  });
   lines.push({ bench: "cluster2_dp_over_local", value: dp.seconds / local.seconds, unit: "ratio", clusterSeconds: dp.seconds, localSeconds: local.seconds, note: "2 replicas x 1 thread vs atvp prune on every core" });
   // The same with 4x the calibration tokens (32 samples x 256): the per-block costs every replica
   // pays whole (reading weights, masks, applying them) weigh less, as in the reference setup

@@ -11,14 +11,24 @@ import type { BenchLine } from "./benchLine.js";
 
 const CHILD = fileURLToPath(new URL("./pruneChild.js", import.meta.url));
 
-export function pruneInChild(spec: object): { seconds: number; peakRssBytes: number } {
+/** What bench/pruneChild.ts prints. */
+export interface ChildPrune {
+  seconds: number;
+  peakRssBytes: number;
+  /** CPU seconds of the whole process (every thread) during the prune */
+  cpuSeconds: number;
+  /** CPU seconds of its main thread during the prune */
+  mainThreadCpuSeconds: number;
+}
+
+export function pruneInChild(spec: object): ChildPrune {
   const r = spawnSync(process.execPath, [CHILD, JSON.stringify(spec)], { encoding: "utf8", maxBuffer: 1 << 24 });
   if (r.status !== 0) throw new Error(`prune failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split("\n").pop()!);
 }
 
 /** pruneInChild without blocking this process, so that several can run at once. */
-export async function pruneInChildAsync(spec: object): Promise<{ seconds: number; peakRssBytes: number }> {
+export async function pruneInChildAsync(spec: object): Promise<ChildPrune> {
   const { stdout } = await promisify(execFile)(process.execPath, [CHILD, JSON.stringify(spec)], { encoding: "utf8", maxBuffer: 1 << 24 });
   return JSON.parse(stdout.trim().split("\n").pop()!);
 }
