@@ -7,6 +7,7 @@ import { mkdirSync } from "node:fs";
 import { resolve } from "node:path";
 import type { BenchLine } from "./benchLine.js";
 import { benchMask } from "./maskBench.js";
+import { benchMachineScaling } from "./machineScaling.js";
 import { benchCalibration } from "./calibBench.js";
 import { benchPrune } from "./pruneBench.js";
 import { benchStream } from "./streamBench.js";
@@ -19,6 +20,7 @@ const workDir = resolve(process.env.ATVP_BENCH_DIR ?? ".work/bench");
 mkdirSync(workDir, { recursive: true });
 const only = process.argv.slice(2);
 const BENCHES: Array<[string, () => Promise<BenchLine[]>]> = [
+  ["machine", benchMachineScaling],
   ["mask", benchMask],
   ["calib", () => benchCalibration(workDir)],
   ["prune", () => benchPrune(workDir)],

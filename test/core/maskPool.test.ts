@@ -351,21 +351,68 @@ describe("mask buffers reused from block to block", () => {
     assert.throws(() => computeMask(w, null, { sparsity: 0.5, pattern: { kind: "unstructured" } }, new Uint8Array(31)), /model\.layers\.3\.mlp\.up_proj.*31 bytes does not fit a 8x4 weight/);
   });
 
-  test("MaskBuffers: a given-back mask serves the next job of its size; shared and partial views are not kept", async () => {
+  test("the pool's threads write into a dirty shared buffer the bits of a new one (k = 0, unstructured, 2:4, matrix scope); a plain one is left alone", async () => {
+    const rand = mulberry32(8);
+    const rows = randomRows(rand, 48, 40, "ties");
+    const scale = randomScale(rand, 48, "ties");
+    const options: MaskOptions[] = [
+      { sparsity: 0.01, pattern: { kind: "unstructured" } }, // floor(48 * 0.01) = 0 pruned per column
+      { sparsity: 0.5, pattern: { kind: "unstructured" } },
+      { sparsity: 0.5, pattern: parsePattern("2:4") },
+      { sparsity: 0.5, pattern: { kind: "unstructured" }, scope: "matrix" },
+    ];
+    for (const layout of ["in_out", "out_in"] as const) {
+      const w = weight(rows, OnnxDataType.FLOAT16, layout, "dirty");
+      for (const o of options) {
+        const s = o.scope === "matrix" ? null : scale;
+        const fresh = computeMask(w, s, o);
+        for (const pool of pools) {
+          const label = `${pool.threads} threads ${layout} ${o.pattern.kind} ${o.sparsity} ${o.scope ?? "column"}`;
+          const dirty = new Uint8Array(new SharedArrayBuffer(48 * 40)).fill(1);
+          const [r] = await pool.computeMasks([{ weight: w, scale: s, options: o, into: dirty }]);
+          assert.equal(r!.mask, dirty, `${label}: written into the given buffer`);
+          assert.ok(Buffer.from(r!.mask).equals(Buffer.from(fresh.mask)), label);
+          assert.equal(r!.pruned, fresh.pruned, label);
+          if (pool.threads === 1) continue;
+          const plain = new Uint8Array(48 * 40).fill(1);
+          const [p] = await pool.computeMasks([{ weight: w, scale: s, options: o, into: plain }]);
+          assert.ok(p!.mask.buffer instanceof SharedArrayBuffer, `${label}: threads write shared memory only`);
+          assert.ok(plain.every((b) => b === 1), `${label}: a plain buffer is not written by threads`);
+          assert.ok(Buffer.from(p!.mask).equals(Buffer.from(fresh.mask)), label);
+        }
+      }
+    }
+  });
+
+  test("MaskBuffers: a given-back mask serves the next job of its size; partial views are not kept", async () => {
     const buffers = new MaskBuffers();
     const mask = new Uint8Array(32);
     buffers.give(mask);
     buffers.give(mask);
-    buffers.give(new Uint8Array(new SharedArrayBuffer(32)));
     buffers.give(new Uint8Array(new ArrayBuffer(64), 0, 32));
+    buffers.give(new Uint8Array(new SharedArrayBuffer(64), 32, 32));
     assert.equal(buffers.take(16), undefined);
     assert.equal(buffers.take(32), mask);
     assert.equal(buffers.take(32), undefined, "each buffer once");
+    // A whole shared buffer (a mask from the pool's threads) is kept like a plain one.
+    const shared = new Uint8Array(new SharedArrayBuffer(32));
+    buffers.give(shared);
+    assert.equal(buffers.take(32), shared);
     // Through the selector: the job gets the recycled buffer, and the pool writes its mask there.
     const w = weight(randomRows(mulberry32(3), 8, 4, "continuous"), OnnxDataType.FLOAT, "in_out", "w");
     buffers.give(mask);
     const [r] = await buffers.selector(pools[0]!).computeMasks([{ weight: w, scale: new Float64Array(8).fill(1), options: { sparsity: 0.5, pattern: { kind: "unstructured" } } }]);
     assert.equal(r!.mask, mask);
     assert.equal(r!.pruned, 16);
+    // With threads, the masks come back in shared memory, and the next block's are written there.
+    const wide = weight(randomRows(mulberry32(4), 8, 64, "continuous"), OnnxDataType.FLOAT, "in_out", "wide");
+    const job: MaskJob = { weight: wide, scale: new Float64Array(8).fill(1), options: { sparsity: 0.5, pattern: { kind: "unstructured" } } };
+    const [first] = await buffers.selector(pools[1]!).computeMasks([job]);
+    assert.ok(first!.mask.buffer instanceof SharedArrayBuffer);
+    const bits = Buffer.from(first!.mask);
+    buffers.give(first!.mask);
+    const [second] = await buffers.selector(pools[1]!).computeMasks([job]);
+    assert.equal(second!.mask, first!.mask, "the given-back shared mask is written again");
+    assert.ok(Buffer.from(second!.mask).equals(bits));
   });
 });

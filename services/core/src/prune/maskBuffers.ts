@@ -21,11 +21,12 @@ export class MaskBuffers {
   }
 
   /**
-   * Gives a mask back once nothing reads it. Views into a shared batch buffer (masks from mask
-   * threads) are left to the garbage collector: keeping one would keep the whole batch.
+   * Gives a mask back once nothing reads it: a whole buffer, plain (from this thread) or shared
+   * (from mask threads, which write into shared memory only). A view into a larger buffer is
+   * left to the garbage collector: keeping it would keep the whole buffer.
    */
   give(mask: Uint8Array): void {
-    if (!(mask.buffer instanceof ArrayBuffer) || mask.byteOffset !== 0 || mask.byteLength !== mask.buffer.byteLength) return;
+    if (mask.byteOffset !== 0 || mask.byteLength !== mask.buffer.byteLength) return;
     let list = this.free.get(mask.length);
     if (!list) this.free.set(mask.length, (list = []));
     if (!list.includes(mask)) list.push(mask);

@@ -9,10 +9,11 @@
  * straight into that memory (above KERNEL_INPUT_AT), where the kernel reads them in place (a
  * transfer, which bench/maskBench.ts measures as much cheaper, cannot hand one buffer to several
  * threads). The copy overlaps the threads' work: they get their tasks first and read each
- * weight's rows as this thread copies them (counted in a shared Int32Array), and map the new
- * mask buffer's pages meanwhile; this thread, which copies, keeps a smaller share (COPY_COST).
- * The masks are written into a new shared buffer per batch, which the results view directly.
- * Batches run one after another.
+ * weight's rows as this thread copies them (counted in a shared Int32Array); this thread, which
+ * copies, keeps a smaller share (COPY_COST).
+ * Every thread writes its columns straight into the linear's mask: the job's `into` where it is
+ * shared memory (MaskBuffers recycles the masks this pool returns, block after block, so their
+ * pages are mapped once), else a new SharedArrayBuffer of its own. Batches run one after another.
  */
 import { Worker } from "node:worker_threads";
 import { InvalidArgumentError, RuntimeError } from "../errors.js";
@@ -28,7 +29,8 @@ export interface MaskJob {
   options: MaskOptions;
   /**
    * in·out bytes to write the mask into (an earlier block's, recycled: no new pages to map);
-   * absent: a new buffer. Used where the mask is computed on the calling thread.
+   * absent: a new buffer. Mask threads write only into shared memory: with threads, an `into`
+   * over an ArrayBuffer is left alone and the mask gets a new shared buffer.
    */
   into?: Uint8Array;
 }
@@ -64,8 +66,6 @@ export class MaskPool {
   private nextId = 1;
   private closed = false;
   private failure: Error | undefined;
-  /** a new buffer a thread allocated for the next batch's masks (see MaskRequest.spare) */
-  private spare: SharedArrayBuffer | undefined;
   /** the batch running now (batches run one after another: they share the threads' memories) */
   private queue: Promise<unknown> = Promise.resolve();
   /** requests pending per thread */
@@ -84,10 +84,8 @@ export class MaskPool {
         const p = this.pending.get(res.id);
         if (!p) return;
         this.pending.delete(res.id);
-        if (res.ok) {
-          if (res.spare) this.spare = res.spare;
-          p.resolve(res.pruned);
-        } else p.reject(new RuntimeError("mask thread", res.error));
+        if (res.ok) p.resolve(res.pruned);
+        else p.reject(new RuntimeError("mask thread", res.error));
       });
       worker.on("error", (err) => this.fail(err));
       worker.on("exit", (code) => {
@@ -148,20 +146,13 @@ export class MaskPool {
   }
 
   private async run(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): Promise<MaskResult[]> {
-    const { masks, tasks } = this.share(jobs, scopes);
-    // The other threads get their tasks at once and map the new mask buffer's pages (a slice
-    // each) while this thread copies their weights into their memories, job by job and row by
-    // row; each thread reads the rows as they come (rows counts them per job). Then this thread
-    // does its own shares.
+    const masks = jobs.map(maskTarget);
+    const tasks = this.share(jobs, scopes, masks);
+    // The other threads get their tasks at once, while this thread copies their weights into
+    // their memories, job by job and row by row; each thread reads the rows as they come (rows
+    // counts them per job). Then this thread does its own shares.
     const rows = new SharedArrayBuffer(4 * Math.max(1, jobs.length));
-    const others = this.workers.length;
-    const slice = (t: number) => Math.floor((masks.byteLength * t) / others);
-    const touches: Array<Omit<MaskRequest, "id">> = this.workers.map((_, i) => ({ masks, rows, tasks: [], touch: { begin: slice(i), end: slice(i + 1) } }));
-    const theirs = tasks.filter((t) => t.thread !== 0).map((t) => ({ ...t, req: { masks, rows, tasks: [t.task] } as Omit<MaskRequest, "id"> }));
-    // The first thread's last request allocates the next batch's mask buffer.
-    ([...theirs].reverse().find((t) => t.thread === 1)?.req ?? touches[0]!).spare = masks.byteLength;
-    const touched = touches.map((req, i) => this.call(i, req));
-    const remote = theirs.map(({ job, thread, req }) => ({ job, done: this.call(thread - 1, req) }));
+    const remote = tasks.filter((t) => t.thread !== 0).map(({ job, thread, task }) => ({ job, done: this.call(thread - 1, { rows, tasks: [task] }) }));
     jobs.forEach((j, job) => {
       const theirs = tasks.filter((t) => t.job === job && t.thread !== 0).map((t) => ({ task: t.task, into: new Uint8Array(this.memories[t.thread - 1]!.buffer) }));
       if (theirs.length > 0) copyShare(j.weight, theirs, new Int32Array(rows), job);
@@ -169,23 +160,17 @@ export class MaskPool {
     const pruned = new Array<number>(jobs.length).fill(0);
     let failed = false;
     try {
-      for (const { job, thread, task } of tasks) if (thread === 0) pruned[job]! += runMaskTaskOn(task, jobs[job]!.weight, masks);
+      for (const { job, thread, task } of tasks) if (thread === 0) pruned[job]! += runMaskTaskOn(task, jobs[job]!.weight);
     } catch {
       failed = true;
     }
-    const settled = await Promise.allSettled([...remote.map((r) => r.done), ...touched]);
+    const settled = await Promise.allSettled(remote.map((r) => r.done));
     settled.forEach((r, i) => {
       if (r.status === "rejected") failed = true;
-      else if (i < remote.length) pruned[remote[i]!.job]! += r.value[0]!;
+      else pruned[remote[i]!.job]! += r.value[0]!;
     });
     if (failed) throw this.firstError(jobs, settled);
-    let offset = 0;
-    return jobs.map((j, i) => {
-      const total = j.weight.inDim * j.weight.outDim;
-      const mask = new Uint8Array(masks, offset, total);
-      offset += total;
-      return { mask, pruned: pruned[i]!, total };
-    });
+    return jobs.map((j, i) => ({ mask: masks[i]!, pruned: pruned[i]!, total: j.weight.inDim * j.weight.outDim }));
   }
 
   /** Stops the threads; computeMasks fails afterwards. */
@@ -199,9 +184,9 @@ export class MaskPool {
   /**
    * Cuts every job into tasks: column ranges, one per thread; a matrix-scope job whole to one
    * thread. Places the weights in the threads' memories (copied there by run()), growing them
-   * as needed, and allocates the masks.
+   * as needed.
    */
-  private share(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): { masks: SharedArrayBuffer; tasks: Placed[] } {
+  private share(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">, masks: readonly Uint8Array[]): Placed[] {
     const byteOffsets: number[] = [];
     let bytes = KERNEL_INPUT_AT;
     for (const j of jobs) {
@@ -212,17 +197,13 @@ export class MaskPool {
       const have = memory.buffer.byteLength;
       if (bytes > have) memory.grow(Math.ceil((bytes - have) / 65536));
     }
-    const maskBytes = jobs.reduce((a, j) => a + j.weight.inDim * j.weight.outDim, 0);
-    const masks = this.spare?.byteLength === maskBytes ? this.spare : new SharedArrayBuffer(maskBytes);
-    this.spare = undefined;
     const tasks: Placed[] = [];
     const otherShare = (1 - this.ownShare) / (this.threads - 1);
-    let maskOffset = 0;
     let nextWhole = 0;
     jobs.forEach((j, job) => {
       const { bytes: _, ...weight } = j.weight;
-      const base = { weight, byteOffset: byteOffsets[job]!, scale: j.scale, options: j.options, maskOffset, rowsSlot: job };
-      maskOffset += j.weight.inDim * j.weight.outDim;
+      const mask = masks[job]!;
+      const base = { weight, byteOffset: byteOffsets[job]!, scale: j.scale, options: j.options, masks: mask.buffer as SharedArrayBuffer, maskOffset: mask.byteOffset, rowsSlot: job };
       if (scopes[job] === "matrix") {
         tasks.push({ job, thread: nextWhole++ % this.threads, task: { ...base, range: "whole" } });
         return;
@@ -235,12 +216,12 @@ export class MaskPool {
         if (end > begin) tasks.push({ job, thread, task: { ...base, range: { begin, end } } });
       }
     });
-    return { masks, tasks };
+    return tasks;
   }
 
   private call(worker: number, req: Omit<MaskRequest, "id">): Promise<number[]> {
     if (this.failure) return Promise.reject(this.failure);
-    if (req.tasks.length === 0 && !req.touch) return Promise.resolve([]);
+    if (req.tasks.length === 0) return Promise.resolve([]);
     const id = this.nextId++;
     const w = this.workers[worker]!;
     // ref() does not count: a thread is unreferenced only when none of its requests is pending.
@@ -271,6 +252,16 @@ export class MaskPool {
     const rejected = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
     return rejected?.reason instanceof Error ? rejected.reason : new RuntimeError("mask pool", "a mask thread failed");
   }
+}
+
+/**
+ * Where a job's mask is written: its `into` where that is shared memory of the right size (every
+ * task writes all bytes of its columns, a whole task clears first), else a new shared buffer.
+ */
+function maskTarget(j: MaskJob): Uint8Array {
+  const total = j.weight.inDim * j.weight.outDim;
+  if (j.into && j.into.buffer instanceof SharedArrayBuffer && j.into.length === total) return j.into;
+  return new Uint8Array(new SharedArrayBuffer(total));
 }
 
 /** Rows copied between two notices to the threads waiting for them. */

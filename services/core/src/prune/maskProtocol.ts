@@ -8,7 +8,8 @@ export interface MaskTask {
   byteOffset: number;
   scale: Float64Array | null;
   options: MaskOptions;
-  /** where this linear's mask starts in MaskRequest.masks */
+  /** the linear's whole mask (in·out bytes from maskOffset): shared, each task writes its columns */
+  masks: SharedArrayBuffer;
   maskOffset: number;
   range: { begin: number; end: number } | "whole";
   /** the slot of MaskRequest.rows that counts this weight's input rows copied so far */
@@ -17,24 +18,12 @@ export interface MaskTask {
 
 export interface MaskRequest {
   id: number;
-  masks: SharedArrayBuffer;
   /**
    * Int32 per weight of the batch: how many of its input rows the pool has copied into the
    * thread's memory (it copies while the threads run; each waits for the rows it reads next).
    */
   rows: SharedArrayBuffer;
   tasks: MaskTask[];
-  /**
-   * Bytes [begin, end) of masks whose pages this thread touches (without changing a value) before
-   * its tasks, so the fresh buffer's page faults happen while the pool's thread copies weights.
-   */
-  touch?: { begin: number; end: number };
-  /**
-   * After its tasks, the thread allocates a buffer of this many bytes for the next batch's masks
-   * and sends it back (a new buffer of a block's masks is zeroed by the allocator, which takes
-   * the thread that asks for it a while: better this one, at the end of its share).
-   */
-  spare?: number;
 }
 
-export type MaskResponse = { id: number; ok: true; pruned: number[]; spare?: SharedArrayBuffer } | { id: number; ok: false; error: string };
+export type MaskResponse = { id: number; ok: true; pruned: number[] } | { id: number; ok: false; error: string };

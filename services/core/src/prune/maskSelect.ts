@@ -110,7 +110,8 @@ export function checkMaskJob(w: WeightMatrix, scale: Float64Array | null, opts: 
 
 /**
  * The column-scope mask of output columns [begin, end) only, written into `mask` (the whole
- * matrix's, in storage order; other columns' bytes are left alone). Returns how many it pruned.
+ * matrix's, in storage order): every byte of those columns is written, so `mask` may hold an
+ * earlier linear's bits; other columns' bytes are left alone. Returns how many it pruned.
  * Columns are independent, so threads given disjoint ranges produce computeMask's bits.
  *
  * `awaitRows(r)`, where given, is called before the columns' bytes of input rows below r are
@@ -133,12 +134,23 @@ export function computeMaskColumns(
   if (w.bytes.byteOffset % elemSize(w) !== 0) awaitRows(w.inDim);
   const reader = new MetricReader(w, readView(w), sq);
   const k = Math.floor(w.inDim * opts.sparsity);
+  // (the selections below write only when they prune something)
+  if (pattern.kind === "unstructured" && k === 0) clearColumns(w, begin, end, mask);
   const fast = pattern.kind === "unstructured" && w.layout === "in_out" ? markSmallestTilesWasm(w, sq, reader, k, begin, end, mask, awaitRows) : null;
   awaitRows(w.inDim);
   if (pattern.kind === "nm") return markNMColumns(w, reader, pattern.n, pattern.m, begin, end, mask);
   return fast
     ? fast.pruned + markSmallestColumns(w, reader, k, begin + fast.done, end, mask)
     : markSmallestColumns(w, reader, k, begin, end, mask);
+}
+
+/** Sets the mask bytes of output columns [begin, end) to 0. */
+function clearColumns(w: WeightMatrix, begin: number, end: number, mask: Uint8Array): void {
+  if (w.layout === "out_in") {
+    mask.fill(0, begin * w.inDim, end * w.inDim);
+    return;
+  }
+  for (let c = 0; c < w.inDim; c++) mask.fill(0, c * w.outDim + begin, c * w.outDim + end);
 }
 
 /** Zeroes (to +0 bits) every stored element whose mask byte is set; other bits are untouched. */
