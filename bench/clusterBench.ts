@@ -11,6 +11,8 @@
  *   the same rounds; dp2_efficiency is dp2_speedup over it (what the cluster itself costs).
  * - dp2_cpu_over_single: the CPU seconds the two replicas burn together over the single
  *   process's, main thread and the rest apart: the work splitting adds, wherever it waits.
+ * - dp2_speedup_4x_tokens, dp2_ceiling_4x_tokens, dp2_efficiency_4x_tokens: the same three with
+ *   32 samples x 256 tokens, in rounds of their own.
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -99,6 +101,40 @@ function median(values: readonly number[]): number {
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
+/** One round's CPU seconds over the single process's: the replicas' (all, main thread, the rest) and the pair's. */
+interface CpuRatios { all: number; main: number; rest: number; pair: number }
+
+/**
+ * DP2_ROUNDS rounds of: `atvp prune --threads 1` on all `samples`; 2 replicas of one thread
+ * each on a local cluster; two `atvp prune --threads 1` at once on half the samples each. This
+ * machine's speed drifts by 20-30% over minutes, so the three alternate and the ratios are of
+ * their medians (every time is in the lines).
+ */
+async function dp2Rounds(workDir: string, tag: string, m: { modelPath: string; calibPath: string }, samples: number) {
+  const singles: number[] = [];
+  const clusters: number[] = [];
+  const pairs: number[] = [];
+  const cpuRatios: CpuRatios[] = [];
+  const oneThread = { model: m.modelPath, calib: m.calibPath, method: "atv", sparsity: 0.5, force: true, threads: 1 };
+  for (let i = 0; i < DP2_ROUNDS; i++) {
+    const one = pruneInChild({ ...oneThread, out: join(workDir, `cluster-${tag}-local-1t`) });
+    singles.push(one.seconds);
+    const replicated = await clusterRun(workDir, `${tag}-dp2-${i}`, m, 1, 2);
+    clusters.push(replicated.seconds);
+    const halves = await Promise.all([0, 1].map((h) => pruneInChildAsync({ ...oneThread, nsamples: samples / 2, out: join(workDir, `cluster-${tag}-half-${h}`) })));
+    pairs.push(Math.max(...halves.map((r) => r.seconds)));
+    const base = childCpu(one);
+    const pairCpu = halves.map(childCpu).reduce(sumCpu);
+    cpuRatios.push({
+      all: replicated.cpu.process / base.process,
+      main: replicated.cpu.mainThread / base.mainThread,
+      rest: (replicated.cpu.process - replicated.cpu.mainThread) / (base.process - base.mainThread),
+      pair: pairCpu.process / base.process,
+    });
+  }
+  return { singles, clusters, pairs, cpuRatios };
+}
+
 export async function benchCluster(workDir: string): Promise<BenchLine[]> {
   const lines: BenchLine[] = [];
   const medium: Omit<GenModelOptions, "outDir"> = { layers: 8, hidden: 1024, samples: 16, seqLen: 128, imageTokens: 64 };
@@ -112,31 +148,8 @@ export async function benchCluster(workDir: string): Promise<BenchLine[]> {
   lines.push({ bench: "cluster2_over_local", value: remote.seconds / local.seconds, unit: "ratio", clusterSeconds: remote.seconds, localSeconds: local.seconds, threadsPerWorker: threads, ...medium });
   const narrow = await clusterRun(workDir, "medium-1t", m, 1);
   lines.push({ bench: "cluster2_1thread_over_local", value: narrow.seconds / local.seconds, unit: "ratio", clusterSeconds: narrow.seconds, note: "each worker 1 thread (the machine's cores split between them)" });
-  // Data-parallel: the two replicas each calibrate half of the samples on one thread. This
-  // machine's speed drifts by 20-30% over minutes, so single and cluster alternate, three times
-  // each, and the ratio is of their medians (every time is in the line).
-  const singles: number[] = [];
-  const clusters: number[] = [];
-  const pairs: number[] = [];
-  // Per round, CPU seconds over the single's: the replicas' (all, main thread, the rest) and the pair's.
-  const cpuRatios: { all: number; main: number; rest: number; pair: number }[] = [];
-  const oneThread = { model: m.modelPath, calib: m.calibPath, method: "atv", sparsity: 0.5, force: true, threads: 1 };
-  for (let i = 0; i < DP2_ROUNDS; i++) {
-    const one = pruneInChild({ ...oneThread, out: join(workDir, "cluster-medium-local-1t") });
-    singles.push(one.seconds);
-    const replicated = await clusterRun(workDir, `medium-dp2-${i}`, m, 1, 2);
-    clusters.push(replicated.seconds);
-    const halves = await Promise.all([0, 1].map((h) => pruneInChildAsync({ ...oneThread, nsamples: medium.samples! / 2, out: join(workDir, `cluster-medium-half-${h}`) })));
-    pairs.push(Math.max(...halves.map((r) => r.seconds)));
-    const base = childCpu(one);
-    const pairCpu = halves.map(childCpu).reduce(sumCpu);
-    cpuRatios.push({
-      all: replicated.cpu.process / base.process,
-      main: replicated.cpu.mainThread / base.mainThread,
-      rest: (replicated.cpu.process - replicated.cpu.mainThread) / (base.process - base.mainThread),
-      pair: pairCpu.process / base.process,
-    });
-  }
+  // Data-parallel: the two replicas each calibrate half of the samples on one thread.
+  const { singles, clusters, pairs, cpuRatios } = await dp2Rounds(workDir, "medium", m, medium.samples!);
   const single = { seconds: median(singles) };
   const dp = { seconds: median(clusters) };
   const dp2 = single.seconds / dp.seconds;
@@ -155,9 +168,16 @@ export async function benchCluster(workDir: string): Promise<BenchLine[]> {
   // pays whole (reading weights, masks, applying them) weigh less, as in the reference setup
   // (128 samples x ~1,500 tokens).
   const long = await generateModel({ outDir: join(workDir, "cluster-medium-long"), force: true, ...medium, samples: 32, seqLen: 256, imageTokens: 128 });
-  const longSingle = pruneInChild({ model: long.modelPath, calib: long.calibPath, method: "atv", sparsity: 0.5, out: join(workDir, "cluster-medium-long-local-1t"), force: true, threads: 1 });
-  const longDp = await clusterRun(workDir, "medium-long-dp2", long, 1, 2);
-  lines.push({ bench: "dp2_speedup_4x_tokens", value: longSingle.seconds / longDp.seconds, unit: "ratio", localSeconds: longSingle.seconds, clusterSeconds: longDp.seconds, replicas: 2, threadsPerWorker: 1, samples: 32, seqLen: 256 });
+  const longRounds = await dp2Rounds(workDir, "medium-long", long, 32);
+  const longSingle = median(longRounds.singles);
+  const longDp2 = longSingle / median(longRounds.clusters);
+  const longCeiling = longSingle / median(longRounds.pairs);
+  lines.push({
+    bench: "dp2_speedup_4x_tokens", value: longDp2, unit: "ratio", localSeconds: longSingle, clusterSeconds: median(longRounds.clusters),
+    localRuns: longRounds.singles, clusterRuns: longRounds.clusters, replicas: 2, threadsPerWorker: 1, samples: 32, seqLen: 256,
+  });
+  lines.push({ bench: "dp2_ceiling_4x_tokens", value: longCeiling, unit: "ratio", localSeconds: longSingle, pairSeconds: median(longRounds.pairs), pairRuns: longRounds.pairs, samples: 32, seqLen: 256 });
+  lines.push({ bench: "dp2_efficiency_4x_tokens", value: longDp2 / longCeiling, unit: "ratio", samples: 32, seqLen: 256 });
 
   const big = await generateModel({ outDir: join(workDir, "cluster-large"), force: true, layers: 10, hidden: 1536, samples: 16, seqLen: 128, imageTokens: 64 });
   const run = await clusterRun(workDir, "large", big, 1);
