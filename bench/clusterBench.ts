@@ -135,6 +135,23 @@ async function dp2Rounds(workDir: string, tag: string, m: { modelPath: string; c
   return { singles, clusters, pairs, cpuRatios };
 }
 
+/** dp2_speedup, dp2_ceiling and dp2_efficiency (names + suffix) from the medians of the rounds. */
+function dp2Lines(rounds: Awaited<ReturnType<typeof dp2Rounds>>, suffix: string, shape: Record<string, number>): { lines: BenchLine[]; clusterSeconds: number } {
+  const localSeconds = median(rounds.singles);
+  const clusterSeconds = median(rounds.clusters);
+  const pairSeconds = median(rounds.pairs);
+  const speedup = localSeconds / clusterSeconds;
+  const ceiling = localSeconds / pairSeconds;
+  return {
+    clusterSeconds,
+    lines: [
+      { bench: `dp2_speedup${suffix}`, value: speedup, unit: "ratio", localSeconds, clusterSeconds, localRuns: rounds.singles, clusterRuns: rounds.clusters, replicas: 2, threadsPerWorker: 1, goal: 1.6, ...shape },
+      { bench: `dp2_ceiling${suffix}`, value: ceiling, unit: "ratio", localSeconds, pairSeconds, pairRuns: rounds.pairs, ...shape, note: "two atvp prune --threads 1 at once, each on half the samples, no exchange: this machine's two cores on the same work split in two" },
+      { bench: `dp2_efficiency${suffix}`, value: speedup / ceiling, unit: "ratio", ...shape, note: "dp2_speedup over dp2_ceiling: what the cluster (exchange, checkpoints, coordination) keeps of what the two cores give" },
+    ],
+  };
+}
+
 export async function benchCluster(workDir: string): Promise<BenchLine[]> {
   const lines: BenchLine[] = [];
   const medium: Omit<GenModelOptions, "outDir"> = { layers: 8, hidden: 1024, samples: 16, seqLen: 128, imageTokens: 64 };
@@ -149,35 +166,23 @@ export async function benchCluster(workDir: string): Promise<BenchLine[]> {
   const narrow = await clusterRun(workDir, "medium-1t", m, 1);
   lines.push({ bench: "cluster2_1thread_over_local", value: narrow.seconds / local.seconds, unit: "ratio", clusterSeconds: narrow.seconds, note: "each worker 1 thread (the machine's cores split between them)" });
   // Data-parallel: the two replicas each calibrate half of the samples on one thread.
-  const { singles, clusters, pairs, cpuRatios } = await dp2Rounds(workDir, "medium", m, medium.samples!);
-  const single = { seconds: median(singles) };
-  const dp = { seconds: median(clusters) };
-  const dp2 = single.seconds / dp.seconds;
-  const ceiling = single.seconds / median(pairs);
-  lines.push({ bench: "dp2_speedup", value: dp2, unit: "ratio", localSeconds: single.seconds, clusterSeconds: dp.seconds, localRuns: singles, clusterRuns: clusters, replicas: 2, threadsPerWorker: 1, goal: 1.6 });
-  lines.push({ bench: "dp2_ceiling", value: ceiling, unit: "ratio", localSeconds: single.seconds, pairSeconds: median(pairs), pairRuns: pairs, note: "two atvp prune --threads 1 at once, each on half the samples, no exchange: this machine's two cores on the same work split in two" });
-  lines.push({ bench: "dp2_efficiency", value: dp2 / ceiling, unit: "ratio", note: "dp2_speedup over dp2_ceiling: what the cluster (exchange, checkpoints, coordination) keeps of what the two cores give" });
+  const rounds = await dp2Rounds(workDir, "medium", m, medium.samples!);
+  const { cpuRatios } = rounds;
+  const dp = dp2Lines(rounds, "", {});
+  lines.push(...dp.lines);
   lines.push({
     bench: "dp2_cpu_over_single", value: median(cpuRatios.map((r) => r.all)), unit: "ratio",
     mainThreadOverSingle: median(cpuRatios.map((r) => r.main)), restOverSingle: median(cpuRatios.map((r) => r.rest)),
     pairOverSingle: median(cpuRatios.map((r) => r.pair)), rounds: cpuRatios,
     note: "CPU seconds of the 2 replicas together over atvp prune --threads 1's (1 = splitting adds no work); main thread: statistics, masks, exchange, gRPC; rest: onnxruntime, file I/O, GC; pair: the two half-sample prunes of dp2_ceiling",
   });
-  lines.push({ bench: "cluster2_dp_over_local", value: dp.seconds / local.seconds, unit: "ratio", clusterSeconds: dp.seconds, localSeconds: local.seconds, note: "2 replicas x 1 thread vs atvp prune on every core" });
+  lines.push({ bench: "cluster2_dp_over_local", value: dp.clusterSeconds / local.seconds, unit: "ratio", clusterSeconds: dp.clusterSeconds, localSeconds: local.seconds, note: "2 replicas x 1 thread vs atvp prune on every core" });
   // The same with 4x the calibration tokens (32 samples x 256): the per-block costs every replica
   // pays whole (reading weights, masks, applying them) weigh less, as in the reference setup
   // (128 samples x ~1,500 tokens).
-  const long = await generateModel({ outDir: join(workDir, "cluster-medium-long"), force: true, ...medium, samples: 32, seqLen: 256, imageTokens: 128 });
-  const longRounds = await dp2Rounds(workDir, "medium-long", long, 32);
-  const longSingle = median(longRounds.singles);
-  const longDp2 = longSingle / median(longRounds.clusters);
-  const longCeiling = longSingle / median(longRounds.pairs);
-  lines.push({
-    bench: "dp2_speedup_4x_tokens", value: longDp2, unit: "ratio", localSeconds: longSingle, clusterSeconds: median(longRounds.clusters),
-    localRuns: longRounds.singles, clusterRuns: longRounds.clusters, replicas: 2, threadsPerWorker: 1, samples: 32, seqLen: 256,
-  });
-  lines.push({ bench: "dp2_ceiling_4x_tokens", value: longCeiling, unit: "ratio", localSeconds: longSingle, pairSeconds: median(longRounds.pairs), pairRuns: longRounds.pairs, samples: 32, seqLen: 256 });
-  lines.push({ bench: "dp2_efficiency_4x_tokens", value: longDp2 / longCeiling, unit: "ratio", samples: 32, seqLen: 256 });
+  const longShape = { samples: 32, seqLen: 256 };
+  const long = await generateModel({ outDir: join(workDir, "cluster-medium-long"), force: true, ...medium, ...longShape, imageTokens: 128 });
+  lines.push(...dp2Lines(await dp2Rounds(workDir, "medium-long", long, longShape.samples), "_4x_tokens", longShape).lines);
 
   const big = await generateModel({ outDir: join(workDir, "cluster-large"), force: true, layers: 10, hidden: 1536, samples: 16, seqLen: 128, imageTokens: 64 });
   const run = await clusterRun(workDir, "large", big, 1);
