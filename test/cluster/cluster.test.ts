@@ -64,6 +64,7 @@ async function inProcessCluster(workers: number, extra: Partial<Parameters<typeo
       client.close();
       await coordinator.close();
       for (const w of ws) await w.close();
+      await nats.stop(); // (stopped again, harmlessly, in after())
     },
   };
 }

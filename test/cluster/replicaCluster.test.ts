@@ -59,8 +59,17 @@ function assertSameAsPrune(method: keyof typeof METHODS | "atv-graph", out: stri
   assert.deepEqual(report.blocks.map(facts), ref.report.blocks.map(facts));
 }
 
+/** A local cluster on its own nats-server, which close() stops too (after() stops it again, harmlessly). */
 async function inProcessCluster(workers: number) {
-  return startLocalCluster((await freshNats()).url, workers, tmp.path);
+  const nats = await freshNats();
+  const cluster = await startLocalCluster(nats.url, workers, tmp.path);
+  return {
+    ...cluster,
+    async close() {
+      await cluster.close();
+      await nats.stop();
+    },
+  };
 }
 
 for (const [workers, replicas, stages] of [[2, 2, 1], [3, 3, 1], [4, 2, 2]] as const) {
@@ -164,6 +173,7 @@ for (const victimReplica of [1, 0]) {
       client.close();
       await coordinator.close();
       for (const c of children) await c.kill();
+      await nats.stop();
     }
   });
 }
@@ -206,5 +216,6 @@ test("the coordinator restarted mid-job with one worker left: the job keeps its 
     await second?.close();
     await a.close();
     await b.close();
+    await nats.stop();
   }
 });
