@@ -9,8 +9,10 @@
  *    fewer entries share the threshold's bin). Returns the largest key, so a NaN (a key above
  *    +inf's bits) is seen once per tile.
  *  - thresholds: per column, the bin holding the k-th smallest key and its rank within the bin.
- *  - classify: per row, key < lo[j] -> pruned (1), else 0, stored as 16 mask bytes at once;
- *    lo[j] <= key < hi[j] (the threshold's bin) appends c to column j's member list.
+ *  - classify: per row, key < lo[j] -> pruned (bit j set), stored as the row's 16 mask bits at
+ *    once; lo[j] <= key < hi[j] (the threshold's bin) appends c to column j's member list.
+ *    Bits, not bytes: a whole panel's tile masks take an eighth of the memory traffic.
+ *  - expand: the tile masks' bits back to one byte per weight, in row-major order.
  *
  * maskSelect.ts ranks the members exactly, as the JavaScript kernel does (key bits, then exact
  * M, then lower c), so both give the same bits. The module is assembled here at load time by
@@ -32,11 +34,11 @@ export interface MaskKernelExports {
   keys_f16(src: number, rowBytes: number, inDim: number, sq: number, keys: number): number;
   keys_bf16(src: number, rowBytes: number, inDim: number, sq: number, keys: number): number;
   thresholds(k: number, bounds: number, ranks: number): void;
-  level2(members: number, n: number, keys: number, r: number, mask: number, scratch: number, result: number): void;
-  copy16(src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number, rows: number, tiles: number): void;
+  level2(members: number, n: number, keys: number, r: number, mask: number, bit: number, scratch: number, result: number): void;
   copy32(src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number, rows: number, tiles: number): void;
   copy64(src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number, rows: number, tiles: number): void;
-  classify(keys: number, inDim: number, bounds: number, mask: number, maskRowBytes: number, members: number, counts: number): void;
+  classify(keys: number, inDim: number, bounds: number, mask: number, members: number, counts: number): void;
+  expand(src: number, srcTile: number, dst: number, dstRow: number, rows: number, tiles: number): void;
 }
 
 /** Leaves |W| of columns 4q..4q+3 of the row at `src` on the stack, as float32x4. */
@@ -109,8 +111,8 @@ function keysFunction(type: KernelType): Code {
 }
 
 function classifyFunction(): Code {
-  const f = new Code([I32, I32, I32, I32, I32, I32, I32], []);
-  const [keys, inDim, bounds, mask, maskRowBytes, members, counts] = [0, 1, 2, 3, 4, 5, 6];
+  const f = new Code([I32, I32, I32, I32, I32, I32], []);
+  const [keys, inDim, bounds, mask, members, counts] = [0, 1, 2, 3, 4, 5];
   const c = f.local(I32);
   const lo = [0, 1, 2, 3].map(() => f.local(V128));
   const hi = [0, 1, 2, 3].map(() => f.local(V128));
@@ -132,7 +134,7 @@ function classifyFunction(): Code {
   }
   f.get(mask);
   f.get(cut[0]!).get(cut[1]!).simd(SIMD.i16x8NarrowI32x4S).get(cut[2]!).get(cut[3]!).simd(SIMD.i16x8NarrowI32x4S).simd(SIMD.i8x16NarrowI16x8S);
-  f.i32(1).simd(SIMD.i8x16Splat).simd(SIMD.and).v128Mem(SIMD.store);
+  f.simd(SIMD.i8x16Bitmask).mem(OP.i32Store16, 1);
   // Members: one bit per column in the bucket; each appends c to its column's list.
   f.get(inBucket[0]!).get(inBucket[1]!).simd(SIMD.i16x8NarrowI32x4S).get(inBucket[2]!).get(inBucket[3]!).simd(SIMD.i16x8NarrowI32x4S).simd(SIMD.i8x16NarrowI16x8S);
   f.simd(SIMD.i8x16Bitmask).set(bits);
@@ -146,7 +148,7 @@ function classifyFunction(): Code {
   f.br(OP.br, 0);
   f.op(OP.end).op(OP.end);
   f.get(keys).i32(16 * 4).op(OP.i32Add).set(keys);
-  f.get(mask).get(maskRowBytes).op(OP.i32Add).set(mask);
+  f.get(mask).i32(2).op(OP.i32Add).set(mask);
   f.get(c).i32(1).op(OP.i32Add).tee(c).get(inDim).op(OP.i32LtU).br(OP.brIf, 0);
   f.op(OP.end);
   return f;
@@ -202,13 +204,15 @@ function thresholdsFunction(): Code {
 
 /**
  * One column's threshold bin, ranked by the next 8 key bits: members (n entries of c) whose digit
- * is below that of the r-th smallest are marked pruned (mask + c * 16); those sharing its digit
+ * is below that of the r-th smallest are marked pruned (`bit` set in the 16-bit row mask at
+ * mask + c * 2); those sharing its digit
  * are listed at scratch + 1024 (after a 256-bin histogram at scratch) for exact ranking, with
  * the remaining rank and their count written to result[0], result[1]. Keys at keys + c * 64.
  */
 function level2Function(): Code {
-  const f = new Code([I32, I32, I32, I32, I32, I32, I32], []);
-  const [members, n, keys, r, mask, scratch, result] = [0, 1, 2, 3, 4, 5, 6];
+  const f = new Code([I32, I32, I32, I32, I32, I32, I32, I32], []);
+  const [members, n, keys, r, mask, bit, scratch, result] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const at = f.local(I32);
   const i = f.local(I32);
   const c = f.local(I32);
   const d = f.local(I32);
@@ -242,7 +246,8 @@ function level2Function(): Code {
     digit();
     f.tee(d).get(b).op(OP.i32LtU);
     f.open(OP.if);
-    f.get(mask).get(c).i32(4).op(OP.i32Shl).op(OP.i32Add).i32(1).mem(OP.i32Store8, 0);
+    f.get(mask).get(c).i32(1).op(OP.i32Shl).op(OP.i32Add).tee(at);
+    f.get(at).mem(OP.i32Load16U, 1).get(bit).op(OP.i32Or).mem(OP.i32Store16, 1);
     f.op(OP.end);
     f.get(d).get(b).op(OP.i32Eq);
     f.open(OP.if);
@@ -260,7 +265,7 @@ function level2Function(): Code {
  * inner: block (c, t) is at src + c * srcRow + t * srcTile and goes to dst + c * dstRow +
  * t * dstTile. It turns the row-major weight panel into tile-major order [tile][in][16 columns],
  * so the key pass reads each tile's rows contiguously (a row stride of a whole [in, out] matrix
- * touches a new page per row), and the tile-major mask back into row-major order.
+ * touches a new page per row).
  */
 function copyBlocksFunction(vectors: number): Code {
   const f = new Code([I32, I32, I32, I32, I32, I32, I32, I32], []);
@@ -286,7 +291,43 @@ function copyBlocksFunction(vectors: number): Code {
   return f;
 }
 
-/** The kernel's module bytes (deterministic: the same source gives the same bytes). */
+/** Bit j of a row's 16-bit mask is its column j: lanes 0-7 test the low byte, 8-15 the high. */
+const BIT_OF_LANE = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+
+/**
+ * Turns 16-bit row masks (tile t's row c at src + t * srcTile + c * 2) back into one byte per
+ * weight (1 = pruned) at dst + c * dstRow + t * 16, for rows c < rows and tiles t < tiles.
+ */
+function expandFunction(): Code {
+  const f = new Code([I32, I32, I32, I32, I32, I32], []);
+  const [src, srcTile, dst, dstRow, rows, tiles] = [0, 1, 2, 3, 4, 5];
+  const t = f.local(I32);
+  const c = f.local(I32);
+  const s = f.local(I32);
+  const d = f.local(I32);
+  const v = f.local(V128);
+  f.open(OP.loop);
+  f.get(src).set(s);
+  f.get(dst).set(d);
+  f.i32(0).set(c);
+  f.open(OP.loop);
+  // The row's two mask bytes, each spread over eight lanes, each lane keeping its own bit.
+  f.get(s).mem(OP.i32Load16U, 1).simd(SIMD.i16x8Splat).set(v);
+  f.get(v).get(v).simd(SIMD.shuffle, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  f.v128i8(BIT_OF_LANE).simd(SIMD.and).v128i8(BIT_OF_LANE).simd(SIMD.i8x16Eq);
+  f.i32(1).simd(SIMD.i8x16Splat).simd(SIMD.and).set(v);
+  f.get(d).get(v).v128Mem(SIMD.store);
+  f.get(s).i32(2).op(OP.i32Add).set(s);
+  f.get(d).get(dstRow).op(OP.i32Add).set(d);
+  f.get(c).i32(1).op(OP.i32Add).tee(c).get(rows).op(OP.i32LtU).br(OP.brIf, 0);
+  f.op(OP.end);
+  f.get(src).get(srcTile).op(OP.i32Add).set(src);
+  f.get(dst).i32(16).op(OP.i32Add).set(dst);
+  f.get(t).i32(1).op(OP.i32Add).tee(t).get(tiles).op(OP.i32LtU).br(OP.brIf, 0);
+  f.op(OP.end);
+  return f;
+}
+
 /**
  * Zeroes `bytes` (a multiple of 64) from `at`: the histograms before every tile (a TypedArray
  * fill is slower, on a shared memory twice as slow).
@@ -316,7 +357,7 @@ export function maskKernelModule(shared = false): Uint8Array {
     { name: "classify", code: classifyFunction() },
     { name: "thresholds", code: thresholdsFunction() },
     { name: "level2", code: level2Function() },
-    { name: "copy16", code: copyBlocksFunction(1) },
+    { name: "expand", code: expandFunction() },
     { name: "copy32", code: copyBlocksFunction(2) },
     { name: "copy64", code: copyBlocksFunction(4) },
   ], shared ? SHARED_MAX_PAGES : undefined);

@@ -533,8 +533,8 @@ function markSmallestTilesWasm(
   const tiles = Math.floor((end - begin) / TILE_COLUMNS);
   const kernel = tiles > 0 ? maskKernel() : null;
   if (!kernel) return null;
-  // Per column: the panel and its mask (tile-major) and a staging group of rows; the rest is per row.
-  const perColumn = w.inDim * (elemSize(w) + 1) + ROW_GROUP * elemSize(w);
+  // Per column: the panel and its mask bits (tile-major) and a staging group of rows; the rest is per row.
+  const perColumn = w.inDim * elemSize(w) + w.inDim / 8 + ROW_GROUP * elemSize(w);
   const perRow = TILE_COLUMNS * KERNEL_BINS * 4 + w.inDim * (2 * TILE_COLUMNS * 4 + 4 + 8) + ROW_GROUP * STAGE_PAD + 4096;
   // Weights in the kernel's memory (a mask thread's) lie above KERNEL_INPUT_AT: panels stay below.
   const budget = kernel.addressOf(w.bytes) === null ? kernelLimits.memoryBudget : Math.min(kernelLimits.memoryBudget, KERNEL_INPUT_AT);
@@ -567,7 +567,7 @@ const STAGE_PAD = 64;
  * t * srcTile to dst + c * dstRow + t * dstTile, tiles outer.
  */
 function copyGroupByTiles(
-  copy: MaskKernel["fn"]["copy16"], c0: number, n: number, tiles: number, src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number,
+  copy: MaskKernel["fn"]["copy32"], c0: number, n: number, tiles: number, src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number,
 ): void {
   copy(src + c0 * srcRow, srcTile, srcRow, dst + c0 * dstRow, dstTile, dstRow, tiles, n);
 }
@@ -586,7 +586,7 @@ function markPanelWasm(
   const panelRow = width * size;
   // Memory: histograms (at 0), keys [in, 16], member lists [16, in], counts, bounds, ranks,
   // sqrt(s), a group of rows as given (the panel's weights, later its mask), the panel
-  // tile-major, its mask tile-major.
+  // tile-major, its mask tile-major as 16-bit rows.
   const keysAt = TILE_COLUMNS * KERNEL_BINS * 4;
   const listsAt = keysAt + TILE_COLUMNS * inDim * 4;
   const countsAt = listsAt + TILE_COLUMNS * inDim * 4;
@@ -600,13 +600,15 @@ function markPanelWasm(
   const stagingAt = align16(sqAt + inDim * 8);
   const srcAt = align16(stagingAt + ROW_GROUP * stageRow);
   const maskTilesAt = align16(srcAt + inDim * panelRow);
+  const maskTileBytes = inDim * 2;
   let buffer: ArrayBuffer | SharedArrayBuffer;
   try {
-    buffer = kernel.reserve(maskTilesAt + inDim * width);
+    buffer = kernel.reserve(maskTilesAt + tiles * maskTileBytes);
   } catch {
     return null; // the memory could not grow: the JavaScript kernel needs none
   }
   const u8 = new Uint8Array(buffer);
+  const u16 = new Uint16Array(buffer);
   const i32 = new Int32Array(buffer);
   new Float64Array(buffer, sqAt, inDim).set(sq);
   // Weights already in the kernel's memory (a mask thread's, written by the pool) are read in
@@ -630,8 +632,10 @@ function markPanelWasm(
   const exactIdx = new Int32Array(inDim);
   const exactVal = new Float64Array(inDim);
   const level2List = level2At / 4 + 256;
-  let colAt = 0; // the mask byte of the column's row 0, for cut
-  const cut = (c: number) => (u8[colAt + c * TILE_COLUMNS] = 1);
+  // cut sets column j's bit (colBit) in the tile's 16-bit row masks (from u16[tileRows]).
+  let tileRows = 0;
+  let colBit = 0;
+  const cut = (c: number) => (u16[tileRows + c]! |= colBit);
   let pruned = 0;
   for (let t = 0; t < tiles; t++) {
     kernel.fn.zero(0, hist.byteLength);
@@ -640,14 +644,15 @@ function markPanelWasm(
     if (k === 0) continue;
     kernel.fn.thresholds(k, boundsAt, ranksAt);
     i32.fill(0, countsAt / 4, countsAt / 4 + TILE_COLUMNS);
-    const maskTile = maskTilesAt + t * inDim * TILE_COLUMNS;
-    kernel.fn.classify(keysAt, inDim, boundsAt, maskTile, TILE_COLUMNS, listsAt, countsAt);
+    const maskTile = maskTilesAt + t * maskTileBytes;
+    tileRows = maskTile / 2;
+    kernel.fn.classify(keysAt, inDim, boundsAt, maskTile, listsAt, countsAt);
     for (let j = 0; j < TILE_COLUMNS; j++) {
       const o = begin + t * TILE_COLUMNS + j;
-      colAt = maskTile + j;
+      colBit = 1 << j;
       // The bin's members by their next 8 key bits in the kernel; the few sharing the
       // threshold's key digits are ranked here by exact M.
-      kernel.fn.level2(listsAt + j * inDim * 4, i32[countsAt / 4 + j]!, keysAt + 4 * j, i32[ranksAt / 4 + j]!, colAt, level2At, resultAt);
+      kernel.fn.level2(listsAt + j * inDim * 4, i32[countsAt / 4 + j]!, keysAt + 4 * j, i32[ranksAt / 4 + j]!, maskTile, colBit, level2At, resultAt);
       const r = i32[resultAt / 4]!;
       const n = i32[resultAt / 4 + 1]!;
       if (n === 1) {
@@ -667,7 +672,7 @@ function markPanelWasm(
   // The mask back in row-major order, a staged group of rows at a time.
   for (let c0 = 0; c0 < inDim; c0 += ROW_GROUP) {
     const n = Math.min(ROW_GROUP, inDim - c0);
-    copyGroupByTiles(kernel.fn.copy16, 0, n, tiles, maskTilesAt + c0 * TILE_COLUMNS, TILE_COLUMNS, inDim * TILE_COLUMNS, stagingAt, stageMaskRow, TILE_COLUMNS);
+    kernel.fn.expand(maskTilesAt + c0 * 2, maskTileBytes, stagingAt, stageMaskRow, n, tiles);
     for (let c = c0; c < c0 + n; c++) mask.set(u8.subarray(stagingAt + (c - c0) * stageMaskRow, stagingAt + (c - c0) * stageMaskRow + width), c * outDim + begin);
   }
   return pruned;

@@ -13,7 +13,7 @@ export type ValType = typeof I32 | typeof F64 | typeof V128;
 export const OP = {
   block: 0x02, loop: 0x03, if: 0x04, end: 0x0b, br: 0x0c, brIf: 0x0d, return: 0x0f,
   localGet: 0x20, localSet: 0x21, localTee: 0x22,
-  i32Load: 0x28, f64Load: 0x2b, i32Store: 0x36, i32Store8: 0x3a,
+  i32Load: 0x28, f64Load: 0x2b, i32Load16U: 0x2f, i32Store: 0x36, i32Store8: 0x3a, i32Store16: 0x3b,
   i32Const: 0x41,
   i32Eqz: 0x45, i32Eq: 0x46, i32Ne: 0x47, i32LtU: 0x49, i32GtU: 0x4b, i32GeU: 0x4f,
   i32Ctz: 0x68, i32Add: 0x6a, i32Sub: 0x6b, i32Mul: 0x6c, i32And: 0x71, i32Or: 0x72, i32Shl: 0x74, i32ShrU: 0x76,
@@ -22,9 +22,9 @@ export const OP = {
 /** SIMD opcodes (after the 0xfd prefix). */
 export const SIMD = {
   load: 0, store: 11, const: 12, shuffle: 13,
-  i8x16Splat: 15, i32x4Splat: 17, f32x4Splat: 19, f64x2Splat: 20,
+  i8x16Splat: 15, i16x8Splat: 16, i32x4Splat: 17, f32x4Splat: 19, f64x2Splat: 20,
   i32x4ExtractLane: 27,
-  i32x4LtU: 58, i32x4GeU: 64,
+  i8x16Eq: 35, i32x4LtU: 58, i32x4GeU: 64,
   and: 78, andnot: 79, or: 80, bitselect: 82, anyTrue: 83,
   f32x4DemoteF64x2Zero: 94, f64x2PromoteLowF32x4: 95,
   i8x16Bitmask: 100, i8x16NarrowI16x8S: 101, i16x8NarrowI32x4S: 133,
@@ -122,6 +122,11 @@ export class Code {
   v128i32(a: number, b: number, c: number, d: number): this {
     const lanes = new Uint8Array(new Int32Array([a, b, c, d]).buffer);
     return this.simd(SIMD.const, ...lanes);
+  }
+
+  /** v128.const from sixteen i8 lanes. */
+  v128i8(lanes: readonly number[]): this {
+    return this.simd(SIMD.const, ...lanes.map((b) => b & 0xff));
   }
 
   lane(opcode: number, lane: number): this {
