@@ -270,25 +270,51 @@ function level2Function(): Code {
 function copyBlocksFunction(vectors: number): Code {
   const f = new Code([I32, I32, I32, I32, I32, I32, I32, I32], []);
   const [src, srcRow, srcTile, dst, dstRow, dstTile, rows, tiles] = [0, 1, 2, 3, 4, 5, 6, 7];
-  const c = f.local(I32);
-  const t = f.local(I32);
-  const s = f.local(I32);
-  const d = f.local(I32);
-  f.open(OP.loop);
-  f.get(src).set(s);
-  f.get(dst).set(d);
-  f.i32(0).set(t);
-  f.open(OP.loop);
-  for (let v = 0; v < vectors; v++) f.get(d).get(s).v128Mem(SIMD.load, 16 * v).v128Mem(SIMD.store, 16 * v);
-  f.get(s).get(srcTile).op(OP.i32Add).set(s);
-  f.get(d).get(dstTile).op(OP.i32Add).set(d);
-  f.get(t).i32(1).op(OP.i32Add).tee(t).get(tiles).op(OP.i32LtU).br(OP.brIf, 0);
-  f.op(OP.end);
-  f.get(src).get(srcRow).op(OP.i32Add).set(src);
-  f.get(dst).get(dstRow).op(OP.i32Add).set(dst);
-  f.get(c).i32(1).op(OP.i32Add).tee(c).get(rows).op(OP.i32LtU).br(OP.brIf, 0);
-  f.op(OP.end);
+  const loops = { src, dst, outer: { count: rows, src: srcRow, dst: dstRow }, inner: { count: tiles, src: srcTile, dst: dstTile } };
+  emitPointerLoops(f, loops, (s, d) => {
+    for (let v = 0; v < vectors; v++) f.get(d).get(s).v128Mem(SIMD.load, 16 * v).v128Mem(SIMD.store, 16 * v);
+  });
   return f;
+}
+
+/** A pointer's step: a parameter (local index) or a constant number of bytes. */
+type Step = number | { bytes: number };
+
+interface PointerLoops {
+  /** the parameters holding the two pointers */
+  src: number;
+  dst: number;
+  /** the parameter holding each loop's count, and how far each pointer moves per iteration */
+  outer: { count: number; src: Step; dst: Step };
+  inner: { count: number; src: Step; dst: Step };
+}
+
+/**
+ * Two nested loops walking a source and a destination pointer: the inner loop starts at the
+ * outer one's pointers, `body` gets the locals holding the inner ones. Counts must be >= 1.
+ */
+function emitPointerLoops(f: Code, loops: PointerLoops, body: (s: number, d: number) => void): void {
+  const [i, j, s, d] = [f.local(I32), f.local(I32), f.local(I32), f.local(I32)];
+  const advance = (ptr: number, step: Step) => {
+    f.get(ptr);
+    if (typeof step === "number") f.get(step);
+    else f.i32(step.bytes);
+    f.op(OP.i32Add).set(ptr);
+  };
+  f.open(OP.loop);
+  f.get(loops.src).set(s);
+  f.get(loops.dst).set(d);
+  f.i32(0).set(j);
+  f.open(OP.loop);
+  body(s, d);
+  advance(s, loops.inner.src);
+  advance(d, loops.inner.dst);
+  f.get(j).i32(1).op(OP.i32Add).tee(j).get(loops.inner.count).op(OP.i32LtU).br(OP.brIf, 0);
+  f.op(OP.end);
+  advance(loops.src, loops.outer.src);
+  advance(loops.dst, loops.outer.dst);
+  f.get(i).i32(1).op(OP.i32Add).tee(i).get(loops.outer.count).op(OP.i32LtU).br(OP.brIf, 0);
+  f.op(OP.end);
 }
 
 /** Bit j of a row's 16-bit mask is its column j: lanes 0-7 test the low byte, 8-15 the high. */
@@ -301,30 +327,16 @@ const BIT_OF_LANE = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
 function expandFunction(): Code {
   const f = new Code([I32, I32, I32, I32, I32, I32], []);
   const [src, srcTile, dst, dstRow, rows, tiles] = [0, 1, 2, 3, 4, 5];
-  const t = f.local(I32);
-  const c = f.local(I32);
-  const s = f.local(I32);
-  const d = f.local(I32);
   const v = f.local(V128);
-  f.open(OP.loop);
-  f.get(src).set(s);
-  f.get(dst).set(d);
-  f.i32(0).set(c);
-  f.open(OP.loop);
-  // The row's two mask bytes, each spread over eight lanes, each lane keeping its own bit.
-  f.get(s).mem(OP.i32Load16U, 1).simd(SIMD.i16x8Splat).set(v);
-  f.get(v).get(v).simd(SIMD.shuffle, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-  f.v128i8(BIT_OF_LANE).simd(SIMD.and).v128i8(BIT_OF_LANE).simd(SIMD.i8x16Eq);
-  f.i32(1).simd(SIMD.i8x16Splat).simd(SIMD.and).set(v);
-  f.get(d).get(v).v128Mem(SIMD.store);
-  f.get(s).i32(2).op(OP.i32Add).set(s);
-  f.get(d).get(dstRow).op(OP.i32Add).set(d);
-  f.get(c).i32(1).op(OP.i32Add).tee(c).get(rows).op(OP.i32LtU).br(OP.brIf, 0);
-  f.op(OP.end);
-  f.get(src).get(srcTile).op(OP.i32Add).set(src);
-  f.get(dst).i32(16).op(OP.i32Add).set(dst);
-  f.get(t).i32(1).op(OP.i32Add).tee(t).get(tiles).op(OP.i32LtU).br(OP.brIf, 0);
-  f.op(OP.end);
+  const loops = { src, dst, outer: { count: tiles, src: srcTile, dst: { bytes: 16 } }, inner: { count: rows, src: { bytes: 2 }, dst: dstRow } };
+  emitPointerLoops(f, loops, (s, d) => {
+    // The row's two mask bytes, each spread over eight lanes, each lane keeping its own bit.
+    f.get(s).mem(OP.i32Load16U, 1).simd(SIMD.i16x8Splat).set(v);
+    f.get(v).get(v).simd(SIMD.shuffle, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    f.v128i8(BIT_OF_LANE).simd(SIMD.and).v128i8(BIT_OF_LANE).simd(SIMD.i8x16Eq);
+    f.i32(1).simd(SIMD.i8x16Splat).simd(SIMD.and).set(v);
+    f.get(d).get(v).v128Mem(SIMD.store);
+  });
   return f;
 }
 
