@@ -17,9 +17,9 @@
  * rows, and each column's k-th smallest is found by histograms of key bits (a monotone float32
  * image of M) instead of a sort; only the handful of entries sharing the threshold's key bucket
  * are ranked by exact M, so the result is exactly the contract's. Unstructured masks of [in, out]
- * weights run the same selection as a WebAssembly SIMD kernel (maskKernelWasm.ts, ~2.5e8
- * params/s on float16) over whole 16-column tiles; other columns, layouts and patterns, and
- * hosts without WebAssembly, use the JavaScript kernel below. Columns are independent, so
+ * weights run the same selection as a WebAssembly SIMD kernel (maskKernelWasm.ts, 2.5e8-4.5e8
+ * params/s on float16 on two machines) over whole 16-column tiles; other columns, layouts and
+ * patterns, and hosts without WebAssembly, use the JavaScript kernel below. Columns are independent, so
  * computeMaskColumns lets threads (maskPool.ts) share a linear.
  */
 import { InvalidArgumentError, NumericError, UnsupportedTypeError } from "../errors.js";
@@ -563,13 +563,13 @@ const ROW_GROUP = 32;
 const STAGE_PAD = 64;
 
 /**
- * Copies block (c, t) of rows c in [c0, c0 + n) and tiles t < tiles from src + c * srcRow +
- * t * srcTile to dst + c * dstRow + t * dstTile, tiles outer.
+ * Copies block (c, t) of rows c < n and tiles t < tiles from src + c * srcRow + t * srcTile to
+ * dst + c * dstRow + t * dstTile, tiles outer.
  */
 function copyGroupByTiles(
-  copy: MaskKernel["fn"]["copy32"], c0: number, n: number, tiles: number, src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number,
+  copy: MaskKernel["fn"]["copy32"], n: number, tiles: number, src: number, srcRow: number, srcTile: number, dst: number, dstRow: number, dstTile: number,
 ): void {
-  copy(src + c0 * srcRow, srcTile, srcRow, dst + c0 * dstRow, dstTile, dstRow, tiles, n);
+  copy(src, srcTile, srcRow, dst, dstTile, dstRow, tiles, n);
 }
 
 /**
@@ -621,11 +621,11 @@ function markPanelWasm(
     const n = Math.min(ROW_GROUP, inDim - c0);
     awaitRows(c0 + n);
     if (at !== null) {
-      copyGroupByTiles(copyWeights, c0, n, tiles, at + begin * size, outDim * size, tileBytes, srcAt, tileBytes, tileStride);
+      copyGroupByTiles(copyWeights, n, tiles, at + (c0 * outDim + begin) * size, outDim * size, tileBytes, srcAt + c0 * tileBytes, tileBytes, tileStride);
       continue;
     }
     for (let c = c0; c < c0 + n; c++) u8.set(w.bytes.subarray((c * outDim + begin) * size, (c * outDim + begin + width) * size), stagingAt + (c - c0) * stageRow);
-    copyGroupByTiles(copyWeights, 0, n, tiles, stagingAt, stageRow, tileBytes, srcAt + c0 * tileBytes, tileBytes, tileStride);
+    copyGroupByTiles(copyWeights, n, tiles, stagingAt, stageRow, tileBytes, srcAt + c0 * tileBytes, tileBytes, tileStride);
   }
   const keysOf = w.dataType === DT.FLOAT ? kernel.fn.keys_f32 : w.dataType === DT.FLOAT16 ? kernel.fn.keys_f16 : kernel.fn.keys_bf16;
   const hist = i32.subarray(0, TILE_COLUMNS * KERNEL_BINS);
