@@ -4,12 +4,14 @@
  * out the machine's memory speed; two threads (MaskPool, shared-memory copy included) over one,
  * into reused mask buffers as the engine runs them and into new ones;
  * and what sharing the weights with a thread costs: a copy into a SharedArrayBuffer against a
- * transfer of the buffer to a thread and back.
+ * transfer of the buffer to a thread and back, and the pool's row-by-row copy into shared memory
+ * by TypedArray.set against runCopier's Buffer.copy.
  */
 import { performance } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
 import { computeMask, type WeightMatrix } from "../services/core/src/prune/maskSelect.js";
 import { MaskPool } from "../services/core/src/prune/maskPool.js";
+import { runCopier } from "../services/core/src/prune/byteCopy.js";
 import { OnnxDataType, floatToHalf } from "../services/core/src/onnx/dtype.js";
 import type { BenchLine } from "./benchLine.js";
 import { mulberry32 } from "../services/core/src/calib/seededRandom.js";
@@ -97,6 +99,18 @@ export async function benchMask(): Promise<BenchLine[]> {
   }
   const shareCopyS = await bestOf(10, () => new Uint8Array(new SharedArrayBuffer(bytes.length)).set(bytes));
   const transferS = await transferRoundTrip(bytes, 10);
+  // The pool's copy of a thread's share: rows of 54% of a row each, into shared memory.
+  const rowTarget = new Uint8Array(new SharedArrayBuffer(bytes.length)).fill(1);
+  const runBytes = Math.round((OUT * 0.54) / 16) * 16 * 2;
+  const copyRuns = (copy: (from: number, to: number, length: number) => void) => {
+    for (let c = 0; c < IN; c++) copy(c * OUT * 2, c * OUT * 2, runBytes);
+  };
+  const viaSet = (from: number, to: number, length: number) => rowTarget.set(bytes.subarray(from, from + length), to);
+  let [rowSetS, rowCopyS] = [Infinity, Infinity];
+  for (let i = 0; i < 9; i++) {
+    rowSetS = Math.min(rowSetS, await bestOf(1, () => copyRuns(viaSet)));
+    rowCopyS = Math.min(rowCopyS, await bestOf(1, () => copyRuns(runCopier(bytes, rowTarget))));
+  }
 
   const shape = `${IN}x${OUT}`;
   return [
@@ -105,6 +119,7 @@ export async function benchMask(): Promise<BenchLine[]> {
     { bench: "mask_vs_memcpy_new_buffer", value: freshS / copyS, unit: "ratio", dtype: "float16", shape, memcpy_seconds: copyS, mask: "into a new buffer" },
     { bench: "mask_threads2_speedup", value: best.one / best.two, unit: "ratio", dtype: "float16", shape, one_thread_seconds: best.one, two_threads_seconds: best.two, mask: "into a reused buffer" },
     { bench: "mask_threads2_speedup_new_buffer", value: best.oneNew / best.twoNew, unit: "ratio", dtype: "float16", shape, one_thread_seconds: best.oneNew, two_threads_seconds: best.twoNew, mask: "into a new buffer" },
+    { bench: "mask_row_copy_set_over_buffer_copy", value: rowSetS / rowCopyS, unit: "ratio", dtype: "float16", shape, set_seconds: rowSetS, buffer_copy_seconds: rowCopyS, rows: IN, run_bytes: runBytes, into: "shared memory" },
     { bench: "mask_share_copy_over_transfer", value: shareCopyS / transferS, unit: "ratio", dtype: "float16", shape, copy_seconds: shareCopyS, transfer_round_trip_seconds: transferS },
   ];
 }

@@ -24,6 +24,7 @@
  */
 import { InvalidArgumentError, NumericError, UnsupportedTypeError } from "../errors.js";
 import { OnnxDataType as DT, halfToFloatTable, typeName } from "../onnx/dtype.js";
+import { runCopier } from "./byteCopy.js";
 import { BINS as KERNEL_BINS, KERNEL_INPUT_AT, TILE_COLUMNS, maskKernel, type MaskKernel } from "./maskKernelWasm.js";
 
 export type Pattern = { kind: "unstructured" } | { kind: "nm"; n: number; m: number };
@@ -617,6 +618,7 @@ function markPanelWasm(
   const tileBytes = TILE_COLUMNS * size;
   const tileStride = inDim * tileBytes;
   const copyWeights = size === 4 ? kernel.fn.copy64 : kernel.fn.copy32;
+  const stageIn = runCopier(w.bytes, u8);
   for (let c0 = 0; c0 < inDim; c0 += ROW_GROUP) {
     const n = Math.min(ROW_GROUP, inDim - c0);
     awaitRows(c0 + n);
@@ -624,7 +626,7 @@ function markPanelWasm(
       copyGroupByTiles(copyWeights, n, tiles, at + (c0 * outDim + begin) * size, outDim * size, tileBytes, srcAt + c0 * tileBytes, tileBytes, tileStride);
       continue;
     }
-    for (let c = c0; c < c0 + n; c++) u8.set(w.bytes.subarray((c * outDim + begin) * size, (c * outDim + begin + width) * size), stagingAt + (c - c0) * stageRow);
+    for (let c = c0; c < c0 + n; c++) stageIn((c * outDim + begin) * size, stagingAt + (c - c0) * stageRow, panelRow);
     copyGroupByTiles(copyWeights, n, tiles, stagingAt, stageRow, tileBytes, srcAt + c0 * tileBytes, tileBytes, tileStride);
   }
   const keysOf = w.dataType === DT.FLOAT ? kernel.fn.keys_f32 : w.dataType === DT.FLOAT16 ? kernel.fn.keys_f16 : kernel.fn.keys_bf16;
@@ -670,10 +672,11 @@ function markPanelWasm(
   }
   if (k === 0) return pruned;
   // The mask back in row-major order, a staged group of rows at a time.
+  const maskOut = runCopier(u8, mask);
   for (let c0 = 0; c0 < inDim; c0 += ROW_GROUP) {
     const n = Math.min(ROW_GROUP, inDim - c0);
     kernel.fn.expand(maskTilesAt + c0 * 2, maskTileBytes, stagingAt, stageMaskRow, n, tiles);
-    for (let c = c0; c < c0 + n; c++) mask.set(u8.subarray(stagingAt + (c - c0) * stageMaskRow, stagingAt + (c - c0) * stageMaskRow + width), c * outDim + begin);
+    for (let c = c0; c < c0 + n; c++) maskOut(stagingAt + (c - c0) * stageMaskRow, c * outDim + begin, width);
   }
   return pruned;
 }
