@@ -143,6 +143,33 @@ describe("weights copied to the threads while they run", () => {
     }
   });
 
+  test("whatever split the pool learns or starts from, the same masks: its own thread only copying (copy cost 5), or keeping most (copy cost 0)", async () => {
+    // Large enough for the pool to learn from (MIN_LEARNING_PARAMS).
+    const r = mulberry32(5);
+    const w = weight(randomRows(r, 1024, 1040, "continuous"), OnnxDataType.FLOAT16, "in_out", "split");
+    const scale = randomScale(r, 1024, "continuous");
+    const job: MaskJob = { weight: w, scale, options: { sparsity: 0.5, pattern: { kind: "unstructured" } } };
+    const expected = previousComputeMask(job.weight, job.scale, job.options);
+    for (const [threads, copyCost] of [[2, 5], [3, 5], [2, 0], [3, 0]] as const) {
+      const pool = MaskPool.start(threads, copyCost);
+      try {
+        const first = pool.shares();
+        assert.equal(first[0], copyCost === 5 ? 0 : 1 / threads, `${threads} threads, copy cost ${copyCost}: ${first}`);
+        for (let i = 0; i < 4; i++) {
+          const [got] = await pool.computeMasks([job]);
+          assert.ok(Buffer.from(got!.mask).equals(Buffer.from(expected.mask)), `${threads} threads, copy cost ${copyCost}, batch ${i} (split ${pool.shares()})`);
+          assert.equal(got!.pruned, expected.pruned);
+        }
+        // It learnt from those batches: a split still, not the one it started from.
+        const learnt = pool.shares();
+        assert.ok(learnt.every((x) => x >= 0) && Math.abs(learnt.reduce((a, b) => a + b, 0) - 1) < 1e-9, `${learnt}`);
+        assert.notDeepEqual(learnt, first);
+      } finally {
+        await pool.close();
+      }
+    }
+  });
+
   test("a batch larger than the threads' memories goes in groups, a larger linear on the pool's thread: the same masks", async () => {
     const small = weight(randomRows(mulberry32(31), 64, 48, "continuous"), OnnxDataType.FLOAT16, "in_out", "small");
     const large = weight(rows, OnnxDataType.FLOAT, "in_out", "large");

@@ -10,7 +10,7 @@
  * transfer, which bench/maskBench.ts measures as much cheaper, cannot hand one buffer to several
  * threads). The copy overlaps the threads' work: they get their tasks first and read each
  * weight's rows as this thread copies them (counted in a shared Int32Array); this thread, which
- * copies, keeps a smaller share (COPY_COST).
+ * copies, keeps a smaller share, learnt from the pool's own batches (maskShares.ts).
  * Every thread writes its columns straight into the linear's mask: the job's `into` where it is
  * shared memory (MaskBuffers recycles the masks this pool returns, block after block, so their
  * pages are mapped once), else a new SharedArrayBuffer of its own. Batches run one after another.
@@ -21,6 +21,7 @@ import type { MaskRequest, MaskResponse, MaskTask } from "./maskProtocol.js";
 import { checkMaskJob, computeMask, type MaskOptions, type MaskResult, type WeightMatrix } from "./maskSelect.js";
 import { elementBytes, runMaskTaskOn } from "./maskTask.js";
 import { runCopier } from "./byteCopy.js";
+import { MaskShares } from "./maskShares.js";
 import { KERNEL_INPUT_AT, SHARED_MAX_PAGES, sharedKernelMemory, type WasmMemory } from "./maskKernelWasm.js";
 
 export interface MaskJob {
@@ -39,9 +40,8 @@ export interface MaskJob {
 /** Column ranges start at multiples of this, so no thread gets a sliver of a tile. */
 const COLUMN_ALIGN = 16;
 /**
- * What copying a column for another thread costs this thread, relative to selecting its mask
- * (4096x4096 float16 on 2 cores: ~0.1, with the rows copied by Buffer.copy). The pool's own thread, which copies the others'
- * columns, keeps that much less, so that all end together.
+ * What copying a column for another thread costs this thread, relative to selecting its mask,
+ * before the pool has measured it (4096x4096 float16 on 2 cores: ~0.1, with Buffer.copy).
  */
 const COPY_COST = 0.1;
 
@@ -60,7 +60,9 @@ interface Placed {
   task: MaskTask;
 }
 
-type Pending = { resolve: (pruned: number[]) => void; reject: (e: Error) => void };
+/** What a thread's request gives back: per task, what it pruned and its milliseconds. */
+type Done = { pruned: number[]; ms: number[] };
+type Pending = { resolve: (done: Done) => void; reject: (e: Error) => void };
 
 export class MaskPool {
   private readonly pending = new Map<number, Pending>();
@@ -72,20 +74,15 @@ export class MaskPool {
   /** requests pending per thread */
   private readonly inFlight: number[];
 
-  /** the fraction of each column-scope linear this thread keeps (the others share the rest) */
-  private readonly ownShare: number;
 
-  private constructor(readonly threads: number, private readonly workers: Worker[], private readonly memories: WasmMemory[]) {
+  private constructor(readonly threads: number, private readonly workers: Worker[], private readonly memories: WasmMemory[], private readonly balance: MaskShares) {
     this.inFlight = workers.map(() => 0);
-    // Own share s0 plus copying the others' (1 - s0) ends with their share (1 - s0) / (n - 1).
-    const others = threads - 1;
-    this.ownShare = others === 0 ? 1 : Math.max(0, (1 - COPY_COST * others) / (1 + others - COPY_COST * others));
     for (const worker of workers) {
       worker.on("message", (res: MaskResponse) => {
         const p = this.pending.get(res.id);
         if (!p) return;
         this.pending.delete(res.id);
-        if (res.ok) p.resolve(res.pruned);
+        if (res.ok) p.resolve({ pruned: res.pruned, ms: res.ms });
         else p.reject(new RuntimeError("mask thread", res.error));
       });
       worker.on("error", (err) => this.fail(err));
@@ -97,14 +94,18 @@ export class MaskPool {
     }
   }
 
-  /** A pool of `threads` threads in all: this one plus threads-1 started here. */
-  static start(threads: number): MaskPool {
+  /**
+   * A pool of `threads` threads in all: this one plus threads-1 started here. `copyCost`: the
+   * first guess of what copying a column costs this thread relative to selecting it (the pool
+   * learns the real one; tests give extreme ones).
+   */
+  static start(threads: number, copyCost = COPY_COST): MaskPool {
     if (!Number.isSafeInteger(threads) || threads < 1) {
       throw new InvalidArgumentError("maskThreads", `must be a positive integer, got ${threads}`);
     }
     const memories = Array.from({ length: threads - 1 }, () => sharedKernelMemory(KERNEL_INPUT_AT));
     const workers = memories.map((memory) => new Worker(new URL("./maskThread.js", import.meta.url), { workerData: { memory } }));
-    return new MaskPool(threads, workers, memories);
+    return new MaskPool(threads, workers, memories, new MaskShares(threads, copyCost));
   }
 
   /**
@@ -153,11 +154,13 @@ export class MaskPool {
     // their memories, job by job and row by row; each thread reads the rows as they come (rows
     // counts them per job). Then this thread does its own shares.
     const rows = new SharedArrayBuffer(4 * Math.max(1, jobs.length));
-    const remote = tasks.filter((t) => t.thread !== 0).map(({ job, thread, task }) => ({ job, done: this.call(thread - 1, { rows, tasks: [task] }) }));
+    const remote = tasks.filter((t) => t.thread !== 0).map(({ job, thread, task }) => ({ job, thread, done: this.call(thread - 1, { rows, tasks: [task] }) }));
+    const start = performance.now();
     jobs.forEach((j, job) => {
       const theirs = tasks.filter((t) => t.job === job && t.thread !== 0).map((t) => ({ task: t.task, into: new Uint8Array(this.memories[t.thread - 1]!.buffer) }));
       if (theirs.length > 0) copyShare(j.weight, theirs, new Int32Array(rows), job);
     });
+    const copied = performance.now();
     const pruned = new Array<number>(jobs.length).fill(0);
     let failed = false;
     try {
@@ -165,13 +168,27 @@ export class MaskPool {
     } catch {
       failed = true;
     }
+    const ownDone = performance.now();
     const settled = await Promise.allSettled(remote.map((r) => r.done));
+    const threadMs = new Array<number>(this.threads - 1).fill(0);
     settled.forEach((r, i) => {
       if (r.status === "rejected") failed = true;
-      else pruned[remote[i]!.job]! += r.value[0]!;
+      else {
+        pruned[remote[i]!.job]! += r.value.pruned[0]!;
+        threadMs[remote[i]!.thread - 1]! += r.value.ms[0]!;
+      }
     });
     if (failed) throw this.firstError(jobs, settled);
+    // A batch with whole (matrix-scope) linears is not split by the shares: it teaches nothing.
+    if (tasks.every((t) => t.task.range !== "whole")) {
+      this.balance.record({ ...splitOf(tasks, this.threads), copyMs: copied - start, ownMs: ownDone - copied, threadMs });
+    }
     return jobs.map((j, i) => ({ mask: masks[i]!, pruned: pruned[i]!, total: j.weight.inDim * j.weight.outDim }));
+  }
+
+  /** The split the next batch of column-scope linears gets (thread 0: the pool's own); for tests and logs. */
+  shares(): readonly number[] {
+    return this.balance.shares();
   }
 
   /** Stops the threads; computeMasks fails afterwards. */
@@ -199,7 +216,9 @@ export class MaskPool {
       if (bytes > have) memory.grow(Math.ceil((bytes - have) / 65536));
     }
     const tasks: Placed[] = [];
-    const otherShare = (1 - this.ownShare) / (this.threads - 1);
+    // Thread t's columns start at the shares of the threads before it.
+    const starts = [0];
+    for (const share of this.balance.shares()) starts.push(starts.at(-1)! + share);
     let nextWhole = 0;
     jobs.forEach((j, job) => {
       const { bytes: _, ...weight } = j.weight;
@@ -210,7 +229,7 @@ export class MaskPool {
         return;
       }
       const out = j.weight.outDim;
-      const cut = (t: number) => Math.min(out, Math.round((out * (t === 0 ? 0 : this.ownShare + (t - 1) * otherShare)) / COLUMN_ALIGN) * COLUMN_ALIGN);
+      const cut = (t: number) => Math.min(out, Math.round((out * starts[t]!) / COLUMN_ALIGN) * COLUMN_ALIGN);
       for (let thread = 0; thread < this.threads; thread++) {
         const begin = cut(thread);
         const end = thread === this.threads - 1 ? out : cut(thread + 1);
@@ -220,14 +239,14 @@ export class MaskPool {
     return tasks;
   }
 
-  private call(worker: number, req: Omit<MaskRequest, "id">): Promise<number[]> {
+  private call(worker: number, req: Omit<MaskRequest, "id">): Promise<Done> {
     if (this.failure) return Promise.reject(this.failure);
-    if (req.tasks.length === 0) return Promise.resolve([]);
+    if (req.tasks.length === 0) return Promise.resolve({ pruned: [], ms: [] });
     const id = this.nextId++;
     const w = this.workers[worker]!;
     // ref() does not count: a thread is unreferenced only when none of its requests is pending.
     if (this.inFlight[worker]!++ === 0) w.ref();
-    return new Promise<number[]>((resolve, reject) => {
+    return new Promise<Done>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       w.postMessage({ ...req, id });
     }).finally(() => {
@@ -242,7 +261,7 @@ export class MaskPool {
   }
 
   /** The error computeMask gives for the first failing job, else the threads' own. */
-  private firstError(jobs: readonly MaskJob[], settled: Array<PromiseSettledResult<number[]>>): Error {
+  private firstError(jobs: readonly MaskJob[], settled: Array<PromiseSettledResult<Done>>): Error {
     for (const j of jobs) {
       try {
         computeMask(j.weight, j.scale, j.options);
@@ -253,6 +272,16 @@ export class MaskPool {
     const rejected = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
     return rejected?.reason instanceof Error ? rejected.reason : new RuntimeError("mask pool", "a mask thread failed");
   }
+}
+
+/** The shares a batch of column ranges ran with, as the columns fell (ranges are aligned), by parameters. */
+function splitOf(tasks: readonly Placed[], threads: number): { shares: number[]; params: number } {
+  const params = new Array<number>(threads).fill(0);
+  for (const { thread, task } of tasks) {
+    if (task.range !== "whole") params[thread]! += (task.range.end - task.range.begin) * task.weight.inDim;
+  }
+  const total = params.reduce((a, b) => a + b, 0);
+  return { shares: params.map((p) => (total > 0 ? p / total : 0)), params: total };
 }
 
 /**

@@ -26,4 +26,5 @@ export interface MaskRequest {
   tasks: MaskTask[];
 }
 
-export type MaskResponse = { id: number; ok: true; pruned: number[] } | { id: number; ok: false; error: string };
+/** pruned and ms per task: what it pruned, and how long it took from its start (waits for rows included). */
+export type MaskResponse = { id: number; ok: true; pruned: number[]; ms: number[] } | { id: number; ok: false; error: string };

@@ -11,8 +11,14 @@ const port = parentPort!;
 port.on("message", (req: MaskRequest) => {
   let res: MaskResponse;
   try {
-    const pruned = req.tasks.map((t: MaskTask) => runMaskTask(t, memory.buffer as SharedArrayBuffer, req.rows));
-    res = { id: req.id, ok: true, pruned };
+    const ms: number[] = [];
+    const pruned = req.tasks.map((t: MaskTask) => {
+      const start = performance.now();
+      const n = runMaskTask(t, memory.buffer as SharedArrayBuffer, req.rows);
+      ms.push(performance.now() - start);
+      return n;
+    });
+    res = { id: req.id, ok: true, pruned, ms };
   } catch (err) {
     res = { id: req.id, ok: false, error: err instanceof Error ? err.message : String(err) };
   }
