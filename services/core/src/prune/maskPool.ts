@@ -45,6 +45,9 @@ const COLUMN_ALIGN = 16;
  */
 const COPY_COST = 0.1;
 
+/** The pool's first batches, which the split does not learn from (see run). */
+const WARM_UP_BATCHES = 3;
+
 /**
  * The most weight bytes one batch puts in each thread's memory (wasm32 memories end at 4 GiB):
  * larger batches go in groups, and a single larger linear is done on this thread. Tests lower it.
@@ -71,6 +74,8 @@ export class MaskPool {
   private failure: Error | undefined;
   /** the batch running now (batches run one after another: they share the threads' memories) */
   private queue: Promise<unknown> = Promise.resolve();
+  /** batches run so far */
+  private batches = 0;
   /** requests pending per thread */
   private readonly inFlight: number[];
 
@@ -179,8 +184,10 @@ export class MaskPool {
       }
     });
     if (failed) throw this.firstError(jobs, settled);
-    // A batch with whole (matrix-scope) linears is not split by the shares: it teaches nothing.
-    if (tasks.every((t) => t.task.range !== "whole")) {
+    // A batch with whole (matrix-scope) linears is not split by the shares, and the pool's first
+    // few run each new thread's code while V8 is still compiling and optimizing it (the first
+    // 5-10x slower, the next two ~1.5x): neither teaches anything about the machine.
+    if (++this.batches > WARM_UP_BATCHES && tasks.every((t) => t.task.range !== "whole")) {
       this.balance.record({ ...splitOf(tasks, this.threads), copyMs: copied - start, ownMs: ownDone - copied, threadMs });
     }
     return jobs.map((j, i) => ({ mask: masks[i]!, pruned: pruned[i]!, total: j.weight.inDim * j.weight.outDim }));
