@@ -79,7 +79,6 @@ export class MaskPool {
   /** requests pending per thread */
   private readonly inFlight: number[];
 
-
   private constructor(readonly threads: number, private readonly workers: Worker[], private readonly memories: WasmMemory[], private readonly balance: MaskShares) {
     this.inFlight = workers.map(() => 0);
     for (const worker of workers) {
