@@ -26,7 +26,7 @@ function writeJson(name: string, value: unknown): string {
 
 interface Plan {
   blocks: number;
-  stages: Array<{ index: number; firstBlock: number; endBlock: number; replicas: number; params: number; weightBytes: number; peakBytes: number; seconds: number }>;
+  stages: Array<{ index: number; worker: string; workers: string[]; firstBlock: number; endBlock: number; replicas: number; params: number; weightBytes: number; peakBytes: number; seconds: number }>;
   replicas: number;
   exchange: { bytesPerReplicaPerBlock: number; seconds: number };
   links: Array<{ from: number; to: number; bytes: number; seconds: number }>;
@@ -167,8 +167,14 @@ describe("atvp plan: a 72B Qwen2.5-VL-shaped config", () => {
   test("--replicas 2 on 4 workers: two stages of two replicas; by default (ATV, sequential) one stage of four", () => {
     const p = plan("--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB", "--replicas", "2");
     assert.deepEqual([p.stages.length, p.replicas, p.stages[0]!.replicas], [2, 2, 2]);
+    // Each stage names all its replicas' workers: four workers, each in exactly one stage.
+    assert.deepEqual(p.stages.map((s) => s.workers), [["worker-0", "worker-1"], ["worker-2", "worker-3"]]);
+    assert.deepEqual(p.stages.map((s) => s.worker), ["worker-0", "worker-2"]);
     const auto = plan("--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB");
     assert.deepEqual([auto.stages.length, auto.replicas], [1, 4]);
+    assert.deepEqual(auto.stages[0]!.workers, ["worker-0", "worker-1", "worker-2", "worker-3"]);
+    const text = atvp("plan", "--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB");
+    assert.match(text.stdout, /stage 0 on worker-0\.\.worker-3 \(4 replicas\): blocks 0\.\.79 \(80\)/);
     // A SparseGPT replica holds every sample's per-sample Hessians (128 x ~4.3 GB here): refused,
     // and by default one replica per stage.
     const sparsegpt = atvp("plan", "--config", qwen72b, "--workers", "4", "--worker-memory", "80GiB", "--replicas", "2", "--method", "sparsegpt");

@@ -22,7 +22,10 @@ export interface GridOptions {
 
 export interface PlannedStage {
   index: number;
+  /** replica 0's worker */
   worker: string;
+  /** every replica's worker, in replica order */
+  workers: string[];
   firstBlock: number;
   /** exclusive */
   endBlock: number;
@@ -86,7 +89,9 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
   const stages: PlannedStage[] = grid.shards.filter((s) => s.replica === 0).map((s) => {
     const mine = blocks.slice(s.firstBlock, s.endBlock);
     return {
-      index: s.stage, worker: s.worker, firstBlock: s.firstBlock, endBlock: s.endBlock, replicas: R,
+      index: s.stage, worker: s.worker,
+      workers: grid.shards.filter((r) => r.stage === s.stage).sort((a, b) => a.replica - b.replica).map((r) => r.worker),
+      firstBlock: s.firstBlock, endBlock: s.endBlock, replicas: R,
       params: mine.reduce((a, b) => a + b.flops, 0),
       weightBytes: mine.reduce((a, b) => a + b.bytes, 0),
       peakBytes: Math.max(...mine.map((b) => blockMemoryNeed(b.bytes, b.workingBytes) + (R > 1 ? b.replicaBytes : 0))),

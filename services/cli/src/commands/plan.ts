@@ -76,13 +76,21 @@ function nonNegative(n: number, flag: string): number {
 const gib = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(2)} MiB`);
 const secs = (s: number) => (s >= 3600 ? `${(s / 3600).toFixed(1)} h` : `${s.toFixed(1)} s`);
 
+/** worker-3, or worker-0..worker-15 (16) for a stage's replicas on consecutive workers, else a list. */
+function onWorkers(workers: readonly string[]): string {
+  if (workers.length === 1) return workers[0]!;
+  const n = workers.map((w) => Number(/^worker-(\d+)$/.exec(w)?.[1]));
+  const consecutive = n.every((v, i) => Number.isInteger(v) && v === n[0]! + i);
+  return consecutive ? `${workers[0]}..${workers.at(-1)} (${workers.length} replicas)` : `${workers.join(", ")} (${workers.length} replicas)`;
+}
+
 function formatPlan(p: GridPlan, table: CostTable, costFile: string | undefined): string {
   const out = [
     `${p.source}: ${p.blocks} blocks, ${p.method} (${p.propagation}), ${p.samples} samples x ${p.tokensPerSample} tokens`,
     `grid: ${p.stages.length} stages x ${p.replicas} replica(s) on ${p.workers} workers of ${gib(p.workerMemoryBytes)}`,
   ];
   for (const s of p.stages) {
-    out.push(`  stage ${s.index} on ${s.worker}: blocks ${s.firstBlock}..${s.endBlock - 1} (${s.endBlock - s.firstBlock}), weights ${gib(s.weightBytes)}, peak memory ${gib(s.peakBytes)} (one block at a time), ${secs(s.seconds)}`);
+    out.push(`  stage ${s.index} on ${onWorkers(s.workers)}: blocks ${s.firstBlock}..${s.endBlock - 1} (${s.endBlock - s.firstBlock}), weights ${gib(s.weightBytes)}, peak memory ${gib(s.peakBytes)} (one block at a time), ${secs(s.seconds)}`);
   }
   for (const l of p.links) out.push(`  link ${l.from} -> ${l.to}: ${gib(l.bytes)} (${gib(p.boundaryBytesPerSample)} per sample), ${secs(l.seconds)}`);
   out.push(`predicted wall time: ${secs(p.predicted.wallSeconds)} (compute ${secs(p.predicted.computeSeconds)}, transfer ${secs(p.predicted.transferSeconds)})`);
