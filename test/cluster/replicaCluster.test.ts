@@ -85,6 +85,8 @@ for (const [workers, replicas, stages] of [[2, 2, 1], [3, 3, 1], [4, 2, 2]] as c
         assert.equal(final.stages, stages);
         assert.equal(final.replicas, replicas);
         assert.deepEqual(final.shards.map((x) => [x.stage, x.replica]), Array.from({ length: stages * replicas }, (_, i) => [Math.floor(i / replicas), i % replicas]));
+        // Every replica counts its stage's blocks (replica 0 records a block once all have done it).
+        assert.deepEqual(final.shards.map((x) => x.blocksDone), final.shards.map((x) => x.endBlock - x.firstBlock));
         const grid = result.events.flatMap((e) => (e.event.case === "gridPlanned" ? [e.event.value] : []));
         assert.deepEqual(grid.map((g) => [g.stages, g.replicas, g.samples]), [[stages, replicas, 9]]);
         // One block_finished per block: replica 0 of each stage reports for its stage.
@@ -167,6 +169,7 @@ for (const victimReplica of [1, 0]) {
       assert.equal(result.state, JobState.SUCCEEDED, final.reason);
       assert.ok(result.events.some((e) => e.event.case === "shardReassigned" && e.event.value.fromWorker === killed!.address));
       assert.ok(final.shards.some((x) => x.replica === victimReplica && x.attempts > 1), "the replica was rerun");
+      assert.deepEqual(final.shards.map((x) => x.blocksDone), [4, 4], "each replica counts every block once, across attempts");
       assert.deepEqual(openBlockStarts(result.events), []);
       assertSameAsPrune("atv", s.out);
     } finally {

@@ -485,7 +485,12 @@ export class JobRunner {
         job.blocksDone = Math.max(job.blocksDone, doneCount);
         job.updatedUnixMs = BigInt(Date.now());
         const s = job.shards.find((x) => x.index === shardIndex);
-        if (s) { s.blocksDone += 1; s.worker = address; }
+        if (s) s.worker = address;
+        // Only replica 0 of a stage reports blocks, and it records block b once every replica of
+        // the stage has written its share of b: all of them count it (blocks finish in order).
+        for (const r of job.shards) {
+          if (r.stage === s?.stage && b >= r.firstBlock && b < r.endBlock) r.blocksDone = Math.max(r.blocksDone, b + 1 - r.firstBlock);
+        }
       });
       this.emit({ event: { case: "blockFinished", value: v.value } });
     }
