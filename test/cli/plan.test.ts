@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { CLI, REPO, tempDir } from "../support/fixtures.js";
+import { CLI, FIXTURE_DIR, REPO, tempDir } from "../support/fixtures.js";
 
 const tmp = tempDir("plan");
 after(() => tmp.cleanup());
@@ -25,6 +25,7 @@ function writeJson(name: string, value: unknown): string {
 }
 
 interface Plan {
+  source: string;
   blocks: number;
   stages: Array<{ index: number; worker: string; workers: string[]; firstBlock: number; endBlock: number; replicas: number; params: number; weightBytes: number; peakBytes: number; seconds: number }>;
   replicas: number;
@@ -191,6 +192,22 @@ describe("atvp plan: refusals", () => {
     const r = atvp("plan", ...SMALL, "--method", "wanda");
     assert.equal(r.status, 1);
     assert.match(r.stderr, /has no cost for method wanda .*atvp plan --calibrate --method wanda/);
+  });
+});
+
+describe("atvp plan on an onnxruntime-genai folder (the fixture, as it is)", () => {
+  test("--config genai_config.json points to --model (it has no MLP width); --model plans the folder's decoder, given as the file or the folder", () => {
+    const r = atvp("plan", "--config", join(FIXTURE_DIR, "genai_config.json"), "--workers", "2", "--worker-memory", "1GiB");
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /genai_config\.json: is an onnxruntime-genai config .*--model model\.onnx beside it/);
+    const p = plan("--model", join(FIXTURE_DIR, "model.onnx"), "--workers", "2", "--worker-memory", "1GiB", "--replicas", "1");
+    // The fixture's decoder: 2 blocks of hidden 16 (genai_config.json says so too).
+    assert.equal(p.blocks, 2);
+    assert.deepEqual(p.stages.map((s) => [s.firstBlock, s.endBlock]), [[0, 1], [1, 2]]);
+    // The folder itself plans the same decoder (found from genai_config.json, as prune finds it).
+    const folder = plan("--model", FIXTURE_DIR, "--workers", "2", "--worker-memory", "1GiB", "--replicas", "1");
+    assert.deepEqual({ ...folder, source: "" }, { ...p, source: "" });
+    assert.equal(folder.source, join(FIXTURE_DIR, "model.onnx"));
   });
 });
 

@@ -29,7 +29,7 @@ commands:
   gen-model  --layout genai-qwen2_5_vl|transformers-js-qwen2_5_vl|transformers-js-llava --out DIR [--layers L --hidden H --seed S]
   plan       (--model M | --config config.json) --workers N --worker-memory 80GiB [--network-gbps G (10)] [--replicas 1]
              [--method M (atv)] [--propagation sequential|dense] [--nsamples N (128)] [--tokens-per-sample T (1500)]
-             [--cost cost.json] [--json]
+             [--cost cost.json] [--json]   M: a decoder .onnx or a model folder ([--layout L] [--dtype D], as prune)
              the stages the coordinator would cut, memory per worker, bytes per link, predicted wall time
   plan       --calibrate [--method M] [--threads N] [--out cost.json]   measures the per-block cost table here
 

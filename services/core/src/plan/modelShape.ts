@@ -51,6 +51,12 @@ const TORCH_DTYPES: Record<string, number> = {
 export function shapeFromHfConfig(config: unknown, source: string): ModelShape {
   if (typeof config !== "object" || config === null) throw new InvalidArgumentError(source, "is not a JSON object");
   const top = config as Record<string, unknown>;
+  // onnxruntime-genai's genai_config.json has no MLP width: the folder's model.onnx has it all.
+  const genai = top["model"] as Record<string, unknown> | undefined;
+  if (typeof genai === "object" && genai !== null && typeof genai["decoder"] === "object" && !("hidden_size" in top)) {
+    const file = (genai["decoder"] as Record<string, unknown>)["filename"];
+    throw new InvalidArgumentError(source, `is an onnxruntime-genai config (no intermediate_size to size the MLP); plan the folder's decoder with --model ${typeof file === "string" ? file : "model.onnx"} beside it, or give the Hugging Face config.json`);
+  }
   const text = typeof top["text_config"] === "object" && top["text_config"] !== null && "hidden_size" in (top["text_config"] as object)
     ? top["text_config"] as Record<string, unknown>
     : top;
