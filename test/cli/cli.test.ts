@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { CLI, REPO, tempDir } from "../support/fixtures.js";
+import { CLI, FIXTURE_DIR, REPO, tempDir } from "../support/fixtures.js";
 
 const tmp = tempDir("cli");
 after(() => tmp.cleanup());
@@ -100,6 +100,22 @@ describe("inspect", () => {
     }
     assert.deepEqual(info.excluded.map((l) => l.shape), [[64, 256]]);
     assert.equal(info.prunableParams, 100_352);
+  });
+
+  test("a model folder (the shared genai fixture, as it is): its decoder, found from genai_config.json", () => {
+    const r = atvp("inspect", FIXTURE_DIR, "--json");
+    ok(r, "inspect DIR --json");
+    const info = JSON.parse(r.stdout) as { model: string; blocks: { linears: { shape: [number, number]; dataType: string }[] }[] };
+    assert.equal(info.model, join(FIXTURE_DIR, "model.onnx"));
+    assert.equal(info.blocks.length, 2);
+    assert.ok(info.blocks.every((b) => b.linears.length === 7 && b.linears.every((l) => l.dataType === "FLOAT16")));
+    // The same as the decoder's own path gives.
+    assert.equal(atvp("inspect", join(FIXTURE_DIR, "model.onnx"), "--json").stdout, r.stdout);
+    const unknown = join(tmp.path, "not-a-model-folder");
+    mkdirSync(unknown, { recursive: true });
+    const bad = atvp("inspect", unknown);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /unknown model folder layout/);
   });
 
   test("a file that is not ONNX → exit 1 and an error naming the file", () => {

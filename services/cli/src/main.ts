@@ -24,7 +24,7 @@ commands:
              [--layout genai|transformers-js] [--dtype fp32|fp16] [--force]
   eval       --dense M --pruned P --calib CAL.jsonl [--json] [--html report.html] [--threads N]
              M, P: decoder .onnx files or model folders
-  inspect    MODEL [--json]
+  inspect    MODEL [--json]   MODEL: a decoder .onnx or a model folder ([--layout L] [--dtype D], as prune)
   gen-model  --layers L --hidden H [--fused] [--fp16] [--attention mha|gqa] [--norm rms|layer] [--no-names] --out DIR
   gen-model  --layout genai-qwen2_5_vl|transformers-js-qwen2_5_vl|transformers-js-llava --out DIR [--layers L --hidden H --seed S]
   plan       (--model M | --config config.json) --workers N --worker-memory 80GiB [--network-gbps G (10)] [--replicas 1]

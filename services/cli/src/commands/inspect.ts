@@ -1,11 +1,12 @@
 /** `atvp inspect MODEL`: blocks, linears, shapes, parameter counts and data types. */
-import { InvalidArgumentError, typeName, analyzeModel } from "../../../core/src/index.js";
-import { parse } from "../args.js";
+import { decoderPath, InvalidArgumentError, typeName, analyzeModel } from "../../../core/src/index.js";
+import { parse, str } from "../args.js";
 
 export async function inspectCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(argv, { json: { type: "boolean", default: false } }, true);
-  if (positionals.length !== 1) throw new InvalidArgumentError("MODEL", "usage: atvp inspect MODEL [--json]");
-  const a = analyzeModel(positionals[0]!);
+  // --layout / --dtype pick the decoder of a model folder, as prune does.
+  const { values, positionals } = parse(argv, { json: { type: "boolean", default: false }, layout: { type: "string" }, dtype: { type: "string" } }, true);
+  if (positionals.length !== 1) throw new InvalidArgumentError("MODEL", "usage: atvp inspect MODEL [--json] (MODEL: a decoder .onnx or a model folder)");
+  const a = analyzeModel(decoderPath(positionals[0]!, { layout: str(values, "layout"), dtype: str(values, "dtype") }));
   const describe = (l: { weight: string; node: string; inDim: number; outDim: number; dataType: number; op: string; layout: string }) => ({
     weight: l.weight, node: l.node, op: l.op, shape: [l.inDim, l.outDim], params: l.inDim * l.outDim, dataType: typeName(l.dataType), layout: l.layout,
   });

@@ -7,8 +7,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, platform, tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  DEFAULT_COST_TABLE, generateModel, InvalidArgumentError, isModelFolder, methodCost, methodDefinition, methodNames, pruneModel, readCostTable, readHfConfig,
-  openModelFolder, shapeFromModel, type CostTable, type MethodCost,
+  decoderPath, DEFAULT_COST_TABLE, generateModel, InvalidArgumentError, methodCost, methodDefinition, methodNames, pruneModel, readCostTable, readHfConfig,
+  shapeFromModel, type CostTable, type MethodCost,
 } from "../../../core/src/index.js";
 import { planGrid, type GridPlan } from "../../../coordinator/src/index.js";
 import { int, num, parse, str } from "../args.js";
@@ -49,8 +49,7 @@ export async function planCommand(argv: string[]): Promise<number> {
   const costFile = str(values, "cost");
   const table: CostTable = costFile === undefined ? DEFAULT_COST_TABLE : readCostTable(costFile);
   const cost = methodCost(table, method, costFile ?? "the committed cost table");
-  const decoder = model !== undefined && isModelFolder(model) ? join(model, openModelFolder(model, { layout: str(values, "layout"), dtype: str(values, "dtype") }).decoder) : model;
-  const shape = decoder !== undefined ? shapeFromModel(decoder) : readHfConfig(config!);
+  const shape = model !== undefined ? shapeFromModel(decoderPath(model, { layout: str(values, "layout"), dtype: str(values, "dtype") })) : readHfConfig(config!);
   const plan = planGrid(shape, {
     workers,
     workerMemoryBytes: parseByteSize(memory, "--worker-memory"),

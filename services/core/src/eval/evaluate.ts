@@ -9,7 +9,7 @@ import { dirname, join } from "node:path";
 import type * as Ort from "onnxruntime-node";
 import { loadCalibrationSet } from "../calib/calibSet.js";
 import { CalibrationError, GraphError, InvalidArgumentError } from "../errors.js";
-import { isModelFolder, openModelFolder } from "../modelDir/modelFolder.js";
+import { decoderPath, isModelFolder } from "../modelDir/modelFolder.js";
 import { ortFloats } from "../runtime/ortFloats.js";
 import { analyzeModel } from "../pipeline/modelAnalysis.js";
 import { checkSample, SampleFeeds } from "../pipeline/sampleFeeds.js";
@@ -39,11 +39,6 @@ export interface EvalResult {
   dense: string;
   pruned: string;
   calib: string;
-}
-
-/** A model argument: an .onnx file, or a model folder (its decoder). */
-export function decoderPath(model: string): string {
-  return isModelFolder(model) ? join(model, openModelFolder(model).decoder) : model;
 }
 
 /** report.json of a pruned model: beside the .onnx, or at the top of a pruned folder. */

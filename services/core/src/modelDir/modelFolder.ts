@@ -111,6 +111,11 @@ function dtypeSuffix(dir: string, dtype: string | undefined): string {
 }
 
 /** Refuses a decoder with quantized linear layers (MatMulNBits and friends). */
+/** A model argument: an .onnx file, or a model folder (its decoder, as openModelFolder finds it). */
+export function decoderPath(model: string, options: { layout?: string; dtype?: string } = {}): string {
+  return isModelFolder(model) ? join(model, openModelFolder(model, options).decoder) : model;
+}
+
 export function refuseQuantized(decoderPath: string): void {
   const { model } = readModel(decoderPath);
   const ops = new Set((model.graph?.node ?? []).map((n) => n.opType));
