@@ -3,6 +3,7 @@
 // threshold); a bad count is refused naming it.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { availableParallelism } from "node:os";
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -53,6 +54,18 @@ describe("atvp prune --mask-threads", () => {
     const spec = { model: "m.onnx", calib: "c.jsonl", out: "o", method: "atv" as const, sparsity: 0.5 };
     assert.equal(toPruneSpec(toJobSpecMessage({ ...spec, maskThreads: 2 }, 0, false)).maskThreads, 2);
     assert.equal(toPruneSpec(toJobSpecMessage(spec, 0, false)).maskThreads, undefined);
+  });
+
+  test("--mask-threads past the machine's cores is clamped to them with a warning (each thread's kernel costs memory), same bytes", () => {
+    const outs = ["1", "1000"].map((threads) => {
+      const out = join(tmp.path, `clamped-${threads}`);
+      const r = atvp("prune", "--model", model, "--calib", calib, "--mask-threads", threads, "--out", out);
+      assert.equal(r.status, 0, r.stderr);
+      return { r, data: readFileSync(join(out, "model.onnx.data")) };
+    });
+    assert.doesNotMatch(outs[0]!.r.stderr, /--mask-threads/);
+    assert.match(outs[1]!.r.stderr, new RegExp(`warning: --mask-threads 1000 is more than this machine's ${availableParallelism()} cores; using ${availableParallelism()}`));
+    assert.ok(outs[0]!.data.equals(outs[1]!.data));
   });
 
   test("--mask-threads 0 is refused naming maskThreads", () => {

@@ -3,6 +3,7 @@
 // of workers, the propagation, and whatever dies on the way.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { availableParallelism } from "node:os";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
@@ -49,10 +50,10 @@ function spec(propagation: "sequential" | "dense", extra: Record<string, unknown
   return { model: model.model, calib: model.calib, out: join(tmp.path, `out-${++counter}`), method: "atv", sparsity: 0.5, alpha: 4, propagation, ...extra };
 }
 
-async function inProcessCluster(workers: number, extra: Partial<Parameters<typeof startCoordinator>[0]> = {}) {
+async function inProcessCluster(workers: number, extra: Partial<Parameters<typeof startCoordinator>[0]> = {}, workerLog: (message: string) => void = () => {}) {
   const nats = await freshNats();
   const ws: WorkerHandle[] = [];
-  for (let i = 0; i < workers; i++) ws.push(await startWorker({ threads: 1, log: () => {} }));
+  for (let i = 0; i < workers; i++) ws.push(await startWorker({ threads: 1, log: workerLog }));
   const coordinator = await startCoordinator({
     nats: nats.url, workers: ws.map((w) => w.address), workRoot: join(tmp.path, "jobs"), allowedRoots: [tmp.path], metricsPort: 0, log: () => {}, ...extra,
   });
@@ -110,16 +111,22 @@ test("a gRPC client that omits sparsity gets the engine's default (0.5), as atvp
   }
 });
 
-test("2 workers selecting masks on 2 threads each (spec.mask_threads): bit-identical to atvp prune", async () => {
-  const c = await inProcessCluster(2);
+test("2 workers selecting masks on 2 threads each (spec.mask_threads): bit-identical to atvp prune; past a worker's cores, clamped with a warning", async () => {
+  const logs: string[] = [];
+  const c = await inProcessCluster(2, {}, (m) => logs.push(m));
   try {
-    const s = spec("sequential", { maskThreads: 2 });
-    const { job } = await c.client.submitJob({ spec: s });
-    const result = await waitForJob(c.client, job!.id);
-    const final = await c.client.getJob({ id: job!.id });
-    assert.equal(result.state, JobState.SUCCEEDED, final.reason);
-    assert.equal(final.spec?.maskThreads, 2);
-    assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get("sequential")!));
+    for (const maskThreads of [2, 1000]) {
+      const s = spec("sequential", { maskThreads });
+      const { job } = await c.client.submitJob({ spec: s });
+      const result = await waitForJob(c.client, job!.id);
+      const final = await c.client.getJob({ id: job!.id });
+      assert.equal(result.state, JobState.SUCCEEDED, final.reason);
+      assert.equal(final.spec?.maskThreads, maskThreads);
+      assert.ok(readFileSync(join(s.out, "model.onnx.data")).equals(reference.get("sequential")!), `mask_threads ${maskThreads}`);
+    }
+    const cores = availableParallelism();
+    // (2 is clamped too on a one-core machine)
+    assert.ok(logs.some((m) => m.includes(`warning: mask_threads 1000 is more than this machine's ${cores} cores; using ${cores}`)), logs.join("\n"));
   } finally {
     await c.close();
   }

@@ -36,6 +36,7 @@ export * from "./plan/jobPlan.js";
 export * from "./plan/modelShape.js";
 export * from "./profiles/index.js";
 export * from "./runtime/inferenceHost.js";
+export { clampThreads } from "./runtime/threadLimit.js";
 // Its TensorData (a typed array) is not onnx/tensorData's TensorData (the weights reader).
 export { elementCount, type WireTensor, type TensorData as WireTensorData } from "./runtime/wireTensor.js";
 export { MaskPool, type MaskJob } from "./prune/maskPool.js";

@@ -51,7 +51,9 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   const started = performance.now();
   const resolved = resolveSpec(input, availableParallelism());
   // Clamped here, not only in the InferenceHost, so report.json records the threads used.
-  const spec = { ...resolved, threads: clampThreads(resolved.threads, options.warn ?? ((m) => process.stderr.write(m + "\n"))) };
+  const warn = options.warn ?? ((m: string) => process.stderr.write(m + "\n"));
+  // Mask threads past the cores only cost memory (a kernel each): clamped too, same bits.
+  const spec = { ...resolved, threads: clampThreads(resolved.threads, warn), maskThreads: clampThreads(resolved.maskThreads, warn, "--mask-threads") };
   const emit = options.onEvent ?? (() => {});
   // First of all: a hopeless --out (under /proc, below a file) must not wait for the analysis.
   await checkOutputLocation(spec.out);

@@ -14,7 +14,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ShardAssignment, ShardProgressSchema } from "../../../gen/atvprune/v1/worker_pb.js";
 import {
   InvalidArgumentError, DATA_FILE, PARTIAL_SUFFIX, arraySource, offsetSource, BlockEngine,
-  type SampleState, type StateSource, needsCalibration, InferenceHost, MaskPool, type ReplicaSlice,
+  type SampleState, type StateSource, needsCalibration, InferenceHost, MaskPool, type ReplicaSlice, clampThreads,
 } from "../../../core/src/index.js";
 import { RpcError, fromPlanMessage, toBlockFinished } from "../../../rpc/index.js";
 import { exists, WorkDir, type BlockRecord } from "../checkpoint/checkpoints.js";
@@ -159,7 +159,8 @@ export class ShardRun {
           });
         }
         host = InferenceHost.start({ threads: this.deps.threads, device: this.deps.device, warn: this.deps.log });
-        maskPool = MaskPool.start(job.spec.maskThreads);
+        // The job's count, up to this worker's cores (more only cost memory; any count, same bits).
+        maskPool = MaskPool.start(clampThreads(job.spec.maskThreads, this.deps.log, "mask_threads"));
         const engine = new BlockEngine({
           ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds, targets: job.targets, maskPool,
           ...(this.exchange ? { exchange: this.exchange } : {}),
