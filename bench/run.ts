@@ -7,6 +7,7 @@ import { mkdirSync } from "node:fs";
 import { resolve } from "node:path";
 import type { BenchLine } from "./benchLine.js";
 import { benchMask } from "./maskBench.js";
+import { benchMaskBlock } from "./maskBlockBench.js";
 import { benchMachineScaling } from "./machineScaling.js";
 import { benchCalibration } from "./calibBench.js";
 import { benchPrune } from "./pruneBench.js";
@@ -21,7 +22,7 @@ mkdirSync(workDir, { recursive: true });
 const only = process.argv.slice(2);
 const BENCHES: Array<[string, () => Promise<BenchLine[]>]> = [
   ["machine", benchMachineScaling],
-  ["mask", benchMask],
+  ["mask", async () => [...(await benchMask()), ...(await benchMaskBlock())]],
   ["calib", () => benchCalibration(workDir)],
   ["prune", () => benchPrune(workDir)],
   ["stream", () => benchStream()],

@@ -11,7 +11,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../support/fixtures.js";
 import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
-import { MaskPool, maskPoolLimits, type MaskJob } from "../../services/core/src/prune/maskPool.js";
+import { LostWeightError, MaskPool, maskPoolLimits, type MaskJob } from "../../services/core/src/prune/maskPool.js";
 import { MaskBuffers } from "../../services/core/src/prune/maskBuffers.js";
 import { computeMask, computeMaskColumns, kernelLimits, parsePattern, type MaskOptions } from "../../services/core/src/prune/maskSelect.js";
 import { OnnxDataType } from "../../services/core/src/onnx/dtype.js";
@@ -290,6 +290,106 @@ describe("the WebAssembly kernel", () => {
       assert.match(expected, /NaN at input 33, output 17/);
       assert.throws(() => computeMask(w, null, options), (e: unknown) => e instanceof NumericError && e.message === expected);
     }
+  });
+});
+
+describe("a block's calls as one batch, lent weights moved to the threads", () => {
+  // A block's worth of linears of different sizes, types and layouts, each in a buffer of its own.
+  const rand = mulberry32(2024);
+  const shapes: Array<[number, number, number, "in_out" | "out_in"]> = [
+    [256, 160, OnnxDataType.FLOAT16, "in_out"], [256, 48, OnnxDataType.FLOAT16, "in_out"], [256, 48, OnnxDataType.BFLOAT16, "in_out"],
+    [160, 256, OnnxDataType.FLOAT, "in_out"], [256, 400, OnnxDataType.FLOAT16, "out_in"], [400, 256, OnnxDataType.FLOAT16, "in_out"],
+  ];
+  const block = () => shapes.map(([inDim, outDim, dataType, layout], i) => ({
+    w: weight(randomRows(rand, inDim, outDim, "continuous"), dataType, layout, `linear${i}`),
+    scale: randomScale(rand, inDim, "continuous"),
+  }));
+  const options: MaskOptions = { sparsity: 0.5, pattern: { kind: "unstructured" } };
+
+  test("every linear's mask is computeMask's, its bytes are back unchanged, and at 2 and 3 threads some moved (their old buffers are detached)", async () => {
+    for (const pool of pools) {
+      for (let round = 0; round < 5; round++) { // later rounds run with learnt shares
+        const linears = block();
+        const before = linears.map(({ w }) => ({ bytes: Buffer.from(w.bytes), buffer: w.bytes.buffer }));
+        const expected = linears.map(({ w, scale }) => previousComputeMask(w, scale, options));
+        // As the engine calls it: one call per linear, all in one turn.
+        const got = await Promise.all(linears.map(({ w, scale }) => pool.computeMasks([{ weight: w, scale, options, lend: true }])));
+        let moved = 0;
+        linears.forEach(({ w }, i) => {
+          const label = `${pool.threads} threads, round ${round}, ${w.name}`;
+          assert.ok(Buffer.from(got[i]![0]!.mask).equals(Buffer.from(expected[i]!.mask)), label);
+          assert.equal(got[i]![0]!.pruned, expected[i]!.pruned, label);
+          assert.ok(Buffer.from(w.bytes).equals(before[i]!.bytes), `bytes back, ${label}`);
+          assert.equal(w.bytes.byteLength, before[i]!.bytes.byteLength, label);
+          if (w.bytes.buffer !== before[i]!.buffer) {
+            moved++;
+            assert.equal(before[i]!.buffer.byteLength, 0, `the old buffer is detached, ${label}`);
+          }
+        });
+        if (pool.threads === 1) assert.equal(moved, 0);
+        else assert.ok(moved >= pool.threads - 1, `${pool.threads} threads, round ${round}: ${moved} moved`);
+      }
+    }
+  });
+
+  test("weights not lent, viewing part of a buffer, or sharing one are copied, never moved: the same masks", async () => {
+    const [a, b, c] = block();
+    const wide = new Uint8Array(a!.w.bytes.byteLength + 64);
+    wide.set(a!.w.bytes, 32);
+    const partial = { ...a!.w, name: "partial", bytes: wide.subarray(32, 32 + a!.w.bytes.byteLength) };
+    const jobs: MaskJob[] = [
+      { weight: partial, scale: a!.scale, options, lend: true },
+      { weight: b!.w, scale: b!.scale, options, lend: true },
+      { weight: b!.w, scale: b!.scale, options: { sparsity: 0.25, pattern: { kind: "unstructured" } }, lend: true },
+      { weight: c!.w, scale: c!.scale, options },
+    ];
+    const buffers = jobs.map((j) => j.weight.bytes.buffer);
+    for (const pool of pools) {
+      const got = await pool.computeMasks(jobs);
+      jobs.forEach((j, i) => {
+        const expected = previousComputeMask(j.weight, j.scale, j.options);
+        assert.ok(Buffer.from(got[i]!.mask).equals(Buffer.from(expected.mask)), `${pool.threads} threads, job ${i}`);
+        assert.equal(j.weight.bytes.buffer, buffers[i], `${pool.threads} threads, job ${i} stayed`);
+      });
+    }
+  });
+
+  test("calls of one turn run together, each with its own result: one call's NaN is its own NumericError, the others get their masks", async () => {
+    const linears = block();
+    const rows = randomRows(mulberry32(6), 64, 48, false);
+    rows[10]![7] = NaN;
+    const bad = weight(rows, OnnxDataType.FLOAT, "in_out", "bad");
+    for (const pool of pools) {
+      const calls = [
+        pool.computeMasks([{ weight: linears[0]!.w, scale: linears[0]!.scale, options, lend: true }]),
+        pool.computeMasks([{ weight: bad, scale: null, options, lend: true }]),
+        pool.computeMasks([{ weight: linears[5]!.w, scale: linears[5]!.scale, options, lend: true }, { weight: linears[3]!.w, scale: linears[3]!.scale, options, lend: true }]),
+      ];
+      const settled = await Promise.allSettled(calls);
+      assert.equal(settled[1]!.status, "rejected");
+      assert.ok((settled[1] as PromiseRejectedResult).reason instanceof NumericError && (settled[1] as PromiseRejectedResult).reason.subject === "bad");
+      const check = (r: PromiseSettledResult<unknown>, ws: Array<{ w: typeof bad; scale: Float64Array }>) => {
+        assert.equal(r.status, "fulfilled", `${pool.threads} threads`);
+        (r as PromiseFulfilledResult<Array<{ mask: Uint8Array }>>).value.forEach((m, i) => {
+          assert.ok(Buffer.from(m.mask).equals(Buffer.from(previousComputeMask(ws[i]!.w, ws[i]!.scale, options).mask)), `${pool.threads} threads, ${ws[i]!.w.name}`);
+        });
+      };
+      check(settled[0]!, [linears[0]!]);
+      check(settled[2]!, [linears[5]!, linears[3]!]);
+    }
+  });
+
+  test("a thread that ends holding a lent weight: the batch fails with LostWeightError naming it, not a hang", async () => {
+    // Large enough that the thread is still selecting when the pool closes under it.
+    const big = () => weight(randomRows(mulberry32(12), 1024, 1024, "continuous"), OnnxDataType.FLOAT, "in_out", "big");
+    const [x, y] = [big(), { ...big(), name: "big2" }];
+    const scale = randomScale(mulberry32(13), 1024, "continuous");
+    const pool = MaskPool.start(2);
+    const batch = pool.computeMasks([{ weight: x, scale, options, lend: true }, { weight: y, scale, options, lend: true }]);
+    const failed = assert.rejects(batch, (e: unknown) => e instanceof LostWeightError && /big/.test(e.subject) && e.weights.length === 1 && e.code === "RUNTIME");
+    await new Promise((resolve) => setImmediate(resolve)); // the batch has started: one weight is on the thread
+    await pool.close();
+    await failed;
   });
 });
 

@@ -14,6 +14,7 @@ function timing(m: Machine, shares: readonly number[], params: number): BatchTim
   return {
     shares, params,
     copyMs: ((1 - shares[0]!) * params * m.copyRatio) / m.ownSpeed,
+    copied: (1 - shares[0]!) * params,
     ownMs: (shares[0]! * params) / m.ownSpeed,
     threadMs: m.speeds.map((v, i) => (shares[i + 1]! * params) / v),
   };
@@ -84,6 +85,25 @@ describe("MaskShares", () => {
     assert.ok(s.every((x) => x >= 0) && Math.abs(sum(s) - 1) < 1e-12);
     const times = finishTimes(m, s, 4e6);
     assert.ok(Math.max(...times) / Math.min(...times) < 1.001, `finish times ${times}`);
+  });
+
+  test("weights given to the threads by transfer cost the pool's thread no copy: the part it copies sets its share", () => {
+    const shares = new MaskShares(2, 0.1);
+    // Hand-computed, equal speeds: a = 1 - 0.1 q, s0 = a / (1 + a).
+    for (const q of [1, 0.5, 0]) {
+      const a = 1 - 0.1 * q;
+      assert.ok(Math.abs(shares.shares(q)[0]! - a / (1 + a)) < 1e-12, `q = ${q}: ${shares.shares(q)}`);
+    }
+    assert.deepEqual(shares.shares(0), [0.5, 0.5]);
+    assert.deepEqual(shares.shares(-1), shares.shares(0));
+    assert.deepEqual(shares.shares(), shares.shares(1));
+    // A batch that copied almost nothing leaves the copy ratio where it was, and still teaches the speeds.
+    const m: Machine = { ownSpeed: 4e5, copyRatio: 0.2, speeds: [2e5] };
+    const t = timing(m, shares.shares(0), 4e6);
+    shares.record({ ...t, copyMs: 0.01, copied: MIN_LEARNING_PARAMS - 1 });
+    const a = 4e5 / 2e5 - 0.1; // the speeds learnt, the copy still the guess
+    assert.ok(Math.abs(shares.shares(1)[0]! - a / (1 + a)) < 1e-9, `${shares.shares(1)}`);
+    assert.ok(Math.abs(shares.shares(0)[0]! - 2 / 3) < 1e-9, `${shares.shares(0)}`);
   });
 
   test("ignores batches it cannot learn from: too few parameters, wrong lengths, times that are not positive and finite", () => {

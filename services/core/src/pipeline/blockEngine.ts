@@ -26,7 +26,7 @@ import type { LoadedModel } from "../onnx/modelFile.js";
 import type { TensorData } from "../onnx/tensorData.js";
 import {
   createMethod, DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, isExchangeable, type Accumulator, type CalibrationNeeds, type Compression,
-  type ExchangeableAccumulator, type Method, type PoolFacts, type PoolObserver,
+  type ExchangeableAccumulator, type MaskSelector, type Method, type PoolFacts, type PoolObserver,
 } from "../methods/index.js";
 import type { LinearTargets, ProfilePrePass } from "../profiles/index.js";
 import { applyMask, type WeightMatrix } from "../prune/maskSelect.js";
@@ -442,7 +442,7 @@ export class BlockEngine {
     return Promise.all(linears.map(async (linear) => {
       const weight = weights.get(linear.weight)!;
       const target = { sparsity: this.targetOf(linear), pattern: spec.pattern };
-      return { linear, weight, target: target.sparsity, result: await this.method.compress({ weight, linear, stats: stats.get(linear.weight), samples: samples.length, target, masks: this.maskBuffers.selector(this.ctx.maskPool ?? INLINE_MASKS) }) };
+      return { linear, weight, target: target.sparsity, result: await this.method.compress({ weight, linear, stats: stats.get(linear.weight), samples: samples.length, target, masks: lending(this.maskBuffers.selector(this.ctx.maskPool ?? INLINE_MASKS)) }) };
     }));
   }
 
@@ -616,6 +616,15 @@ export function accumulatorGroups(linears: readonly LinearInfo[], needs: Calibra
 
 /** Masks on the calling thread: a one-thread pool starts nothing and needs no close. */
 const INLINE_MASKS = MaskPool.start(1);
+
+/**
+ * Jobs whose weights the pool may move to its threads while it selects their masks (MaskJob.lend):
+ * the engine's weights are read into buffers of their own, and nothing reads a linear's weight
+ * until its mask is back.
+ */
+function lending(inner: MaskSelector): MaskSelector {
+  return { computeMasks: (jobs) => inner.computeMasks(jobs.map((j) => ({ ...j, lend: true }))) };
+}
 
 function isStateSource(input: readonly SampleState[] | StateSource): input is StateSource {
   return !Array.isArray(input);

@@ -1,16 +1,18 @@
 /**
- * Mask selection over several threads: a block's masks are split by output-column ranges of each
- * linear (columns are independent, so any split gives computeMask's bits), one range per thread,
- * the calling thread computing the first. Matrix-scope masks (one threshold over the whole
- * matrix) cannot be split by columns and go whole to one thread each, round robin.
+ * Mask selection over several threads. The calls made in one turn of the event loop (a block's
+ * linears, which the engine compresses together) run as one batch, split by parameters: each
+ * other thread gets whole linears, the largest first, up to its share, then a column range of
+ * the linear its share ends in; the pool's own thread (the caller's) does the rest. Columns are
+ * independent, so any split gives computeMask's bits. Matrix-scope masks (one threshold over the
+ * whole matrix) cannot be split by columns and go whole to one thread each, round robin.
  *
- * The threads start once, with the pool, and live until close(). Each thread's WebAssembly kernel
- * works in a shared memory the pool holds too: this thread copies the columns a thread reads
- * straight into that memory (above KERNEL_INPUT_AT), where the kernel reads them in place (a
- * transfer, which bench/maskBench.ts measures as much cheaper, cannot hand one buffer to several
- * threads). The copy overlaps the threads' work: they get their tasks first and read each
- * weight's rows as this thread copies them (counted in a shared Int32Array); this thread, which
- * copies, keeps a smaller share, learnt from the pool's own batches (maskShares.ts).
+ * A weight the caller lends (MaskJob.lend) and that goes whole to another thread moves there by
+ * transfer (no copy) and back with the answer. Any other weight a thread reads is copied by this
+ * thread into the thread's kernel memory, shared (above KERNEL_INPUT_AT), where its kernel reads
+ * it in place (a transfer cannot hand one buffer to several threads). The copy overlaps the
+ * threads' work: they get their tasks first, lent ones before copied ones, and read each copied
+ * weight's rows as this thread copies them (counted in a shared Int32Array); this thread keeps a
+ * smaller share the more it copies, learnt from the pool's own batches (maskShares.ts).
  * Every thread writes its columns straight into the linear's mask: the job's `into` where it is
  * shared memory (MaskBuffers recycles the masks this pool returns, block after block, so their
  * pages are mapped once), else a new SharedArrayBuffer of its own. Batches run one after another.
@@ -35,6 +37,13 @@ export interface MaskJob {
    * over an ArrayBuffer is left alone and the mask gets a new shared buffer.
    */
   into?: Uint8Array;
+  /**
+   * The pool may move the weight's buffer to a mask thread for the batch and back (a transfer:
+   * no copy); `weight.bytes` is then a view of the same bytes over the returned buffer by the
+   * time the mask resolves. Nothing may read that buffer meanwhile. Only a buffer that the view
+   * spans whole, that no other job of the batch reads or writes, and that is not shared is moved.
+   */
+  lend?: boolean;
 }
 
 /** Column ranges start at multiples of this, so no thread gets a sliver of a tile. */
@@ -63,9 +72,17 @@ interface Placed {
   task: MaskTask;
 }
 
-/** What a thread's request gives back: per task, what it pruned and its milliseconds. */
-type Done = { pruned: number[]; ms: number[] };
+/** What a thread's request gives back: per task, what it pruned and its milliseconds; its lent buffers. */
+type Done = MaskResponse;
 type Pending = { resolve: (done: Done) => void; reject: (e: Error) => void };
+
+/** A caller's jobs, waiting for the batch of their turn. */
+interface Call {
+  jobs: readonly MaskJob[];
+  scopes: Array<"column" | "matrix">;
+  resolve: (results: MaskResult[]) => void;
+  reject: (e: Error) => void;
+}
 
 export class MaskPool {
   private readonly pending = new Map<number, Pending>();
@@ -78,6 +95,8 @@ export class MaskPool {
   private batches = 0;
   /** requests pending per thread */
   private readonly inFlight: number[];
+  /** calls of this turn of the event loop, run together as one batch at its end */
+  private gathered: Call[] = [];
 
   private constructor(readonly threads: number, private readonly workers: Worker[], private readonly memories: WasmMemory[], private readonly balance: MaskShares) {
     this.inFlight = workers.map(() => 0);
@@ -86,8 +105,7 @@ export class MaskPool {
         const p = this.pending.get(res.id);
         if (!p) return;
         this.pending.delete(res.id);
-        if (res.ok) p.resolve({ pruned: res.pruned, ms: res.ms });
-        else p.reject(new RuntimeError("mask thread", res.error));
+        p.resolve(res);
       });
       worker.on("error", (err) => this.fail(err));
       worker.on("exit", (code) => {
@@ -114,16 +132,50 @@ export class MaskPool {
 
   /**
    * The masks of `jobs`, in order, as computeMask gives them. Errors are computeMask's too: on a
-   * failure the jobs are rerun here in order, so the first failing job's typed error is thrown
-   * whatever the thread count.
+   * failure each call's jobs are rerun here in order, so its first failing job's typed error is
+   * thrown whatever the thread count (and a call whose jobs do not fail gets its masks).
    */
   async computeMasks(jobs: readonly MaskJob[]): Promise<MaskResult[]> {
     if (this.closed) throw new RuntimeError("mask pool", "is closed");
     const scopes = jobs.map((j) => checkMaskJob(j.weight, j.scale, j.options));
     if (this.workers.length === 0) return jobs.map((j) => computeMask(j.weight, j.scale, j.options, j.into));
-    const batch = this.queue.then(() => this.runInGroups(jobs, scopes));
+    return new Promise<MaskResult[]>((resolve, reject) => {
+      // setImmediate, not a microtask: callers that await something before they call still join.
+      if (this.gathered.push({ jobs, scopes, resolve, reject }) === 1) setImmediate(() => this.runGathered());
+    });
+  }
+
+  /** The calls gathered in this turn, as one batch after the batch before it. */
+  private runGathered(): void {
+    const calls = this.gathered;
+    this.gathered = [];
+    const batch = this.queue.then(() => this.runCalls(calls));
     this.queue = batch.catch(() => {});
-    return batch;
+  }
+
+  private async runCalls(calls: readonly Call[]): Promise<void> {
+    const jobs = calls.flatMap((c) => c.jobs);
+    try {
+      const results = await this.runInGroups(jobs, calls.flatMap((c) => c.scopes));
+      let at = 0;
+      for (const c of calls) c.resolve(results.slice(at, (at += c.jobs.length)));
+    } catch (err) {
+      const failure = err instanceof Error ? err : new RuntimeError("mask pool", String(err));
+      for (const c of calls) {
+        // Lost weights, or a pool that failed as a whole: nothing to rerun.
+        if (failure instanceof LostWeightError || this.failure) c.reject(failure);
+        else this.rerunHere(c);
+      }
+    }
+  }
+
+  /** A call's jobs here, in order: its first failing job's error, else its masks. */
+  private rerunHere(c: Call): void {
+    try {
+      c.resolve(c.jobs.map((j) => computeMask(j.weight, j.scale, j.options, j.into)));
+    } catch (err) {
+      c.reject(err as Error);
+    }
   }
 
   /** Groups of jobs whose weights fit the threads' memories, in order; a linear larger than that here. */
@@ -153,18 +205,20 @@ export class MaskPool {
 
   private async run(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): Promise<MaskResult[]> {
     const masks = jobs.map(maskTarget);
-    const tasks = this.share(jobs, scopes, masks);
-    // The other threads get their tasks at once, while this thread copies their weights into
-    // their memories, job by job and row by row; each thread reads the rows as they come (rows
-    // counts them per job). Then this thread does its own shares.
+    const { tasks, copied } = this.share(jobs, scopes, masks);
+    // The other threads get their tasks at once, lent weights first (they start on them at
+    // once), while this thread copies the other weights they read into their memories, job by
+    // job and row by row; each thread reads the rows as they come (rows counts them per job).
+    // Then this thread does its own tasks.
     const rows = new SharedArrayBuffer(4 * Math.max(1, jobs.length));
-    const remote = tasks.filter((t) => t.thread !== 0).map(({ job, thread, task }) => ({ job, thread, done: this.call(thread - 1, { rows, tasks: [task] }) }));
+    const remoteTasks = tasks.filter((t) => t.thread !== 0).sort((x, y) => Number(y.task.lent !== undefined) - Number(x.task.lent !== undefined));
+    const remote = remoteTasks.map(({ job, thread, task }) => ({ job, thread, task, done: this.call(thread - 1, { rows, tasks: [task] }, task.lent ? [task.lent] : []) }));
     const start = performance.now();
     jobs.forEach((j, job) => {
-      const theirs = tasks.filter((t) => t.job === job && t.thread !== 0).map((t) => ({ task: t.task, into: new Uint8Array(this.memories[t.thread - 1]!.buffer) }));
+      const theirs = tasks.filter((t) => t.job === job && t.thread !== 0 && !t.task.lent).map((t) => ({ task: t.task, into: new Uint8Array(this.memories[t.thread - 1]!.buffer) }));
       if (theirs.length > 0) copyShare(j.weight, theirs, new Int32Array(rows), job);
     });
-    const copied = performance.now();
+    const copiedAt = performance.now();
     const pruned = new Array<number>(jobs.length).fill(0);
     let failed = false;
     try {
@@ -175,19 +229,32 @@ export class MaskPool {
     const ownDone = performance.now();
     const settled = await Promise.allSettled(remote.map((r) => r.done));
     const threadMs = new Array<number>(this.threads - 1).fill(0);
+    const lost: string[] = [];
     settled.forEach((r, i) => {
-      if (r.status === "rejected") failed = true;
+      const { job, thread, task } = remote[i]!;
+      const weight = jobs[job]!.weight;
+      if (task.lent) {
+        const back = r.status === "fulfilled" ? r.value.returned[0] : undefined;
+        if (back) weight.bytes = new Uint8Array(back, task.byteOffset, params(weight) * elementBytes(weight.dataType));
+        else lost.push(weight.name);
+      }
+      if (r.status === "rejected" || !r.value.ok) failed = true;
       else {
-        pruned[remote[i]!.job]! += r.value.pruned[0]!;
-        threadMs[remote[i]!.thread - 1]! += r.value.ms[0]!;
+        pruned[job]! += r.value.pruned[0]!;
+        threadMs[thread - 1]! += r.value.ms[0]!;
       }
     });
-    if (failed) throw this.firstError(jobs, settled);
+    if (lost.length > 0) throw new LostWeightError(lost, settled.find((r): r is PromiseRejectedResult => r.status === "rejected")?.reason);
+    if (failed) {
+      const answer = settled.find((r): r is PromiseFulfilledResult<Done> => r.status === "fulfilled" && !r.value.ok);
+      const rejected = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
+      throw rejected?.reason instanceof Error ? rejected.reason : new RuntimeError("mask thread", answer && !answer.value.ok ? answer.value.error : "a task failed");
+    }
     // A batch with whole (matrix-scope) linears is not split by the shares, and the pool's first
     // few run each new thread's code while V8 is still compiling and optimizing it (the first
     // 5-10x slower, the next two ~1.5x): neither teaches anything about the machine.
     if (++this.batches > WARM_UP_BATCHES && tasks.every((t) => t.task.range !== "whole")) {
-      this.balance.record({ ...splitOf(tasks, this.threads), copyMs: copied - start, ownMs: ownDone - copied, threadMs });
+      this.balance.record({ ...splitOf(tasks, this.threads), copyMs: copiedAt - start, copied, ownMs: ownDone - copiedAt, threadMs });
     }
     return jobs.map((j, i) => ({ mask: masks[i]!, pruned: pruned[i]!, total: j.weight.inDim * j.weight.outDim }));
   }
@@ -206,55 +273,71 @@ export class MaskPool {
   }
 
   /**
-   * Cuts every job into tasks: column ranges, one per thread; a matrix-scope job whole to one
-   * thread. Places the weights in the threads' memories (copied there by run()), growing them
-   * as needed.
+   * Cuts the batch into tasks (see the file's comment): a matrix-scope job whole to one thread,
+   * round robin; column-scope jobs by cutColumns, each thread's share of their params.
+   * A job whole on another thread and lendable goes there by transfer; whatever else another
+   * thread reads gets a place in its memory (copied there by run()), which grows as needed.
+   * Returns the tasks and the params whose columns this thread copies.
    */
-  private share(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">, masks: readonly Uint8Array[]): Placed[] {
-    const byteOffsets: number[] = [];
-    let bytes = KERNEL_INPUT_AT;
-    for (const j of jobs) {
-      byteOffsets.push(bytes);
-      bytes += aligned8(j.weight.bytes.byteLength);
-    }
-    for (const memory of this.memories) {
-      const have = memory.buffer.byteLength;
-      if (bytes > have) memory.grow(Math.ceil((bytes - have) / 65536));
-    }
-    const tasks: Placed[] = [];
-    // Thread t's columns start at the shares of the threads before it.
-    const starts = [0];
-    for (const share of this.balance.shares()) starts.push(starts.at(-1)! + share);
+  private share(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">, masks: readonly Uint8Array[]): { tasks: Placed[]; copied: number } {
+    const lendable = lendableJobs(jobs, masks);
+    const sizes = jobs.map((j) => params(j.weight));
+    const columnJobs = jobs.map((_, i) => i).filter((i) => scopes[i] === "column").sort((x, y) => sizes[y]! - sizes[x]! || x - y);
+    const columnParams = columnJobs.reduce((a, i) => a + sizes[i]!, 0);
+    // The shares depend on how much this thread copies, which depends on the cut: from a first
+    // guess (nothing, where something can be lent), cut once, then again with what that copies.
+    const canLend = columnJobs.some((i) => lendable[i]);
+    let cut = cutColumns(jobs, columnJobs, this.balance.shares(canLend ? 0 : 1), columnParams);
+    if (canLend) cut = cutColumns(jobs, columnJobs, this.balance.shares(copiedPart(jobs, cut, lendable)), columnParams);
+
+    const pieces: Array<{ job: number; thread: number; range: MaskTask["range"] }> = [...cut];
     let nextWhole = 0;
-    jobs.forEach((j, job) => {
-      const { bytes: _, ...weight } = j.weight;
-      const mask = masks[job]!;
-      const base = { weight, byteOffset: byteOffsets[job]!, scale: j.scale, options: j.options, masks: mask.buffer as SharedArrayBuffer, maskOffset: mask.byteOffset, rowsSlot: job };
-      if (scopes[job] === "matrix") {
-        tasks.push({ job, thread: nextWhole++ % this.threads, task: { ...base, range: "whole" } });
-        return;
-      }
-      const out = j.weight.outDim;
-      const cut = (t: number) => Math.min(out, Math.round((out * starts[t]!) / COLUMN_ALIGN) * COLUMN_ALIGN);
-      for (let thread = 0; thread < this.threads; thread++) {
-        const begin = cut(thread);
-        const end = thread === this.threads - 1 ? out : cut(thread + 1);
-        if (end > begin) tasks.push({ job, thread, task: { ...base, range: { begin, end } } });
-      }
+    jobs.forEach((_, job) => {
+      if (scopes[job] === "matrix") pieces.push({ job, thread: nextWhole++ % this.threads, range: "whole" });
     });
-    return tasks;
+    // Places in each thread's memory, for the weights copied there.
+    const placed = this.memories.map(() => new Map<number, number>());
+    const ends = this.memories.map(() => KERNEL_INPUT_AT);
+    let copied = 0;
+    const tasks: Placed[] = [];
+    for (const { job, thread, range } of pieces) {
+      const j = jobs[job]!;
+      const { bytes, ...weight } = j.weight;
+      const mask = masks[job]!;
+      const base = { weight, scale: j.scale, options: j.options, masks: mask.buffer as SharedArrayBuffer, maskOffset: mask.byteOffset, range, rowsSlot: job };
+      if (thread === 0) {
+        tasks.push({ job, thread, task: { ...base, byteOffset: 0 } });
+        continue;
+      }
+      const whole = range === "whole" || (range.begin === 0 && range.end === j.weight.outDim);
+      if (whole && lendable[job]) {
+        tasks.push({ job, thread, task: { ...base, byteOffset: bytes.byteOffset, lent: bytes.buffer as ArrayBuffer } });
+        continue;
+      }
+      const at = placed[thread - 1]!;
+      if (!at.has(job)) {
+        at.set(job, ends[thread - 1]!);
+        ends[thread - 1]! += aligned8(bytes.byteLength);
+      }
+      if (range !== "whole") copied += (range.end - range.begin) * j.weight.inDim;
+      tasks.push({ job, thread, task: { ...base, byteOffset: at.get(job)! } });
+    }
+    this.memories.forEach((memory, t) => {
+      const have = memory.buffer.byteLength;
+      if (ends[t]! > have) memory.grow(Math.ceil((ends[t]! - have) / 65536));
+    });
+    return { tasks, copied };
   }
 
-  private call(worker: number, req: Omit<MaskRequest, "id">): Promise<Done> {
+  private call(worker: number, req: Omit<MaskRequest, "id">, transfer: ArrayBuffer[] = []): Promise<Done> {
     if (this.failure) return Promise.reject(this.failure);
-    if (req.tasks.length === 0) return Promise.resolve({ pruned: [], ms: [] });
     const id = this.nextId++;
     const w = this.workers[worker]!;
     // ref() does not count: a thread is unreferenced only when none of its requests is pending.
     if (this.inFlight[worker]!++ === 0) w.ref();
     return new Promise<Done>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      w.postMessage({ ...req, id });
+      w.postMessage({ ...req, id }, transfer);
     }).finally(() => {
       if (--this.inFlight[worker]! === 0) w.unref();
     });
@@ -265,19 +348,82 @@ export class MaskPool {
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
   }
+}
 
-  /** The error computeMask gives for the first failing job, else the threads' own. */
-  private firstError(jobs: readonly MaskJob[], settled: Array<PromiseSettledResult<Done>>): Error {
-    for (const j of jobs) {
-      try {
-        computeMask(j.weight, j.scale, j.options);
-      } catch (err) {
-        return err as Error;
+/** A mask thread ended while it held lent weights: their bytes are gone with it. */
+export class LostWeightError extends RuntimeError {
+  constructor(readonly weights: readonly string[], cause?: unknown) {
+    super(weights.join(", "), `lent to a mask thread that ended before giving ${weights.length === 1 ? "it" : "them"} back: the weights must be read again${cause instanceof Error ? ` (${cause.message})` : ""}`, { cause });
+  }
+}
+
+const params = (w: { inDim: number; outDim: number }) => w.inDim * w.outDim;
+
+/**
+ * Which jobs' weights may move to a thread by transfer: lent, each the whole of a plain
+ * ArrayBuffer that no other view of the batch (another job's weight, any mask) lies in.
+ */
+function lendableJobs(jobs: readonly MaskJob[], masks: readonly Uint8Array[]): boolean[] {
+  const uses = new Map<ArrayBufferLike, number>();
+  const count = (b: ArrayBufferLike) => uses.set(b, (uses.get(b) ?? 0) + 1);
+  for (const j of jobs) count(j.weight.bytes.buffer);
+  for (const m of masks) count(m.buffer);
+  return jobs.map(({ lend, weight: { bytes } }) => lend === true && bytes.buffer instanceof ArrayBuffer && bytes.byteOffset === 0 &&
+    bytes.byteLength === bytes.buffer.byteLength && bytes.byteLength > 0 && uses.get(bytes.buffer) === 1);
+}
+
+/**
+ * Column-scope jobs cut for the threads, thread t getting `shares[t]` of `total` params: each
+ * other thread in turn takes whole jobs that fit what it has left, largest first (`order`), then
+ * runs of columns (starting at multiples of COLUMN_ALIGN) to fill the rest, from the smallest job
+ * that still has enough; thread 0 (the pool's own) gets what is left. Only the runs are copied
+ * (bin packing keeps them to a fraction of one linear), whole jobs can move by transfer.
+ */
+function cutColumns(jobs: readonly MaskJob[], order: readonly number[], shares: readonly number[], total: number): Array<{ job: number; thread: number; range: { begin: number; end: number } }> {
+  const pieces: Array<{ job: number; thread: number; range: { begin: number; end: number } }> = [];
+  // Per job, where its columns not yet given start (its outDim once all are given).
+  const from = new Map(order.map((j) => [j, 0]));
+  const size = (j: number) => jobs[j]!.weight.inDim * (jobs[j]!.weight.outDim - from.get(j)!);
+  const give = (job: number, thread: number, end: number) => {
+    pieces.push({ job, thread, range: { begin: from.get(job)!, end } });
+    from.set(job, end);
+  };
+  for (let t = 1; t < shares.length; t++) {
+    let left = shares[t]! * total;
+    for (const j of order) {
+      if (from.get(j) === 0 && size(j) > 0 && size(j) <= left) {
+        left -= size(j);
+        give(j, t, jobs[j]!.weight.outDim);
       }
     }
-    const rejected = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
-    return rejected?.reason instanceof Error ? rejected.reason : new RuntimeError("mask pool", "a mask thread failed");
+    for (;;) {
+      const open = order.filter((j) => size(j) > 0);
+      if (open.length === 0) break;
+      const job = open.filter((j) => size(j) >= left).at(-1) ?? open[0]!;
+      const { inDim, outDim } = jobs[job]!.weight;
+      const columns = Math.round(left / inDim / COLUMN_ALIGN) * COLUMN_ALIGN;
+      if (columns <= 0) break;
+      const end = Math.min(outDim, from.get(job)! + columns);
+      left -= (end - from.get(job)!) * inDim;
+      give(job, t, end);
+    }
   }
+  for (const j of order) if (size(j) > 0) give(j, 0, jobs[j]!.weight.outDim);
+  return pieces;
+}
+
+/** The part of the other threads' params whose columns this thread would copy with a cut (1 where they have none). */
+function copiedPart(jobs: readonly MaskJob[], cut: ReturnType<typeof cutColumns>, lendable: readonly boolean[]): number {
+  let others = 0;
+  let copied = 0;
+  for (const { job, thread, range } of cut) {
+    if (thread === 0) continue;
+    const { inDim, outDim } = jobs[job]!.weight;
+    const n = (range.end - range.begin) * inDim;
+    others += n;
+    if (!(lendable[job] && range.begin === 0 && range.end === outDim)) copied += n;
+  }
+  return others > 0 ? copied / others : 1;
 }
 
 /** The shares a batch of column ranges ran with, as the columns fell (ranges are aligned), by parameters. */

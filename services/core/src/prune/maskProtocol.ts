@@ -3,9 +3,14 @@ import type { MaskOptions, WeightMatrix } from "./maskSelect.js";
 
 /** One share of one linear: columns [begin, end) of a column-scope mask, or a whole matrix-scope one. */
 export interface MaskTask {
-  /** the weight without its bytes, which sit in the thread's kernel memory at byteOffset */
+  /**
+   * the weight without its bytes, which sit in the thread's kernel memory at byteOffset, or in
+   * `lent` at byteOffset
+   */
   weight: Omit<WeightMatrix, "bytes">;
   byteOffset: number;
+  /** the weight's own buffer, moved here for the task (a transfer) and moved back with the answer */
+  lent?: ArrayBuffer;
   scale: Float64Array | null;
   options: MaskOptions;
   /** the linear's whole mask (in·out bytes from maskOffset): shared, each task writes its columns */
@@ -26,5 +31,8 @@ export interface MaskRequest {
   tasks: MaskTask[];
 }
 
-/** pruned and ms per task: what it pruned, and how long it took from its start (waits for rows included). */
-export type MaskResponse = { id: number; ok: true; pruned: number[]; ms: number[] } | { id: number; ok: false; error: string };
+/**
+ * pruned and ms per task: what it pruned, and how long it took from its start (waits for rows
+ * included). `returned`: the tasks' lent buffers, moved back whatever the outcome.
+ */
+export type MaskResponse = ({ ok: true; pruned: number[]; ms: number[] } | { ok: false; error: string }) & { id: number; returned: ArrayBuffer[] };

@@ -537,8 +537,9 @@ function markSmallestTilesWasm(
   // Per column: the panel and its mask bits (tile-major) and a staging group of rows; the rest is per row.
   const perColumn = w.inDim * elemSize(w) + w.inDim / 8 + ROW_GROUP * elemSize(w);
   const perRow = TILE_COLUMNS * KERNEL_BINS * 4 + w.inDim * (2 * TILE_COLUMNS * 4 + 4 + 8) + ROW_GROUP * STAGE_PAD + 4096;
-  // Weights in the kernel's memory (a mask thread's) lie above KERNEL_INPUT_AT: panels stay below.
-  const budget = kernel.addressOf(w.bytes) === null ? kernelLimits.memoryBudget : Math.min(kernelLimits.memoryBudget, KERNEL_INPUT_AT);
+  // A mask thread's kernel memory (shared) holds weights the pool copies in above KERNEL_INPUT_AT,
+  // also while the thread works on a lent weight: panels stay below.
+  const budget = kernel.memory.buffer instanceof SharedArrayBuffer ? Math.min(kernelLimits.memoryBudget, KERNEL_INPUT_AT) : kernelLimits.memoryBudget;
   const panelTiles = Math.min(tiles, Math.floor((budget - perRow) / perColumn / TILE_COLUMNS));
   if (panelTiles < 1) return null;
   let pruned = 0;

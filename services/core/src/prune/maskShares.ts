@@ -19,6 +19,11 @@ export interface BatchTiming {
   params: number;
   /** the pool thread copying the others' columns, then selecting its own (ms) */
   copyMs: number;
+  /**
+   * params whose columns the pool's thread copied for the others (at most what it did not keep;
+   * less where whole weights went to threads by transfer, which costs it nothing)
+   */
+  copied: number;
   ownMs: number;
   /** each other thread, from its start to its last column (ms; waits for copied rows included) */
   threadMs: readonly number[];
@@ -51,7 +56,6 @@ export class MaskShares {
   private readonly speeds: Array<number | null>;
   /** the pool thread's ms per param it copies, over its selection's ms per param; null until measured */
   private copyRatio: number | null = null;
-  private current: number[];
 
   /**
    * `copyCost`: what copying a column costs the pool's thread relative to selecting it, the
@@ -60,12 +64,15 @@ export class MaskShares {
   constructor(readonly threads: number, private readonly copyCost: number) {
     if (!(Number.isSafeInteger(threads) && threads >= 1)) throw new RangeError(`threads must be a positive integer, got ${threads}`);
     this.speeds = Array.from({ length: threads }, () => null);
-    this.current = this.solve();
   }
 
-  /** The split for the next batch: a share per thread (thread 0: the pool's own), summing to 1. */
-  shares(): readonly number[] {
-    return this.current;
+  /**
+   * The split for the next batch: a share per thread (thread 0: the pool's own), summing to 1.
+   * `copied`: the part of the other threads' shares whose columns the pool's thread will copy
+   * (1: all of it; less where whole weights go to them by transfer).
+   */
+  shares(copied = 1): readonly number[] {
+    return this.solve(Math.min(1, Math.max(0, copied)));
   }
 
   /** Learns from one batch; timings of a batch too small or too fast to measure are ignored. */
@@ -76,9 +83,8 @@ export class MaskShares {
       // A share of 0 says nothing about a thread's speed: the old estimate stays.
       if (share > 0) this.speeds[i] = mix(this.speeds[i] ?? null, (share * t.params) / ms[i]!);
     });
-    const own = t.shares[0]!;
-    if (own < 1) this.copyRatio = mix(this.copyRatio, (t.copyMs / ((1 - own) * t.params)) * this.speedsNow()[0]!);
-    this.current = this.solve();
+    // (a batch that copied little, its other shares gone by transfer, says little about the copy)
+    if (t.copied >= MIN_LEARNING_PARAMS) this.copyRatio = mix(this.copyRatio, (t.copyMs / t.copied) * this.speedsNow()[0]!);
   }
 
   /** The speeds, each unmeasured one the mean of the measured (all 1 before any is). */
@@ -90,15 +96,15 @@ export class MaskShares {
 
   /**
    * Shares with equal finish times T: thread t (t >= 1) selects s_t = v_t T; the pool's thread
-   * selects s0 and copies the rest, s0 / v0 + c (1 - s0) / v0 = T, where c is the copy ratio.
-   * With V = sum of v_t: 1 - s0 = V T, so s0 = a / (1 + a) with a = v0 / V - c, at least 0 (the
-   * pool's thread then only copies).
+   * selects s0 and copies the part q of the rest, s0 / v0 + c q (1 - s0) / v0 = T, where c is the
+   * copy ratio. With V = sum of v_t: 1 - s0 = V T, so s0 = a / (1 + a) with a = v0 / V - c q, at
+   * least 0 (the pool's thread then only copies).
    */
-  private solve(): number[] {
+  private solve(copied: number): number[] {
     if (this.threads === 1) return [1];
     const [ownSpeed, ...threadSpeeds] = this.speedsNow() as [number, ...number[]];
     const others = threadSpeeds.reduce((a, b) => a + b, 0);
-    const a = Math.max(0, ownSpeed / others - (this.copyRatio ?? this.copyCost));
+    const a = Math.max(0, ownSpeed / others - (this.copyRatio ?? this.copyCost) * copied);
     const own = a / (1 + a);
     return [own, ...threadSpeeds.map((v) => ((1 - own) * v) / others)];
   }

@@ -1,10 +1,12 @@
-/** Runs one MaskTask: on a mask thread over shared memory, on the pool's own thread over the caller's weights. */
+/** Runs one MaskTask: on a mask thread over shared memory or a lent buffer, on the pool's own thread over the caller's weights. */
 import type { MaskTask } from "./maskProtocol.js";
 import { computeMask, computeMaskColumns, type WeightMatrix } from "./maskSelect.js";
 import { OnnxDataType } from "../onnx/dtype.js";
 
 export function runMaskTask(t: MaskTask, weights: SharedArrayBuffer, rows: SharedArrayBuffer): number {
   const total = t.weight.inDim * t.weight.outDim;
+  // A lent weight is all here already: nothing to wait for.
+  if (t.lent) return runMaskTaskOn(t, { ...t.weight, bytes: new Uint8Array(t.lent, t.byteOffset, total * elementBytes(t.weight.dataType)) });
   const copied = new Int32Array(rows);
   let known = 0;
   const awaitRows = (r: number): void => {

@@ -1,4 +1,4 @@
-/** A mask thread of a MaskPool: computes its shares of a block's masks, from its kernel's shared memory into shared memory. */
+/** A mask thread of a MaskPool: computes its shares of a block's masks, from its kernel's shared memory or lent buffers into shared memory. */
 import { parentPort, workerData } from "node:worker_threads";
 import type { MaskRequest, MaskResponse, MaskTask } from "./maskProtocol.js";
 import { runMaskTask } from "./maskTask.js";
@@ -10,6 +10,7 @@ useKernelMemory(memory);
 const port = parentPort!;
 port.on("message", (req: MaskRequest) => {
   let res: MaskResponse;
+  const returned = req.tasks.flatMap((t) => (t.lent ? [t.lent] : []));
   try {
     const ms: number[] = [];
     const pruned = req.tasks.map((t: MaskTask) => {
@@ -18,9 +19,9 @@ port.on("message", (req: MaskRequest) => {
       ms.push(performance.now() - start);
       return n;
     });
-    res = { id: req.id, ok: true, pruned, ms };
+    res = { id: req.id, ok: true, pruned, ms, returned };
   } catch (err) {
-    res = { id: req.id, ok: false, error: err instanceof Error ? err.message : String(err) };
+    res = { id: req.id, ok: false, error: err instanceof Error ? err.message : String(err), returned };
   }
-  port.postMessage(res);
+  port.postMessage(res, returned);
 });
