@@ -368,6 +368,9 @@ describe("a block's calls as one batch, lent weights moved to the threads", () =
       const settled = await Promise.allSettled(calls);
       assert.equal(settled[1]!.status, "rejected");
       assert.ok((settled[1] as PromiseRejectedResult).reason instanceof NumericError && (settled[1] as PromiseRejectedResult).reason.subject === "bad");
+      // A weight lent to a thread whose task failed is back too.
+      assert.equal(bad.bytes.byteLength, 64 * 48 * 4);
+      assert.ok(Number.isNaN(new Float32Array(bad.bytes.buffer, bad.bytes.byteOffset, 64 * 48)[10 * 48 + 7]));
       const check = (r: PromiseSettledResult<unknown>, ws: Array<{ w: typeof bad; scale: Float64Array }>) => {
         assert.equal(r.status, "fulfilled", `${pool.threads} threads`);
         (r as PromiseFulfilledResult<Array<{ mask: Uint8Array }>>).value.forEach((m, i) => {
