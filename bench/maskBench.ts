@@ -11,11 +11,11 @@
  */
 import { performance } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
-import { computeMask, type WeightMatrix } from "../services/core/src/prune/maskSelect.js";
+import { computeMask } from "../services/core/src/prune/maskSelect.js";
 import { MaskPool } from "../services/core/src/prune/maskPool.js";
 import { runCopier } from "../services/core/src/prune/byteCopy.js";
-import { OnnxDataType, floatToHalf } from "../services/core/src/onnx/dtype.js";
 import type { BenchLine } from "./benchLine.js";
+import { bestOf, randomLinear } from "./benchLinear.js";
 import { mulberry32 } from "../services/core/src/calib/seededRandom.js";
 
 const IN = 4096;
@@ -38,16 +38,6 @@ async function selectOnBoth(other: Worker, here: () => unknown): Promise<{ here:
   return { here: hereMs, other: await answer };
 }
 
-async function bestOf(runs: number, fn: () => unknown): Promise<number> {
-  let best = Infinity;
-  for (let i = 0; i < runs; i++) {
-    const t0 = performance.now();
-    await fn();
-    best = Math.min(best, performance.now() - t0);
-  }
-  return best / 1000;
-}
-
 /** Seconds to move `bytes` to a thread and back by transfer (the buffer is detached, not copied). */
 async function transferRoundTrip(bytes: Uint8Array, runs: number): Promise<number> {
   const echo = new Worker(`require("node:worker_threads").parentPort.on("message", (b) => require("node:worker_threads").parentPort.postMessage(b, [b]))`, { eval: true });
@@ -68,14 +58,8 @@ async function transferRoundTrip(bytes: Uint8Array, runs: number): Promise<numbe
 }
 
 export async function benchMask(): Promise<BenchLine[]> {
-  const rand = rng(1234);
-  const bits = new Uint16Array(IN * OUT);
-  // Roughly normal weights (sum of uniforms), like a trained linear layer's.
-  for (let i = 0; i < bits.length; i++) bits[i] = floatToHalf((rand() + rand() + rand() - 1.5) * 0.05);
-  const scale = new Float64Array(IN);
-  for (let c = 0; c < IN; c++) scale[c] = 1e-4 + rand() * rand() * 4;
-  const bytes = new Uint8Array(bits.buffer);
-  const w: WeightMatrix = { name: "bench", dataType: OnnxDataType.FLOAT16, layout: "in_out", inDim: IN, outDim: OUT, bytes };
+  const { weight: w, scale } = randomLinear(rng(1234), "bench", IN, OUT);
+  const bytes = w.bytes;
   const opts = { sparsity: 0.5, pattern: { kind: "unstructured" as const } };
 
   // As the engine runs it from the second block on: into the previous block's mask buffer

@@ -6,12 +6,11 @@
  * same interleaved rounds: the same pool given one linear per batch, each split by columns and
  * copied (what the engine did before it gathered a block's calls).
  */
-import { performance } from "node:perf_hooks";
 import { MaskPool, type MaskJob } from "../services/core/src/prune/maskPool.js";
 import type { WeightMatrix } from "../services/core/src/prune/maskSelect.js";
-import { OnnxDataType, floatToHalf } from "../services/core/src/onnx/dtype.js";
 import { mulberry32 } from "../services/core/src/calib/seededRandom.js";
 import type { BenchLine } from "./benchLine.js";
+import { bestOf, randomLinear } from "./benchLinear.js";
 
 const HIDDEN = 4096;
 const INTERMEDIATE = 14336;
@@ -32,20 +31,11 @@ interface Linear {
 
 function block(): Linear[] {
   const rand = mulberry32(4321);
-  return SHAPES.map(([name, inDim, outDim]) => {
-    const bits = new Uint16Array(inDim * outDim);
-    // Roughly normal weights (sum of uniforms), like a trained linear layer's.
-    for (let i = 0; i < bits.length; i++) bits[i] = floatToHalf((rand() + rand() + rand() - 1.5) * 0.05);
-    const scale = Float64Array.from({ length: inDim }, () => 1e-4 + rand() * rand() * 4);
-    const weight: WeightMatrix = { name, dataType: OnnxDataType.FLOAT16, layout: "in_out", inDim, outDim, bytes: new Uint8Array(bits.buffer) };
-    return { weight, scale, plain: new Uint8Array(inDim * outDim), shared: new Uint8Array(new SharedArrayBuffer(inDim * outDim)) };
-  });
-}
-
-async function seconds(fn: () => Promise<unknown>): Promise<number> {
-  const t0 = performance.now();
-  await fn();
-  return (performance.now() - t0) / 1000;
+  return SHAPES.map(([name, inDim, outDim]) => ({
+    ...randomLinear(rand, name, inDim, outDim),
+    plain: new Uint8Array(inDim * outDim),
+    shared: new Uint8Array(new SharedArrayBuffer(inDim * outDim)),
+  }));
 }
 
 export async function benchMaskBlock(): Promise<BenchLine[]> {
@@ -69,9 +59,9 @@ export async function benchMaskBlock(): Promise<BenchLine[]> {
     await runs.perLinear();
     // Interleaved, so all three see the same phases of a shared machine.
     for (let i = 0; i < ROUNDS; i++) {
-      best.one = Math.min(best.one, await seconds(runs.one));
-      best.block = Math.min(best.block, await seconds(runs.block));
-      best.perLinear = Math.min(best.perLinear, await seconds(runs.perLinear));
+      best.one = Math.min(best.one, await bestOf(1, runs.one));
+      best.block = Math.min(best.block, await bestOf(1, runs.block));
+      best.perLinear = Math.min(best.perLinear, await bestOf(1, runs.perLinear));
     }
   } finally {
     await two.close();
