@@ -1,8 +1,10 @@
 /**
  * SparseGPT against Wanda on the medium generated model (the same model as pruneBench's
  * "medium"), both in their own process in one run: the time ratio, and SparseGPT's peak memory
- * over the weight bytes of one block (its in×in Hessians are what grows).
+ * over the weight bytes of one block (its in×in Hessians are what grows). Then SparseGPT with
+ * two solve threads (--mask-threads 2) against one, same bytes checked.
  */
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { generateModel, type GenModelOptions } from "../services/core/src/gen/genModel.js";
 import { analyzeModel } from "../services/core/src/pipeline/modelAnalysis.js";
@@ -15,13 +17,21 @@ export const MEDIUM: Omit<GenModelOptions, "outDir"> = { layers: 8, hidden: 1024
 
 export async function benchMethods(workDir: string): Promise<BenchLine[]> {
   const gen = await generateModel({ outDir: join(workDir, "methods-medium"), force: true, ...MEDIUM });
-  const run = (method: string) => pruneInChild({ model: gen.modelPath, calib: gen.calibPath, method, sparsity: 0.5, out: join(workDir, `methods-${method}-out`), force: true });
+  const run = (method: string, maskThreads = 1) => pruneInChild({ model: gen.modelPath, calib: gen.calibPath, method, sparsity: 0.5, maskThreads, out: join(workDir, `methods-${method}-${maskThreads}-out`), force: true });
   const wanda = run("wanda");
   const sparsegpt = run("sparsegpt");
+  const threaded = run("sparsegpt", 2);
+  const data = (threads: number) => readFileSync(join(workDir, `methods-sparsegpt-${threads}-out`, "model.onnx.data"));
+  if (!data(1).equals(data(2))) throw new Error("sparsegpt: model.onnx.data differs between --mask-threads 1 and 2");
   const block = analyzeModel(gen.modelPath).partition.blockLinears[0]!;
   const blockBytes = block.reduce((a, l) => a + l.inDim * l.outDim * elementSize(l.dataType, l.weight), 0);
   return [
     { bench: "sparsegpt_vs_wanda_seconds", value: sparsegpt.seconds / wanda.seconds, unit: "ratio", sparsegptSeconds: sparsegpt.seconds, wandaSeconds: wanda.seconds, ...MEDIUM },
+    {
+      bench: "sparsegpt_threads2_speedup", value: sparsegpt.seconds / threaded.seconds, unit: "ratio",
+      oneThreadSeconds: sparsegpt.seconds, twoThreadsSeconds: threaded.seconds, twoThreadsPeakRssBytes: threaded.peakRssBytes,
+      twoThreadsPlannerWorkingBytesOverBlockBytes: sparseGptWorkingBytes(block, 2) / blockBytes,
+    },
     {
       bench: "hessian_peak_rss_over_block_bytes", value: sparsegpt.peakRssBytes / blockBytes, unit: "ratio",
       peakRssBytes: sparsegpt.peakRssBytes, blockBytes, wandaPeakRssOverBlockBytes: wanda.peakRssBytes / blockBytes,

@@ -22,6 +22,8 @@ const JOBS: Record<string, Record<string, unknown>> = {
   "sparsegpt": { method: "sparsegpt", sparsity: 0.5 },
   "sparsegpt stages": { method: "sparsegpt", sparsity: 0.5, replicas: 1 },
   "sparsegpt 2:4": { method: "sparsegpt", pattern: "2:4" },
+  // Workers solving on two solve threads each: the bytes and facts of one-thread `atvp prune`.
+  "sparsegpt mask-threads 2": { method: "sparsegpt", sparsity: 0.5, maskThreads: 2 },
   "atv-sparsegpt": { method: "atv-sparsegpt", sparsity: 0.6, alpha: 4 },
   "sparsegpt dense": { method: "sparsegpt", sparsity: 0.5, propagation: "dense" },
   "wanda owl": { method: "wanda", sparsity: 0.5, sparsityProfile: "owl" },
@@ -47,7 +49,7 @@ before(async () => {
   model = { model: g.modelPath, calib: g.calibPath };
   for (const [name, extra] of Object.entries(JOBS)) {
     const out = join(tmp.path, `ref-${++counter}`);
-    const { replicas: _grid, ...prune } = extra;
+    const { replicas: _grid, maskThreads: _threads, ...prune } = extra;
     await pruneModel({ model: model.model, calib: model.calib, out, threads: 1, ...prune } as never);
     reference.set(name, { data: readFileSync(join(out, "model.onnx.data")), layers: layersOf(out) });
   }

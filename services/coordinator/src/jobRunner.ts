@@ -180,7 +180,8 @@ export class JobRunner {
       const costs = analysis.partition.blockLinears.map((linears) => ({
         bytes: linears.reduce((a, l) => a + data!.byteLength(analysis.index.initializers.get(l.weight)!), 0),
         flops: linears.reduce((a, l) => a + l.inDim * l.outDim, 0),
-        workingBytes: definition.workingBytes?.(linears) ?? 0,
+        // Workers use up to this many threads (fewer where they have fewer cores).
+        workingBytes: definition.workingBytes?.(linears, resolved.maskThreads) ?? 0,
         replicaBytes: samples.length * (definition.recordBytes?.(linears, longest) ?? 0),
       }));
       await this.deps.acquireWorkers?.(this.spec.workers, this.abort.signal);

@@ -40,3 +40,4 @@ export { clampThreads } from "./runtime/threadLimit.js";
 // Its TensorData (a typed array) is not onnx/tensorData's TensorData (the weights reader).
 export { elementCount, type WireTensor, type TensorData as WireTensorData } from "./runtime/wireTensor.js";
 export { MaskPool, type MaskJob } from "./prune/maskPool.js";
+export { SolvePool, INLINE_SOLVER, type Solver } from "./prune/solvePool.js";

@@ -7,12 +7,14 @@
 import type { LinearInfo } from "../graph/linears.js";
 import { HessianAccumulator } from "../prune/hessian.js";
 import { prepareHessian, type PreparedHessian } from "../prune/sparseGpt.js";
+import type { Solver } from "../prune/solvePool.js";
 import type { AccumulatorInput, AccumulatorSpec, ExchangeableAccumulator } from "./method.js";
 
 export class Hessian implements ExchangeableAccumulator {
   private readonly acc: HessianAccumulator;
   private finished: Float64Array | undefined;
   private prepared: PreparedHessian | undefined;
+  private preparing: Promise<PreparedHessian> | undefined;
   private last: number | undefined;
 
   constructor(tensor: string, channels: number) {
@@ -46,6 +48,13 @@ export class Hessian implements ExchangeableAccumulator {
   factored(samples: number): PreparedHessian {
     this.prepared ??= prepareHessian(this.matrix(samples), this.acc.channels, this.acc.tensor);
     return this.prepared;
+  }
+
+  /** factored(), by `solver` (on a solve thread with a SolvePool): once, whichever linear asks first. */
+  factoredBy(solver: Solver, samples: number): Promise<PreparedHessian> {
+    if (this.prepared) return Promise.resolve(this.prepared);
+    this.preparing ??= solver.factor(this.matrix(samples), this.acc.channels, this.acc.tensor);
+    return this.preparing;
   }
 }
 

@@ -7,6 +7,7 @@
  * any weight changes, and propagates; it never asks which method it runs.
  */
 import type { MaskJob } from "../prune/maskPool.js";
+import type { Solver } from "../prune/solvePool.js";
 import type { CalibSample } from "../calib/calibSet.js";
 import type { LinearInfo } from "../graph/linears.js";
 import type { MaskResult, Pattern, WeightMatrix } from "../prune/maskSelect.js";
@@ -165,6 +166,8 @@ export interface CompressInput<A extends Accumulator = Accumulator> {
   target: LinearTarget;
   /** mask selection (DESIGN §2 steps 4-5), on the job's mask threads; same bits at any count */
   masks: MaskSelector;
+  /** SparseGPT's solves, on the job's solve threads (as many as mask threads); same bits at any count */
+  solver: Solver;
 }
 
 /** What selects masks: a MaskPool (prune/maskPool.ts), on one thread or several. */
@@ -230,7 +233,8 @@ export interface MethodDefinition {
   recordBytes?(linears: readonly LinearInfo[], tokensPerSample: number): number;
   /**
    * Bytes the method holds beyond the block's weights while it prunes one block (SparseGPT's
-   * in×in Hessians), for the shard planner; absent: small next to the weights.
+   * in×in Hessians), with `threads` mask (and solve) threads (default 1), for the shard planner;
+   * absent: small next to the weights.
    */
-  workingBytes?(linears: readonly LinearInfo[]): number;
+  workingBytes?(linears: readonly LinearInfo[], threads?: number): number;
 }

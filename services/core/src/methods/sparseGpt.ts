@@ -6,27 +6,31 @@
 import type { LinearInfo } from "../graph/linears.js";
 import { elementSize } from "../onnx/dtype.js";
 import { HessianAccumulator } from "../prune/hessian.js";
-import { sparseGptCompressPrepared } from "../prune/sparseGpt.js";
+import { relativeError } from "../prune/sparseGpt.js";
 import { atv } from "./atv.js";
 import { Hessian, hessians } from "./hessians.js";
 import { DEFAULT_ACCUMULATOR_BUDGET_BYTES, type CompressInput, type Compression, type Method, type MethodDefinition } from "./method.js";
 import { distanceRecordBytes, hessianRecordBytes } from "./recordBytes.js";
 import { ATTENDED_TOKENS, atvTokens } from "./tokenPools.js";
 
-/** Compresses a copy of the dense weight: every linear of the block must see dense weights. */
-function compressWithHessian({ weight, stats, samples, target }: CompressInput<Hessian>): Compression {
-  const copy = { ...weight, bytes: weight.bytes.slice() };
-  const r = sparseGptCompressPrepared(copy, stats!.factored(samples), { sparsity: target.sparsity, pattern: target.pattern });
-  return { kind: "weights", bytes: copy.bytes, pruned: r.pruned, facts: { relativeError: r.relativeError } };
+/**
+ * Compresses a copy of the dense weight (every linear of the block must see dense weights), on
+ * the job's solve threads where it has them.
+ */
+async function compressWithHessian({ weight, stats, samples, target, solver }: CompressInput<Hessian>): Promise<Compression> {
+  // The dense output energy needs H only: on a pool it runs while H is factored.
+  const [prepared, energy] = await Promise.all([stats!.factoredBy(solver, samples), solver.energy(weight, stats!.matrix(samples))]);
+  const { bytes, update } = await solver.update(weight, prepared, { sparsity: target.sparsity, pattern: target.pattern });
+  return { kind: "weights", bytes, pruned: update.pruned, facts: { relativeError: relativeError(update.errorEnergy, energy) } };
 }
 
 /**
  * A block's peak: one float64 Hessian and its factor U per distinct input (kept until every
  * linear is compressed), the Cholesky work of the widest input (two in×in), a linear's float64 copies
  * (original, working, written back, difference), and the new bytes of every linear until they
- * are applied.
+ * are applied. With solve threads, each may hold the widest work at once.
  */
-export function sparseGptWorkingBytes(linears: readonly LinearInfo[]): number {
+export function sparseGptWorkingBytes(linears: readonly LinearInfo[], threads = 1): number {
   const inputs = new Map(linears.map((l) => [l.activation, l.inDim]));
   const perInput = [...inputs.values()].map((n) => HessianAccumulator.bytes(n) + 8 * n * n + n);
   // Beyond the engine's budget the inputs are calibrated a group at a time.
@@ -36,7 +40,7 @@ export function sparseGptWorkingBytes(linears: readonly LinearInfo[]): number {
     widest = Math.max(widest, 2 * 8 * l.inDim * l.inDim + 4 * 8 * l.inDim * l.outDim);
     bytes += l.inDim * l.outDim * elementSize(l.dataType, l.weight);
   }
-  return bytes + widest;
+  return bytes + Math.max(1, threads) * widest;
 }
 
 export const sparseGpt: MethodDefinition = {

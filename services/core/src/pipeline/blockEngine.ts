@@ -32,6 +32,7 @@ import type { LinearTargets, ProfilePrePass } from "../profiles/index.js";
 import { applyMask, type WeightMatrix } from "../prune/maskSelect.js";
 import { MaskBuffers } from "../prune/maskBuffers.js";
 import { MaskPool } from "../prune/maskPool.js";
+import { INLINE_SOLVER, type Solver } from "../prune/solvePool.js";
 import { BufferPool } from "../runtime/bufferPool.js";
 import type { InferenceHost, SessionHandle } from "../runtime/inferenceHost.js";
 import type { TensorData as TypedData, WireTensor } from "../runtime/wireTensor.js";
@@ -105,6 +106,8 @@ export interface EngineContext {
   accumulatorBudgetBytes?: number;
   /** threads for mask selection (started and closed by the caller); default: this thread only */
   maskPool?: MaskPool;
+  /** threads for SparseGPT's solves (a SolvePool, closed by the caller); default: this thread */
+  solver?: Solver;
   /**
    * This run is one replica of its stage: it calibrates and propagates its own share of the
    * samples and exchanges per-sample records with the other replicas (data-parallel calibration).
@@ -442,7 +445,7 @@ export class BlockEngine {
     return Promise.all(linears.map(async (linear) => {
       const weight = weights.get(linear.weight)!;
       const target = { sparsity: this.targetOf(linear), pattern: spec.pattern };
-      return { linear, weight, target: target.sparsity, result: await this.method.compress({ weight, linear, stats: stats.get(linear.weight), samples: samples.length, target, masks: lending(this.maskBuffers.selector(this.ctx.maskPool ?? INLINE_MASKS)) }) };
+      return { linear, weight, target: target.sparsity, result: await this.method.compress({ weight, linear, stats: stats.get(linear.weight), samples: samples.length, target, masks: lending(this.maskBuffers.selector(this.ctx.maskPool ?? INLINE_MASKS)), solver: this.ctx.solver ?? INLINE_SOLVER }) };
     }));
   }
 

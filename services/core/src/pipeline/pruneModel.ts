@@ -23,6 +23,7 @@ import { profileTargets } from "./profilePhase.js";
 import { arraySource, BlockEngine, type SampleState } from "./blockEngine.js";
 import { LocalExchangeHub } from "./localExchange.js";
 import { MaskPool } from "../prune/maskPool.js";
+import { SolvePool } from "../prune/solvePool.js";
 import { analyzeModel, type ModelAnalysis } from "./modelAnalysis.js";
 import { resolveSpec, type PruneSpec, type ResolvedSpec } from "./pruneSpec.js";
 import { blockSparsity, type BlockReport, type LayerReport, type PruneReport } from "./report.js";
@@ -63,6 +64,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   let host: InferenceHost | undefined;
   let prepared: PreparedOutput | undefined;
   let maskPool: MaskPool | undefined;
+  let solvePool: SolvePool | undefined;
   let finalized = false;
   try {
     await data.validate();
@@ -74,8 +76,10 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
     host = InferenceHost.start({ threads: spec.threads, device: spec.device, warn: options.warn });
     const feeds = samples.map((s) => new SampleFeeds(s, analysis.partition.mainInput, analysis.index.inputs));
     maskPool = MaskPool.start(spec.maskThreads);
+    // Its threads start only if the method solves (SparseGPT); one mask thread solves here.
+    solvePool = spec.maskThreads > 1 ? new SolvePool(spec.maskThreads) : undefined;
     // The plan's selection, with the profile's placeholder targets until the profile phase ran.
-    const context = { ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan), accumulatorBudgetBytes: options.accumulatorBudgetBytes, maskPool };
+    const context = { ...analysis, data, spec, host, samples, feeds, targets: planTargets(plan), accumulatorBudgetBytes: options.accumulatorBudgetBytes, maskPool, ...(solvePool ? { solver: solvePool } : {}) };
     // The profile phase (OWL): a dense pass over every block before any block is pruned.
     const targets = plan.phases.includes("profile")
       ? await profileTargets(new BlockEngine(context), jobProfile(spec), { sparsity: spec.sparsity, linears: selection })
@@ -130,6 +134,7 @@ export async function pruneModel(input: PruneSpec, options: PruneOptions = {}): 
   } finally {
     await host?.close();
     await maskPool?.close();
+    await solvePool?.close();
     await data.close();
   }
 }

@@ -14,7 +14,10 @@ import type { WireTensor } from "../runtime/wireTensor.js";
 const TOKENS_AT_ONCE = 4;
 
 export class HessianAccumulator {
-  /** Upper triangle (row-major, i <= j) of Σ_j A_jᵀA_j; the lower half is filled by finish(). */
+  /**
+   * Upper triangle (row-major, i <= j) of Σ_j A_jᵀA_j; the lower half is filled by finish().
+   * In shared memory: finish() returns it as H, which solve threads then read where they are.
+   */
   private readonly sum: Float64Array;
   /** Upper triangle of the last sample's own A_jᵀA_j (its record), before it joined the sum. */
   private readonly sample: Float64Array;
@@ -22,7 +25,7 @@ export class HessianAccumulator {
   private readonly rows: Float64Array;
 
   constructor(readonly tensor: string, readonly channels: number) {
-    this.sum = new Float64Array(channels * channels);
+    this.sum = new Float64Array(new SharedArrayBuffer(channels * channels * 8));
     this.sample = new Float64Array(channels * channels);
     this.rows = new Float64Array(TOKENS_AT_ONCE * channels);
   }

@@ -43,11 +43,16 @@ export interface PreparedHessian {
   n: number;
 }
 
+/** Where U is allocated: plain memory, or shared memory that several solve threads read (solvePool.ts). */
+export type Float64Allocator = (length: number) => Float64Array;
+const plainFloat64: Float64Allocator = (length) => new Float64Array(length);
+
 /**
  * Steps 3-5: dead inputs, dampening relative to the mean of the diagonal (after the dead fix),
- * and U. Throws NumericError naming `subject` when H is not positive definite after dampening.
+ * and U (allocated by `alloc`). Throws NumericError naming `subject` when H is not positive
+ * definite after dampening.
  */
-export function prepareHessian(hessian: Float64Array, n: number, subject: string, percDamp = SPARSEGPT_PERCDAMP): PreparedHessian {
+export function prepareHessian(hessian: Float64Array, n: number, subject: string, percDamp = SPARSEGPT_PERCDAMP, alloc = plainFloat64): PreparedHessian {
   if (hessian.length !== n * n) throw new InvalidArgumentError(subject, `Hessian has ${hessian.length} entries, the layer needs ${n}x${n}`);
   const a = hessian.slice();
   const dead = new Uint8Array(n);
@@ -61,7 +66,7 @@ export function prepareHessian(hessian: Float64Array, n: number, subject: string
   for (let i = 0; i < n; i++) diagSum += a[i * n + i]!;
   const damp = percDamp * (diagSum / n);
   for (let i = 0; i < n; i++) a[i * n + i]! += damp;
-  return { hessian, u: upperCholeskyOfInverse(a, n, subject), dead, n };
+  return { hessian, u: upperCholeskyOfInverse(a, n, subject, alloc), dead, n };
 }
 
 /**
@@ -74,8 +79,39 @@ export function sparseGptCompress(w: WeightMatrix, hessian: Float64Array, opts: 
 
 /** sparseGptCompress with steps 3-5 already done (prepareHessian). */
 export function sparseGptCompressPrepared(w: WeightMatrix, prepared: PreparedHessian, opts: SparseGptOptions): SparseGptResult {
+  checkUpdate(w, prepared, opts);
+  const energy = outputEnergy(prepared.hessian, w);
+  const { pruned, total, errorEnergy } = sparseGptUpdate(w, prepared, opts);
+  return { pruned, total, relativeError: relativeError(errorEnergy, energy) };
+}
+
+/** What SparseGPT's update did to one linear: pruned entries, and tr(ΔBᵀHΔB) of the change. */
+export interface SparseGptUpdate {
+  pruned: number;
+  total: number;
+  errorEnergy: number;
+}
+
+/**
+ * Steps 6-7: prunes `w` in place (its bytes are rewritten), and measures the output error of the
+ * change through H (the numerator of relativeError).
+ */
+export function sparseGptUpdate(w: WeightMatrix, prepared: PreparedHessian, opts: SparseGptOptions): SparseGptUpdate {
+  checkUpdate(w, prepared, opts);
   const n = w.inDim;
   const out = w.outDim;
+  const original = readWeights(w);
+  const { weights: W, pruned } = obsUpdate(original, prepared, opts, out);
+  writeWeights(w, W);
+  const written = readWeights(w);
+  const delta = new Float64Array(original.length);
+  for (let i = 0; i < delta.length; i++) delta[i] = written[i]! - original[i]!;
+  return { pruned, total: n * out, errorEnergy: quadratic(prepared.hessian, delta, n, out) };
+}
+
+/** The options and shapes sparseGptUpdate refuses (InvalidArgumentError), before any work. */
+export function checkUpdate(w: WeightMatrix, prepared: PreparedHessian, opts: SparseGptOptions): void {
+  const n = w.inDim;
   const blockSize = opts.blockSize ?? SPARSEGPT_BLOCK_SIZE;
   const s = opts.sparsity;
   if (!(s >= 0 && s < 1)) throw new InvalidArgumentError("sparsity", `must be in [0, 1), got ${s}`);
@@ -83,11 +119,19 @@ export function sparseGptCompressPrepared(w: WeightMatrix, prepared: PreparedHes
   if (opts.pattern.kind === "nm" && (n % opts.pattern.m !== 0 || blockSize % opts.pattern.m !== 0)) {
     throw new InvalidArgumentError(w.name, `input dimension ${n} is not a multiple of M=${opts.pattern.m} for the ${opts.pattern.n}:${opts.pattern.m} pattern`);
   }
-  const original = readWeights(w);
-  const { weights: W, pruned } = obsUpdate(original, prepared, opts, out);
-  writeWeights(w, W);
-  const written = readWeights(w);
-  return { pruned, total: n * out, relativeError: relativeError(prepared.hessian, original, written, n, out) };
+}
+
+/**
+ * tr(BᵀHB) of the dense weight: the output energy the calibration tokens see (relativeError's
+ * denominator). It needs H only, not its factor: a solve pool computes it beside the factoring.
+ */
+export function outputEnergy(hessian: Float64Array, w: WeightMatrix): number {
+  return quadratic(hessian, readWeights(w), w.inDim, w.outDim);
+}
+
+/** tr(ΔBᵀHΔB) / tr(BᵀHB): the output error the calibration tokens see, relative to the output. */
+export function relativeError(errorEnergy: number, energy: number): number {
+  return energy > 0 ? errorEnergy / energy : 0;
 }
 
 /**
@@ -290,12 +334,12 @@ function nmMask(W: Float64Array, U: Float64Array, n: number, out: number, c: num
  * U with H⁻¹ = UᵀU: L = chol(H) (lower), L⁻¹ by forward substitution, H⁻¹ = L⁻ᵀL⁻¹, then U is
  * the transpose of H⁻¹'s lower factor. `a` is consumed. Returned row-major [n, n], upper.
  */
-export function upperCholeskyOfInverse(a: Float64Array, n: number, subject: string): Float64Array {
+export function upperCholeskyOfInverse(a: Float64Array, n: number, subject: string, alloc = plainFloat64): Float64Array {
   choleskyLowerInPlace(a, n, subject, "the dampened Hessian");
   // Rows of L⁻¹: row_i = (e_i − Σ_{k<i} L[i,k]·row_k) / L[i,i]. Two rows i and four rows k at a
   // time (addFourRows; x − l·y is x + (−l)·y exactly), each entry taking its terms in k order,
   // row i+1 its k = i term once row i is done.
-  const inv = new Float64Array(n * n);
+  const inv = alloc(n * n);
   const finishRow = (i: number) => {
     const ri = i * n;
     const lii = a[ri + i]!;
@@ -493,15 +537,6 @@ function choleskyLowerInPlace(a: Float64Array, n: number, subject: string, what:
     }
   }
   for (let j = 0; j < n; j++) a.fill(0, j * n + j + 1, (j + 1) * n);
-}
-
-/** tr(ΔBᵀHΔB) / tr(BᵀHB): the output error the calibration tokens see, relative to the output. */
-function relativeError(h: Float64Array, before: Float64Array, after: Float64Array, n: number, out: number): number {
-  const delta = new Float64Array(before.length);
-  for (let i = 0; i < delta.length; i++) delta[i] = after[i]! - before[i]!;
-  const num = quadratic(h, delta, n, out);
-  const den = quadratic(h, before, n, out);
-  return den > 0 ? num / den : 0;
 }
 
 function quadratic(h: Float64Array, b: Float64Array, n: number, out: number): number {

@@ -134,7 +134,8 @@ export type JobSpec = Message<"atvprune.v1.JobSpec"> & {
   keepWork: boolean;
 
   /**
-   * threads each worker selects masks with (default 1); any count gives the same bits
+   * threads each worker selects masks, and solves SparseGPT's blocks, with (default 1); any count
+   * gives the same bits
    *
    * @generated from field: optional uint32 mask_threads = 21;
    */

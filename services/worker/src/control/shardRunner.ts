@@ -14,7 +14,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ShardAssignment, ShardProgressSchema } from "../../../gen/atvprune/v1/worker_pb.js";
 import {
   InvalidArgumentError, DATA_FILE, PARTIAL_SUFFIX, arraySource, offsetSource, BlockEngine,
-  type SampleState, type StateSource, needsCalibration, InferenceHost, MaskPool, type ReplicaSlice, clampThreads,
+  type SampleState, type StateSource, needsCalibration, InferenceHost, MaskPool, SolvePool, type ReplicaSlice, clampThreads,
 } from "../../../core/src/index.js";
 import { RpcError, fromPlanMessage, toBlockFinished } from "../../../rpc/index.js";
 import { exists, WorkDir, type BlockRecord } from "../checkpoint/checkpoints.js";
@@ -136,6 +136,7 @@ export class ShardRun {
     }
     let host: InferenceHost | undefined;
     let maskPool: MaskPool | undefined;
+    let solvePool: SolvePool | undefined;
     let outbox: Outbox | undefined;
     let weights: FileHandle | undefined;
     let commits: CommitQueue | undefined;
@@ -160,9 +161,14 @@ export class ShardRun {
         }
         host = InferenceHost.start({ threads: this.deps.threads, device: this.deps.device, warn: this.deps.log });
         // The job's count, up to this worker's cores (more only cost memory; any count, same bits).
-        maskPool = MaskPool.start(clampThreads(job.spec.maskThreads, this.deps.log, "mask_threads"));
+        const maskThreads = clampThreads(job.spec.maskThreads, this.deps.log, "mask_threads");
+        maskPool = MaskPool.start(maskThreads);
+        // Started only if the method solves (SparseGPT); off this thread, which keeps the worker's
+        // event loop (heartbeats, streams) free while it does.
+        solvePool = maskThreads > 1 ? new SolvePool(maskThreads) : undefined;
         const engine = new BlockEngine({
           ...job.analysis, data: job.data, spec: job.spec, host, samples: job.samples, feeds: job.feeds, targets: job.targets, maskPool,
+          ...(solvePool ? { solver: solvePool } : {}),
           ...(this.exchange ? { exchange: this.exchange } : {}),
         });
         if (needsStates) outbox = this.deps.outboxes.open(this.jobId, this.endBlock, engine.end - engine.first, this.slice.replica);
@@ -215,6 +221,7 @@ export class ShardRun {
       await weights?.close().catch(() => {});
       await host?.close().catch(() => {});
       await maskPool?.close().catch(() => {});
+      await solvePool?.close().catch(() => {});
       await job.data.close().catch(() => {});
       // Peers that still need this replica's records read them from the work dir.
       if (this.exchange) this.deps.exchanges.forgetJob(this.jobId);

@@ -1,0 +1,193 @@
+/**
+ * SparseGPT's solves over several threads: the factorization of each distinct input's Hessian
+ * (steps 3-5) and each linear's OBS update (steps 6-7) are tasks, run on `threads` solve threads
+ * while this one (the event loop: gRPC, NATS, the engine) waits. Each task is the one-thread
+ * function on the same float64 inputs, so every thread count gives the same bits.
+ *
+ * Nothing large is copied: H is accumulated in shared memory and U is allocated in shared
+ * memory by the thread that factors it, so the linears that read one input (q/k/v, gate/up) read
+ * one H and one U wherever they run; a linear's weight is the copy SparseGPT updates anyway,
+ * moved to its thread and back by transfer.
+ *
+ * Tasks wait in one queue and an idle thread takes the costliest ready one (a factorization
+ * costs ~n³/3, an update ~in²·out multiply-adds): the engine submits a block's factorizations in
+ * one turn and each linear's update once its input is factored, so the widest input's chain
+ * (down_proj: its factorization, then its update) starts first.
+ */
+import { Worker } from "node:worker_threads";
+import { InvalidArgumentError, NumericError, RuntimeError, TypedError } from "../errors.js";
+import type { WeightMatrix } from "./maskSelect.js";
+import type { SolveFailure, SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solveProtocol.js";
+import { SPARSEGPT_PERCDAMP, outputEnergy, prepareHessian, sparseGptUpdate, type PreparedHessian, type SparseGptOptions, type SparseGptUpdate } from "./sparseGpt.js";
+
+/** A linear's updated weight bytes (its own type and layout) and what the update did. */
+export interface UpdatedLinear {
+  bytes: Uint8Array;
+  update: SparseGptUpdate;
+}
+
+/** Where SparseGPT's solves run: here, one after another (INLINE_SOLVER), or on a SolvePool. */
+export interface Solver {
+  /** Steps 3-5 for one input's H (not modified). */
+  factor(hessian: Float64Array, n: number, subject: string): Promise<PreparedHessian>;
+  /** tr(BᵀHB) of `weight` (relativeError's denominator). */
+  energy(weight: WeightMatrix, hessian: Float64Array): Promise<number>;
+  /** Steps 6-7 on a copy of `weight` (not modified). */
+  update(weight: WeightMatrix, prepared: PreparedHessian, options: SparseGptOptions): Promise<UpdatedLinear>;
+}
+
+/** The one-thread solver: each solve on this thread when asked. */
+export const INLINE_SOLVER: Solver = {
+  factor: async (hessian, n, subject) => prepareHessian(hessian, n, subject, SPARSEGPT_PERCDAMP),
+  energy: async (weight, hessian) => outputEnergy(hessian, weight),
+  update: async (weight, prepared, options) => {
+    const copy = { ...weight, bytes: weight.bytes.slice() };
+    return { update: sparseGptUpdate(copy, prepared, options), bytes: copy.bytes };
+  },
+};
+
+interface Queued {
+  task: SolveTask;
+  cost: number;
+  /** submission order, for ties */
+  seq: number;
+  transfer: ArrayBuffer[];
+  resolve: (result: SolveResult) => void;
+  reject: (err: Error) => void;
+}
+
+export class SolvePool implements Solver {
+  private workers: Worker[] | undefined;
+  private readonly idle: number[] = [];
+  private readonly queue: Queued[] = [];
+  private readonly running = new Map<number, Queued & { thread: number }>();
+  private nextId = 1;
+  private seq = 0;
+  private dispatchSoon = false;
+  private closed = false;
+  private failure: Error | undefined;
+
+  /** `threads` solve threads, started with the first task (a job whose method never solves starts none). */
+  constructor(readonly threads: number) {
+    if (!Number.isSafeInteger(threads) || threads < 1) throw new InvalidArgumentError("maskThreads", `must be a positive integer, got ${threads}`);
+  }
+
+  async factor(hessian: Float64Array, n: number, subject: string): Promise<PreparedHessian> {
+    const h = shared(hessian);
+    const r = await this.submit({ kind: "factor", hessian: h, n, subject, percDamp: SPARSEGPT_PERCDAMP }, (n * n * n) / 3, []);
+    if (r.kind !== "factor") throw new RuntimeError("solve pool", `a factor task answered ${r.kind}`);
+    return { hessian: h, u: r.u, dead: r.dead, n };
+  }
+
+  async energy(weight: WeightMatrix, hessian: Float64Array): Promise<number> {
+    const bytes = weight.bytes.slice();
+    const r = await this.submit({ kind: "energy", weight: { ...weight, bytes }, hessian: shared(hessian) }, (weight.inDim * weight.inDim * weight.outDim) / 2, [bytes.buffer as ArrayBuffer]);
+    if (r.kind !== "energy") throw new RuntimeError("solve pool", `an energy task answered ${r.kind}`);
+    return r.energy;
+  }
+
+  async update(weight: WeightMatrix, prepared: PreparedHessian, options: SparseGptOptions): Promise<UpdatedLinear> {
+    // The copy SparseGPT updates, in a buffer of its own so that it can move to the thread.
+    const bytes = weight.bytes.slice();
+    const task = { kind: "update" as const, weight: { ...weight, bytes }, prepared: { ...prepared, hessian: shared(prepared.hessian), u: shared(prepared.u) }, options };
+    // The OBS update and the error's quadratic form, ~in²·out multiply-adds each.
+    const r = await this.submit(task, (3 / 2) * weight.inDim * weight.inDim * weight.outDim, [bytes.buffer as ArrayBuffer]);
+    if (r.kind !== "update") throw new RuntimeError("solve pool", `an update task answered ${r.kind}`);
+    return { bytes: r.bytes, update: r.update };
+  }
+
+  /** Stops the threads; tasks not answered yet fail, later ones are refused. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.fail(new RuntimeError("solve pool", "was closed while solving"));
+    await Promise.all((this.workers ?? []).map((w) => w.terminate()));
+  }
+
+  private submit(task: SolveTask, cost: number, transfer: ArrayBuffer[]): Promise<SolveResult> {
+    if (this.closed) return Promise.reject(new RuntimeError("solve pool", "is closed"));
+    if (this.failure) return Promise.reject(this.failure);
+    this.workers ??= this.startThreads();
+    return new Promise<SolveResult>((resolve, reject) => {
+      this.queue.push({ task, cost, seq: this.seq++, transfer, resolve, reject });
+      // Tasks submitted in one turn (a block's factorizations) are ranked together before any starts.
+      if (!this.dispatchSoon) {
+        this.dispatchSoon = true;
+        setImmediate(() => {
+          this.dispatchSoon = false;
+          this.dispatch();
+        });
+      }
+    });
+  }
+
+  private startThreads(): Worker[] {
+    const workers = Array.from({ length: this.threads }, (_, t) => {
+      const w = new Worker(new URL("./solveThread.js", import.meta.url));
+      w.on("message", (res: SolveResponse) => this.answered(t, res));
+      w.on("error", (err) => this.fail(err));
+      w.on("exit", (code) => {
+        if (!this.closed) this.fail(new RuntimeError("solve thread", `exited with code ${code}`));
+      });
+      // An idle thread must not keep the process alive; one with a task is referenced (dispatch).
+      w.unref();
+      this.idle.push(t);
+      return w;
+    });
+    return workers;
+  }
+
+  private dispatch(): void {
+    while (this.idle.length > 0 && this.queue.length > 0 && !this.failure) {
+      let best = 0;
+      for (let i = 1; i < this.queue.length; i++) {
+        const q = this.queue[i]!;
+        const b = this.queue[best]!;
+        if (q.cost > b.cost || (q.cost === b.cost && q.seq < b.seq)) best = i;
+      }
+      const next = this.queue.splice(best, 1)[0]!;
+      const thread = this.idle.shift()!;
+      const id = this.nextId++;
+      this.running.set(id, { ...next, thread });
+      const w = this.workers![thread]!;
+      w.ref();
+      w.postMessage({ id, task: next.task } satisfies SolveRequest, next.transfer);
+    }
+  }
+
+  private answered(thread: number, res: SolveResponse): void {
+    const job = this.running.get(res.id);
+    if (!job) return;
+    this.running.delete(res.id);
+    this.workers![thread]!.unref();
+    this.idle.push(thread);
+    if (res.ok) job.resolve(res.result);
+    else job.reject(rebuild(res.error));
+    this.dispatch();
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    for (const job of [...this.running.values(), ...this.queue]) job.reject(this.failure);
+    this.running.clear();
+    this.queue.length = 0;
+  }
+}
+
+/**
+ * `a` in shared memory, where threads read it without a copy each: H accumulates there
+ * (HessianAccumulator) and U is factored there, so only an H or U from elsewhere is copied.
+ */
+function shared(a: Float64Array): Float64Array {
+  if (a.buffer instanceof SharedArrayBuffer) return a;
+  const out = new Float64Array(new SharedArrayBuffer(a.length * 8));
+  for (let i = 0; i < a.length; i++) out[i] = a[i]!;
+  return out;
+}
+
+/** A thread's failure as the class the one-thread solve would have thrown. */
+function rebuild(e: SolveFailure): TypedError {
+  if (e.code === "NUMERIC") return new NumericError(e.subject, e.message);
+  if (e.code === "INVALID_ARGUMENT") return new InvalidArgumentError(e.subject, e.message);
+  return new RuntimeError(e.subject || "solve thread", e.message);
+}

@@ -1,0 +1,52 @@
+/** Messages between a SolvePool and its solve threads (solveThread.ts). */
+import type { WeightMatrix } from "./maskSelect.js";
+import type { PreparedHessian, SparseGptOptions, SparseGptUpdate } from "./sparseGpt.js";
+
+/**
+ * Steps 3-5 of SparseGPT for one input: H (in shared memory: every thread reads it where it is)
+ * to U, which the thread allocates in shared memory for the linears that read the same input.
+ */
+export interface FactorTask {
+  kind: "factor";
+  hessian: Float64Array;
+  n: number;
+  subject: string;
+  percDamp: number;
+}
+
+/** Steps 6-7 for one linear: its weight (a copy of its own, moved here) pruned and updated in place. */
+export interface UpdateTask {
+  kind: "update";
+  weight: WeightMatrix;
+  prepared: PreparedHessian;
+  options: SparseGptOptions;
+}
+
+/** tr(BᵀHB) of one linear's dense weight (a copy, moved here), H shared. */
+export interface EnergyTask {
+  kind: "energy";
+  weight: WeightMatrix;
+  hessian: Float64Array;
+}
+
+export type SolveTask = FactorTask | UpdateTask | EnergyTask;
+
+export interface SolveRequest {
+  id: number;
+  task: SolveTask;
+}
+
+/** An AtvpError as it crosses threads: rebuilt as its own class from the code. */
+export interface SolveFailure {
+  code: string;
+  subject: string;
+  /** the message without the subject prefix */
+  message: string;
+}
+
+export type SolveResult =
+  | { kind: "factor"; u: Float64Array; dead: Uint8Array }
+  | { kind: "update"; bytes: Uint8Array; update: SparseGptUpdate }
+  | { kind: "energy"; energy: number };
+
+export type SolveResponse = { id: number } & ({ ok: true; result: SolveResult } | { ok: false; error: SolveFailure });

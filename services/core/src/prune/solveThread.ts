@@ -1,0 +1,33 @@
+/** A solve thread of a SolvePool: SparseGPT's factorizations and per-linear updates, one task at a time. */
+import { parentPort } from "node:worker_threads";
+import { TypedError } from "../errors.js";
+import type { SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solveProtocol.js";
+import { outputEnergy, prepareHessian, sparseGptUpdate } from "./sparseGpt.js";
+
+const shared = (length: number) => new Float64Array(new SharedArrayBuffer(length * 8));
+
+function solve(task: SolveTask): SolveResult {
+  if (task.kind === "factor") {
+    const { u, dead } = prepareHessian(task.hessian, task.n, task.subject, task.percDamp, shared);
+    return { kind: "factor", u, dead };
+  }
+  if (task.kind === "energy") return { kind: "energy", energy: outputEnergy(task.hessian, task.weight) };
+  const update = sparseGptUpdate(task.weight, task.prepared, task.options);
+  return { kind: "update", bytes: task.weight.bytes, update };
+}
+
+const port = parentPort!;
+port.on("message", ({ id, task }: SolveRequest) => {
+  let res: SolveResponse;
+  try {
+    const result = solve(task);
+    res = { id, ok: true, result };
+  } catch (err) {
+    const typed = err instanceof TypedError;
+    const message = err instanceof Error ? err.message : String(err);
+    const subject = typed ? err.subject : "";
+    res = { id, ok: false, error: { code: typed ? String(err.code) : "RUNTIME", subject, message: subject && message.startsWith(`${subject}: `) ? message.slice(subject.length + 2) : message } };
+  }
+  // The updated weight goes back by transfer; U is shared, it needs none.
+  port.postMessage(res, res.ok && res.result.kind === "update" ? [res.result.bytes.buffer as ArrayBuffer] : []);
+});

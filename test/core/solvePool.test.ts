@@ -1,0 +1,179 @@
+/**
+ * SolvePool: SparseGPT's factorizations, output energies and updates on solve threads give the
+ * bits of the one-thread functions (sparseGptCompressPrepared, prepareHessian) at 1, 2 and 3
+ * threads, for linears that share an input and linears of every stored type and layout; the
+ * costliest queued task runs first; thread failures come back as the one-thread typed errors;
+ * a closed pool refuses work.
+ */
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
+import { HessianAccumulator } from "../../services/core/src/prune/hessian.js";
+import { prepareHessian, relativeError, sparseGptCompressPrepared, type SparseGptOptions } from "../../services/core/src/prune/sparseGpt.js";
+import type { WeightMatrix } from "../../services/core/src/prune/maskSelect.js";
+import { INLINE_SOLVER, SolvePool, type Solver } from "../../services/core/src/prune/solvePool.js";
+import { OnnxDataType, floatToBfloat16, floatToHalf } from "../../services/core/src/onnx/dtype.js";
+import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
+import { sparseGptWorkingBytes } from "../../services/core/src/methods/sparseGpt.js";
+import type { LinearInfo } from "../../services/core/src/graph/linears.js";
+
+const bits = (a: Float64Array | Uint8Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+/** H of `n` channels over three samples of random activations (every 5th channel dead), in shared memory as the engine's. */
+function hessianOf(seed: number, n: number): Float64Array {
+  const rand = mulberry32(seed);
+  const acc = new HessianAccumulator(`input${n}`, n);
+  for (let s = 0; s < 3; s++) {
+    const data = Float32Array.from({ length: 20 * n }, (_, i) => (i % n) % 5 === 2 ? 0 : rand() - 0.5);
+    acc.add({ dims: [1, 20, n], data, type: "float32" }, new Uint8Array(20).fill(1), `sample ${s}`);
+  }
+  return acc.finish(3);
+}
+
+function weightOf(seed: number, name: string, n: number, out: number, dataType: number, layout: "in_out" | "out_in"): WeightMatrix {
+  const rand = mulberry32(seed);
+  const v = Float32Array.from({ length: n * out }, () => (rand() - 0.5) * 0.2);
+  const bytes = dataType === OnnxDataType.FLOAT ? new Uint8Array(v.buffer)
+    : new Uint8Array(Uint16Array.from(v, (x) => (dataType === OnnxDataType.FLOAT16 ? floatToHalf(x) : floatToBfloat16(x))).buffer);
+  return { name, dataType, layout, inDim: n, outDim: out, bytes };
+}
+
+/** A block's worth: q/k/v share one input, gate/up another, o and down their own; every type and layout. */
+function block(): { hessians: Map<number, Float64Array>; linears: WeightMatrix[] } {
+  const hessians = new Map([40, 24, 72].map((n) => [n, hessianOf(n, n)]));
+  const linears = [
+    weightOf(1, "q", 40, 40, OnnxDataType.FLOAT, "in_out"),
+    weightOf(2, "k", 40, 24, OnnxDataType.FLOAT16, "in_out"),
+    weightOf(3, "v", 40, 24, OnnxDataType.BFLOAT16, "out_in"),
+    weightOf(4, "o", 24, 40, OnnxDataType.FLOAT16, "out_in"),
+    weightOf(5, "gate", 40, 72, OnnxDataType.FLOAT, "out_in"),
+    weightOf(6, "up", 40, 72, OnnxDataType.FLOAT16, "in_out"),
+    weightOf(7, "down", 72, 40, OnnxDataType.BFLOAT16, "in_out"),
+  ];
+  return { hessians, linears };
+}
+
+/** What the engine does per linear (methods/sparseGpt.ts): factor once per input, energy beside it, then update. */
+async function compressAll(solver: Solver, hessians: Map<number, Float64Array>, linears: WeightMatrix[], opts: SparseGptOptions) {
+  const factored = new Map<number, ReturnType<Solver["factor"]>>();
+  return Promise.all(linears.map(async (w) => {
+    const h = hessians.get(w.inDim)!;
+    if (!factored.has(w.inDim)) factored.set(w.inDim, solver.factor(h, w.inDim, `input${w.inDim}`));
+    const [prepared, energy] = await Promise.all([factored.get(w.inDim)!, solver.energy(w, h)]);
+    const { bytes, update } = await solver.update(w, prepared, opts);
+    return { bytes, pruned: update.pruned, relativeError: relativeError(update.errorEnergy, energy), u: prepared.u };
+  }));
+}
+
+describe("SolvePool", () => {
+  for (const [label, opts] of [["unstructured 50%", { sparsity: 0.5, pattern: { kind: "unstructured" }, blockSize: 16 }], ["2:4", { sparsity: 0.5, pattern: { kind: "nm", n: 2, m: 4 }, blockSize: 8 }]] as const) {
+    test(`a block's linears at 1, 2 and 3 threads: the one-thread bits (${label}), dense weights untouched`, async () => {
+      const { hessians, linears } = block();
+      const dense = linears.map((w) => Buffer.from(w.bytes));
+      const expected = linears.map((w) => {
+        const copy = { ...w, bytes: w.bytes.slice() };
+        const prepared = prepareHessian(hessians.get(w.inDim)!, w.inDim, `input${w.inDim}`);
+        const r = sparseGptCompressPrepared(copy, prepared, opts);
+        return { bytes: copy.bytes, pruned: r.pruned, relativeError: r.relativeError, u: prepared.u };
+      });
+      const inline = await compressAll(INLINE_SOLVER, hessians, linears, opts);
+      for (const threads of [1, 2, 3]) {
+        const pool = new SolvePool(threads);
+        try {
+          for (const [run, got] of [["first", await compressAll(pool, hessians, linears, opts)], ["second", await compressAll(pool, hessians, linears, opts)]] as const) {
+            for (const [i, w] of linears.entries()) {
+              const where = `${w.name}, ${threads} threads, ${run} run`;
+              assert.ok(bits(got[i]!.bytes).equals(bits(expected[i]!.bytes)), `${where}: weights`);
+              assert.equal(got[i]!.pruned, expected[i]!.pruned, where);
+              assert.ok(Object.is(got[i]!.relativeError, expected[i]!.relativeError), `${where}: relative error ${got[i]!.relativeError} vs ${expected[i]!.relativeError}`);
+              assert.ok(bits(got[i]!.u).equals(bits(expected[i]!.u)), `${where}: U`);
+              assert.ok(got[i]!.u.buffer instanceof SharedArrayBuffer, `${where}: U is shared, not copied per linear`);
+            }
+          }
+        } finally {
+          await pool.close();
+        }
+      }
+      for (const [i] of linears.entries()) assert.ok(bits(inline[i]!.bytes).equals(bits(expected[i]!.bytes)), `${linears[i]!.name}: inline`);
+      linears.forEach((w, i) => assert.ok(Buffer.from(w.bytes).equals(dense[i]!), `${w.name} was modified`));
+      assert.ok(expected.some((e) => e.pruned > 0));
+    });
+  }
+
+  test("the costliest task queued in one turn runs first (one thread: they finish in cost order)", async () => {
+    const pool = new SolvePool(1);
+    try {
+      const h = hessianOf(9, 72);
+      const small = weightOf(11, "small", 72, 4, OnnxDataType.FLOAT, "in_out");
+      const large = weightOf(12, "large", 72, 64, OnnxDataType.FLOAT, "in_out");
+      const order: string[] = [];
+      const track = <T>(name: string, p: Promise<T>) => p.then((v) => (order.push(name), v));
+      // Submitted smallest first: energy 72²·4/2, factor 72³/3, energy 72²·64/2.
+      await Promise.all([track("energy small", pool.energy(small, h)), track("factor", pool.factor(h, 72, "x")), track("energy large", pool.energy(large, h))]);
+      assert.deepEqual(order, ["energy large", "factor", "energy small"]);
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test("a Hessian that is not positive definite: the one-thread NumericError, naming its input", async () => {
+    const h = new Float64Array(new SharedArrayBuffer(4 * 8));
+    h.set([1, 2, 2, 1]);
+    let inline: unknown;
+    try {
+      prepareHessian(h.slice(), 2, "model.layers.0.mlp.input");
+    } catch (e) {
+      inline = e;
+    }
+    assert.ok(inline instanceof NumericError);
+    const pool = new SolvePool(2);
+    try {
+      await assert.rejects(pool.factor(h, 2, "model.layers.0.mlp.input"), (e: unknown) => e instanceof NumericError && e.subject === "model.layers.0.mlp.input" && e.message === (inline as Error).message);
+      // The pool still works after a task failed.
+      const good = hessianOf(3, 24);
+      const prepared = await pool.factor(good, 24, "x");
+      assert.ok(bits(prepared.u).equals(bits(prepareHessian(good, 24, "x").u)));
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test("options the update refuses: the one-thread InvalidArgumentError", async () => {
+    const pool = new SolvePool(2);
+    try {
+      const h = hessianOf(5, 40);
+      const prepared = await pool.factor(h, 40, "x");
+      const w = weightOf(6, "model.layers.0.self_attn.q_proj.weight", 40, 8, OnnxDataType.FLOAT, "in_out");
+      await assert.rejects(pool.update(w, prepared, { sparsity: 1.5, pattern: { kind: "unstructured" } }), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "sparsity");
+      const w3 = weightOf(7, "model.layers.0.mlp.down_proj.weight", 40, 8, OnnxDataType.FLOAT, "in_out");
+      await assert.rejects(pool.update(w3, prepared, { sparsity: 0.5, pattern: { kind: "nm", n: 2, m: 3 } }), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "model.layers.0.mlp.down_proj.weight" && /not a multiple of M=3/.test(e.message));
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test("closing while a task runs rejects it with RuntimeError; a closed pool refuses work", async () => {
+    const pool = new SolvePool(1);
+    const h = hessianOf(8, 160);
+    const running = pool.factor(h, 160, "x");
+    const queued = pool.energy(weightOf(9, "w", 160, 160, OnnxDataType.FLOAT, "in_out"), h);
+    await new Promise((r) => setImmediate(r));
+    const rejected = [assert.rejects(running, (e: unknown) => e instanceof RuntimeError && /closed/.test(e.message)), assert.rejects(queued, (e: unknown) => e instanceof RuntimeError)];
+    await pool.close();
+    await Promise.all(rejected);
+    await assert.rejects(pool.factor(h, 160, "x"), (e: unknown) => e instanceof RuntimeError && /closed/.test(e.message));
+  });
+
+  test("a thread count that is not a positive integer is refused naming maskThreads", () => {
+    for (const bad of [0, -1, 1.5, Number.NaN]) assert.throws(() => new SolvePool(bad), (e: unknown) => e instanceof InvalidArgumentError && e.subject === "maskThreads");
+  });
+});
+
+describe("SparseGPT's working memory with solve threads", () => {
+  test("each thread adds the widest linear's work (two in×in and four float64 copies), by hand", () => {
+    const linear = { nodeIndex: 0, node: "n", op: "MatMul", weight: "w", activation: "x", dataType: OnnxDataType.FLOAT, layout: "in_out", inDim: 4, outDim: 2 } as LinearInfo;
+    // widest = 2·8·4² + 4·8·4·2 = 256 + 256 bytes
+    assert.equal(sparseGptWorkingBytes([linear], 2) - sparseGptWorkingBytes([linear], 1), 512);
+    assert.equal(sparseGptWorkingBytes([linear], 3) - sparseGptWorkingBytes([linear]), 1024);
+  });
+});
