@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { CLI, REPO, tempDir } from "../support/fixtures.js";
 import { toJobSpecMessage } from "../../services/cli/src/jobClient.js";
 import { toPruneSpec } from "../../services/rpc/jobSpec.js";
+import { solvePoolLimits } from "../../services/core/src/prune/solvePool.js";
 
 const tmp = tempDir("mask-threads");
 after(() => tmp.cleanup());
@@ -58,6 +59,22 @@ describe("atvp prune --mask-threads", () => {
       }
     });
   }
+
+  test("sparsegpt on a model wide enough that each sample's MLP-input Hessian rows go to the threads: same bytes and facts", () => {
+    const wide = join(tmp.path, "wide");
+    const g = atvp("gen-model", "--layers", "1", "--hidden", "256", "--samples", "2", "--seq-len", "24", "--image-tokens", "8", "--out", wide);
+    assert.equal(g.status, 0, g.stderr);
+    // down_proj's input is 704 wide: at least 20 attended tokens x 704·705/2 entries is past the limit.
+    assert.ok(20 * ((704 * 705) / 2) >= solvePoolLimits.rowsWork);
+    const outs = ["1", "2"].map((threads) => {
+      const out = join(tmp.path, `wide-${threads}`);
+      const r = atvp("prune", "--model", join(wide, "model.onnx"), "--calib", join(wide, "calib.jsonl"), "--method", "sparsegpt", "--mask-threads", threads, "--out", out);
+      assert.equal(r.status, 0, r.stderr);
+      return { data: readFileSync(join(out, "model.onnx.data")), report: JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as { layers: Array<{ facts?: unknown }> } };
+    });
+    assert.ok(outs[0]!.data.equals(outs[1]!.data));
+    assert.deepEqual(outs[1]!.report.layers.map((l) => l.facts), outs[0]!.report.layers.map((l) => l.facts));
+  });
 
   test("the count travels in the job spec to cluster workers (unset stays unset: the default)", () => {
     const spec = { model: "m.onnx", calib: "c.jsonl", out: "o", method: "atv" as const, sparsity: 0.5 };

@@ -3,7 +3,8 @@
  * bits of the one-thread functions (sparseGptCompressPrepared, prepareHessian) at 1, 2 and 3
  * threads, for linears that share an input and linears of every stored type and layout; the
  * costliest queued task runs first; thread failures come back as the one-thread typed errors;
- * a closed pool refuses work.
+ * a closed pool refuses work. A sample's Hessian rows split over the threads give the one-thread
+ * sum and records.
  */
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -11,7 +12,7 @@ import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
 import { HessianAccumulator } from "../../services/core/src/prune/hessian.js";
 import { prepareHessian, relativeError, sparseGptCompressPrepared, type SparseGptOptions } from "../../services/core/src/prune/sparseGpt.js";
 import type { WeightMatrix } from "../../services/core/src/prune/maskSelect.js";
-import { INLINE_SOLVER, SolvePool, type Solver } from "../../services/core/src/prune/solvePool.js";
+import { INLINE_SOLVER, SolvePool, rowBounds, solvePoolLimits, type Solver } from "../../services/core/src/prune/solvePool.js";
 import { OnnxDataType, floatToBfloat16, floatToHalf } from "../../services/core/src/onnx/dtype.js";
 import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
 import { sparseGptWorkingBytes } from "../../services/core/src/methods/sparseGpt.js";
@@ -175,5 +176,66 @@ describe("SparseGPT's working memory with solve threads", () => {
     // widest = 2·8·4² + 4·8·4·2 = 256 + 256 bytes
     assert.equal(sparseGptWorkingBytes([linear], 2) - sparseGptWorkingBytes([linear], 1), 512);
     assert.equal(sparseGptWorkingBytes([linear], 3) - sparseGptWorkingBytes([linear]), 1024);
+  });
+});
+
+describe("a sample's Hessian rows on the solve threads", () => {
+  test("row ranges of about equal entries, at even rows (by hand)", () => {
+    // n = 10: 55 entries; row i has 10 - i.
+    assert.deepEqual(rowBounds(10, 1), [0, 10]);
+    assert.deepEqual(rowBounds(10, 2), [0, 4, 10]); // 34 | 21 (2 would give 19 | 36)
+    assert.deepEqual(rowBounds(10, 3), [0, 2, 4, 10]); // 19 | 15 | 21
+    assert.deepEqual(rowBounds(3, 4), [0, 2, 3]); // too few rows: empty ranges dropped
+    assert.deepEqual(rowBounds(1, 2), [0, 1]);
+  });
+
+  test("HessianAccumulator.add split over 2 and 3 threads: the one-thread sum and records, float32 and float16, odd widths", async () => {
+    const saved = solvePoolLimits.rowsWork;
+    solvePoolLimits.rowsWork = 0;
+    const pools = [new SolvePool(2), new SolvePool(3)];
+    try {
+      for (const [n, half] of [[37, false], [130, true], [261, false]] as const) {
+        const rand = mulberry32(n);
+        const samples = Array.from({ length: 3 }, () => {
+          const v = Float32Array.from({ length: 23 * n }, (_, i) => ((i % n) % 7 === 3 || rand() < 0.1 ? 0 : (rand() - 0.5) * 2 ** Math.floor(rand() * 6 - 3)));
+          const act = half ? { dims: [1, 23, n], data: Uint16Array.from(v, (x) => floatToHalf(x)), type: "float16" as const } : { dims: [1, 23, n], data: v, type: "float32" as const };
+          return { act, pool: Uint8Array.from({ length: 23 }, () => (rand() < 0.8 ? 1 : 0)) };
+        });
+        const run = async (pool?: SolvePool) => {
+          const acc = new HessianAccumulator("x", n);
+          const records: Float64Array[] = [];
+          for (const [j, s] of samples.entries()) {
+            const added = acc.add(s.act, s.pool, `sample ${j}`, pool);
+            assert.equal(added instanceof Promise, pool !== undefined, "the pool takes the rows (limit lowered)");
+            await added;
+            records.push(acc.record());
+          }
+          return { records, h: acc.finish(3) };
+        };
+        const one = await run();
+        for (const pool of pools) {
+          const got = await run(pool);
+          const where = `n=${n}, half=${half}, ${pool.threads} threads`;
+          assert.ok(bits(got.h).equals(bits(one.h)), `${where}: H`);
+          got.records.forEach((r, j) => assert.ok(bits(r).equals(bits(one.records[j]!)), `${where}: record ${j}`));
+        }
+      }
+      // A NaN is refused before any thread starts, naming the token and channel as on one thread.
+      const act = { dims: [1, 2, 40], data: new Float32Array(80).fill(1), type: "float32" as const };
+      act.data[40 + 7] = Number.NaN;
+      const acc = new HessianAccumulator("x", 40);
+      assert.throws(() => acc.add(act, new Uint8Array([1, 1]), "sample 0", pools[0]), (e: unknown) => e instanceof NumericError && /NaN or Inf in the activations \(token 1, channel 7\)/.test(e.message));
+    } finally {
+      solvePoolLimits.rowsWork = saved;
+      for (const p of pools) await p.close();
+    }
+  });
+
+  test("a small sample stays on the calling thread", () => {
+    const pool = new SolvePool(2);
+    const acc = new HessianAccumulator("x", 8);
+    const added = acc.add({ dims: [1, 4, 8], data: new Float32Array(32).fill(0.5), type: "float32" }, new Uint8Array(4).fill(1), "sample 0", pool);
+    assert.equal(added, undefined);
+    return pool.close();
   });
 });

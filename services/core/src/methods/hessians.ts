@@ -5,7 +5,7 @@
  * order (pipeline/sampleExchange.ts).
  */
 import type { LinearInfo } from "../graph/linears.js";
-import { HessianAccumulator } from "../prune/hessian.js";
+import { HessianAccumulator, type SampleRowsSolver } from "../prune/hessian.js";
 import { prepareHessian, type PreparedHessian } from "../prune/sparseGpt.js";
 import type { Solver } from "../prune/solvePool.js";
 import type { AccumulatorInput, AccumulatorSpec, ExchangeableAccumulator } from "./method.js";
@@ -21,10 +21,11 @@ export class Hessian implements ExchangeableAccumulator {
     this.acc = new HessianAccumulator(tensor, channels);
   }
 
-  add({ index, input, pool, subject }: AccumulatorInput): void {
+  add({ index, input, pool, subject, solver }: AccumulatorInput): void | Promise<void> {
     if (this.finished) throw new RangeError(`Hessian of ${this.acc.tensor} was already finished`);
-    this.acc.add(input, pool, subject);
+    const added = this.acc.add(input, pool, subject, solver?.addSampleRows ? (solver as SampleRowsSolver) : undefined);
     this.last = index;
+    return added;
   }
 
   record(j: number): Float64Array {

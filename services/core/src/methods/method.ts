@@ -80,10 +80,13 @@ export interface AccumulatorInput {
   pool: Uint8Array;
   /** names the block, sample and JSONL line in errors */
   subject: string;
+  /** the job's solve threads, where it has them (SparseGPT's Hessians add row ranges there) */
+  solver?: Solver;
 }
 
 export interface Accumulator {
-  add(sample: AccumulatorInput): void;
+  /** a promise where the work went to other threads: the engine awaits it before the next sample */
+  add(sample: AccumulatorInput): void | Promise<void>;
 }
 
 /**

@@ -293,13 +293,15 @@ export class BlockEngine {
     }
     const acts = [...new Set([...accs.values()].map((e) => e.activation)), ...observed.tensors.map((o) => o.name)];
     const fetchActs = acts.filter((a) => !cut.stateInputs.includes(a));
-    const feed = (j: number, values: Record<string, WireTensor>, pool: Uint8Array) => {
+    const feed = async (j: number, values: Record<string, WireTensor>, pool: Uint8Array) => {
       const subject = sampleSubject(samples[j]!, cut);
       for (const { acc, activation, output, attention } of accs.values()) {
-        acc.add({
+        // One at a time: an accumulator that uses the solve threads uses all of them.
+        await acc.add({
           index: j, input: values[activation]!, pool, subject, sample: samples[j]!,
           ...(output !== undefined ? { output: values[output]! } : {}),
           ...(attention ? { attention: values[observed.attention!]! } : {}),
+          ...(this.ctx.solver ? { solver: this.ctx.solver } : {}),
         });
       }
     };
@@ -324,7 +326,7 @@ export class BlockEngine {
       const out = await host.run(session, inputs, withActs ? [...cut.stateOutputs, ...fetchActs] : cut.stateOutputs);
       const values = withActs ? Object.fromEntries(acts.map((a) => [a, out[a] ?? inputs[a]!])) : undefined;
       if (rule.kind === "fixed") {
-        feed(j, values!, rule.pool(samples[j]!));
+        await feed(j, values!, rule.pool(samples[j]!));
         keep(j);
       } else {
         const x = plan.stateAfter[b]!.map((t) => state.get(t)!);
@@ -350,7 +352,7 @@ export class BlockEngine {
           values = Object.fromEntries(acts.map((a) => [a, out[a] ?? inputs[a]!]));
         }
         cached[j] = undefined;
-        feed(j, values, selection.pools[j]!);
+        await feed(j, values, selection.pools[j]!);
         keep(j);
       }
     }

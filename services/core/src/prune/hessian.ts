@@ -19,15 +19,18 @@ export class HessianAccumulator {
    * In shared memory: finish() returns it as H, which solve threads then read where they are.
    */
   private readonly sum: Float64Array;
-  /** Upper triangle of the last sample's own A_jᵀA_j (its record), before it joined the sum. */
+  /**
+   * Upper triangle of the last sample's own A_jᵀA_j (its record), before it joined the sum; in
+   * shared memory too, where solve threads add row ranges of it.
+   */
   private readonly sample: Float64Array;
   /** up to TOKENS_AT_ONCE pooled tokens' activations, as float64, row after row */
   private readonly rows: Float64Array;
 
   constructor(readonly tensor: string, readonly channels: number) {
     this.sum = new Float64Array(new SharedArrayBuffer(channels * channels * 8));
-    this.sample = new Float64Array(channels * channels);
-    this.rows = new Float64Array(TOKENS_AT_ONCE * channels);
+    this.sample = new Float64Array(new SharedArrayBuffer(channels * channels * 8));
+    this.rows = sampleRowsScratch(channels);
   }
 
   /**
@@ -48,35 +51,22 @@ export class HessianAccumulator {
    * Adds the pooled tokens of one sample's activation ([.., T, channels]): the sample's own
    * P[i,j] = Σ_t a_i·a_j, in token order (a term with a_i = 0 changes nothing), four tokens at a
    * time so each entry is read and written once per four terms (the matrix does not fit a cache)
-   * with the same additions in the same order; then Σ += P.
+   * with the same additions in the same order; then Σ += P. With `rowsOn` (a SolvePool), ranges
+   * of rows i go to its threads, each entry still taking its terms in that order: a promise.
    */
-  add(act: WireTensor, pool: Uint8Array, sampleSubject: string): void {
+  add(act: WireTensor, pool: Uint8Array, sampleSubject: string, rowsOn?: SampleRowsSolver): void | Promise<void> {
     const n = this.channels;
     const channels = act.dims[act.dims.length - 1]!;
     if (channels !== n) throw new NumericError(`${this.tensor} (${sampleSubject})`, `activation has ${channels} channels, expected ${n}`);
     const tokens = act.data.length / n;
     if (tokens !== pool.length) throw new NumericError(`${this.tensor} (${sampleSubject})`, `activation has ${tokens} tokens, the sample ${pool.length}`);
     if (act.type !== "float32" && act.type !== "float16") throw new NumericError(this.tensor, `activations of type ${act.type} are not supported`);
-    const table = act.type === "float16" ? halfToFloatTable() : null;
-    const rows = this.rows;
-    this.sample.fill(0);
-    let held = 0;
-    for (let t = 0; t < tokens; t++) {
-      if (!pool[t]) continue;
-      const base = t * n;
-      const at = held * n;
-      if (table) for (let c = 0; c < n; c++) rows[at + c] = table[(act.data as Uint16Array)[base + c]!]!;
-      else for (let c = 0; c < n; c++) rows[at + c] = (act.data as Float32Array)[base + c]!;
-      for (let i = 0; i < n; i++) {
-        if (!Number.isFinite(rows[at + i]!)) throw new NumericError(`${this.tensor} (${sampleSubject})`, `NaN or Inf in the activations (token ${t}, channel ${i})`);
-      }
-      if (++held === TOKENS_AT_ONCE) {
-        this.addRows(held);
-        held = 0;
-      }
-    }
-    this.addRows(held);
-    this.addToSum(this.sample, (i, j) => i * n + j);
+    const src: SampleRows = { n, data: act.data as Float32Array | Uint16Array, half: act.type === "float16", pool };
+    const bad = firstNonFinite(src);
+    if (bad) throw new NumericError(`${this.tensor} (${sampleSubject})`, `NaN or Inf in the activations (token ${bad.token}, channel ${bad.channel})`);
+    const split = rowsOn?.addSampleRows({ sample: this.sample, sum: this.sum }, src);
+    if (split) return split;
+    addSampleRows(this.sample, this.sum, src, 0, n, this.rows);
   }
 
   /** The last added sample's A_jᵀA_j (upper triangle, row by row): what a replica exchanges. */
@@ -105,63 +95,7 @@ export class HessianAccumulator {
 
   /** Σ[i,j] += p[at(i, j)] over the upper triangle. */
   private addToSum(p: Float64Array, at: (i: number, j: number) => number): void {
-    const n = this.channels;
-    const sum = this.sum;
-    for (let i = 0; i < n; i++) {
-      const from = at(i, i) - i;
-      const off = i * n;
-      for (let j = i; j < n; j++) sum[off + j] = sum[off + j]! + p[from + j]!;
-    }
-  }
-
-  /** Adds the first `count` held rows' terms, row 0 first. */
-  private addRows(count: number): void {
-    const n = this.channels;
-    const rows = this.rows;
-    const sum = this.sample;
-    if (count !== TOKENS_AT_ONCE) {
-      for (let i = 0; i < n; i++) for (let r = 0; r < count; r++) this.addRow(r, i);
-      return;
-    }
-    // Rows i and i+1 of the sum together (the held rows' loads shared), each entry taking the
-    // four terms in token order. Terms with a_i = 0 are added here: the rows were checked finite,
-    // so such a term is ±0, and adding ±0 changes no entry (a sum that starts at +0 never
-    // becomes −0), as leaving it out does not.
-    const [b1, b2, b3] = [n, 2 * n, 3 * n];
-    let i = 0;
-    for (; i + 1 < n; i += 2) {
-      const a0 = rows[i]!;
-      const a1 = rows[b1 + i]!;
-      const a2 = rows[b2 + i]!;
-      const a3 = rows[b3 + i]!;
-      const c0 = rows[i + 1]!;
-      const c1 = rows[b1 + i + 1]!;
-      const c2 = rows[b2 + i + 1]!;
-      const c3 = rows[b3 + i + 1]!;
-      const off = i * n;
-      const next = off + n;
-      sum[off + i] = sum[off + i]! + a0 * a0 + a1 * rows[b1 + i]! + a2 * rows[b2 + i]! + a3 * rows[b3 + i]!;
-      for (let j = i + 1; j < n; j++) {
-        const s0 = rows[j]!;
-        const s1 = rows[b1 + j]!;
-        const s2 = rows[b2 + j]!;
-        const s3 = rows[b3 + j]!;
-        sum[off + j] = sum[off + j]! + a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3;
-        sum[next + j] = sum[next + j]! + c0 * s0 + c1 * s1 + c2 * s2 + c3 * s3;
-      }
-    }
-    if (i < n) sum[i * n + i] = sum[i * n + i]! + rows[i]! * rows[i]! + rows[b1 + i]! * rows[b1 + i]! + rows[b2 + i]! * rows[b2 + i]! + rows[b3 + i]! * rows[b3 + i]!;
-  }
-
-  /** Row i of held row r's term: Σ[i, j≥i] += a_i·a_j (nothing for a_i = 0). */
-  private addRow(r: number, i: number): void {
-    const n = this.channels;
-    const at = r * n;
-    const a = this.rows[at + i]!;
-    if (a === 0) return;
-    const sum = this.sample;
-    const off = i * n;
-    for (let j = i; j < n; j++) sum[off + j]! += a * this.rows[at + j]!;
+    addToSum(this.sum, p, this.channels, 0, this.channels, at);
   }
 
   /** H = (2/N)·Σ, full symmetric, row-major [in, in]. The accumulator must not be used after. */
@@ -178,4 +112,116 @@ export class HessianAccumulator {
     }
     return h;
   }
+}
+
+/** One sample's activation as stored ([T, n] float32, or float16 bits) and its pool: what row ranges read. */
+export interface SampleRows {
+  n: number;
+  data: Float32Array | Uint16Array;
+  half: boolean;
+  pool: Uint8Array;
+}
+
+/** What adds a sample's rows on other threads (a SolvePool); undefined where it leaves them to this one. */
+export interface SampleRowsSolver {
+  addSampleRows(target: { sample: Float64Array; sum: Float64Array }, src: SampleRows): Promise<void> | undefined;
+}
+
+/** The first pooled entry that is NaN or ±Inf, in token then channel order. */
+function firstNonFinite({ n, data, half, pool }: SampleRows): { token: number; channel: number } | undefined {
+  const table = half ? halfToFloatTable() : null;
+  for (let t = 0; t < pool.length; t++) {
+    if (!pool[t]) continue;
+    const base = t * n;
+    for (let c = 0; c < n; c++) {
+      const v = table ? table[data[base + c]!]! : data[base + c]!;
+      if (!Number.isFinite(v)) return { token: t, channel: c };
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Rows [i0, i1) of one sample's P (`sample`, cleared first) over its pooled tokens, four at a
+ * time in token order, then of Σ += P. i0 and i1 are even (or i1 = n): rows are taken in pairs,
+ * so any such split does each entry's additions as the whole range does. `rows`: 4n scratch.
+ */
+export function addSampleRows(sample: Float64Array, sum: Float64Array, src: SampleRows, i0: number, i1: number, rows: Float64Array): void {
+  const { n, data, pool } = src;
+  const table = src.half ? halfToFloatTable() : null;
+  sample.fill(0, i0 * n, i1 * n);
+  let held = 0;
+  for (let t = 0; t < pool.length; t++) {
+    if (!pool[t]) continue;
+    const base = t * n;
+    const at = held * n;
+    if (table) for (let c = 0; c < n; c++) rows[at + c] = table[data[base + c]!]!;
+    else for (let c = 0; c < n; c++) rows[at + c] = data[base + c]!;
+    if (++held === TOKENS_AT_ONCE) {
+      addRows(sample, rows, n, held, i0, i1);
+      held = 0;
+    }
+  }
+  addRows(sample, rows, n, held, i0, i1);
+  addToSum(sum, sample, n, i0, i1, (i, j) => i * n + j);
+}
+
+/** Scratch for addSampleRows: TOKENS_AT_ONCE rows of n. */
+export function sampleRowsScratch(n: number): Float64Array {
+  return new Float64Array(TOKENS_AT_ONCE * n);
+}
+
+/** Σ[i,j] += p[at(i, j)] over rows [i0, i1) of the upper triangle. */
+function addToSum(sum: Float64Array, p: Float64Array, n: number, i0: number, i1: number, at: (i: number, j: number) => number): void {
+  for (let i = i0; i < i1; i++) {
+    const from = at(i, i) - i;
+    const off = i * n;
+    for (let j = i; j < n; j++) sum[off + j] = sum[off + j]! + p[from + j]!;
+  }
+}
+
+/** Adds the first `count` held rows' terms to rows [i0, i1) of P, row 0 first. */
+function addRows(sum: Float64Array, rows: Float64Array, n: number, count: number, i0: number, i1: number): void {
+  if (count !== TOKENS_AT_ONCE) {
+    for (let i = i0; i < i1; i++) for (let r = 0; r < count; r++) addRow(sum, rows, n, r, i);
+    return;
+  }
+  // Rows i and i+1 of the sum together (the held rows' loads shared), each entry taking the
+  // four terms in token order. Terms with a_i = 0 are added here: the rows were checked finite,
+  // so such a term is ±0, and adding ±0 changes no entry (a sum that starts at +0 never
+  // becomes −0), as leaving it out does not.
+  const [b1, b2, b3] = [n, 2 * n, 3 * n];
+  let i = i0;
+  for (; i + 1 < i1; i += 2) {
+    const a0 = rows[i]!;
+    const a1 = rows[b1 + i]!;
+    const a2 = rows[b2 + i]!;
+    const a3 = rows[b3 + i]!;
+    const c0 = rows[i + 1]!;
+    const c1 = rows[b1 + i + 1]!;
+    const c2 = rows[b2 + i + 1]!;
+    const c3 = rows[b3 + i + 1]!;
+    const off = i * n;
+    const next = off + n;
+    sum[off + i] = sum[off + i]! + a0 * a0 + a1 * rows[b1 + i]! + a2 * rows[b2 + i]! + a3 * rows[b3 + i]!;
+    for (let j = i + 1; j < n; j++) {
+      const s0 = rows[j]!;
+      const s1 = rows[b1 + j]!;
+      const s2 = rows[b2 + j]!;
+      const s3 = rows[b3 + j]!;
+      sum[off + j] = sum[off + j]! + a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3;
+      sum[next + j] = sum[next + j]! + c0 * s0 + c1 * s1 + c2 * s2 + c3 * s3;
+    }
+  }
+  // Only the last row (i = n − 1, n odd) is left alone: its one entry is the diagonal.
+  if (i < i1) sum[i * n + i] = sum[i * n + i]! + rows[i]! * rows[i]! + rows[b1 + i]! * rows[b1 + i]! + rows[b2 + i]! * rows[b2 + i]! + rows[b3 + i]! * rows[b3 + i]!;
+}
+
+/** Row i of held row r's term: Σ[i, j≥i] += a_i·a_j (nothing for a_i = 0). */
+function addRow(sum: Float64Array, rows: Float64Array, n: number, r: number, i: number): void {
+  const at = r * n;
+  const a = rows[at + i]!;
+  if (a === 0) return;
+  const off = i * n;
+  for (let j = i; j < n; j++) sum[off + j]! += a * rows[at + j]!;
 }

@@ -18,6 +18,8 @@ import { Worker } from "node:worker_threads";
 import { InvalidArgumentError, NumericError, RuntimeError, TypedError } from "../errors.js";
 import type { WeightMatrix } from "./maskSelect.js";
 import type { SolveFailure, SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solveProtocol.js";
+import type { SampleRows, SampleRowsSolver } from "./hessian.js";
+import { runCopier } from "./byteCopy.js";
 import { SPARSEGPT_PERCDAMP, outputEnergy, prepareHessian, sparseGptUpdate, type PreparedHessian, type SparseGptOptions, type SparseGptUpdate } from "./sparseGpt.js";
 
 /** A linear's updated weight bytes (its own type and layout) and what the update did. */
@@ -27,7 +29,7 @@ export interface UpdatedLinear {
 }
 
 /** Where SparseGPT's solves run: here, one after another (INLINE_SOLVER), or on a SolvePool. */
-export interface Solver {
+export interface Solver extends Partial<SampleRowsSolver> {
   /** Steps 3-5 for one input's H (not modified). */
   factor(hessian: Float64Array, n: number, subject: string): Promise<PreparedHessian>;
   /** tr(BᵀHB) of `weight` (relativeError's denominator). */
@@ -56,7 +58,13 @@ interface Queued {
   reject: (err: Error) => void;
 }
 
-export class SolvePool implements Solver {
+/**
+ * The least work (multiply-adds: pooled tokens · n(n+1)/2) for which a sample's Hessian rows go
+ * to the threads: below it the messages cost more than they save. Tests lower it.
+ */
+export const solvePoolLimits = { rowsWork: 1 << 22 };
+
+export class SolvePool implements Solver, SampleRowsSolver {
   private workers: Worker[] | undefined;
   private readonly idle: number[] = [];
   private readonly queue: Queued[] = [];
@@ -94,6 +102,26 @@ export class SolvePool implements Solver {
     const r = await this.submit(task, (3 / 2) * weight.inDim * weight.inDim * weight.outDim, [bytes.buffer as ArrayBuffer]);
     if (r.kind !== "update") throw new RuntimeError("solve pool", `an update task answered ${r.kind}`);
     return { bytes: r.bytes, update: r.update };
+  }
+
+  /**
+   * One sample's addition to a Hessian (HessianAccumulator.add), as row ranges of equal work, one
+   * per thread; undefined (the caller adds it) where it is too small to gain from threads.
+   */
+  addSampleRows(target: { sample: Float64Array; sum: Float64Array }, src: SampleRows): Promise<void> | undefined {
+    const { n } = src;
+    let pooled = 0;
+    for (const p of src.pool) pooled += p ? 1 : 0;
+    if (this.threads < 2 || pooled * ((n * (n + 1)) / 2) < solvePoolLimits.rowsWork) return undefined;
+    if (!(target.sample.buffer instanceof SharedArrayBuffer && target.sum.buffer instanceof SharedArrayBuffer)) return undefined;
+    // The activation, as stored, where every thread reads it.
+    const data = src.data;
+    const shared = new Uint8Array(new SharedArrayBuffer(data.byteLength));
+    runCopier(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), shared)(0, 0, data.byteLength);
+    const sharedSrc: SampleRows = { ...src, data: src.half ? new Uint16Array(shared.buffer) : new Float32Array(shared.buffer) };
+    const bounds = rowBounds(n, this.threads);
+    const parts = bounds.slice(1).map((i1, t) => this.submit({ kind: "rows", sample: target.sample, sum: target.sum, src: sharedSrc, i0: bounds[t]!, i1 }, pooled * rowsWork(n, bounds[t]!, i1), []));
+    return Promise.all(parts).then(() => undefined);
   }
 
   /** Stops the threads; tasks not answered yet fail, later ones are refused. */
@@ -183,6 +211,32 @@ function shared(a: Float64Array): Float64Array {
   const out = new Float64Array(new SharedArrayBuffer(a.length * 8));
   for (let i = 0; i < a.length; i++) out[i] = a[i]!;
   return out;
+}
+
+/** Entries of rows [i0, i1) of an n×n upper triangle. */
+function rowsWork(n: number, i0: number, i1: number): number {
+  return (i1 - i0) * n - (i1 * (i1 - 1) - i0 * (i0 - 1)) / 2;
+}
+
+/**
+ * [0, b1, ..., n]: `parts` ranges of rows of the upper triangle with about equal entries, each
+ * starting at an even row (addSampleRows takes rows in pairs); empty ranges dropped.
+ */
+export function rowBounds(n: number, parts: number): number[] {
+  const total = rowsWork(n, 0, n);
+  const bounds = [0];
+  for (let p = 1; p < parts; p++) {
+    const goal = (total * p) / parts;
+    // The even row after the last bound whose prefix of entries comes closest to the goal.
+    let best = -1;
+    for (let i = bounds.at(-1)! + 2; i < n; i += 2) {
+      if (best < 0 || Math.abs(rowsWork(n, 0, i) - goal) < Math.abs(rowsWork(n, 0, best) - goal)) best = i;
+      if (rowsWork(n, 0, i) > goal) break;
+    }
+    if (best > 0) bounds.push(best);
+  }
+  bounds.push(n);
+  return bounds;
 }
 
 /** A thread's failure as the class the one-thread solve would have thrown. */

@@ -1,5 +1,6 @@
 /** Messages between a SolvePool and its solve threads (solveThread.ts). */
 import type { WeightMatrix } from "./maskSelect.js";
+import type { SampleRows } from "./hessian.js";
 import type { PreparedHessian, SparseGptOptions, SparseGptUpdate } from "./sparseGpt.js";
 
 /**
@@ -29,7 +30,17 @@ export interface EnergyTask {
   hessian: Float64Array;
 }
 
-export type SolveTask = FactorTask | UpdateTask | EnergyTask;
+/** Rows [i0, i1) of one sample's P and of Σ += P (hessian.ts addSampleRows), all in shared memory. */
+export interface RowsTask {
+  kind: "rows";
+  sample: Float64Array;
+  sum: Float64Array;
+  src: SampleRows;
+  i0: number;
+  i1: number;
+}
+
+export type SolveTask = FactorTask | UpdateTask | EnergyTask | RowsTask;
 
 export interface SolveRequest {
   id: number;
@@ -47,6 +58,7 @@ export interface SolveFailure {
 export type SolveResult =
   | { kind: "factor"; u: Float64Array; dead: Uint8Array }
   | { kind: "update"; bytes: Uint8Array; update: SparseGptUpdate }
-  | { kind: "energy"; energy: number };
+  | { kind: "energy"; energy: number }
+  | { kind: "rows" };
 
 export type SolveResponse = { id: number } & ({ ok: true; result: SolveResult } | { ok: false; error: SolveFailure });

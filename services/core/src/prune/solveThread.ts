@@ -3,6 +3,7 @@ import { parentPort } from "node:worker_threads";
 import { TypedError } from "../errors.js";
 import type { SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solveProtocol.js";
 import { outputEnergy, prepareHessian, sparseGptUpdate } from "./sparseGpt.js";
+import { addSampleRows, sampleRowsScratch } from "./hessian.js";
 
 const shared = (length: number) => new Float64Array(new SharedArrayBuffer(length * 8));
 
@@ -10,6 +11,10 @@ function solve(task: SolveTask): SolveResult {
   if (task.kind === "factor") {
     const { u, dead } = prepareHessian(task.hessian, task.n, task.subject, task.percDamp, shared);
     return { kind: "factor", u, dead };
+  }
+  if (task.kind === "rows") {
+    addSampleRows(task.sample, task.sum, task.src, task.i0, task.i1, sampleRowsScratch(task.src.n));
+    return { kind: "rows" };
   }
   if (task.kind === "energy") return { kind: "energy", energy: outputEnergy(task.hessian, task.weight) };
   const update = sparseGptUpdate(task.weight, task.prepared, task.options);
