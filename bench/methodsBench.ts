@@ -2,7 +2,8 @@
  * SparseGPT against Wanda on the medium generated model (the same model as pruneBench's
  * "medium"), both in their own process in one run: the time ratio, and SparseGPT's peak memory
  * over the weight bytes of one block (its in×in Hessians are what grows). Then SparseGPT with
- * two solve threads (--mask-threads 2) against one, same bytes checked.
+ * two solve threads (--mask-threads 2) against one, and TAMP likewise (its densities and AMIA
+ * subsets on the threads), same bytes checked.
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -21,8 +22,12 @@ export async function benchMethods(workDir: string): Promise<BenchLine[]> {
   const wanda = run("wanda");
   const sparsegpt = run("sparsegpt");
   const threaded = run("sparsegpt", 2);
-  const data = (threads: number) => readFileSync(join(workDir, `methods-sparsegpt-${threads}-out`, "model.onnx.data"));
-  if (!data(1).equals(data(2))) throw new Error("sparsegpt: model.onnx.data differs between --mask-threads 1 and 2");
+  const tamp = run("tamp");
+  const tampThreaded = run("tamp", 2);
+  const data = (method: string, threads: number) => readFileSync(join(workDir, `methods-${method}-${threads}-out`, "model.onnx.data"));
+  for (const method of ["sparsegpt", "tamp"]) {
+    if (!data(method, 1).equals(data(method, 2))) throw new Error(`${method}: model.onnx.data differs between --mask-threads 1 and 2`);
+  }
   const block = analyzeModel(gen.modelPath).partition.blockLinears[0]!;
   const blockBytes = block.reduce((a, l) => a + l.inDim * l.outDim * elementSize(l.dataType, l.weight), 0);
   return [
@@ -32,6 +37,7 @@ export async function benchMethods(workDir: string): Promise<BenchLine[]> {
       oneThreadSeconds: sparsegpt.seconds, twoThreadsSeconds: threaded.seconds, twoThreadsPeakRssBytes: threaded.peakRssBytes,
       twoThreadsPlannerWorkingBytesOverBlockBytes: sparseGptWorkingBytes(block, 2) / blockBytes,
     },
+    { bench: "tamp_threads2_speedup", value: tamp.seconds / tampThreaded.seconds, unit: "ratio", oneThreadSeconds: tamp.seconds, twoThreadsSeconds: tampThreaded.seconds },
     {
       bench: "hessian_peak_rss_over_block_bytes", value: sparsegpt.peakRssBytes / blockBytes, unit: "ratio",
       peakRssBytes: sparsegpt.peakRssBytes, blockBytes, wandaPeakRssOverBlockBytes: wanda.peakRssBytes / blockBytes,

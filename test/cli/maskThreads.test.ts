@@ -1,7 +1,8 @@
 // `atvp prune --mask-threads N`: masks selected on two threads give the same model.onnx.data,
 // byte for byte, as on one, for ATV (unstructured), Wanda 2:4 and magnitude (whole-matrix
-// threshold); SparseGPT and ATV-SparseGPT 2:4 solved on two solve threads too, with the same
-// report facts; a bad count is refused naming it.
+// threshold); SparseGPT and ATV-SparseGPT 2:4 solved on two solve threads too, and TAMP with its
+// densities and AMIA subsets there, with the same report facts and targets; a bad count is
+// refused naming it.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { availableParallelism } from "node:os";
@@ -39,6 +40,7 @@ describe("atvp prune --mask-threads", () => {
     ["magnitude", ["--method", "magnitude", "--sparsity", "0.6"]],
     ["sparsegpt", ["--method", "sparsegpt", "--sparsity", "0.5"]],
     ["atv-sparsegpt-2of4", ["--method", "atv-sparsegpt", "--pattern", "2:4"]],
+    ["tamp", ["--method", "tamp", "--sparsity", "0.5"]],
   ];
   for (const [name, flags] of cases) {
     test(`${name}: 1 and 2 threads write byte-identical model.onnx.data`, () => {
@@ -51,9 +53,10 @@ describe("atvp prune --mask-threads", () => {
       }
       assert.ok(data[0]!.equals(data[1]!), `${name}: model.onnx.data differs between --mask-threads 1 and 2`);
       assert.ok(!data[0]!.equals(readFileSync(join(modelDir, "model.onnx.data"))), "something was pruned");
-      if (name.includes("sparsegpt")) {
-        // relativeError: its two quadratic forms run on different threads at 2, as tasks of their own.
-        const facts = ["1", "2"].map((t) => (JSON.parse(readFileSync(join(tmp.path, `${name}-${t}`, "report.json"), "utf8")) as { layers: Array<{ facts?: unknown }> }).layers.map((l) => l.facts));
+      if (name.includes("sparsegpt") || name === "tamp") {
+        // SparseGPT's relativeError: its two quadratic forms run on different threads at 2, as
+        // tasks of their own; TAMP's DAS targets come from densities computed on the threads.
+        const facts = ["1", "2"].map((t) => (JSON.parse(readFileSync(join(tmp.path, `${name}-${t}`, "report.json"), "utf8")) as { layers: Array<{ facts?: unknown; targetSparsity: number }> }).layers.map((l) => [l.facts, l.targetSparsity]));
         assert.equal(facts[0]!.length, 14);
         assert.deepEqual(facts[1], facts[0]);
       }

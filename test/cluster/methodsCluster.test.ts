@@ -29,6 +29,7 @@ const JOBS: Record<string, Record<string, unknown>> = {
   "wanda owl": { method: "wanda", sparsity: 0.5, sparsityProfile: "owl" },
   "atv-sparsegpt owl": { method: "atv-sparsegpt", sparsity: 0.5, alpha: 4, sparsityProfile: "owl", owlLambda: 0.1, owlM: 3 },
   "tamp": { method: "tamp", sparsity: 0.5, tampMaxSparsity: 0.58 },
+  "tamp mask-threads 2": { method: "tamp", sparsity: 0.5, tampMaxSparsity: 0.58, maskThreads: 2 },
 };
 /** Workers per job (2 unless listed): SparseGPT also on 1 and 3. */
 const WORKERS: Array<[string, number]> = [...Object.keys(JOBS).map((name): [string, number] => [name, 2]), ["sparsegpt", 1], ["sparsegpt", 3], ["sparsegpt stages", 3]];

@@ -4,7 +4,7 @@
  * threads, for linears that share an input and linears of every stored type and layout; the
  * costliest queued task runs first; thread failures come back as the one-thread typed errors;
  * a closed pool refuses work. A sample's Hessian rows split over the threads give the one-thread
- * sum and records.
+ * sum and records; TAMP's densities and AMIA subsets the one-thread values.
  */
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -17,6 +17,8 @@ import { OnnxDataType, floatToBfloat16, floatToHalf } from "../../services/core/
 import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
 import { sparseGptWorkingBytes } from "../../services/core/src/methods/sparseGpt.js";
 import type { LinearInfo } from "../../services/core/src/graph/linears.js";
+import { densityOf, normalizeRows } from "../../services/core/src/prune/tampDensity.js";
+import { amiaSelect } from "../../services/core/src/prune/amiaSelect.js";
 
 const bits = (a: Float64Array | Uint8Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
@@ -237,5 +239,35 @@ describe("a sample's Hessian rows on the solve threads", () => {
     const added = acc.add({ dims: [1, 4, 8], data: new Float32Array(32).fill(0.5), type: "float32" }, new Uint8Array(4).fill(1), "sample 0", pool);
     assert.equal(added, undefined);
     return pool.close();
+  });
+});
+
+describe("TAMP's token work on the solve threads", () => {
+  test("density and AMIA subsets at 2 threads: the one-thread values, many at once", async () => {
+    const pool = new SolvePool(2);
+    try {
+      const rand = mulberry32(17);
+      const cases = Array.from({ length: 6 }, (_, k) => {
+        const tokens = 9 + 5 * k;
+        const dim = 16 + 7 * k;
+        const data = Float64Array.from({ length: tokens * dim }, () => rand() - 0.5);
+        const visual = Uint8Array.from({ length: tokens }, (_, t) => (t >= 2 && t < 2 + tokens / 2 ? 1 : 0));
+        const attention = Float64Array.from({ length: tokens }, () => rand() / tokens);
+        return { rows: { data, tokens, dim }, visual, attention };
+      });
+      const expected = cases.map((c) => ({ density: densityOf(normalizeRows(c.rows), c.rows.dim, c.visual), amia: amiaSelect(c.rows, c.attention, c.visual) }));
+      // Copies: the pool moves the rows it is given.
+      const copy = (c: (typeof cases)[number]) => ({ ...c.rows, data: c.rows.data.slice() });
+      const got = await Promise.all(cases.map(async (c) => ({ density: await pool.density(copy(c), c.visual), amia: await pool.amia(copy(c), c.attention, c.visual) })));
+      got.forEach((g, i) => {
+        for (const key of ["v", "l", "vl"] as const) assert.ok(Object.is(g.density[key], expected[i]!.density[key]), `case ${i}: ${key}`);
+        assert.deepEqual(g.amia.order, expected[i]!.amia.order, `case ${i}: AMIA order`);
+        assert.deepEqual([...g.amia.selected], [...expected[i]!.amia.selected], `case ${i}: AMIA subset`);
+        assert.ok(Object.is(g.amia.rho, expected[i]!.amia.rho), `case ${i}: rho`);
+      });
+      assert.ok(expected.some((e) => e.amia.selected.some((x) => x === 0)), "some subset leaves tokens out");
+    } finally {
+      await pool.close();
+    }
   });
 });

@@ -17,8 +17,10 @@ export class DasDensity implements Accumulator {
     this.das = new DasScore(linear);
   }
 
-  add({ output, sample, subject }: AccumulatorInput): void {
+  add({ output, sample, subject, solver }: AccumulatorInput): void | Promise<void> {
     const { rows, visual } = attendedRows(output!, sample!, subject);
+    // On a solve thread where the job has them; the engine awaits it before the next sample.
+    if (solver?.density) return solver.density(rows, visual).then((d) => this.das.add(d));
     this.das.add(densityOf(normalizeRows(rows), rows.dim, visual));
   }
 }
@@ -29,14 +31,17 @@ export function dasDensity(linear: LinearInfo): AccumulatorSpec<DasDensity> {
 
 /** s[c] summed over each sample's AMIA subset S_j (the official division by Σ|S_j| changes no ranking). */
 export class AmiaSquares extends ChannelSquares {
-  override add(input: AccumulatorInput): void {
-    const { output, attention, sample, subject } = input;
+  override add(input: AccumulatorInput): void | Promise<void> {
+    const { output, attention, sample, subject, solver } = input;
     const { rows, visual, positions } = attendedRows(output!, sample!, subject);
     const a = lastTokenAttention(attention!, positions, subject);
-    const { selected } = amiaSelect(rows, a, visual);
-    const pool = new Uint8Array(sample!.attentionMask.length);
-    positions.forEach((p, k) => { pool[p] = selected[k]!; });
-    super.add({ ...input, pool });
+    const addSubset = ({ selected }: { selected: Uint8Array }) => {
+      const pool = new Uint8Array(sample!.attentionMask.length);
+      positions.forEach((p, k) => { pool[p] = selected[k]!; });
+      super.add({ ...input, pool });
+    };
+    if (solver?.amia) return solver.amia(rows, a, visual).then(addSubset);
+    addSubset(amiaSelect(rows, a, visual));
   }
 }
 

@@ -293,17 +293,16 @@ export class BlockEngine {
     }
     const acts = [...new Set([...accs.values()].map((e) => e.activation)), ...observed.tensors.map((o) => o.name)];
     const fetchActs = acts.filter((a) => !cut.stateInputs.includes(a));
+    // Every accumulator's share of sample j, those that went to the solve threads side by side;
+    // all of them are done before the next sample (each takes its samples in order).
     const feed = async (j: number, values: Record<string, WireTensor>, pool: Uint8Array) => {
       const subject = sampleSubject(samples[j]!, cut);
-      for (const { acc, activation, output, attention } of accs.values()) {
-        // One at a time: an accumulator that uses the solve threads uses all of them.
-        await acc.add({
-          index: j, input: values[activation]!, pool, subject, sample: samples[j]!,
-          ...(output !== undefined ? { output: values[output]! } : {}),
-          ...(attention ? { attention: values[observed.attention!]! } : {}),
-          ...(this.ctx.solver ? { solver: this.ctx.solver } : {}),
-        });
-      }
+      await Promise.all([...accs.values()].map(async ({ acc, activation, output, attention }) => acc.add({
+        index: j, input: values[activation]!, pool, subject, sample: samples[j]!,
+        ...(output !== undefined ? { output: values[output]! } : {}),
+        ...(attention ? { attention: values[observed.attention!]! } : {}),
+        ...(this.ctx.solver ? { solver: this.ctx.solver } : {}),
+      })));
     };
     // A replica keeps what each of its samples added, for the exchange.
     const records = new Map<number, Float64Array[]>();

@@ -1,8 +1,9 @@
 /**
  * SparseGPT's solves over several threads: the factorization of each distinct input's Hessian
  * (steps 3-5) and each linear's OBS update (steps 6-7) are tasks, run on `threads` solve threads
- * while this one (the event loop: gRPC, NATS, the engine) waits. Each task is the one-thread
- * function on the same float64 inputs, so every thread count gives the same bits.
+ * while this one (the event loop: gRPC, NATS, the engine) waits; so are row ranges of each
+ * sample's Hessian addition, and TAMP's per-linear, per-sample density and AMIA subset. Each task
+ * is the one-thread function on the same inputs, so every thread count gives the same bits.
  *
  * Nothing large is copied: H is accumulated in shared memory and U is allocated in shared
  * memory by the thread that factors it, so the linears that read one input (q/k/v, gate/up) read
@@ -19,6 +20,8 @@ import { InvalidArgumentError, NumericError, RuntimeError, TypedError } from "..
 import type { WeightMatrix } from "./maskSelect.js";
 import type { SolveFailure, SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solveProtocol.js";
 import type { SampleRows, SampleRowsSolver } from "./hessian.js";
+import type { Density, TokenRows } from "./tampDensity.js";
+import type { AmiaSelection } from "./amiaSelect.js";
 import { runCopier } from "./byteCopy.js";
 import { SPARSEGPT_PERCDAMP, outputEnergy, prepareHessian, sparseGptUpdate, type PreparedHessian, type SparseGptOptions, type SparseGptUpdate } from "./sparseGpt.js";
 
@@ -28,8 +31,17 @@ export interface UpdatedLinear {
   update: SparseGptUpdate;
 }
 
+/**
+ * TAMP's per-linear, per-sample token work, on the threads: the output's density (DAS) and the
+ * AMIA token subset, each O(T²·d). The rows (a fresh copy, attendedRows) move by transfer.
+ */
+export interface TokenWork {
+  density(rows: TokenRows, visual: Uint8Array): Promise<Density>;
+  amia(rows: TokenRows, attention: Float64Array, visual: Uint8Array): Promise<AmiaSelection>;
+}
+
 /** Where SparseGPT's solves run: here, one after another (INLINE_SOLVER), or on a SolvePool. */
-export interface Solver extends Partial<SampleRowsSolver> {
+export interface Solver extends Partial<SampleRowsSolver>, Partial<TokenWork> {
   /** Steps 3-5 for one input's H (not modified). */
   factor(hessian: Float64Array, n: number, subject: string): Promise<PreparedHessian>;
   /** tr(BᵀHB) of `weight` (relativeError's denominator). */
@@ -64,7 +76,7 @@ interface Queued {
  */
 export const solvePoolLimits = { rowsWork: 1 << 22 };
 
-export class SolvePool implements Solver, SampleRowsSolver {
+export class SolvePool implements Solver, SampleRowsSolver, TokenWork {
   private workers: Worker[] | undefined;
   private readonly idle: number[] = [];
   private readonly queue: Queued[] = [];
@@ -122,6 +134,18 @@ export class SolvePool implements Solver, SampleRowsSolver {
     const bounds = rowBounds(n, this.threads);
     const parts = bounds.slice(1).map((i1, t) => this.submit({ kind: "rows", sample: target.sample, sum: target.sum, src: sharedSrc, i0: bounds[t]!, i1 }, pooled * rowsWork(n, bounds[t]!, i1), []));
     return Promise.all(parts).then(() => undefined);
+  }
+
+  async density(rows: TokenRows, visual: Uint8Array): Promise<Density> {
+    const r = await this.submit({ kind: "density", rows, visual }, (rows.tokens * rows.tokens * rows.dim) / 2, transferable(rows));
+    if (r.kind !== "density") throw new RuntimeError("solve pool", `a density task answered ${r.kind}`);
+    return r.density;
+  }
+
+  async amia(rows: TokenRows, attention: Float64Array, visual: Uint8Array): Promise<AmiaSelection> {
+    const r = await this.submit({ kind: "amia", rows, attention, visual }, 2 * rows.tokens * rows.tokens * rows.dim, transferable(rows));
+    if (r.kind !== "amia") throw new RuntimeError("solve pool", `an amia task answered ${r.kind}`);
+    return r.selection;
   }
 
   /** Stops the threads; tasks not answered yet fail, later ones are refused. */
@@ -211,6 +235,12 @@ function shared(a: Float64Array): Float64Array {
   const out = new Float64Array(new SharedArrayBuffer(a.length * 8));
   for (let i = 0; i < a.length; i++) out[i] = a[i]!;
   return out;
+}
+
+/** The rows' own buffer, moved to the thread where nothing else views it (else they are copied). */
+function transferable(rows: TokenRows): ArrayBuffer[] {
+  const d = rows.data;
+  return d instanceof Float64Array && d.buffer instanceof ArrayBuffer && d.byteOffset === 0 && d.byteLength === d.buffer.byteLength ? [d.buffer] : [];
 }
 
 /** Entries of rows [i0, i1) of an n×n upper triangle. */

@@ -1,6 +1,8 @@
 /** Messages between a SolvePool and its solve threads (solveThread.ts). */
 import type { WeightMatrix } from "./maskSelect.js";
 import type { SampleRows } from "./hessian.js";
+import type { Density, TokenRows } from "./tampDensity.js";
+import type { AmiaSelection } from "./amiaSelect.js";
 import type { PreparedHessian, SparseGptOptions, SparseGptUpdate } from "./sparseGpt.js";
 
 /**
@@ -40,7 +42,22 @@ export interface RowsTask {
   i1: number;
 }
 
-export type SolveTask = FactorTask | UpdateTask | EnergyTask | RowsTask;
+/** TAMP's density of one linear's output on one sample (tampDensity.ts densityOf). */
+export interface DensityTask {
+  kind: "density";
+  rows: TokenRows;
+  visual: Uint8Array;
+}
+
+/** TAMP's AMIA token subset of one linear on one sample (amiaSelect.ts). */
+export interface AmiaTask {
+  kind: "amia";
+  rows: TokenRows;
+  attention: Float64Array;
+  visual: Uint8Array;
+}
+
+export type SolveTask = FactorTask | UpdateTask | EnergyTask | RowsTask | DensityTask | AmiaTask;
 
 export interface SolveRequest {
   id: number;
@@ -59,6 +76,8 @@ export type SolveResult =
   | { kind: "factor"; u: Float64Array; dead: Uint8Array }
   | { kind: "update"; bytes: Uint8Array; update: SparseGptUpdate }
   | { kind: "energy"; energy: number }
-  | { kind: "rows" };
+  | { kind: "rows" }
+  | { kind: "density"; density: Density }
+  | { kind: "amia"; selection: AmiaSelection };
 
 export type SolveResponse = { id: number } & ({ ok: true; result: SolveResult } | { ok: false; error: SolveFailure });

@@ -1,9 +1,11 @@
-/** A solve thread of a SolvePool: SparseGPT's factorizations and per-linear updates, one task at a time. */
+/** A solve thread of a SolvePool: SparseGPT's factorizations, updates and Hessian rows, TAMP's token work; one task at a time. */
 import { parentPort } from "node:worker_threads";
 import { TypedError } from "../errors.js";
 import type { SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solveProtocol.js";
 import { outputEnergy, prepareHessian, sparseGptUpdate } from "./sparseGpt.js";
 import { addSampleRows, sampleRowsScratch } from "./hessian.js";
+import { densityOf, normalizeRows } from "./tampDensity.js";
+import { amiaSelect } from "./amiaSelect.js";
 
 const shared = (length: number) => new Float64Array(new SharedArrayBuffer(length * 8));
 
@@ -16,6 +18,8 @@ function solve(task: SolveTask): SolveResult {
     addSampleRows(task.sample, task.sum, task.src, task.i0, task.i1, sampleRowsScratch(task.src.n));
     return { kind: "rows" };
   }
+  if (task.kind === "density") return { kind: "density", density: densityOf(normalizeRows(task.rows), task.rows.dim, task.visual) };
+  if (task.kind === "amia") return { kind: "amia", selection: amiaSelect(task.rows, task.attention, task.visual) };
   if (task.kind === "energy") return { kind: "energy", energy: outputEnergy(task.hessian, task.weight) };
   const update = sparseGptUpdate(task.weight, task.prepared, task.options);
   return { kind: "update", bytes: task.weight.bytes, update };
