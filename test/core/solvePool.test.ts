@@ -4,7 +4,8 @@
  * threads, for linears that share an input and linears of every stored type and layout; the
  * costliest queued task runs first; thread failures come back as the one-thread typed errors;
  * a closed pool refuses work. A sample's Hessian rows split over the threads give the one-thread
- * sum and records; TAMP's densities and AMIA subsets the one-thread values.
+ * sum and records; TAMP's densities and AMIA subsets the one-thread values. A factorization run
+ * by a team of threads gives prepareHessian's bits and errors.
  */
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -19,6 +20,7 @@ import { sparseGptWorkingBytes } from "../../services/core/src/methods/sparseGpt
 import type { LinearInfo } from "../../services/core/src/graph/linears.js";
 import { densityOf, normalizeRows } from "../../services/core/src/prune/tampDensity.js";
 import { amiaSelect } from "../../services/core/src/prune/amiaSelect.js";
+import { abortTeam, balancedShares, evenSplit, isTeamAbort, sharedTeam, teamControl, triangularBounds } from "../../services/core/src/prune/solveTeam.js";
 
 const bits = (a: Float64Array | Uint8Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
@@ -269,5 +271,77 @@ describe("TAMP's token work on the solve threads", () => {
     } finally {
       await pool.close();
     }
+  });
+});
+
+/** hessianOf with the entries between even and odd channels zeroed (still positive semidefinite): L and L⁻¹ then hold zeros. */
+function splitHessianOf(seed: number, n: number): Float64Array {
+  const h = hessianOf(seed, n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) if ((i + j) % 2 === 1) h[i * n + j] = 0;
+  return h;
+}
+
+describe("a factorization run by a team of solve threads", () => {
+  const withTeams = async (threads: number, run: (pool: SolvePool) => Promise<void>) => {
+    const saved = solvePoolLimits.teamInputs;
+    solvePoolLimits.teamInputs = 1;
+    const pool = new SolvePool(threads);
+    try {
+      await run(pool);
+    } finally {
+      solvePoolLimits.teamInputs = saved;
+      await pool.close();
+    }
+  };
+
+  for (const threads of [2, 3]) {
+    test(`${threads} threads: prepareHessian's bits, for odd and even widths, dead inputs and zeros in the factors`, async () => {
+      await withTeams(threads, async (pool) => {
+        for (const [n, make] of [[1, hessianOf], [2, hessianOf], [7, hessianOf], [41, splitHessianOf], [130, hessianOf], [203, splitHessianOf]] as const) {
+          const h = make(n + threads, n);
+          const want = prepareHessian(h.slice(), n, `input${n}`);
+          // Twice: the second with the split the pool learnt from the first.
+          for (let round = 0; round < 2; round++) {
+            const got = await pool.factor(h, n, `input${n}`);
+            assert.ok(bits(got.u).equals(bits(want.u)), `U of ${n} inputs, round ${round}`);
+            assert.ok(bits(got.dead).equals(bits(want.dead)), `dead inputs of ${n}, round ${round}`);
+          }
+        }
+      });
+    });
+  }
+
+  test("a Hessian that is not positive definite: the one-thread NumericError from the team, and the pool goes on", async () => {
+    await withTeams(2, async (pool) => {
+      const h = hessianOf(11, 30);
+      h[17 * 30 + 17] = -1;
+      let inline: unknown;
+      try {
+        prepareHessian(h.slice(), 30, "model.layers.3.mlp.down_proj.input");
+      } catch (e) {
+        inline = e;
+      }
+      assert.ok(inline instanceof NumericError);
+      await assert.rejects(pool.factor(h, 30, "model.layers.3.mlp.down_proj.input"), (e: unknown) => e instanceof NumericError && e.message === (inline as Error).message);
+      const good = hessianOf(12, 30);
+      assert.ok(bits((await pool.factor(good, 30, "x")).u).equals(bits(prepareHessian(good, 30, "x").u)));
+    });
+  });
+
+  test("a member told that another failed stops at its barrier with the team's abort error", () => {
+    const control = teamControl();
+    abortTeam(control);
+    assert.throws(() => sharedTeam(control, 0, 2).sync(), (e: unknown) => e instanceof RuntimeError && isTeamAbort(e));
+  });
+
+  test("splits by hand: equal modelled work, bounds aligned; shares learnt from times", () => {
+    // (n − i)² work: half of it lies below n·(1 − ∛½) = 1.65 of 8 items.
+    assert.deepEqual(triangularBounds(8, [0.5, 0.5]), [0, 2, 8]);
+    assert.deepEqual(triangularBounds(100, [0.5, 0.5], 2), [0, 20, 100]);
+    assert.deepEqual(triangularBounds(10, [1 / 3, 1 / 3, 1 / 3]), [0, 1, 3, 10]);
+    assert.deepEqual(triangularBounds(10, [1]), [0, 10]);
+    // Speeds 0.5/100 and 0.5/300 balance at 3/4 and 1/4; half way from the even split.
+    assert.deepEqual(balancedShares([0.5, 0.5], [100, 300]), [0.625, 0.375]);
+    assert.deepEqual(evenSplit(2), { inverse: [0.5, 0.5], product: [0.5, 0.5] });
   });
 });

@@ -18,9 +18,10 @@ import { ATTENDED_TOKENS, atvTokens } from "./tokenPools.js";
  * the job's solve threads where it has them.
  */
 async function compressWithHessian({ weight, stats, samples, target, solver }: CompressInput<Hessian>): Promise<Compression> {
-  // The dense output energy needs H only: on a pool it runs while H is factored.
-  const [prepared, energy] = await Promise.all([stats!.factoredBy(solver, samples), solver.energy(weight, stats!.matrix(samples))]);
-  const { bytes, update } = await solver.update(weight, prepared, { sparsity: target.sparsity, pattern: target.pattern });
+  // The dense output energy needs H only: on a pool it runs beside the factoring and the update,
+  // and the update is queued as soon as H is factored (down_proj's is a block's longest task).
+  const updated = stats!.factoredBy(solver, samples).then((prepared) => solver.update(weight, prepared, { sparsity: target.sparsity, pattern: target.pattern }));
+  const [{ bytes, update }, energy] = await Promise.all([updated, solver.energy(weight, stats!.matrix(samples))]);
   return { kind: "weights", bytes, pruned: update.pruned, facts: { relativeError: relativeError(update.errorEnergy, energy) } };
 }
 

@@ -13,16 +13,19 @@
  * Tasks wait in one queue and an idle thread takes the costliest ready one (a factorization
  * costs ~n³/3, an update ~in²·out multiply-adds): the engine submits a block's factorizations in
  * one turn and each linear's update once its input is factored, so the widest input's chain
- * (down_proj: its factorization, then its update) starts first.
+ * (down_proj: its factorization, then its update) starts first. A factorization that finds
+ * several threads idle runs on all of them as a team (solveTeam.ts): otherwise it would be the
+ * block's longest chain, one thread's work while the others run out of tasks.
  */
 import { Worker } from "node:worker_threads";
 import { InvalidArgumentError, NumericError, RuntimeError, TypedError } from "../errors.js";
 import type { WeightMatrix } from "./maskSelect.js";
-import type { SolveFailure, SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solveProtocol.js";
+import type { FactorTask, SolveFailure, SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solveProtocol.js";
 import type { SampleRows, SampleRowsSolver } from "./hessian.js";
 import type { Density, TokenRows } from "./tampDensity.js";
 import type { AmiaSelection } from "./amiaSelect.js";
 import { runCopier } from "./byteCopy.js";
+import { abortTeam, balancedShares, evenSplit, isTeamAbort, teamControl, type TeamSplit } from "./solveTeam.js";
 import { SPARSEGPT_PERCDAMP, outputEnergy, prepareHessian, sparseGptUpdate, type PreparedHessian, type SparseGptOptions, type SparseGptUpdate } from "./sparseGpt.js";
 
 /** A linear's updated weight bytes (its own type and layout) and what the update did. */
@@ -60,6 +63,18 @@ export const INLINE_SOLVER: Solver = {
   },
 };
 
+/** A team's progress: members yet to answer, the first answer, the error to report, each member's phase times. */
+interface TeamRun {
+  left: number;
+  control: Int32Array;
+  key: string;
+  split: TeamSplit;
+  inverseMs: number[];
+  productMs: number[];
+  result?: SolveResult;
+  error?: TypedError;
+}
+
 interface Queued {
   task: SolveTask;
   cost: number;
@@ -71,16 +86,20 @@ interface Queued {
 }
 
 /**
- * The least work (multiply-adds: pooled tokens · n(n+1)/2) for which a sample's Hessian rows go
- * to the threads: below it the messages cost more than they save. Tests lower it.
+ * rowsWork: the least work (multiply-adds: pooled tokens · n(n+1)/2) for which a sample's Hessian
+ * rows go to the threads: below it the messages cost more than they save. teamInputs: the fewest
+ * inputs n for which a factorization runs as a team (its n barriers then cost well under 1%).
+ * Tests lower both.
  */
-export const solvePoolLimits = { rowsWork: 1 << 22 };
+export const solvePoolLimits = { rowsWork: 1 << 22, teamInputs: 768 };
 
 export class SolvePool implements Solver, SampleRowsSolver, TokenWork {
   private workers: Worker[] | undefined;
   private readonly idle: number[] = [];
   private readonly queue: Queued[] = [];
-  private readonly running = new Map<number, Queued & { thread: number }>();
+  private readonly running = new Map<number, Queued & { thread: number; team?: TeamRun; rank?: number }>();
+  /** Learnt team splits, by input width and team size. */
+  private readonly splits = new Map<string, TeamSplit>();
   private nextId = 1;
   private seq = 0;
   private dispatchSoon = false;
@@ -163,13 +182,16 @@ export class SolvePool implements Solver, SampleRowsSolver, TokenWork {
     return new Promise<SolveResult>((resolve, reject) => {
       this.queue.push({ task, cost, seq: this.seq++, transfer, resolve, reject });
       // Tasks submitted in one turn (a block's factorizations) are ranked together before any starts.
-      if (!this.dispatchSoon) {
-        this.dispatchSoon = true;
-        setImmediate(() => {
-          this.dispatchSoon = false;
-          this.dispatch();
-        });
-      }
+      this.dispatchAfterTurn();
+    });
+  }
+
+  private dispatchAfterTurn(): void {
+    if (this.dispatchSoon) return;
+    this.dispatchSoon = true;
+    setImmediate(() => {
+      this.dispatchSoon = false;
+      this.dispatch();
     });
   }
 
@@ -198,6 +220,10 @@ export class SolvePool implements Solver, SampleRowsSolver, TokenWork {
         if (q.cost > b.cost || (q.cost === b.cost && q.seq < b.seq)) best = i;
       }
       const next = this.queue.splice(best, 1)[0]!;
+      if (next.task.kind === "factor" && this.idle.length > 1 && next.task.n >= solvePoolLimits.teamInputs) {
+        this.startTeam(next, next.task, this.idle.splice(0));
+        continue;
+      }
       const thread = this.idle.shift()!;
       const id = this.nextId++;
       this.running.set(id, { ...next, thread });
@@ -207,19 +233,57 @@ export class SolvePool implements Solver, SampleRowsSolver, TokenWork {
     }
   }
 
+  /** `task` on every thread of `threads` at once, its working space and U shared. */
+  private startTeam(job: Queued, task: FactorTask, threads: number[]): void {
+    const square = () => new Float64Array(new SharedArrayBuffer(task.n * task.n * 8));
+    const [a, u, control] = [square(), square(), teamControl()];
+    const size = threads.length;
+    const key = `${task.n}/${size}`;
+    const split = this.splits.get(key) ?? evenSplit(size);
+    const team: TeamRun = { left: size, control, key, split, inverseMs: [], productMs: [] };
+    threads.forEach((thread, rank) => {
+      const id = this.nextId++;
+      this.running.set(id, { ...job, thread, team, rank });
+      const w = this.workers![thread]!;
+      w.ref();
+      w.postMessage({ id, task: { ...task, kind: "factorTeam", rank, size, a, u, control, split } } satisfies SolveRequest);
+    });
+  }
+
   private answered(thread: number, res: SolveResponse): void {
     const job = this.running.get(res.id);
     if (!job) return;
     this.running.delete(res.id);
     this.workers![thread]!.unref();
     this.idle.push(thread);
-    if (res.ok) job.resolve(res.result);
-    else job.reject(rebuild(res.error));
-    this.dispatch();
+    const team = job.team;
+    if (!team) {
+      if (res.ok) job.resolve(res.result);
+      else job.reject(rebuild(res.error));
+    } else {
+      if (res.ok) {
+        team.result ??= res.result;
+        const ms = res.result.kind === "factor" ? res.result.phaseMs : undefined;
+        if (ms) [team.inverseMs[job.rank!], team.productMs[job.rank!]] = ms;
+      }
+      // The member that failed, not those it stopped.
+      else if (!team.error || isTeamAbort(team.error)) team.error = rebuild(res.error);
+      if (--team.left === 0) {
+        if (team.error) job.reject(team.error);
+        else {
+          this.splits.set(team.key, { inverse: balancedShares(team.split.inverse, team.inverseMs), product: balancedShares(team.split.product, team.productMs) });
+          job.resolve(team.result!);
+        }
+      }
+    }
+    // After the engine's reactions to this answer (an input factored queues its updates), so
+    // that the costliest of them can be the next task.
+    this.dispatchAfterTurn();
   }
 
   private fail(err: Error): void {
     this.failure ??= err;
+    for (const job of this.running.values()) if (job.team) abortTeam(job.team.control);
     for (const job of [...this.running.values(), ...this.queue]) job.reject(this.failure);
     this.running.clear();
     this.queue.length = 0;

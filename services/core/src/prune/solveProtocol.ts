@@ -4,6 +4,7 @@ import type { SampleRows } from "./hessian.js";
 import type { Density, TokenRows } from "./tampDensity.js";
 import type { AmiaSelection } from "./amiaSelect.js";
 import type { PreparedHessian, SparseGptOptions, SparseGptUpdate } from "./sparseGpt.js";
+import type { TeamSplit } from "./solveTeam.js";
 
 /**
  * Steps 3-5 of SparseGPT for one input: H (in shared memory: every thread reads it where it is)
@@ -15,6 +16,20 @@ export interface FactorTask {
   n: number;
   subject: string;
   percDamp: number;
+}
+
+/**
+ * A FactorTask run by a team of threads (solveTeam.ts): member `rank` of `size`, every member
+ * given the same shared working space `a`, output `u` (both n×n) and barrier `control`.
+ */
+export interface FactorTeamTask extends Omit<FactorTask, "kind"> {
+  kind: "factorTeam";
+  rank: number;
+  size: number;
+  a: Float64Array;
+  u: Float64Array;
+  control: Int32Array;
+  split: TeamSplit;
 }
 
 /** Steps 6-7 for one linear: its weight (a copy of its own, moved here) pruned and updated in place. */
@@ -57,7 +72,7 @@ export interface AmiaTask {
   visual: Uint8Array;
 }
 
-export type SolveTask = FactorTask | UpdateTask | EnergyTask | RowsTask | DensityTask | AmiaTask;
+export type SolveTask = FactorTask | FactorTeamTask | UpdateTask | EnergyTask | RowsTask | DensityTask | AmiaTask;
 
 export interface SolveRequest {
   id: number;
@@ -73,7 +88,7 @@ export interface SolveFailure {
 }
 
 export type SolveResult =
-  | { kind: "factor"; u: Float64Array; dead: Uint8Array }
+  | { kind: "factor"; u: Float64Array; dead: Uint8Array; /** a team member's milliseconds in L⁻¹ and H⁻¹ */ phaseMs?: [number, number] }
   | { kind: "update"; bytes: Uint8Array; update: SparseGptUpdate }
   | { kind: "energy"; energy: number }
   | { kind: "rows" }

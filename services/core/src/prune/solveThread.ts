@@ -2,7 +2,8 @@
 import { parentPort } from "node:worker_threads";
 import { TypedError } from "../errors.js";
 import type { SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solveProtocol.js";
-import { outputEnergy, prepareHessian, sparseGptUpdate } from "./sparseGpt.js";
+import { outputEnergy, prepareHessian, prepareHessianTeam, sparseGptUpdate } from "./sparseGpt.js";
+import { abortTeam, sharedTeam } from "./solveTeam.js";
 import { addSampleRows, sampleRowsScratch } from "./hessian.js";
 import { densityOf, normalizeRows } from "./tampDensity.js";
 import { amiaSelect } from "./amiaSelect.js";
@@ -13,6 +14,11 @@ function solve(task: SolveTask): SolveResult {
   if (task.kind === "factor") {
     const { u, dead } = prepareHessian(task.hessian, task.n, task.subject, task.percDamp, shared);
     return { kind: "factor", u, dead };
+  }
+  if (task.kind === "factorTeam") {
+    const team = sharedTeam(task.control, task.rank, task.size);
+    const { u, dead, phaseMs } = prepareHessianTeam(task.hessian, task.n, task.subject, task.percDamp, team, task.a, task.u, task.split);
+    return { kind: "factor", u, dead, phaseMs };
   }
   if (task.kind === "rows") {
     addSampleRows(task.sample, task.sum, task.src, task.i0, task.i1, sampleRowsScratch(task.src.n));
@@ -32,6 +38,8 @@ port.on("message", ({ id, task }: SolveRequest) => {
     const result = solve(task);
     res = { id, ok: true, result };
   } catch (err) {
+    // The other members would wait for this one at their next barrier.
+    if (task.kind === "factorTeam") abortTeam(task.control);
     const typed = err instanceof TypedError;
     const message = err instanceof Error ? err.message : String(err);
     const subject = typed ? err.subject : "";

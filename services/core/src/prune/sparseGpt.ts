@@ -12,6 +12,7 @@
 import { InvalidArgumentError, NumericError } from "../errors.js";
 import { OnnxDataType as DT, floatToBfloat16, floatToHalf, toFloat32, typeName } from "../onnx/dtype.js";
 import type { Pattern, WeightMatrix } from "./maskSelect.js";
+import { SOLO, evenSplit, triangularBounds, type SolveTeam, type TeamSplit } from "./solveTeam.js";
 
 export interface SparseGptOptions {
   sparsity: number;
@@ -335,90 +336,150 @@ function nmMask(W: Float64Array, U: Float64Array, n: number, out: number, c: num
  * the transpose of H⁻¹'s lower factor. `a` is consumed. Returned row-major [n, n], upper.
  */
 export function upperCholeskyOfInverse(a: Float64Array, n: number, subject: string, alloc = plainFloat64): Float64Array {
-  choleskyLowerInPlace(a, n, subject, "the dampened Hessian");
+  return factorInto(a, alloc(n * n), n, subject, SOLO, evenSplit(1), []);
+}
+
+/**
+ * prepareHessian by a team of threads (solveTeam.ts), each member called with the same shared
+ * `a` (working space) and `u` (where U is written), both n×n, and the same `split`: every member
+ * returns the same PreparedHessian, with the bits of prepareHessian whatever the split, and the
+ * milliseconds its own parts of the two triangular phases took (`phaseMs`, for the next split).
+ */
+export function prepareHessianTeam(
+  hessian: Float64Array, n: number, subject: string, percDamp: number,
+  team: SolveTeam, a: Float64Array, u: Float64Array, split: TeamSplit,
+): PreparedHessian & { phaseMs: [number, number] } {
+  if (hessian.length !== n * n) throw new InvalidArgumentError(subject, `Hessian has ${hessian.length} entries, the layer needs ${n}x${n}`);
+  if (a.length !== n * n || u.length !== n * n) throw new InvalidArgumentError(subject, `a team's working space must hold ${n}x${n} entries`);
+  // Every member finds the dead inputs and the dampening (O(n), in prepareHessian's order); each writes its rows.
+  const dead = new Uint8Array(n);
+  let diagSum = 0;
+  for (let i = 0; i < n; i++) {
+    const d = hessian[i * n + i]!;
+    if (d === 0) dead[i] = 1;
+    diagSum += d === 0 ? 1 : d;
+  }
+  const damp = percDamp * (diagSum / n);
+  for (let i = team.rank; i < n; i += team.size) {
+    for (let j = i * n, end = j + n; j < end; j++) a[j] = hessian[j]!;
+    a[i * n + i] = (dead[i] ? 1 : a[i * n + i]!) + damp;
+  }
+  team.sync();
+  const phaseMs: [number, number] = [0, 0];
+  return { hessian, u: factorInto(a, u, n, subject, team, split, phaseMs), dead, n, phaseMs };
+}
+
+/**
+ * upperCholeskyOfInverse into `inv` (zeros, n×n), by every member of `team`: each phase splits
+ * its entries among the members, each entry's operations those of one thread alone and in its
+ * order, with a barrier wherever a member reads what another wrote.
+ */
+function factorInto(a: Float64Array, inv: Float64Array, n: number, subject: string, team: SolveTeam, split: TeamSplit, phaseMs: number[]): Float64Array {
+  const { rank, size } = team;
+  choleskyLowerInPlace(a, n, subject, "the dampened Hessian", team);
+  let started = performance.now();
   // Rows of L⁻¹: row_i = (e_i − Σ_{k<i} L[i,k]·row_k) / L[i,i]. Two rows i and four rows k at a
   // time (addFourRows; x − l·y is x + (−l)·y exactly), each entry taking its terms in k order,
-  // row i+1 its k = i term once row i is done.
-  const inv = alloc(n * n);
+  // row i+1 its k = i term once row i is done. A column of L⁻¹ reads only its own column of the
+  // earlier rows, so a member takes a range of columns [c0, c1) and waits for nobody.
+  const columns = triangularBounds(n, split.inverse);
+  const c0 = columns[rank]!;
+  const c1 = columns[rank + 1]!;
+  // Groups of four k below c0 reach no column of the range.
+  const k0 = c0 - (c0 % 4);
   const finishRow = (i: number) => {
     const ri = i * n;
     const lii = a[ri + i]!;
-    for (let j = 0; j < i; j++) inv[ri + j] = inv[ri + j]! / lii;
-    inv[ri + i] = 1 / lii;
+    for (let j = c0, end = Math.min(i, c1); j < end; j++) inv[ri + j] = inv[ri + j]! / lii;
+    if (i >= c0 && i < c1) inv[ri + i] = 1 / lii;
   };
   for (let i = 0; i < n; i += 2) {
     const two = i + 1 < n;
     const ri = i * n;
     const ri1 = ri + n;
-    let k = 0;
+    let k = Math.min(k0, i - (i % 4));
     for (; k + 3 < i; k += 4) {
       const [l0, l1, l2, l3] = [a[ri + k]!, a[ri + k + 1]!, a[ri + k + 2]!, a[ri + k + 3]!];
       const [m0, m1, m2, m3] = two ? [a[ri1 + k]!, a[ri1 + k + 1]!, a[ri1 + k + 2]!, a[ri1 + k + 3]!] : [1, 1, 1, 1];
       if (l0 === 0 || l1 === 0 || l2 === 0 || l3 === 0 || m0 === 0 || m1 === 0 || m2 === 0 || m3 === 0) {
         for (let q = k; q < k + 4; q++) {
-          subtractRow(inv, ri, q * n, a[ri + q]!, q);
-          if (two) subtractRow(inv, ri1, q * n, a[ri1 + q]!, q);
+          subtractRow(inv, ri, q * n, a[ri + q]!, q, c0, c1);
+          if (two) subtractRow(inv, ri1, q * n, a[ri1 + q]!, q, c0, c1);
         }
         continue;
       }
-      addFourRows(inv, inv, n, k, 0, i, -l0, -l1, -l2, -l3, two ? i + 1 : -1, -m0, -m1, -m2, -m3);
+      addFourRows(inv, inv, n, k, c0, c1, i, -l0, -l1, -l2, -l3, two ? i + 1 : -1, -m0, -m1, -m2, -m3);
     }
     for (; k < i; k++) {
-      subtractRow(inv, ri, k * n, a[ri + k]!, k);
-      if (two) subtractRow(inv, ri1, k * n, a[ri1 + k]!, k);
+      subtractRow(inv, ri, k * n, a[ri + k]!, k, c0, c1);
+      if (two) subtractRow(inv, ri1, k * n, a[ri1 + k]!, k, c0, c1);
     }
     finishRow(i);
     if (!two) break;
-    subtractRow(inv, ri1, ri, a[ri1 + i]!, i);
+    subtractRow(inv, ri1, ri, a[ri1 + i]!, i, c0, c1);
     finishRow(i + 1);
   }
+  phaseMs[0] = performance.now() - started;
+  team.sync();
+  started = performance.now();
   // H⁻¹[i,j] = Σ_{k ≥ max(i,j)} L⁻¹[k,i]·L⁻¹[k,j], upper half accumulated, then mirrored. Four
-  // rows k and two rows i at a time, each entry taking its terms in k order.
-  const hinv = a.fill(0);
+  // rows k and two rows i at a time, each entry taking its terms in k order. A member takes a
+  // range of rows [r0, r1) (whole pairs), which reads L⁻¹ only.
+  const rows = triangularBounds(n, split.product, 2);
+  const r0 = rows[rank]!;
+  const r1 = rows[rank + 1]!;
+  const hinv = a;
+  hinv.fill(0, r0 * n, r1 * n);
   let k = 0;
   for (; k + 3 < n; k += 4) {
-    const r0 = k * n;
-    const r1 = r0 + n;
-    const r2 = r1 + n;
-    const r3 = r2 + n;
-    const zeroIn = (i: number) => inv[r0 + i] === 0 || inv[r1 + i] === 0 || inv[r2 + i] === 0 || inv[r3 + i] === 0;
-    let i = 0;
-    for (; i <= k; i += 2) {
+    const q0 = k * n;
+    const q1 = q0 + n;
+    const q2 = q1 + n;
+    const q3 = q2 + n;
+    const zeroIn = (i: number) => inv[q0 + i] === 0 || inv[q1 + i] === 0 || inv[q2 + i] === 0 || inv[q3 + i] === 0;
+    for (let i = r0; i <= k && i < r1; i += 2) {
       const two = i + 1 <= k;
       const ri = i * n;
       if (zeroIn(i) || (two && zeroIn(i + 1))) {
         for (let t = i; t <= (two ? i + 1 : i); t++) for (let q = k; q < k + 4; q++) addRow(hinv, inv, t * n, q * n, inv[q * n + t]!, t, q);
         continue;
       }
-      const [v0, v1, v2, v3] = [inv[r0 + i]!, inv[r1 + i]!, inv[r2 + i]!, inv[r3 + i]!];
+      const [v0, v1, v2, v3] = [inv[q0 + i]!, inv[q1 + i]!, inv[q2 + i]!, inv[q3 + i]!];
       if (!two) {
-        addFourRows(hinv, inv, n, k, i, i, v0, v1, v2, v3, -1, 0, 0, 0, 0);
+        addFourRows(hinv, inv, n, k, i, n, i, v0, v1, v2, v3, -1, 0, 0, 0, 0);
         continue;
       }
       // Entry (i, i) first: row i+1 starts at j = i+1.
-      hinv[ri + i] = hinv[ri + i]! + v0 * inv[r0 + i]! + v1 * inv[r1 + i]! + v2 * inv[r2 + i]! + v3 * inv[r3 + i]!;
-      addFourRows(hinv, inv, n, k, i + 1, i, v0, v1, v2, v3, i + 1, inv[r0 + i + 1]!, inv[r1 + i + 1]!, inv[r2 + i + 1]!, inv[r3 + i + 1]!);
+      hinv[ri + i] = hinv[ri + i]! + v0 * inv[q0 + i]! + v1 * inv[q1 + i]! + v2 * inv[q2 + i]! + v3 * inv[q3 + i]!;
+      addFourRows(hinv, inv, n, k, i + 1, n, i, v0, v1, v2, v3, i + 1, inv[q0 + i + 1]!, inv[q1 + i + 1]!, inv[q2 + i + 1]!, inv[q3 + i + 1]!);
     }
     // Rows i past k: only the later rows k reach them.
-    for (let i = k + 1; i <= k + 3; i++) for (let q = i; q < k + 4; q++) addRow(hinv, inv, i * n, q * n, inv[q * n + i]!, i, q);
+    for (let i = Math.max(k + 1, r0); i <= k + 3 && i < r1; i++) for (let q = i; q < k + 4; q++) addRow(hinv, inv, i * n, q * n, inv[q * n + i]!, i, q);
   }
-  for (; k < n; k++) for (let i = 0; i <= k; i++) addRow(hinv, inv, i * n, k * n, inv[k * n + i]!, i, k);
-  for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) hinv[j * n + i] = hinv[i * n + j]!;
-  choleskyLowerInPlace(hinv, n, subject, "the inverse Hessian");
-  // U = Lᵀ, reusing inv's storage.
-  const u = inv.fill(0);
-  for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) u[j * n + i] = hinv[i * n + j]!;
+  for (; k < n; k++) for (let i = r0; i <= k && i < r1; i++) addRow(hinv, inv, i * n, k * n, inv[k * n + i]!, i, k);
+  phaseMs[1] = performance.now() - started;
+  team.sync();
+  for (let j = rank; j < n; j += size) for (let i = 0; i < j; i++) hinv[j * n + i] = hinv[i * n + j]!;
+  team.sync();
+  choleskyLowerInPlace(hinv, n, subject, "the inverse Hessian", team);
+  // U = Lᵀ, reusing inv's storage (nobody reads L⁻¹ any more).
+  const u = inv;
+  for (let j = rank; j < n; j += size) {
+    u.fill(0, j * n, j * n + j);
+    for (let i = j; i < n; i++) u[j * n + i] = hinv[i * n + j]!;
+  }
+  team.sync();
   return u;
 }
 
 /**
  * dst row t0 (and t1, unless negative) takes c_m·src row k+m (d_m for t1), m < 4, for every entry
- * j from `from` that source row k+m reaches (j ≤ k+m), added one after another in m order: the
+ * j in [from, to) that source row k+m reaches (j ≤ k+m), added one after another in m order: the
  * four rows' terms as four row-at-a-time passes would add them, each entry read and written
  * once, the source loads shared by the two rows.
  */
 function addFourRows(
-  dst: Float64Array, src: Float64Array, n: number, k: number, from: number,
+  dst: Float64Array, src: Float64Array, n: number, k: number, from: number, to: number,
   t0: number, c0: number, c1: number, c2: number, c3: number,
   t1: number, d0: number, d1: number, d2: number, d3: number,
 ): void {
@@ -428,10 +489,11 @@ function addFourRows(
   const r3 = r2 + n;
   const a = t0 * n;
   const b = t1 * n;
+  const last = Math.min(k, to - 1);
   if (t1 < 0) {
-    for (let j = from; j <= k; j++) dst[a + j] = dst[a + j]! + c0 * src[r0 + j]! + c1 * src[r1 + j]! + c2 * src[r2 + j]! + c3 * src[r3 + j]!;
+    for (let j = from; j <= last; j++) dst[a + j] = dst[a + j]! + c0 * src[r0 + j]! + c1 * src[r1 + j]! + c2 * src[r2 + j]! + c3 * src[r3 + j]!;
   } else {
-    for (let j = from; j <= k; j++) {
+    for (let j = from; j <= last; j++) {
       const s0 = src[r0 + j]!;
       const s1 = src[r1 + j]!;
       const s2 = src[r2 + j]!;
@@ -440,17 +502,20 @@ function addFourRows(
       dst[b + j] = dst[b + j]! + d0 * s0 + d1 * s1 + d2 * s2 + d3 * s3;
     }
   }
-  for (const [t, e1, e2, e3] of t1 < 0 ? [[a, c1, c2, c3]] : [[a, c1, c2, c3], [b, d1, d2, d3]]) {
-    dst[t! + k + 1] = dst[t! + k + 1]! + e1! * src[r1 + k + 1]! + e2! * src[r2 + k + 1]! + e3! * src[r3 + k + 1]!;
-    dst[t! + k + 2] = dst[t! + k + 2]! + e2! * src[r2 + k + 2]! + e3! * src[r3 + k + 2]!;
-    dst[t! + k + 3] = dst[t! + k + 3]! + e3! * src[r3 + k + 3]!;
-  }
+  // Entries k+1..k+3, which only the later source rows reach.
+  const tail = (t: number, e1: number, e2: number, e3: number) => {
+    if (k + 1 >= from && k + 1 < to) dst[t + k + 1] = dst[t + k + 1]! + e1 * src[r1 + k + 1]! + e2 * src[r2 + k + 1]! + e3 * src[r3 + k + 1]!;
+    if (k + 2 >= from && k + 2 < to) dst[t + k + 2] = dst[t + k + 2]! + e2 * src[r2 + k + 2]! + e3 * src[r3 + k + 2]!;
+    if (k + 3 >= from && k + 3 < to) dst[t + k + 3] = dst[t + k + 3]! + e3 * src[r3 + k + 3]!;
+  };
+  tail(a, c1, c2, c3);
+  if (t1 >= 0) tail(b, d1, d2, d3);
 }
 
-/** inv[ri + j] -= l·inv[rk + j] for j ≤ k (a row of L⁻¹ less l times an earlier one; none for l = 0). */
-function subtractRow(inv: Float64Array, ri: number, rk: number, l: number, k: number): void {
+/** inv[ri + j] -= l·inv[rk + j] for j ≤ k in [from, to) (a row of L⁻¹ less l times an earlier one; none for l = 0). */
+function subtractRow(inv: Float64Array, ri: number, rk: number, l: number, k: number, from: number, to: number): void {
   if (l === 0) return;
-  for (let j = 0; j <= k; j++) inv[ri + j]! -= l * inv[rk + j]!;
+  for (let j = from, last = Math.min(k, to - 1); j <= last; j++) inv[ri + j]! -= l * inv[rk + j]!;
 }
 
 /** hinv[ri + j] += v·inv[rk + j] for i ≤ j ≤ k (none for v = 0). */
@@ -460,83 +525,116 @@ function addRow(hinv: Float64Array, inv: Float64Array, ri: number, rk: number, v
 }
 
 /**
- * Lower Cholesky factor in place (the upper half is left as zeros). Columns j and j+1 together,
- * rows four at a time: eight chains sharing loads, each entry's sum taken over k in order (the
- * k = j term of column j+1 last, once column j is done), so the bits are one column's at a time.
+ * Lower Cholesky factor in place (the upper half is left as zeros). Four columns j..j+3 at a
+ * time, rows two at a time: eight chains sharing loads, each row entry read once for four
+ * columns (the loop streams the matrix from memory: the fewer passes the better), each entry's
+ * sum taken over k in order (the terms k = j..j+2 of the later columns last, once the earlier
+ * columns are done), so the bits are one column's at a time. A team's members take turns at the
+ * pairs of rows of each step, every member computing the step's 4×4 head itself, and wait for
+ * each other between steps; the head is written once the step is done (nobody reads it in
+ * between), so that no member writes what another may still read.
  */
-function choleskyLowerInPlace(a: Float64Array, n: number, subject: string, what: string): void {
-  const pivot = (j: number): number => {
-    const rj = j * n;
-    let d = a[rj + j]!;
-    for (let k = 0; k < j; k++) d -= a[rj + k]! * a[rj + k]!;
-    if (!(d > 0)) throw new NumericError(subject, `${what} is not positive definite (pivot ${j} is ${d}); the calibration activations may be degenerate`);
-    const l = Math.sqrt(d);
-    a[rj + j] = l;
-    return l;
+function choleskyLowerInPlace(a: Float64Array, n: number, subject: string, what: string, team: SolveTeam): void {
+  const { rank, size } = team;
+  // The step's head: head[4r + c] = L[j+r, j+c] (c < r), the pivot L[j+c, j+c] at 4c + c.
+  const head = new Float64Array(16);
+  // The last step's head entries, [index, value] each, written after the barrier.
+  const pending: number[] = [];
+  const writePending = () => {
+    if (rank === 0) for (let p = 0; p < pending.length; p += 2) a[pending[p]!] = pending[p + 1]!;
+    pending.length = 0;
   };
-  for (let j = 0; j < n; j += 2) {
-    const rj = j * n;
-    const ljj = pivot(j);
-    if (j + 1 === n) break;
-    const rj1 = rj + n;
-    let v = a[rj1 + j]!;
-    for (let k = 0; k < j; k++) v -= a[rj1 + k]! * a[rj + k]!;
-    a[rj1 + j] = v / ljj;
-    const lj1 = pivot(j + 1);
-    const sj = a[rj1 + j]!;
-    let i = j + 2;
-    for (; i + 3 < n; i += 4) {
+  for (let j = 0; j < n; j += 4) {
+    writePending();
+    const w = Math.min(4, n - j);
+    for (let c = 0; c < w; c++) {
+      const rc = (j + c) * n;
+      for (let r = c; r < w; r++) {
+        const rr = (j + r) * n;
+        let v = a[rr + j + c]!;
+        for (let k = 0; k < j; k++) v -= a[rr + k]! * a[rc + k]!;
+        for (let t = 0; t < c; t++) v -= head[4 * r + t]! * head[4 * c + t]!;
+        if (r === c) {
+          if (!(v > 0)) throw new NumericError(subject, `${what} is not positive definite (pivot ${j + c} is ${v}); the calibration activations may be degenerate`);
+          head[4 * c + c] = Math.sqrt(v);
+        } else {
+          head[4 * r + c] = v / head[4 * c + c]!;
+        }
+        pending.push(rr + j + c, head[4 * r + c]!);
+      }
+    }
+    if (w < 4) break;
+    const [d0, d1, d2, d3] = [head[0]!, head[5]!, head[10]!, head[15]!];
+    const [l10, l20, l21, l30, l31, l32] = [head[4]!, head[8]!, head[9]!, head[12]!, head[13]!, head[14]!];
+    // Row r's entries j..j+3 from their sums over k < j, then the terms k = j..j+2 in order.
+    const finish = (r: number, p0: number, p1: number, p2: number, p3: number) => {
+      const e0 = p0 / d0;
+      const e1 = (p1 - e0 * l10) / d1;
+      const e2 = (p2 - e0 * l20 - e1 * l21) / d2;
+      a[r + j] = e0;
+      a[r + j + 1] = e1;
+      a[r + j + 2] = e2;
+      a[r + j + 3] = (p3 - e0 * l30 - e1 * l31 - e2 * l32) / d3;
+    };
+    const g0 = j * n;
+    const g1 = g0 + n;
+    const g2 = g1 + n;
+    const g3 = g2 + n;
+    let i = j + 4;
+    let pair = 0;
+    for (; i + 1 < n; i += 2, pair++) {
+      if (pair % size !== rank) continue;
       const r0 = i * n;
       const r1 = r0 + n;
-      const r2 = r1 + n;
-      const r3 = r2 + n;
       let p0 = a[r0 + j]!;
-      let p1 = a[r1 + j]!;
-      let p2 = a[r2 + j]!;
-      let p3 = a[r3 + j]!;
-      let q0 = a[r0 + j + 1]!;
+      let p1 = a[r0 + j + 1]!;
+      let p2 = a[r0 + j + 2]!;
+      let p3 = a[r0 + j + 3]!;
+      let q0 = a[r1 + j]!;
       let q1 = a[r1 + j + 1]!;
-      let q2 = a[r2 + j + 1]!;
-      let q3 = a[r3 + j + 1]!;
+      let q2 = a[r1 + j + 2]!;
+      let q3 = a[r1 + j + 3]!;
       for (let k = 0; k < j; k++) {
-        const x = a[rj + k]!;
-        const y = a[rj1 + k]!;
-        const w0 = a[r0 + k]!;
-        const w1 = a[r1 + k]!;
-        const w2 = a[r2 + k]!;
-        const w3 = a[r3 + k]!;
-        p0 -= w0 * x;
-        p1 -= w1 * x;
-        p2 -= w2 * x;
-        p3 -= w3 * x;
-        q0 -= w0 * y;
-        q1 -= w1 * y;
-        q2 -= w2 * y;
-        q3 -= w3 * y;
+        const x = a[r0 + k]!;
+        const y = a[r1 + k]!;
+        const h0 = a[g0 + k]!;
+        const h1 = a[g1 + k]!;
+        const h2 = a[g2 + k]!;
+        const h3 = a[g3 + k]!;
+        p0 -= x * h0;
+        p1 -= x * h1;
+        p2 -= x * h2;
+        p3 -= x * h3;
+        q0 -= y * h0;
+        q1 -= y * h1;
+        q2 -= y * h2;
+        q3 -= y * h3;
       }
-      a[r0 + j] = p0 / ljj;
-      a[r1 + j] = p1 / ljj;
-      a[r2 + j] = p2 / ljj;
-      a[r3 + j] = p3 / ljj;
-      a[r0 + j + 1] = (q0 - a[r0 + j]! * sj) / lj1;
-      a[r1 + j + 1] = (q1 - a[r1 + j]! * sj) / lj1;
-      a[r2 + j + 1] = (q2 - a[r2 + j]! * sj) / lj1;
-      a[r3 + j + 1] = (q3 - a[r3 + j]! * sj) / lj1;
+      finish(r0, p0, p1, p2, p3);
+      finish(r1, q0, q1, q2, q3);
     }
-    for (; i < n; i++) {
-      const ri = i * n;
-      let p = a[ri + j]!;
-      let q = a[ri + j + 1]!;
+    // The last row alone, as one more pair.
+    if (i < n && pair % size === rank) {
+      const r0 = i * n;
+      let p0 = a[r0 + j]!;
+      let p1 = a[r0 + j + 1]!;
+      let p2 = a[r0 + j + 2]!;
+      let p3 = a[r0 + j + 3]!;
       for (let k = 0; k < j; k++) {
-        const w = a[ri + k]!;
-        p -= w * a[rj + k]!;
-        q -= w * a[rj1 + k]!;
+        const x = a[r0 + k]!;
+        p0 -= x * a[g0 + k]!;
+        p1 -= x * a[g1 + k]!;
+        p2 -= x * a[g2 + k]!;
+        p3 -= x * a[g3 + k]!;
       }
-      a[ri + j] = p / ljj;
-      a[ri + j + 1] = (q - a[ri + j]! * sj) / lj1;
+      finish(r0, p0, p1, p2, p3);
     }
+    team.sync();
   }
-  for (let j = 0; j < n; j++) a.fill(0, j * n + j + 1, (j + 1) * n);
+  team.sync();
+  writePending();
+  for (let j = rank; j < n; j += size) a.fill(0, j * n + j + 1, (j + 1) * n);
+  team.sync();
 }
 
 function quadratic(h: Float64Array, b: Float64Array, n: number, out: number): number {
