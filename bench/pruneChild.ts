@@ -1,12 +1,15 @@
 /**
  * Runs one prune in its own process and prints its seconds, peak RSS (VmHWM) and CPU seconds,
- * so that the memory and CPU figures are the pruner's alone.
+ * so that the memory and CPU figures are the pruner's alone. The spec's `solveTeamInputs`, a
+ * bench setting and not a prune option, sets solvePoolLimits.teamInputs (a huge value: no teams).
  */
 import { readFileSync } from "node:fs";
 import { pruneModel } from "../services/core/src/pipeline/pruneModel.js";
+import { solvePoolLimits } from "../services/core/src/prune/solvePool.js";
 import { cpuDelta, ownCpuSeconds } from "./cpuTime.js";
 
-const spec = JSON.parse(process.argv[2]!);
+const { solveTeamInputs, ...spec } = JSON.parse(process.argv[2]!);
+if (solveTeamInputs !== undefined) solvePoolLimits.teamInputs = solveTeamInputs;
 const cpu0 = ownCpuSeconds();
 const t0 = performance.now();
 await pruneModel(spec);

@@ -18,7 +18,7 @@
  * M, then lower c), so both give the same bits. The module is assembled here at load time by
  * wasmAssembler.ts; nothing binary is committed.
  */
-import { Code, I32, OP, SIMD, V128, assembleModule } from "./wasmAssembler.js";
+import { Code, I32, OP, SIMD, V128, assembleModule, wasm, type WasmMemory } from "./wasmAssembler.js";
 
 export const TILE_COLUMNS = 16;
 export const BINS = 4096;
@@ -375,17 +375,7 @@ export function maskKernelModule(shared = false): Uint8Array {
   ], shared ? SHARED_MAX_PAGES : undefined);
 }
 
-// WebAssembly's types come with the DOM library, which this Node-only project does not load.
-export interface WasmMemory {
-  readonly buffer: ArrayBuffer | SharedArrayBuffer;
-  grow(pages: number): number;
-}
-interface WasmApi {
-  Memory: new (descriptor: { initial: number; maximum?: number; shared?: boolean }) => WasmMemory;
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object, imports: object) => { exports: object };
-}
-const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+export type { WasmMemory } from "./wasmAssembler.js";
 
 /**
  * Where a mask thread's kernel memory holds the weights another thread copies in (maskPool.ts):

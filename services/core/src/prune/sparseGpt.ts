@@ -13,6 +13,7 @@ import { InvalidArgumentError, NumericError } from "../errors.js";
 import { OnnxDataType as DT, floatToBfloat16, floatToHalf, toFloat32, typeName } from "../onnx/dtype.js";
 import type { Pattern, WeightMatrix } from "./maskSelect.js";
 import { SOLO, evenSplit, triangularBounds, type SolveTeam, type TeamSplit } from "./solveTeam.js";
+import { gramQuadratic } from "./gramKernelWasm.js";
 
 export interface SparseGptOptions {
   sparsity: number;
@@ -105,9 +106,14 @@ export function sparseGptUpdate(w: WeightMatrix, prepared: PreparedHessian, opts
   const { weights: W, pruned } = obsUpdate(original, prepared, opts, out);
   writeWeights(w, W);
   const written = readWeights(w);
-  const delta = new Float64Array(original.length);
-  for (let i = 0; i < delta.length; i++) delta[i] = written[i]! - original[i]!;
-  return { pruned, total: n * out, errorEnergy: quadratic(prepared.hessian, delta, n, out) };
+  const difference = (c: number, o: number) => written[c * out + o]! - original[c * out + o]!;
+  let errorEnergy = gramQuadratic(prepared.hessian, n, out, (bt, inP) => transposeInto(bt, inP, n, out, difference));
+  if (errorEnergy === null) {
+    const delta = new Float64Array(original.length);
+    for (let i = 0; i < delta.length; i++) delta[i] = written[i]! - original[i]!;
+    errorEnergy = quadratic(prepared.hessian, delta, n, out);
+  }
+  return { pruned, total: n * out, errorEnergy };
 }
 
 /** The options and shapes sparseGptUpdate refuses (InvalidArgumentError), before any work. */
@@ -127,7 +133,25 @@ export function checkUpdate(w: WeightMatrix, prepared: PreparedHessian, opts: Sp
  * denominator). It needs H only, not its factor: a solve pool computes it beside the factoring.
  */
 export function outputEnergy(hessian: Float64Array, w: WeightMatrix): number {
-  return quadratic(hessian, readWeights(w), w.inDim, w.outDim);
+  const { inDim: n, outDim: out } = w;
+  const energy = gramQuadratic(hessian, n, out, (bt, inP) => {
+    const vals = decode(w, n * out);
+    if (w.layout === "out_in") for (let o = 0; o < out; o++) for (let c = 0; c < n; c++) bt[o * inP + c] = vals[o * n + c]!;
+    else transposeInto(bt, inP, n, out, (c, o) => vals[c * out + o]!);
+  });
+  return energy ?? quadratic(hessian, readWeights(w), n, out);
+}
+
+/** bt[o·inP + c] = value(c, o) for c < n, o < out, in square tiles (a plain double loop strides through memory). */
+function transposeInto(bt: Float64Array, inP: number, n: number, out: number, value: (c: number, o: number) => number): void {
+  const TILE = 64;
+  for (let c0 = 0; c0 < n; c0 += TILE) {
+    for (let o0 = 0; o0 < out; o0 += TILE) {
+      for (let c = c0, cEnd = Math.min(c0 + TILE, n); c < cEnd; c++) {
+        for (let o = o0, oEnd = Math.min(o0 + TILE, out); o < oEnd; o++) bt[o * inP + c] = value(c, o);
+      }
+    }
+  }
 }
 
 /** tr(ΔBᵀHΔB) / tr(BᵀHB): the output error the calibration tokens see, relative to the output. */
@@ -637,7 +661,8 @@ function choleskyLowerInPlace(a: Float64Array, n: number, subject: string, what:
   team.sync();
 }
 
-function quadratic(h: Float64Array, b: Float64Array, n: number, out: number): number {
+/** tr(BᵀHB) the scalar way: the bits gramQuadratic (gramKernelWasm.ts) also gives, faster. */
+export function quadratic(h: Float64Array, b: Float64Array, n: number, out: number): number {
   // Rows i and i+1 at once: their dot products with the rows j after them (each summed over o in
   // order, eight chains sharing loads), then their terms added to the total in (i, j) order, as
   // one at a time would (terms with h = 0 left out).

@@ -200,3 +200,15 @@ export function assembleModule(functions: ReadonlyArray<{ name: string; code: Co
     ...section(10, bodies),
   ]);
 }
+
+// WebAssembly's types come with the DOM library, which this Node-only project does not load.
+export interface WasmMemory {
+  readonly buffer: ArrayBuffer | SharedArrayBuffer;
+  grow(pages: number): number;
+}
+interface WasmApi {
+  Memory: new (descriptor: { initial: number; maximum?: number; shared?: boolean }) => WasmMemory;
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: object };
+}
+export const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
