@@ -14,7 +14,7 @@
  * after it (a long-lived worker keeps none); where that would pass MAX_KERNEL_BYTES, or
  * WebAssembly SIMD is missing, the caller's scalar loop runs instead, with the same bits.
  */
-import { Code, I32, OP, SIMD, V128, assembleModule, wasm } from "./wasmAssembler.js";
+import { Code, I32, OP, SIMD, V128, assembleModule, compiledOnce, wasm } from "./wasmAssembler.js";
 
 /** Rows i per kernel call. */
 const ROWS = 32;
@@ -79,17 +79,7 @@ function pairDotsFunction(): Code {
 }
 
 /** The compiled module, made once per thread on first use (null where WebAssembly SIMD is missing). */
-let compiled: object | null | undefined;
-function gramModule(): object | null {
-  if (compiled === undefined) {
-    try {
-      compiled = new wasm.Module(assembleModule([{ name: "pair_dots", code: pairDotsFunction() }]));
-    } catch {
-      compiled = null;
-    }
-  }
-  return compiled;
-}
+const gramModule = compiledOnce(() => assembleModule([{ name: "pair_dots", code: pairDotsFunction() }]));
 
 /**
  * Channels padded to whole steps of the kernel, plus one: a last odd row i pairs with a zero

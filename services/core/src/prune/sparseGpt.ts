@@ -14,6 +14,7 @@ import { OnnxDataType as DT, floatToBfloat16, floatToHalf, toFloat32, typeName }
 import type { Pattern, WeightMatrix } from "./maskSelect.js";
 import { SOLO, evenSplit, triangularBounds, type SolveTeam, type TeamSplit } from "./solveTeam.js";
 import { gramQuadratic } from "./gramKernelWasm.js";
+import { LazyKernel } from "./lazyKernelWasm.js";
 
 export interface SparseGptOptions {
   sparsity: number;
@@ -167,7 +168,10 @@ export function obsUpdate(original: Float64Array, prepared: PreparedHessian, opt
   const n = prepared.n;
   const blockSize = opts.blockSize ?? SPARSEGPT_BLOCK_SIZE;
   const s = opts.sparsity;
-  const W = original.slice();
+  // W where the lazy update's kernel works on it (or a plain copy where it cannot run).
+  const kernel = LazyKernel.create(n, out, blockSize);
+  const W = kernel ? kernel.weights : original.slice();
+  if (kernel) W.set(original);
   for (let i = 0; i < n; i++) if (prepared.dead[i]) W.fill(0, i * out, (i + 1) * out);
   const U = prepared.u;
 
@@ -180,7 +184,7 @@ export function obsUpdate(original: Float64Array, prepared: PreparedHessian, opt
     const mask = new Uint8Array(count * out);
     if (opts.pattern.kind === "unstructured" && s > 0) slabMask(W, U, n, out, i1, count, s, mask);
     const Q = new Float64Array(count * out);
-    const E = new Float64Array(count * out);
+    const E = kernel ? kernel.errors.subarray(0, count * out) : new Float64Array(count * out);
     for (let k = 0; k < count; k++) {
       const c = i1 + k;
       const d = U[c * n + c]!;
@@ -204,7 +208,7 @@ export function obsUpdate(original: Float64Array, prepared: PreparedHessian, opt
       for (let o = 0; o < out; o++) if (mask[k * out + o]) pruned++;
     }
     W.set(Q, i1 * out);
-    lazyUpdate(W, E, U, n, out, i1, count, acc);
+    lazyUpdate(W, E, U, n, out, i1, count, acc, kernel);
   }
 
   return { weights: W, pruned };
@@ -218,7 +222,7 @@ export function obsUpdate(original: Float64Array, prepared: PreparedHessian, opt
  * (dead inputs) are left out of those copies; a row cc with another zero term keeps the
  * row-by-row form, which leaves it out.
  */
-function lazyUpdate(W: Float64Array, E: Float64Array, U: Float64Array, n: number, out: number, i1: number, count: number, acc: Float64Array): void {
+function lazyUpdate(W: Float64Array, E: Float64Array, U: Float64Array, n: number, out: number, i1: number, count: number, acc: Float64Array, kernel: LazyKernel | null): void {
   const i2 = i1 + count;
   const rows = n - i2;
   if (rows <= 0) return;
@@ -233,10 +237,6 @@ function lazyUpdate(W: Float64Array, E: Float64Array, U: Float64Array, n: number
     }
   }
   const m = live.length;
-  const et = new Float64Array(out * m);
-  live.forEach((k, q) => {
-    for (let o = 0; o < out; o++) et[o * m + q] = E[k * out + o]!;
-  });
   // U's slab column of row cc over the live k, contiguous: ut[(cc - i2) * m + q] = U[i1 + live[q], cc].
   const ut = new Float64Array(rows * m);
   const dense = new Uint8Array(rows).fill(1);
@@ -247,6 +247,18 @@ function lazyUpdate(W: Float64Array, E: Float64Array, U: Float64Array, n: number
       ut[r * m + q] = u;
       if (u === 0) dense[r] = 0;
     }
+  });
+  if (kernel) {
+    // Rows with every live term are the kernel's; the others keep the row-by-row form below.
+    const full: number[] = [];
+    for (let t = 0; t < rows; t++) if (dense[t]) full.push(t);
+    kernel.subtract(i2, live, ut, full);
+    for (let t = 0; t < rows; t++) if (!dense[t]) subtractRowSums(W, E, U, n, out, i1, count, i2 + t, acc);
+    return;
+  }
+  const et = new Float64Array(out * m);
+  live.forEach((k, q) => {
+    for (let o = 0; o < out; o++) et[o * m + q] = E[k * out + o]!;
   });
   const sums = new Float64Array(8);
   let r = 0;
@@ -266,17 +278,22 @@ function lazyUpdate(W: Float64Array, E: Float64Array, U: Float64Array, n: number
       r += 4;
       continue;
     }
-    acc.fill(0);
-    for (let k = 0; k < count; k++) {
-      const u = U[(i1 + k) * n + i2 + r]!;
-      if (u === 0) continue;
-      const eBase = k * out;
-      for (let o = 0; o < out; o++) acc[o]! += E[eBase + o]! * u;
-    }
-    const rowC = (i2 + r) * out;
-    for (let o = 0; o < out; o++) W[rowC + o]! -= acc[o]!;
+    subtractRowSums(W, E, U, n, out, i1, count, i2 + r, acc);
     r++;
   }
+}
+
+/** W[cc, :] -= Σ_k E[k, :]·U[i1 + k, cc], the sum over k in order without the terms of U = 0. */
+function subtractRowSums(W: Float64Array, E: Float64Array, U: Float64Array, n: number, out: number, i1: number, count: number, cc: number, acc: Float64Array): void {
+  acc.fill(0);
+  for (let k = 0; k < count; k++) {
+    const u = U[(i1 + k) * n + cc]!;
+    if (u === 0) continue;
+    const eBase = k * out;
+    for (let o = 0; o < out; o++) acc[o]! += E[eBase + o]! * u;
+  }
+  const rowC = cc * out;
+  for (let o = 0; o < out; o++) W[rowC + o]! -= acc[o]!;
 }
 
 /**

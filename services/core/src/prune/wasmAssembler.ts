@@ -212,3 +212,18 @@ interface WasmApi {
   Instance: new (module: object, imports: object) => { exports: object };
 }
 export const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+/** A module compiled from build() on first use, once per thread; null where WebAssembly lacks what it needs (SIMD). */
+export function compiledOnce(build: () => Uint8Array): () => object | null {
+  let compiled: object | null | undefined;
+  return () => {
+    if (compiled === undefined) {
+      try {
+        compiled = new wasm.Module(build());
+      } catch {
+        compiled = null;
+      }
+    }
+    return compiled;
+  };
+}
