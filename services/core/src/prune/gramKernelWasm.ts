@@ -1,6 +1,7 @@
 /**
- * tr(BᵀHB) (SparseGPT's output energy and error, sparseGpt.ts `quadratic`) with the dot products
- * of B's rows, Σ_o B[i,o]·B[j,o], taken by a WebAssembly SIMD kernel: each float64x2 lane is
+ * tr(BᵀHB) (SparseGPT's output energy and error, sparseGpt.ts `quadratic`) and a sample's
+ * Hessian A_jᵀA_j (hessian.ts) from dot products of rows, Σ_o B[i,o]·B[j,o], taken by a
+ * WebAssembly SIMD kernel: each float64x2 lane is
  * one (i, j) pair's sum, started at 0 and taking its terms in o order, one multiplication then one
  * addition (WebAssembly never fuses them), so every dot product has the bits of the scalar loop,
  * and the total is then added up in JavaScript in the scalar loop's (i, j) order. The kernel
@@ -26,13 +27,14 @@ export const MAX_KERNEL_BYTES = 2 ** 31;
 const F64X2_ADD = 240;
 
 /**
- * pair_dots(I, rows, inP, out, dOff): for p < rows (even), i = I + p, and j = I.. inP-1 in steps of
- * 8: D[p][j] = Σ_o BT[o][i]·BT[o][j] and D[p+1][j] = Σ_o BT[o][i+1]·BT[o][j], BT at address 0
- * (out rows of inP float64), D at dOff (rows of inP float64). I is a multiple of 8; out >= 1.
+ * pair_dots(I, rows, inP, out, dOff, jStart): for p < rows (even), i = I + p, and j = jStart..
+ * inP-1 in steps of 8: D[p][j] = Σ_o BT[o][i]·BT[o][j] and D[p+1][j] = Σ_o BT[o][i+1]·BT[o][j],
+ * BT at address 0 (out rows of inP float64), D at dOff (rows of inP float64). jStart is a multiple
+ * of 8 at most I; out >= 1.
  */
 function pairDotsFunction(): Code {
-  const f = new Code([I32, I32, I32, I32, I32], []);
-  const [I, rows, inP, out, dOff] = [0, 1, 2, 3, 4];
+  const f = new Code([I32, I32, I32, I32, I32, I32], []);
+  const [I, rows, inP, out, dOff, jStart] = [0, 1, 2, 3, 4, 5];
   const jb = f.local(I32);
   const p = f.local(I32);
   const o = f.local(I32);
@@ -44,7 +46,7 @@ function pairDotsFunction(): Code {
   const s = [f.local(V128), f.local(V128)];
   const v = Array.from({ length: 4 }, () => f.local(V128));
   f.get(inP).i32(8).op(OP.i32Mul).set(stride);
-  f.get(I).set(jb);
+  f.get(jStart).set(jb);
   f.open(OP.loop); // jb
   f.i32(0).set(p);
   f.open(OP.loop); // p
@@ -90,33 +92,49 @@ export function paddedChannels(n: number): number {
 }
 
 /**
- * tr(BᵀHB) for H [n, n] (row-major) and B [n, out], B given by `fill`, which writes Bᵀ into
- * `bt` (out rows of `inP` float64, the padding left zero): the bits of sparseGpt.ts `quadratic`.
- * Null where the kernel cannot run (no SIMD, or more than MAX_KERNEL_BYTES): the caller computes
- * it the scalar way.
+ * Rows [i0, i1) (i0 even) of the Gram matrix G[i][j] = Σ_o Bᵀ[o][i]·Bᵀ[o][j] (each sum from 0, in
+ * o order) of `out` rows of Bᵀ over n channels, which `fill` writes into `bt` (out rows of `inP`
+ * float64, the padding left zero): emit(i, dots, at) gives row i, G[i][j] = dots[at + j] for
+ * j >= i, rows in order. False where the kernel cannot run (no SIMD, nothing to do, or more than
+ * MAX_KERNEL_BYTES): the caller computes them the scalar way.
  */
-export function gramQuadratic(h: Float64Array, n: number, out: number, fill: (bt: Float64Array, inP: number) => void): number | null {
+export function gramRows(
+  n: number, out: number, i0: number, i1: number,
+  fill: (bt: Float64Array, inP: number) => void,
+  emit: (i: number, dots: Float64Array, at: number) => void,
+): boolean {
   const inP = paddedChannels(n);
   const dOff = out * inP * 8;
   const bytes = dOff + ROWS * inP * 8;
-  const module = n > 0 && out > 0 && bytes <= MAX_KERNEL_BYTES ? gramModule() : null;
-  if (!module) return null;
+  const module = n > 0 && out > 0 && i1 > i0 && bytes <= MAX_KERNEL_BYTES ? gramModule() : null;
+  if (!module) return false;
   const memory = new wasm.Memory({ initial: Math.ceil(bytes / 65536) });
-  const { pair_dots: pairDots } = new wasm.Instance(module, { env: { memory } }).exports as { pair_dots(I: number, rows: number, inP: number, out: number, dOff: number): void };
+  const { pair_dots: pairDots } = new wasm.Instance(module, { env: { memory } }).exports as {
+    pair_dots(I: number, rows: number, inP: number, out: number, dOff: number, jStart: number): void;
+  };
   fill(new Float64Array(memory.buffer, 0, out * inP), inP);
   const d = new Float64Array(memory.buffer, dOff, ROWS * inP);
-  let total = 0;
-  for (let block = 0; block < n; block += ROWS) {
-    const rows = Math.min(ROWS, n - block);
-    pairDots(block, rows + (rows % 2), inP, out, dOff);
-    for (let row = block; row < block + rows; row++) {
-      const hi = row * n;
-      const di = (row - block) * inP;
-      for (let jj = row; jj < n; jj++) {
-        const hij = h[hi + jj]!;
-        if (hij !== 0) total += (row === jj ? 1 : 2) * hij * d[di + jj]!;
-      }
-    }
+  for (let block = i0; block < i1; block += ROWS) {
+    const rows = Math.min(ROWS, i1 - block);
+    pairDots(block, rows + (rows % 2), inP, out, dOff, block - (block % LANES));
+    for (let row = block; row < block + rows; row++) emit(row, d, (row - block) * inP);
   }
-  return total;
+  return true;
+}
+
+/**
+ * tr(BᵀHB) for H [n, n] (row-major) and B [n, out], B given by `fill` as for gramRows: the bits
+ * of sparseGpt.ts `quadratic` (its terms added in the same (i, j) order). Null where the kernel
+ * cannot run: the caller computes it the scalar way.
+ */
+export function gramQuadratic(h: Float64Array, n: number, out: number, fill: (bt: Float64Array, inP: number) => void): number | null {
+  let total = 0;
+  const ran = gramRows(n, out, 0, n, fill, (row, d, at) => {
+    const hi = row * n;
+    for (let jj = row; jj < n; jj++) {
+      const hij = h[hi + jj]!;
+      if (hij !== 0) total += (row === jj ? 1 : 2) * hij * d[at + jj]!;
+    }
+  });
+  return ran ? total : null;
 }

@@ -9,6 +9,8 @@
 import { halfToFloatTable } from "../onnx/dtype.js";
 import { NumericError } from "../errors.js";
 import type { WireTensor } from "../runtime/wireTensor.js";
+import { gramRows } from "./gramKernelWasm.js";
+import { runCopier, type RunCopy } from "./byteCopy.js";
 
 /** Tokens whose rank-1 terms are added together (each entry still takes them in token order). */
 const TOKENS_AT_ONCE = 4;
@@ -147,9 +149,41 @@ function firstNonFinite({ n, data, half, pool }: SampleRows): { token: number; c
  * so any such split does each entry's additions as the whole range does. `rows`: 4n scratch.
  */
 export function addSampleRows(sample: Float64Array, sum: Float64Array, src: SampleRows, i0: number, i1: number, rows: Float64Array): void {
-  const { n, data, pool } = src;
+  const { n } = src;
   const table = src.half ? halfToFloatTable() : null;
   sample.fill(0, i0 * n, i1 * n);
+  if (!sampleRowsByKernel(sample, src, i0, i1, table)) addHeldRows(sample, src, i0, i1, rows, table);
+  addToSum(sum, sample, n, i0, i1, (i, j) => i * n + j);
+}
+
+/**
+ * P's rows [i0, i1) by the Gram kernel (gramKernelWasm.ts: each entry 0 plus its terms in token
+ * order, as addHeldRows adds them), the pooled tokens as its rows; false where it cannot run.
+ */
+function sampleRowsByKernel(sample: Float64Array, src: SampleRows, i0: number, i1: number, table: Float32Array | null): boolean {
+  const { n, data, pool } = src;
+  const tokens: number[] = [];
+  pool.forEach((p, t) => {
+    if (p) tokens.push(t);
+  });
+  const target = new Uint8Array(sample.buffer, sample.byteOffset, sample.byteLength);
+  let copy: RunCopy | undefined;
+  return gramRows(n, tokens.length, i0, i1, (bt, inP) => {
+    tokens.forEach((t, q) => {
+      const base = t * n;
+      const at = q * inP;
+      if (table) for (let c = 0; c < n; c++) bt[at + c] = table[data[base + c]!]!;
+      else for (let c = 0; c < n; c++) bt[at + c] = data[base + c]!;
+    });
+  }, (i, dots, at) => {
+    copy ??= runCopier(new Uint8Array(dots.buffer, 0, dots.buffer.byteLength), target);
+    copy(dots.byteOffset + (at + i) * 8, (i * n + i) * 8, (n - i) * 8);
+  });
+}
+
+/** P's rows [i0, i1) the scalar way: TOKENS_AT_ONCE pooled tokens at a time, in token order. */
+function addHeldRows(sample: Float64Array, src: SampleRows, i0: number, i1: number, rows: Float64Array, table: Float32Array | null): void {
+  const { n, data, pool } = src;
   let held = 0;
   for (let t = 0; t < pool.length; t++) {
     if (!pool[t]) continue;
@@ -163,7 +197,6 @@ export function addSampleRows(sample: Float64Array, sum: Float64Array, src: Samp
     }
   }
   addRows(sample, rows, n, held, i0, i1);
-  addToSum(sum, sample, n, i0, i1, (i, j) => i * n + j);
 }
 
 /** Scratch for addSampleRows: TOKENS_AT_ONCE rows of n. */
