@@ -129,11 +129,17 @@ export class LazyKernel {
     return new LazyKernel(run, memory.buffer, n, out, slab);
   }
 
+  /** Where the caller writes a slab's U columns over its live rows (`length` = rows × live), for subtract. */
+  slabColumns(length: number): Float64Array {
+    return this.columns.subarray(0, length);
+  }
+
   /**
    * W[i2 + t, :] -= Σ_q ut[t·m + q]·E[live[q], :] for the rows t in `dense` (each row's sum over
-   * q in order): E is this.errors, ut the slab columns of U over the live rows (rows × m).
+   * q in order): E is this.errors, ut the slab columns of U over the live rows (rows × m), as
+   * written into slabColumns.
    */
-  subtract(i2: number, live: readonly number[], ut: Float64Array, dense: readonly number[]): void {
+  subtract(i2: number, live: readonly number[], dense: readonly number[]): void {
     const { out } = this;
     const m = live.length;
     const base = this.weights.byteOffset;
@@ -142,7 +148,6 @@ export class LazyKernel {
       live.forEach((k, q) => this.live.set(this.errors.subarray(k * out, (k + 1) * out), q * out));
       e = this.live.byteOffset;
     }
-    this.columns.set(ut);
     this.rows.set(dense);
     this.run(this.rows.byteOffset, dense.length, m, this.columns.byteOffset, e, out, base + i2 * out * 8);
   }

@@ -238,7 +238,8 @@ function lazyUpdate(W: Float64Array, E: Float64Array, U: Float64Array, n: number
   }
   const m = live.length;
   // U's slab column of row cc over the live k, contiguous: ut[(cc - i2) * m + q] = U[i1 + live[q], cc].
-  const ut = new Float64Array(rows * m);
+  // (Written where the kernel reads it, when there is one.)
+  const ut = kernel ? kernel.slabColumns(rows * m) : new Float64Array(rows * m);
   const dense = new Uint8Array(rows).fill(1);
   live.forEach((k, q) => {
     const uRow = (i1 + k) * n + i2;
@@ -252,7 +253,7 @@ function lazyUpdate(W: Float64Array, E: Float64Array, U: Float64Array, n: number
     // Rows with every live term are the kernel's; the others keep the row-by-row form below.
     const full: number[] = [];
     for (let t = 0; t < rows; t++) if (dense[t]) full.push(t);
-    kernel.subtract(i2, live, ut, full);
+    kernel.subtract(i2, live, full);
     for (let t = 0; t < rows; t++) if (!dense[t]) subtractRowSums(W, E, U, n, out, i1, count, i2 + t, acc);
     return;
   }
