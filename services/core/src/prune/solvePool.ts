@@ -25,6 +25,7 @@ import type { SampleRows, SampleRowsSolver } from "./hessian.js";
 import type { Density, TokenRows } from "./tampDensity.js";
 import type { AmiaSelection } from "./amiaSelect.js";
 import { runCopier } from "./byteCopy.js";
+import { choleskyMemory } from "./choleskyKernelWasm.js";
 import { abortTeam, balancedShares, evenSplit, isTeamAbort, teamControl, type TeamSplit } from "./solveTeam.js";
 import { SPARSEGPT_PERCDAMP, outputEnergy, prepareHessian, sparseGptUpdate, type PreparedHessian, type SparseGptOptions, type SparseGptUpdate } from "./sparseGpt.js";
 
@@ -235,9 +236,12 @@ export class SolvePool implements Solver, SampleRowsSolver, TokenWork {
 
   /** `task` on every thread of `threads` at once, its working space and U shared. */
   private startTeam(job: Queued, task: FactorTask, threads: number[]): void {
-    const square = () => new Float64Array(new SharedArrayBuffer(task.n * task.n * 8));
-    const [a, u, control] = [square(), square(), teamControl()];
     const size = threads.length;
+    const square = () => new Float64Array(new SharedArrayBuffer(task.n * task.n * 8));
+    // The working space in the Cholesky kernel's memory where it can run.
+    const memory = choleskyMemory(task.n, size);
+    const space = memory ? { memory } : { a: square() };
+    const [u, control] = [square(), teamControl()];
     const key = `${task.n}/${size}`;
     const split = this.splits.get(key) ?? evenSplit(size);
     const team: TeamRun = { left: size, control, key, split, inverseMs: [], productMs: [] };
@@ -246,7 +250,7 @@ export class SolvePool implements Solver, SampleRowsSolver, TokenWork {
       this.running.set(id, { ...job, thread, team, rank });
       const w = this.workers![thread]!;
       w.ref();
-      w.postMessage({ id, task: { ...task, kind: "factorTeam", rank, size, a, u, control, split } } satisfies SolveRequest);
+      w.postMessage({ id, task: { ...task, kind: "factorTeam", rank, size, ...space, u, control, split } } satisfies SolveRequest);
     });
   }
 

@@ -5,6 +5,7 @@ import type { Density, TokenRows } from "./tampDensity.js";
 import type { AmiaSelection } from "./amiaSelect.js";
 import type { PreparedHessian, SparseGptOptions, SparseGptUpdate } from "./sparseGpt.js";
 import type { TeamSplit } from "./solveTeam.js";
+import type { CholeskyMemory } from "./choleskyKernelWasm.js";
 
 /**
  * Steps 3-5 of SparseGPT for one input: H (in shared memory: every thread reads it where it is)
@@ -20,13 +21,16 @@ export interface FactorTask {
 
 /**
  * A FactorTask run by a team of threads (solveTeam.ts): member `rank` of `size`, every member
- * given the same shared working space `a`, output `u` (both n×n) and barrier `control`.
+ * given the same shared working space (`a`, or the matrix of `memory`), output `u` (both n×n)
+ * and barrier `control`.
  */
 export interface FactorTeamTask extends Omit<FactorTask, "kind"> {
   kind: "factorTeam";
   rank: number;
   size: number;
-  a: Float64Array;
+  /** the working space: in `memory` where the Cholesky kernel runs (then this is absent), else plain shared memory */
+  a?: Float64Array;
+  memory?: CholeskyMemory;
   u: Float64Array;
   control: Int32Array;
   split: TeamSplit;

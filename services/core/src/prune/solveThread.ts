@@ -4,6 +4,7 @@ import { TypedError } from "../errors.js";
 import type { SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solveProtocol.js";
 import { outputEnergy, prepareHessian, prepareHessianTeam, sparseGptUpdate } from "./sparseGpt.js";
 import { abortTeam, sharedTeam } from "./solveTeam.js";
+import { CholeskyKernel } from "./choleskyKernelWasm.js";
 import { addSampleRows, sampleRowsScratch } from "./hessian.js";
 import { densityOf, normalizeRows } from "./tampDensity.js";
 import { amiaSelect } from "./amiaSelect.js";
@@ -17,7 +18,10 @@ function solve(task: SolveTask): SolveResult {
   }
   if (task.kind === "factorTeam") {
     const team = sharedTeam(task.control, task.rank, task.size);
-    const { u, dead, phaseMs } = prepareHessianTeam(task.hessian, task.n, task.subject, task.percDamp, team, task.a, task.u, task.split);
+    const kernel = task.memory ? CholeskyKernel.over(task.memory, task.rank) : null;
+    // A memory with no kernel on this thread: the scalar loop in the same memory.
+    const a = kernel?.matrix ?? task.a ?? new Float64Array(task.memory!.memory.buffer, 0, task.n * task.n);
+    const { u, dead, phaseMs } = prepareHessianTeam(task.hessian, task.n, task.subject, task.percDamp, team, a, task.u, task.split, kernel);
     return { kind: "factor", u, dead, phaseMs };
   }
   if (task.kind === "rows") {

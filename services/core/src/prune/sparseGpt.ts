@@ -15,6 +15,7 @@ import type { Pattern, WeightMatrix } from "./maskSelect.js";
 import { SOLO, evenSplit, triangularBounds, type SolveTeam, type TeamSplit } from "./solveTeam.js";
 import { gramQuadratic } from "./gramKernelWasm.js";
 import { LazyKernel } from "./lazyKernelWasm.js";
+import { CholeskyKernel, choleskyMemory } from "./choleskyKernelWasm.js";
 
 export interface SparseGptOptions {
   sparsity: number;
@@ -57,7 +58,11 @@ const plainFloat64: Float64Allocator = (length) => new Float64Array(length);
  */
 export function prepareHessian(hessian: Float64Array, n: number, subject: string, percDamp = SPARSEGPT_PERCDAMP, alloc = plainFloat64): PreparedHessian {
   if (hessian.length !== n * n) throw new InvalidArgumentError(subject, `Hessian has ${hessian.length} entries, the layer needs ${n}x${n}`);
-  const a = hessian.slice();
+  // The working copy in the Cholesky kernel's memory where it can run (the same bits either way).
+  const memory = choleskyMemory(n, 1);
+  const kernel = memory && CholeskyKernel.over(memory, 0);
+  const a = kernel ? kernel.matrix : new Float64Array(n * n);
+  a.set(hessian);
   const dead = new Uint8Array(n);
   for (let i = 0; i < n; i++) {
     if (a[i * n + i] === 0) {
@@ -69,7 +74,7 @@ export function prepareHessian(hessian: Float64Array, n: number, subject: string
   for (let i = 0; i < n; i++) diagSum += a[i * n + i]!;
   const damp = percDamp * (diagSum / n);
   for (let i = 0; i < n; i++) a[i * n + i]! += damp;
-  return { hessian, u: upperCholeskyOfInverse(a, n, subject, alloc), dead, n };
+  return { hessian, u: factorInto(a, alloc(n * n), n, subject, SOLO, evenSplit(1), [], kernel), dead, n };
 }
 
 /**
@@ -386,10 +391,12 @@ export function upperCholeskyOfInverse(a: Float64Array, n: number, subject: stri
  * `a` (working space) and `u` (where U is written), both n×n, and the same `split`: every member
  * returns the same PreparedHessian, with the bits of prepareHessian whatever the split, and the
  * milliseconds its own parts of the two triangular phases took (`phaseMs`, for the next split).
+ * `kernel`: the member's Cholesky kernel, whose memory `a` is (choleskyKernelWasm.ts); every
+ * member has one or none does.
  */
 export function prepareHessianTeam(
   hessian: Float64Array, n: number, subject: string, percDamp: number,
-  team: SolveTeam, a: Float64Array, u: Float64Array, split: TeamSplit,
+  team: SolveTeam, a: Float64Array, u: Float64Array, split: TeamSplit, kernel: CholeskyKernel | null = null,
 ): PreparedHessian & { phaseMs: [number, number] } {
   if (hessian.length !== n * n) throw new InvalidArgumentError(subject, `Hessian has ${hessian.length} entries, the layer needs ${n}x${n}`);
   if (a.length !== n * n || u.length !== n * n) throw new InvalidArgumentError(subject, `a team's working space must hold ${n}x${n} entries`);
@@ -408,7 +415,7 @@ export function prepareHessianTeam(
   }
   team.sync();
   const phaseMs: [number, number] = [0, 0];
-  return { hessian, u: factorInto(a, u, n, subject, team, split, phaseMs), dead, n, phaseMs };
+  return { hessian, u: factorInto(a, u, n, subject, team, split, phaseMs, kernel), dead, n, phaseMs };
 }
 
 /**
@@ -416,9 +423,9 @@ export function prepareHessianTeam(
  * its entries among the members, each entry's operations those of one thread alone and in its
  * order, with a barrier wherever a member reads what another wrote.
  */
-function factorInto(a: Float64Array, inv: Float64Array, n: number, subject: string, team: SolveTeam, split: TeamSplit, phaseMs: number[]): Float64Array {
+function factorInto(a: Float64Array, inv: Float64Array, n: number, subject: string, team: SolveTeam, split: TeamSplit, phaseMs: number[], kernel: CholeskyKernel | null = null): Float64Array {
   const { rank, size } = team;
-  choleskyLowerInPlace(a, n, subject, "the dampened Hessian", team);
+  choleskyLowerInPlace(a, n, subject, "the dampened Hessian", team, kernel);
   let started = performance.now();
   // Rows of L⁻¹: row_i = (e_i − Σ_{k<i} L[i,k]·row_k) / L[i,i]. Two rows i and four rows k at a
   // time (addFourRows; x − l·y is x + (−l)·y exactly), each entry taking its terms in k order,
@@ -503,7 +510,7 @@ function factorInto(a: Float64Array, inv: Float64Array, n: number, subject: stri
   team.sync();
   for (let j = rank; j < n; j += size) for (let i = 0; i < j; i++) hinv[j * n + i] = hinv[i * n + j]!;
   team.sync();
-  choleskyLowerInPlace(hinv, n, subject, "the inverse Hessian", team);
+  choleskyLowerInPlace(hinv, n, subject, "the inverse Hessian", team, kernel);
   // U = Lᵀ, reusing inv's storage (nobody reads L⁻¹ any more).
   const u = inv;
   for (let j = rank; j < n; j += size) {
@@ -576,7 +583,7 @@ function addRow(hinv: Float64Array, inv: Float64Array, ri: number, rk: number, v
  * each other between steps; the head is written once the step is done (nobody reads it in
  * between), so that no member writes what another may still read.
  */
-function choleskyLowerInPlace(a: Float64Array, n: number, subject: string, what: string, team: SolveTeam): void {
+function choleskyLowerInPlace(a: Float64Array, n: number, subject: string, what: string, team: SolveTeam, kernel: CholeskyKernel | null): void {
   const { rank, size } = team;
   // The step's head: head[4r + c] = L[j+r, j+c] (c < r), the pivot L[j+c, j+c] at 4c + c.
   const head = new Float64Array(16);
@@ -618,6 +625,16 @@ function choleskyLowerInPlace(a: Float64Array, n: number, subject: string, what:
       a[r + j + 2] = e2;
       a[r + j + 3] = (p3 - e0 * l30 - e1 * l31 - e2 * l32) / d3;
     };
+    if (kernel) {
+      // The sums over k < j by the kernel (in a[i][j..j+3]), then each row finished from them.
+      const first = j + 4 + 2 * rank;
+      kernel.subtractHead(j, first, 2 * size);
+      for (let i = first; i < n; i += 2 * size) {
+        for (let r = i * n, last = Math.min(i + 2, n) * n; r < last; r += n) finish(r, a[r + j]!, a[r + j + 1]!, a[r + j + 2]!, a[r + j + 3]!);
+      }
+      team.sync();
+      continue;
+    }
     const g0 = j * n;
     const g1 = g0 + n;
     const g2 = g1 + n;

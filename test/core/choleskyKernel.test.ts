@@ -1,0 +1,97 @@
+/**
+ * The Cholesky kernel (prune/choleskyKernelWasm.ts) by hand, and against the scalar chains it
+ * replaces: each entry j..j+3 of the rows first, first + stride, ... less its dot product with
+ * the head rows over k < j, the terms in k order. prepareHessian's factor (which runs on it) is
+ * checked against the reference code in sparseGptBlocked.test.ts and against the factorization
+ * teams in solvePool.test.ts; here: that it does run there, and what it leaves alone.
+ */
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
+import { CholeskyKernel, choleskyMemory } from "../../services/core/src/prune/choleskyKernelWasm.js";
+import { MAX_KERNEL_BYTES } from "../../services/core/src/prune/gramKernelWasm.js";
+
+const bits = (a: Float64Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+function kernelFor(n: number, members = 1, rank = 0): CholeskyKernel {
+  const memory = choleskyMemory(n, members);
+  assert.ok(memory, "WebAssembly SIMD is there on Node 24: the kernel must run");
+  const kernel = CholeskyKernel.over(memory, rank);
+  assert.ok(kernel);
+  return kernel;
+}
+
+/** The scalar loop's chains, on a copy. */
+function scalarSums(a: Float64Array, n: number, j: number, first: number, stride: number): Float64Array {
+  const out = a.slice();
+  for (let i = first; i < n; i += stride) {
+    for (let r = i; r < Math.min(i + 2, n); r++) {
+      for (let c = 0; c < 4; c++) {
+        let v = out[r * n + j + c]!;
+        for (let k = 0; k < j; k++) v -= out[r * n + k]! * out[(j + c) * n + k]!;
+        out[r * n + j + c] = v;
+      }
+    }
+  }
+  return out;
+}
+
+describe("Cholesky kernel", () => {
+  test("by hand: rows 8 and 9 of a 10x10 matrix at step 4", () => {
+    const n = 10;
+    const k = kernelFor(n);
+    const a = k.matrix;
+    a.fill(0);
+    // Head rows 4..7, entries k < 4: row 4+c is (c+1, 1, 0, 2).
+    for (let c = 0; c < 4; c++) a.set([c + 1, 1, 0, 2], (4 + c) * n);
+    // Row 8: entries 0..3 (1, 2, 3, 1), entries 4..7 (100, 200, 300, 400); row 9: (0, 0, 1, -1), (5, 5, 5, 5).
+    a.set([1, 2, 3, 1, 100, 200, 300, 400], 8 * n);
+    a.set([0, 0, 1, -1, 5, 5, 5, 5], 9 * n);
+    k.subtractHead(4, 8, 2);
+    // Row 8 · head row c = (c+1)·1 + 1·2 + 0·3 + 2·1 = c + 5.
+    assert.deepEqual([...a.subarray(8 * n + 4, 8 * n + 8)], [95, 194, 293, 392]);
+    // Row 9 · head row c = 0 + 0 + 0 + 2·(-1) = -2.
+    assert.deepEqual([...a.subarray(9 * n + 4, 9 * n + 8)], [7, 7, 7, 7]);
+    // The head rows, the rows' earlier entries and the entries past j+3 are not touched.
+    assert.deepEqual([...a.subarray(8 * n, 8 * n + 4)], [1, 2, 3, 1]);
+    assert.deepEqual([...a.subarray(4 * n, 4 * n + 4)], [1, 1, 0, 2]);
+    assert.equal(a[8 * n + 8], 0);
+  });
+
+  test("step 0 (no terms), a lone last row, and a member's rows only", () => {
+    const n = 13;
+    const k = kernelFor(n, 2, 1);
+    const rand = mulberry32(5);
+    for (let i = 0; i < n * n; i++) k.matrix[i] = rand() - 0.5;
+    const before = k.matrix.slice();
+    k.subtractHead(0, 4, 4);
+    assert.ok(bits(k.matrix).equals(bits(before)), "no k < 0 terms: nothing changes");
+    // Member 1 of 2 at step 4: pairs from row 10 (8 + 2), every 4 rows: rows 10, 11; 14 is past n.
+    k.subtractHead(4, 10, 4);
+    const want = scalarSums(before, n, 4, 10, 4);
+    assert.ok(bits(k.matrix).equals(bits(want)));
+    for (const row of [8, 9, 12]) assert.ok(bits(k.matrix.subarray(row * n, row * n + n)).equals(bits(before.subarray(row * n, row * n + n))), `row ${row} is the other member's`);
+    // The lone last row 12 (pairs from 8: rows 8, 9; 10, 11; 12 alone).
+    const again = k.matrix.slice();
+    k.subtractHead(4, 8, 2);
+    assert.ok(bits(k.matrix).equals(bits(scalarSums(again, n, 4, 8, 2))));
+  });
+
+  test("the scalar chains' bits on values whose sums round, every step of a 61-wide matrix", () => {
+    const n = 61;
+    const k = kernelFor(n);
+    const rand = mulberry32(17);
+    for (let i = 0; i < n * n; i++) k.matrix[i] = (rand() - 0.5) * 2 ** Math.floor(rand() * 40 - 20);
+    for (let j = 0; j + 4 <= n; j += 4) {
+      const want = scalarSums(k.matrix, n, j, j + 4, 2);
+      k.subtractHead(j, j + 4, 2);
+      assert.ok(bits(k.matrix).equals(bits(want)), `step ${j}`);
+    }
+  });
+
+  test("no memory where the matrix passes the kernel's limit, or for no inputs (the scalar loop runs)", () => {
+    assert.equal(choleskyMemory(0, 1), null);
+    assert.equal(choleskyMemory(Math.ceil(Math.sqrt(MAX_KERNEL_BYTES / 8)) + 1, 1), null);
+    assert.ok(choleskyMemory(64, 3));
+  });
+});
