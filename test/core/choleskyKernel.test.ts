@@ -8,8 +8,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
-import { CholeskyKernel, choleskyMemory } from "../../services/core/src/prune/choleskyKernelWasm.js";
-import { MAX_KERNEL_BYTES } from "../../services/core/src/prune/gramKernelWasm.js";
+import { CHOLESKY_MAX_BYTES, CholeskyKernel, choleskyLayout, choleskyMemory } from "../../services/core/src/prune/choleskyKernelWasm.js";
 
 const bits = (a: Float64Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
@@ -89,9 +88,58 @@ describe("Cholesky kernel", () => {
     }
   });
 
-  test("no memory where the matrix passes the kernel's limit, or for no inputs (the scalar loop runs)", () => {
+  test("the memory's layout: both matrices up to ~16380 inputs (4 GiB), the working one alone up to ~23170, then none (the scalar loops run)", () => {
+    assert.equal(CHOLESKY_MAX_BYTES, 2 ** 32);
     assert.equal(choleskyMemory(0, 1), null);
-    assert.equal(choleskyMemory(Math.ceil(Math.sqrt(MAX_KERNEL_BYTES / 8)) + 1, 1), null);
-    assert.ok(choleskyMemory(64, 3));
+    const scratch = (n: number, members: number) => 8 * members * 4 * n;
+    assert.deepEqual(choleskyLayout(14336, 2), { bytes: 2 * 14336 * 14336 * 8 + scratch(14336, 2), inverse: true });
+    assert.deepEqual(choleskyLayout(16382, 2), { bytes: 2 * 16382 * 16382 * 8 + scratch(16382, 2), inverse: true });
+    assert.deepEqual(choleskyLayout(16383, 2), { bytes: 16383 * 16383 * 8 + scratch(16383, 2), inverse: false });
+    assert.deepEqual(choleskyLayout(23166, 2), { bytes: 23166 * 23166 * 8 + scratch(23166, 2), inverse: false });
+    assert.equal(choleskyLayout(23167, 2), null);
+    const small = choleskyMemory(64, 3);
+    assert.ok(small?.inverse);
+    assert.equal(small.memory.buffer.byteLength, Math.ceil((2 * 64 * 64 * 8 + scratch(64, 3)) / 65536) * 65536);
+  });
+
+  test("four rows added to one and to two others, each entry's terms in order, an odd width's last entry left to the caller", () => {
+    const n = 21;
+    const k = kernelFor(n);
+    assert.ok(k.inverse);
+    const rand = mulberry32(3);
+    for (let i = 0; i < n * n; i++) {
+      k.matrix[i] = (rand() - 0.5) * 2 ** Math.floor(rand() * 30 - 15);
+      k.inverse[i] = (rand() - 0.5) * 2 ** Math.floor(rand() * 30 - 15);
+    }
+    const c = [0.3, -1.7, 2 ** -20, 5] as const;
+    const d = [-0.25, 3.1, 7, -(2 ** 12)] as const;
+    // From the matrix's rows 4..7 into the inverse's rows 9 and 12, entries 3..12 (10 of them).
+    const want = k.inverse.slice();
+    for (let e = 3; e < 13; e++) {
+      want[9 * n + e] = want[9 * n + e]! + c[0] * k.matrix[4 * n + e]! + c[1] * k.matrix[5 * n + e]! + c[2] * k.matrix[6 * n + e]! + c[3] * k.matrix[7 * n + e]!;
+      want[12 * n + e] = want[12 * n + e]! + d[0] * k.matrix[4 * n + e]! + d[1] * k.matrix[5 * n + e]! + d[2] * k.matrix[6 * n + e]! + d[3] * k.matrix[7 * n + e]!;
+    }
+    k.addFour(k.inverse, k.matrix, 4 * n, 3, 10, 9 * n, ...c, 12 * n, ...d);
+    assert.ok(bits(k.inverse).equals(bits(want)));
+    // One row, within one matrix: rows 0..3 into row 15, entries 0..5.
+    const one = k.matrix.slice();
+    for (let e = 0; e < 6; e++) one[15 * n + e] = one[15 * n + e]! + c[0] * one[e]! + c[1] * one[n + e]! + c[2] * one[2 * n + e]! + c[3] * one[3 * n + e]!;
+    k.addFour(k.matrix, k.matrix, 0, 0, 6, 15 * n, ...c, -1, 0, 0, 0, 0);
+    assert.ok(bits(k.matrix).equals(bits(one)));
+  });
+
+  test("by hand: the terms in order, (1 + 2^-53) - 1 = 0 where 1 + (2^-53 - 1) would not be", () => {
+    const n = 8;
+    const k = kernelFor(n);
+    const inv = k.inverse!;
+    inv.fill(0);
+    k.matrix.fill(0);
+    // Source rows 0..3, entries 0 and 1: row 0 = 2^-53, row 1 = -1 (rows 2, 3 zero); targets start at 1.
+    k.matrix.set([2 ** -53, 2 ** -53], 0);
+    k.matrix.set([-1, -1], n);
+    inv.set([1, 1], 5 * n);
+    inv.set([1, 1], 6 * n);
+    k.addFour(inv, k.matrix, 0, 0, 2, 5 * n, 1, 1, 1, 1, 6 * n, 1, 1, 1, 1);
+    assert.deepEqual([...inv.subarray(5 * n, 5 * n + 2), ...inv.subarray(6 * n, 6 * n + 2)], [0, 0, 0, 0]);
   });
 });

@@ -7,18 +7,24 @@
  * interleaved (the four head rows' k-th entries side by side, copied per step) so that one load
  * gives two columns.
  *
- * The matrix has to live in the kernel's memory: a CholeskyMemory holds it (n×n float64 at 0)
- * and one scratch row of interleaved head entries per team member after it. It is shared memory,
- * so that a factorization team's members (solveTeam.ts) each run their own instance over it.
- * Where the matrix would pass MAX_KERNEL_BYTES or WebAssembly SIMD is missing, there is no
- * memory and the scalar loop runs (the same bits).
+ * The same kernel adds four rows at a time to one or two others (sparseGpt.ts addFourRows, the
+ * bulk of L⁻¹ and of H⁻¹ = L⁻ᵀL⁻¹): each lane one entry, its four terms added in order.
+ *
+ * The matrices have to live in the kernel's memory: a CholeskyMemory holds the working matrix
+ * (n×n float64 at 0), L⁻¹'s (n×n, after it) where both fit, and one scratch row of interleaved
+ * head entries per team member. It is shared memory, so that a factorization team's members
+ * (solveTeam.ts) each run their own instance over it. WebAssembly addresses are unsigned 32-bit,
+ * so a memory may take 4 GiB: both matrices up to ~16380 inputs (Llama-3-8B's 14336-wide MLP
+ * input among them), the working matrix alone up to ~23170. Beyond, or where WebAssembly SIMD is
+ * missing, there is no memory and the scalar loops run (the same bits).
  */
-import { Code, I32, OP, SIMD, V128, assembleModule, compiledOnce, wasm, type WasmMemory } from "./wasmAssembler.js";
-import { MAX_KERNEL_BYTES } from "./gramKernelWasm.js";
+import { Code, F64, I32, OP, SIMD, V128, assembleModule, compiledOnce, wasm, type ValType, type WasmMemory } from "./wasmAssembler.js";
 
+const F64X2_ADD = 240;
 const F64X2_SUB = 241;
-/** The most pages a shared memory may have (4 GiB): the import's limit, not what is allocated. */
+/** The most pages a memory may have (4 GiB, what 32-bit addresses reach): the import's limit, and the most this kernel allocates. */
 const MAX_PAGES = 65536;
+export const CHOLESKY_MAX_BYTES = MAX_PAGES * 65536;
 
 /**
  * chol_sums(a, n, j, first, stride, h4): for the rows i = first, first + stride, ... below n,
@@ -82,22 +88,80 @@ function cholSumsFunction(): Code {
   return f;
 }
 
-const cholModule = compiledOnce(() => assembleModule([{ name: "chol_sums", code: cholSumsFunction() }], MAX_PAGES));
+/**
+ * add4_one(dst, src, count, rowBytes, c0, c1, c2, c3) / add4_two(dst, dst2, src, count, rowBytes,
+ * c0..c3, d0..d3): for e < count (even), dst[e] = dst[e] + c0·src[e] + c1·src1[e] + c2·src2[e] +
+ * c3·src3[e], added left to right (and dst2 with d0..d3), where src_m is src + m·rowBytes.
+ */
+function addFourFunction(two: boolean): Code {
+  const rows = two ? 2 : 1;
+  const addresses: ValType[] = Array(two ? 5 : 4).fill(I32);
+  const f = new Code([...addresses, ...Array<ValType>(4 * rows).fill(F64)], []);
+  const dst = [0, ...(two ? [1] : [])];
+  const [src, count, rowBytes] = two ? [2, 3, 4] : [1, 2, 3];
+  const coef = Array.from({ length: 4 * rows }, (_, i) => rowBytes + 1 + i);
+  const p = f.local(I32);
+  const end = f.local(I32);
+  const s1 = f.local(I32);
+  const c = coef.map(() => f.local(V128));
+  const v = [f.local(V128), f.local(V128), f.local(V128), f.local(V128)];
+  const acc = f.local(V128);
+  coef.forEach((param, i) => f.get(param).simd(SIMD.f64x2Splat).set(c[i]!));
+  f.get(count).i32(8).op(OP.i32Mul).set(end);
+  f.open(OP.block);
+  f.get(end).op(OP.i32Eqz).br(OP.brIf, 0);
+  f.open(OP.loop);
+  f.get(src).get(p).op(OP.i32Add).tee(s1).v128Mem(SIMD.load, 0).set(v[0]!);
+  for (let m = 1; m < 4; m++) f.get(s1).get(rowBytes).op(OP.i32Add).tee(s1).v128Mem(SIMD.load, 0).set(v[m]!);
+  for (let r = 0; r < rows; r++) {
+    f.get(dst[r]!).get(p).op(OP.i32Add).v128Mem(SIMD.load, 0).set(acc);
+    for (let m = 0; m < 4; m++) f.get(acc).get(c[4 * r + m]!).get(v[m]!).simd(SIMD.f64x2Mul).simd(F64X2_ADD).set(acc);
+    f.get(dst[r]!).get(p).op(OP.i32Add).get(acc).v128Mem(SIMD.store, 0);
+  }
+  f.get(p).i32(16).op(OP.i32Add).tee(p).get(end).op(OP.i32LtU).br(OP.brIf, 0);
+  f.op(OP.end); // loop
+  f.op(OP.end); // block
+  return f;
+}
 
-/** The shared memory a factorization works in: the n×n matrix at 0, then `members` scratch rows of 4n float64. */
+const cholModule = compiledOnce(() => assembleModule([
+  { name: "chol_sums", code: cholSumsFunction() },
+  { name: "add4_one", code: addFourFunction(false) },
+  { name: "add4_two", code: addFourFunction(true) },
+], MAX_PAGES));
+
+/**
+ * The shared memory a factorization works in: the n×n working matrix at 0, L⁻¹'s n×n after it
+ * where `inverse`, then `members` scratch rows of 4n float64.
+ */
 export interface CholeskyMemory {
   memory: WasmMemory;
   n: number;
   members: number;
+  inverse: boolean;
 }
 
-/** A memory for an n×n factorization by `members` threads, or null where the kernel cannot run (the scalar loop then works in plain memory). */
+/**
+ * A memory for an n×n factorization by `members` threads (with L⁻¹ in it where both fit), or
+ * null where the kernel cannot run (the scalar loops then work in plain memory).
+ */
 export function choleskyMemory(n: number, members: number): CholeskyMemory | null {
-  const bytes = 8 * (n * n + members * 4 * n);
-  if (n === 0 || bytes > MAX_KERNEL_BYTES || !cholModule()) return null;
-  const pages = Math.ceil(bytes / 65536);
-  return { memory: new wasm.Memory({ initial: pages, maximum: pages, shared: true }), n, members };
+  const layout = choleskyLayout(n, members);
+  if (!layout || !cholModule()) return null;
+  const pages = Math.ceil(layout.bytes / 65536);
+  return { memory: new wasm.Memory({ initial: pages, maximum: pages, shared: true }), n, members, inverse: layout.inverse };
 }
+
+/** What choleskyMemory would allocate for n inputs and `members` threads: its bytes, and whether L⁻¹ is in it; null: no kernel. */
+export function choleskyLayout(n: number, members: number): { bytes: number; inverse: boolean } | null {
+  const bytes = (matrices: number) => 8 * (matrices * n * n + members * 4 * n);
+  if (n === 0 || bytes(1) > CHOLESKY_MAX_BYTES) return null;
+  const inverse = bytes(2) <= CHOLESKY_MAX_BYTES;
+  return { bytes: bytes(inverse ? 2 : 1), inverse };
+}
+
+type AddFourOne = (dst: number, src: number, count: number, rowBytes: number, c0: number, c1: number, c2: number, c3: number) => void;
+type AddFourTwo = (dst: number, dst2: number, src: number, count: number, rowBytes: number, c0: number, c1: number, c2: number, c3: number, d0: number, d1: number, d2: number, d3: number) => void;
 
 /** One member's kernel over a CholeskyMemory. */
 export class CholeskyKernel {
@@ -105,21 +169,36 @@ export class CholeskyKernel {
   readonly matrix: Float64Array;
   private readonly head: Float64Array;
 
+  /** L⁻¹'s n×n (zeros at first), or null where the memory has no room for it */
+  readonly inverse: Float64Array | null;
   private readonly n: number;
 
-  private constructor(private readonly run: (a: number, n: number, j: number, first: number, stride: number, h4: number) => void, m: CholeskyMemory, rank: number) {
+  private constructor(private readonly fn: { chol_sums: (a: number, n: number, j: number, first: number, stride: number, h4: number) => void; add4_one: AddFourOne; add4_two: AddFourTwo }, m: CholeskyMemory, rank: number) {
     const { n } = m;
     this.n = n;
+    const matrices = m.inverse ? 2 : 1;
     this.matrix = new Float64Array(m.memory.buffer, 0, n * n);
-    this.head = new Float64Array(m.memory.buffer, 8 * (n * n + rank * 4 * n), 4 * n);
+    this.inverse = m.inverse ? new Float64Array(m.memory.buffer, 8 * n * n, n * n) : null;
+    this.head = new Float64Array(m.memory.buffer, 8 * (matrices * n * n + rank * 4 * n), 4 * n);
   }
 
   /** Member `rank`'s kernel (its own scratch row), or null where WebAssembly SIMD is missing. */
   static over(m: CholeskyMemory, rank: number): CholeskyKernel | null {
     const module = cholModule();
     if (!module || rank >= m.members) return null;
-    const { chol_sums: run } = new wasm.Instance(module, { env: { memory: m.memory } }).exports as { chol_sums: CholeskyKernel["run"] };
-    return new CholeskyKernel(run, m, rank);
+    return new CholeskyKernel(new wasm.Instance(module, { env: { memory: m.memory } }).exports as CholeskyKernel["fn"], m, rank);
+  }
+
+  /**
+   * For e in [from, from + count) (count even): dst[t0 + e] += c0·src[r + e] + c1·src[r + n + e]
+   * + c2·src[r + 2n + e] + c3·src[r + 3n + e], left to right, and likewise dst[t1 + e] with d0..d3
+   * where t1 >= 0. dst and src are this kernel's matrix or inverse; t0, t1, r are element offsets.
+   */
+  addFour(dst: Float64Array, src: Float64Array, r: number, from: number, count: number, t0: number, c0: number, c1: number, c2: number, c3: number, t1: number, d0: number, d1: number, d2: number, d3: number): void {
+    const s = src.byteOffset + 8 * (r + from);
+    const rowBytes = 8 * this.n;
+    if (t1 < 0) this.fn.add4_one(dst.byteOffset + 8 * (t0 + from), s, count, rowBytes, c0, c1, c2, c3);
+    else this.fn.add4_two(dst.byteOffset + 8 * (t0 + from), dst.byteOffset + 8 * (t1 + from), s, count, rowBytes, c0, c1, c2, c3, d0, d1, d2, d3);
   }
 
   /**
@@ -132,6 +211,6 @@ export class CholeskyKernel {
       const g = (j + c) * n;
       for (let k = 0; k < j; k++) head[4 * k + c] = a[g + k]!;
     }
-    this.run(a.byteOffset, n, j, first, stride, head.byteOffset);
+    this.fn.chol_sums(a.byteOffset, n, j, first, stride, head.byteOffset);
   }
 }

@@ -423,9 +423,12 @@ export function prepareHessianTeam(
  * its entries among the members, each entry's operations those of one thread alone and in its
  * order, with a barrier wherever a member reads what another wrote.
  */
-function factorInto(a: Float64Array, inv: Float64Array, n: number, subject: string, team: SolveTeam, split: TeamSplit, phaseMs: number[], kernel: CholeskyKernel | null = null): Float64Array {
+function factorInto(a: Float64Array, out: Float64Array, n: number, subject: string, team: SolveTeam, split: TeamSplit, phaseMs: number[], kernel: CholeskyKernel | null = null): Float64Array {
   const { rank, size } = team;
   choleskyLowerInPlace(a, n, subject, "the dampened Hessian", team, kernel);
+  // L⁻¹ in the kernel's memory where it has room (the row additions then run on the kernel), else in `out`.
+  const rowKernel = kernel?.inverse ? kernel : null;
+  const inv = rowKernel?.inverse ?? out;
   let started = performance.now();
   // Rows of L⁻¹: row_i = (e_i − Σ_{k<i} L[i,k]·row_k) / L[i,i]. Two rows i and four rows k at a
   // time (addFourRows; x − l·y is x + (−l)·y exactly), each entry taking its terms in k order,
@@ -457,7 +460,7 @@ function factorInto(a: Float64Array, inv: Float64Array, n: number, subject: stri
         }
         continue;
       }
-      addFourRows(inv, inv, n, k, c0, c1, i, -l0, -l1, -l2, -l3, two ? i + 1 : -1, -m0, -m1, -m2, -m3);
+      addFourRows(inv, inv, n, k, c0, c1, i, -l0, -l1, -l2, -l3, two ? i + 1 : -1, -m0, -m1, -m2, -m3, rowKernel);
     }
     for (; k < i; k++) {
       subtractRow(inv, ri, k * n, a[ri + k]!, k, c0, c1);
@@ -495,12 +498,12 @@ function factorInto(a: Float64Array, inv: Float64Array, n: number, subject: stri
       }
       const [v0, v1, v2, v3] = [inv[q0 + i]!, inv[q1 + i]!, inv[q2 + i]!, inv[q3 + i]!];
       if (!two) {
-        addFourRows(hinv, inv, n, k, i, n, i, v0, v1, v2, v3, -1, 0, 0, 0, 0);
+        addFourRows(hinv, inv, n, k, i, n, i, v0, v1, v2, v3, -1, 0, 0, 0, 0, rowKernel);
         continue;
       }
       // Entry (i, i) first: row i+1 starts at j = i+1.
       hinv[ri + i] = hinv[ri + i]! + v0 * inv[q0 + i]! + v1 * inv[q1 + i]! + v2 * inv[q2 + i]! + v3 * inv[q3 + i]!;
-      addFourRows(hinv, inv, n, k, i + 1, n, i, v0, v1, v2, v3, i + 1, inv[q0 + i + 1]!, inv[q1 + i + 1]!, inv[q2 + i + 1]!, inv[q3 + i + 1]!);
+      addFourRows(hinv, inv, n, k, i + 1, n, i, v0, v1, v2, v3, i + 1, inv[q0 + i + 1]!, inv[q1 + i + 1]!, inv[q2 + i + 1]!, inv[q3 + i + 1]!, rowKernel);
     }
     // Rows i past k: only the later rows k reach them.
     for (let i = Math.max(k + 1, r0); i <= k + 3 && i < r1; i++) for (let q = i; q < k + 4; q++) addRow(hinv, inv, i * n, q * n, inv[q * n + i]!, i, q);
@@ -511,8 +514,8 @@ function factorInto(a: Float64Array, inv: Float64Array, n: number, subject: stri
   for (let j = rank; j < n; j += size) for (let i = 0; i < j; i++) hinv[j * n + i] = hinv[i * n + j]!;
   team.sync();
   choleskyLowerInPlace(hinv, n, subject, "the inverse Hessian", team, kernel);
-  // U = Lᵀ, reusing inv's storage (nobody reads L⁻¹ any more).
-  const u = inv;
+  // U = Lᵀ, into `out` (L⁻¹'s storage where it was there: nobody reads L⁻¹ any more).
+  const u = out;
   for (let j = rank; j < n; j += size) {
     u.fill(0, j * n, j * n + j);
     for (let i = j; i < n; i++) u[j * n + i] = hinv[i * n + j]!;
@@ -525,12 +528,14 @@ function factorInto(a: Float64Array, inv: Float64Array, n: number, subject: stri
  * dst row t0 (and t1, unless negative) takes c_m·src row k+m (d_m for t1), m < 4, for every entry
  * j in [from, to) that source row k+m reaches (j ≤ k+m), added one after another in m order: the
  * four rows' terms as four row-at-a-time passes would add them, each entry read and written
- * once, the source loads shared by the two rows.
+ * once, the source loads shared by the two rows. `kernel`: where dst and src are its memory's
+ * matrices, it does the bulk (the same bits).
  */
 function addFourRows(
   dst: Float64Array, src: Float64Array, n: number, k: number, from: number, to: number,
   t0: number, c0: number, c1: number, c2: number, c3: number,
   t1: number, d0: number, d1: number, d2: number, d3: number,
+  kernel: CholeskyKernel | null,
 ): void {
   const r0 = k * n;
   const r1 = r0 + n;
@@ -539,6 +544,12 @@ function addFourRows(
   const a = t0 * n;
   const b = t1 * n;
   const last = Math.min(k, to - 1);
+  // The kernel takes pairs of entries (one call costs about what a few entries do), the loops below the rest.
+  if (kernel && last - from >= 7) {
+    const pairs = (last - from + 1) & ~1;
+    kernel.addFour(dst, src, r0, from, pairs, a, c0, c1, c2, c3, t1 < 0 ? -1 : b, d0, d1, d2, d3);
+    from += pairs;
+  }
   if (t1 < 0) {
     for (let j = from; j <= last; j++) dst[a + j] = dst[a + j]! + c0 * src[r0 + j]! + c1 * src[r1 + j]! + c2 * src[r2 + j]! + c3 * src[r3 + j]!;
   } else {
