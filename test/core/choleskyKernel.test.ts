@@ -128,6 +128,25 @@ describe("Cholesky kernel", () => {
     assert.ok(bits(k.matrix).equals(bits(one)));
   });
 
+  test("four rows added to four others, each with its own coefficients, the source read once", () => {
+    const n = 19;
+    const k = kernelFor(n);
+    const inv = k.inverse!;
+    const rand = mulberry32(11);
+    for (let i = 0; i < n * n; i++) inv[i] = (rand() - 0.5) * 2 ** Math.floor(rand() * 30 - 15);
+    const c = Float64Array.from({ length: 16 }, () => (rand() - 0.5) * 2 ** Math.floor(rand() * 10 - 5));
+    // Rows 2..5 into rows 9..12, entries 1..14 (the source rows' entries past 5 are whatever is there).
+    const want = inv.slice();
+    for (let q = 0; q < 4; q++) {
+      for (let e = 1; e < 15; e++) {
+        const t = (9 + q) * n + e;
+        want[t] = want[t]! + c[4 * q]! * want[2 * n + e]! + c[4 * q + 1]! * want[3 * n + e]! + c[4 * q + 2]! * want[4 * n + e]! + c[4 * q + 3]! * want[5 * n + e]!;
+      }
+    }
+    k.addFourToFour(inv, inv, 2 * n, 1, 14, 9 * n, c);
+    assert.ok(bits(inv).equals(bits(want)));
+  });
+
   test("by hand: the terms in order, (1 + 2^-53) - 1 = 0 where 1 + (2^-53 - 1) would not be", () => {
     const n = 8;
     const k = kernelFor(n);

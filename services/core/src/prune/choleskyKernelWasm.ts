@@ -90,15 +90,15 @@ function cholSumsFunction(): Code {
 
 /**
  * add4_one(dst, src, count, rowBytes, c0, c1, c2, c3) / add4_two(dst, dst2, src, count, rowBytes,
- * c0..c3, d0..d3): for e < count (even), dst[e] = dst[e] + c0·src[e] + c1·src1[e] + c2·src2[e] +
- * c3·src3[e], added left to right (and dst2 with d0..d3), where src_m is src + m·rowBytes.
+ * c0..c3, d0..d3) / add4_four (four rows, sixteen coefficients): for e < count (even), dst[e] =
+ * dst[e] + c0·src[e] + c1·src1[e] + c2·src2[e] + c3·src3[e], added left to right (and dst2 with
+ * d0..d3, and so on), where src_m is src + m·rowBytes. Every row shares the source's loads.
  */
-function addFourFunction(two: boolean): Code {
-  const rows = two ? 2 : 1;
-  const addresses: ValType[] = Array(two ? 5 : 4).fill(I32);
+function addFourFunction(rows: 1 | 2 | 4): Code {
+  const addresses: ValType[] = Array(rows + 3).fill(I32);
   const f = new Code([...addresses, ...Array<ValType>(4 * rows).fill(F64)], []);
-  const dst = [0, ...(two ? [1] : [])];
-  const [src, count, rowBytes] = two ? [2, 3, 4] : [1, 2, 3];
+  const dst = Array.from({ length: rows }, (_, r) => r);
+  const [src, count, rowBytes] = [rows, rows + 1, rows + 2];
   const coef = Array.from({ length: 4 * rows }, (_, i) => rowBytes + 1 + i);
   const p = f.local(I32);
   const end = f.local(I32);
@@ -126,8 +126,9 @@ function addFourFunction(two: boolean): Code {
 
 const cholModule = compiledOnce(() => assembleModule([
   { name: "chol_sums", code: cholSumsFunction() },
-  { name: "add4_one", code: addFourFunction(false) },
-  { name: "add4_two", code: addFourFunction(true) },
+  { name: "add4_one", code: addFourFunction(1) },
+  { name: "add4_two", code: addFourFunction(2) },
+  { name: "add4_four", code: addFourFunction(4) },
 ], MAX_PAGES));
 
 /**
@@ -162,6 +163,7 @@ export function choleskyLayout(n: number, members: number): { bytes: number; inv
 
 type AddFourOne = (dst: number, src: number, count: number, rowBytes: number, c0: number, c1: number, c2: number, c3: number) => void;
 type AddFourTwo = (dst: number, dst2: number, src: number, count: number, rowBytes: number, c0: number, c1: number, c2: number, c3: number, d0: number, d1: number, d2: number, d3: number) => void;
+type AddFourFour = (dst0: number, dst1: number, dst2: number, dst3: number, src: number, count: number, rowBytes: number, ...coefficients: number[]) => void;
 
 /** One member's kernel over a CholeskyMemory. */
 export class CholeskyKernel {
@@ -173,7 +175,7 @@ export class CholeskyKernel {
   readonly inverse: Float64Array | null;
   private readonly n: number;
 
-  private constructor(private readonly fn: { chol_sums: (a: number, n: number, j: number, first: number, stride: number, h4: number) => void; add4_one: AddFourOne; add4_two: AddFourTwo }, m: CholeskyMemory, rank: number) {
+  private constructor(private readonly fn: { chol_sums: (a: number, n: number, j: number, first: number, stride: number, h4: number) => void; add4_one: AddFourOne; add4_two: AddFourTwo; add4_four: AddFourFour }, m: CholeskyMemory, rank: number) {
     const { n } = m;
     this.n = n;
     const matrices = m.inverse ? 2 : 1;
@@ -199,6 +201,16 @@ export class CholeskyKernel {
     const rowBytes = 8 * this.n;
     if (t1 < 0) this.fn.add4_one(dst.byteOffset + 8 * (t0 + from), s, count, rowBytes, c0, c1, c2, c3);
     else this.fn.add4_two(dst.byteOffset + 8 * (t0 + from), dst.byteOffset + 8 * (t1 + from), s, count, rowBytes, c0, c1, c2, c3, d0, d1, d2, d3);
+  }
+
+  /**
+   * addFour into the four rows from element offset t (t, t + n, t + 2n, t + 3n), row q's
+   * coefficients coefficients[4q..4q+3]: the source rows are read once for all four.
+   */
+  addFourToFour(dst: Float64Array, src: Float64Array, r: number, from: number, count: number, t: number, coefficients: Float64Array): void {
+    const rowBytes = 8 * this.n;
+    const d = dst.byteOffset + 8 * (t + from);
+    this.fn.add4_four(d, d + rowBytes, d + 2 * rowBytes, d + 3 * rowBytes, src.byteOffset + 8 * (r + from), count, rowBytes, ...coefficients);
   }
 
   /**

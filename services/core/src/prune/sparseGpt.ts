@@ -445,23 +445,47 @@ function factorInto(a: Float64Array, out: Float64Array, n: number, subject: stri
     for (let j = c0, end = Math.min(i, c1); j < end; j++) inv[ri + j] = inv[ri + j]! / lii;
     if (i >= c0 && i < c1) inv[ri + i] = 1 / lii;
   };
-  for (let i = 0; i < n; i += 2) {
+  // Rows i and i+1 (unless !two) less the terms of rows k..k+3.
+  const pairLessFour = (i: number, two: boolean, k: number) => {
+    const ri = i * n;
+    const ri1 = ri + n;
+    const [l0, l1, l2, l3] = [a[ri + k]!, a[ri + k + 1]!, a[ri + k + 2]!, a[ri + k + 3]!];
+    const [m0, m1, m2, m3] = two ? [a[ri1 + k]!, a[ri1 + k + 1]!, a[ri1 + k + 2]!, a[ri1 + k + 3]!] : [1, 1, 1, 1];
+    if (l0 === 0 || l1 === 0 || l2 === 0 || l3 === 0 || m0 === 0 || m1 === 0 || m2 === 0 || m3 === 0) {
+      for (let q = k; q < k + 4; q++) {
+        subtractRow(inv, ri, q * n, a[ri + q]!, q, c0, c1);
+        if (two) subtractRow(inv, ri1, q * n, a[ri1 + q]!, q, c0, c1);
+      }
+      return;
+    }
+    addFourRows(inv, inv, n, k, c0, c1, i, -l0, -l1, -l2, -l3, two ? i + 1 : -1, -m0, -m1, -m2, -m3, rowKernel);
+  };
+  if (rowKernel) {
+    // Four rows i at a time, so that the kernel reads the earlier rows once for four (this phase
+    // streams them from memory; with two it waited on memory): a group of four k whose sixteen
+    // coefficients are not zero in one pass, else by pairs as below. Then the quad's own terms,
+    // each row after the rows before it are done: each entry still takes its terms in k order.
+    const coefficients = new Float64Array(16);
+    for (let i = 0; i < n; i += 4) {
+      const here = Math.min(4, n - i);
+      for (let k = Math.min(k0, i); k + 3 < i; k += 4) {
+        let zero = here < 4;
+        for (let q = 0; q < 16 && !zero; q++) zero = (coefficients[q] = -a[(i + (q >> 2)) * n + k + (q & 3)]!) === 0;
+        if (zero) for (let t = i; t < i + here; t += 2) pairLessFour(t, t + 1 < i + here, k);
+        else addFourRowsToFour(inv, n, k, c0, c1, i, coefficients, rowKernel);
+      }
+      for (let t = i; t < i + here; t++) {
+        for (let q = i; q < t; q++) subtractRow(inv, t * n, q * n, a[t * n + q]!, q, c0, c1);
+        finishRow(t);
+      }
+    }
+  }
+  for (let i = 0; i < n && !rowKernel; i += 2) {
     const two = i + 1 < n;
     const ri = i * n;
     const ri1 = ri + n;
     let k = Math.min(k0, i - (i % 4));
-    for (; k + 3 < i; k += 4) {
-      const [l0, l1, l2, l3] = [a[ri + k]!, a[ri + k + 1]!, a[ri + k + 2]!, a[ri + k + 3]!];
-      const [m0, m1, m2, m3] = two ? [a[ri1 + k]!, a[ri1 + k + 1]!, a[ri1 + k + 2]!, a[ri1 + k + 3]!] : [1, 1, 1, 1];
-      if (l0 === 0 || l1 === 0 || l2 === 0 || l3 === 0 || m0 === 0 || m1 === 0 || m2 === 0 || m3 === 0) {
-        for (let q = k; q < k + 4; q++) {
-          subtractRow(inv, ri, q * n, a[ri + q]!, q, c0, c1);
-          if (two) subtractRow(inv, ri1, q * n, a[ri1 + q]!, q, c0, c1);
-        }
-        continue;
-      }
-      addFourRows(inv, inv, n, k, c0, c1, i, -l0, -l1, -l2, -l3, two ? i + 1 : -1, -m0, -m1, -m2, -m3, rowKernel);
-    }
+    for (; k + 3 < i; k += 4) pairLessFour(i, two, k);
     for (; k < i; k++) {
       subtractRow(inv, ri, k * n, a[ri + k]!, k, c0, c1);
       if (two) subtractRow(inv, ri1, k * n, a[ri1 + k]!, k, c0, c1);
@@ -562,14 +586,39 @@ function addFourRows(
       dst[b + j] = dst[b + j]! + d0 * s0 + d1 * s1 + d2 * s2 + d3 * s3;
     }
   }
-  // Entries k+1..k+3, which only the later source rows reach.
-  const tail = (t: number, e1: number, e2: number, e3: number) => {
-    if (k + 1 >= from && k + 1 < to) dst[t + k + 1] = dst[t + k + 1]! + e1 * src[r1 + k + 1]! + e2 * src[r2 + k + 1]! + e3 * src[r3 + k + 1]!;
-    if (k + 2 >= from && k + 2 < to) dst[t + k + 2] = dst[t + k + 2]! + e2 * src[r2 + k + 2]! + e3 * src[r3 + k + 2]!;
-    if (k + 3 >= from && k + 3 < to) dst[t + k + 3] = dst[t + k + 3]! + e3 * src[r3 + k + 3]!;
-  };
-  tail(a, c1, c2, c3);
-  if (t1 >= 0) tail(b, d1, d2, d3);
+  addTail(dst, src, n, k, from, to, a, c1, c2, c3);
+  if (t1 >= 0) addTail(dst, src, n, k, from, to, b, d1, d2, d3);
+}
+
+/** addFourRows' entries k+1..k+3 of dst row offset t, which only the later source rows reach. */
+function addTail(dst: Float64Array, src: Float64Array, n: number, k: number, from: number, to: number, t: number, e1: number, e2: number, e3: number): void {
+  const r1 = (k + 1) * n;
+  const r2 = r1 + n;
+  const r3 = r2 + n;
+  if (k + 1 >= from && k + 1 < to) dst[t + k + 1] = dst[t + k + 1]! + e1 * src[r1 + k + 1]! + e2 * src[r2 + k + 1]! + e3 * src[r3 + k + 1]!;
+  if (k + 2 >= from && k + 2 < to) dst[t + k + 2] = dst[t + k + 2]! + e2 * src[r2 + k + 2]! + e3 * src[r3 + k + 2]!;
+  if (k + 3 >= from && k + 3 < to) dst[t + k + 3] = dst[t + k + 3]! + e3 * src[r3 + k + 3]!;
+}
+
+/**
+ * addFourRows into L⁻¹'s rows i..i+3 from its rows k..k+3 (k + 3 < i), row i+q's coefficients
+ * c[4q..4q+3], on the kernel (whose memory inv is): each entry's terms in m order, as four
+ * rows one at a time would add them.
+ */
+function addFourRowsToFour(inv: Float64Array, n: number, k: number, from: number, to: number, i: number, c: Float64Array, kernel: CholeskyKernel): void {
+  const r0 = k * n;
+  const last = Math.min(k, to - 1);
+  if (last - from >= 7) {
+    const pairs = (last - from + 1) & ~1;
+    kernel.addFourToFour(inv, inv, r0, from, pairs, i * n, c);
+    from += pairs;
+  }
+  for (let q = 0; q < 4; q++) {
+    const t = (i + q) * n;
+    const [e0, e1, e2, e3] = [c[4 * q]!, c[4 * q + 1]!, c[4 * q + 2]!, c[4 * q + 3]!];
+    for (let j = from; j <= last; j++) inv[t + j] = inv[t + j]! + e0 * inv[r0 + j]! + e1 * inv[r0 + n + j]! + e2 * inv[r0 + 2 * n + j]! + e3 * inv[r0 + 3 * n + j]!;
+    addTail(inv, inv, n, k, from, to, t, e1, e2, e3);
+  }
 }
 
 /** inv[ri + j] -= l·inv[rk + j] for j ≤ k in [from, to) (a row of L⁻¹ less l times an earlier one; none for l = 0). */
