@@ -8,7 +8,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
-import { CHOLESKY_MAX_BYTES, CholeskyKernel, choleskyLayout, choleskyMemory } from "../../services/core/src/prune/choleskyKernelWasm.js";
+import { CHOLESKY_MAX_BYTES, CHOL_ROWS, CholeskyKernel, choleskyLayout, choleskyMemory } from "../../services/core/src/prune/choleskyKernelWasm.js";
 
 const bits = (a: Float64Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
@@ -20,11 +20,11 @@ function kernelFor(n: number, members = 1, rank = 0): CholeskyKernel {
   return kernel;
 }
 
-/** The scalar loop's chains, on a copy. */
+/** The scalar loop's chains, on a copy: groups of CHOL_ROWS rows from `first`, every `stride` rows. */
 function scalarSums(a: Float64Array, n: number, j: number, first: number, stride: number): Float64Array {
   const out = a.slice();
   for (let i = first; i < n; i += stride) {
-    for (let r = i; r < Math.min(i + 2, n); r++) {
+    for (let r = i; r < Math.min(i + CHOL_ROWS, n); r++) {
       for (let c = 0; c < 4; c++) {
         let v = out[r * n + j + c]!;
         for (let k = 0; k < j; k++) v -= out[r * n + k]! * out[(j + c) * n + k]!;
@@ -46,7 +46,8 @@ describe("Cholesky kernel", () => {
     // Row 8: entries 0..3 (1, 2, 3, 1), entries 4..7 (100, 200, 300, 400); row 9: (0, 0, 1, -1), (5, 5, 5, 5).
     a.set([1, 2, 3, 1, 100, 200, 300, 400], 8 * n);
     a.set([0, 0, 1, -1, 5, 5, 5, 5], 9 * n);
-    k.subtractHead(4, 8, 2);
+    assert.equal(CHOL_ROWS, 4);
+    k.subtractHead(4, 8, 4);
     // Row 8 · head row c = (c+1)·1 + 1·2 + 0·3 + 2·1 = c + 5.
     assert.deepEqual([...a.subarray(8 * n + 4, 8 * n + 8)], [95, 194, 293, 392]);
     // Row 9 · head row c = 0 + 0 + 0 + 2·(-1) = -2.
@@ -57,7 +58,7 @@ describe("Cholesky kernel", () => {
     assert.equal(a[8 * n + 8], 0);
   });
 
-  test("step 0 (no terms), a lone last row, and a member's rows only", () => {
+  test("step 0 (no terms), a group cut short by the last row, and a member's rows only", () => {
     const n = 13;
     const k = kernelFor(n, 2, 1);
     const rand = mulberry32(5);
@@ -65,15 +66,23 @@ describe("Cholesky kernel", () => {
     const before = k.matrix.slice();
     k.subtractHead(0, 4, 4);
     assert.ok(bits(k.matrix).equals(bits(before)), "no k < 0 terms: nothing changes");
-    // Member 1 of 2 at step 4: pairs from row 10 (8 + 2), every 4 rows: rows 10, 11; 14 is past n.
-    k.subtractHead(4, 10, 4);
-    const want = scalarSums(before, n, 4, 10, 4);
+    // Member 1 of 2 at step 4: groups of four from row 12 (8 + 4), every 8 rows: row 12 alone (13 is past n).
+    k.subtractHead(4, 12, 8);
+    const want = scalarSums(before, n, 4, 12, 8);
     assert.ok(bits(k.matrix).equals(bits(want)));
-    for (const row of [8, 9, 12]) assert.ok(bits(k.matrix.subarray(row * n, row * n + n)).equals(bits(before.subarray(row * n, row * n + n))), `row ${row} is the other member's`);
-    // The lone last row 12 (pairs from 8: rows 8, 9; 10, 11; 12 alone).
+    for (const row of [8, 9, 10, 11]) assert.ok(bits(k.matrix.subarray(row * n, row * n + n)).equals(bits(before.subarray(row * n, row * n + n))), `row ${row} is the other member's`);
+    // One member: rows 8..11, then 12 alone.
     const again = k.matrix.slice();
-    k.subtractHead(4, 8, 2);
-    assert.ok(bits(k.matrix).equals(bits(scalarSums(again, n, 4, 8, 2))));
+    k.subtractHead(4, 8, 4);
+    assert.ok(bits(k.matrix).equals(bits(scalarSums(again, n, 4, 8, 4))));
+    // Groups of two and of three rows at the end (n = 10 and 11 from row 8).
+    for (const m of [10, 11]) {
+      const small = kernelFor(m);
+      for (let i = 0; i < m * m; i++) small.matrix[i] = rand() - 0.5;
+      const start = small.matrix.slice();
+      small.subtractHead(4, 8, 4);
+      assert.ok(bits(small.matrix).equals(bits(scalarSums(start, m, 4, 8, 4))), `${m} rows`);
+    }
   });
 
   test("the scalar chains' bits on values whose sums round, every step of a 61-wide matrix", () => {
@@ -82,8 +91,8 @@ describe("Cholesky kernel", () => {
     const rand = mulberry32(17);
     for (let i = 0; i < n * n; i++) k.matrix[i] = (rand() - 0.5) * 2 ** Math.floor(rand() * 40 - 20);
     for (let j = 0; j + 4 <= n; j += 4) {
-      const want = scalarSums(k.matrix, n, j, j + 4, 2);
-      k.subtractHead(j, j + 4, 2);
+      const want = scalarSums(k.matrix, n, j, j + 4, 4);
+      k.subtractHead(j, j + 4, 4);
       assert.ok(bits(k.matrix).equals(bits(want)), `step ${j}`);
     }
   });

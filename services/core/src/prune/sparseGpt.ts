@@ -15,7 +15,7 @@ import type { Pattern, WeightMatrix } from "./maskSelect.js";
 import { SOLO, evenSplit, triangularBounds, type SolveTeam, type TeamSplit } from "./solveTeam.js";
 import { gramQuadratic } from "./gramKernelWasm.js";
 import { LazyKernel } from "./lazyKernelWasm.js";
-import { CholeskyKernel, choleskyMemory } from "./choleskyKernelWasm.js";
+import { CHOL_ROWS, CholeskyKernel, choleskyMemory } from "./choleskyKernelWasm.js";
 
 export interface SparseGptOptions {
   sparsity: number;
@@ -410,7 +410,7 @@ export function prepareHessianTeam(
   }
   const damp = percDamp * (diagSum / n);
   for (let i = team.rank; i < n; i += team.size) {
-    for (let j = i * n, end = j + n; j < end; j++) a[j] = hessian[j]!;
+    a.set(hessian.subarray(i * n, i * n + n), i * n);
     a[i * n + i] = (dead[i] ? 1 : a[i * n + i]!) + damp;
   }
   team.sync();
@@ -535,17 +535,33 @@ function factorInto(a: Float64Array, out: Float64Array, n: number, subject: stri
   for (; k < n; k++) for (let i = r0; i <= k && i < r1; i++) addRow(hinv, inv, i * n, k * n, inv[k * n + i]!, i, k);
   phaseMs[1] = performance.now() - started;
   team.sync();
-  for (let j = rank; j < n; j += size) for (let i = 0; i < j; i++) hinv[j * n + i] = hinv[i * n + j]!;
+  // The lower half from the upper, in tiles (a column read whole would miss the cache at every entry).
+  transposeTiles(n, rank, size, (i, j) => (hinv[i * n + j] = hinv[j * n + i]!), true);
   team.sync();
   choleskyLowerInPlace(hinv, n, subject, "the inverse Hessian", team, kernel);
   // U = Lᵀ, into `out` (L⁻¹'s storage where it was there: nobody reads L⁻¹ any more).
   const u = out;
-  for (let j = rank; j < n; j += size) {
-    u.fill(0, j * n, j * n + j);
-    for (let i = j; i < n; i++) u[j * n + i] = hinv[i * n + j]!;
-  }
+  for (let j = rank; j < n; j += size) u.fill(0, j * n, j * n + j);
+  transposeTiles(n, rank, size, (i, j) => (u[j * n + i] = hinv[i * n + j]!), false);
   team.sync();
   return u;
+}
+
+/** Rows and columns of transposeTiles' tiles. */
+const TILE = 32;
+
+/**
+ * copy(i, j) for every i > j (strict) or i >= j of an n×n matrix, in TILE×TILE tiles, member
+ * `rank` of `size` taking the tile rows j0 of its turn: each entry once, whatever the team.
+ */
+function transposeTiles(n: number, rank: number, size: number, copy: (i: number, j: number) => void, strict: boolean): void {
+  for (let j0 = rank * TILE; j0 < n; j0 += size * TILE) {
+    const j1 = Math.min(n, j0 + TILE);
+    for (let i0 = j0; i0 < n; i0 += TILE) {
+      const i1 = Math.min(n, i0 + TILE);
+      for (let j = j0; j < j1; j++) for (let i = Math.max(i0, strict ? j + 1 : j); i < i1; i++) copy(i, j);
+    }
+  }
 }
 
 /**
@@ -615,8 +631,10 @@ function addFourRowsToFour(inv: Float64Array, n: number, k: number, from: number
   }
   for (let q = 0; q < 4; q++) {
     const t = (i + q) * n;
-    const [e0, e1, e2, e3] = [c[4 * q]!, c[4 * q + 1]!, c[4 * q + 2]!, c[4 * q + 3]!];
-    for (let j = from; j <= last; j++) inv[t + j] = inv[t + j]! + e0 * inv[r0 + j]! + e1 * inv[r0 + n + j]! + e2 * inv[r0 + 2 * n + j]! + e3 * inv[r0 + 3 * n + j]!;
+    const e1 = c[4 * q + 1]!;
+    const e2 = c[4 * q + 2]!;
+    const e3 = c[4 * q + 3]!;
+    for (let j = from; j <= last; j++) inv[t + j] = inv[t + j]! + c[4 * q]! * inv[r0 + j]! + e1 * inv[r0 + n + j]! + e2 * inv[r0 + 2 * n + j]! + e3 * inv[r0 + 3 * n + j]!;
     addTail(inv, inv, n, k, from, to, t, e1, e2, e3);
   }
 }
@@ -687,10 +705,12 @@ function choleskyLowerInPlace(a: Float64Array, n: number, subject: string, what:
     };
     if (kernel) {
       // The sums over k < j by the kernel (in a[i][j..j+3]), then each row finished from them.
-      const first = j + 4 + 2 * rank;
-      kernel.subtractHead(j, first, 2 * size);
-      for (let i = first; i < n; i += 2 * size) {
-        for (let r = i * n, last = Math.min(i + 2, n) * n; r < last; r += n) finish(r, a[r + j]!, a[r + j + 1]!, a[r + j + 2]!, a[r + j + 3]!);
+      // The kernel takes four rows at a time, so members take turns at groups of four (which
+      // member computes a row does not change its bits).
+      const first = j + 4 + CHOL_ROWS * rank;
+      kernel.subtractHead(j, first, CHOL_ROWS * size);
+      for (let i = first; i < n; i += CHOL_ROWS * size) {
+        for (let r = i * n, last = Math.min(i + CHOL_ROWS, n) * n; r < last; r += n) finish(r, a[r + j]!, a[r + j + 1]!, a[r + j + 2]!, a[r + j + 3]!);
       }
       team.sync();
       continue;
