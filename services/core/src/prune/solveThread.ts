@@ -1,6 +1,6 @@
 /** A solve thread of a SolvePool: SparseGPT's factorizations, updates and Hessian rows, TAMP's token work; one task at a time. */
 import { parentPort } from "node:worker_threads";
-import { TypedError } from "../errors.js";
+import { RuntimeError, TypedError } from "../errors.js";
 import type { SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solveProtocol.js";
 import { outputEnergy, prepareHessian, prepareHessianTeam, sparseGptUpdate } from "./sparseGpt.js";
 import { abortTeam, sharedTeam } from "./solveTeam.js";
@@ -19,8 +19,10 @@ function solve(task: SolveTask): SolveResult {
   if (task.kind === "factorTeam") {
     const team = sharedTeam(task.control, task.rank, task.size);
     const kernel = task.memory ? CholeskyKernel.over(task.memory, task.rank) : null;
-    // A memory with no kernel on this thread: the scalar loop in the same memory.
-    const a = kernel?.matrix ?? task.a ?? new Float64Array(task.memory!.memory.buffer, 0, task.n * task.n);
+    // Every member must work alike (with the kernel, L⁻¹ lives in its memory); the pool made the
+    // memory because the kernel runs in this process, so its threads have it too.
+    if (task.memory && !kernel) throw new RuntimeError(task.subject, "this solve thread cannot run the factorization kernel its team was given");
+    const a = kernel?.matrix ?? task.a!;
     const { u, dead, phaseMs } = prepareHessianTeam(task.hessian, task.n, task.subject, task.percDamp, team, a, task.u, task.split, kernel);
     return { kind: "factor", u, dead, phaseMs };
   }
