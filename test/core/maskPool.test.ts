@@ -11,7 +11,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../support/fixtures.js";
 import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
-import { LostWeightError, MaskPool, maskPoolLimits, type MaskJob } from "../../services/core/src/prune/maskPool.js";
+import { LostWeightError, MaskPool, maskPoolLimits, RESIDENT_MAX_BYTES, type MaskJob } from "../../services/core/src/prune/maskPool.js";
 import { MaskBuffers } from "../../services/core/src/prune/maskBuffers.js";
 import { computeMask, computeMaskColumns, kernelLimits, parsePattern, type MaskOptions } from "../../services/core/src/prune/maskSelect.js";
 import { OnnxDataType } from "../../services/core/src/onnx/dtype.js";
@@ -393,6 +393,85 @@ describe("a block's calls as one batch, lent weights moved to the threads", () =
     await new Promise((resolve) => setImmediate(resolve)); // the batch has started: one weight is on the thread
     await pool.close();
     await failed;
+  });
+});
+
+describe("weights in the pool's weight buffers, read in place by the first thread", () => {
+  const rand = mulberry32(808);
+  const options: MaskOptions = { sparsity: 0.5, pattern: { kind: "unstructured" } };
+  const shapes: Array<[number, number, number, "in_out" | "out_in"]> = [
+    [256, 160, OnnxDataType.FLOAT16, "in_out"], [256, 48, OnnxDataType.BFLOAT16, "in_out"], [160, 256, OnnxDataType.FLOAT, "in_out"],
+    [256, 400, OnnxDataType.FLOAT16, "out_in"], [400, 256, OnnxDataType.FLOAT16, "in_out"],
+  ];
+  /** A linear, and the same bytes in one of the pool's weight buffers. */
+  const linear = (pool: MaskPool, [inDim, outDim, dataType, layout]: (typeof shapes)[number], name: string) => {
+    const w = weight(randomRows(rand, inDim, outDim, "continuous"), dataType, layout, name);
+    const bytes = pool.weightBuffer(w.bytes.byteLength);
+    assert.ok(bytes, `a weight buffer for ${name}`);
+    bytes.set(w.bytes);
+    return { plain: w, resident: { ...w, bytes }, scale: randomScale(rand, inDim, "continuous") };
+  };
+
+  test("none without threads or once the pool is closed; a freed one comes back for its size; other views are left alone", async () => {
+    assert.equal(pools[0]!.weightBuffer(64), null);
+    const pool = MaskPool.start(2);
+    const b = pool.weightBuffer(64)!;
+    assert.ok(b.buffer instanceof SharedArrayBuffer);
+    assert.equal(pool.weightBuffer(RESIDENT_MAX_BYTES + 1), null, "past the limit: the caller takes a plain buffer");
+    assert.equal(pool.releaseWeightBuffer(new Uint8Array(64)), false);
+    assert.equal(pool.releaseWeightBuffer(b), true);
+    assert.equal(pool.weightBuffer(64)!.byteOffset, b.byteOffset);
+    await pool.close();
+    assert.equal(pool.weightBuffer(64), null);
+  });
+
+  test("a block's calls and single split linears give computeMask's bits at 2 and 3 threads; the bytes stay where they are; at 2 threads nothing is copied", async () => {
+    for (const pool of pools.slice(1)) {
+      for (let round = 0; round < 4; round++) { // later rounds run with learnt shares
+        const linears = shapes.map((shape, i) => linear(pool, shape, `linear${i}`));
+        const views = linears.map((l) => l.resident.bytes);
+        const got = await Promise.all(linears.map((l) => pool.computeMasks([{ weight: l.resident, scale: l.scale, options, lend: true }])));
+        if (pool.threads === 2) assert.equal(pool.copiedLastBatch, 0, `round ${round}: the first thread read its share in place`);
+        linears.forEach((l, i) => {
+          const label = `${pool.threads} threads, round ${round}, ${l.plain.name}`;
+          const expected = previousComputeMask(l.plain, l.scale, options);
+          assert.ok(Buffer.from(got[i]![0]!.mask).equals(Buffer.from(expected.mask)), label);
+          assert.equal(got[i]![0]!.pruned, expected.pruned, label);
+          assert.equal(l.resident.bytes, views[i], `not moved, ${label}`);
+          assert.ok(Buffer.from(l.resident.bytes).equals(Buffer.from(l.plain.bytes)), `bytes unchanged, ${label}`);
+        });
+        // One linear alone is split by columns between the threads.
+        for (const l of linears.slice(3)) {
+          const [alone] = await pool.computeMasks([{ weight: l.resident, scale: l.scale, options }]);
+          if (pool.threads === 2) assert.equal(pool.copiedLastBatch, 0, `${l.plain.name} alone`);
+          assert.ok(Buffer.from(alone!.mask).equals(Buffer.from(previousComputeMask(l.plain, l.scale, options).mask)), `${pool.threads} threads, ${l.plain.name} alone`);
+          // The same linear in plain memory: the first thread's columns are copied to it.
+          await pool.computeMasks([{ weight: l.plain, scale: l.scale, options }]);
+          if (round > 0) assert.ok(pool.copiedLastBatch > 0, `${l.plain.name} in plain memory is copied`);
+        }
+        for (const v of views) assert.equal(pool.releaseWeightBuffer(v), true);
+      }
+    }
+  });
+
+  test("a weight buffer asked for while a batch runs lies above the batch's copies, which it cannot overwrite", async () => {
+    const pool = MaskPool.start(2);
+    try {
+      const options1: MaskOptions = { sparsity: 0.5, pattern: { kind: "unstructured" } };
+      const big = weight(randomRows(mulberry32(31), 1024, 1024, "continuous"), OnnxDataType.FLOAT, "in_out", "big");
+      const scale = randomScale(mulberry32(32), 1024, "continuous");
+      const probe = pool.weightBuffer(64)!;
+      const batch = pool.computeMasks([{ weight: big, scale, options: options1 }]);
+      await new Promise((resolve) => setImmediate(resolve)); // the batch has started: its copy is in the first thread's memory
+      const during = pool.weightBuffer(64)!;
+      assert.ok(during.byteOffset >= probe.byteOffset + 64 + big.bytes.byteLength, `${during.byteOffset} is above the copy`);
+      during.fill(0xff);
+      const [got] = await batch;
+      assert.ok(Buffer.from(got!.mask).equals(Buffer.from(previousComputeMask(big, scale, options1).mask)));
+      assert.ok(pool.copiedLastBatch > 0, "the plain weight was copied");
+    } finally {
+      await pool.close();
+    }
   });
 });
 

@@ -166,7 +166,13 @@ export class BlockEngine {
 
   /** Gives a finished block's weight buffers back for the next block (after they are written). */
   recycle(weights: readonly PrunedWeight[]): void {
-    for (const w of weights) this.pool.release(w.bytes.buffer as ArrayBuffer);
+    for (const w of weights) this.release(w.bytes);
+  }
+
+  /** A weight buffer back to where it came from: the mask pool's memory, or the plain buffers. */
+  private release(bytes: Uint8Array): void {
+    if (this.ctx.maskPool?.releaseWeightBuffer(bytes)) return;
+    if (bytes.buffer instanceof ArrayBuffer) this.pool.release(bytes.buffer);
   }
 
   /** State entering block 0: the prologue's outputs (embedding lookup), or the main input itself. */
@@ -260,7 +266,7 @@ export class BlockEngine {
       return { facts, next };
     } finally {
       takeBack(weights, await host.release(session));
-      for (const w of weights.values()) this.pool.release(w.bytes.buffer as ArrayBuffer);
+      for (const w of weights.values()) this.release(w.bytes);
     }
   }
 
@@ -491,7 +497,9 @@ export class BlockEngine {
     const out = new Map<string, WeightMatrix>();
     for (const l of linears) {
       const t = index.initializers.get(l.weight)!;
-      const bytes = new Uint8Array(this.pool.acquire(data.byteLength(t)));
+      // In a mask thread's memory where the pool has threads (it selects them in place there).
+      const size = data.byteLength(t);
+      const bytes = this.ctx.maskPool?.weightBuffer(size) ?? new Uint8Array(this.pool.acquire(size));
       await data.readRange(t, 0, bytes);
       out.set(l.weight, { name: l.weight, dataType: l.dataType, layout: l.layout, inDim: l.inDim, outDim: l.outDim, bytes });
     }
@@ -653,11 +661,14 @@ function boundTensors(cut: StageCut, weights: Map<string, WeightMatrix>, index: 
   return bound;
 }
 
-/** Points each weight at the buffer the inference thread gave back. */
+/**
+ * Points each weight at the buffer the inference thread gave back. A weight in shared memory
+ * never left: its own view stays (the mask pool knows its buffers by their views).
+ */
 function takeBack(weights: Map<string, WeightMatrix>, returned: Record<string, WireTensor>): void {
   for (const [name, t] of Object.entries(returned)) {
     const w = weights.get(name);
-    if (w) w.bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+    if (w && !(w.bytes.buffer instanceof SharedArrayBuffer)) w.bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
   }
 }
 

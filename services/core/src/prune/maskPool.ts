@@ -16,6 +16,10 @@
  * Every thread writes its columns straight into the linear's mask: the job's `into` where it is
  * shared memory (MaskBuffers recycles the masks this pool returns, block after block, so their
  * pages are mapped once), else a new SharedArrayBuffer of its own. Batches run one after another.
+ *
+ * The engine reads its weights into buffers the pool gives (weightBuffer), in the first thread's
+ * memory below the batches' copies: that thread reads any columns of them in place, this thread
+ * its own share, and nothing is copied or moved for the first thread.
  */
 import { Worker } from "node:worker_threads";
 import { InvalidArgumentError, RuntimeError } from "../errors.js";
@@ -25,6 +29,7 @@ import { elementBytes, runMaskTaskOn } from "./maskTask.js";
 import { runCopier } from "./byteCopy.js";
 import { MaskShares } from "./maskShares.js";
 import { KERNEL_INPUT_AT, SHARED_MAX_PAGES, sharedKernelMemory, type WasmMemory } from "./maskKernelWasm.js";
+import { ResidentArena } from "./residentArena.js";
 
 export interface MaskJob {
   weight: WeightMatrix;
@@ -63,6 +68,13 @@ const WARM_UP_BATCHES = 3;
  */
 export const maskPoolLimits = { sharedBytes: SHARED_MAX_PAGES * 65536 - KERNEL_INPUT_AT };
 
+/**
+ * The most bytes of weights the first thread's memory holds for the engine (weightBuffer): half
+ * of what a wasm32 memory can address, the rest left for the batches' copies. A Llama-3-8B block
+ * in float16 takes ~0.44 GB; requests past it get plain buffers.
+ */
+export const RESIDENT_MAX_BYTES = 2 ** 31 - KERNEL_INPUT_AT;
+
 const aligned8 = (n: number) => Math.ceil(n / 8) * 8; // keeps every typed view aligned
 
 /** A task and the thread it is for (0: the pool's own). */
@@ -70,6 +82,8 @@ interface Placed {
   job: number;
   thread: number;
   task: MaskTask;
+  /** the weight already lies in the thread's memory (weightBuffer): nothing to copy */
+  inPlace?: boolean;
 }
 
 /** What a thread's request gives back: per task, what it pruned and its milliseconds; its lent buffers. */
@@ -97,9 +111,15 @@ export class MaskPool {
   private readonly inFlight: number[];
   /** calls of this turn of the event loop, run together as one batch at its end */
   private gathered: Call[] = [];
+  /** params whose columns this thread copied for the others in the last batch */
+  private lastCopied = 0;
+
+  /** weight buffers in the first thread's memory (weightBuffer); null without threads */
+  private readonly arena: ResidentArena | null;
 
   private constructor(readonly threads: number, private readonly workers: Worker[], private readonly memories: WasmMemory[], private readonly balance: MaskShares) {
     this.inFlight = workers.map(() => 0);
+    this.arena = memories[0] ? new ResidentArena(memories[0], KERNEL_INPUT_AT, KERNEL_INPUT_AT + RESIDENT_MAX_BYTES) : null;
     for (const worker of workers) {
       worker.on("message", (res: MaskResponse) => {
         const p = this.pending.get(res.id);
@@ -145,6 +165,22 @@ export class MaskPool {
     });
   }
 
+  /**
+   * A buffer for a weight that will come to this pool as a job's `weight.bytes`: in the first
+   * thread's memory, where that thread selects any of its columns in place and this thread reads
+   * its own share, so no part of it is copied for a thread. Null without threads, once closed, or
+   * past RESIDENT_MAX_BYTES (the caller takes a plain buffer then). Its contents are undefined;
+   * give it back with releaseWeightBuffer once nothing reads it.
+   */
+  weightBuffer(byteLength: number): Uint8Array | null {
+    return this.closed ? null : (this.arena?.acquire(byteLength) ?? null);
+  }
+
+  /** Gives back a weightBuffer for a later one of its size; false (and nothing done) for any other view. */
+  releaseWeightBuffer(view: Uint8Array): boolean {
+    return this.arena?.release(view) ?? false;
+  }
+
   /** The calls gathered in this turn, as one batch after the batch before it. */
   private runGathered(): void {
     const calls = this.gathered;
@@ -182,6 +218,8 @@ export class MaskPool {
   private async runInGroups(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): Promise<MaskResult[]> {
     if (this.closed) throw new RuntimeError("mask pool", "is closed");
     const results: MaskResult[] = [];
+    // (the first thread's memory holds the weight buffers below its copies)
+    const limit = maskPoolLimits.sharedBytes - (this.arena?.used ?? 0);
     let group: number[] = [];
     let bytes = 0;
     const flush = async () => {
@@ -191,8 +229,8 @@ export class MaskPool {
     };
     for (let i = 0; i < jobs.length; i++) {
       const size = aligned8(jobs[i]!.weight.bytes.byteLength);
-      if (bytes + size > maskPoolLimits.sharedBytes) await flush();
-      if (size > maskPoolLimits.sharedBytes) {
+      if (bytes + size > limit) await flush();
+      if (size > limit) {
         results.push(computeMask(jobs[i]!.weight, jobs[i]!.scale, jobs[i]!.options, jobs[i]!.into));
         continue;
       }
@@ -206,16 +244,20 @@ export class MaskPool {
   private async run(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">): Promise<MaskResult[]> {
     const masks = jobs.map(maskTarget);
     const { tasks, copied } = this.share(jobs, scopes, masks);
-    // The other threads get their tasks at once, lent weights first (they start on them at
-    // once), while this thread copies the other weights they read into their memories, job by
+    this.lastCopied = copied;
+    // The other threads get their tasks at once, lent weights and weights in their memory first
+    // (they start on them at once), while this thread copies the other weights they read into their memories, job by
     // job and row by row; each thread reads the rows as they come (rows counts them per job).
     // Then this thread does its own tasks.
-    const rows = new SharedArrayBuffer(4 * Math.max(1, jobs.length));
-    const remoteTasks = tasks.filter((t) => t.thread !== 0).sort((x, y) => Number(y.task.lent !== undefined) - Number(x.task.lent !== undefined));
+    // (one slot more, for the weights read in place: all their rows are there)
+    const rows = new SharedArrayBuffer(4 * (jobs.length + 1));
+    new Int32Array(rows)[jobs.length] = 0x7fffffff;
+    const first = (t: Placed) => Number(t.task.lent !== undefined || t.inPlace === true);
+    const remoteTasks = tasks.filter((t) => t.thread !== 0).sort((x, y) => first(y) - first(x));
     const remote = remoteTasks.map(({ job, thread, task }) => ({ job, thread, task, done: this.call(thread - 1, { rows, tasks: [task] }, task.lent ? [task.lent] : []) }));
     const start = performance.now();
     jobs.forEach((j, job) => {
-      const theirs = tasks.filter((t) => t.job === job && t.thread !== 0 && !t.task.lent).map((t) => ({ task: t.task, into: new Uint8Array(this.memories[t.thread - 1]!.buffer) }));
+      const theirs = tasks.filter((t) => t.job === job && t.thread !== 0 && !t.task.lent && !t.inPlace).map((t) => ({ task: t.task, into: new Uint8Array(this.memories[t.thread - 1]!.buffer) }));
       if (theirs.length > 0) copyShare(j.weight, theirs, new Int32Array(rows), job);
     });
     const copiedAt = performance.now();
@@ -228,6 +270,7 @@ export class MaskPool {
     }
     const ownDone = performance.now();
     const settled = await Promise.allSettled(remote.map((r) => r.done));
+    this.arena?.setFloor(0);
     const threadMs = new Array<number>(this.threads - 1).fill(0);
     const lost: string[] = [];
     settled.forEach((r, i) => {
@@ -259,6 +302,14 @@ export class MaskPool {
     return jobs.map((j, i) => ({ mask: masks[i]!, pruned: pruned[i]!, total: j.weight.inDim * j.weight.outDim }));
   }
 
+  /**
+   * The params (in·out) whose columns this thread copied into the other threads' memories in the
+   * last batch (not those lent, or read in place from a weightBuffer); for tests and logs.
+   */
+  get copiedLastBatch(): number {
+    return this.lastCopied;
+  }
+
   /** The split the next batch of column-scope linears gets (thread 0: the pool's own); for tests and logs. */
   shares(): readonly number[] {
     return this.balance.shares();
@@ -281,14 +332,15 @@ export class MaskPool {
    */
   private share(jobs: readonly MaskJob[], scopes: Array<"column" | "matrix">, masks: readonly Uint8Array[]): { tasks: Placed[]; copied: number } {
     const lendable = lendableJobs(jobs, masks);
+    const resident = jobs.map((j) => this.arena?.owns(j.weight.bytes) ?? false);
     const sizes = jobs.map((j) => params(j.weight));
     const columnJobs = jobs.map((_, i) => i).filter((i) => scopes[i] === "column").sort((x, y) => sizes[y]! - sizes[x]! || x - y);
     const columnParams = columnJobs.reduce((a, i) => a + sizes[i]!, 0);
     // The shares depend on how much this thread copies, which depends on the cut: from a first
     // guess (nothing, where something can be lent), cut once, then again with what that copies.
-    const canLend = columnJobs.some((i) => lendable[i]);
+    const canLend = columnJobs.some((i) => lendable[i] || resident[i]);
     let cut = cutColumns(jobs, columnJobs, this.balance.shares(canLend ? 0 : 1), columnParams);
-    if (canLend) cut = cutColumns(jobs, columnJobs, this.balance.shares(copiedPart(jobs, cut, lendable)), columnParams);
+    if (canLend) cut = cutColumns(jobs, columnJobs, this.balance.shares(copiedPart(jobs, cut, lendable, resident)), columnParams);
 
     const pieces: Array<{ job: number; thread: number; range: MaskTask["range"] }> = [...cut];
     let nextWhole = 0;
@@ -297,7 +349,7 @@ export class MaskPool {
     });
     // Places in each thread's memory, for the weights copied there.
     const placed = this.memories.map(() => new Map<number, number>());
-    const ends = this.memories.map(() => KERNEL_INPUT_AT);
+    const ends = this.memories.map((_, t) => (t === 0 && this.arena ? Math.max(KERNEL_INPUT_AT, this.arena.top) : KERNEL_INPUT_AT));
     let copied = 0;
     const tasks: Placed[] = [];
     for (const { job, thread, range } of pieces) {
@@ -307,6 +359,10 @@ export class MaskPool {
       const base = { weight, scale: j.scale, options: j.options, masks: mask.buffer as SharedArrayBuffer, maskOffset: mask.byteOffset, range, rowsSlot: job };
       if (thread === 0) {
         tasks.push({ job, thread, task: { ...base, byteOffset: 0 } });
+        continue;
+      }
+      if (thread === 1 && resident[job]) {
+        tasks.push({ job, thread, inPlace: true, task: { ...base, byteOffset: bytes.byteOffset, rowsSlot: jobs.length } });
         continue;
       }
       const whole = range === "whole" || (range.begin === 0 && range.end === j.weight.outDim);
@@ -326,6 +382,8 @@ export class MaskPool {
       const have = memory.buffer.byteLength;
       if (ends[t]! > have) memory.grow(Math.ceil((ends[t]! - have) / 65536));
     });
+    // Weight buffers asked for while the batch runs go above its copies.
+    this.arena?.setFloor(ends[0] ?? 0);
     return { tasks, copied };
   }
 
@@ -413,7 +471,7 @@ function cutColumns(jobs: readonly MaskJob[], order: readonly number[], shares: 
 }
 
 /** The part of the other threads' params whose columns this thread would copy with a cut (1 where they have none). */
-function copiedPart(jobs: readonly MaskJob[], cut: ReturnType<typeof cutColumns>, lendable: readonly boolean[]): number {
+function copiedPart(jobs: readonly MaskJob[], cut: ReturnType<typeof cutColumns>, lendable: readonly boolean[], resident: readonly boolean[]): number {
   let others = 0;
   let copied = 0;
   for (const { job, thread, range } of cut) {
@@ -421,7 +479,7 @@ function copiedPart(jobs: readonly MaskJob[], cut: ReturnType<typeof cutColumns>
     const { inDim, outDim } = jobs[job]!.weight;
     const n = (range.end - range.begin) * inDim;
     others += n;
-    if (!(lendable[job] && range.begin === 0 && range.end === outDim)) copied += n;
+    if (!(lendable[job] && range.begin === 0 && range.end === outDim) && !(thread === 1 && resident[job])) copied += n;
   }
   return others > 0 ? copied / others : 1;
 }

@@ -37,8 +37,8 @@ const sessions = new Map<number, Session>();
 let nextSession = 1;
 
 function toOrt(t: WireTensor): ort.Tensor {
-  // onnxruntime-node rejects views of a SharedArrayBuffer at run time.
-  if (t.data.buffer instanceof SharedArrayBuffer) throw new Error("tensors must not live in a SharedArrayBuffer");
+  // (views of shared memory are fed as they are: the engine's weights may live in a mask
+  // thread's memory, maskPool.ts weightBuffer; onnxruntime-node 1.30 reads them in place)
   return ortTensor(t.type, t.data, t.dims);
 }
 
