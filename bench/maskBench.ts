@@ -13,7 +13,7 @@
  */
 import { performance } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
-import { computeMask } from "../services/core/src/prune/maskSelect.js";
+import { applyMask, computeMask } from "../services/core/src/prune/maskSelect.js";
 import { MaskPool } from "../services/core/src/prune/maskPool.js";
 import { runCopier } from "../services/core/src/prune/byteCopy.js";
 import type { BenchLine } from "./benchLine.js";
@@ -71,11 +71,15 @@ export async function benchMask(): Promise<BenchLine[]> {
   computeMask(w, scale, opts, into); // warm up the JIT
   // Interleaved, so the selection and the copy it is compared with see the same phase of a
   // shared machine (its speed drifts by a third from one second to the next).
-  let [maskS, freshS, copyS] = [Infinity, Infinity, Infinity];
+  // Applying the mask (every replica and process does it whole, per block) on a copy of the weight.
+  const target = { ...w, bytes: new Uint8Array(bytes.length) };
+  let [maskS, freshS, copyS, applyS] = [Infinity, Infinity, Infinity, Infinity];
   for (let i = 0; i < 9; i++) {
     maskS = Math.min(maskS, await bestOf(1, () => computeMask(w, scale, opts, into)));
     freshS = Math.min(freshS, await bestOf(1, () => computeMask(w, scale, opts)));
     copyS = Math.min(copyS, await bestOf(3, () => dst.set(bytes)));
+    target.bytes.set(bytes);
+    applyS = Math.min(applyS, await bestOf(1, () => applyMask(target, into)));
   }
 
   // As the engine runs them: each into the previous block's mask (plain memory on one thread,
@@ -139,6 +143,7 @@ export async function benchMask(): Promise<BenchLine[]> {
   return [
     { bench: "mask_params_per_s", value: (IN * OUT) / maskS, unit: "params/s", dtype: "float16", shape, seconds: maskS },
     { bench: "mask_vs_memcpy", value: maskS / copyS, unit: "ratio", dtype: "float16", shape, memcpy_seconds: copyS, mask: "into a reused buffer" },
+    { bench: "mask_apply_vs_memcpy", value: applyS / copyS, unit: "ratio", dtype: "float16", shape, seconds: applyS, memcpy_seconds: copyS, note: "zeroing the masked elements in place (applyMask), against a copy of the weight's bytes" },
     { bench: "mask_vs_memcpy_new_buffer", value: freshS / copyS, unit: "ratio", dtype: "float16", shape, memcpy_seconds: copyS, mask: "into a new buffer" },
     { bench: "mask_threads2_speedup", value: speedup, unit: "ratio", dtype: "float16", shape, one_thread_seconds: best.one, two_threads_seconds: best.two, mask: "into a reused buffer", weight: "in the pool's weight buffer, as the engine reads it" },
     { bench: "mask_threads2_speedup_copied", value: best.one / best.twoCopied, unit: "ratio", dtype: "float16", shape, one_thread_seconds: best.one, two_threads_seconds: best.twoCopied, mask: "into a reused buffer", weight: "in plain memory: the pool copies the thread's columns" },

@@ -263,6 +263,41 @@ describe("applyMask", () => {
   });
 });
 
+describe("applyMask four mask bytes a step", () => {
+  // Any non-zero byte clears (only 0 keeps), whatever its bits; the elements past the last whole
+  // word of four, and weights or masks whose words are not aligned, take the element path.
+  test("every non-zero byte value clears, on every type, at aligned and shifted offsets, for sizes around a word", () => {
+    const rand = rng(77);
+    const byteValues = [1, 2, 0x7f, 0x80, 0x81, 0xfe, 0xff, 0x10];
+    for (const dt of [F32, F16, BF16]) {
+      const size = dt === F32 ? 4 : 2;
+      for (const [inDim, outDim] of [[1, 1], [1, 3], [2, 2], [3, 3], [5, 7], [16, 9]] as const) {
+        const total = inDim * outDim;
+        for (const [wShift, mShift] of [[0, 0], [2, 0], [0, 1], [4, 4], [0, 2]] as const) {
+          const original = Uint8Array.from({ length: total * size }, () => Math.floor(rand() * 256));
+          const bytes = new Uint8Array(total * size + 8).subarray(wShift, wShift + total * size);
+          bytes.set(original);
+          const mask = new Uint8Array(total + 8).subarray(mShift, mShift + total);
+          for (let i = 0; i < total; i++) mask[i] = rand() < 0.5 ? 0 : byteValues[Math.floor(rand() * byteValues.length)]!;
+          applyMask({ name: "w", dataType: dt, layout: "in_out", inDim, outDim, bytes }, mask);
+          for (let i = 0; i < total; i++) {
+            const got = Array.from(bytes.subarray(i * size, (i + 1) * size));
+            const want = mask[i] !== 0 ? new Array<number>(size).fill(0) : Array.from(original.subarray(i * size, (i + 1) * size));
+            assert.deepEqual(got, want, `type ${dt}, ${inDim}x${outDim}, shifts ${wShift}/${mShift}, element ${i} (mask byte ${mask[i]})`);
+          }
+        }
+      }
+    }
+  });
+
+  test("by hand: float16 elements 0..3 of one mask word, high and low halves of the two weight words", () => {
+    const bits = Uint16Array.from([0x1111, 0x2222, 0x3333, 0x4444, 0x5555]);
+    const w: WeightMatrix = { name: "h", dataType: F16, layout: "in_out", inDim: 5, outDim: 1, bytes: new Uint8Array(bits.slice().buffer) };
+    applyMask(w, Uint8Array.from([0, 0x80, 1, 0, 0xff]));
+    assert.deepEqual(Array.from(new Uint16Array(w.bytes.buffer)), [0x1111, 0, 0, 0x4444, 0]);
+  });
+});
+
 describe("errors", () => {
   const w = weight([[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12]], F32, "in_out", "model.layers.0.mlp.up_proj");
   const isInvalid = (subject: string) => (e: unknown) => e instanceof InvalidArgumentError && e.subject === subject;

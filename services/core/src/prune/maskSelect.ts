@@ -163,14 +163,59 @@ export function applyMask(w: WeightMatrix, mask: Uint8Array): void {
     throw new InvalidArgumentError(w.name, `a mask of ${mask.length} entries and ${w.bytes.length} bytes do not fit a ${w.inDim}x${w.outDim} ${typeName(w.dataType)} weight`);
   }
   const b = w.bytes;
+  // Four mask bytes a step, where the weight's and the mask's words are aligned (always, for the
+  // engine's buffers); the elements the words leave, one at a time.
+  let done = 0;
+  if (LITTLE_ENDIAN && b.byteOffset % 4 === 0 && mask.byteOffset % 4 === 0) {
+    const words = total >>> 2;
+    const maskWords = new Int32Array(mask.buffer, mask.byteOffset, words);
+    if (size === 4) clearByWords32(new Int32Array(b.buffer, b.byteOffset, 4 * words), maskWords);
+    else clearByWords16(new Int32Array(b.buffer, b.byteOffset, 2 * words), maskWords);
+    done = 4 * words;
+  }
   if (b.byteOffset % size === 0) {
     const elems = size === 4 ? new Uint32Array(b.buffer, b.byteOffset, total) : new Uint16Array(b.buffer, b.byteOffset, total);
     // Branch-free (half the time of a branch per entry on a random mask): (m | -m) >> 31 is -1
     // for any non-zero byte m and 0 for 0, so each element is ANDed with all ones or all zeros.
-    for (let i = 0; i < total; i++) elems[i]! &= ~((mask[i]! | -mask[i]!) >> 31);
+    for (let i = done; i < total; i++) elems[i]! &= ~((mask[i]! | -mask[i]!) >> 31);
     return;
   }
-  for (let i = 0; i < total; i++) if (mask[i] !== 0) b.fill(0, i * size, (i + 1) * size);
+  for (let i = done; i < total; i++) if (mask[i] !== 0) b.fill(0, i * size, (i + 1) * size);
+}
+
+/** Whether a 32-bit word holds its lowest-addressed byte in its low bits (the word steps below assume it). */
+const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
+
+/**
+ * Bit 7 of each byte of m set where that byte is non-zero: the byte's low seven bits plus 0x7f
+ * carry into bit 7 when any is set (and never out of the byte), its own bit 7 is ORed in.
+ */
+function nonZeroBytes(m: number): number {
+  return (((m & 0x7f7f7f7f) + 0x7f7f7f7f) | m) & 0x80808080;
+}
+
+/**
+ * float32: element 4q + j is cleared where byte j of mask word q is non-zero. One typed array
+ * type per loop (the weights' words as Int32 for both widths): a loop over two element types
+ * runs about a third slower, its element accesses polymorphic.
+ */
+function clearByWords32(elems: Int32Array, maskWords: Int32Array): void {
+  for (let q = 0, i = 0; q < maskWords.length; q++, i += 4) {
+    const nz = nonZeroBytes(maskWords[q]!);
+    elems[i]! &= ((nz >>> 7) & 1) - 1;
+    elems[i + 1]! &= ((nz >>> 15) & 1) - 1;
+    elems[i + 2]! &= ((nz >>> 23) & 1) - 1;
+    elems[i + 3]! &= (nz >>> 31) - 1;
+  }
+}
+
+/** float16 / bfloat16: elements 4q, 4q + 1 are word 2q's low and high halves, 4q + 2, 4q + 3 word 2q + 1's. */
+function clearByWords16(pairs: Int32Array, maskWords: Int32Array): void {
+  for (let q = 0; q < maskWords.length; q++) {
+    const nz = nonZeroBytes(maskWords[q]!);
+    pairs[2 * q]! &= ~(((nz >>> 7) & 1) * 0xffff | ((nz >>> 15) & 1) * 0xffff0000);
+    pairs[2 * q + 1]! &= ~(((nz >>> 23) & 1) * 0xffff | (nz >>> 31) * 0xffff0000);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
