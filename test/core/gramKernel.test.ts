@@ -38,6 +38,19 @@ describe("gramQuadratic", () => {
     }
   });
 
+  test("a thread's kept memory: after a larger call full of NaN and infinities, smaller ones still give the scalar loop's bits", () => {
+    const rand = mulberry32(23);
+    const [bigN, bigOut] = [70, 40];
+    const poison = Float64Array.from({ length: bigN * bigOut }, (_, i) => [NaN, Infinity, -Infinity, 5e-324][i % 4]!);
+    gramQuadratic(new Float64Array(bigN * bigN).fill(1), bigN, bigOut, fillFrom(poison, bigN, bigOut));
+    for (const [n, out] of [[9, 3], [33, 7], [65, 40], [1, 1]] as const) {
+      const h = Float64Array.from({ length: n * n }, () => rand() - 0.5);
+      const b = Float64Array.from({ length: n * out }, () => (rand() - 0.5) * 4);
+      const got = gramQuadratic(h, n, out, fillFrom(b, n, out));
+      assert.ok(Object.is(got, quadratic(h, b, n, out)), `n ${n}, out ${out}: ${got}`);
+    }
+  });
+
   test("the padding: channels past n and the pair partner of a last odd row are zeros", () => {
     assert.equal(paddedChannels(7), 8);
     assert.equal(paddedChannels(8), 16);

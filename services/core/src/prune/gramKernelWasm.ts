@@ -11,11 +11,15 @@
  *
  * Measured on the second machine, the scalar loop ran ~2 G multiply-adds a second whatever the
  * width (so it was not waiting on memory); this kernel does two per instruction and has no bounds
- * checks. Memory: one WebAssembly memory per call, Bᵀ plus the block's dot products, dropped
- * after it (a long-lived worker keeps none); where that would pass MAX_KERNEL_BYTES, or
- * WebAssembly SIMD is missing, the caller's scalar loop runs instead, with the same bits.
+ * checks. Memory: Bᵀ plus the block's dot products, in a WebAssembly memory that each thread
+ * keeps for its next calls up to GRAM_KEEP_BYTES (a fresh memory's first touch cost more than
+ * the work: ~80 ms for the 23 MB of a 1024 x 2816 linear's quadratic form, against ~6 ms to fill
+ * one already mapped; SparseGPT calls this per sample and activation and twice per linear);
+ * a call that needs more gets a memory of its own, dropped after it. Where a call would pass
+ * MAX_KERNEL_BYTES, or WebAssembly SIMD is missing, the caller's scalar loop runs instead, with
+ * the same bits.
  */
-import { Code, I32, OP, SIMD, V128, assembleModule, compiledOnce, wasm } from "./wasmAssembler.js";
+import { Code, I32, OP, SIMD, V128, assembleModule, compiledOnce, wasm, type WasmMemory } from "./wasmAssembler.js";
 
 /** Rows i per kernel call. */
 const ROWS = 32;
@@ -23,6 +27,11 @@ const ROWS = 32;
 const LANES = 8;
 /** The most memory one call may take (beyond it the scalar loop runs, with the same bits). */
 export const MAX_KERNEL_BYTES = 2 ** 31;
+/**
+ * The most memory a thread keeps between calls (a SparseGPT solve of a 4096-input linear with
+ * 4096 outputs needs ~134 MB): a long-lived process holds at most this much once it is done.
+ */
+export const GRAM_KEEP_BYTES = 256 * 2 ** 20;
 
 const F64X2_ADD = 240;
 
@@ -108,11 +117,12 @@ export function gramRows(
   const bytes = dOff + ROWS * inP * 8;
   const module = n > 0 && out > 0 && i1 > i0 && bytes <= MAX_KERNEL_BYTES ? gramModule() : null;
   if (!module) return false;
-  const memory = new wasm.Memory({ initial: Math.ceil(bytes / 65536) });
-  const { pair_dots: pairDots } = new wasm.Instance(module, { env: { memory } }).exports as {
-    pair_dots(I: number, rows: number, inP: number, out: number, dOff: number, jStart: number): void;
-  };
-  fill(new Float64Array(memory.buffer, 0, out * inP), inP);
+  const { memory, pairDots } = gramInstance(module, bytes);
+  const bt = new Float64Array(memory.buffer, 0, out * inP);
+  fill(bt, inP);
+  // A kept memory holds an earlier call's values in the padding channels: the kernel reads them
+  // into sums nobody uses, but as zeros, as in a fresh memory (stale subnormals would slow them).
+  if (inP > n) for (let o = 0; o < out; o++) bt.fill(0, o * inP + n, (o + 1) * inP);
   const d = new Float64Array(memory.buffer, dOff, ROWS * inP);
   for (let block = i0; block < i1; block += ROWS) {
     const rows = Math.min(ROWS, i1 - block);
@@ -120,6 +130,25 @@ export function gramRows(
     for (let row = block; row < block + rows; row++) emit(row, d, (row - block) * inP);
   }
   return true;
+}
+
+type PairDots = (I: number, rows: number, inP: number, out: number, dOff: number, jStart: number) => void;
+
+interface GramInstance {
+  memory: WasmMemory;
+  pairDots: PairDots;
+}
+
+/** This thread's kept instance (each thread loads this module anew, so each has its own). */
+let kept: GramInstance | undefined;
+
+/** The kept instance where its memory holds `bytes`, else a new one (kept if it is small enough). */
+function gramInstance(module: object, bytes: number): GramInstance {
+  if (kept && kept.memory.buffer.byteLength >= bytes) return kept;
+  const memory = new wasm.Memory({ initial: Math.ceil(bytes / 65536) });
+  const instance: GramInstance = { memory, pairDots: (new wasm.Instance(module, { env: { memory } }).exports as { pair_dots: PairDots }).pair_dots };
+  if (bytes <= GRAM_KEEP_BYTES) kept = instance;
+  return instance;
 }
 
 /**
