@@ -11,6 +11,10 @@
  * the memory of the copies the scalar loop makes, one memory per linear, dropped with W. Where
  * the outputs are not a multiple of 8, the memory would pass MAX_KERNEL_BYTES, or WebAssembly
  * SIMD is missing, the scalar loop runs (the same bits).
+ *
+ * The same memory serves the slab's own update (obsUpdate: after column c's error row E[k] is
+ * known, W[cc, :] -= E[k, :]·U[c, cc] for the slab's rows cc from c), one row at a time, each
+ * entry one multiplication then one subtraction as the scalar loop does (sub_rows).
  */
 import { Code, I32, OP, SIMD, V128, assembleModule, compiledOnce, wasm } from "./wasmAssembler.js";
 import { MAX_KERNEL_BYTES } from "./gramKernelWasm.js";
@@ -89,7 +93,41 @@ function lazyRowsFunction(): Code {
   return f;
 }
 
-const lazyModule = compiledOnce(() => assembleModule([{ name: "lazy_rows", code: lazyRowsFunction() }]));
+/**
+ * sub_rows(w, e, coefs, rows, out): W[r][o] -= E[o]·coefs[r] for r < rows and o < out (a multiple
+ * of 8), W rows of out float64 from w, E one row of out float64 at e, coefs float64.
+ */
+function subRowsFunction(): Code {
+  const f = new Code([I32, I32, I32, I32, I32], []);
+  const [w, e, coefs, rows, out] = [0, 1, 2, 3, 4];
+  const r = f.local(I32);
+  const at = f.local(I32);
+  const end = f.local(I32);
+  const ea = f.local(I32);
+  const rowBytes = f.local(I32);
+  const s = f.local(V128);
+  f.get(out).i32(8).op(OP.i32Mul).set(rowBytes);
+  f.get(rows).op(OP.i32Eqz).open(OP.if).op(OP.return).op(OP.end);
+  f.get(out).op(OP.i32Eqz).open(OP.if).op(OP.return).op(OP.end);
+  f.open(OP.loop); // r
+  f.get(coefs).get(r).i32(8).op(OP.i32Mul).op(OP.i32Add).mem(OP.f64Load, 3).simd(SIMD.f64x2Splat).set(s);
+  f.get(w).get(r).get(rowBytes).op(OP.i32Mul).op(OP.i32Add).tee(at).get(rowBytes).op(OP.i32Add).set(end);
+  f.get(e).set(ea);
+  f.open(OP.loop); // eight outputs a step
+  for (let k = 0; k < 4; k++) {
+    f.get(at).get(at).v128Mem(SIMD.load, 16 * k).get(ea).v128Mem(SIMD.load, 16 * k).get(s).simd(SIMD.f64x2Mul).simd(F64X2_SUB).v128Mem(SIMD.store, 16 * k);
+  }
+  f.get(ea).i32(64).op(OP.i32Add).set(ea);
+  f.get(at).i32(64).op(OP.i32Add).tee(at).get(end).op(OP.i32LtU).br(OP.brIf, 0);
+  f.op(OP.end); // outputs
+  f.get(r).i32(1).op(OP.i32Add).tee(r).get(rows).op(OP.i32LtU).br(OP.brIf, 0);
+  f.op(OP.end); // r
+  return f;
+}
+
+const lazyModule = compiledOnce(() => assembleModule([{ name: "lazy_rows", code: lazyRowsFunction() }, { name: "sub_rows", code: subRowsFunction() }]));
+
+type SubRows = (w: number, e: number, coefs: number, rows: number, out: number) => void;
 
 /** One linear's OBS update memory: W, and the slab's E, packed live E rows, U columns and row list. */
 export class LazyKernel {
@@ -99,10 +137,13 @@ export class LazyKernel {
   readonly errors: Float64Array;
   private readonly live: Float64Array;
   private readonly columns: Float64Array;
+  /** U[c, cc] for the slab's rows cc from c, for subtractErrorRow */
+  private readonly coefs: Float64Array;
   private readonly rows: Int32Array;
 
   private constructor(
     private readonly run: (list: number, count: number, m: number, ut: number, e: number, out: number, w: number) => void,
+    private readonly subRows: SubRows,
     buffer: ArrayBuffer | SharedArrayBuffer, readonly n: number, readonly out: number, readonly slab: number,
   ) {
     let at = 0;
@@ -115,18 +156,29 @@ export class LazyKernel {
     this.errors = take(slab * out);
     this.live = take(slab * out);
     this.columns = take(n * slab);
+    this.coefs = take(slab);
     this.rows = new Int32Array(buffer, at, n);
   }
 
   /** The kernel for an [n, out] weight and slabs of `slab` rows, or null where the scalar loop must run. */
   static create(n: number, out: number, slab: number): LazyKernel | null {
-    const bytes = 8 * (n * out + 2 * slab * out + n * slab) + 4 * n;
+    const bytes = 8 * (n * out + 2 * slab * out + n * slab + slab) + 4 * n;
     if (out % LANES !== 0 || n === 0 || out === 0 || bytes > MAX_KERNEL_BYTES) return null;
     const module = lazyModule();
     if (!module) return null;
     const memory = new wasm.Memory({ initial: Math.ceil(bytes / 65536) });
-    const { lazy_rows: run } = new wasm.Instance(module, { env: { memory } }).exports as { lazy_rows: LazyKernel["run"] };
-    return new LazyKernel(run, memory.buffer, n, out, slab);
+    const { lazy_rows: run, sub_rows: subRows } = new wasm.Instance(module, { env: { memory } }).exports as { lazy_rows: LazyKernel["run"]; sub_rows: SubRows };
+    return new LazyKernel(run, subRows, memory.buffer, n, out, slab);
+  }
+
+  /**
+   * W[cc, :] -= E[k, :]·U[c·n + cc] for cc in [c, end) (end - c at most the slab), each entry
+   * one multiplication then one subtraction: E is this.errors, U row-major [n, n].
+   */
+  subtractErrorRow(k: number, c: number, end: number, u: Float64Array, n: number): void {
+    const { out } = this;
+    this.coefs.set(u.subarray(c * n + c, c * n + end));
+    this.subRows(this.weights.byteOffset + c * out * 8, this.errors.byteOffset + k * out * 8, this.coefs.byteOffset, end - c, out);
   }
 
   /** Where the caller writes a slab's U columns over its live rows (`length` = rows × live), for subtract. */

@@ -218,6 +218,10 @@ export function obsUpdate(original: Float64Array, prepared: PreparedHessian, opt
         E[k * out + o] = (wv - q) / d;
       }
       // W1[:, k:] -= err ⊗ U1[k, k:]
+      if (kernel) {
+        kernel.subtractErrorRow(k, c, i2, U, n);
+        continue;
+      }
       for (let cc = c; cc < i2; cc++) {
         const u = U[c * n + cc]!;
         const rowC = cc * out;
