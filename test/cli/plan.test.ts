@@ -96,12 +96,14 @@ describe("atvp plan --config (hand-checked)", () => {
     assert.equal(p.exchange.bytesPerReplicaPerBlock, 5 * 8 * 14_496);
     // A block's need: weights x2 (294,912) + SparseGPT's working bytes (three 64-wide inputs'
     // Hessian, sample matrix, row and factor: 3 x 98,880; the 128-wide one's: 394,368; the
-    // block's new weights 147,456; down's Cholesky work and copies 524,288) = 1,657,664; then
-    // every sample's record (10 x 115,968).
-    assert.equal(p.stages[0]!.peakBytes, 1_657_664 + 10 * 8 * 14_496);
+    // block's new weights 147,456; down's Cholesky work and copies 524,288; the Gram memory the
+    // thread keeps, gate/up's and down's: (128 + 32) rows x 72 and (64 + 32) x 136 padded
+    // channels x 8 bytes, two 64 KiB pages each, 131,072) = 1,788,736; then every sample's
+    // record (10 x 115,968).
+    assert.equal(p.stages[0]!.peakBytes, 1_788_736 + 10 * 8 * 14_496);
     const tight = atvp("plan", ...args, "--worker-memory", "2MiB", "--replicas", "2");
     assert.equal(tight.status, 1);
-    assert.match(tight.stderr, /replicas: a replica of sparsegpt holds every sample's exchanged records beside a block: 2817344 bytes/);
+    assert.match(tight.stderr, /replicas: a replica of sparsegpt holds every sample's exchanged records beside a block: 2948416 bytes/);
     assert.equal(plan(...args, "--worker-memory", "2MiB").replicas, 1);
     assert.equal(plan(...args, "--worker-memory", "3MiB").replicas, 2);
   });

@@ -37,9 +37,10 @@ test("SparseGPT's Hessians count: a worker that holds the weights but not the in
   const linears = [l("q", "x", 64, 64), l("k", "x", 64, 64), l("v", "x", 64, 64), l("o", "attn", 64, 64), l("up", "y", 64, 176), l("down", "z", 176, 64)];
   const working = methodDefinition("sparsegpt").workingBytes!(linears);
   // Hessians, the sample's own AᵀA and their factors U: 3 of 64² and one of 176² (float64 each,
-  // plus a row and the dead flags per input); widest: 2·176² + 4·176·64 float64;
+  // plus a row and the dead flags per input); widest: 2·176² + 4·176·64 float64, and the Gram
+  // memory the thread keeps, down's: (64 + 32) rows × 184 padded channels × 8 bytes, 3 pages;
   // the new weights: 4·(4·64² + 2·64·176) bytes.
-  const expected = 3 * (3 * 64 * 64 * 8 + 64 * 9) + (3 * 176 * 176 * 8 + 176 * 9) + 8 * (2 * 176 * 176 + 4 * 176 * 64) + 4 * (4 * 64 * 64 + 2 * 64 * 176);
+  const expected = 3 * (3 * 64 * 64 * 8 + 64 * 9) + (3 * 176 * 176 * 8 + 176 * 9) + 8 * (2 * 176 * 176 + 4 * 176 * 64) + 3 * 65536 + 4 * (4 * 64 * 64 + 2 * 64 * 176);
   assert.equal(working, expected);
   assert.equal(methodDefinition("wanda").workingBytes, undefined);
   const weights = 4 * (4 * 64 * 64 + 2 * 64 * 176);

@@ -17,6 +17,7 @@ import { INLINE_SOLVER, SolvePool, rowBounds, solvePoolLimits, type Solver } fro
 import { OnnxDataType, floatToBfloat16, floatToHalf } from "../../services/core/src/onnx/dtype.js";
 import { InvalidArgumentError, NumericError, RuntimeError } from "../../services/core/src/errors.js";
 import { sparseGptWorkingBytes } from "../../services/core/src/methods/sparseGpt.js";
+import { GRAM_KEEP_BYTES, gramBytes, gramKeptBytes } from "../../services/core/src/prune/gramKernelWasm.js";
 import type { LinearInfo } from "../../services/core/src/graph/linears.js";
 import { densityOf, normalizeRows } from "../../services/core/src/prune/tampDensity.js";
 import { amiaSelect } from "../../services/core/src/prune/amiaSelect.js";
@@ -175,11 +176,22 @@ describe("SolvePool", () => {
 });
 
 describe("SparseGPT's working memory with solve threads", () => {
-  test("each thread adds the widest linear's work (two in×in and four float64 copies), by hand", () => {
+  test("each thread adds the widest linear's work (two in×in and four float64 copies) and the Gram memory it keeps, by hand", () => {
     const linear = { nodeIndex: 0, node: "n", op: "MatMul", weight: "w", activation: "x", dataType: OnnxDataType.FLOAT, layout: "in_out", inDim: 4, outDim: 2 } as LinearInfo;
-    // widest = 2·8·4² + 4·8·4·2 = 256 + 256 bytes
-    assert.equal(sparseGptWorkingBytes([linear], 2) - sparseGptWorkingBytes([linear], 1), 512);
-    assert.equal(sparseGptWorkingBytes([linear], 3) - sparseGptWorkingBytes([linear]), 1024);
+    // widest = 2·8·4² + 4·8·4·2 = 256 + 256 bytes; the Gram memory: (2 + 32 rows) × 8 padded
+    // channels × 8 bytes = 2176, one 64 KiB page
+    assert.equal(gramBytes(4, 2), 65536);
+    assert.equal(sparseGptWorkingBytes([linear], 2) - sparseGptWorkingBytes([linear], 1), 512 + 65536);
+    assert.equal(sparseGptWorkingBytes([linear], 3) - sparseGptWorkingBytes([linear]), 2 * (512 + 65536));
+  });
+
+  test("a Gram memory past GRAM_KEEP_BYTES is not kept, so it is not counted beside the work", () => {
+    assert.equal(gramKeptBytes(GRAM_KEEP_BYTES), GRAM_KEEP_BYTES);
+    assert.equal(gramKeptBytes(GRAM_KEEP_BYTES + 65536), 0);
+    // Llama-3-8B's gate_proj (4096 x 14336): (14336 + 32) × 4104 × 8 bytes, ~472 MB: dropped after each call.
+    assert.ok(gramBytes(4096, 14336) > GRAM_KEEP_BYTES);
+    const wide = { nodeIndex: 0, node: "n", op: "MatMul", weight: "w", activation: "x", dataType: OnnxDataType.FLOAT16, layout: "in_out", inDim: 4096, outDim: 14336 } as LinearInfo;
+    assert.equal(sparseGptWorkingBytes([wide], 2) - sparseGptWorkingBytes([wide], 1), 2 * 8 * 4096 ** 2 + 4 * 8 * 4096 * 14336);
   });
 });
 

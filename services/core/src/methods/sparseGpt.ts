@@ -6,6 +6,7 @@
 import type { LinearInfo } from "../graph/linears.js";
 import { elementSize } from "../onnx/dtype.js";
 import { HessianAccumulator } from "../prune/hessian.js";
+import { gramBytes, gramKeptBytes } from "../prune/gramKernelWasm.js";
 import { relativeError } from "../prune/sparseGpt.js";
 import { atv } from "./atv.js";
 import { Hessian, hessians } from "./hessians.js";
@@ -29,7 +30,10 @@ async function compressWithHessian({ weight, stats, samples, target, solver }: C
  * A block's peak: one float64 Hessian and its factor U per distinct input (kept until every
  * linear is compressed), the Cholesky work of the widest input (two in×in), a linear's float64 copies
  * (original, working, written back, difference), and the new bytes of every linear until they
- * are applied. With solve threads, each may hold the widest work at once.
+ * are applied. With solve threads, each may hold the widest work at once, and each keeps the
+ * Gram kernel's memory of its largest quadratic form (gramKernelWasm.ts) beside it. (The Hessian
+ * additions keep one too, tokens x (in + 8) float64 per thread up to GRAM_KEEP_BYTES: it grows
+ * with the samples' lengths, like the activations, which this does not count either.)
  */
 export function sparseGptWorkingBytes(linears: readonly LinearInfo[], threads = 1): number {
   const inputs = new Map(linears.map((l) => [l.activation, l.inDim]));
@@ -37,10 +41,13 @@ export function sparseGptWorkingBytes(linears: readonly LinearInfo[], threads = 
   // Beyond the engine's budget the inputs are calibrated a group at a time.
   let bytes = Math.min(perInput.reduce((a, b) => a + b, 0), Math.max(DEFAULT_ACCUMULATOR_BUDGET_BYTES, ...perInput));
   let widest = 0;
+  let gram = 0;
   for (const l of linears) {
     widest = Math.max(widest, 2 * 8 * l.inDim * l.inDim + 4 * 8 * l.inDim * l.outDim);
+    gram = Math.max(gram, gramKeptBytes(gramBytes(l.inDim, l.outDim)));
     bytes += l.inDim * l.outDim * elementSize(l.dataType, l.weight);
   }
+  widest += gram;
   return bytes + Math.max(1, threads) * widest;
 }
 

@@ -114,7 +114,7 @@ export function gramRows(
 ): boolean {
   const inP = paddedChannels(n);
   const dOff = out * inP * 8;
-  const bytes = dOff + ROWS * inP * 8;
+  const bytes = gramBytes(n, out);
   const module = n > 0 && out > 0 && i1 > i0 && bytes <= MAX_KERNEL_BYTES ? gramModule() : null;
   if (!module) return false;
   const { memory, pairDots } = gramInstance(module, bytes);
@@ -130,6 +130,20 @@ export function gramRows(
     for (let row = block; row < block + rows; row++) emit(row, d, (row - block) * inP);
   }
   return true;
+}
+
+/** The memory one call over n channels and `out` rows of Bᵀ asks for (whole 64 KiB pages). */
+export function gramBytes(n: number, out: number): number {
+  const inP = paddedChannels(n);
+  return Math.ceil(((out + ROWS) * inP * 8) / 65536) * 65536;
+}
+
+/**
+ * What a thread keeps after its calls of at most `bytes` each (gramBytes): the largest of them,
+ * up to GRAM_KEEP_BYTES (a larger call's memory is dropped after it).
+ */
+export function gramKeptBytes(bytes: number): number {
+  return bytes <= GRAM_KEEP_BYTES ? bytes : 0;
 }
 
 type PairDots = (I: number, rows: number, inP: number, out: number, dOff: number, jStart: number) => void;
