@@ -17,7 +17,7 @@ import { applyMask, computeMask } from "../services/core/src/prune/maskSelect.js
 import { MaskPool } from "../services/core/src/prune/maskPool.js";
 import { runCopier } from "../services/core/src/prune/byteCopy.js";
 import type { BenchLine } from "./benchLine.js";
-import { bestOf, randomLinear } from "./benchLinear.js";
+import { bestOf, inWeightBuffer, randomLinear } from "./benchLinear.js";
 import { mulberry32 } from "../services/core/src/calib/seededRandom.js";
 
 const IN = 4096;
@@ -88,10 +88,7 @@ export async function benchMask(): Promise<BenchLine[]> {
   const one = MaskPool.start(1);
   const two = MaskPool.start(2);
   // As the engine reads it with a pool of threads: into the pool's weight buffer.
-  const residentBytes = two.weightBuffer(bytes.byteLength);
-  if (!residentBytes) throw new Error("the pool gave no weight buffer");
-  residentBytes.set(bytes);
-  const resident = { ...w, bytes: residentBytes };
+  const resident = inWeightBuffer(two, w);
   const reused = {
     one: [{ weight: w, scale, options: opts, into }],
     two: [{ weight: resident, scale, options: opts, into: shared }],

@@ -12,7 +12,7 @@ import { MaskPool, type MaskJob } from "../services/core/src/prune/maskPool.js";
 import type { WeightMatrix } from "../services/core/src/prune/maskSelect.js";
 import { mulberry32 } from "../services/core/src/calib/seededRandom.js";
 import type { BenchLine } from "./benchLine.js";
-import { bestOf, randomLinear } from "./benchLinear.js";
+import { bestOf, inWeightBuffer, randomLinear } from "./benchLinear.js";
 
 const HIDDEN = 4096;
 const INTERMEDIATE = 14336;
@@ -48,12 +48,7 @@ export async function benchMaskBlock(): Promise<BenchLine[]> {
   const job = (l: Linear, into: Uint8Array, lend: boolean): MaskJob => ({ weight: l.weight, scale: l.scale, options, into, lend });
   const one = MaskPool.start(1);
   const two = MaskPool.start(2);
-  for (const l of linears) {
-    const bytes = two.weightBuffer(l.weight.bytes.byteLength);
-    if (!bytes) throw new Error("the pool gave no weight buffer");
-    bytes.set(l.weight.bytes);
-    l.resident = { ...l.weight, bytes };
-  }
+  for (const l of linears) l.resident = inWeightBuffer(two, l.weight);
   const runs = {
     one: () => Promise.all(linears.map((l) => one.computeMasks([job(l, l.plain, true)]))),
     block: () => Promise.all(linears.map((l) => two.computeMasks([{ ...job(l, l.shared, true), weight: l.resident! }]))),

@@ -161,7 +161,7 @@ function gramInstance(module: object, bytes: number): GramInstance {
   if (kept && kept.memory.buffer.byteLength >= bytes) return kept;
   const memory = new wasm.Memory({ initial: Math.ceil(bytes / 65536) });
   const instance: GramInstance = { memory, pairDots: (new wasm.Instance(module, { env: { memory } }).exports as { pair_dots: PairDots }).pair_dots };
-  if (bytes <= GRAM_KEEP_BYTES) kept = instance;
+  if (gramKeptBytes(bytes) > 0) kept = instance;
   return instance;
 }
 

@@ -246,10 +246,10 @@ export class MaskPool {
     const { tasks, copied } = this.share(jobs, scopes, masks);
     this.lastCopied = copied;
     // The other threads get their tasks at once, lent weights and weights in their memory first
-    // (they start on them at once), while this thread copies the other weights they read into their memories, job by
-    // job and row by row; each thread reads the rows as they come (rows counts them per job).
+    // (they start on them at once), while this thread copies the other weights they read into
+    // their memories, job by job and row by row; each thread reads the rows as they come (rows
+    // counts them per job, and one slot more, always full, serves the weights read in place).
     // Then this thread does its own tasks.
-    // (one slot more, for the weights read in place: all their rows are there)
     const rows = new SharedArrayBuffer(4 * (jobs.length + 1));
     new Int32Array(rows)[jobs.length] = 0x7fffffff;
     const first = (t: Placed) => Number(t.task.lent !== undefined || t.inPlace === true);

@@ -153,7 +153,8 @@ const TRANSPOSE_TILE = 64;
 
 /**
  * bt[o·inP + c] = b[c·out + o] for c < n, o < out. (Its own loop, not one loop calling a value
- * function: given two functions, V8 inlined neither, and the calls were 5% of SparseGPT's time.)
+ * function: given two functions, V8 inlined neither; a 1024 x 2816 transpose into mapped memory
+ * took 18-21 ms that way against 4-7 ms.)
  */
 function transposeInto(bt: Float64Array, inP: number, n: number, out: number, b: Float32Array): void {
   for (let c0 = 0; c0 < n; c0 += TRANSPOSE_TILE) {
