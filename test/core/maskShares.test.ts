@@ -57,17 +57,25 @@ describe("MaskShares", () => {
     assert.ok(Math.abs(s[1]! / s[2]! - 2) < 1e-6);
   });
 
-  test("follows a machine that changes, and one noisy batch moves it only part of the way", () => {
+  test("follows a machine that changes; batches in which a thread lost its core move nothing until they are most of the last five", () => {
     const shares = new MaskShares(2, 0.1);
     const steady: Machine = { ownSpeed: 3e5, copyRatio: 0.1, speeds: [3e5] };
     for (let i = 0; i < 60; i++) shares.record(timing(steady, shares.shares(), 4e6));
     const before = shares.shares()[0]!;
     assert.ok(Math.abs(before - 0.9 / 1.9) < 1e-6);
-    // One batch in which the other thread was descheduled for most of it.
-    const t = timing(steady, shares.shares(), 4e6);
-    shares.record({ ...t, threadMs: [t.threadMs[0]! * 3] });
-    const after = shares.shares()[0]!;
-    assert.ok(after > before && after < 0.6, `one slow batch: ${before} -> ${after}`);
+    // Batches in which the other thread was descheduled for most of it (three times as slow):
+    // the median of the last five is still a steady batch's after one and after two of them.
+    const slow = () => {
+      const t = timing(steady, shares.shares(), 4e6);
+      shares.record({ ...t, threadMs: [t.threadMs[0]! * 3] });
+    };
+    slow();
+    assert.ok(Math.abs(shares.shares()[0]! - before) < 1e-12, `one slow batch: ${before} -> ${shares.shares()[0]}`);
+    slow();
+    assert.ok(Math.abs(shares.shares()[0]! - before) < 1e-12, `two slow batches: ${before} -> ${shares.shares()[0]}`);
+    // A third is the median: the other thread now reads three times as slow, a = 3 - 0.1 (by hand).
+    slow();
+    assert.ok(Math.abs(shares.shares()[0]! - 2.9 / 3.9) < 1e-9, `three slow batches: ${shares.shares()[0]}`);
     // The other thread's core is now shared with something else, for good: half as fast.
     const busy: Machine = { ...steady, speeds: [1.5e5] };
     for (let i = 0; i < 60; i++) shares.record(timing(busy, shares.shares(), 4e6));

@@ -5,9 +5,10 @@
  * machine (its memory bandwidth, how busy each core is), not only on the thread count: a
  * constant tuned on one machine left one thread waiting 1.5-3 ms of a 22 ms linear in another
  * phase of the same one. Each batch's timings update three estimates (the first measurement
- * replaces the starting guess; later ones are smoothed, so one noisy batch moves them little):
- * the pool thread's selection speed, its copy cost per column it copies, and each other
- * thread's speed. The next split solves for an equal finish.
+ * replaces the starting guess; later ones, the median of the last few, so a batch in which a
+ * thread lost its core for a while moves nothing): the pool thread's selection speed, its copy
+ * cost per column it copies, and each other thread's speed. The next split solves for an
+ * equal finish.
  * Any split gives the same bits (columns are independent): this only moves time.
  */
 
@@ -35,16 +36,32 @@ export interface BatchTiming {
  */
 export const MIN_LEARNING_PARAMS = 1 << 20;
 
-/** How much of each new batch's estimate goes into the running one. */
-const SMOOTHING = 0.3;
-
 /**
- * A running estimate with a new measurement in it: the first replaces the guess, later ones
- * move it by SMOOTHING. A measurement that is not positive and finite is left out.
+ * The measurements each estimate is the median of. This machine's timings are heavy-tailed (a
+ * thread descheduled for part of a batch reads up to twice as slow): a running average with 0.3
+ * of each batch swung the split by 0.05-0.1 after such a batch, and the next batch or two then
+ * ended one thread 2-6 ms of ~20 before the other.
  */
-function mix(old: number | null, measured: number): number | null {
-  if (!(measured > 0 && Number.isFinite(measured))) return old;
-  return old === null ? measured : old + SMOOTHING * (measured - old);
+const WINDOW = 5;
+
+/** The median of the last WINDOW measurements: the guess until the first one. */
+class Estimate {
+  private readonly recent: number[] = [];
+
+  /** Adds a measurement; one that is not positive and finite is left out. */
+  add(measured: number): void {
+    if (!(measured > 0 && Number.isFinite(measured))) return;
+    this.recent.push(measured);
+    if (this.recent.length > WINDOW) this.recent.shift();
+  }
+
+  /** The median (the mean of the middle two for an even count), or null before any measurement. */
+  get value(): number | null {
+    if (this.recent.length === 0) return null;
+    const sorted = [...this.recent].sort((a, b) => a - b);
+    const m = sorted.length >> 1;
+    return sorted.length % 2 === 1 ? sorted[m]! : (sorted[m - 1]! + sorted[m]!) / 2;
+  }
 }
 
 export class MaskShares {
@@ -53,9 +70,9 @@ export class MaskShares {
    * measured (a thread with a share of 0 is never measured): taken as the mean of the measured
    * ones, as threads of one machine are alike until shown otherwise.
    */
-  private readonly speeds: Array<number | null>;
+  private readonly speeds: Estimate[];
   /** the pool thread's ms per param it copies, over its selection's ms per param; null until measured */
-  private copyRatio: number | null = null;
+  private readonly copyRatio = new Estimate();
 
   /**
    * `copyCost`: what copying a column costs the pool's thread relative to selecting it, the
@@ -63,7 +80,7 @@ export class MaskShares {
    */
   constructor(readonly threads: number, private readonly copyCost: number) {
     if (!(Number.isSafeInteger(threads) && threads >= 1)) throw new RangeError(`threads must be a positive integer, got ${threads}`);
-    this.speeds = Array.from({ length: threads }, () => null);
+    this.speeds = Array.from({ length: threads }, () => new Estimate());
   }
 
   /**
@@ -81,17 +98,18 @@ export class MaskShares {
     const ms = [t.ownMs, ...t.threadMs];
     t.shares.forEach((share, i) => {
       // A share of 0 says nothing about a thread's speed: the old estimate stays.
-      if (share > 0) this.speeds[i] = mix(this.speeds[i] ?? null, (share * t.params) / ms[i]!);
+      if (share > 0) this.speeds[i]!.add((share * t.params) / ms[i]!);
     });
     // (a batch that copied little, its other shares gone by transfer, says little about the copy)
-    if (t.copied >= MIN_LEARNING_PARAMS) this.copyRatio = mix(this.copyRatio, (t.copyMs / t.copied) * this.speedsNow()[0]!);
+    if (t.copied >= MIN_LEARNING_PARAMS) this.copyRatio.add((t.copyMs / t.copied) * this.speedsNow()[0]!);
   }
 
   /** The speeds, each unmeasured one the mean of the measured (all 1 before any is). */
   private speedsNow(): number[] {
-    const known = this.speeds.filter((v): v is number => v !== null);
+    const values = this.speeds.map((e) => e.value);
+    const known = values.filter((v): v is number => v !== null);
     const mean = known.length > 0 ? known.reduce((a, b) => a + b, 0) / known.length : 1;
-    return this.speeds.map((v) => v ?? mean);
+    return values.map((v) => v ?? mean);
   }
 
   /**
@@ -104,7 +122,7 @@ export class MaskShares {
     if (this.threads === 1) return [1];
     const [ownSpeed, ...threadSpeeds] = this.speedsNow() as [number, ...number[]];
     const others = threadSpeeds.reduce((a, b) => a + b, 0);
-    const a = Math.max(0, ownSpeed / others - (this.copyRatio ?? this.copyCost) * copied);
+    const a = Math.max(0, ownSpeed / others - (this.copyRatio.value ?? this.copyCost) * copied);
     const own = a / (1 + a);
     return [own, ...threadSpeeds.map((v) => ((1 - own) * v) / others)];
   }
