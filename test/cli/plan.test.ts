@@ -76,9 +76,10 @@ describe("atvp plan --config (hand-checked)", () => {
     assert.deepEqual([p.stages.length, p.replicas, p.links.length], [1, 2, 0]);
     assert.ok(Math.abs(p.stages[0]!.seconds - (4 * 1e-9 * 1000 * params) / 2) < 1e-12);
     // Per block a replica pulls the other's 5 samples: 100 distances + sums over the inputs of
-    // q/k/v (64), o (64), gate/up (64) and down (128), as float64.
-    assert.equal(p.exchange.bytesPerReplicaPerBlock, 5 * 8 * (100 + 64 + 64 + 64 + 128));
-    const exchange = (4 * 5 * 8 * 420) / 125e6;
+    // q/k/v (64), o (64), gate/up (64) and down (128), as float64; and the masks of the linears
+    // the other replica selects, about half of the block's 36,864 entries at one bit each.
+    assert.equal(p.exchange.bytesPerReplicaPerBlock, 5 * 8 * (100 + 64 + 64 + 64 + 128) + 36_864 / 8 / 2);
+    const exchange = (4 * (5 * 8 * 420 + 2_304)) / 125e6;
     assert.ok(Math.abs(p.predicted.wallSeconds - ((4 * 1e-9 * 1000 * params) / 2 + exchange)) < 1e-12);
   });
 
@@ -91,15 +92,17 @@ describe("atvp plan --config (hand-checked)", () => {
     const args = ["--config", small, "--workers", "2", "--network-gbps", "1", "--nsamples", "10", "--tokens-per-sample", "100", "--cost", sgCost, "--method", "sparsegpt"];
     const p = plan(...args, "--worker-memory", "3MiB", "--replicas", "2");
     assert.deepEqual([p.stages.length, p.replicas], [1, 2]);
-    // A sample's record: the upper triangles of its AᵀA for the inputs of q/k/v, o, gate/up (64)
-    // and down (128): 3 x 2,080 + 8,256 = 14,496 float64. The other replica's 5 samples per block.
-    assert.equal(p.exchange.bytesPerReplicaPerBlock, 5 * 8 * 14_496);
+    // The Hessians go down the replicas in a chain: per block a replica fetches one sum (the
+    // first replica's, or the total): the upper triangles of AᵀA for the inputs of q/k/v, o,
+    // gate/up (64) and down (128), 3 x 2,080 + 8,256 = 14,496 float64. Then the new float32
+    // weights of the linears the other replica solves, about half of the block's 36,864.
+    assert.equal(p.exchange.bytesPerReplicaPerBlock, 8 * 14_496 + (36_864 * 4) / 2);
     // A block's need: weights x2 (294,912) + SparseGPT's working bytes (three 64-wide inputs'
     // Hessian, sample matrix, row and factor: 3 x 98,880; the 128-wide one's: 394,368; the
     // block's new weights 147,456; down's Cholesky work and copies 524,288; the Gram memory the
     // thread keeps, gate/up's and down's: (128 + 32) rows x 72 and (64 + 32) x 136 padded
     // channels x 8 bytes, two 64 KiB pages each, 131,072) = 1,788,736; then every sample's
-    // record (10 x 115,968).
+    // record (10 x 115,968: an upper bound, as a replica holds its own samples' only).
     assert.equal(p.stages[0]!.peakBytes, 1_788_736 + 10 * 8 * 14_496);
     const tight = atvp("plan", ...args, "--worker-memory", "2MiB", "--replicas", "2");
     assert.equal(tight.status, 1);

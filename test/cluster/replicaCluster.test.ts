@@ -12,6 +12,7 @@ import { pruneModel } from "../../services/core/src/pipeline/pruneModel.js";
 import { startNatsServer, type NatsServerHandle } from "../../services/coordinator/src/state/natsServer.js";
 import { startCoordinator } from "../../services/coordinator/src/coordinator.js";
 import { startWorker } from "../../services/worker/src/worker.js";
+import { exchangePath, readExchangeFile } from "../../services/worker/src/dataplane/exchangeFile.js";
 import { tempDir } from "../support/fixtures.js";
 import { jobClient, openBlockStarts, startChild, startLocalCluster, waitForJob, type ChildService } from "../support/cluster.js";
 
@@ -77,7 +78,8 @@ for (const [workers, replicas, stages] of [[2, 2, 1], [3, 3, 1], [4, 2, 2]] as c
     test(`${method}, ${METHODS[method]}: ${stages} stage(s) x ${replicas} replicas on ${workers} workers, bit-identical to atvp prune`, async () => {
       const c = await inProcessCluster(workers);
       try {
-        const s = spec(method, { replicas });
+        // The work dir is kept to look at the exchange's files below.
+        const s = spec(method, { replicas, keepWork: true });
         const { job } = await c.client.submitJob({ spec: s });
         const result = await waitForJob(c.client, job!.id);
         const final = await c.client.getJob({ id: job!.id });
@@ -92,8 +94,15 @@ for (const [workers, replicas, stages] of [[2, 2, 1], [3, 3, 1], [4, 2, 2]] as c
         // One block_finished per block: replica 0 of each stage reports for its stage.
         assert.deepEqual(result.events.flatMap((e) => (e.event.case === "blockFinished" ? [e.event.value.block] : [])).sort(), [0, 1, 2, 3]);
         assertSameAsPrune(method, s.out);
-        const report = JSON.parse(readFileSync(join(s.out, "report.json"), "utf8")) as { grid: unknown };
+        const report = JSON.parse(readFileSync(join(s.out, "report.json"), "utf8")) as { grid: unknown; layers: { block: number }[] };
         assert.deepEqual(report.grid, { stages, replicas });
+        // The replicas shared each block's compress step out: each one's file holds the results of
+        // its own linears only, contiguous items that together are every linear of the block once.
+        const perBlock = report.layers.filter((l) => l.block === 0).length;
+        const shares = await Promise.all(Array.from({ length: replicas }, (_, r) => readExchangeFile(exchangePath(join(tmp.path, "jobs", job!.id), 0, "compress-0", r))));
+        assert.deepEqual(shares.map((x) => x.first), shares.map((_, r) => shares.slice(0, r).reduce((a, y) => a + y.records.length, 0)));
+        assert.ok(shares.every((x) => x.records.length > 0 && x.records.length < perBlock), `items per replica: ${shares.map((x) => x.records.length)}`);
+        assert.equal(shares.reduce((a, x) => a + x.records.length, 0), perBlock);
       } finally {
         await c.close();
       }

@@ -130,6 +130,45 @@ describe("three replicas on three workers", () => {
     again.forEach((got, r) => assertAllRecords(got, 1, "stats", `replica ${r} again`));
   });
 
+  test("allGather over item shares (a block's linears, uneven ranges) instead of samples, over gRPC", async () => {
+    const peers = workers.map((w) => w.address);
+    const ex = workers.map((w, r) => exchange(r, peers, newDir(), w.exchanges, { jobId: "job-items" }));
+    const shares = { bounds: [0, 1, 4, 5] };
+    const item = (i: number): SampleRecord => [Float64Array.of(i, -0), new Float64Array(3 + i).fill(i / 3)];
+    const own = (r: number) => new Map(Array.from({ length: shares.bounds[r + 1]! - shares.bounds[r]! }, (_, k) => [shares.bounds[r]! + k, item(shares.bounds[r]! + k)] as const));
+    const all = await withTimeout(Promise.all(ex.map((e, r) => e.allGather(0, "compress-0", own(r), done, shares))), GUARD_MS, "items");
+    for (const got of all) {
+      assert.equal(got.length, 5);
+      got.forEach((rec, i) => rec.forEach((v, k) => assert.ok(bytes(v).equals(bytes(item(i)[k]!)), `item ${i} vector ${k}`)));
+    }
+    // Shares that leave a replica nothing are refused before anything is sent.
+    await assert.rejects(ex[0]!.allGather(1, "compress-0", own(0), done, { bounds: [0, 1, 1, 5] }), (e) => e instanceof InvalidArgumentError && /shares/.test(e.message));
+  });
+
+  test("post and fetch: a sum passed down the replicas and the last one's fetched by all, bit for bit; a post stands", async () => {
+    const peers = workers.map((w) => w.address);
+    const dir = newDir();
+    const ex = workers.map((w, r) => exchange(r, peers, dir, w.exchanges, { jobId: "job-chain" }));
+    const sums = [recordOf(0, "stats", 0), recordOf(0, "stats", 1), recordOf(0, "stats", 2)];
+    // Replica 2 asks first: its fetch waits for replica 1, which waits for replica 0.
+    const chain = [
+      (async () => { await ex[0]!.post(3, "sum-0", sums[0]!, done); return ex[0]!.fetch(3, "sum-0", 2, 3, done); })(),
+      (async () => { const prefix = await ex[1]!.fetch(3, "sum-0", 0, 3, done); await ex[1]!.post(3, "sum-0", sums[1]!, done); return [prefix, await ex[1]!.fetch(3, "sum-0", 2, 3, done)]; })(),
+      (async () => { const prefix = await ex[2]!.fetch(3, "sum-0", 1, 3, done); await ex[2]!.post(3, "sum-0", sums[2]!, done); return prefix; })(),
+    ];
+    const [total0, [prefix1, total1], prefix2] = await withTimeout(Promise.all(chain), GUARD_MS, "chain") as [SampleRecord, SampleRecord[], SampleRecord];
+    const same = (a: SampleRecord, b: SampleRecord, what: string) => a.forEach((v, k) => assert.ok(bytes(v).equals(bytes(b[k]!)), `${what} vector ${k}`));
+    same(prefix1!, sums[0]!, "replica 1's prefix");
+    same(prefix2, sums[1]!, "replica 2's prefix");
+    same(total0, sums[2]!, "replica 0's total");
+    same(total1!, sums[2]!, "replica 1's total");
+    // Posting again (a rerun) keeps what was posted: its file.
+    await ex[0]!.post(3, "sum-0", sums[2]!, done);
+    same(await withTimeout(ex[1]!.fetch(3, "sum-0", 0, 3, done), GUARD_MS, "again"), sums[0]!, "replica 0's post after a second one");
+    await assert.rejects(ex[0]!.fetch(3, "sum-0", 0, 3, done), (e) => e instanceof InvalidArgumentError && /from/.test(e.message));
+    await withTimeout(assert.rejects(ex[1]!.fetch(3, "sum-0", 2, 2, done), (e) => e instanceof ExchangeError && /has 3 vectors; the other samples have 2/.test(e.message)), GUARD_MS, "vectors");
+  });
+
   test("a replica that joins late: its peers wait for it (its worker does not know the job yet), then all agree", async () => {
     const peers = workers.map((w) => w.address);
     const log = new Logs();

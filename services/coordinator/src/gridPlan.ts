@@ -4,7 +4,7 @@
  * and a wall-time prediction from a measured per-block cost table. Only a model's shape is
  * needed, so it sizes models whose weights are not at hand.
  */
-import { blockParams, blockWeightBytes, elementSize, InvalidArgumentError, methodDefinition, type MethodCost, type ModelShape } from "../../core/src/index.js";
+import { blockParams, blockWeightBytes, elementSize, InvalidArgumentError, methodDefinition, replicaRecordBytes, type MethodCost, type ModelShape } from "../../core/src/index.js";
 import { blockMemoryNeed, planGrid as planWorkerGrid } from "./shardPlanner.js";
 
 export interface GridOptions {
@@ -59,7 +59,7 @@ export interface GridPlan {
   /** the hidden state of one sample at a stage boundary */
   boundaryBytesPerSample: number;
   links: PlannedLink[];
-  /** the replicas' per-sample records (ATV's distances, sums of squares) each replica pulls per block */
+  /** what each replica pulls per block: the others' per-sample records, a chain's sums, the others' compress results */
   exchange: { bytesPerReplicaPerBlock: number; seconds: number };
   predicted: { computeSeconds: number; transferSeconds: number; wallSeconds: number; secondsPerTokenParam: number };
 }
@@ -70,7 +70,7 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
     bytes: blockWeightBytes(linears),
     flops: blockParams(linears),
     workingBytes: definition.workingBytes?.(linears) ?? 0,
-    replicaBytes: options.samples * (definition.recordBytes?.(linears, options.tokensPerSample) ?? 0),
+    replicaBytes: options.samples * replicaRecordBytes(definition, linears, options.tokensPerSample),
   }));
   const workers = Array.from({ length: options.workers }, (_, i) => ({ address: `worker-${i}`, memoryBytes: options.workerMemoryBytes }));
   const need = Math.max(...blocks.map((b) => blockMemoryNeed(b.bytes, b.workingBytes)));
@@ -105,11 +105,15 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
     const bytes = boundaryBytesPerSample * options.samples;
     return { from: s.index - 1, to: s.index, bytes, seconds: bytes / R / bytesPerSecond };
   });
-  // Per block a replica pulls the other replicas' records (the method's: ATV's distances, sums
-  // of squares, SparseGPT's per-sample Hessians), as float64.
-  const recordBytes = (linears: (typeof shape.blockLinears)[number]) => definition.recordBytes?.(linears, options.tokensPerSample) ?? 0;
+  // Per block a replica pulls the other replicas' per-sample records (ATV's distances, sums of
+  // squares) as float64, one or two sums of a chain (SparseGPT's Hessians: the one before it and
+  // the total; two for a replica in the middle), and the results of the linears the others
+  // compress (about (R - 1) / R of the block's: masks as bits, SparseGPT's new weights).
   const othersSamples = options.samples - Math.floor(options.samples / R);
-  const exchangeBytes = R > 1 ? shape.blockLinears.map((ls) => othersSamples * recordBytes(ls)) : shape.blockLinears.map(() => 0);
+  const pulled = (ls: (typeof shape.blockLinears)[number]) => othersSamples * (definition.recordBytes?.(ls, options.tokensPerSample) ?? 0)
+    + (R > 2 ? 2 : 1) * (definition.sumBytes?.(ls) ?? 0)
+    + (ls.length >= R ? Math.ceil(((R - 1) / R) * ls.reduce((a, l) => a + (definition.resultBytes?.(l) ?? Math.ceil((l.inDim * l.outDim) / 8)), 0)) : 0);
+  const exchangeBytes = shape.blockLinears.map((ls) => (R > 1 ? pulled(ls) : 0));
   const exchangeSeconds = exchangeBytes.reduce((a, b) => a + b, 0) / bytesPerSecond;
   const computeSeconds = blockSeconds.reduce((a, b) => a + b, 0) / R;
   const transferSeconds = links.reduce((a, l) => a + l.seconds, 0) + exchangeSeconds;

@@ -8,9 +8,9 @@ import type { LinearInfo } from "../graph/linears.js";
 import { HessianAccumulator, type SampleRowsSolver } from "../prune/hessian.js";
 import { prepareHessian, type PreparedHessian } from "../prune/sparseGpt.js";
 import type { Solver } from "../prune/solvePool.js";
-import type { AccumulatorInput, AccumulatorSpec, ExchangeableAccumulator } from "./method.js";
+import type { AccumulatorInput, AccumulatorSpec, SummingAccumulator } from "./method.js";
 
-export class Hessian implements ExchangeableAccumulator {
+export class Hessian implements SummingAccumulator {
   private readonly acc: HessianAccumulator;
   private finished: Float64Array | undefined;
   private prepared: PreparedHessian | undefined;
@@ -36,6 +36,17 @@ export class Hessian implements ExchangeableAccumulator {
   reduce(records: readonly Float64Array[]): void {
     if (this.finished) throw new RangeError(`Hessian of ${this.acc.tensor} was already finished`);
     this.acc.reduce(records);
+    this.last = undefined;
+  }
+
+  sum(): Float64Array {
+    if (this.finished) throw new RangeError(`Hessian of ${this.acc.tensor} was already finished`);
+    return this.acc.packedSum();
+  }
+
+  continueSum(prefix: Float64Array, records: readonly Float64Array[]): void {
+    if (this.finished) throw new RangeError(`Hessian of ${this.acc.tensor} was already finished`);
+    this.acc.continueSum(prefix, records);
     this.last = undefined;
   }
 

@@ -101,6 +101,23 @@ export interface ExchangeableAccumulator extends Accumulator {
   reduce(records: readonly Float64Array[]): void;
 }
 
+/**
+ * An exchangeable accumulator whose state is a plain sum of its samples' records, added in
+ * sample order from zero (SparseGPT's Hessians). Replicas can then reduce it in a chain: each
+ * continues the sum of the replicas before it with its own samples and passes one record on,
+ * instead of every replica gathering every sample's record (pipeline/blockEngine.ts).
+ */
+export interface SummingAccumulator extends ExchangeableAccumulator {
+  /** the state as one record: the sum of the samples added or continued so far */
+  sum(): Float64Array;
+  /** replaces the state by `prefix` (another replica's sum()) with `records` added to it in order */
+  continueSum(prefix: Float64Array, records: readonly Float64Array[]): void;
+}
+
+export function isSumming(acc: Accumulator): acc is SummingAccumulator {
+  return isExchangeable(acc) && typeof (acc as Partial<SummingAccumulator>).sum === "function" && typeof (acc as Partial<SummingAccumulator>).continueSum === "function";
+}
+
 export function isExchangeable(acc: Accumulator): acc is ExchangeableAccumulator {
   return typeof (acc as Partial<ExchangeableAccumulator>).record === "function" && typeof (acc as Partial<ExchangeableAccumulator>).reduce === "function";
 }
@@ -193,6 +210,11 @@ export interface Method<A extends Accumulator = Accumulator> {
   /** Refuses a calibration sample the method cannot use (ATV: one with no text tokens). */
   checkSample?(sample: CalibSample, where: string): void;
   compress(input: CompressInput<A>): Compression | Promise<Compression>;
+  /**
+   * What compressing `linear` costs relative to the block's other linears, by which replicas
+   * share a block's compress step out (pipeline/compressShares.ts); default: its entries.
+   */
+  compressCost?(linear: LinearInfo): number;
 }
 
 /** The method options a job resolves once (see MethodDefinition.create). */
@@ -235,9 +257,25 @@ export interface MethodDefinition {
    */
   recordBytes?(linears: readonly LinearInfo[], tokensPerSample: number): number;
   /**
+   * Bytes of the sums replicas reduce in a chain per block (SummingAccumulator: SparseGPT's
+   * Hessians), one sample's record's worth: a replica fetches one or two of them per block, and
+   * holds its own samples' records meanwhile (the planners count every sample's, an upper bound).
+   */
+  sumBytes?(linears: readonly LinearInfo[]): number;
+  /**
+   * Bytes of one linear's compress result as the replicas of a stage exchange it
+   * (pipeline/compressShares.ts); absent: a mask, one bit per entry.
+   */
+  resultBytes?(linear: LinearInfo): number;
+  /**
    * Bytes the method holds beyond the block's weights while it prunes one block (SparseGPT's
    * in×in Hessians), with `threads` mask (and solve) threads (default 1), for the shard planner;
    * absent: small next to the weights.
    */
   workingBytes?(linears: readonly LinearInfo[], threads?: number): number;
+}
+
+/** What a replica holds per sample beside a block: its records, and (an upper bound) those of a chain's sums. */
+export function replicaRecordBytes(definition: MethodDefinition, linears: readonly LinearInfo[], tokensPerSample: number): number {
+  return (definition.recordBytes?.(linears, tokensPerSample) ?? 0) + (definition.sumBytes?.(linears) ?? 0);
 }

@@ -26,6 +26,16 @@ async function compressWithHessian({ weight, stats, samples, target, solver }: C
   return { kind: "weights", bytes, pruned: update.pruned, facts: { relativeError: relativeError(update.errorEnergy, energy) } };
 }
 
+/** SparseGPT's result is the linear's new weights, in the weight's own type. */
+function newWeightBytes(linear: LinearInfo): number {
+  return linear.inDim * linear.outDim * elementSize(linear.dataType, linear.weight);
+}
+
+/** A solve's cost: the Cholesky factoring of the in x in Hessian and the column sweeps over the weight. */
+function hessianSolveCost(linear: LinearInfo): number {
+  return linear.inDim * linear.inDim * (linear.inDim + linear.outDim);
+}
+
 /**
  * A block's peak: one float64 Hessian and its factor U per distinct input (kept until every
  * linear is compressed), the Cholesky work of the widest input (two in×in), a linear's float64 copies
@@ -57,9 +67,11 @@ export const sparseGpt: MethodDefinition = {
   shownOptions: [],
   workingBytes: sparseGptWorkingBytes,
   replicable: true,
-  recordBytes: hessianRecordBytes,
+  recordBytes: () => 0,
+  sumBytes: hessianRecordBytes,
+  resultBytes: newWeightBytes,
   create(): Method<Hessian> {
-    return { name: "sparsegpt", calibration: { pool: ATTENDED_TOKENS, accumulator: hessians }, compress: compressWithHessian };
+    return { name: "sparsegpt", calibration: { pool: ATTENDED_TOKENS, accumulator: hessians }, compress: compressWithHessian, compressCost: hessianSolveCost };
   },
 };
 
@@ -69,7 +81,9 @@ export const atvSparseGpt: MethodDefinition = {
   shownOptions: ["alpha"],
   workingBytes: sparseGptWorkingBytes,
   replicable: true,
-  recordBytes: (linears, tokens) => distanceRecordBytes(tokens) + hessianRecordBytes(linears),
+  recordBytes: (_linears, tokens) => distanceRecordBytes(tokens),
+  sumBytes: hessianRecordBytes,
+  resultBytes: newWeightBytes,
   create(options): Method<Hessian> {
     return {
       name: "atv-sparsegpt",
@@ -77,6 +91,7 @@ export const atvSparseGpt: MethodDefinition = {
       // The same pool as ATV, so the same samples are refused.
       checkSample: atv.create(options).checkSample,
       compress: compressWithHessian,
+      compressCost: hessianSolveCost,
     };
   },
 };

@@ -25,8 +25,8 @@ import { ortType, typeName } from "../onnx/dtype.js";
 import type { LoadedModel } from "../onnx/modelFile.js";
 import type { TensorData } from "../onnx/tensorData.js";
 import {
-  createMethod, DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, isExchangeable, type Accumulator, type CalibrationNeeds, type Compression,
-  type ExchangeableAccumulator, type MaskSelector, type Method, type PoolFacts, type PoolObserver,
+  createMethod, DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, isExchangeable, isSumming, type Accumulator, type CalibrationNeeds, type Compression,
+  type ExchangeableAccumulator, type SummingAccumulator, type MaskSelector, type Method, type PoolFacts, type PoolObserver,
 } from "../methods/index.js";
 import type { LinearTargets, ProfilePrePass } from "../profiles/index.js";
 import { applyMask, type WeightMatrix } from "../prune/maskSelect.js";
@@ -41,6 +41,7 @@ import type { ResolvedSpec } from "./pruneSpec.js";
 import type { SampleFeeds } from "./sampleFeeds.js";
 import { replicaSamples, type SampleExchange } from "./sampleExchange.js";
 import { statsInGraph } from "./graphStatsPass.js";
+import { compressionFromRecord, compressionRecord, compressShares, type CompressShares } from "./compressShares.js";
 
 /** The hidden-path tensors of one sample at a block boundary. */
 export type SampleState = Map<string, WireTensor>;
@@ -215,10 +216,12 @@ export class BlockEngine {
         const done: CompressedLinear[] = [];
         for (let g = 0; g < groups.length; g++) {
           if (g > 0) await host.bind(session, boundTensors(cut, weights, this.ctx.index));
-          const calibrated = await this.calibrate(b, session, weights, source, groups[g]!, method.calibration, g === 0 ? { ...options, propagate: dense, topic: "0" } : { signal: options.signal, propagate: false, topic: String(g) });
+          const shares = this.sharesOf(groups[g]!);
+          const compressing = shares ? this.ownShare(groups[g]!, shares) : undefined;
+          const calibrated = await this.calibrate(b, session, weights, source, groups[g]!, method.calibration, g === 0 ? { ...options, propagate: dense, topic: "0", compressing } : { signal: options.signal, propagate: false, topic: String(g), compressing });
           if (g === 0) ({ facts, next } = calibrated);
           takeBack(weights, await host.unbind(session));
-          done.push(...await this.compressLinears(groups[g]!, weights, calibrated.stats));
+          done.push(...await (shares ? this.compressShared(b, String(g), groups[g]!, shares, weights, calibrated.stats, options.signal) : this.compressLinears(groups[g]!, weights, calibrated.stats)));
         }
         done.sort((x, y) => toPrune.indexOf(x.linear) - toPrune.indexOf(y.linear));
         compressed = applyCompressions(done, this.maskBuffers);
@@ -277,7 +280,7 @@ export class BlockEngine {
    */
   private async calibrate<A extends Accumulator>(
     b: number, session: SessionHandle, weights: Map<string, WeightMatrix>, source: StateSource,
-    linears: readonly LinearInfo[], needs: CalibrationNeeds<A>, options: RunBlockOptions & { propagate: boolean; topic?: string },
+    linears: readonly LinearInfo[], needs: CalibrationNeeds<A>, options: CalibrateOptions,
   ): Promise<{ stats: Map<string, A>; facts: PoolFacts; next: SampleState[] }> {
     const inGraph = this.statsGraphs.get(session);
     if (inGraph) return this.calibrateInGraph(b, session, weights, source, linears, needs, options, inGraph);
@@ -313,8 +316,10 @@ export class BlockEngine {
     // A replica keeps what each of its samples added, for the exchange.
     const records = new Map<number, Float64Array[]>();
     const exchangeable = exchange ? exchangeableAccumulators(cut.label, [...accs.values()].map((e) => e.acc)) : [];
+    // The first replica of a chained reduction passes on its running sums, not its records.
+    const needsRecords = exchange !== undefined && !(exchange.slice.replica === 0 && chained(exchangeable));
     const keep = (j: number) => {
-      if (exchange) records.set(j, exchangeable.map((a) => a.record(j)));
+      if (needsRecords) records.set(j, exchangeable.map((a) => a.record(j)));
     };
     const rule = needs.pool;
     const observer = rule.kind === "afterForward" ? rule.start(samples) : undefined;
@@ -361,15 +366,51 @@ export class BlockEngine {
         keep(j);
       }
     }
-    if (exchange) await this.reduceRecords(b, exchangeable, records, options.topic, signal);
+    if (exchange) await this.reduceRecords(b, exchangeable, records, options, stats);
     return { stats, facts, next };
   }
 
-  /** Every sample's record, from every replica, reduced in sample order: the one-process bits. */
-  private async reduceRecords(b: number, accs: readonly ExchangeableAccumulator[], own: ReadonlyMap<number, Float64Array[]>, topic: string | undefined, signal: AbortSignal | undefined): Promise<void> {
+  /**
+   * Every sample's record, from every replica, reduced in sample order: the one-process bits.
+   * Where the replicas share out the compress step, only the accumulators of this replica's
+   * linears are reduced (the others are never read here).
+   */
+  private async reduceRecords(
+    b: number, accs: readonly ExchangeableAccumulator[], own: ReadonlyMap<number, Float64Array[]>, options: CalibrateOptions, stats: ReadonlyMap<string, Accumulator>,
+  ): Promise<void> {
     const label = this.ctx.plan.blocks[b]!.label;
-    const all = await this.ctx.exchange!.allGather(b, `stats-${topic ?? "0"}`, own, signal);
-    accs.forEach((acc, i) => acc.reduce(all.map((r, j) => recordPart(r, i, label, j))));
+    const needed = options.compressing ? new Set<Accumulator>(options.compressing.map((l) => stats.get(l.weight)!)) : undefined;
+    if (chained(accs)) return this.sumInChain(b, accs as SummingAccumulator[], own, options, needed);
+    const all = await this.ctx.exchange!.allGather(b, `stats-${options.topic ?? "0"}`, own, options.signal);
+    accs.forEach((acc, i) => {
+      if (!needed || needed.has(acc)) acc.reduce(all.map((r, j) => recordPart(r, i, label, j)));
+    });
+  }
+
+  /**
+   * The reduction of sums (Hessians) down the replicas in sample order: replica r continues
+   * replica r - 1's sum with its own samples' records and posts the result (topic sum-<group>),
+   * so the last replica's is every sample's, which the others fetch. Each replica moves one sum
+   * each way instead of every other replica's per-sample records, the same additions in the same
+   * order as one process.
+   */
+  private async sumInChain(b: number, accs: readonly SummingAccumulator[], own: ReadonlyMap<number, Float64Array[]>, options: CalibrateOptions, needed: Set<Accumulator> | undefined): Promise<void> {
+    const label = this.ctx.plan.blocks[b]!.label;
+    const exchange = this.ctx.exchange!;
+    const { replica, replicas } = exchange.slice;
+    const topic = `sum-${options.topic ?? "0"}`;
+    // Replica 0's own running sums are already its samples' from zero, in order.
+    if (replica > 0) {
+      const prefix = await exchange.fetch(b, topic, replica - 1, accs.length, options.signal);
+      const mine = [...own.keys()].sort((x, y) => x - y);
+      accs.forEach((acc, i) => acc.continueSum(recordPart(prefix, i, label, replica - 1), mine.map((j) => recordPart(own.get(j), i, label, j))));
+    }
+    await exchange.post(b, topic, accs.map((a) => a.sum()), options.signal);
+    if (replica === replicas - 1) return;
+    const total = await exchange.fetch(b, topic, replicas - 1, accs.length, options.signal);
+    accs.forEach((acc, i) => {
+      if (!needed || needed.has(acc)) acc.continueSum(recordPart(total, i, label, replicas - 1), []);
+    });
   }
 
   /** A replica's pool observer gets the other replicas' observations before it selects. */
@@ -394,7 +435,7 @@ export class BlockEngine {
   /** calibrate() with --stats graph: the session's graph computes the statistics (graphStatsPass.ts). */
   private async calibrateInGraph<A extends Accumulator>(
     b: number, session: SessionHandle, weights: Map<string, WeightMatrix>, source: StateSource,
-    linears: readonly LinearInfo[], needs: CalibrationNeeds<A>, options: RunBlockOptions & { propagate: boolean; topic?: string }, graph: StatsGraph,
+    linears: readonly LinearInfo[], needs: CalibrationNeeds<A>, options: CalibrateOptions, graph: StatsGraph,
   ): Promise<{ stats: Map<string, A>; facts: PoolFacts; next: SampleState[] }> {
     const { plan, samples, host, feeds, exchange } = this.ctx;
     const cut = plan.blocks[b]!;
@@ -422,7 +463,7 @@ export class BlockEngine {
       stateOutputs: options.propagate ? cut.stateOutputs : [],
       ...(options.propagate ? { emit: (j: number, state: SampleState, out: Record<string, WireTensor>) => emitNext(next, j, this.stateAfter(b, out, state, feeds[j]!), options.onNext) } : {}),
     }, linears, needs);
-    if (exchange) await this.reduceRecords(b, accs, records, options.topic, options.signal);
+    if (exchange) await this.reduceRecords(b, accs, records, options, stats);
     return { stats, facts, next };
   }
 
@@ -444,6 +485,44 @@ export class BlockEngine {
   /** Steps 4-6: every linear of the block is compressed from dense weights before any changes. */
   private async compress(linears: readonly LinearInfo[], weights: Map<string, WeightMatrix>, stats: ReadonlyMap<string, Accumulator>): Promise<Compressed[]> {
     return applyCompressions(await this.compressLinears(linears, weights, stats), this.maskBuffers);
+  }
+
+  /**
+   * How the replicas of this stage share out the compress step of `linears` (undefined: no
+   * replicas, or fewer linears than replicas, and this run compresses them all).
+   */
+  private sharesOf(linears: readonly LinearInfo[]): CompressShares | undefined {
+    const replicas = this.ctx.exchange?.slice.replicas ?? 1;
+    return compressShares(linears.map((l) => this.method.compressCost?.(l) ?? l.inDim * l.outDim), replicas);
+  }
+
+  /** The linears this replica compresses under `shares`. */
+  private ownShare(linears: readonly LinearInfo[], shares: CompressShares): LinearInfo[] {
+    const r = this.ctx.exchange!.slice.replica;
+    return shares.order.slice(shares.bounds[r]!, shares.bounds[r + 1]!).map((i) => linears[i]!);
+  }
+
+  /**
+   * The compress step of `linears` split between the replicas: this replica compresses its share,
+   * and gets the others' results from the exchange (topic compress-<group>).
+   */
+  private async compressShared(
+    b: number, group: string, linears: readonly LinearInfo[], shares: CompressShares, weights: Map<string, WeightMatrix>,
+    stats: ReadonlyMap<string, Accumulator>, signal: AbortSignal | undefined,
+  ): Promise<CompressedLinear[]> {
+    const r = this.ctx.exchange!.slice.replica;
+    const first = shares.bounds[r]!;
+    const mine = await this.compressLinears(this.ownShare(linears, shares), weights, stats);
+    const own = new Map(mine.map((c, i) => [first + i, compressionRecord(c.result)]));
+    const all = await this.ctx.exchange!.allGather(b, `compress-${group}`, own, signal, shares);
+    return shares.order.map((li, item) => {
+      if (item >= first && item < first + mine.length) return mine[item - first]!;
+      const linear = linears[li]!;
+      const weight = weights.get(linear.weight)!;
+      const elementBytes = weight.bytes.length / (linear.inDim * linear.outDim);
+      const result = compressionFromRecord(all[item]!, linear, elementBytes, (n) => this.maskBuffers.take(n));
+      return { linear, weight, target: this.targetOf(linear), result };
+    });
   }
 
   /** The compress step of every linear, from the dense weights; nothing is applied yet. */
@@ -565,6 +644,11 @@ export class BlockEngine {
   }
 }
 
+/** Whether replicas reduce these accumulators in a chain (BlockEngine.sumInChain): all of them are sums. */
+function chained(accs: readonly ExchangeableAccumulator[]): boolean {
+  return accs.length > 0 && accs.every(isSumming);
+}
+
 /** The accumulators a replica exchanges, in a fixed order (the block's linears'). */
 function exchangeableAccumulators(label: string, accs: readonly Accumulator[]): ExchangeableAccumulator[] {
   return accs.map((a) => {
@@ -577,6 +661,14 @@ function recordPart(record: readonly Float64Array[] | undefined, i: number, labe
   const part = record?.[i];
   if (!part) throw new GraphError(label, `the exchange gave no record part ${i} for sample ${j}`);
   return part;
+}
+
+interface CalibrateOptions extends RunBlockOptions {
+  propagate: boolean;
+  /** the exchange topic of the group's statistics */
+  topic?: string;
+  /** the linears this replica compresses, when the replicas share the compress step out */
+  compressing?: readonly LinearInfo[];
 }
 
 interface CompressedLinear {

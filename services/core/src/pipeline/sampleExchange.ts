@@ -37,12 +37,48 @@ export function replicaOfSample(samples: number, replicas: number, j: number): n
 export type SampleRecord = Float64Array[];
 
 /**
+ * Items other than samples that the replicas share out (a block's linears, each compressed by
+ * one replica): replica r owns items [bounds[r], bounds[r + 1]), every replica at least one.
+ */
+export interface ItemShares {
+  readonly bounds: readonly number[];
+}
+
+/** Items [first, end) of replica r: its samples (replicaSamples), or its range of `shares`. */
+export function ownedItems(samples: number, slice: ReplicaSlice, r: number, shares?: ItemShares): { first: number; end: number } {
+  if (!shares) return replicaSamples(samples, slice.replicas, r);
+  checkItemShares(shares, slice.replicas);
+  return { first: shares.bounds[r]!, end: shares.bounds[r + 1]! };
+}
+
+/** The number of items an all-gather yields: N samples, or the items of `shares`. */
+export function itemCount(samples: number, shares?: ItemShares): number {
+  return shares ? shares.bounds[shares.bounds.length - 1]! : samples;
+}
+
+function checkItemShares(shares: ItemShares, replicas: number): void {
+  const b = shares.bounds;
+  const ok = b.length === replicas + 1 && b[0] === 0 && b.every((x, i) => Number.isInteger(x) && (i === 0 || x > b[i - 1]!));
+  if (!ok) throw new InvalidArgumentError("shares", `bounds ${JSON.stringify(b)} do not give each of ${replicas} replicas a non-empty range of items from 0`);
+}
+
+/**
  * The all-gather between the replicas of one stage. Each replica calls allGather once per
- * (block, topic), with the records of its own samples; every call resolves with the records of
- * all N samples (index = sample). Calls for one (block, topic) must give the same result however
- * often they are made (a replica rerun after a fault gathers again and gets the same bits).
+ * (block, topic), with the records of its own items; every call resolves with the records of
+ * all items (index = item). Items are the N samples, split by replicaSamples, unless `shares`
+ * says otherwise (the same shares at every replica). Calls for one (block, topic) must give the
+ * same result however often they are made (a replica rerun after a fault gathers again and gets
+ * the same bits).
  */
 export interface SampleExchange {
   readonly slice: ReplicaSlice;
-  allGather(block: number, topic: string, own: ReadonlyMap<number, SampleRecord>, signal?: AbortSignal): Promise<SampleRecord[]>;
+  allGather(block: number, topic: string, own: ReadonlyMap<number, SampleRecord>, signal?: AbortSignal, shares?: ItemShares): Promise<SampleRecord[]>;
+  /**
+   * Point to point, for a reduction that runs down the replicas in a chain: this replica's one
+   * record of (block, topic), kept for any replica that fetches it (also after this one is
+   * gone). Posting again gives the same record.
+   */
+  post(block: number, topic: string, record: SampleRecord, signal?: AbortSignal): Promise<void>;
+  /** Replica `from`'s record of (block, topic) with `vectors` vectors, once it is posted. */
+  fetch(block: number, topic: string, from: number, vectors: number, signal?: AbortSignal): Promise<SampleRecord>;
 }

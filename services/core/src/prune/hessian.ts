@@ -73,11 +73,20 @@ export class HessianAccumulator {
 
   /** The last added sample's A_jᵀA_j (upper triangle, row by row): what a replica exchanges. */
   record(): Float64Array {
+    return this.packed(this.sample);
+  }
+
+  /** Σ so far, packed as a record is: what a replica passes on in a chained reduction. */
+  packedSum(): Float64Array {
+    return this.packed(this.sum);
+  }
+
+  private packed(m: Float64Array): Float64Array {
     const n = this.channels;
     const out = new Float64Array(HessianAccumulator.recordLength(n));
     let k = 0;
     for (let i = 0; i < n; i++) {
-      out.set(this.sample.subarray(i * n + i, i * n + n), k);
+      out.set(m.subarray(i * n + i, i * n + n), k);
       k += n - i;
     }
     return out;
@@ -85,14 +94,27 @@ export class HessianAccumulator {
 
   /** Replaces the sum by every sample's record (index = sample) added in sample order. */
   reduce(records: readonly Float64Array[]): void {
+    this.sum.fill(0);
+    records.forEach((p, j) => this.addRecord(p, `sample ${j}'s Hessian record`));
+  }
+
+  /**
+   * Replaces the sum by `prefix` (packedSum() of the samples before) with `records` added in
+   * order: the bits of reduce() over all of them, since Σ starts at +0 and so never holds -0
+   * (0 + prefix is prefix).
+   */
+  continueSum(prefix: Float64Array, records: readonly Float64Array[]): void {
+    this.sum.fill(0);
+    this.addRecord(prefix, "the sum before this replica's samples");
+    records.forEach((p, j) => this.addRecord(p, `record ${j} after the sum`));
+  }
+
+  private addRecord(p: Float64Array, what: string): void {
     const n = this.channels;
     const length = HessianAccumulator.recordLength(n);
-    this.sum.fill(0);
-    records.forEach((p, j) => {
-      if (p.length !== length) throw new NumericError(this.tensor, `sample ${j}'s Hessian record has ${p.length} entries, expected ${length}`);
-      // Packed row i starts at i·n − i(i−1)/2; entry (i, j) is j − i further.
-      this.addToSum(p, (i, c) => i * n - (i * (i - 1)) / 2 + (c - i));
-    });
+    if (p.length !== length) throw new NumericError(this.tensor, `${what} has ${p.length} entries, expected ${length}`);
+    // Packed row i starts at i·n − i(i−1)/2; entry (i, j) is j − i further.
+    this.addToSum(p, (i, c) => i * n - (i * (i - 1)) / 2 + (c - i));
   }
 
   /** Σ[i,j] += p[at(i, j)] over the upper triangle. */

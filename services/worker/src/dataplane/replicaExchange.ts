@@ -17,7 +17,7 @@ import type * as grpc from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import { WorkerDataService } from "../../../gen/atvprune/v1/worker_data_pb.js";
 import {
-  AtvpError, InvalidArgumentError, replicaSamples, type ReplicaSlice, type SampleExchange, type SampleRecord,
+  AtvpError, InvalidArgumentError, itemCount, ownedItems, replicaSamples, type ItemShares, type ReplicaSlice, type SampleExchange, type SampleRecord,
 } from "../../../core/src/index.js";
 import { createClient } from "../../../rpc/index.js";
 import { exists } from "../checkpoint/checkpoints.js";
@@ -83,14 +83,15 @@ export class GrpcReplicaExchange implements SampleExchange {
     for (const wake of [...(this.moveListeners.get(replica) ?? [])]) wake();
   }
 
-  async allGather(block: number, topic: string, own: ReadonlyMap<number, SampleRecord>, signal?: AbortSignal): Promise<SampleRecord[]> {
+  async allGather(block: number, topic: string, own: ReadonlyMap<number, SampleRecord>, signal?: AbortSignal, shares?: ItemShares): Promise<SampleRecord[]> {
     if (!(Number.isInteger(block) && block >= 0)) throw new InvalidArgumentError("block", `must be a non-negative integer, got ${block}`);
     checkTopic(topic);
     signal?.throwIfAborted();
     const { replica, replicas } = this.slice;
-    const { mine, written } = await this.settleOwn(block, topic, this.ownRecords(block, topic, own));
+    const range = (r: number) => ownedItems(this.o.samples, this.slice, r, shares);
+    const { mine, written } = await this.settleOwn(block, topic, this.ownRecords(block, topic, own, range(replica)));
     const vectors = mine.records[0]!.length;
-    const all: SampleRecord[] = new Array<SampleRecord>(this.o.samples);
+    const all: SampleRecord[] = new Array<SampleRecord>(itemCount(this.o.samples, shares));
     mine.records.forEach((r, i) => (all[mine.first + i] = r));
     if (replicas === 1) {
       await written;
@@ -111,7 +112,7 @@ export class GrpcReplicaExchange implements SampleExchange {
       const pulls = [];
       for (let r = 0; r < replicas; r++) {
         if (r === replica) continue;
-        pulls.push(this.pullPeer(block, topic, r, vectors, stop.signal).then((got) => {
+        pulls.push(this.pullPeer(block, topic, r, range(r), vectors, stop.signal).then((got) => {
           got.records.forEach((rec, i) => (all[got.first + i] = rec));
         }).catch((err: unknown) => {
           stop.abort(err);
@@ -132,9 +133,29 @@ export class GrpcReplicaExchange implements SampleExchange {
     }
   }
 
-  /** The caller's records, checked: exactly this replica's samples, the same vector count each. */
-  private ownRecords(block: number, topic: string, own: ReadonlyMap<number, SampleRecord>): ReplicaRecords {
-    const { first, end } = replicaSamples(this.o.samples, this.slice.replicas, this.slice.replica);
+  async post(block: number, topic: string, record: SampleRecord, signal?: AbortSignal): Promise<void> {
+    if (!(Number.isInteger(block) && block >= 0)) throw new InvalidArgumentError("block", `must be a non-negative integer, got ${block}`);
+    checkTopic(topic);
+    signal?.throwIfAborted();
+    const { replica } = this.slice;
+    checkVectors(record, this.subject(block, topic, replica));
+    const { mine, written } = await this.settleOwn(block, topic, { first: replica, records: [record] });
+    this.o.registry.publish(this.o.jobId, block, topic, replica, mine);
+    await written;
+  }
+
+  async fetch(block: number, topic: string, from: number, vectors: number, signal?: AbortSignal): Promise<SampleRecord> {
+    if (!(Number.isInteger(block) && block >= 0)) throw new InvalidArgumentError("block", `must be a non-negative integer, got ${block}`);
+    checkTopic(topic);
+    if (!(Number.isInteger(from) && from >= 0 && from < this.slice.replicas) || from === this.slice.replica) {
+      throw new InvalidArgumentError("from", `must be another replica of [0, ${this.slice.replicas}), got ${from} at replica ${this.slice.replica}`);
+    }
+    const got = await this.pullPeer(block, topic, from, { first: from, end: from + 1 }, vectors, signal ?? new AbortController().signal);
+    return got.records[0]!;
+  }
+
+  /** The caller's records, checked: exactly this replica's items [first, end), the same vector count each. */
+  private ownRecords(block: number, topic: string, own: ReadonlyMap<number, SampleRecord>, { first, end }: { first: number; end: number }): ReplicaRecords {
     const records: SampleRecord[] = [];
     for (let j = first; j < end; j++) {
       const r = own.get(j);
@@ -174,12 +195,12 @@ export class GrpcReplicaExchange implements SampleExchange {
   }
 
   /**
-   * Replica r's records, checked (its samples, `vectors` vectors each): its file, or PullExchange
-   * from its worker, retried until one of them works.
+   * Replica r's records, checked (its items [first, end), `vectors` vectors each): its file, or
+   * PullExchange from its worker, retried until one of them works.
    */
-  private async pullPeer(block: number, topic: string, r: number, vectors: number, signal: AbortSignal): Promise<ReplicaRecords> {
+  private async pullPeer(block: number, topic: string, r: number, items: { first: number; end: number }, vectors: number, signal: AbortSignal): Promise<ReplicaRecords> {
     const path = exchangePath(this.o.workDir, block, topic, r);
-    const { first, end } = replicaSamples(this.o.samples, this.slice.replicas, r);
+    const { first, end } = items;
     const checked = (got: ReplicaRecords, source: string) => {
       expectRecords(got, first, end, `${this.subject(block, topic, r)} (${source})`, vectors);
       return got;
@@ -194,7 +215,7 @@ export class GrpcReplicaExchange implements SampleExchange {
       const address = this.peers[r]!;
       let reason: string;
       try {
-        const got = await this.pullOnce(block, topic, r, address, path, signal);
+        const got = await this.pullOnce(block, topic, r, items, address, path, signal);
         if (typeof got !== "string") return checked(got, `from ${address}`);
         continue; // the file appeared or the peer moved: look again at once
       } catch (err) {
@@ -227,9 +248,8 @@ export class GrpcReplicaExchange implements SampleExchange {
    * One PullExchange call. Resolves with the records, or with why it stopped early for a reason
    * that calls for looking again at once (the peer moved, its file appeared).
    */
-  private async pullOnce(block: number, topic: string, r: number, address: string, path: string, signal: AbortSignal): Promise<ReplicaRecords | string> {
+  private async pullOnce(block: number, topic: string, r: number, { first, end }: { first: number; end: number }, address: string, path: string, signal: AbortSignal): Promise<ReplicaRecords | string> {
     signal.throwIfAborted(); // an abort before the listener below is added would go unheard
-    const { first, end } = replicaSamples(this.o.samples, this.slice.replicas, r);
     const client = createClient(WorkerDataService, address, this.o.credentials, { ...this.o.channelOptions, "grpc-node.flow_control_window": EXCHANGE_WINDOW_BYTES });
     const stream = client.pullExchange({ jobId: this.o.jobId, block, topic, replica: r });
     let why: string | undefined;
