@@ -13,6 +13,8 @@
  *   process's, main thread and the rest apart: the work splitting adds, wherever it waits.
  * - dp2_speedup_4x_tokens, dp2_ceiling_4x_tokens, dp2_efficiency_4x_tokens: the same three with
  *   32 samples x 256 tokens, in rounds of their own.
+ * - dp2_speedup_sparsegpt: the same for SparseGPT on 8 samples, one run each: what sharing a
+ *   block's solves between the replicas and chaining the Hessians' reduction buys.
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -54,7 +56,7 @@ function peakRss(pid: number): number {
   return Number(kb) * 1024;
 }
 
-async function clusterRun(workDir: string, name: string, model: { modelPath: string; calibPath: string }, threads: number, replicas = 1) {
+async function clusterRun(workDir: string, name: string, model: { modelPath: string; calibPath: string }, threads: number, replicas = 1, what: { method: string; nsamples?: number } = { method: "atv" }) {
   const nats = await startNatsServer({ dir: join(workDir, `nats-${name}`) });
   const workers = [await startWorkerProcess(threads, workDir), await startWorkerProcess(threads, workDir)];
   const coordinator = await startCoordinator({
@@ -65,7 +67,7 @@ async function clusterRun(workDir: string, name: string, model: { modelPath: str
     await coordinator.pool.waitForReady(2, 20_000);
     const cpu0 = workers.map((w) => cpuSecondsOf(w.pid));
     const t0 = performance.now();
-    const { job } = await client.submitJob({ spec: { model: model.modelPath, calib: model.calibPath, out: join(workDir, `${name}-cluster-out`), method: "atv", sparsity: 0.5, force: true, replicas } });
+    const { job } = await client.submitJob({ spec: { model: model.modelPath, calib: model.calibPath, out: join(workDir, `${name}-cluster-out`), sparsity: 0.5, force: true, replicas, ...what } });
     for await (const e of client.watchJob({ id: job!.id })) {
       if (e.event.case === "stateChanged" && e.event.value.state >= JobState.SUCCEEDED) break;
     }
@@ -183,6 +185,16 @@ export async function benchCluster(workDir: string): Promise<BenchLine[]> {
   const longShape = { samples: 32, seqLen: 256 };
   const long = await generateModel({ outDir: join(workDir, "cluster-medium-long"), force: true, ...medium, ...longShape, imageTokens: 128 });
   lines.push(...dp2Lines(await dp2Rounds(workDir, "medium-long", long, longShape.samples), "_4x_tokens", longShape).lines);
+
+  // SparseGPT on 2 replicas: each solves its share of a block's linears, the Hessians go down a
+  // chain; one round each (a single-thread run is ~1.5 min), 8 samples.
+  const sgJob = { method: "sparsegpt", nsamples: 8 };
+  const sgSingle = pruneInChild({ model: m.modelPath, calib: m.calibPath, sparsity: 0.5, force: true, threads: 1, ...sgJob, out: join(workDir, "cluster-sparsegpt-local-1t") });
+  const sgCluster = await clusterRun(workDir, "medium-sparsegpt-dp2", m, 1, 2, sgJob);
+  lines.push({
+    bench: "dp2_speedup_sparsegpt", value: sgSingle.seconds / sgCluster.seconds, unit: "ratio", localSeconds: sgSingle.seconds, clusterSeconds: sgCluster.seconds,
+    replicas: 2, threadsPerWorker: 1, ...medium, samples: 8, note: "sparsegpt, atvp prune --threads 1 over 2 replicas of one thread (the compress step shared out, the Hessians reduced in a chain)",
+  });
 
   const big = await generateModel({ outDir: join(workDir, "cluster-large"), force: true, layers: 10, hidden: 1536, samples: 16, seqLen: 128, imageTokens: 64 });
   const run = await clusterRun(workDir, "large", big, 1);
