@@ -23,9 +23,9 @@ before(async () => {
 });
 after(() => tmp.cleanup());
 
-async function run(method: string, propagation: "sequential" | "dense", replicas: number, stats: "host" | "graph" = "host") {
+async function run(method: string, propagation: "sequential" | "dense", replicas: number, stats: "host" | "graph" = "host", extra: Record<string, unknown> = {}) {
   const out = join(tmp.path, `o${++counter}`);
-  const report = await pruneModel({ ...model, out, method, propagation, sparsity: 0.5, alpha: 2, threads: 1, stats }, { replicas });
+  const report = await pruneModel({ ...model, out, method, propagation, sparsity: 0.5, alpha: 2, threads: 1, stats, ...extra }, { replicas });
   return { data: readFileSync(join(out, "model.onnx.data")), layers: report.layers, blocks: report.blocks.map((b) => ({ ...b, seconds: 0, tokensPerSecond: 0 })) };
 }
 
@@ -61,6 +61,17 @@ for (const method of ["sparsegpt", "atv-sparsegpt", "tamp"]) {
       assert.ok(many.data.equals(one.data), `${replicas} replicas: weights differ`);
       assert.deepEqual(many.layers, one.layers);
       assert.deepEqual(many.blocks, one.blocks);
+    }
+  });
+}
+
+for (const [method, pattern] of [["atv", "2:4"], ["sparsegpt", "4:8"], ["atv-sparsegpt", "2:4"]] as const) {
+  test(`${method} ${pattern}: 2 and 3 replicas, each compressing its share of a block's linears, give the bits of one`, async () => {
+    const one = await run(method, "sequential", 1, "host", { pattern });
+    for (const replicas of [2, 3]) {
+      const many = await run(method, "sequential", replicas, "host", { pattern });
+      assert.ok(many.data.equals(one.data), `${replicas} replicas: weights differ`);
+      assert.deepEqual(many.layers, one.layers);
     }
   });
 }
