@@ -4,8 +4,8 @@
  * and a wall-time prediction from a measured per-block cost table. Only a model's shape is
  * needed, so it sizes models whose weights are not at hand.
  */
-import { blockParams, blockWeightBytes, elementSize, InvalidArgumentError, methodDefinition, replicaRecordBytes, type MethodCost, type ModelShape } from "../../core/src/index.js";
-import { blockMemoryNeed, planGrid as planWorkerGrid } from "./shardPlanner.js";
+import { blockParams, blockWeightBytes, elementSize, InvalidArgumentError, methodDefinition, type MethodCost, type ModelShape } from "../../core/src/index.js";
+import { blockMemoryNeed, planGrid as planWorkerGrid, replicaHeldBytes } from "./shardPlanner.js";
 
 export interface GridOptions {
   workers: number;
@@ -70,7 +70,8 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
     bytes: blockWeightBytes(linears),
     flops: blockParams(linears),
     workingBytes: definition.workingBytes?.(linears) ?? 0,
-    replicaBytes: options.samples * replicaRecordBytes(definition, linears, options.tokensPerSample),
+    replicaBytes: options.samples * (definition.recordBytes?.(linears, options.tokensPerSample) ?? 0),
+    chainSumBytes: definition.sumBytes?.(linears) ?? 0,
   }));
   const workers = Array.from({ length: options.workers }, (_, i) => ({ address: `worker-${i}`, memoryBytes: options.workerMemoryBytes }));
   const need = Math.max(...blocks.map((b) => blockMemoryNeed(b.bytes, b.workingBytes)));
@@ -94,7 +95,7 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
       firstBlock: s.firstBlock, endBlock: s.endBlock, replicas: R,
       params: mine.reduce((a, b) => a + b.flops, 0),
       weightBytes: mine.reduce((a, b) => a + b.bytes, 0),
-      peakBytes: Math.max(...mine.map((b) => blockMemoryNeed(b.bytes, b.workingBytes) + (R > 1 ? b.replicaBytes : 0))),
+      peakBytes: Math.max(...mine.map((b) => blockMemoryNeed(b.bytes, b.workingBytes) + (R > 1 ? replicaHeldBytes(b, options.samples, R) : 0))),
       seconds: blockSeconds.slice(s.firstBlock, s.endBlock).reduce((a, b) => a + b, 0) / R,
     };
   });

@@ -22,7 +22,7 @@ import {
   InvalidArgumentError, PARTIAL_SUFFIX, REPORT_FILE, prepareOutputDir, releaseOutput,
   type PreparedOutput, DATA_FILE, createPartialData, partialDataPath, removePartialData, planJob,
   selectPrunable, TensorData, fsErrorToTyped, analyzeModel, buildReport, jobInputs, loadSamples,
-  resolveSpec, needsCalibration, methodDefinition, replicaRecordBytes, type BlockReport, type LayerReport, type JobPlan, jobProfile,
+  resolveSpec, needsCalibration, methodDefinition, type BlockReport, type LayerReport, type JobPlan, jobProfile,
   isModelFolder, openFolderJob, assembleFolder, DECODER_STAGE,
 } from "../../core/src/index.js";
 import { fromBlockFinished, type BlockRecord, toPlanMessage, toPruneSpec } from "../../rpc/index.js";
@@ -182,7 +182,8 @@ export class JobRunner {
         flops: linears.reduce((a, l) => a + l.inDim * l.outDim, 0),
         // Workers use up to this many threads (fewer where they have fewer cores).
         workingBytes: definition.workingBytes?.(linears, resolved.maskThreads) ?? 0,
-        replicaBytes: samples.length * replicaRecordBytes(definition, linears, longest),
+        replicaBytes: samples.length * (definition.recordBytes?.(linears, longest) ?? 0),
+        chainSumBytes: definition.sumBytes?.(linears) ?? 0,
       }));
       await this.deps.acquireWorkers?.(this.spec.workers, this.abort.signal);
       this.throwIfCancelled();

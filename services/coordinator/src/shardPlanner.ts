@@ -17,7 +17,18 @@ export interface BlockCost {
    * SparseGPT Hessians, sums of squares) when it reduces them; only with more than one replica
    */
   replicaBytes?: number;
+  /**
+   * one sample's worth of the sums replicas reduce in a chain (SparseGPT's Hessians): a replica
+   * holds its own samples' records of them and a few sums (CHAIN_SUMS_HELD)
+   */
+  chainSumBytes?: number;
 }
+
+/**
+ * Sums of a chain a replica holds beside its own samples' records: the one before it and the
+ * total it fetches, and its own posted sums of the last three blocks (the exchange registry's).
+ */
+export const CHAIN_SUMS_HELD = 5;
 
 export interface WorkerCapacity {
   address: string;
@@ -73,17 +84,29 @@ export function planGrid(blocks: readonly BlockCost[], workers: readonly WorkerC
   }
   // Refuses, naming the workers, when none holds even one block.
   eligibleWorkers(blocks, workers);
-  // A replica holds every sample's records beside the block: fewer workers may have room for that.
-  const replicaNeed = replicaMemoryNeed(blocks);
-  const roomy = workers.filter((wk) => wk.memoryBytes >= replicaNeed);
-  const w = Math.max(1, Math.min(roomy.length, r.maxWorkers && r.maxWorkers > 0 ? r.maxWorkers : Infinity));
-  const replicas = requested > 0 ? requested : r.replicable && r.sequential && r.samples > 1 && roomy.length > 1 ? Math.max(1, Math.min(w, r.samples)) : 1;
+  // A replica holds records beside the block (fewer of them the more replicas share the samples):
+  // fewer workers may have room for that.
+  const maxWorkers = r.maxWorkers && r.maxWorkers > 0 ? r.maxWorkers : Infinity;
+  const roomyFor = (replicas: number) => workers.filter((wk) => wk.memoryBytes >= replicaMemoryNeed(blocks, r.samples, replicas));
+  let replicas = requested > 0 ? requested : 1;
+  if (requested === 0 && r.replicable && r.sequential) {
+    // The most replicas that as many roomy workers can run.
+    for (let R = Math.min(workers.length, maxWorkers, r.samples); R > 1; R--) {
+      if (roomyFor(R).length >= R) {
+        replicas = R;
+        break;
+      }
+    }
+  }
+  const roomy = roomyFor(Math.max(2, replicas));
+  const replicaNeed = replicaMemoryNeed(blocks, r.samples, Math.max(2, replicas));
+  const w = Math.max(1, Math.min(roomy.length, maxWorkers));
   if (replicas === 1) {
     const shards = planShards(blocks, workers, r.maxWorkers);
     return { stages: shards.length, replicas: 1, shards };
   }
   if (roomy.length === 0) {
-    throw new InvalidArgumentError("replicas", `a replica of ${r.method} holds every sample's exchanged records beside a block: ${replicaNeed} bytes, more than any worker has (workers: ${workers.map((wk) => `${wk.address}=${wk.memoryBytes}`).join(", ")}); use 1`);
+    throw new InvalidArgumentError("replicas", `a replica of ${r.method} (one of ${Math.max(2, replicas)}) holds exchanged records beside a block: ${replicaNeed} bytes, more than any worker has (workers: ${workers.map((wk) => `${wk.address}=${wk.memoryBytes}`).join(", ")}); use 1`);
   }
   // Replicas first: S stages of R replicas on S * R workers; with fewer workers than R a worker runs more than one.
   const stages = Math.max(1, Math.min(blocks.length, Math.floor(w / replicas)));
@@ -103,9 +126,14 @@ export function blockMemoryNeed(blockBytes: number, workingBytes = 0): number {
   return Math.ceil(blockBytes * 2) + workingBytes;
 }
 
-/** What a worker running a replica (of a stage with more than one) needs for its largest block. */
-export function replicaMemoryNeed(blocks: readonly BlockCost[]): number {
-  return Math.max(...blocks.map((b) => blockMemoryNeed(b.bytes, b.workingBytes) + (b.replicaBytes ?? 0)));
+/** What a worker running one of `replicas` replicas of a stage needs for its largest block, with `samples` samples. */
+export function replicaMemoryNeed(blocks: readonly BlockCost[], samples: number, replicas: number): number {
+  return Math.max(...blocks.map((b) => blockMemoryNeed(b.bytes, b.workingBytes) + replicaHeldBytes(b, samples, replicas)));
+}
+
+/** What a replica holds beside a block: every sample's gathered records, its own samples' of a chain and the chain's sums. */
+export function replicaHeldBytes(b: BlockCost, samples: number, replicas: number): number {
+  return (b.replicaBytes ?? 0) + (Math.ceil(samples / replicas) + CHAIN_SUMS_HELD) * (b.chainSumBytes ?? 0);
 }
 
 export function planShards(blocks: readonly BlockCost[], workers: readonly WorkerCapacity[], maxShards?: number): PlannedShard[] {

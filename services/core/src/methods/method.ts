@@ -259,7 +259,7 @@ export interface MethodDefinition {
   /**
    * Bytes of the sums replicas reduce in a chain per block (SummingAccumulator: SparseGPT's
    * Hessians), one sample's record's worth: a replica fetches one or two of them per block, and
-   * holds its own samples' records meanwhile (the planners count every sample's, an upper bound).
+   * holds its own samples' records meanwhile (shardPlanner.ts: replicaHeldBytes).
    */
   sumBytes?(linears: readonly LinearInfo[]): number;
   /**
@@ -275,7 +275,3 @@ export interface MethodDefinition {
   workingBytes?(linears: readonly LinearInfo[], threads?: number): number;
 }
 
-/** What a replica holds per sample beside a block: its records, and (an upper bound) those of a chain's sums. */
-export function replicaRecordBytes(definition: MethodDefinition, linears: readonly LinearInfo[], tokensPerSample: number): number {
-  return (definition.recordBytes?.(linears, tokensPerSample) ?? 0) + (definition.sumBytes?.(linears) ?? 0);
-}
