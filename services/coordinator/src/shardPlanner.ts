@@ -87,19 +87,19 @@ export function planGrid(blocks: readonly BlockCost[], workers: readonly WorkerC
   // A replica holds records beside the block (fewer of them the more replicas share the samples):
   // fewer workers may have room for that.
   const maxWorkers = r.maxWorkers && r.maxWorkers > 0 ? r.maxWorkers : Infinity;
-  const roomyFor = (replicas: number) => workers.filter((wk) => wk.memoryBytes >= replicaMemoryNeed(blocks, r.samples, replicas));
+  const roomyFor = (need: number) => workers.filter((wk) => wk.memoryBytes >= need);
   let replicas = requested > 0 ? requested : 1;
   if (requested === 0 && r.replicable && r.sequential) {
     // The most replicas that as many roomy workers can run.
     for (let R = Math.min(workers.length, maxWorkers, r.samples); R > 1; R--) {
-      if (roomyFor(R).length >= R) {
+      if (roomyFor(replicaMemoryNeed(blocks, r.samples, R)).length >= R) {
         replicas = R;
         break;
       }
     }
   }
-  const roomy = roomyFor(Math.max(2, replicas));
   const replicaNeed = replicaMemoryNeed(blocks, r.samples, Math.max(2, replicas));
+  const roomy = roomyFor(replicaNeed);
   const w = Math.max(1, Math.min(roomy.length, maxWorkers));
   if (replicas === 1) {
     const shards = planShards(blocks, workers, r.maxWorkers);

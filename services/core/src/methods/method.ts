@@ -274,4 +274,3 @@ export interface MethodDefinition {
    */
   workingBytes?(linears: readonly LinearInfo[], threads?: number): number;
 }
-

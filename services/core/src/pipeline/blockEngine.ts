@@ -221,7 +221,7 @@ export class BlockEngine {
           const calibrated = await this.calibrate(b, session, weights, source, groups[g]!, method.calibration, g === 0 ? { ...options, propagate: dense, topic: "0", compressing } : { signal: options.signal, propagate: false, topic: String(g), compressing });
           if (g === 0) ({ facts, next } = calibrated);
           takeBack(weights, await host.unbind(session));
-          done.push(...await (shares ? this.compressShared(b, String(g), groups[g]!, shares, weights, calibrated.stats, options.signal) : this.compressLinears(groups[g]!, weights, calibrated.stats)));
+          done.push(...await (shares ? this.compressShared(b, String(g), groups[g]!, shares, compressing!, weights, calibrated.stats, options.signal) : this.compressLinears(groups[g]!, weights, calibrated.stats)));
         }
         done.sort((x, y) => toPrune.indexOf(x.linear) - toPrune.indexOf(y.linear));
         compressed = applyCompressions(done, this.maskBuffers);
@@ -503,18 +503,17 @@ export class BlockEngine {
   }
 
   /**
-   * The compress step of `linears` split between the replicas: this replica compresses its share,
-   * and gets the others' results from the exchange (topic compress-<group>).
+   * The compress step of `linears` split between the replicas: this replica compresses its share
+   * (`own`, from ownShare), and gets the others' results from the exchange (topic compress-<group>).
    */
   private async compressShared(
-    b: number, group: string, linears: readonly LinearInfo[], shares: CompressShares, weights: Map<string, WeightMatrix>,
+    b: number, group: string, linears: readonly LinearInfo[], shares: CompressShares, own: readonly LinearInfo[], weights: Map<string, WeightMatrix>,
     stats: ReadonlyMap<string, Accumulator>, signal: AbortSignal | undefined,
   ): Promise<CompressedLinear[]> {
-    const r = this.ctx.exchange!.slice.replica;
-    const first = shares.bounds[r]!;
-    const mine = await this.compressLinears(this.ownShare(linears, shares), weights, stats);
-    const own = new Map(mine.map((c, i) => [first + i, compressionRecord(c.result)]));
-    const all = await this.ctx.exchange!.allGather(b, `compress-${group}`, own, signal, shares);
+    const first = shares.bounds[this.ctx.exchange!.slice.replica]!;
+    const mine = await this.compressLinears(own, weights, stats);
+    const records = new Map(mine.map((c, i) => [first + i, compressionRecord(c.result)]));
+    const all = await this.ctx.exchange!.allGather(b, `compress-${group}`, records, signal, shares);
     return shares.order.map((li, item) => {
       if (item >= first && item < first + mine.length) return mine[item - first]!;
       const linear = linears[li]!;

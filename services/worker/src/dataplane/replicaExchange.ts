@@ -84,8 +84,7 @@ export class GrpcReplicaExchange implements SampleExchange {
   }
 
   async allGather(block: number, topic: string, own: ReadonlyMap<number, SampleRecord>, signal?: AbortSignal, shares?: ItemShares): Promise<SampleRecord[]> {
-    if (!(Number.isInteger(block) && block >= 0)) throw new InvalidArgumentError("block", `must be a non-negative integer, got ${block}`);
-    checkTopic(topic);
+    checkBlockTopic(block, topic);
     signal?.throwIfAborted();
     const { replica, replicas } = this.slice;
     const range = (r: number) => ownedItems(this.o.samples, this.slice, r, shares);
@@ -134,8 +133,7 @@ export class GrpcReplicaExchange implements SampleExchange {
   }
 
   async post(block: number, topic: string, record: SampleRecord, signal?: AbortSignal): Promise<void> {
-    if (!(Number.isInteger(block) && block >= 0)) throw new InvalidArgumentError("block", `must be a non-negative integer, got ${block}`);
-    checkTopic(topic);
+    checkBlockTopic(block, topic);
     signal?.throwIfAborted();
     const { replica } = this.slice;
     checkVectors(record, this.subject(block, topic, replica));
@@ -145,8 +143,7 @@ export class GrpcReplicaExchange implements SampleExchange {
   }
 
   async fetch(block: number, topic: string, from: number, vectors: number, signal?: AbortSignal): Promise<SampleRecord> {
-    if (!(Number.isInteger(block) && block >= 0)) throw new InvalidArgumentError("block", `must be a non-negative integer, got ${block}`);
-    checkTopic(topic);
+    checkBlockTopic(block, topic);
     if (!(Number.isInteger(from) && from >= 0 && from < this.slice.replicas) || from === this.slice.replica) {
       throw new InvalidArgumentError("from", `must be another replica of [0, ${this.slice.replicas}), got ${from} at replica ${this.slice.replica}`);
     }
@@ -308,4 +305,10 @@ export class GrpcReplicaExchange implements SampleExchange {
   private subject(block: number, topic: string, r: number): string {
     return `job ${this.o.jobId} block ${block} topic ${topic} replica ${r}`;
   }
+}
+
+/** Refuses a call for a block that is not a non-negative integer, or a topic no file can be named for. */
+function checkBlockTopic(block: number, topic: string): void {
+  if (!(Number.isInteger(block) && block >= 0)) throw new InvalidArgumentError("block", `must be a non-negative integer, got ${block}`);
+  checkTopic(topic);
 }
