@@ -106,7 +106,7 @@ for (const [name, workers] of WORKERS) {
 }
 
 /** Two worker processes (which a test may kill) and an in-process coordinator; all closed after `fn`. */
-async function withWorkerProcesses(fn: (c: { children: ChildService[]; client: ReturnType<typeof jobClient>; logs: string[] }) => Promise<void>): Promise<void> {
+async function withWorkerProcesses<T>(fn: (c: { children: ChildService[]; client: ReturnType<typeof jobClient>; logs: string[] }) => Promise<T>): Promise<T> {
   const nats = await freshNats();
   const children: ChildService[] = [];
   for (let i = 0; i < 2; i++) children.push(await startChild("worker", ["--listen", "127.0.0.1:0", "--threads", "1", "--insecure", "--allow-root", tmp.path]));
@@ -115,7 +115,7 @@ async function withWorkerProcesses(fn: (c: { children: ChildService[]; client: R
   const client = jobClient(coordinator.address);
   try {
     await coordinator.pool.waitForReady(2, 10_000);
-    await fn({ children, client, logs });
+    return await fn({ children, client, logs });
   } finally {
     client.close();
     await coordinator.close();
@@ -124,20 +124,26 @@ async function withWorkerProcesses(fn: (c: { children: ChildService[]; client: R
 }
 
 for (const name of ["sparsegpt", "wanda owl", "tamp"]) test(`${name}: a worker killed with SIGKILL mid-job, same bytes`, async () => {
-  await withWorkerProcesses(async ({ children, client }) => {
-    const out = join(tmp.path, `out-${++counter}`);
-    // One replica per stage: the kill hits the second stage of the chain (replicas: replicaCluster.test.ts).
-    const { job } = await client.submitJob({ spec: { model: model.model, calib: model.calib, out, ...JOBS[name], replicas: 1 } });
-    const killer = killShardWorkerAfter(client, () => job!.id, 2, children);
-    const result = await waitForJob(client, job!.id, 120_000, killer.onEvent);
-    const final = await client.getJob({ id: job!.id });
-    assert.ok(killer.killed, "the test must kill a worker mid-job");
-    assert.deepEqual(openBlockStarts(result.events), []);
-    assert.equal(result.state, JobState.SUCCEEDED, final.reason);
-    assert.ok(final.shards.some((x) => x.attempts > 1), "a shard was rerun");
-    assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference.get(name)!.data));
-    assert.deepEqual(layersOf(out), reference.get(name)!.layers);
-  });
+  // The second stage has one block left when the kill is sent; on a loaded machine that block can
+  // finish first, and then nothing was rerun: such a run proves nothing, so it is run again.
+  for (let attempt = 1; ; attempt++) {
+    const rerun = await withWorkerProcesses(async ({ children, client }) => {
+      const out = join(tmp.path, `out-${++counter}`);
+      // One replica per stage: the kill hits the second stage of the chain (replicas: replicaCluster.test.ts).
+      const { job } = await client.submitJob({ spec: { model: model.model, calib: model.calib, out, ...JOBS[name], replicas: 1 } });
+      const killer = killShardWorkerAfter(client, () => job!.id, 2, children);
+      const result = await waitForJob(client, job!.id, 120_000, killer.onEvent);
+      const final = await client.getJob({ id: job!.id });
+      assert.ok(killer.killed, "the test must kill a worker mid-job");
+      assert.deepEqual(openBlockStarts(result.events), []);
+      assert.equal(result.state, JobState.SUCCEEDED, final.reason);
+      assert.ok(readFileSync(join(out, "model.onnx.data")).equals(reference.get(name)!.data));
+      assert.deepEqual(layersOf(out), reference.get(name)!.layers);
+      return final.shards.some((x) => x.attempts > 1);
+    });
+    if (rerun) return;
+    assert.ok(attempt < 3, "a shard was rerun (in none of 3 runs did the kill land before the shard finished)");
+  }
 });
 
 for (const name of ["wanda owl", "tamp"]) test(`${name}: the worker running the pre-pass killed mid-pass: another runs it, same bytes`, async () => {

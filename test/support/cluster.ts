@@ -80,16 +80,25 @@ export function openBlockStarts(events: readonly JobEvent[]): Array<{ block: num
 
 /**
  * A job-event handler that SIGKILLs the worker running the shard that starts at `firstBlock`
- * once that block has finished (a worker dying mid-job, after it wrote something).
+ * once that block has finished (a worker dying mid-job, after it wrote something). The victim is
+ * looked up when the block starts, so the kill itself waits on no call: a slow lookup at the
+ * finish let a short shard end before the kill arrived.
  */
 export function killShardWorkerAfter(client: JobClient, jobId: () => string, firstBlock: number, children: readonly ChildService[]) {
-  const state: { killed: ChildService | undefined; onEvent: (e: JobEvent) => Promise<void> } = {
+  const state: { killed: ChildService | undefined; victim: ChildService | undefined; onEvent: (e: JobEvent) => Promise<void> } = {
     killed: undefined,
+    victim: undefined,
     async onEvent(e) {
-      if (state.killed || e.event.case !== "blockFinished" || e.event.value.block !== firstBlock) return;
-      const shard = (await client.getJob({ id: jobId() })).shards.find((x) => x.firstBlock === firstBlock);
-      const victim = children.find((c) => c.address === shard?.worker);
-      if (victim) { state.killed = victim; await victim.kill("SIGKILL"); }
+      const ev = e.event;
+      if (state.killed || (ev.case !== "blockStarted" && ev.case !== "blockFinished") || ev.value.block !== firstBlock) return;
+      if (ev.case === "blockStarted" || !state.victim) {
+        const shard = (await client.getJob({ id: jobId() })).shards.find((x) => x.firstBlock === firstBlock);
+        state.victim = children.find((c) => c.address === shard?.worker);
+      }
+      if (ev.case === "blockFinished" && state.victim) {
+        state.killed = state.victim;
+        await state.victim.kill("SIGKILL");
+      }
     },
   };
   return state;
