@@ -15,6 +15,8 @@
  *   32 samples x 256 tokens, in rounds of their own.
  * - dp2_speedup_sparsegpt: the same for SparseGPT on 8 samples, one run each: what sharing a
  *   block's solves between the replicas and chaining the Hessians' reduction buys.
+ * - plan_predicted_over_measured (planAccuracy.ts): what `atvp plan` predicts for these jobs,
+ *   from a cost table measured in the same run, over what they took.
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -33,6 +35,7 @@ import { startCoordinator } from "../services/coordinator/src/coordinator.js";
 import type { BenchLine } from "./benchLine.js";
 import { pruneInChild, pruneInChildAsync, type ChildPrune } from "./pruneBench.js";
 import { cpuDelta, cpuSecondsOf, type CpuSeconds } from "./cpuTime.js";
+import { planAccuracyLines } from "./planAccuracy.js";
 import { WORKER_NODE_FLAGS } from "../services/worker/src/nodeFlags.js";
 
 const WORKER_MAIN = fileURLToPath(new URL("../services/worker/src/main.js", import.meta.url));
@@ -184,7 +187,9 @@ export async function benchCluster(workDir: string): Promise<BenchLine[]> {
   // (128 samples x ~1,500 tokens).
   const longShape = { samples: 32, seqLen: 256 };
   const long = await generateModel({ outDir: join(workDir, "cluster-medium-long"), force: true, ...medium, ...longShape, imageTokens: 128 });
-  lines.push(...dp2Lines(await dp2Rounds(workDir, "medium-long", long, longShape.samples), "_4x_tokens", longShape).lines);
+  const longRounds = await dp2Rounds(workDir, "medium-long", long, longShape.samples);
+  const longDp = dp2Lines(longRounds, "_4x_tokens", longShape);
+  lines.push(...longDp.lines);
 
   // SparseGPT on 2 replicas: each solves its share of a block's linears, the Hessians go down a
   // chain; one round each (a single-thread run is ~1.5 min), 8 samples.
@@ -204,5 +209,16 @@ export async function benchCluster(workDir: string): Promise<BenchLine[]> {
   await data.close();
   const ratios = run.shards.map((s) => s.rss / blockBytes.slice(s.first, s.end).reduce((x, y) => x + y, 0));
   lines.push({ bench: "worker_peak_rss_over_shard_bytes", value: Math.max(...ratios), unit: "ratio", perWorker: ratios, weightBytes: big.weightBytes });
+
+  const job = (name: string, model: string, method: string, samples: number, tokensPerSample: number, workers: number, replicas: number, seconds: number) => ({ name, model, method, samples, tokensPerSample, workers, replicas, seconds });
+  lines.push(...await planAccuracyLines(workDir, [
+    job("atv medium, 1 process", m.modelPath, "atv", medium.samples!, medium.seqLen!, 1, 1, median(rounds.singles)),
+    job("atv medium, 2 replicas", m.modelPath, "atv", medium.samples!, medium.seqLen!, 2, 2, dp.clusterSeconds),
+    job("atv medium 4x tokens, 1 process", long.modelPath, "atv", longShape.samples, longShape.seqLen, 1, 1, median(longRounds.singles)),
+    job("atv medium 4x tokens, 2 replicas", long.modelPath, "atv", longShape.samples, longShape.seqLen, 2, 2, longDp.clusterSeconds),
+    job("sparsegpt medium, 1 process", m.modelPath, "sparsegpt", sgJob.nsamples, medium.seqLen!, 1, 1, sgSingle.seconds),
+    job("sparsegpt medium, 2 replicas", m.modelPath, "sparsegpt", sgJob.nsamples, medium.seqLen!, 2, 2, sgCluster.seconds),
+    job("atv large, 2 stages", big.modelPath, "atv", 16, 128, 2, 1, run.seconds),
+  ]));
   return lines;
 }

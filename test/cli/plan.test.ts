@@ -35,6 +35,10 @@ interface Plan {
   predicted: { computeSeconds: number; transferSeconds: number; wallSeconds: number };
 }
 
+function close(actual: number, expected: number): void {
+  assert.ok(Math.abs(actual - expected) <= 1e-9 * Math.abs(expected), `${actual} is not ${expected}`);
+}
+
 function plan(...args: string[]): Plan {
   const r = atvp("plan", ...args, "--json");
   assert.equal(r.status, 0, r.stderr);
@@ -81,6 +85,27 @@ describe("atvp plan --config (hand-checked)", () => {
     assert.equal(p.exchange.bytesPerReplicaPerBlock, 5 * 8 * (100 + 64 + 64 + 64 + 128) + 36_864 / 8 / 2);
     const exchange = (4 * (5 * 8 * 420 + 2_304)) / 125e6;
     assert.ok(Math.abs(p.predicted.wallSeconds - ((4 * 1e-9 * 1000 * params) / 2 + exchange)) < 1e-12);
+  });
+
+  test("a table with every term: tokens x params, samples and compress units, per block (worked by hand)", () => {
+    const full = writeJson("cost-full.json", {
+      machine: { cpu: "test", cores: 1, platform: "test", node: "test", device: "cpu", threads: 1 },
+      measuredAt: "2026-12-03T00:00:00Z",
+      methods: { atv: { secondsPerTokenParam: 1e-9, secondsPerSample: 1e-3, secondsPerCompressUnit: 1e-7, blocks: 1, tokens: 1, paramsPerBlock: 1 } },
+    });
+    const args = ["--config", small, "--workers", "2", "--worker-memory", "1MiB", "--network-gbps", "1", "--nsamples", "10", "--tokens-per-sample", "100", "--cost", full];
+    // Per block, 1,000 tokens of 10 samples: 36,864 params; ATV's compress units its entries (36,864).
+    const block = 1e-9 * 1000 * 36_864 + 1e-3 * 10 + 1e-7 * 36_864;
+    const chained = plan(...args, "--replicas", "1");
+    for (const s of chained.stages) close(s.seconds, 2 * block);
+    close(chained.predicted.wallSeconds, 4 * block + 256_000 / 125e6);
+    // Two replicas: half of the token and sample terms; the masks shared out longest first
+    // (gate, up, down 8,192 entries; q, o 4,096; k, v 2,048): 8,192 + 8,192 + 2,048 on one
+    // replica, 8,192 + 4,096 + 4,096 + 2,048 on the other, 18,432 each.
+    const replicated = plan(...args, "--replicas", "2");
+    const half = (1e-9 * 1000 * 36_864 + 1e-3 * 10) / 2 + 1e-7 * 18_432;
+    close(replicated.stages[0]!.seconds, 4 * half);
+    close(replicated.predicted.computeSeconds, 4 * half);
   });
 
   test("sparsegpt: a replica also holds every sample's per-sample Hessians, so only roomy workers get replicas", () => {
@@ -221,9 +246,14 @@ describe("atvp plan --model and --calibrate", () => {
     const out = join(tmp.path, "measured.json");
     const c = atvp("plan", "--calibrate", "--method", "wanda", "--out", out);
     assert.equal(c.status, 0, c.stderr);
-    const table = JSON.parse(readFileSync(out, "utf8")) as { methods: Record<string, { secondsPerTokenParam: number; tokens: number }> };
+    type Cost = { secondsPerTokenParam: number; secondsPerSample: number; secondsPerCompressUnit: number; tokens: number; blocks: number; widths: number[] };
+    const table = JSON.parse(readFileSync(out, "utf8")) as { methods: Record<string, Cost> };
     assert.deepEqual(Object.keys(table.methods), ["wanda"]);
-    assert.ok(table.methods["wanda"]!.secondsPerTokenParam > 0 && table.methods["wanda"]!.tokens > 0);
+    const w = table.methods["wanda"]!;
+    // Three widths x two token counts, two blocks fitted of each run (block 0, the warm-up, is not).
+    assert.deepEqual([w.widths, w.blocks, w.tokens], [[256, 512, 1024], 12, 16 * 128]);
+    const terms = [w.secondsPerTokenParam, w.secondsPerSample, w.secondsPerCompressUnit];
+    assert.ok(terms.every((t) => t >= 0) && terms.some((t) => t > 0), JSON.stringify(w));
 
     const modelDir = join(tmp.path, "m");
     const g = atvp("gen-model", "--layers", "3", "--hidden", "64", "--out", modelDir);

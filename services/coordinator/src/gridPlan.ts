@@ -4,7 +4,7 @@
  * and a wall-time prediction from a measured per-block cost table. Only a model's shape is
  * needed, so it sizes models whose weights are not at hand.
  */
-import { blockParams, blockWeightBytes, elementSize, InvalidArgumentError, methodDefinition, type MethodCost, type ModelShape } from "../../core/src/index.js";
+import { blockParams, blockSeconds, blockWeightBytes, elementSize, InvalidArgumentError, methodDefinition, type MethodCost, type ModelShape } from "../../core/src/index.js";
 import { blockMemoryNeed, planGrid as planWorkerGrid, replicaHeldBytes } from "./shardPlanner.js";
 
 export interface GridOptions {
@@ -61,7 +61,11 @@ export interface GridPlan {
   links: PlannedLink[];
   /** what each replica pulls per block: the others' per-sample records, a chain's sums, the others' compress results */
   exchange: { bytesPerReplicaPerBlock: number; seconds: number };
-  predicted: { computeSeconds: number; transferSeconds: number; wallSeconds: number; secondsPerTokenParam: number };
+  predicted: {
+    computeSeconds: number; transferSeconds: number; wallSeconds: number;
+    /** the cost table's terms it was computed with (costTable.ts) */
+    secondsPerTokenParam: number; secondsPerSample: number; secondsPerCompressUnit: number;
+  };
 }
 
 export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCost): GridPlan {
@@ -79,13 +83,14 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
     throw new InvalidArgumentError("--worker-memory", `${shape.source} does not fit: one block needs ${need} bytes (weights x2 + the method's working memory), a worker has ${options.workerMemoryBytes}; give workers more memory`);
   }
   const tokens = options.samples * options.tokensPerSample;
-  const blockSeconds = blocks.map((b) => cost.secondsPerTokenParam * tokens * b.flops);
   // The coordinator's own planner: the grid a job would get on these workers.
   const grid = planWorkerGrid(blocks, workers, {
     replicas: options.replicas, samples: options.samples, replicable: definition.replicable === true,
     sequential: options.propagation === "sequential", method: options.method,
   });
   const R = grid.replicas;
+  // One replica's seconds per block: its share of the tokens, its share of the compress step.
+  const seconds = shape.blockLinears.map((ls) => blockSeconds(cost, definition, ls, tokens, options.samples, R));
   // Each replica runs its stage's blocks over 1/R of the samples.
   const stages: PlannedStage[] = grid.shards.filter((s) => s.replica === 0).map((s) => {
     const mine = blocks.slice(s.firstBlock, s.endBlock);
@@ -96,7 +101,7 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
       params: mine.reduce((a, b) => a + b.flops, 0),
       weightBytes: mine.reduce((a, b) => a + b.bytes, 0),
       peakBytes: Math.max(...mine.map((b) => blockMemoryNeed(b.bytes, b.workingBytes) + (R > 1 ? replicaHeldBytes(b, options.samples, R) : 0))),
-      seconds: blockSeconds.slice(s.firstBlock, s.endBlock).reduce((a, b) => a + b, 0) / R,
+      seconds: seconds.slice(s.firstBlock, s.endBlock).reduce((a, b) => a + b, 0),
     };
   });
   const boundaryBytesPerSample = shape.hidden * options.tokensPerSample * elementSize(shape.dataType, shape.source);
@@ -116,7 +121,7 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
     + (ls.length >= R ? Math.ceil(((R - 1) / R) * ls.reduce((a, l) => a + (definition.resultBytes?.(l) ?? Math.ceil((l.inDim * l.outDim) / 8)), 0)) : 0);
   const exchangeBytes = shape.blockLinears.map((ls) => (R > 1 ? pulled(ls) : 0));
   const exchangeSeconds = exchangeBytes.reduce((a, b) => a + b, 0) / bytesPerSecond;
-  const computeSeconds = blockSeconds.reduce((a, b) => a + b, 0) / R;
+  const computeSeconds = seconds.reduce((a, b) => a + b, 0);
   const transferSeconds = links.reduce((a, l) => a + l.seconds, 0) + exchangeSeconds;
   // Sequential: block l+1 waits for block l's masks, so the stages run one after another.
   // Dense: stages overlap, the slowest one bounds the job.
@@ -126,6 +131,9 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
     replicas: R, workers: options.workers, workerMemoryBytes: options.workerMemoryBytes,
     samples: options.samples, tokensPerSample: options.tokensPerSample, boundaryBytesPerSample, links,
     exchange: { bytesPerReplicaPerBlock: Math.max(...exchangeBytes), seconds: exchangeSeconds },
-    predicted: { computeSeconds, transferSeconds, wallSeconds: busiest + transferSeconds, secondsPerTokenParam: cost.secondsPerTokenParam },
+    predicted: {
+      computeSeconds, transferSeconds, wallSeconds: busiest + transferSeconds,
+      secondsPerTokenParam: cost.secondsPerTokenParam, secondsPerSample: cost.secondsPerSample ?? 0, secondsPerCompressUnit: cost.secondsPerCompressUnit ?? 0,
+    },
   };
 }

@@ -30,6 +30,7 @@ export * from "./pipeline/report.js";
 export * from "./pipeline/sampleFeeds.js";
 export * from "./pipeline/sampleExchange.js";
 export * from "./pipeline/localExchange.js";
+export * from "./plan/costCalibration.js";
 export * from "./plan/costTable.js";
 export * from "./plan/defaultCostTable.js";
 export * from "./plan/jobPlan.js";

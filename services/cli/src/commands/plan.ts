@@ -4,11 +4,11 @@
  * per-block cost table the prediction uses, through the real engine on a generated model.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { cpus, platform, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  decoderPath, DEFAULT_COST_TABLE, generateModel, InvalidArgumentError, methodCost, methodDefinition, methodNames, pruneModel, readCostTable, readHfConfig,
-  shapeFromModel, type CostTable, type MethodCost,
+  decoderPath, DEFAULT_COST_TABLE, InvalidArgumentError, measureCostTable, methodCost, methodNames, readCostTable, readHfConfig,
+  shapeFromModel, type CostTable,
 } from "../../../core/src/index.js";
 import { planGrid, type GridPlan } from "../../../coordinator/src/index.js";
 import { int, num, parse, str } from "../args.js";
@@ -101,33 +101,12 @@ function formatPlan(p: GridPlan, table: CostTable, costFile: string | undefined)
   return out.join("\n");
 }
 
-/** Prunes a small generated model with each method and divides block seconds by tokens x parameters. */
+/** Measures the cost table (core plan/costCalibration.ts) for the methods that read calibration tokens. */
 async function calibrate(method: string | undefined, threads: number | undefined, out: string | undefined): Promise<number> {
-  // The table is per calibration token: a method that reads none (magnitude) has no entry.
   const methods = method !== undefined ? [method] : methodNames().filter((m) => m === "atv" || m === "wanda" || m === "sparsegpt");
-  for (const m of methods) {
-    if (!methodDefinition(m, "--method").needsCalibration) throw new InvalidArgumentError("--method", `${m} reads no calibration tokens, so it has no cost per token to measure`);
-  }
   const dir = mkdtempSync(join(tmpdir(), "atvp-calibrate-"));
   try {
-    const gen = await generateModel({ outDir: join(dir, "model"), layers: 4, hidden: 256, samples: 8, seqLen: 128, imageTokens: 48, seed: 1 });
-    const entries: Record<string, MethodCost> = {};
-    for (const m of methods) {
-      const report = await pruneModel({ model: gen.modelPath, calib: gen.calibPath, out: join(dir, m), method: m as never, sparsity: 0.5, threads });
-      const tokens = report.totals.tokens;
-      const perBlock = report.blocks.map((b) => {
-        const params = report.layers.filter((l) => l.block === b.index).reduce((a, l) => a + l.params, 0);
-        return { seconds: b.seconds, params };
-      });
-      const params = perBlock.reduce((a, b) => a + b.params, 0);
-      const seconds = perBlock.reduce((a, b) => a + b.seconds, 0);
-      entries[m] = { secondsPerTokenParam: seconds / (tokens * params), blocks: perBlock.length, tokens, paramsPerBlock: params / perBlock.length };
-    }
-    const table: CostTable = {
-      machine: { cpu: cpus()[0]?.model ?? "unknown", cores: cpus().length, platform: `${platform()}-${process.arch}`, node: process.version, device: "cpu", threads: threads ?? 0 },
-      measuredAt: new Date().toISOString(),
-      methods: entries,
-    };
+    const table = await measureCostTable({ methods, threads, dir });
     const text = JSON.stringify(table, null, 2) + "\n";
     if (out !== undefined) writeFileSync(out, text);
     process.stdout.write(text);

@@ -11,7 +11,7 @@ import { tamp } from "./tamp.js";
 import { wanda } from "./wanda.js";
 
 export type * from "./method.js";
-export { DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, isExchangeable, isSumming } from "./method.js";
+export { DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, isExchangeable, isSumming, linearCompressCost } from "./method.js";
 
 const METHODS: ReadonlyMap<string, MethodDefinition> = new Map([atv, wanda, magnitude, sparseGpt, atvSparseGpt, tamp].map((m) => [m.name, m]));
 

@@ -273,4 +273,15 @@ export interface MethodDefinition {
    * absent: small next to the weights.
    */
   workingBytes?(linears: readonly LinearInfo[], threads?: number): number;
+  /**
+   * What compressing `linear` costs relative to others, independent of calibration tokens (the
+   * Method's compressCost, known before a job exists): `atvp plan` predicts a block's compress
+   * step from it and shares it out between replicas as the engine does; absent: its entries.
+   */
+  compressCost?(linear: LinearInfo): number;
+}
+
+/** The compress cost of `linear` under `definition` (its entries where the method names none). */
+export function linearCompressCost(definition: Pick<MethodDefinition, "compressCost">, linear: LinearInfo): number {
+  return definition.compressCost?.(linear) ?? linear.inDim * linear.outDim;
 }

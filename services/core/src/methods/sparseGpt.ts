@@ -70,6 +70,7 @@ export const sparseGpt: MethodDefinition = {
   recordBytes: () => 0,
   sumBytes: hessianRecordBytes,
   resultBytes: newWeightBytes,
+  compressCost: hessianSolveCost,
   create(): Method<Hessian> {
     return { name: "sparsegpt", calibration: { pool: ATTENDED_TOKENS, accumulator: hessians }, compress: compressWithHessian, compressCost: hessianSolveCost };
   },
@@ -84,6 +85,7 @@ export const atvSparseGpt: MethodDefinition = {
   recordBytes: (_linears, tokens) => distanceRecordBytes(tokens),
   sumBytes: hessianRecordBytes,
   resultBytes: newWeightBytes,
+  compressCost: hessianSolveCost,
   create(options): Method<Hessian> {
     return {
       name: "atv-sparsegpt",

@@ -25,7 +25,7 @@ import { ortType, typeName } from "../onnx/dtype.js";
 import type { LoadedModel } from "../onnx/modelFile.js";
 import type { TensorData } from "../onnx/tensorData.js";
 import {
-  createMethod, DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, isExchangeable, isSumming, type Accumulator, type CalibrationNeeds, type Compression,
+  createMethod, DEFAULT_ACCUMULATOR_BUDGET_BYTES, NO_POOL_FACTS, isExchangeable, isSumming, linearCompressCost, type Accumulator, type CalibrationNeeds, type Compression,
   type ExchangeableAccumulator, type SummingAccumulator, type MaskSelector, type Method, type PoolFacts, type PoolObserver,
 } from "../methods/index.js";
 import type { LinearTargets, ProfilePrePass } from "../profiles/index.js";
@@ -493,7 +493,7 @@ export class BlockEngine {
    */
   private sharesOf(linears: readonly LinearInfo[]): CompressShares | undefined {
     const replicas = this.ctx.exchange?.slice.replicas ?? 1;
-    return compressShares(linears.map((l) => this.method.compressCost?.(l) ?? l.inDim * l.outDim), replicas);
+    return compressShares(linears.map((l) => linearCompressCost(this.method, l)), replicas);
   }
 
   /** The linears this replica compresses under `shares`. */

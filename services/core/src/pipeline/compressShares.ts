@@ -41,6 +41,19 @@ export function compressShares(costs: readonly number[], replicas: number): Comp
   return { order, bounds };
 }
 
+/** The most cost one replica carries under compressShares (every linear's, where they are not shared out). */
+export function compressMakespan(costs: readonly number[], replicas: number): number {
+  const shares = compressShares(costs, replicas);
+  if (shares === undefined) return costs.reduce((a, c) => a + c, 0);
+  let most = 0;
+  for (let r = 0; r + 1 < shares.bounds.length; r++) {
+    let load = 0;
+    for (let i = shares.bounds[r]!; i < shares.bounds[r + 1]!; i++) load += costs[shares.order[i]!]!;
+    most = Math.max(most, load);
+  }
+  return most;
+}
+
 const KIND = { mask: 0, weights: 1 } as const;
 
 /** A compression as an exchange record: [kind, pruned, entries or bytes], fact values, fact names (JSON), payload. */
