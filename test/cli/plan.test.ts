@@ -246,6 +246,8 @@ describe("atvp plan --model and --calibrate", () => {
     const out = join(tmp.path, "measured.json");
     const c = atvp("plan", "--calibrate", "--method", "wanda", "--out", out);
     assert.equal(c.status, 0, c.stderr);
+    // It says what it prunes as it goes (it takes minutes for every method).
+    assert.match(c.stderr, /calibrating wanda: hidden 256, 4 samples \(1\/6\)[\s\S]*calibrating wanda: hidden 1024, 16 samples \(6\/6\)/);
     type Cost = { secondsPerTokenParam: number; secondsPerSample: number; secondsPerCompressUnit: number; tokens: number; blocks: number; widths: number[] };
     const table = JSON.parse(readFileSync(out, "utf8")) as { methods: Record<string, Cost> };
     assert.deepEqual(Object.keys(table.methods), ["wanda"]);

@@ -106,7 +106,10 @@ async function calibrate(method: string | undefined, threads: number | undefined
   const methods = method !== undefined ? [method] : methodNames().filter((m) => m === "atv" || m === "wanda" || m === "sparsegpt");
   const dir = mkdtempSync(join(tmpdir(), "atvp-calibrate-"));
   try {
-    const table = await measureCostTable({ methods, threads, dir });
+    const table = await measureCostTable({
+      methods, threads, dir,
+      onRun: (r) => process.stderr.write(`calibrating ${r.method}: hidden ${r.hidden}, ${r.samples} samples (${r.index + 1}/${r.of})\n`),
+    });
     const text = JSON.stringify(table, null, 2) + "\n";
     if (out !== undefined) writeFileSync(out, text);
     process.stdout.write(text);

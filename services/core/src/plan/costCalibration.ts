@@ -113,6 +113,8 @@ export interface CostCalibrationOptions {
   threads?: number;
   /** a scratch folder the models and outputs go to */
   dir: string;
+  /** told before each prune (the whole calibration takes minutes) */
+  onRun?: (run: { method: string; hidden: number; samples: number; index: number; of: number }) => void;
 }
 
 /** Prunes the calibration models with each method and fits its MethodCost. */
@@ -131,8 +133,10 @@ export async function measureCostTable(options: CostCalibrationOptions): Promise
     const rows: BlockTerms[] = [];
     const seconds: number[] = [];
     let tokens = 0;
+    let index = 0;
     for (const model of models) {
       for (const nsamples of SAMPLES) {
+        options.onRun?.({ method: m, hidden: model.hidden, samples: nsamples, index: index++, of: models.length * SAMPLES.length });
         const out = join(options.dir, `${m}-${model.hidden}-${nsamples}`);
         const report = await pruneModel({ model: model.model, calib: model.calib, out, method: m as never, sparsity: 0.5, nsamples, threads: options.threads });
         tokens = Math.max(tokens, report.totals.tokens);
