@@ -32,7 +32,7 @@ interface Plan {
   exchange: { bytesPerReplicaPerBlock: number; seconds: number };
   links: Array<{ from: number; to: number; bytes: number; seconds: number }>;
   boundaryBytesPerSample: number;
-  predicted: { computeSeconds: number; transferSeconds: number; wallSeconds: number };
+  predicted: { computeSeconds: number; transferSeconds: number; wallSeconds: number; computeByTerm: { tokenParams: number; samples: number; compressUnits: number } };
 }
 
 function close(actual: number, expected: number): void {
@@ -106,6 +106,13 @@ describe("atvp plan --config (hand-checked)", () => {
     const half = (1e-9 * 1000 * 36_864 + 1e-3 * 10) / 2 + 1e-7 * 18_432;
     close(replicated.stages[0]!.seconds, 4 * half);
     close(replicated.predicted.computeSeconds, 4 * half);
+    // The same by term, over the 4 blocks.
+    const terms = replicated.predicted.computeByTerm;
+    close(terms.tokenParams, (4 * 1e-9 * 1000 * 36_864) / 2);
+    close(terms.samples, (4 * 1e-3 * 10) / 2);
+    close(terms.compressUnits, 4 * 1e-7 * 18_432);
+    const text = atvp("plan", ...args, "--replicas", "2");
+    assert.match(text.stdout, /compute: forwards \(tokens x params\) 0\.1 s, per-sample 0\.0 s, compress step 0\.0 s/);
   });
 
   test("sparsegpt: a replica also holds every sample's per-sample Hessians, so only roomy workers get replicas", () => {

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  blockCostTerms, blockSeconds, createMethod, fitCost, linearCompressCost, methodDefinition, methodNames, readCostTable, type BlockTerms, type MethodCost,
+  blockCostTerms, blockSeconds, blockSecondsByTerm, createMethod, fitCost, linearCompressCost, methodDefinition, methodNames, readCostTable, type BlockTerms, type MethodCost,
 } from "../../services/core/src/index.js";
 import { compressMakespan } from "../../services/core/src/pipeline/compressShares.js";
 import type { LinearInfo } from "../../services/core/src/graph/linears.js";
@@ -57,6 +57,10 @@ test("blockSeconds: the token and sample terms divide over replicas, the compres
   close(blockSeconds(cost, sparsegpt, block, 10, 2), 640 + 200 + 0.96);
   // Two replicas: half of 840 plus the longer solve, 768 units.
   close(blockSeconds(cost, sparsegpt, block, 10, 2, 2), 420 + 0.768);
+  const parts = blockSecondsByTerm(cost, sparsegpt, block, 10, 2, 2);
+  close(parts.tokenParams, 320);
+  close(parts.samples, 100);
+  close(parts.compressUnits, 0.768);
   // A method without a compress cost counts entries: 32 each, one linear per replica.
   close(blockSeconds(cost, methodDefinition("atv"), block, 10, 2, 2), 420 + 0.032);
   // A table from before the newer terms: tokens x params alone.

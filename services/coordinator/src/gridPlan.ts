@@ -4,7 +4,7 @@
  * and a wall-time prediction from a measured per-block cost table. Only a model's shape is
  * needed, so it sizes models whose weights are not at hand.
  */
-import { blockParams, blockSeconds, blockWeightBytes, elementSize, InvalidArgumentError, methodDefinition, type MethodCost, type ModelShape } from "../../core/src/index.js";
+import { blockParams, blockSecondsByTerm, blockWeightBytes, elementSize, InvalidArgumentError, methodDefinition, type MethodCost, type ModelShape } from "../../core/src/index.js";
 import { blockMemoryNeed, planGrid as planWorkerGrid, replicaHeldBytes } from "./shardPlanner.js";
 
 export interface GridOptions {
@@ -63,6 +63,8 @@ export interface GridPlan {
   exchange: { bytesPerReplicaPerBlock: number; seconds: number };
   predicted: {
     computeSeconds: number; transferSeconds: number; wallSeconds: number;
+    /** computeSeconds by term: the forwards (tokens x params), per-sample dispatch, the compress step */
+    computeByTerm: { tokenParams: number; samples: number; compressUnits: number };
     /** the cost table's terms it was computed with (costTable.ts) */
     secondsPerTokenParam: number; secondsPerSample: number; secondsPerCompressUnit: number;
   };
@@ -90,7 +92,8 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
   });
   const R = grid.replicas;
   // One replica's seconds per block: its share of the tokens, its share of the compress step.
-  const seconds = shape.blockLinears.map((ls) => blockSeconds(cost, definition, ls, tokens, options.samples, R));
+  const byTerm = shape.blockLinears.map((ls) => blockSecondsByTerm(cost, definition, ls, tokens, options.samples, R));
+  const seconds = byTerm.map((t) => t.tokenParams + t.samples + t.compressUnits);
   // Each replica runs its stage's blocks over 1/R of the samples.
   const stages: PlannedStage[] = grid.shards.filter((s) => s.replica === 0).map((s) => {
     const mine = blocks.slice(s.firstBlock, s.endBlock);
@@ -133,6 +136,11 @@ export function planGrid(shape: ModelShape, options: GridOptions, cost: MethodCo
     exchange: { bytesPerReplicaPerBlock: Math.max(...exchangeBytes), seconds: exchangeSeconds },
     predicted: {
       computeSeconds, transferSeconds, wallSeconds: busiest + transferSeconds,
+      computeByTerm: {
+        tokenParams: byTerm.reduce((a, t) => a + t.tokenParams, 0),
+        samples: byTerm.reduce((a, t) => a + t.samples, 0),
+        compressUnits: byTerm.reduce((a, t) => a + t.compressUnits, 0),
+      },
       secondsPerTokenParam: cost.secondsPerTokenParam, secondsPerSample: cost.secondsPerSample ?? 0, secondsPerCompressUnit: cost.secondsPerCompressUnit ?? 0,
     },
   };

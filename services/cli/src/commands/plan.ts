@@ -97,6 +97,8 @@ function formatPlan(p: GridPlan, table: CostTable, costFile: string | undefined)
   }
   for (const l of p.links) out.push(`  link ${l.from} -> ${l.to}: ${gib(l.bytes)} (${gib(p.boundaryBytesPerSample)} per sample), ${secs(l.seconds)}`);
   out.push(`predicted wall time: ${secs(p.predicted.wallSeconds)} (compute ${secs(p.predicted.computeSeconds)}, transfer ${secs(p.predicted.transferSeconds)})`);
+  const t = p.predicted.computeByTerm;
+  out.push(`  compute: forwards (tokens x params) ${secs(t.tokenParams)}, per-sample ${secs(t.samples)}, compress step ${secs(t.compressUnits)}`);
   out.push(`cost table: ${costFile ?? "committed"}, measured ${table.measuredAt} on ${table.machine.cpu} (${table.machine.cores} cores, ${table.machine.device})`);
   return out.join("\n");
 }

@@ -87,17 +87,29 @@ export function fitCost(rows: readonly BlockTerms[], seconds: readonly number[])
   return Object.fromEntries(TERMS.map((t, j) => [t, best[j]! / norms[j]!])) as unknown as BlockTerms;
 }
 
+/** A block's predicted seconds by term (BlockTerms' names), for one replica. */
+export type BlockSeconds = BlockTerms;
+
 /**
  * Predicted seconds of a block for one of `replicas` replicas, each calibrating 1/replicas of
- * `tokens` and of the `samples`: those terms divided, the compress step shared out as the engine shares it
- * (compressShares: longest first to the least loaded, so SparseGPT's widest solve bounds it).
- * A table without the newer terms predicts from tokens x params alone.
+ * `tokens` and of the `samples`: those terms divided, the compress step shared out as the engine
+ * shares it (compressShares: longest first to the least loaded, so SparseGPT's widest solve
+ * bounds it). A table without the newer terms predicts from tokens x params alone.
  */
-export function blockSeconds(cost: MethodCost, definition: Pick<MethodDefinition, "compressCost">, linears: readonly LinearInfo[], tokens: number, samples: number, replicas = 1): number {
+export function blockSecondsByTerm(cost: MethodCost, definition: Pick<MethodDefinition, "compressCost">, linears: readonly LinearInfo[], tokens: number, samples: number, replicas = 1): BlockSeconds {
   const t = blockCostTerms(definition, linears, tokens, samples);
-  const tokenSeconds = cost.secondsPerTokenParam * t.tokenParams + (cost.secondsPerSample ?? 0) * t.samples;
   const units = compressMakespan(linears.map((l) => linearCompressCost(definition, l)), replicas);
-  return tokenSeconds / replicas + (cost.secondsPerCompressUnit ?? 0) * units;
+  return {
+    tokenParams: (cost.secondsPerTokenParam * t.tokenParams) / replicas,
+    samples: ((cost.secondsPerSample ?? 0) * t.samples) / replicas,
+    compressUnits: (cost.secondsPerCompressUnit ?? 0) * units,
+  };
+}
+
+/** blockSecondsByTerm, summed. */
+export function blockSeconds(cost: MethodCost, definition: Pick<MethodDefinition, "compressCost">, linears: readonly LinearInfo[], tokens: number, samples: number, replicas = 1): number {
+  const s = blockSecondsByTerm(cost, definition, linears, tokens, samples, replicas);
+  return s.tokenParams + s.samples + s.compressUnits;
 }
 
 /** The generated models the fit runs over (three widths) and the samples of each run (two token counts). */
