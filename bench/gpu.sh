@@ -26,8 +26,11 @@
 #   5. `atvp prune --device cuda` (the CLI path, writing a pruned model; GPU_PRUNE=0 skips it), and
 #      one line from its report.json:
 #        {"bench":"gpu_prune","device":"cuda","method":..,"blocks":..,"samples":..,"tokens":..,"seconds":..,"sparsity":..}
+#   6. `atvp plan --calibrate --device cuda --method GPU_METHOD --out $GPU_WORK/cost-cuda.json`: the cost table
+#      `atvp plan --cost` predicts GPU jobs from (GPU_PLAN=0 skips it), and one line:
+#        {"bench":"gpu_cost_table","device":"cuda","method":..,"secondsPerTokenParam":..,"secondsPerSample":..,"secondsPerCompressUnit":..}
 # Environment: GPU_LAYERS, GPU_SAMPLES (8), GPU_SEQ_LEN (256), GPU_METHOD (atv), GPU_STATS ("host graph"),
-# GPU_THREADS (onnxruntime threads; default: the machine's cores), GPU_PRUNE (1), GPU_WORK (.work/gpu),
+# GPU_THREADS (onnxruntime threads; default: the machine's cores), GPU_PRUNE (1), GPU_PLAN (1), GPU_WORK (.work/gpu),
 # GPU_SKIP_SETUP=1 (no npm ci / tsc / provider install: use what is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,4 +87,15 @@ const t = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
 console.log(JSON.stringify({ bench: "gpu_prune", device: t.totals.device, method: t.method, blocks: t.totals.blocks, samples: t.totals.samples,
   tokens: t.totals.tokens, seconds: t.totals.seconds, sparsity: t.totals.sparsity }));
 ' "$work/pruned/report.json"
+fi
+
+if [ "${GPU_PLAN:-1}" != 0 ]; then
+  node dist/services/cli/src/main.js plan --calibrate --device cuda --method "$method" ${threads_flag[@]+"${threads_flag[@]}"} \
+    --out "$work/cost-cuda.json" >/dev/null 2>"$work/calibrate.log" \
+    || { cat "$work/calibrate.log" >&2; echo "bench/gpu.sh: plan --calibrate --device cuda failed (see above)" >&2; exit 1; }
+  node -e '
+const t = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
+for (const [method, c] of Object.entries(t.methods)) console.log(JSON.stringify({ bench: "gpu_cost_table", device: t.machine.device, method,
+  secondsPerTokenParam: c.secondsPerTokenParam, secondsPerSample: c.secondsPerSample, secondsPerCompressUnit: c.secondsPerCompressUnit }));
+' "$work/cost-cuda.json"
 fi

@@ -229,6 +229,11 @@ describe("atvp plan: refusals", () => {
     const r = atvp("plan", ...SMALL, "--method", "wanda");
     assert.equal(r.status, 1);
     assert.match(r.stderr, /has no cost for method wanda .*atvp plan --calibrate --method wanda/);
+    // --calibrate checks --device before it generates anything.
+    const d = atvp("plan", "--calibrate", "--device", "gpu");
+    assert.equal(d.status, 1);
+    assert.match(d.stderr, /--device: must be cpu, cuda or auto, got "gpu"/);
+    assert.doesNotMatch(d.stderr, /calibrating/);
   });
 });
 
@@ -251,13 +256,14 @@ describe("atvp plan on an onnxruntime-genai folder (the fixture, as it is)", () 
 describe("atvp plan --model and --calibrate", () => {
   test("--calibrate measures a table --cost reads; --model plans a generated decoder", () => {
     const out = join(tmp.path, "measured.json");
-    const c = atvp("plan", "--calibrate", "--method", "wanda", "--out", out);
+    const c = atvp("plan", "--calibrate", "--method", "wanda", "--device", "cpu", "--out", out);
     assert.equal(c.status, 0, c.stderr);
     // It says what it prunes as it goes (it takes minutes for every method).
     assert.match(c.stderr, /calibrating wanda: hidden 256, 4 samples \(1\/6\)[\s\S]*calibrating wanda: hidden 1024, 16 samples \(6\/6\)/);
     type Cost = { secondsPerTokenParam: number; secondsPerSample: number; secondsPerCompressUnit: number; tokens: number; blocks: number; widths: number[] };
-    const table = JSON.parse(readFileSync(out, "utf8")) as { methods: Record<string, Cost> };
+    const table = JSON.parse(readFileSync(out, "utf8")) as { machine: { device: string }; methods: Record<string, Cost> };
     assert.deepEqual(Object.keys(table.methods), ["wanda"]);
+    assert.equal(table.machine.device, "cpu");
     const w = table.methods["wanda"]!;
     // Three widths x two token counts, two blocks fitted of each run (block 0, the warm-up, is not).
     assert.deepEqual([w.widths, w.blocks, w.tokens], [[256, 512, 1024], 12, 16 * 128]);

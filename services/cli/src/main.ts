@@ -31,7 +31,7 @@ commands:
              [--method M (atv)] [--propagation sequential|dense] [--nsamples N (128)] [--tokens-per-sample T (1500)]
              [--cost cost.json] [--json]   M: a decoder .onnx or a model folder ([--layout L] [--dtype D], as prune)
              the stages the coordinator would cut, memory per worker, bytes per link, predicted wall time
-  plan       --calibrate [--method M] [--threads N] [--out cost.json]   measures the per-block cost table here
+  plan       --calibrate [--method M] [--threads N] [--device cpu|cuda|auto] [--out cost.json]   measures the per-block cost table here
 
 cluster (coordinator + workers over gRPC, job state in NATS JetStream):
   cluster up    [--workers N (2)] [--dir D] [--allow-root PATH]... [--threads T] [--ready-timeout S] [--insecure]

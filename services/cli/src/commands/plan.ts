@@ -31,11 +31,13 @@ export async function planCommand(argv: string[]): Promise<number> {
     calibrate: { type: "boolean", default: false },
     out: { type: "string" },
     threads: { type: "string" },
+    // where --calibrate runs onnxruntime: cpu (default) | cuda | auto
+    device: { type: "string" },
     // pick the decoder of a model folder (--model DIR), as prune does
     layout: { type: "string" },
     dtype: { type: "string" },
   });
-  if (values["calibrate"]) return calibrate(str(values, "method"), int(values, "threads"), str(values, "out"));
+  if (values["calibrate"]) return calibrate(str(values, "method"), int(values, "threads"), str(values, "out"), str(values, "device"));
 
   const model = str(values, "model");
   const config = str(values, "config");
@@ -104,12 +106,13 @@ function formatPlan(p: GridPlan, table: CostTable, costFile: string | undefined)
 }
 
 /** Measures the cost table (core plan/costCalibration.ts) for the methods that read calibration tokens. */
-async function calibrate(method: string | undefined, threads: number | undefined, out: string | undefined): Promise<number> {
+async function calibrate(method: string | undefined, threads: number | undefined, out: string | undefined, device: string | undefined): Promise<number> {
   const methods = method !== undefined ? [method] : methodNames().filter((m) => m === "atv" || m === "wanda" || m === "sparsegpt");
+  if (device !== undefined && device !== "cpu" && device !== "cuda" && device !== "auto") throw new InvalidArgumentError("--device", `must be cpu, cuda or auto, got ${JSON.stringify(device)}`);
   const dir = mkdtempSync(join(tmpdir(), "atvp-calibrate-"));
   try {
     const table = await measureCostTable({
-      methods, threads, dir,
+      methods, threads, dir, device,
       onRun: (r) => process.stderr.write(`calibrating ${r.method}: hidden ${r.hidden}, ${r.samples} samples (${r.index + 1}/${r.of})\n`),
     });
     const text = JSON.stringify(table, null, 2) + "\n";

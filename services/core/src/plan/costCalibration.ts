@@ -123,6 +123,8 @@ export interface CostCalibrationOptions {
   methods: readonly string[];
   /** the engine's threads (undefined: every core) */
   threads?: number;
+  /** where onnxruntime runs (default cpu; auto: CUDA where it loads); the table records what ran */
+  device?: "cpu" | "cuda" | "auto";
   /** a scratch folder the models and outputs go to */
   dir: string;
   /** told before each prune (the whole calibration takes minutes) */
@@ -140,6 +142,7 @@ export async function measureCostTable(options: CostCalibrationOptions): Promise
     models.push({ hidden, model: gen.modelPath, calib: gen.calibPath, linears: analyzeModel(gen.modelPath).partition.blockLinears });
   }
   const methods: Record<string, MethodCost> = {};
+  let device = options.device ?? "cpu";
   for (const m of options.methods) {
     const definition = methodDefinition(m, "--method");
     const rows: BlockTerms[] = [];
@@ -150,8 +153,9 @@ export async function measureCostTable(options: CostCalibrationOptions): Promise
       for (const nsamples of SAMPLES) {
         options.onRun?.({ method: m, hidden: model.hidden, samples: nsamples, index: index++, of: models.length * SAMPLES.length });
         const out = join(options.dir, `${m}-${model.hidden}-${nsamples}`);
-        const report = await pruneModel({ model: model.model, calib: model.calib, out, method: m as never, sparsity: 0.5, nsamples, threads: options.threads });
+        const report = await pruneModel({ model: model.model, calib: model.calib, out, method: m as never, sparsity: 0.5, nsamples, threads: options.threads, device: options.device });
         tokens = Math.max(tokens, report.totals.tokens);
+        device = report.totals.device as typeof device;
         for (const b of report.blocks.slice(1)) {
           rows.push(blockCostTerms(definition, model.linears[b.index]!, report.totals.tokens, report.totals.samples));
           seconds.push(b.seconds);
@@ -170,7 +174,7 @@ export async function measureCostTable(options: CostCalibrationOptions): Promise
     };
   }
   return {
-    machine: { cpu: cpus()[0]?.model ?? "unknown", cores: cpus().length, platform: `${platform()}-${process.arch}`, node: process.version, device: "cpu", threads: options.threads ?? 0 },
+    machine: { cpu: cpus()[0]?.model ?? "unknown", cores: cpus().length, platform: `${platform()}-${process.arch}`, node: process.version, device, threads: options.threads ?? 0 },
     measuredAt: new Date().toISOString(),
     methods,
   };
