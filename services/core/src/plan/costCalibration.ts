@@ -23,6 +23,7 @@ import { analyzeModel } from "../pipeline/modelAnalysis.js";
 import { compressMakespan } from "../pipeline/compressShares.js";
 import { pruneModel } from "../pipeline/pruneModel.js";
 import type { CostTable, MethodCost } from "./costTable.js";
+import { blockParams } from "./modelShape.js";
 
 /** The quantities a block's seconds are fitted to, in MethodCost's order. */
 export interface BlockTerms {
@@ -35,13 +36,7 @@ const TERMS = ["tokenParams", "samples", "compressUnits"] as const;
 
 /** A block's terms for `samples` calibration samples of `tokens` tokens in all. */
 export function blockCostTerms(definition: Pick<MethodDefinition, "compressCost">, linears: readonly LinearInfo[], tokens: number, samples: number): BlockTerms {
-  let params = 0;
-  let units = 0;
-  for (const l of linears) {
-    params += l.inDim * l.outDim;
-    units += linearCompressCost(definition, l);
-  }
-  return { tokenParams: tokens * params, samples, compressUnits: units };
+  return { tokenParams: tokens * blockParams(linears), samples, compressUnits: linears.reduce((a, l) => a + linearCompressCost(definition, l), 0) };
 }
 
 /**
@@ -87,21 +82,18 @@ export function fitCost(rows: readonly BlockTerms[], seconds: readonly number[])
   return Object.fromEntries(TERMS.map((t, j) => [t, best[j]! / norms[j]!])) as unknown as BlockTerms;
 }
 
-/** A block's predicted seconds by term (BlockTerms' names), for one replica. */
-export type BlockSeconds = BlockTerms;
-
 /**
- * Predicted seconds of a block for one of `replicas` replicas, each calibrating 1/replicas of
- * `tokens` and of the `samples`: those terms divided, the compress step shared out as the engine
- * shares it (compressShares: longest first to the least loaded, so SparseGPT's widest solve
- * bounds it). A table without the newer terms predicts from tokens x params alone.
+ * Predicted seconds of a block for one of `replicas` replicas, by term (BlockTerms' names): each
+ * replica calibrates 1/replicas of `tokens` and of the `samples`, so those terms divide; the
+ * compress step is shared out as the engine shares it (compressShares: longest first to the
+ * least loaded, so SparseGPT's widest solve bounds it). A table without the newer terms predicts
+ * from tokens x params alone.
  */
-export function blockSecondsByTerm(cost: MethodCost, definition: Pick<MethodDefinition, "compressCost">, linears: readonly LinearInfo[], tokens: number, samples: number, replicas = 1): BlockSeconds {
-  const t = blockCostTerms(definition, linears, tokens, samples);
+export function blockSecondsByTerm(cost: MethodCost, definition: Pick<MethodDefinition, "compressCost">, linears: readonly LinearInfo[], tokens: number, samples: number, replicas = 1): BlockTerms {
   const units = compressMakespan(linears.map((l) => linearCompressCost(definition, l)), replicas);
   return {
-    tokenParams: (cost.secondsPerTokenParam * t.tokenParams) / replicas,
-    samples: ((cost.secondsPerSample ?? 0) * t.samples) / replicas,
+    tokenParams: (cost.secondsPerTokenParam * (tokens * blockParams(linears))) / replicas,
+    samples: ((cost.secondsPerSample ?? 0) * samples) / replicas,
     compressUnits: (cost.secondsPerCompressUnit ?? 0) * units,
   };
 }
@@ -169,7 +161,7 @@ export async function measureCostTable(options: CostCalibrationOptions): Promise
       secondsPerCompressUnit: fit.compressUnits,
       blocks: rows.length,
       tokens,
-      paramsPerBlock: blockCostTerms(definition, models.at(-1)!.linears[1]!, 1, 1).tokenParams,
+      paramsPerBlock: blockParams(models.at(-1)!.linears[1]!),
       widths: [...WIDTHS],
     };
   }
