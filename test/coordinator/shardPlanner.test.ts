@@ -51,18 +51,18 @@ test("SparseGPT's Hessians count: a worker that holds the weights but not the in
   assert.throws(() => planShards([block], [{ address: "small", memoryBytes: roomForWeightsOnly }]), (e: unknown) => e instanceof InvalidArgumentError && /small=/.test(e.message));
 });
 
-test("a chain's records: a replica holds its own samples' and five sums, so more replicas need less and may fit where fewer do not", () => {
+test("a chain's records: a replica holds its own samples', five sums and a sample's whole matrix (two sums), so more replicas need less and may fit where fewer do not", () => {
   const block = { bytes: 1000, flops: 1, workingBytes: 500, chainSumBytes: 100 };
   const request = { samples: 12, replicable: true, sequential: true, method: "sparsegpt" };
-  // 2,500 for the block; at R replicas (ceil(12 / R) + 5) x 100 more: R = 2: 1,100, R = 3: 900, R = 4: 800.
-  const four = Array.from({ length: 4 }, (_, i) => ({ address: `w${i}`, memoryBytes: 3300 }));
+  // 2,500 for the block; at R replicas (ceil(12 / R) + 5 + 2) x 100 more: R = 2: 1,300, R = 3: 1,100, R = 4: 1,000.
+  const four = Array.from({ length: 4 }, (_, i) => ({ address: `w${i}`, memoryBytes: 3500 }));
   const auto = planGrid([block], four, request);
   assert.deepEqual([auto.stages, auto.replicas], [1, 4]);
-  // Three such workers cannot run 4 replicas, and 3 need 3,400 each.
+  // Three such workers cannot run 4 replicas, and 3 need 3,600 each.
   assert.deepEqual(planGrid([block], four.slice(0, 3), request).replicas, 1);
-  assert.deepEqual(planGrid([block], four.slice(0, 3).map((w) => ({ ...w, memoryBytes: 3400 })), request).replicas, 3);
+  assert.deepEqual(planGrid([block], four.slice(0, 3).map((w) => ({ ...w, memoryBytes: 3600 })), request).replicas, 3);
   assert.throws(() => planGrid([block], four, { ...request, replicas: 2 }),
-    (e: unknown) => e instanceof InvalidArgumentError && /\(one of 2\) holds exchanged records beside a block: 3600 bytes/.test(e.message));
+    (e: unknown) => e instanceof InvalidArgumentError && /\(one of 2\) holds exchanged records beside a block: 3800 bytes/.test(e.message));
 });
 
 test("replicas hold every sample's records: only workers with room for them run replicas", () => {

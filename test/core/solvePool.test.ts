@@ -10,7 +10,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mulberry32 } from "../../services/core/src/calib/seededRandom.js";
-import { HessianAccumulator } from "../../services/core/src/prune/hessian.js";
+import { addSampleRows, addSampleRowsInChunks, chunkRows, HessianAccumulator, sampleRowsScratch } from "../../services/core/src/prune/hessian.js";
 import { prepareHessian, relativeError, sparseGptCompressPrepared, type SparseGptOptions } from "../../services/core/src/prune/sparseGpt.js";
 import type { WeightMatrix } from "../../services/core/src/prune/maskSelect.js";
 import { INLINE_SOLVER, SolvePool, rowBounds, solvePoolLimits, type Solver } from "../../services/core/src/prune/solvePool.js";
@@ -217,23 +217,28 @@ describe("a sample's Hessian rows on the solve threads", () => {
           const act = half ? { dims: [1, 23, n], data: Uint16Array.from(v, (x) => floatToHalf(x)), type: "float16" as const } : { dims: [1, 23, n], data: v, type: "float32" as const };
           return { act, pool: Uint8Array.from({ length: 23 }, () => (rand() < 0.8 ? 1 : 0)) };
         });
-        const run = async (pool?: SolvePool) => {
+        // With records kept (a replica's whole matrix per sample) and without (chunks of rows).
+        const run = async (pool: SolvePool | undefined, keep: boolean) => {
           const acc = new HessianAccumulator("x", n);
+          if (keep) acc.keepRecords();
           const records: Float64Array[] = [];
           for (const [j, s] of samples.entries()) {
             const added = acc.add(s.act, s.pool, `sample ${j}`, pool);
             assert.equal(added instanceof Promise, pool !== undefined, "the pool takes the rows (limit lowered)");
             await added;
-            records.push(acc.record());
+            if (keep) records.push(acc.record());
           }
           return { records, h: acc.finish(3) };
         };
-        const one = await run();
+        const one = await run(undefined, true);
+        assert.ok(bits((await run(undefined, false)).h).equals(bits(one.h)), `n=${n}, half=${half}, 1 thread, no records: H`);
         for (const pool of pools) {
-          const got = await run(pool);
-          const where = `n=${n}, half=${half}, ${pool.threads} threads`;
-          assert.ok(bits(got.h).equals(bits(one.h)), `${where}: H`);
-          got.records.forEach((r, j) => assert.ok(bits(r).equals(bits(one.records[j]!)), `${where}: record ${j}`));
+          for (const keep of [true, false]) {
+            const got = await run(pool, keep);
+            const where = `n=${n}, half=${half}, ${pool.threads} threads, records ${keep}`;
+            assert.ok(bits(got.h).equals(bits(one.h)), `${where}: H`);
+            got.records.forEach((r, j) => assert.ok(bits(r).equals(bits(one.records[j]!)), `${where}: record ${j}`));
+          }
         }
       }
       // A NaN is refused before any thread starts, naming the token and channel as on one thread.
@@ -245,6 +250,38 @@ describe("a sample's Hessian rows on the solve threads", () => {
       solvePoolLimits.rowsWork = saved;
       for (const p of pools) await p.close();
     }
+  });
+
+  test("a sample's matrix a chunk of rows at a time: the bits of the whole matrix, odd widths and chunks, float32 and float16", () => {
+    for (const [n, half, chunk] of [[101, false, 32], [101, true, 64], [64, false, 32], [7, false, 32]] as const) {
+      const rand = mulberry32(n + chunk);
+      const v = Float32Array.from({ length: 9 * n }, () => (rand() < 0.15 ? 0 : (rand() - 0.5) * 2 ** Math.floor(rand() * 8 - 4)));
+      const src = { n, data: half ? Uint16Array.from(v, (x) => floatToHalf(x)) : v, half, pool: Uint8Array.from({ length: 9 }, (_, t) => (t % 4 === 1 ? 0 : 1)) };
+      // Σ starts from an earlier sample's, so the additions into it are checked too.
+      const start = Float64Array.from({ length: n * n }, () => rand());
+      const whole = start.slice();
+      addSampleRows(new Float64Array(n * n), whole, src, 0, n, sampleRowsScratch(n));
+      const chunked = start.slice();
+      addSampleRowsInChunks(chunked, src, 0, n, sampleRowsScratch(n), new Float64Array(Math.min(chunk, n + (n % 2)) * n));
+      assert.ok(bits(chunked).equals(bits(whole)), `n=${n}, half=${half}, chunks of ${chunk} rows`);
+    }
+    // 32 MiB of rows: two chunks at 2,080 channels, one below 2,048.
+    assert.deepEqual([chunkRows(2080), chunkRows(2048), chunkRows(1000), chunkRows(7)], [2016, 2048, 1000, 8]);
+  });
+
+  test("HessianAccumulator at 2,080 channels (two chunks) gives the bits it gives keeping records", () => {
+    const n = 2080;
+    const rand = mulberry32(5);
+    const act = { dims: [1, 3, n], data: Float32Array.from({ length: 3 * n }, () => rand() - 0.5), type: "float32" as const };
+    const pool = Uint8Array.from([1, 0, 1]);
+    const kept = new HessianAccumulator("x", n);
+    kept.keepRecords();
+    const chunked = new HessianAccumulator("x", n);
+    for (const acc of [kept, chunked]) for (let j = 0; j < 2; j++) acc.add(act, pool, `sample ${j}`);
+    assert.ok(bits(chunked.finish(2)).equals(bits(kept.finish(2))));
+    // What the planner counts: Σ and a chunk, against Σ and a whole matrix with records.
+    assert.equal(HessianAccumulator.bytes(n), 8 * n * n + 8 * 2016 * n + 8 * n);
+    assert.equal(HessianAccumulator.bytes(n, true), 2 * 8 * n * n + 8 * n);
   });
 
   test("a small sample stays on the calling thread", () => {

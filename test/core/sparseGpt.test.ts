@@ -178,6 +178,7 @@ describe("Hessian records (replicas)", () => {
   const act = (v: number[]) => ({ type: "float32" as const, dims: [1, v.length / 2, 2], data: Float32Array.from(v) });
   test("each sample's own AᵀA (upper triangle) is its record; reduce adds the records in sample order", () => {
     const acc = new HessianAccumulator("x", 2);
+    acc.keepRecords();
     // Sample 0: tokens (1,2) and (3,4), both pooled: [[1+9, 2+12], [., 4+16]].
     acc.add(act([1, 2, 3, 4]), Uint8Array.from([1, 1]), "s0");
     assert.deepEqual([...acc.record()], [10, 14, 20]);
@@ -186,6 +187,7 @@ describe("Hessian records (replicas)", () => {
     assert.deepEqual([...acc.record()], [0.25, 0, 0]);
     // A replica that saw only sample 1 reduces both records: the bits of one process.
     const other = new HessianAccumulator("x", 2);
+    other.keepRecords();
     other.add(act([0.5, 0, 7, 7]), Uint8Array.from([1, 0]), "s1");
     other.reduce([Float64Array.from([10, 14, 20]), other.record()]);
     assert.deepEqual([...other.finish(2)], [10.25, 14, 14, 20]);
@@ -198,10 +200,18 @@ describe("Hessian records (replicas)", () => {
     // each 2^-54 would round away and leave 1.
     const tiny = 2 ** -27;
     const acc = new HessianAccumulator("x", 1);
+    acc.keepRecords();
     acc.add({ type: "float32", dims: [1, 1, 1], data: Float32Array.from([1]) }, Uint8Array.from([1]), "s0");
     acc.add({ type: "float32", dims: [1, 4, 1], data: Float32Array.from([tiny, tiny, tiny, tiny]) }, Uint8Array.from([1, 1, 1, 1]), "s1");
     assert.deepEqual([...acc.record()], [2 ** -52]);
     assert.equal(acc.finish(2)[0], 1 + 2 ** -52);
+  });
+
+  test("without keepRecords() no record is kept, and asking for one says so", () => {
+    const acc = new HessianAccumulator("model.layers.0.mlp", 2);
+    acc.add(act([1, 2]), Uint8Array.from([1]), "s0");
+    assert.throws(() => acc.record(), /model\.layers\.0\.mlp: no record was kept/);
+    assert.deepEqual([...acc.finish(1)], [2, 4, 4, 8]);
   });
 
   test("a record of the wrong size is refused, naming the tensor", () => {

@@ -30,6 +30,13 @@ export interface BlockCost {
  */
 export const CHAIN_SUMS_HELD = 5;
 
+/**
+ * A replica that exchanges records forms each sample's whole matrix beside its running sum
+ * (HessianAccumulator.keepRecords), where one process forms it a chunk of rows at a time: an
+ * in×in float64, about two packed sums.
+ */
+export const SAMPLE_MATRIX_SUMS = 2;
+
 export interface WorkerCapacity {
   address: string;
   memoryBytes: number;
@@ -131,9 +138,9 @@ export function replicaMemoryNeed(blocks: readonly BlockCost[], samples: number,
   return Math.max(...blocks.map((b) => blockMemoryNeed(b.bytes, b.workingBytes) + replicaHeldBytes(b, samples, replicas)));
 }
 
-/** What a replica holds beside a block: every sample's gathered records, its own samples' of a chain and the chain's sums. */
+/** What a replica holds beside a block: every sample's gathered records, its own samples' of a chain, the chain's sums and a sample's whole matrix. */
 export function replicaHeldBytes(b: BlockCost, samples: number, replicas: number): number {
-  return (b.replicaBytes ?? 0) + (Math.ceil(samples / replicas) + CHAIN_SUMS_HELD) * (b.chainSumBytes ?? 0);
+  return (b.replicaBytes ?? 0) + (Math.ceil(samples / replicas) + CHAIN_SUMS_HELD + SAMPLE_MATRIX_SUMS) * (b.chainSumBytes ?? 0);
 }
 
 export function planShards(blocks: readonly BlockCost[], workers: readonly WorkerCapacity[], maxShards?: number): PlannedShard[] {

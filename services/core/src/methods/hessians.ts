@@ -28,6 +28,10 @@ export class Hessian implements SummingAccumulator {
     return added;
   }
 
+  keepRecords(): void {
+    this.acc.keepRecords();
+  }
+
   record(j: number): Float64Array {
     if (this.last !== j) throw new RangeError(`Hessian of ${this.acc.tensor}: the last sample added is ${this.last ?? "none"}, not ${j}`);
     return this.acc.record();

@@ -95,6 +95,11 @@ export interface Accumulator {
  * process gets (pipeline/sampleExchange.ts).
  */
 export interface ExchangeableAccumulator extends Accumulator {
+  /**
+   * called before the first add() where record() will be asked for: an accumulator may keep
+   * less without it (a Hessian forms each sample's matrix a chunk of rows at a time)
+   */
+  keepRecords?(): void;
   /** what add() contributed for sample j, which must be the sample added last */
   record(j: number): Float64Array;
   /** replaces the state by every sample's record (index = sample), added in sample order */

@@ -318,6 +318,7 @@ export class BlockEngine {
     const exchangeable = exchange ? exchangeableAccumulators(cut.label, [...accs.values()].map((e) => e.acc)) : [];
     // The first replica of a chained reduction passes on its running sums, not its records.
     const needsRecords = exchange !== undefined && !(exchange.slice.replica === 0 && chained(exchangeable));
+    if (needsRecords) for (const a of exchangeable) a.keepRecords?.();
     const keep = (j: number) => {
       if (needsRecords) records.set(j, exchangeable.map((a) => a.record(j)));
     };

@@ -15,6 +15,12 @@ import { runCopier, type RunCopy } from "./byteCopy.js";
 /** Tokens whose rank-1 terms are added together (each entry still takes them in token order). */
 const TOKENS_AT_ONCE = 4;
 
+/**
+ * Where no record is kept, a sample's P is formed this many bytes of rows at a time and added to
+ * Σ before the next rows: Σ's in×in then stands alone, not beside a second in×in for P.
+ */
+const CHUNK_BYTES = 32 * 1024 * 1024;
+
 export class HessianAccumulator {
   /**
    * Upper triangle (row-major, i <= j) of Σ_j A_jᵀA_j; the lower half is filled by finish().
@@ -23,25 +29,32 @@ export class HessianAccumulator {
   private readonly sum: Float64Array;
   /**
    * Upper triangle of the last sample's own A_jᵀA_j (its record), before it joined the sum; in
-   * shared memory too, where solve threads add row ranges of it.
+   * shared memory too, where solve threads add row ranges of it. Only where records are kept
+   * (keepRecords: a replica that exchanges them); else P goes to Σ a chunk of rows at a time.
    */
-  private readonly sample: Float64Array;
+  private sample: Float64Array | undefined;
+  /** rows of P in formation, where no record is kept (made at the first sample) */
+  private chunk: Float64Array | undefined;
   /** up to TOKENS_AT_ONCE pooled tokens' activations, as float64, row after row */
   private readonly rows: Float64Array;
 
   constructor(readonly tensor: string, readonly channels: number) {
     this.sum = new Float64Array(new SharedArrayBuffer(channels * channels * 8));
-    this.sample = new Float64Array(new SharedArrayBuffer(channels * channels * 8));
     this.rows = sampleRowsScratch(channels);
   }
 
   /**
-   * Bytes this accumulator holds (for the shard planner's memory estimate): the sum, the
-   * sample's matrix and a row; the other held rows (3n float64) are left out, as the slab copies
-   * of the compression are.
+   * Bytes this accumulator holds (for the shard planner's memory estimate): the sum, a chunk of
+   * P's rows (or, with `records`, the sample's whole matrix) and a row; the other held rows (3n
+   * float64) are left out, as the slab copies of the compression are.
    */
-  static bytes(channels: number): number {
-    return 2 * channels * channels * 8 + channels * 8;
+  static bytes(channels: number, records = false): number {
+    return channels * channels * 8 + (records ? channels * channels : chunkRows(channels) * channels) * 8 + channels * 8;
+  }
+
+  /** From now on each sample's A_jᵀA_j is kept whole until the next, for record(). */
+  keepRecords(): void {
+    this.sample ??= new Float64Array(new SharedArrayBuffer(this.channels * this.channels * 8));
   }
 
   /** Float64 entries of one sample's record: the upper triangle of A_jᵀA_j, row by row. */
@@ -66,13 +79,15 @@ export class HessianAccumulator {
     const src: SampleRows = { n, data: act.data as Float32Array | Uint16Array, half: act.type === "float16", pool };
     const bad = firstNonFinite(src);
     if (bad) throw new NumericError(`${this.tensor} (${sampleSubject})`, `NaN or Inf in the activations (token ${bad.token}, channel ${bad.channel})`);
-    const split = rowsOn?.addSampleRows({ sample: this.sample, sum: this.sum }, src);
+    const split = rowsOn?.addSampleRows({ ...(this.sample ? { sample: this.sample } : {}), sum: this.sum }, src);
     if (split) return split;
-    addSampleRows(this.sample, this.sum, src, 0, n, this.rows);
+    if (this.sample) addSampleRows(this.sample, this.sum, src, 0, n, this.rows);
+    else addSampleRowsInChunks(this.sum, src, 0, n, this.rows, (this.chunk ??= chunkScratch(n)));
   }
 
   /** The last added sample's A_jᵀA_j (upper triangle, row by row): what a replica exchanges. */
   record(): Float64Array {
+    if (!this.sample) throw new RangeError(`Hessian of ${this.tensor}: no record was kept (keepRecords() before the samples)`);
     return this.packed(this.sample);
   }
 
@@ -148,7 +163,7 @@ export interface SampleRows {
 
 /** What adds a sample's rows on other threads (a SolvePool); undefined where it leaves them to this one. */
 export interface SampleRowsSolver {
-  addSampleRows(target: { sample: Float64Array; sum: Float64Array }, src: SampleRows): Promise<void> | undefined;
+  addSampleRows(target: { sample?: Float64Array; sum: Float64Array }, src: SampleRows): Promise<void> | undefined;
 }
 
 /** The first pooled entry that is NaN or ±Inf, in token then channel order. */
@@ -169,20 +184,42 @@ function firstNonFinite({ n, data, half, pool }: SampleRows): { token: number; c
  * Rows [i0, i1) of one sample's P (`sample`, cleared first) over its pooled tokens, four at a
  * time in token order, then of Σ += P. i0 and i1 are even (or i1 = n): rows are taken in pairs,
  * so any such split does each entry's additions as the whole range does. `rows`: 4n scratch.
+ * `sample` holds P's rows from row `origin` on (0: all of P; a chunk's first row otherwise).
  */
-export function addSampleRows(sample: Float64Array, sum: Float64Array, src: SampleRows, i0: number, i1: number, rows: Float64Array): void {
+export function addSampleRows(sample: Float64Array, sum: Float64Array, src: SampleRows, i0: number, i1: number, rows: Float64Array, origin = 0): void {
   const { n } = src;
   const table = src.half ? halfToFloatTable() : null;
-  sample.fill(0, i0 * n, i1 * n);
-  if (!sampleRowsByKernel(sample, src, i0, i1, table)) addHeldRows(sample, src, i0, i1, rows, table);
-  addToSum(sum, sample, n, i0, i1, (i, j) => i * n + j);
+  sample.fill(0, (i0 - origin) * n, (i1 - origin) * n);
+  if (!sampleRowsByKernel(sample, src, i0, i1, table, origin)) addHeldRows(sample, src, i0, i1, rows, table, origin);
+  addToSum(sum, sample, n, i0, i1, (i, j) => (i - origin) * n + j);
+}
+
+/** Rows of P a chunk holds: CHUNK_BYTES of them, a multiple of 32 (the Gram kernel's), at least 32. */
+export function chunkRows(n: number): number {
+  const fit = Math.max(32, Math.floor(CHUNK_BYTES / (8 * Math.max(1, n)) / 32) * 32);
+  return Math.min(fit, n + (n % 2));
+}
+
+/** Scratch for addSampleRowsInChunks. */
+export function chunkScratch(n: number): Float64Array {
+  return new Float64Array(chunkRows(n) * n);
+}
+
+/**
+ * addSampleRows over [i0, i1) without P's whole matrix: a chunk of rows at a time in `scratch`
+ * (chunkScratch), each added to Σ before the next. Chunks start at even rows, so every entry of
+ * P and of Σ gets the additions of one whole range, in its order: the same bits.
+ */
+export function addSampleRowsInChunks(sum: Float64Array, src: SampleRows, i0: number, i1: number, rows: Float64Array, scratch: Float64Array): void {
+  const step = scratch.length / src.n;
+  for (let c0 = i0; c0 < i1; c0 += step) addSampleRows(scratch, sum, src, c0, Math.min(i1, c0 + step), rows, c0);
 }
 
 /**
  * P's rows [i0, i1) by the Gram kernel (gramKernelWasm.ts: each entry 0 plus its terms in token
  * order, as addHeldRows adds them), the pooled tokens as its rows; false where it cannot run.
  */
-function sampleRowsByKernel(sample: Float64Array, src: SampleRows, i0: number, i1: number, table: Float32Array | null): boolean {
+function sampleRowsByKernel(sample: Float64Array, src: SampleRows, i0: number, i1: number, table: Float32Array | null, origin: number): boolean {
   const { n, data, pool } = src;
   const tokens: number[] = [];
   pool.forEach((p, t) => {
@@ -199,12 +236,12 @@ function sampleRowsByKernel(sample: Float64Array, src: SampleRows, i0: number, i
     });
   }, (i, dots, at) => {
     copy ??= runCopier(new Uint8Array(dots.buffer, 0, dots.buffer.byteLength), target);
-    copy(dots.byteOffset + (at + i) * 8, (i * n + i) * 8, (n - i) * 8);
+    copy(dots.byteOffset + (at + i) * 8, ((i - origin) * n + i) * 8, (n - i) * 8);
   });
 }
 
 /** P's rows [i0, i1) the scalar way: TOKENS_AT_ONCE pooled tokens at a time, in token order. */
-function addHeldRows(sample: Float64Array, src: SampleRows, i0: number, i1: number, rows: Float64Array, table: Float32Array | null): void {
+function addHeldRows(sample: Float64Array, src: SampleRows, i0: number, i1: number, rows: Float64Array, table: Float32Array | null, origin: number): void {
   const { n, data, pool } = src;
   let held = 0;
   for (let t = 0; t < pool.length; t++) {
@@ -214,11 +251,11 @@ function addHeldRows(sample: Float64Array, src: SampleRows, i0: number, i1: numb
     if (table) for (let c = 0; c < n; c++) rows[at + c] = table[data[base + c]!]!;
     else for (let c = 0; c < n; c++) rows[at + c] = data[base + c]!;
     if (++held === TOKENS_AT_ONCE) {
-      addRows(sample, rows, n, held, i0, i1);
+      addRows(sample, rows, n, held, i0, i1, origin);
       held = 0;
     }
   }
-  addRows(sample, rows, n, held, i0, i1);
+  addRows(sample, rows, n, held, i0, i1, origin);
 }
 
 /** Scratch for addSampleRows: TOKENS_AT_ONCE rows of n. */
@@ -235,10 +272,10 @@ function addToSum(sum: Float64Array, p: Float64Array, n: number, i0: number, i1:
   }
 }
 
-/** Adds the first `count` held rows' terms to rows [i0, i1) of P, row 0 first. */
-function addRows(sum: Float64Array, rows: Float64Array, n: number, count: number, i0: number, i1: number): void {
+/** Adds the first `count` held rows' terms to rows [i0, i1) of P (held from row `origin`), row 0 first. */
+function addRows(sum: Float64Array, rows: Float64Array, n: number, count: number, i0: number, i1: number, origin: number): void {
   if (count !== TOKENS_AT_ONCE) {
-    for (let i = i0; i < i1; i++) for (let r = 0; r < count; r++) addRow(sum, rows, n, r, i);
+    for (let i = i0; i < i1; i++) for (let r = 0; r < count; r++) addRow(sum, rows, n, r, i, origin);
     return;
   }
   // Rows i and i+1 of the sum together (the held rows' loads shared), each entry taking the
@@ -256,7 +293,7 @@ function addRows(sum: Float64Array, rows: Float64Array, n: number, count: number
     const c1 = rows[b1 + i + 1]!;
     const c2 = rows[b2 + i + 1]!;
     const c3 = rows[b3 + i + 1]!;
-    const off = i * n;
+    const off = (i - origin) * n;
     const next = off + n;
     sum[off + i] = sum[off + i]! + a0 * a0 + a1 * rows[b1 + i]! + a2 * rows[b2 + i]! + a3 * rows[b3 + i]!;
     for (let j = i + 1; j < n; j++) {
@@ -269,14 +306,14 @@ function addRows(sum: Float64Array, rows: Float64Array, n: number, count: number
     }
   }
   // Only the last row (i = n − 1, n odd) is left alone: its one entry is the diagonal.
-  if (i < i1) sum[i * n + i] = sum[i * n + i]! + rows[i]! * rows[i]! + rows[b1 + i]! * rows[b1 + i]! + rows[b2 + i]! * rows[b2 + i]! + rows[b3 + i]! * rows[b3 + i]!;
+  if (i < i1) sum[(i - origin) * n + i] = sum[(i - origin) * n + i]! + rows[i]! * rows[i]! + rows[b1 + i]! * rows[b1 + i]! + rows[b2 + i]! * rows[b2 + i]! + rows[b3 + i]! * rows[b3 + i]!;
 }
 
 /** Row i of held row r's term: Σ[i, j≥i] += a_i·a_j (nothing for a_i = 0). */
-function addRow(sum: Float64Array, rows: Float64Array, n: number, r: number, i: number): void {
+function addRow(sum: Float64Array, rows: Float64Array, n: number, r: number, i: number, origin: number): void {
   const at = r * n;
   const a = rows[at + i]!;
   if (a === 0) return;
-  const off = i * n;
+  const off = (i - origin) * n;
   for (let j = i; j < n; j++) sum[off + j]! += a * rows[at + j]!;
 }

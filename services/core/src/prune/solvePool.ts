@@ -140,19 +140,19 @@ export class SolvePool implements Solver, SampleRowsSolver, TokenWork {
    * One sample's addition to a Hessian (HessianAccumulator.add), as row ranges of equal work, one
    * per thread; undefined (the caller adds it) where it is too small to gain from threads.
    */
-  addSampleRows(target: { sample: Float64Array; sum: Float64Array }, src: SampleRows): Promise<void> | undefined {
+  addSampleRows(target: { sample?: Float64Array; sum: Float64Array }, src: SampleRows): Promise<void> | undefined {
     const { n } = src;
     let pooled = 0;
     for (const p of src.pool) pooled += p ? 1 : 0;
     if (this.threads < 2 || pooled * ((n * (n + 1)) / 2) < solvePoolLimits.rowsWork) return undefined;
-    if (!(target.sample.buffer instanceof SharedArrayBuffer && target.sum.buffer instanceof SharedArrayBuffer)) return undefined;
+    if (!(target.sum.buffer instanceof SharedArrayBuffer) || (target.sample && !(target.sample.buffer instanceof SharedArrayBuffer))) return undefined;
     // The activation, as stored, where every thread reads it.
     const data = src.data;
     const shared = new Uint8Array(new SharedArrayBuffer(data.byteLength));
     runCopier(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), shared)(0, 0, data.byteLength);
     const sharedSrc: SampleRows = { ...src, data: src.half ? new Uint16Array(shared.buffer) : new Float32Array(shared.buffer) };
     const bounds = rowBounds(n, this.threads);
-    const parts = bounds.slice(1).map((i1, t) => this.submit({ kind: "rows", sample: target.sample, sum: target.sum, src: sharedSrc, i0: bounds[t]!, i1 }, pooled * rowsWork(n, bounds[t]!, i1), []));
+    const parts = bounds.slice(1).map((i1, t) => this.submit({ kind: "rows", ...(target.sample ? { sample: target.sample } : {}), sum: target.sum, src: sharedSrc, i0: bounds[t]!, i1 }, pooled * rowsWork(n, bounds[t]!, i1), []));
     return Promise.all(parts).then(() => undefined);
   }
 

@@ -51,10 +51,13 @@ export interface EnergyTask {
   hessian: Float64Array;
 }
 
-/** Rows [i0, i1) of one sample's P and of Σ += P (hessian.ts addSampleRows), all in shared memory. */
+/**
+ * Rows [i0, i1) of one sample's P and of Σ += P (hessian.ts addSampleRows), all in shared memory;
+ * without `sample` (no record kept), P's rows a chunk at a time in the thread's own scratch.
+ */
 export interface RowsTask {
   kind: "rows";
-  sample: Float64Array;
+  sample?: Float64Array;
   sum: Float64Array;
   src: SampleRows;
   i0: number;

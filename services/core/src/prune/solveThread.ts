@@ -5,7 +5,7 @@ import type { SolveRequest, SolveResponse, SolveResult, SolveTask } from "./solv
 import { outputEnergy, prepareHessian, prepareHessianTeam, sparseGptUpdate } from "./sparseGpt.js";
 import { abortTeam, sharedTeam } from "./solveTeam.js";
 import { CholeskyKernel } from "./choleskyKernelWasm.js";
-import { addSampleRows, sampleRowsScratch } from "./hessian.js";
+import { addSampleRows, addSampleRowsInChunks, chunkRows, sampleRowsScratch } from "./hessian.js";
 import { densityOf, normalizeRows } from "./tampDensity.js";
 import { amiaSelect } from "./amiaSelect.js";
 
@@ -27,7 +27,9 @@ function solve(task: SolveTask): SolveResult {
     return { kind: "factor", u, dead, phaseMs };
   }
   if (task.kind === "rows") {
-    addSampleRows(task.sample, task.sum, task.src, task.i0, task.i1, sampleRowsScratch(task.src.n));
+    const rows = sampleRowsScratch(task.src.n);
+    if (task.sample) addSampleRows(task.sample, task.sum, task.src, task.i0, task.i1, rows);
+    else addSampleRowsInChunks(task.sum, task.src, task.i0, task.i1, rows, new Float64Array(Math.min(chunkRows(task.src.n), task.i1 - task.i0 + 1) * task.src.n));
     return { kind: "rows" };
   }
   if (task.kind === "density") return { kind: "density", density: densityOf(normalizeRows(task.rows), task.rows.dim, task.visual) };
